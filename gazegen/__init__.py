@@ -1,0 +1,1 @@
+"""gazegen: LiveGaze gaze redirection and labelled gaze data synthesis."""
