@@ -98,6 +98,28 @@ class SynthHeadsConfig:
         return self.normalisation.at_resolution(self.resolution)
 
 
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """EG3D-style volume rendering of a triplane (paper section 3.1; EG3D's FFHQ settings by default)."""
+
+    neural_resolution: int = bounded(128, 4, 1024)  # side of the low-resolution feature image
+    samples_coarse: int = bounded(48, 1, 512)  # stratified samples per ray
+    samples_fine: int = bounded(48, 0, 512)  # importance samples per ray (0: coarse only)
+    ray_start: float = bounded(2.25, 0.0)  # near bound along the ray, world units
+    ray_end: float = bounded(3.3, 0.0)  # far bound along the ray, world units
+    box_warp: float = bounded(1.0, 1e-3)  # side of the cube the triplane spans, world units
+    plane_resolution: int = bounded(256, 4, 1024)  # side of each plane
+    plane_channels: int = bounded(32, 1, 256)  # channels of each plane
+    decoder_hidden: int = bounded(64, 1, 1024)  # width of the decoder MLP
+    feature_channels: int = bounded(32, 3, 256)  # decoder output features; the first 3 are RGB
+    density_bias: float = -1.0  # sigma = softplus(raw + density_bias) (EG3D: -1)
+    white_background: bool = False  # composite onto white instead of black
+    chunk_rays: int = bounded(65536, 1)  # rays decoded at once, bounds memory at large sizes
+
+
 # --------------------------------------------------------------------------- loading
 
 
