@@ -1,0 +1,60 @@
+"""Config loading: presets, overrides and validation errors that name the key."""
+
+import pytest
+
+from gazegen.config import ConfigError, RenderConfig, SynthHeadsConfig, load_config, to_dict
+
+
+def test_defaults_and_nested_override(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("subjects = 7\n[rig]\nviews = 9\n[gaze]\ntarget_mm = [500, 900]\n")
+    cfg = load_config(SynthHeadsConfig, path, ["rig.max_yaw_deg=45", "seed=3"])
+    assert (cfg.subjects, cfg.rig.views, cfg.rig.max_yaw_deg, cfg.seed) == (7, 9, 45.0, 3)
+    assert cfg.gaze.target_mm == (500.0, 900.0) and isinstance(cfg.gaze.target_mm[0], float)
+    assert cfg.gaze.max_yaw_deg == SynthHeadsConfig().gaze.max_yaw_deg  # untouched default
+    with pytest.raises(Exception):
+        cfg.subjects = 3  # frozen
+
+
+def test_camera_keeps_field_of_view_at_resolution():
+    cfg = load_config(SynthHeadsConfig, None, ["resolution=64"])
+    assert cfg.camera.resolution == 64
+    assert cfg.camera.focal / 64 == pytest.approx(cfg.normalisation.focal / cfg.normalisation.resolution)
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["subjectz=3"], "unknown key(s) subjectz"),
+        (["rig.view=3"], "rig: unknown key(s) view"),
+        (["subjects=0"], "subjects: 0 is out of range"),
+        (["subjects=2.5"], "subjects: expected int, got float"),
+        (["gaze.converge=1"], "gaze.converge: expected bool"),
+        (["gaze.target_mm=[1, 2, 3]"], "gaze.target_mm: expected 2 values"),
+        (["rig=3"], "rig: expected a table"),
+        (["subjects"], "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(SynthHeadsConfig, None, overrides)
+    assert needle in str(err.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("samples_coarse = = 3")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_config(RenderConfig, bad)
+    with pytest.raises(ConfigError, match="missing.toml: config file not found"):
+        load_config(RenderConfig, tmp_path / "missing.toml")
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("samples_coarse = 'many'")
+    with pytest.raises(ConfigError, match=r"wrong.toml: samples_coarse: expected int, got str"):
+        load_config(RenderConfig, wrong)
+
+
+def test_string_override_and_to_dict():
+    cfg = load_config(RenderConfig, None, ["white_background=true", "ray_end=4"])
+    assert cfg.white_background is True and cfg.ray_end == 4.0
+    assert to_dict(cfg)["ray_end"] == 4.0
