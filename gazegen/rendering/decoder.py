@@ -1,0 +1,58 @@
+"""The triplane decoder MLP (EG3D's ``OSGDecoder``): the only part of the renderer with parameters.
+
+    features of the 3 planes (B, 3, N, C) -> mean over planes (B, N, C)
+      -> net.0 Linear(C, hidden) -> net.1 Softplus -> net.2 Linear(hidden, 1 + feature_channels)
+    density_raw = output[..., :1]                                  (activated in compositing.py)
+    features    = sigmoid(output[..., 1:]) * (1 + 2 * 0.001) - 0.001   (MipNeRF's widened sigmoid,
+                  as in EG3D: features lie in (-0.001, 1.001), so 0 and 1 are reachable)
+
+Parameter names: ``net.0.weight`` (hidden, C), ``net.0.bias`` (hidden,), ``net.2.weight``
+(1 + feature_channels, hidden), ``net.2.bias`` (1 + feature_channels,): the same names as EG3D's
+``OSGDecoder.net``, and output row 0 is the density as there. EG3D's ``FullyConnectedLayer``
+(lr_multiplier 1) stores its weight unscaled and multiplies it by ``1 / sqrt(in_features)`` at
+run time, so an EG3D/Live3D ``net.k.weight`` maps onto ours as ``weight / sqrt(in_features)``;
+biases map unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gazegen.config import RenderConfig
+
+SIGMOID_MARGIN = 0.001  # EG3D / MipNeRF: sigmoid(x) * (1 + 2m) - m
+
+
+@dataclass(frozen=True)
+class FieldOutput:
+    """What a radiance field returns at a set of points."""
+
+    features: torch.Tensor  # (B, N, F) colour features, about [0, 1]; the first 3 are RGB
+    density_raw: torch.Tensor  # (B, N, 1) density before softplus(raw + density_bias)
+
+
+class TriplaneDecoder(nn.Module):
+    """Mean of the three plane features -> 2-layer MLP -> density (raw) and colour features."""
+
+    def __init__(self, in_channels: int, hidden: int, feature_channels: int) -> None:
+        super().__init__()
+        self.feature_channels = feature_channels
+        self.net = nn.Sequential(
+            nn.Linear(in_channels, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, 1 + feature_channels),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: RenderConfig) -> TriplaneDecoder:
+        """The decoder sized by ``cfg``: plane_channels -> decoder_hidden -> 1 + feature_channels."""
+        return cls(cfg.plane_channels, cfg.decoder_hidden, cfg.feature_channels)
+
+    def forward(self, plane_features: torch.Tensor) -> FieldOutput:
+        """Sampled plane features (B, 3, N, C) -> FieldOutput with (B, N, F) features, (B, N, 1) raw density."""
+        x = self.net(plane_features.mean(1))  # (B, N, C) -> (B, N, 1 + F)
+        features = torch.sigmoid(x[..., 1:]) * (1 + 2 * SIGMOID_MARGIN) - SIGMOID_MARGIN
+        return FieldOutput(features=features, density_raw=x[..., :1])

@@ -1,0 +1,410 @@
+"""The EG3D-style renderer (gazegen/rendering/) against closed forms: analytic fields, known points, exact sums."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gazegen import geometry as g
+from gazegen.config import NormalisationConfig, RenderConfig
+from gazegen.rendering.compositing import composite, density_activation
+from gazegen.rendering.decoder import FieldOutput, TriplaneDecoder
+from gazegen.rendering.ray_sampler import importance_depths, sample_pdf, smooth_weights, stratified_depths
+from gazegen.rendering.rays import camera_rays
+from gazegen.rendering.renderer import render_field, render_triplane
+from gazegen.rendering.triplane import EG3D_PLANE_AXES, PLANE_AXES, X, Y, Z, project_to_planes, sample_planes
+
+NORM = NormalisationConfig()  # camera 2.7 world units from the origin, focal 1600 / 512 px
+SOLID, EMPTY = 1e4, -100.0  # raw densities: opaque within any sample spacing; softplus(-101) ~ 1e-44
+
+
+def cameras(poses: list[tuple[float, float]], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """(B, 25) cameras looking at the origin from head poses (pitch, yaw)."""
+    return g.head_pose_to_camera(torch.tensor(poses, dtype=dtype), NORM)
+
+
+def raw_for_sigma(sigma: float, bias: float) -> float:
+    """The raw density whose activation softplus(raw + bias) is sigma."""
+    return math.log(math.expm1(sigma)) - bias
+
+
+def constant_features(points: torch.Tensor, value: float = 0.75, channels: int = 4) -> torch.Tensor:
+    return torch.full((*points.shape[:-1], channels), value, dtype=points.dtype)
+
+
+def sphere_field(radius: float):
+    def field(points: torch.Tensor) -> FieldOutput:  # (B, N, 3)
+        inside = points.norm(dim=-1, keepdim=True) < radius  # (B, N, 1)
+        raw = torch.where(inside, SOLID, EMPTY).to(points.dtype)
+        return FieldOutput(features=constant_features(points), density_raw=raw)
+
+    return field
+
+
+def halfspace_field(normal: torch.Tensor):
+    """Solid where normal . p < 0: the plane through the origin with that normal."""
+
+    def field(points: torch.Tensor) -> FieldOutput:
+        raw = torch.where((points @ normal)[..., None] < 0, SOLID, EMPTY).to(points.dtype)
+        return FieldOutput(features=constant_features(points), density_raw=raw)
+
+    return field
+
+
+def uniform_field(raw: float):
+    def field(points: torch.Tensor) -> FieldOutput:
+        return FieldOutput(features=constant_features(points), density_raw=torch.full_like(points[..., :1], raw))
+
+    return field
+
+
+# --------------------------------------------------------------------------- triplane sampling
+
+
+def linear_planes(size: int, coefficients: list[tuple[float, float, float]]) -> torch.Tensor:
+    """(1, 3, 1, P, P) planes whose plane k holds a*u + b*v + c at each texel centre (u: column, v: row)."""
+    centres = (2 * torch.arange(size, dtype=torch.float64) + 1) / size - 1  # grid coordinate of texel centres
+    v, u = torch.meshgrid(centres, centres, indexing="ij")  # (P, P): rows are v, columns are u
+    planes = torch.stack([a * u + b * v + c for a, b, c in coefficients])  # (3, P, P)
+    return planes[None, :, None]
+
+
+COEFFICIENTS = [(1.0, 10.0, 100.0), (2.0, 20.0, 200.0), (3.0, 30.0, 300.0)]
+
+
+@pytest.mark.parametrize("eg3d_compatible", [False, True])
+def test_planes_read_a_known_point_exactly(eg3d_compatible):
+    box_warp = 0.8
+    planes = linear_planes(8, COEFFICIENTS)
+    point = torch.tensor([[[0.1, 0.2, -0.15]]], dtype=torch.float64)  # grid coordinates (0.25, 0.5, -0.375)
+    qx, qy, qz = 0.25, 0.5, -0.375
+    out = sample_planes(planes, point, box_warp, eg3d_compatible=eg3d_compatible)[0, :, 0, 0]  # (3,)
+    third = (3 * qz + 30 * qx + 300) if eg3d_compatible else (3 * qz + 30 * qy + 300)  # ZX (EG3D) or ZY
+    expected = [1 * qx + 10 * qy + 100, 2 * qx + 20 * qz + 200, third]
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-12)
+
+
+def test_planes_linear_everywhere_inside_and_zero_outside():
+    size, box_warp = 8, 1.3
+    planes = linear_planes(size, COEFFICIENTS)
+    q = (torch.rand(1, 500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1) * (1 - 1 / size)
+    out = sample_planes(planes, q * box_warp / 2, box_warp)[0, :, :, 0]  # (3, N)
+    for k, ((a, b, c), (u, v)) in enumerate(zip(COEFFICIENTS, PLANE_AXES)):
+        np.testing.assert_allclose(out[k].numpy(), (a * q[0, :, u] + b * q[0, :, v] + c).numpy(), atol=1e-10)
+    far = torch.tensor([[[0.0, 0.0, 1.0 + 1.0 / size + 1e-6], [-2.0, 2.5, 3.0]]], dtype=torch.float64)
+    outside = sample_planes(planes, far * box_warp / 2, box_warp)  # beyond the half-texel border: zeros
+    assert outside[0, [1, 2], 0].abs().max() == 0 and outside[0, :, 1].abs().max() == 0
+    assert outside[0, 0, 0, 0] != 0  # plane 0 (XY) does not see z: the first point is inside it
+
+
+def test_eg3d_axes_match_eg3d_plane_matrices():
+    """EG3D projects with inv(M_k) for M_0 = I, M_1 = [[1,0,0],[0,0,1],[0,1,0]], M_2 = [[0,0,1],[1,0,0],[0,1,0]]."""
+    matrices = torch.tensor(
+        [[[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1], [0, 1, 0]], [[0, 0, 1], [1, 0, 0], [0, 1, 0]]],
+        dtype=torch.float64,
+    )
+    points = torch.randn(2, 50, 3, dtype=torch.float64)
+    eg3d = torch.stack([(points @ torch.linalg.inv(m))[..., :2] for m in matrices], 1)  # (B, 3, N, 2)
+    torch.testing.assert_close(project_to_planes(points, 2.0, eg3d_compatible=True), eg3d, rtol=0, atol=1e-12)
+    assert EG3D_PLANE_AXES[2] == (Z, X) and PLANE_AXES == ((X, Y), (X, Z), (Z, Y))
+    assert {frozenset(p) for p in PLANE_AXES} == {frozenset((X, Y)), frozenset((X, Z)), frozenset((Y, Z))}
+
+
+def test_planes_batch_pairs_and_broadcast():
+    gen = torch.Generator().manual_seed(1)
+    planes = torch.randn(2, 3, 5, 6, 6, generator=gen)
+    points = torch.rand(2, 40, 3, generator=gen) - 0.5
+    both = sample_planes(planes, points, 1.0)  # (2, 3, 40, 5)
+    for i in range(2):
+        torch.testing.assert_close(both[i : i + 1], sample_planes(planes[i : i + 1], points[i : i + 1], 1.0), rtol=0, atol=0)
+    shared = sample_planes(planes[:1], points, 1.0)  # one triplane, two point sets
+    torch.testing.assert_close(shared, sample_planes(planes[:1].expand(2, -1, -1, -1, -1), points, 1.0), rtol=0, atol=0)
+
+
+def test_decoder_names_and_formula():
+    torch.manual_seed(0)
+    decoder = TriplaneDecoder(in_channels=6, hidden=8, feature_channels=5)
+    assert {k: tuple(v.shape) for k, v in decoder.state_dict().items()} == {
+        "net.0.weight": (8, 6),
+        "net.0.bias": (8,),
+        "net.2.weight": (6, 8),
+        "net.2.bias": (6,),
+    }
+    x = torch.randn(2, 3, 7, 6)
+    out = decoder(x)
+    h = torch.nn.functional.softplus(x.mean(1) @ decoder.net[0].weight.T + decoder.net[0].bias)
+    y = h @ decoder.net[2].weight.T + decoder.net[2].bias  # (2, 7, 6)
+    torch.testing.assert_close(out.density_raw, y[..., :1])
+    torch.testing.assert_close(out.features, torch.sigmoid(y[..., 1:]) * 1.002 - 0.001)
+    torch.testing.assert_close(decoder(x[:, [2, 0, 1]]).features, out.features)  # mean: plane order is irrelevant
+    assert TriplaneDecoder.from_config(RenderConfig(plane_channels=6)).net[2].out_features == 33
+
+
+# --------------------------------------------------------------------------- rays
+
+
+def test_rays_agree_with_project():
+    res = 24
+    cams = cameras([(0.0, 0.0), (0.3, -0.4), (-0.2, 0.6)])
+    rays = camera_rays(cams, res)  # (B, R*R, 3)
+    # a point on the ray of pixel (i, j) projects to its centre (j + 0.5, i + 0.5)
+    uv = g.project(rays.origins + 2.6 * rays.directions, cams, res)  # (B, R*R, 2)
+    i, j = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    centres = torch.stack([j, i], -1).reshape(1, -1, 2).double() + 0.5
+    torch.testing.assert_close(uv, centres.expand_as(uv), rtol=0, atol=1e-9)
+    # a world point lies within half a pixel diagonal of the ray of the pixel it projects into
+    points = (torch.rand(3, 200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) - 0.5) * 0.4
+    uv = g.project(points, cams, res)
+    assert ((uv >= 0) & (uv < res)).all()  # all in view
+    index = uv[..., 1].floor().long() * res + uv[..., 0].floor().long()  # (B, N) row-major ray index
+    o = rays.origins.gather(1, index[..., None].expand(-1, -1, 3))
+    d = rays.directions.gather(1, index[..., None].expand(-1, -1, 3))
+    distance = torch.linalg.cross(points - o, d).norm(dim=-1)
+    z = g.world_to_camera_points(points, cams)[..., 2]
+    pixel = z / (NORM.focal / NORM.resolution * res)  # world size of a pixel at depth z
+    assert (distance <= pixel * math.sqrt(0.5) + 1e-12).all()
+    assert distance.max() > 0.3 * pixel.max()  # not trivially zero: points are off the centres
+
+
+# --------------------------------------------------------------------------- compositing
+
+
+def test_uniform_density_closed_forms():
+    sigma, near, far, bias = 1.7, 2.25, 3.3, -1.0
+    gen = torch.Generator().manual_seed(3)
+    inner = torch.sort(torch.rand(2, 3, 30, dtype=torch.float64, generator=gen) * (far - near) + near, -1).values
+    ends = torch.ones(2, 3, 1, dtype=torch.float64)
+    depths = torch.cat([near * ends, inner, far * ends], -1)  # (2, 3, 32) from near to far, uneven spacing
+    raw = torch.full_like(depths, raw_for_sigma(sigma, bias))
+    features = torch.full((*depths.shape, 2), 0.6, dtype=torch.float64)
+    out = composite(features, raw, depths, density_bias=bias)
+    torch.testing.assert_close(density_activation(raw, bias), torch.full_like(raw, sigma), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.transmittance, torch.exp(-sigma * (depths[..., :-1] - near)), rtol=0, atol=1e-12)
+    opacity = 1 - math.exp(-sigma * (far - near))
+    torch.testing.assert_close(out.opacity, torch.full_like(out.opacity, opacity), rtol=0, atol=1e-12)
+    deltas = depths[..., 1:] - depths[..., :-1]
+    weights = torch.exp(-sigma * (depths[..., :-1] - near)) * -torch.expm1(-sigma * deltas)  # T_i * alpha_i
+    torch.testing.assert_close(out.weights, weights, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.features, 0.6 * out.opacity[..., None].expand(-1, -1, 2), rtol=0, atol=1e-12)
+    white = composite(features, raw, depths, density_bias=bias, white_background=True)
+    torch.testing.assert_close(white.features, out.features + 1 - out.opacity[..., None], rtol=0, atol=1e-12)
+
+
+def test_uniform_density_expected_depth_continuous_limit():
+    """E[t | stop] for constant sigma over [a, a + L]: a + 1/sigma - L exp(-sigma L) / (1 - exp(-sigma L))."""
+    sigma, near, far, bias = 2.5, 2.25, 3.3, -1.0
+    depths = torch.linspace(near, far, 4001, dtype=torch.float64)[None, None]  # (1, 1, S)
+    raw = torch.full_like(depths, raw_for_sigma(sigma, bias))
+    out = composite(torch.zeros(*depths.shape, 1, dtype=torch.float64), raw, depths, density_bias=bias)
+    length = far - near
+    expected = near + 1 / sigma - length * math.exp(-sigma * length) / (1 - math.exp(-sigma * length))
+    assert abs(out.depth.item() - expected) < 1e-6
+
+
+# --------------------------------------------------------------------------- ray sampling
+
+
+def test_stratified_depths_stay_in_their_strata():
+    offsets = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.0, 0.25, 0.999, 0.5]])
+    depths = stratified_depths(2.0, 3.0, offsets)
+    torch.testing.assert_close(depths, torch.tensor([[2.125, 2.375, 2.625, 2.875], [2.0, 2.3125, 2.74975, 2.875]]))
+
+
+def test_sample_pdf_closed_forms():
+    bins = torch.tensor([[0.0, 1.0, 2.0, 4.0]], dtype=torch.float64)
+    weights = torch.tensor([[1.0, 2.0, 1.0]], dtype=torch.float64)  # cdf 0, 0.25, 0.75, 1
+    u = torch.tensor([[0.0, 0.125, 0.5, 0.8, 0.999]], dtype=torch.float64)
+    expected = torch.tensor([[0.0, 0.5, 1.5, 2.4, 3.992]], dtype=torch.float64)
+    torch.testing.assert_close(sample_pdf(bins, weights, u), expected, rtol=0, atol=1e-12)
+    # a delta weight puts every sample in its bin, at bin start + u * width
+    gen = torch.Generator().manual_seed(4)
+    bins = torch.sort(torch.rand(5, 17, dtype=torch.float64, generator=gen), -1).values
+    k = torch.tensor([0, 3, 8, 15, 9])
+    weights = torch.nn.functional.one_hot(k, 16).double()
+    u = torch.rand(5, 64, dtype=torch.float64, generator=gen)
+    lo, hi = bins.gather(1, k[:, None]), bins.gather(1, k[:, None] + 1)
+    torch.testing.assert_close(sample_pdf(bins, weights, u), lo + u * (hi - lo), rtol=0, atol=1e-12)
+
+
+def test_importance_samples_follow_smoothed_delta_weight():
+    s, m, k, pad = 32, 64, 13, 0.01
+    depths = torch.linspace(2.25, 3.3, s, dtype=torch.float64)[None, None]  # (1, 1, S)
+    weights = torch.zeros(1, 1, s - 1, dtype=torch.float64)
+    weights[..., k] = 0.9
+    smoothed = torch.full((s - 1,), pad, dtype=torch.float64)
+    smoothed[[k - 1, k, k + 1]] += torch.tensor([0.45, 0.9, 0.45], dtype=torch.float64)  # max-pool 2, mean-pool 2
+    torch.testing.assert_close(smooth_weights(weights, pad)[0, 0], smoothed, rtol=0, atol=1e-12)
+    fine = importance_depths(depths, weights, torch.full((1, 1, m), 0.5, dtype=torch.float64), padding=pad)[0, 0]
+    # with u_j = (j + 0.5) / M, bin i receives exactly the u's between its CDF levels
+    cdf = np.concatenate([[0.0], np.cumsum(smoothed.numpy()) / smoothed.sum().item()])
+    u = (np.arange(m) + 0.5) / m
+    expected = np.histogram(u, bins=cdf)[0]
+    counts = np.histogram(fine.numpy(), bins=depths[0, 0].numpy())[0]
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[k] >= 0.4 * m  # the bin of the delta holds ~ (0.9 + pad) / (1.8 + 31 pad) of the samples
+    assert (fine[1:] >= fine[:-1]).all()
+
+
+# --------------------------------------------------------------------------- analytic scenes
+
+
+def sphere_hits(cams: torch.Tensor, res: int, radius: float):
+    """Ray distance t to the sphere at the origin, the rays' closest approach, and rays."""
+    rays = camera_rays(cams, res)
+    b = (rays.origins * rays.directions).sum(-1)  # (B, R*R): o . d
+    closest = (rays.origins.norm(dim=-1) ** 2 - b**2).clamp_min(0).sqrt()  # distance of the ray from the centre
+    t = -b - (radius**2 - closest**2).clamp_min(0).sqrt()
+    return t, closest, rays
+
+
+@pytest.mark.parametrize("samples_fine", [0, 24])
+def test_sphere_renders_analytic_depth_and_silhouette(samples_fine):
+    res, radius = 32, 0.3
+    cfg = RenderConfig(neural_resolution=res, samples_coarse=24, samples_fine=samples_fine, chunk_rays=500)
+    cams = cameras([(0.0, 0.0), (0.2, -0.3)])
+    out = render_field(sphere_field(radius), cams, cfg)
+    t, closest, rays = sphere_hits(cams, res, radius)
+
+    # depth: z of the first hit along the camera axis, both from z_per_t and from world_to_camera_points
+    hit_z = g.world_to_camera_points(rays.origins + t[..., None] * rays.directions, cams)[..., 2]  # (B, R*R)
+    torch.testing.assert_close(hit_z, t * rays.z_per_t[..., 0], rtol=0, atol=1e-12)
+    pixel = 2.7 / (NORM.focal / NORM.resolution * res)  # world size of a pixel at the sphere
+    inside = closest < radius - 1.5 * pixel
+    spacing = (cfg.ray_end - cfg.ray_start) / cfg.samples_coarse
+    error = (out.depth.reshape(2, -1) - hit_z)[inside].abs().max().item()
+    assert error <= (spacing / 2 if samples_fine == 0 else spacing / 16), error  # the fine pass beats half a stratum 8x
+
+    # silhouette: the projection of the sphere's tangent circle bounds the opaque disc
+    centre = g.project(torch.zeros(2, 1, 3, dtype=torch.float64), cams, res)  # (B, 1, 2)
+    position = cams[:, :16].reshape(2, 4, 4)[:, :3, 3]  # (B, 3) camera centres
+    dist = position.norm(dim=-1, keepdim=True)
+    axis = position / dist
+    e1 = torch.linalg.cross(axis, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64).expand(2, 3))
+    e1 = e1 / e1.norm(dim=-1, keepdim=True)
+    e2 = torch.linalg.cross(axis, e1)
+    phi = torch.linspace(0, 2 * math.pi, 64, dtype=torch.float64)[None, :, None]
+    ring = radius**2 / dist[:, None] * axis[:, None] + radius * (1 - radius**2 / dist[:, None] ** 2).sqrt() * (
+        phi.cos() * e1[:, None] + phi.sin() * e2[:, None]
+    )  # (B, 64, 3) points where the view rays graze the sphere
+    rho = (g.project(ring, cams, res) - centre).norm(dim=-1)  # (B, 64) the silhouette is a circle
+    assert (rho.max(1).values - rho.min(1).values).max() < 1e-9
+    i, j = torch.meshgrid(torch.arange(res), torch.arange(res), indexing="ij")
+    pixels = torch.stack([j, i], -1).reshape(1, -1, 2).double() + 0.5  # (1, R*R, 2) pixel centres (u, v)
+    from_centre = (pixels - centre).norm(dim=-1)  # (B, R*R)
+    alpha = out.alpha.reshape(2, -1)
+    assert (alpha[from_centre < rho[:, :1] - 1] > 1 - 1e-9).all()
+    assert (alpha[from_centre > rho[:, :1] + 1] < 1e-9).all()
+    assert (from_centre < rho[:, :1] - 1).sum() > 400  # the disc covers a good part of the image
+    # features: constant 0.75 inside -> 2 * 0.75 - 1 on the opaque disc, -1 (black) off it
+    red = out.rgb.reshape(2, 3, -1)[:, 0]  # (B, R*R)
+    assert ((red[from_centre < rho[:, :1] - 1] - 0.5).abs() < 1e-9).all()
+    assert ((red[from_centre > rho[:, :1] + 1] + 1.0).abs() < 1e-9).all()
+
+
+def test_plane_renders_analytic_depth():
+    res = 16
+    cfg = RenderConfig(neural_resolution=res, samples_coarse=24, samples_fine=24)
+    cams = cameras([(0.1, 0.25), (-0.15, -0.1)])
+    normal = torch.tensor([0.2, -0.1, 1.0], dtype=torch.float64)
+    normal = normal / normal.norm()
+    out = render_field(halfspace_field(normal), cams, cfg)
+    rays = camera_rays(cams, res)
+    t = -(rays.origins @ normal) / (rays.directions @ normal)  # (B, R*R) ray-plane intersection
+    spacing = (cfg.ray_end - cfg.ray_start) / cfg.samples_coarse
+    assert ((t > cfg.ray_start + spacing) & (t < cfg.ray_end - spacing)).all()  # the plane lies within range
+    z = g.world_to_camera_points(rays.origins + t[..., None] * rays.directions, cams)[..., 2]
+    assert (out.depth.reshape(2, -1) - z).abs().max() < spacing / 8
+    assert (out.alpha > 1 - 1e-9).all()
+
+
+def test_uniform_density_full_render_and_background():
+    sigma, bias, res = 0.8, -1.0, 6
+    cfg = RenderConfig(neural_resolution=res, samples_coarse=10, samples_fine=7, density_bias=bias)
+    cams = cameras([(0.0, 0.3)])
+    out = render_field(uniform_field(raw_for_sigma(sigma, bias)), cams, cfg)
+    spacing = (cfg.ray_end - cfg.ray_start) / cfg.samples_coarse  # samples span [near + w/2, far - w/2]
+    expected = 1 - math.exp(-sigma * (cfg.ray_end - cfg.ray_start - spacing))
+    torch.testing.assert_close(out.alpha, torch.full_like(out.alpha, expected), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.features, torch.full((1, 4, res, res), 2 * 0.75 * expected - 1, dtype=torch.float64))
+    empty = uniform_field(EMPTY)
+    black = render_field(empty, cams, cfg)
+    white = render_field(empty, cams, dataclasses.replace(cfg, white_background=True))
+    assert ((black.rgb + 1).abs() < 1e-9).all() and ((white.rgb - 1).abs() < 1e-9).all()
+    far_z = (cfg.ray_end - spacing / 2) * camera_rays(cams, res).z_per_t.reshape(1, 1, res, res)  # the last sample
+    torch.testing.assert_close(black.depth, far_z, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- triplane renders
+
+
+def tiny_setup(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = RenderConfig(
+        neural_resolution=10, samples_coarse=8, samples_fine=8, plane_resolution=16, plane_channels=8,
+        decoder_hidden=16, feature_channels=6,
+    )
+    planes = torch.randn(1, 3, cfg.plane_channels, cfg.plane_resolution, cfg.plane_resolution)
+    decoder = TriplaneDecoder.from_config(cfg)
+    return cfg, planes, decoder, cameras([(0.0, 0.0), (0.3, -0.5), (-0.2, 0.4)], torch.float32)
+
+
+def assert_same_render(a, b, atol=1e-6):
+    for name in ("features", "rgb", "depth", "alpha", "weights", "sample_depths"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=atol, msg=name)
+
+
+def test_many_cameras_equal_one_by_one():
+    cfg, planes, decoder, cams = tiny_setup()
+    with torch.no_grad():
+        together = render_triplane(planes, decoder, cams, cfg, return_weights=True)
+        expanded = render_triplane(planes.expand(3, -1, -1, -1, -1), decoder, cams, cfg, return_weights=True)
+        alone = [render_triplane(planes, decoder, cams[i : i + 1], cfg, return_weights=True) for i in range(3)]
+    assert together.features.shape == (3, 6, 10, 10) and together.depth.shape == (3, 1, 10, 10)
+    assert 0.05 < together.alpha.mean() < 0.95  # a non-trivial field
+    assert_same_render(together, expanded)
+    for i, one in enumerate(alone):
+        for name in ("features", "depth", "alpha", "weights"):
+            mine = getattr(together, name)[i : i + 1]
+            torch.testing.assert_close(mine, getattr(one, name), rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_chunked_equals_unchunked(training):
+    cfg, planes, decoder, cams = tiny_setup(1)
+    small = dataclasses.replace(cfg, chunk_rays=7)  # 2 rays per camera per chunk, 50 chunks
+    with torch.no_grad():
+        runs = [
+            render_triplane(
+                planes, decoder, cams, c, training=training, generator=torch.Generator().manual_seed(5), return_weights=True
+            )
+            for c in (cfg, small)
+        ]
+    assert_same_render(*runs)
+
+
+def test_training_jitters_and_gradients_flow():
+    cfg, planes, decoder, cams = tiny_setup(2)
+    planes.requires_grad_(True)
+    eval_out = render_triplane(planes, decoder, cams, cfg)
+    train_out = render_triplane(planes, decoder, cams, cfg, training=True, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(eval_out.depth, train_out.depth)
+    (train_out.features.mean() + train_out.depth.mean()).backward()
+    assert torch.isfinite(planes.grad).all() and planes.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in decoder.parameters())
+
+
+def test_eg3d_flag_changes_only_the_third_plane():
+    cfg, planes, decoder, cams = tiny_setup(3)
+    with torch.no_grad():
+        default = render_triplane(planes, decoder, cams, cfg)
+        eg3d = render_triplane(planes, decoder, cams, cfg, eg3d_compatible=True)
+        planes_no_third = planes.clone()
+        planes_no_third[:, 2] = 0
+        a = render_triplane(planes_no_third, decoder, cams, cfg)
+        b = render_triplane(planes_no_third, decoder, cams, cfg, eg3d_compatible=True)
+    assert not torch.allclose(default.features, eg3d.features)
+    assert_same_render(a, b, atol=0)
