@@ -1,0 +1,347 @@
+"""Detect, align and crop faces in photographs so that they look like the training data.
+
+Conventions (DESIGN.md): images are uint8 HWC **RGB**; `read_image` is the one place where
+OpenCV's BGR is converted. Pixel coordinates are (x, y) floats, x right, y down, in OpenCV's
+convention (integer coordinates are pixel centres; the normalised camera's principal point is
+(W/2, H/2), as in ETH-XGaze). `left_eye` and `right_eye` are the **subject's** eyes (as in
+`Sample`): in a frontal photo the subject's left eye is on the image's right.
+
+Pipeline: a `FaceDetector` (here `HaarFaceDetector`: OpenCV's Haar cascades; a landmark model
+can replace it behind the same Protocol) finds faces and eye centres; the largest face wins;
+`align_face` applies the similarity transform that puts the two eye centres where a frontal
+face sits in the normalised training images (`CropConfig`: fixes roll, scale and centre).
+`crop_faces` implements `--crop auto|always|never` and returns a `CropResult` whose `reason`
+is what the synthesis pipeline writes to its errors table when `ok` is false.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from gazegen.config import CropConfig
+
+Point = tuple[float, float]  # (x, y) pixels
+Box = tuple[float, float, float, float]  # x, y (top-left corner), width, height in pixels
+CropMode = Literal["auto", "always", "never"]
+CropStatus = Literal["cropped", "passthrough", "no_face", "face_too_small", "not_square"]
+
+# Eye centres of a frontal face as fractions of a Haar frontal-face box (x, y from its top-left
+# corner), used when the eye cascades find no plausible pair. Measured on detections of
+# scikit-image's astronaut and typical of OpenCV's frontalface boxes (eyes ~0.46 box apart).
+BOX_RIGHT_EYE: Point = (0.27, 0.37)  # the subject's right eye: the image's left
+BOX_LEFT_EYE: Point = (0.73, 0.37)
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image; the message names the file and the problem."""
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB.
+
+    The bytes are decoded with ``cv2.imdecode`` (so non-ASCII paths work) in colour mode:
+    grayscale is expanded to three channels, alpha is dropped, 16-bit is reduced to 8-bit and
+    the EXIF orientation is applied. Raises `ImageReadError` for missing, unreadable, empty or
+    undecodable files.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot read file ({e.strerror or e})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format, {len(data)} bytes)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    """One face in an image: its box, eye centres (subject's left/right) and a detector score."""
+
+    box: Box  # axis-aligned face box
+    left_eye: Point | None = None  # the subject's left eye centre (image right), None if unknown
+    right_eye: Point | None = None  # the subject's right eye centre (image left)
+    score: float = 0.0  # detector confidence; only comparable within one detector
+    eyes_estimated: bool = False  # True: eye centres guessed from the box, not detected
+
+    @property
+    def area(self) -> float:
+        return self.box[2] * self.box[3]
+
+    def eyes(self) -> tuple[Point, Point]:
+        """(left, right) eye centres: the detected ones, else the estimate from the box."""
+        if self.left_eye is not None and self.right_eye is not None:
+            return self.left_eye, self.right_eye
+        return eyes_from_box(self.box)
+
+
+def eyes_from_box(box: Box) -> tuple[Point, Point]:
+    """(left, right) eye centres estimated from a frontal-face box (`BOX_LEFT_EYE`, `BOX_RIGHT_EYE`)."""
+    x, y, w, h = box
+    return (x + BOX_LEFT_EYE[0] * w, y + BOX_LEFT_EYE[1] * h), (x + BOX_RIGHT_EYE[0] * w, y + BOX_RIGHT_EYE[1] * h)
+
+
+class FaceDetector(Protocol):
+    """Finds faces in an (H, W, 3) uint8 RGB image; any order (callers pick the largest)."""
+
+    def detect(self, image: np.ndarray) -> list[FaceDetection]: ...
+
+
+class HaarFaceDetector:
+    """OpenCV Haar cascades: frontal faces, then eyes in the upper part of each face box.
+
+    The cascades are loaded once per instance (a worker holds one); pickling re-loads them.
+    Faces are searched on a copy whose longer side is at most `max_side` (speed on large
+    photos); eyes on the face region resized to `eye_roi_width` pixels (the eye cascades work
+    on a fixed scale). When no face is upright, copies turned by each of `rolls` degrees are
+    tried in turn (the first that finds faces with both eyes wins). Returns detections sorted
+    by area, largest first.
+    """
+
+    def __init__(
+        self,
+        face_cascade: str = "haarcascade_frontalface_alt2.xml",
+        eye_cascades: tuple[str, ...] = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml"),
+        min_size: int = 24,
+        max_side: int = 800,
+        eye_roi_width: int = 160,
+        min_neighbors: int = 4,
+        rolls: tuple[float, ...] = (0.0, 20.0, -20.0),
+    ) -> None:
+        self._args = (face_cascade, eye_cascades, min_size, max_side, eye_roi_width, min_neighbors, rolls)
+        self.face = _load_cascade(face_cascade)
+        self.eye = [_load_cascade(name) for name in eye_cascades]
+        self.min_size, self.max_side, self.eye_roi_width = min_size, max_side, eye_roi_width
+        self.min_neighbors, self.rolls = min_neighbors, rolls
+
+    def __reduce__(self):  # cv2.CascadeClassifier does not pickle; rebuild from the arguments
+        return (HaarFaceDetector, self._args)
+
+    def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        _check_rgb(image)
+        gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        for roll in self.rolls:  # the frontal cascade tolerates ~15 degrees of roll; try turned copies
+            found = self._detect_upright(gray) if roll == 0 else self._detect_turned(gray, roll)
+            if found:
+                return sorted(found, key=lambda d: -d.area)
+        return []
+
+    def _detect_turned(self, gray: np.ndarray, roll: float) -> list[FaceDetection]:
+        """Detect on a copy turned by `roll` degrees about its centre and map the eyes back; a
+        box keeps its size around its turned-back centre (eyes, not boxes, drive alignment)."""
+        h, w = gray.shape
+        turn = cv2.getRotationMatrix2D((w / 2, h / 2), roll, 1.0)
+        back = cv2.invertAffineTransform(turn)
+        found = self._detect_upright(cv2.warpAffine(gray, turn, (w, h), borderMode=cv2.BORDER_REPLICATE))
+        move = lambda p: tuple(float(v) for v in back @ (p[0], p[1], 1.0))  # noqa: E731
+        out = []
+        for d in filter(lambda d: not d.eyes_estimated, found):  # turned copies: eyes must confirm a face
+            x, y, bw, bh = d.box
+            cx, cy = move((x + bw / 2, y + bh / 2))
+            left, right = d.eyes()
+            out.append(FaceDetection((cx - bw / 2, cy - bh / 2, bw, bh), move(left), move(right), d.score))
+        return out
+
+    def _detect_upright(self, gray: np.ndarray) -> list[FaceDetection]:
+        scale = min(1.0, self.max_side / max(gray.shape))
+        small = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        min_px = max(8, round(self.min_size * scale))
+        boxes, _, weights = self.face.detectMultiScale3(
+            small, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(min_px, min_px), outputRejectLevels=True
+        )
+        found = []
+        for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)), np.reshape(weights, (-1,))):
+            box = (float(x / scale), float(y / scale), float(w / scale), float(h / scale))
+            eyes = self._find_eyes(gray, box)
+            left, right = eyes if eyes is not None else eyes_from_box(box)
+            found.append(FaceDetection(box, left, right, float(score), eyes_estimated=eyes is None))
+        return found
+
+    def _find_eyes(self, gray: np.ndarray, box: Box) -> tuple[Point, Point] | None:
+        """The most plausible pair of eye-cascade hits in the upper face, or None."""
+        x, y, w, h = box
+        x0, y0 = max(0, int(x)), max(0, int(y + 0.1 * h))
+        x1, y1 = min(gray.shape[1], int(x + w)), min(gray.shape[0], int(y + 0.62 * h))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None
+        s = self.eye_roi_width / (x1 - x0)
+        interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        roi = cv2.resize(gray[y0:y1, x0:x1], None, fx=s, fy=s, interpolation=interpolation)
+        lo, hi = round(0.1 * self.eye_roi_width), round(0.4 * self.eye_roi_width)  # eye sizes
+        hits = []  # (x, y, size) in image pixels
+        for cascade in self.eye:
+            found = cascade.detectMultiScale(roi, 1.1, 3, minSize=(lo, lo), maxSize=(hi, hi))
+            for ex, ey, ew, eh in np.reshape(found, (-1, 4)):
+                hits.append((float(x0 + (ex + ew / 2) / s), float(y0 + (ey + eh / 2) / s), float(ew / s)))
+        return _best_eye_pair(hits, box)
+
+
+def _best_eye_pair(hits: list[tuple[float, float, float]], box: Box) -> tuple[Point, Point] | None:
+    """Pick (left, right) among (x, y, size) eye hits: apart like eyes, level within ~35 degrees,
+    similar sizes, centred in the box; the pair closest to the typical layout wins."""
+    x, y, w, h = box
+    best, best_cost = None, math.inf
+    for a, b in itertools.permutations(hits, 2):
+        dx, dy = b[0] - a[0], b[1] - a[1]  # a: image left (subject's right eye), b: image right
+        dist = math.hypot(dx, dy)
+        similar = max(a[2], b[2]) <= 2 * min(a[2], b[2])
+        if dx <= 0 or not 0.25 * w <= dist <= 0.75 * w or abs(dy) > 0.7 * dx or not similar:
+            continue
+        mx, my = (a[0] + b[0]) / 2 - x, (a[1] + b[1]) / 2 - y
+        typical = BOX_LEFT_EYE[0] - BOX_RIGHT_EYE[0]
+        cost = abs(dist / w - typical) + abs(mx / w - 0.5) + abs(my / h - BOX_LEFT_EYE[1])
+        if abs(mx / w - 0.5) < 0.2 and cost < best_cost:
+            best, best_cost = ((b[0], b[1]), (a[0], a[1])), cost
+    return best
+
+
+def _load_cascade(name: str) -> cv2.CascadeClassifier:
+    path = name if os.path.isabs(name) else os.path.join(cv2.data.haarcascades, name)
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise FileNotFoundError(f"Haar cascade {path} could not be loaded (is opencv-python-headless 4.x installed?)")
+    return cascade
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    image: np.ndarray  # (res, res, 3) uint8 RGB crop
+    matrix: np.ndarray  # (2, 3) float64 affine, input pixels -> crop pixels (cv2.warpAffine's M)
+    left_eye: Point  # the subject's left eye in the crop (the target position)
+    right_eye: Point
+
+
+def target_eyes(cfg: CropConfig, resolution: int | None = None) -> tuple[Point, Point]:
+    """(left, right) eye centres of a frontal face in a normalised image of side `resolution`."""
+    n = cfg.resolution if resolution is None else resolution
+    half, line = cfg.eye_distance_fraction * n / 2, cfg.eye_line_fraction * n
+    return (n / 2 + half, line), (n / 2 - half, line)
+
+
+def similarity_from_eyes(eyes: tuple[Point, Point], targets: tuple[Point, Point]) -> np.ndarray:
+    """(2, 3) rotation + uniform scale + translation mapping both (left, right) eyes onto the targets."""
+    (sl, sr), (tl, tr) = np.asarray(eyes, np.float64), np.asarray(targets, np.float64)
+    src, dst = sl - sr, tl - tr
+    if np.linalg.norm(src) < 1e-6:
+        raise ValueError("the two eye centres coincide")
+    scale = np.linalg.norm(dst) / np.linalg.norm(src)
+    angle = math.atan2(dst[1], dst[0]) - math.atan2(src[1], src[0])
+    a, b = scale * math.cos(angle), scale * math.sin(angle)
+    rot = np.array([[a, -b], [b, a]])
+    shift = (tl + tr) / 2 - rot @ ((sl + sr) / 2)
+    return np.concatenate([rot, shift[:, None]], axis=1)
+
+
+def align_face(image: np.ndarray, detection: FaceDetection, cfg: CropConfig) -> AlignedFace:
+    """Warp `image` so that the detection's eyes land on `target_eyes(cfg)`: the eye line becomes
+    horizontal (roll), the eye distance matches (scale) and the face is centred. Pixels outside
+    the photo are black, as in ETH-XGaze's normalisation. Large reductions first shrink the
+    photo with area averaging (warpAffine alone would alias)."""
+    _check_rgb(image)
+    targets = target_eyes(cfg)
+    matrix = similarity_from_eyes(detection.eyes(), targets)
+    scale = math.hypot(matrix[0, 0], matrix[1, 0])
+    source, pre = image, np.eye(3)
+    if scale < 0.5:  # shrink by ~the same factor first, then warp with a scale near 1
+        f = 2.0 * scale
+        size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+        source = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        fx, fy = size[0] / image.shape[1], size[1] / image.shape[0]
+        pre = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])  # resize's pixel map
+    warp = matrix @ np.linalg.inv(pre)  # resized pixels -> crop pixels
+    size = (cfg.resolution, cfg.resolution)
+    crop = cv2.warpAffine(source, warp[:2], size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return AlignedFace(crop, matrix, targets[0], targets[1])
+
+
+# --------------------------------------------------------------------------- --crop modes
+
+
+@dataclass(frozen=True)
+class CropResult:
+    status: CropStatus  # "cropped" and "passthrough" are successes
+    reason: str  # human-readable: what happened and why (the errors table's text when not ok)
+    image: np.ndarray | None = None  # (res, res, 3) uint8 RGB, None when not ok
+    detection: FaceDetection | None = None  # the face used (largest), if any
+    aligned: AlignedFace | None = None  # the alignment, when cropped
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("cropped", "passthrough")
+
+
+def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode: CropMode = "auto") -> CropResult:
+    """Turn a photo into a normalised face crop of side `cfg.resolution`.
+
+    never   the input already is a normalised crop: a square input is resized, any other fails.
+    always  the largest detected face is aligned and cropped; no face (or too small) fails.
+    auto    a square input passes through (resized) when it already looks normalised: its
+            largest face has its eyes within `cfg.auto_tolerance` of the target positions and
+            its eye line within `cfg.auto_max_roll_deg` of level, or no face is found at all and
+            its side is `cfg.resolution` or `cfg.normalisation.resolution` (normalised crops of
+            strongly turned heads defeat a frontal detector). Otherwise as ``always``.
+    """
+    _check_rgb(image)
+    h, w = image.shape[:2]
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"crop mode must be auto, always or never, got {mode!r}")
+    if mode == "never":
+        if h != w:
+            return CropResult("not_square", f"--crop never needs square normalised crops, got {w}x{h} pixels")
+        return CropResult("passthrough", "--crop never: passed through", _resize(image, cfg.resolution))
+    faces = sorted(detector.detect(image), key=lambda d: -d.area)
+    face = faces[0] if faces else None
+    if mode == "auto" and h == w:
+        if face is not None and _looks_normalised(face, w, cfg):
+            return CropResult("passthrough", "already a normalised face crop", _resize(image, cfg.resolution), face)
+        if face is None and w in (cfg.resolution, cfg.normalisation.resolution):
+            reason = f"no face found; a square {w} px input is taken as a normalised crop"
+            return CropResult("passthrough", reason, _resize(image, cfg.resolution))
+    if face is None:
+        return CropResult("no_face", f"no face found in the {w}x{h} image")
+    if face.box[2] < cfg.min_face_px:
+        reason = f"largest face is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
+        return CropResult("face_too_small", reason, detection=face)
+    aligned = align_face(image, face, cfg)
+    return CropResult("cropped", f"face at {tuple(round(v) for v in face.box)} aligned", aligned.image, face, aligned)
+
+
+def _looks_normalised(face: FaceDetection, side: int, cfg: CropConfig) -> bool:
+    """True when the face's eyes already sit where `target_eyes` puts them, within tolerance."""
+    (l, r), (tl, tr) = np.asarray(face.eyes()), np.asarray(target_eyes(cfg, side))
+    ipd = np.linalg.norm(tl - tr)
+    roll = math.degrees(math.atan2(l[1] - r[1], l[0] - r[0]))
+    return (
+        abs(np.linalg.norm(l - r) / ipd - 1) <= cfg.auto_tolerance
+        and np.linalg.norm((l + r) / 2 - (tl + tr) / 2) <= cfg.auto_tolerance * ipd
+        and abs(roll) <= cfg.auto_max_roll_deg
+    )
+
+
+def _resize(image: np.ndarray, side: int) -> np.ndarray:
+    if image.shape[0] == side and image.shape[1] == side:
+        return image
+    interpolation = cv2.INTER_AREA if image.shape[0] > side else cv2.INTER_CUBIC
+    return cv2.resize(image, (side, side), interpolation=interpolation)
