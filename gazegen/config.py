@@ -120,6 +120,145 @@ class RenderConfig:
     chunk_rays: int = bounded(65536, 1)  # rays decoded at once, bounds memory at large sizes
 
 
+# --------------------------------------------------------------------------- face cropping
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Detect, align and crop faces in photographs like the training data (gazegen/data/faces.py).
+
+    The target framing is not a literal: it is where a frontal face at `normalisation` lands.
+    The eyes are `ipd_mm` apart and `eye_above_centre_mm` above the ETH-XGaze face centre (the
+    midpoint of the eye centre and the nose-base centre, which the normalised camera looks at);
+    both defaults are measured on ETH-XGaze's generic 3D face model (face_model.txt: eye-corner
+    centres 63.5 mm apart, 23.7 mm above that face centre; 63 mm is also the adult mean IPD).
+    """
+
+    resolution: int = bounded(512, 16, 4096)  # side of the output crop, pixels
+    normalisation: NormalisationConfig = NormalisationConfig()  # framing to match (LiveGaze 512 px store)
+    ipd_mm: float = bounded(63.0, 40.0, 80.0)  # distance between the eye centres, millimetres
+    eye_above_centre_mm: float = bounded(23.7, 0.0, 60.0)  # eye line above the face centre, mm
+    min_face_px: int = bounded(48, 8)  # faces narrower than this (input pixels) are rejected
+    # --crop auto: an input counts as a normalised crop when its eye distance and eye midpoint are
+    # within this fraction of the target eye distance of the targets
+    auto_tolerance: float = bounded(0.2, 0.0, 1.0)
+    auto_max_roll_deg: float = bounded(8.0, 0.0, 45.0)  # --crop auto: largest eye-line tilt of a crop
+
+    @property
+    def eye_distance_fraction(self) -> float:
+        """Target distance between the eye centres as a fraction of the side (LiveGaze: ~0.21)."""
+        n = self.normalisation
+        return n.focal / n.resolution * self.ipd_mm / n.distance_mm
+
+    @property
+    def eye_line_fraction(self) -> float:
+        """Target height of the eye line as a fraction of the side from the top (LiveGaze: ~0.42)."""
+        n = self.normalisation
+        return 0.5 - n.focal / n.resolution * self.eye_above_centre_mm / n.distance_mm
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The training objective (paper eq. 6-11; weights from section 4.1), train/losses.py.
+
+    L = w_R * (w_face * L1_face + w_eyes * L1_eyes) + w_D * L1_depth + w_P * L_P, each L1 a mean
+    over its mask's pixels; L_P the L1 distance of VGG16 features at `vgg_layers` (paper eq. 11).
+    """
+
+    reconstruction_weight: float = bounded(1.0, 0.0)  # lambda_R, eq. 6
+    depth_weight: float = bounded(1.0, 0.0)  # lambda_D, eq. 6
+    perceptual_weight: float = bounded(0.8, 0.0)  # lambda_P, eq. 6
+    face_weight: float = bounded(1.0, 0.0)  # lambda_Rf, eq. 7 (face-mask L1)
+    eye_weight: float = bounded(2.0, 0.0)  # lambda_Re, eq. 7 (eye-mask L1); the paper needs > face_weight
+    perceptual: bool = True  # False: no L_P and VGG16 is never loaded (CPU tests, runs without the weights)
+    # VGG16 ReLU outputs compared by L_P (the paper does not name them; these are Johnson et al.'s [19]
+    # relu1_2..relu4_3). Known names: relu{1,2}_{1,2}, relu{3,4,5}_{1,2,3}.
+    vgg_layers: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """LiveGaze's network (paper section 3.2, Fig. 2); the defaults are the `base` preset, Live3D's sizes.
+
+    Image side S -> E_h and E_l features at S/2 = the triplane side (`render.plane_resolution`);
+    E_tri's output channels are 3 * `render.plane_channels`. Live3D's layout (as reproduced by
+    Live3DPortrait) is described in gazegen/models/*.py and mapped in gazegen/checkpoint.py.
+    """
+
+    image_resolution: int = bounded(512, 16, 2048)  # input side; a multiple of 16 (E_l reaches stride 16)
+    output_resolution: int = bounded(512, 16, 4096)  # output side after super-resolution
+    coord_channels: bool = True  # Live3D quirk: append raw (row, col) pixel indices as 2 input channels
+    eg3d_plane_axes: bool = True  # EG3D quirk: read plane 2 as ZX (needed by Live3D / EG3D weights)
+    # E_h: high-frequency appearance features F_h
+    high_hidden: int = bounded(64, 1, 4096)  # channels of its first (7x7, stride 2) conv
+    high_channels: int = bounded(96, 1, 4096)  # channels of F_h, also the width C of the gaze tokens
+    high_depth: int = bounded(4, 1, 64)  # 3x3 convs after the first
+    # E_l: low-frequency geometry features F_geo
+    backbone_channels: tuple[int, int] = (64, 128)  # ResNet widths of layer1 and layer2 (ResNet-34)
+    backbone_blocks: tuple[int, int] = (3, 4)  # basic blocks in layer1 and layer2 (ResNet-34)
+    aspp_channels: int = bounded(256, 1, 4096)  # DeepLabV3 ASPP width
+    aspp_rates: tuple[int, int, int] = (12, 24, 36)  # ASPP dilation rates (DeepLabV3)
+    aspp_dropout: float = bounded(0.5, 0.0, 0.99)  # dropout after the ASPP projection, training only (DeepLabV3)
+    geo_embed_dim: int = bounded(1024, 4, 8192)  # token width of E_l's transformer; a multiple of 4 and of geo_heads
+    geo_depth: int = bounded(5, 0, 64)  # SegFormer blocks in E_l
+    geo_heads: int = bounded(4, 1, 64)  # attention heads in E_l
+    geo_hidden: int = bounded(128, 1, 4096)  # channels of E_l's upsampling convs
+    geo_channels: int = bounded(96, 1, 4096)  # channels of F_geo
+    # E_g and the gaze cross-attention
+    gaze_tokens: int = bounded(8, 1, 256)  # K: gaze tokens (keys and values of the cross-attention)
+    gaze_frequencies: int = bounded(6, 0, 16)  # L: Fourier frequencies pi 2^l, l < L, per angle
+    gaze_hidden: int = bounded(256, 1, 8192)  # width of E_g's MLP
+    fusion_heads: int = bounded(4, 1, 64)  # cross-attention heads; divides high_channels
+    # E_tri: triplane decoder
+    tri_channels: tuple[int, int] = (256, 128)  # widths of E_tri's conv stacks
+    tri_embed_dim: int = bounded(1024, 4, 8192)  # token width of E_tri's transformer; a multiple of 4 and of tri_heads
+    tri_depth: int = bounded(1, 0, 64)  # SegFormer blocks in E_tri
+    tri_heads: int = bounded(2, 1, 64)  # attention heads in E_tri
+    tri_sr_ratio: int = bounded(2, 1, 16)  # spatial reduction of keys/values in E_tri's attention
+    mlp_ratio: float = bounded(2.0, 0.25, 16.0)  # hidden width / width of every Mix-FFN
+    # super-resolution
+    sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
+    style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)
+    sr_antialias: bool = True  # antialiased resize when the neural render is not output / 2^n (EG3D)
+    render: RenderConfig = RenderConfig()  # neural rendering: planes, samples, decoder MLP
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.image_resolution % 16 != 0, f"image_resolution {self.image_resolution} is not a multiple of 16"),
+            (
+                self.render.plane_resolution * 2 != self.image_resolution,
+                f"render.plane_resolution {self.render.plane_resolution} must be image_resolution / 2 "
+                f"= {self.image_resolution // 2}",
+            ),
+            (not self.sr_channels, "sr_channels is empty: at least one x2 block"),
+            (
+                self.output_resolution % 2 ** len(self.sr_channels) != 0,
+                f"output_resolution {self.output_resolution} is not divisible by 2^{len(self.sr_channels)} (sr_channels)",
+            ),
+            (self.geo_embed_dim % 4 or self.geo_embed_dim % self.geo_heads, "geo_embed_dim must be a multiple of 4 and of geo_heads"),
+            (self.tri_embed_dim % 4 or self.tri_embed_dim % self.tri_heads, "tri_embed_dim must be a multiple of 4 and of tri_heads"),
+            (self.high_channels % self.fusion_heads != 0, "high_channels must be a multiple of fusion_heads"),
+            (
+                min(*self.backbone_channels, *self.backbone_blocks, *self.aspp_rates, *self.tri_channels, *self.sr_channels) < 1,
+                "backbone_channels, backbone_blocks, aspp_rates, tri_channels and sr_channels must all be >= 1",
+            ),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ConfigError(message)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A ModelConfig from plain data (``to_dict``'s output, e.g. a checkpoint's config.json), validated."""
+        return _build(cls, data, "")
+
+
 # --------------------------------------------------------------------------- loading
 
 
