@@ -1,0 +1,280 @@
+"""Read synthesized gaze data: Parquet shards streamed as a torch ``IterableDataset``.
+
+The shards are written by ``pipelines/`` (schema in ``pipelines/schema.py``); the constants
+they share with this reader live here, because ``gazegen/`` never imports ``pipelines/``.
+
+Row layout (one row per rendered image)
+---------------------------------------
+``image``, ``depth``, ``alpha``  ``struct<bytes: binary, path: string>`` PNGs (the Hugging Face
+    ``datasets`` Image layout). ``image`` is 8-bit RGB. ``depth`` is a 16-bit grayscale PNG:
+    ``value = round(depth_mm * DEPTH_SCALE)``, z-depth along the camera axis in millimetres of
+    the normalised camera, 0 = no surface, 65535 = at or beyond ``DEPTH_MAX_MM``. ``alpha`` is
+    an 8-bit grayscale PNG, ``value = round(alpha * 255)``.
+``gaze``, ``head_pose``  (pitch, yaw) radians in the rendered (normalised) camera frame.
+``gaze_head``  (pitch, yaw) radians of the gaze in the head frame (the model's condition).
+``view_offset``  (pitch, yaw) radians by which the camera was turned from the source's camera.
+    Angles follow gazegen/geometry.py: vector = (-cos p sin y, -sin p, -cos p cos y).
+``camera``  EG3D's 25 numbers (cam2world 4x4 row-major, then intrinsics / image size).
+All labels are float32 fixed-size lists. Provenance: ``source_id``, ``source_path``,
+``gaze_index``, ``view_index``, ``checkpoint_hash``, ``seed``, ``row_id``.
+
+The depth scale is also written into each file's schema metadata (key ``gazegen``); the reader
+takes it from there and falls back to ``DEPTH_SCALE``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+DEPTH_SCALE = 10.0  # 16-bit depth PNG units per millimetre: 0.1 mm steps
+DEPTH_MAX_VALUE = 65535  # the largest 16-bit value; also "at or beyond DEPTH_MAX_MM"
+DEPTH_MAX_MM = DEPTH_MAX_VALUE / DEPTH_SCALE  # 6553.5 mm
+ALPHA_SCALE = 255.0  # 8-bit alpha PNG units per unit of coverage
+IMAGE_COLUMNS = ("image", "depth", "alpha")  # PNG structs, Hugging Face Image layout
+LABEL_WIDTHS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}
+METADATA_KEY = b"gazegen"  # schema metadata: JSON with the depth scale and format version
+FORMAT_NAME = "gazegen-synthesis"
+FORMAT_VERSION = 1
+SHARD_GLOB = "shard-*.parquet"  # data files; nothing else in an output folder matches it
+
+
+# --------------------------------------------------------------------------- PNG decoding
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray:
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if array is None:
+        raise ValueError("not a decodable PNG")
+    return array
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 RGB (OpenCV decodes BGR; converted here)."""
+    array = _imdecode(data, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def decode_depth_png(data: bytes, scale: float = DEPTH_SCALE) -> np.ndarray:
+    """16-bit depth PNG -> (H, W) float32 millimetres; 0 where there is no surface."""
+    array = _imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array.dtype != np.uint16 or array.ndim != 2:
+        raise ValueError(f"depth PNG must be 16-bit single-channel, got {array.dtype} {array.shape}")
+    return array.astype(np.float32) / np.float32(scale)
+
+
+def decode_alpha_png(data: bytes) -> np.ndarray:
+    """8-bit alpha PNG -> (H, W) float32 coverage in [0, 1]."""
+    array = _imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array.dtype != np.uint8 or array.ndim != 2:
+        raise ValueError(f"alpha PNG must be 8-bit single-channel, got {array.dtype} {array.shape}")
+    return array.astype(np.float32) / np.float32(ALPHA_SCALE)
+
+
+def depth_scale_of(schema: pa.Schema) -> float:
+    """The depth scale recorded in a shard's schema metadata (``DEPTH_SCALE`` if absent)."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return float(json.loads(raw).get("depth_scale", DEPTH_SCALE)) if raw else DEPTH_SCALE
+
+
+# --------------------------------------------------------------------------- shard discovery
+
+
+def resolve_shards(source: str | Sequence[str], filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, list[str]]:
+    """Shard files of a folder (``shard-*.parquet`` in it), a glob, a file, or a list of files.
+
+    ``source`` may be a local path or a pyarrow filesystem URI (``file://``, ``s3://``, ...);
+    with ``filesystem`` given, paths are taken within it. Returns the filesystem and sorted paths.
+    """
+    items = [source] if isinstance(source, str) else list(source)
+    if not items:
+        raise ValueError("no shard paths given")
+    paths: list[str] = []
+    for item in items:
+        fs, path = _filesystem_and_path(item, filesystem)
+        if filesystem is None:
+            filesystem = fs
+        if any(ch in posixpath.basename(path) for ch in "*?["):
+            parent, pattern = posixpath.split(path)
+            found = [f.path for f in fs.get_file_info(pafs.FileSelector(parent)) if f.type == pafs.FileType.File]
+            paths += [p for p in found if fnmatch.fnmatch(posixpath.basename(p), pattern)]
+        elif fs.get_file_info(path).type == pafs.FileType.Directory:
+            found = fs.get_file_info(pafs.FileSelector(path))
+            paths += [f.path for f in found if fnmatch.fnmatch(f.base_name, SHARD_GLOB)]
+        else:
+            paths.append(path)
+    if not paths:
+        raise FileNotFoundError(f"no shards found in {source!r} (expected {SHARD_GLOB})")
+    assert filesystem is not None
+    return filesystem, sorted(set(paths))
+
+
+def _filesystem_and_path(item: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    if filesystem is not None:
+        return filesystem, item
+    if "://" in item:
+        return pafs.FileSystem.from_uri(item)
+    return pafs.LocalFileSystem(), os.path.abspath(item)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A piece of work: some row groups of one file (``None`` = all of them)."""
+
+    path: str
+    row_groups: tuple[int, ...] | None
+
+
+class GazeParquetDataset(IterableDataset):
+    """Streams rows of gazegen Parquet shards for gaze-estimation training.
+
+    Each item is a dict (collates with torch's default ``collate_fn``):
+        ``image``      (3, H, W) float32 RGB in [-1, 1], or uint8 (3, H, W) with ``uint8=True``
+        ``gaze``, ``head_pose``, ``gaze_head``, ``view_offset``  (2,) float32 pitch/yaw radians
+        ``camera``     (25,) float32
+        ``row_id``, ``source_id``  str
+        ``depth``      (1, H, W) float32 millimetres, 0 = no surface (with ``depth=True``)
+        ``alpha``      (1, H, W) float32 in [0, 1] (with ``alpha=True``)
+
+    Work is split deterministically across DataLoader workers (and across ``world_size``
+    processes with ``rank``): with at least as many files as consumers, file ``i`` goes to
+    consumer ``i % consumers``; otherwise row groups are dealt out round-robin. Every row is
+    yielded exactly once per epoch across all consumers. ``shuffle_buffer > 0`` shuffles the
+    order of the work units (the same permutation in every worker) and rows through a buffer
+    of that size, seeded by ``(seed, epoch, consumer)``; call ``set_epoch`` between epochs.
+    """
+
+    def __init__(
+        self,
+        source: str | Sequence[str],
+        *,
+        filesystem: pafs.FileSystem | None = None,
+        uint8: bool = False,
+        depth: bool = False,
+        alpha: bool = False,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        batch_rows: int = 64,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.filesystem, self.paths = resolve_shards(source, filesystem)
+        self.uint8, self.depth, self.alpha = uint8, depth, alpha
+        self.shuffle_buffer, self.seed, self.batch_rows = shuffle_buffer, seed, batch_rows
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the shuffle of the next iteration (call before creating the iterator)."""
+        self.epoch = epoch
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in all shards together (read from the Parquet footers)."""
+        return sum(self._open(p).metadata.num_rows for p in self.paths)
+
+    @property
+    def columns(self) -> list[str]:
+        names = ["image", "gaze", "head_pose", "gaze_head", "view_offset", "camera", "row_id", "source_id"]
+        return names + ["depth"] * self.depth + ["alpha"] * self.alpha
+
+    def _open(self, path: str) -> pq.ParquetFile:
+        return pq.ParquetFile(self.filesystem.open_input_file(path))
+
+    def _units(self, consumer: int, consumers: int) -> list[_Unit]:
+        if len(self.paths) >= consumers:
+            units = [_Unit(p, None) for p in self.paths]
+        else:
+            units = [_Unit(p, (g,)) for p in self.paths for g in range(self._open(p).metadata.num_row_groups)]
+        if self.shuffle_buffer > 0:  # the same permutation in every consumer
+            units = [units[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(units))]
+        return units[consumer::consumers]
+
+    def _rows(self, unit: _Unit) -> Iterator[dict[str, Any]]:
+        file = self._open(unit.path)
+        scale = depth_scale_of(file.schema_arrow)
+        for batch in file.iter_batches(batch_size=self.batch_rows, row_groups=unit.row_groups, columns=self.columns):
+            labels = {name: _label_matrix(batch.column(name), LABEL_WIDTHS[name]) for name in LABEL_WIDTHS}
+            pngs = {name: batch.column(name).field("bytes").to_pylist() for name in IMAGE_COLUMNS if name in batch.schema.names}
+            row_ids = batch.column("row_id").to_pylist()
+            source_ids = batch.column("source_id").to_pylist()
+            for i in range(batch.num_rows):
+                item: dict[str, Any] = {name: torch.from_numpy(labels[name][i].copy()) for name in labels}
+                item["image"] = self._image(pngs["image"][i])
+                item["row_id"], item["source_id"] = row_ids[i], source_ids[i]
+                if self.depth:
+                    item["depth"] = torch.from_numpy(decode_depth_png(pngs["depth"][i], scale))[None]
+                if self.alpha:
+                    item["alpha"] = torch.from_numpy(decode_alpha_png(pngs["alpha"][i]))[None]
+                yield item
+
+    def _image(self, data: bytes) -> torch.Tensor:
+        chw = torch.from_numpy(decode_png(data)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+        return chw if self.uint8 else chw.float() / 127.5 - 1.0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        consumer, consumers = self.rank * workers + worker, self.world_size * workers
+        rows = (row for unit in self._units(consumer, consumers) for row in self._rows(unit))
+        if self.shuffle_buffer <= 0:
+            yield from rows
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, consumer, 1])
+        buffer: list[dict[str, Any]] = []
+        for row in rows:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(row)
+                continue
+            j = int(rng.integers(len(buffer)))
+            yield buffer[j]
+            buffer[j] = row
+        for j in rng.permutation(len(buffer)):
+            yield buffer[j]
+
+
+def _label_matrix(column: pa.Array, width: int) -> np.ndarray:
+    """A fixed-size list column -> (N, width) float32."""
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if values.size != len(column) * width:
+        raise ValueError(f"label column has {values.size} values for {len(column)} rows of width {width}")
+    return values.reshape(len(column), width)
+
+
+__all__ = [
+    "ALPHA_SCALE",
+    "DEPTH_MAX_MM",
+    "DEPTH_MAX_VALUE",
+    "DEPTH_SCALE",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GazeParquetDataset",
+    "IMAGE_COLUMNS",
+    "LABEL_WIDTHS",
+    "METADATA_KEY",
+    "SHARD_GLOB",
+    "decode_alpha_png",
+    "decode_depth_png",
+    "decode_png",
+    "depth_scale_of",
+    "resolve_shards",
+]

@@ -1,0 +1,377 @@
+"""Run-level files of a synthesis output: ``_manifest.json``, ``_errors.parquet``, ``README.md``.
+
+A run starts with ``check_or_create``: a fresh OUT gets a manifest (status ``running``) before
+any shard is written; an OUT with a manifest is resumed only when the recorded inputs,
+checkpoint and settings equal the new run's, else it refuses with ``RunMismatchError`` naming
+each difference (``overwrite=True`` removes the old outputs and starts afresh). ``finalize``
+checks that every planned shard is complete, merges the shards' errors into
+``_errors.parquet``, fills the manifest's shard list (rows, checksums) and writes the dataset
+card. Both are idempotent: a restart of a finished run finalizes again to the same result.
+
+``settings`` must hold everything that changes the rows (grid, seed, model and render
+settings, image size, ...): it is compared key by key on restart. ``sources_per_shard`` is
+recorded and compared beside it because it fixes the shard plan. The command line and the
+library versions are recorded but not compared.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gazegen.data.parquet import DEPTH_SCALE, SHARD_GLOB
+from pipelines.schema import ERRORS_SCHEMA, FEATURES, GAZEGEN_METADATA, ROW_ID_FORMAT
+from pipelines.shards import (
+    SHARD_ERRORS_DIR,
+    STATS_GLOB,
+    TMP_DIR,
+    OutputDir,
+    ShardSpec,
+    completed_shards,
+    sha256_text,
+    utc_now,
+)
+
+MANIFEST_NAME = "_manifest.json"
+ERRORS_NAME = "_errors.parquet"
+CARD_NAME = "README.md"
+MANIFEST_FORMAT = "gazegen-synthesis-manifest"
+VERSIONED = ("gazegen", "torch", "pyarrow", "numpy", "opencv-python-headless", "ray", "datasets")
+
+
+class RunMismatchError(RuntimeError):
+    """OUT holds another run (or foreign files); the message says what differs and what to do."""
+
+
+class IncompleteRunError(RuntimeError):
+    """``finalize`` found planned shards that are not complete."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the installed libraries that shape the output (read without importing them)."""
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _jsonable(value: Any) -> Any:
+    """The value as it reads back from JSON (tuples -> lists, ...), so comparisons are fair."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """The content of ``_manifest.json``."""
+
+    inputs: tuple[str, ...]  # sorted input names
+    checkpoint_hash: str  # identity of the model weights
+    settings: Mapping[str, Any]  # everything that changes the rows; JSON-normalised
+    sources_per_shard: int
+    command: tuple[str, ...] = ()
+    versions: Mapping[str, str] = field(default_factory=dict)
+    status: str = "running"  # "running" until finalize, then "complete"
+    created: str = ""
+    finished: str = ""
+    shards: tuple[Mapping[str, Any], ...] = ()  # per shard: name, rows, errors, bytes, sha256
+
+    @classmethod
+    def create(
+        cls,
+        inputs: Sequence[str],
+        checkpoint_hash: str,
+        settings: Mapping[str, Any],
+        sources_per_shard: int,
+        command: Sequence[str] = (),
+    ) -> RunManifest:
+        """A new run's manifest: inputs sorted, settings normalised, versions and time recorded."""
+        return cls(
+            inputs=tuple(sorted(inputs)), checkpoint_hash=checkpoint_hash, settings=_jsonable(dict(settings)),
+            sources_per_shard=sources_per_shard, command=tuple(command), versions=library_versions(), created=utc_now(),
+        )  # fmt: skip
+
+    @property
+    def inputs_hash(self) -> str:
+        return sha256_text(self.inputs)
+
+    @property
+    def rows(self) -> int:
+        return sum(int(s["rows"]) for s in self.shards)
+
+    @property
+    def errors(self) -> int:
+        return sum(int(s["errors"]) for s in self.shards)
+
+    def to_json(self) -> str:
+        data = asdict(self) | {"settings": dict(self.settings), "versions": dict(self.versions)}
+        data["shards"] = [dict(s) for s in self.shards]
+        inputs = {"count": len(self.inputs), "sha256": self.inputs_hash, "names": list(self.inputs)}
+        head = {"format": MANIFEST_FORMAT, "version": 1, "inputs": inputs, "rows": self.rows, "errors": self.errors}
+        return json.dumps(head | {k: v for k, v in data.items() if k != "inputs"} | {"schema": GAZEGEN_METADATA}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RunManifest:
+        data = json.loads(text)
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not a gazegen manifest (format {data.get('format')!r})")
+        if sha256_text(data["inputs"]["names"]) != data["inputs"]["sha256"]:
+            raise ValueError("manifest inputs do not match their recorded checksum")
+        names = {f.name for f in cls.__dataclass_fields__.values()} - {"inputs"}
+        kept = {k: v for k, v in data.items() if k in names}
+        kept |= {"command": tuple(kept.get("command", ())), "shards": tuple(kept.get("shards", ()))}
+        return cls(inputs=tuple(data["inputs"]["names"]), **kept)
+
+    def differences(self, other: RunManifest) -> list[str]:
+        """What makes ``other`` (a new run) a different run from this recorded one; [] if none."""
+        found = []
+        if self.inputs_hash != other.inputs_hash:
+            old, new = set(self.inputs), set(other.inputs)
+            added, removed = sorted(new - old), sorted(old - new)
+            found.append(f"inputs differ: {len(added)} added {added[:3]}, {len(removed)} removed {removed[:3]}")
+        if self.checkpoint_hash != other.checkpoint_hash:
+            found.append(f"checkpoint differs: recorded {self.checkpoint_hash!r}, now {other.checkpoint_hash!r}")
+        old_settings = _flatten(dict(self.settings)) | {"sources_per_shard": self.sources_per_shard}
+        new_settings = _flatten(_jsonable(dict(other.settings))) | {"sources_per_shard": other.sources_per_shard}
+        changed = [k for k in sorted(old_settings.keys() | new_settings.keys()) if old_settings.get(k) != new_settings.get(k)]
+        if changed:
+            shown = ", ".join(f"{k}: {old_settings.get(k, '<unset>')!r} -> {new_settings.get(k, '<unset>')!r}" for k in changed[:5])
+            found.append(f"settings differ ({len(changed)}): {shown}")
+        return found
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_manifest(out: str | OutputDir) -> RunManifest | None:
+    """The recorded manifest, None when OUT has none; ``ValueError`` when it is unreadable."""
+    out = OutputDir.from_uri(out)
+    if not out.exists(MANIFEST_NAME):
+        return None
+    return RunManifest.from_json(out.read_bytes(MANIFEST_NAME))
+
+
+def remove_outputs(out: str | OutputDir) -> None:
+    """Deletes what a gazegen run writes in OUT (and nothing else); the card only if ours."""
+    out = OutputDir.from_uri(out)
+    names = out.list(SHARD_GLOB) + out.list(STATS_GLOB) + [TMP_DIR, SHARD_ERRORS_DIR, ERRORS_NAME]
+    if out.exists(MANIFEST_NAME):
+        names += [CARD_NAME, MANIFEST_NAME]  # the manifest last: it is what marks OUT as ours
+    for name in names:
+        out.delete(name)
+
+
+def check_or_create(out: str | OutputDir, manifest: RunManifest, overwrite: bool = False) -> RunManifest:
+    """Starts or resumes a run in OUT; returns the manifest now recorded there.
+
+    Raises ``RunMismatchError`` when OUT holds a different run, an unreadable manifest, or
+    shards without a manifest, unless ``overwrite`` (then the old outputs are removed first).
+    Resuming clears ``_tmp/`` (call it before any writer starts).
+    """
+    out = OutputDir.from_uri(out)
+    out.ensure()
+    if overwrite:
+        remove_outputs(out)
+    try:
+        recorded = read_manifest(out)
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunMismatchError(f"{out}: unreadable {MANIFEST_NAME} ({error}); pass --overwrite to start afresh") from error
+    if recorded is None:
+        leftovers = out.list(SHARD_GLOB) + out.list(STATS_GLOB)
+        if leftovers:
+            raise RunMismatchError(
+                f"{out} holds shards but no {MANIFEST_NAME} (e.g. {leftovers[0]}): not a run this command can resume; "
+                "pass --overwrite to start afresh or choose another output"
+            )
+        out.write_atomic(MANIFEST_NAME, manifest.to_json().encode())
+        return manifest
+    differences = recorded.differences(manifest)
+    if differences:
+        raise RunMismatchError(
+            f"{out} holds a run that differs from this one:\n  - " + "\n  - ".join(differences)
+            + "\nRestart with the recorded inputs, checkpoint and settings to resume it, "
+            "pass --overwrite to start afresh, or choose another output."
+        )  # fmt: skip
+    out.delete(TMP_DIR)
+    return recorded
+
+
+def read_shard_errors(out: str | OutputDir, plan: Sequence[ShardSpec]) -> pa.Table:
+    """The errors of the plan's shards, in shard order (shards without an errors file add none)."""
+    out = OutputDir.from_uri(out)
+    tables = [
+        pq.read_table(pa.BufferReader(out.read_bytes(spec.errors_name))).cast(ERRORS_SCHEMA)
+        for spec in plan
+        if out.exists(spec.errors_name)
+    ]
+    return pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()
+
+
+def _check_row_ids(out: OutputDir, plan: Sequence[ShardSpec]) -> None:
+    """Raises ``IncompleteRunError`` when a row id occurs in more than one row of the run."""
+    ids = [pq.read_table(out.path(spec.parquet_name), columns=["row_id"], filesystem=out.fs).column("row_id") for spec in plan]
+    column = pa.chunked_array([chunk for c in ids for chunk in c.chunks], pa.string())
+    distinct = pc.count_distinct(column).as_py()
+    if distinct != len(column):
+        raise IncompleteRunError(f"{out}: {len(column) - distinct} duplicate row ids across shards (are source ids unique?)")
+
+
+def finalize(out: str | OutputDir, plan: Sequence[ShardSpec], verify: bool = False) -> RunManifest:
+    """Ends a run whose planned shards are all complete; returns the final manifest.
+
+    Writes ``_errors.parquet`` (every shard's bad inputs; possibly empty), the manifest with
+    status ``complete`` and the shard list, and the dataset card; removes ``_tmp/``. Raises
+    ``IncompleteRunError`` naming missing shards, or shard files that are not in the plan.
+    ``verify`` also checks every shard's sha256 and that no row id occurs twice in the run.
+    """
+    out = OutputDir.from_uri(out)
+    recorded = read_manifest(out)
+    if recorded is None:
+        raise IncompleteRunError(f"{out}: no {MANIFEST_NAME}; start runs with check_or_create")
+    if tuple(name for spec in plan for name in spec.inputs) != recorded.inputs:
+        raise IncompleteRunError(f"{out}: the plan's inputs are not the recorded run's inputs")
+    scan = completed_shards(out, plan, verify=verify)
+    missing = [spec.name for spec in scan.todo(plan)]
+    stray = sorted(set(out.list(SHARD_GLOB)) - {spec.parquet_name for spec in plan})
+    if missing or stray:
+        raise IncompleteRunError(
+            f"{out}: {len(missing)} of {len(plan)} shards incomplete {missing[:5]}; "
+            f"files not in the plan {stray[:5]}; invalid stats {dict(list(scan.invalid.items())[:5])}"
+        )
+    if verify:
+        _check_row_ids(out, plan)
+    errors = read_shard_errors(out, plan)
+    sink = io.BytesIO()
+    pq.write_table(errors, sink)
+    out.write_atomic(ERRORS_NAME, sink.getvalue())
+    shards = tuple(
+        {"name": s.parquet, "rows": s.rows, "errors": s.errors, "bytes": s.bytes, "sha256": s.sha256, "seconds": s.seconds}
+        for s in (scan.complete[spec.shard_id] for spec in plan)
+    )
+    final = replace(recorded, shards=shards, status="complete", finished=utc_now())
+    out.write_atomic(CARD_NAME, dataset_card(final).encode())
+    out.write_atomic(MANIFEST_NAME, final.to_json().encode())
+    out.delete(TMP_DIR)
+    return final
+
+
+def _feature_name(feature: Mapping[str, Any]) -> str:
+    if feature["_type"] == "Image":
+        return "Image (PNG struct)"
+    if feature["_type"] == "Sequence":
+        return f"{feature['length']} x {feature['feature']['dtype']}"
+    return str(feature["dtype"])
+
+
+_MEANINGS = {
+    "image": "the rendered face, 8-bit RGB PNG",
+    "depth": f"z-depth along the camera axis, 16-bit PNG, millimetres x {DEPTH_SCALE:g}; 0 = no surface",
+    "alpha": "coverage of the rendered head, 8-bit PNG, alpha x 255",
+    "gaze": "gaze (pitch, yaw), radians, rendered camera frame: what a gaze estimator learns",
+    "head_pose": "head pose (pitch, yaw), radians, rendered camera frame",
+    "gaze_head": "gaze (pitch, yaw), radians, head frame: the model's condition, the same for every view",
+    "view_offset": "(pitch, yaw), radians, the camera turned from the source's normalised camera",
+    "camera": "EG3D camera: 4x4 cam2world (OpenCV axes) row-major, then 3x3 intrinsics / image size",
+    "row_id": f"stable id {ROW_ID_FORMAT}",
+    "source_id": "id of the source face",
+    "source_path": "the input the source came from",
+    "gaze_index": "index into the gaze grid",
+    "view_index": "index into the view grid",
+    "checkpoint_hash": "identity of the model weights",
+    "seed": "random seed of the rendering",
+}
+
+
+def dataset_card(manifest: RunManifest) -> str:
+    """``README.md``: YAML header for the Hugging Face loader, columns, conventions, provenance."""
+    rows = "\n".join(f"| `{name}` | {_feature_name(f)} | {_MEANINGS.get(name, '')} |" for name, f in FEATURES.items())
+    command = " ".join(manifest.command) or "(not recorded)"
+    settings = json.dumps(dict(manifest.settings), indent=1, sort_keys=True)
+    return f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: {SHARD_GLOB}
+tags:
+- gaze-estimation
+- synthetic
+---
+
+# gazegen synthetic gaze data
+
+Faces re-rendered by LiveGaze under a grid of gaze directions and camera views, one row per
+rendered image, with exact labels. {manifest.rows} rows in {len(manifest.shards)} shards from
+{len(manifest.inputs)} inputs; failed inputs: {manifest.errors} (reasons in `_errors.parquet`).
+
+```python
+from datasets import load_dataset
+ds = load_dataset("parquet", data_files="OUT/{SHARD_GLOB}", split="train")
+from gazegen.data.parquet import GazeParquetDataset   # torch IterableDataset
+```
+
+## Columns
+
+| column | type | meaning |
+|---|---|---|
+{rows}
+
+## Conventions
+
+- Angles are radians, (pitch, yaw). The gaze vector of (p, y) is `(-cos p sin y, -sin p, -cos p cos y)`
+  (ETH-XGaze): (0, 0) looks back into the camera, positive pitch looks up, positive yaw looks to
+  the image's left. The camera frame has OpenCV axes (x right, y down, z forward).
+- Images are normalised as in ETH-XGaze: a virtual camera at a fixed distance looking at the face centre.
+- Depth: `depth_mm = png_value / {DEPTH_SCALE:g}`; 0 = no surface, 65535 = at or beyond {65535 / DEPTH_SCALE:g} mm.
+  The scale is also in each file's schema metadata (`gazegen`).
+- Shards: `shard-XXXXX.parquet` holds the sources `[X * {manifest.sources_per_shard}, (X + 1) * {manifest.sources_per_shard})`
+  of the sorted inputs; `shard-XXXXX_stats.json` marks it complete; `_manifest.json` lists checksums.
+
+## Provenance
+
+- command: `{command}`
+- checkpoint: `{manifest.checkpoint_hash}`
+- created {manifest.created}, finished {manifest.finished}
+- versions: {", ".join(f"{k} {v}" for k, v in manifest.versions.items())}
+
+Settings:
+
+```json
+{settings}
+```
+"""
+
+
+__all__ = [
+    "CARD_NAME",
+    "ERRORS_NAME",
+    "MANIFEST_NAME",
+    "IncompleteRunError",
+    "RunManifest",
+    "RunMismatchError",
+    "check_or_create",
+    "dataset_card",
+    "finalize",
+    "library_versions",
+    "read_manifest",
+    "read_shard_errors",
+    "remove_outputs",
+]

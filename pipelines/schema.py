@@ -1,0 +1,250 @@
+"""The one declaration of a synthesized row: Arrow schema, Hugging Face features, PNG encoders.
+
+One row per rendered image (column meanings in gazegen/data/parquet.py, which also holds the
+constants shared with the reader: ``gazegen/`` never imports ``pipelines/``).
+
+Hugging Face compatibility: ``image``, ``depth`` and ``alpha`` are ``struct<bytes: binary,
+path: string>`` in that field order (``datasets.Image``'s storage type; ``large_binary`` or
+another order would load as plain dicts). The schema metadata key ``huggingface`` holds
+``{"info": {"features": ...}}``, the JSON ``datasets.Features.to_dict()`` writes; labels are
+declared as ``Sequence(Value("float32"), length=n)``, which datasets 2.x to 5.x all read (5.x
+turns it into ``List``). ``datasets`` is not needed to write; the tests check that it decodes.
+``path`` is left null: the bytes travel with the file.
+
+Encodings: ``image`` 8-bit RGB PNG; ``depth`` 16-bit PNG, ``value = round(depth_mm *
+DEPTH_SCALE)``, 0 = no surface (non-finite or <= 0 depth), saturating at 65535; ``alpha`` 8-bit
+PNG, ``round(alpha * 255)``. The scale is also in the schema metadata key ``gazegen``.
+
+Row id: ``f"{source_id}-{gaze_index:04d}-{view_index:04d}"``, unique and stable because the
+source ids are unique and the grid is fixed by the run's settings (the manifest checks both).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from gazegen.data.parquet import (
+    ALPHA_SCALE,
+    DEPTH_MAX_VALUE,
+    DEPTH_SCALE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_COLUMNS,
+    LABEL_WIDTHS,
+    METADATA_KEY,
+    decode_alpha_png,
+    decode_depth_png,
+    decode_png,
+)
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Image storage
+ROW_ID_FORMAT = "{source_id}-{gaze_index:04d}-{view_index:04d}"
+
+_FIELDS: list[pa.Field] = (
+    [pa.field(name, IMAGE_TYPE) for name in IMAGE_COLUMNS]
+    + [pa.field(name, pa.list_(pa.float32(), width)) for name, width in LABEL_WIDTHS.items()]
+    + [pa.field(name, pa.string()) for name in ("row_id", "source_id", "source_path")]
+    + [pa.field("gaze_index", pa.int32()), pa.field("view_index", pa.int32())]
+    + [pa.field("checkpoint_hash", pa.string()), pa.field("seed", pa.int64())]
+)
+ROW_COLUMNS: tuple[str, ...] = tuple(f.name for f in _FIELDS)
+
+
+def _feature(field: pa.Field) -> dict[str, Any]:
+    """The ``datasets.Features.to_dict()`` entry of one field, written by hand."""
+    names = {pa.string(): "string", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32"}
+    if field.type == IMAGE_TYPE:
+        return {"_type": "Image"}
+    if pa.types.is_fixed_size_list(field.type):
+        item = {"dtype": names[field.type.value_type], "_type": "Value"}
+        return {"feature": item, "length": field.type.list_size, "_type": "Sequence"}
+    return {"dtype": names[field.type], "_type": "Value"}
+
+
+FEATURES: dict[str, Any] = {f.name: _feature(f) for f in _FIELDS}
+GAZEGEN_METADATA: dict[str, Any] = {
+    "format": FORMAT_NAME,
+    "version": FORMAT_VERSION,
+    "depth_scale": DEPTH_SCALE,
+    "depth_unit": "mm",
+    "depth_encoding": "uint16 PNG, value = round(depth_mm * depth_scale), 0 = no surface",
+    "alpha_scale": ALPHA_SCALE,
+    "angles": "radians, (pitch, yaw); vector = (-cos p sin y, -sin p, -cos p cos y)",
+    "row_id": ROW_ID_FORMAT,
+}
+ROW_SCHEMA = pa.schema(
+    _FIELDS,
+    metadata={
+        b"huggingface": json.dumps({"info": {"features": FEATURES}}).encode(),
+        METADATA_KEY: json.dumps(GAZEGEN_METADATA).encode(),
+    },
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("shard_id", pa.int32()),
+        pa.field("source_path", pa.string()),
+        pa.field("source_id", pa.string()),
+        pa.field("stage", pa.string()),  # decode, crop, render, encode, ...
+        pa.field("reason", pa.string()),  # the exception type and message
+    ]
+)
+
+
+def row_id(source_id: str, gaze_index: int, view_index: int) -> str:
+    """The stable id of one rendered image (see the module docstring)."""
+    return ROW_ID_FORMAT.format(source_id=source_id, gaze_index=gaze_index, view_index=view_index)
+
+
+# --------------------------------------------------------------------------- PNG encoding
+
+
+def _imencode(array: np.ndarray, compression: int) -> bytes:
+    ok, buffer = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an array of {array.dtype} {array.shape}")
+    return buffer.tobytes()
+
+
+def encode_png(rgb: np.ndarray, compression: int = 1) -> bytes:
+    """(H, W, 3) uint8 RGB -> PNG bytes (converted to BGR for OpenCV here, nowhere else)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"encode_png expects (H, W, 3) uint8 RGB, got {rgb.dtype} {rgb.shape}")
+    return _imencode(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), compression)
+
+
+def depth_to_uint16(depth_mm: np.ndarray, scale: float = DEPTH_SCALE) -> np.ndarray:
+    """(H, W) millimetres -> uint16 PNG values: 0 = no surface, saturating at 65535."""
+    depth = np.asarray(depth_mm, dtype=np.float64)
+    surface = np.isfinite(depth) & (depth > 0)
+    values = np.clip(np.rint(np.where(surface, depth, 0.0) * scale), 1, DEPTH_MAX_VALUE)
+    return np.where(surface, values, 0).astype(np.uint16)
+
+
+def encode_depth_png(depth_mm: np.ndarray, compression: int = 1) -> bytes:
+    """(H, W) float depth in millimetres -> 16-bit grayscale PNG (see ``depth_to_uint16``)."""
+    if np.ndim(depth_mm) != 2:
+        raise ValueError(f"encode_depth_png expects (H, W), got {np.shape(depth_mm)}")
+    return _imencode(depth_to_uint16(depth_mm), compression)
+
+
+def encode_alpha_png(alpha: np.ndarray, compression: int = 1) -> bytes:
+    """(H, W) alpha -> 8-bit grayscale PNG. bool -> 0/255, uint8 as is, float in [0, 1] scaled."""
+    alpha = np.asarray(alpha)
+    if alpha.ndim != 2:
+        raise ValueError(f"encode_alpha_png expects (H, W), got {alpha.shape}")
+    if alpha.dtype == np.bool_:
+        values = alpha.astype(np.uint8) * 255
+    elif alpha.dtype == np.uint8:
+        values = alpha
+    else:
+        values = np.rint(np.clip(np.nan_to_num(alpha.astype(np.float64)), 0.0, 1.0) * ALPHA_SCALE).astype(np.uint8)
+    return _imencode(np.ascontiguousarray(values), compression)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _png_column(values: Sequence[Any], name: str) -> pa.Array:
+    structs = []
+    for value in values:
+        if isinstance(value, Mapping):
+            value = value.get("bytes")
+        if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) == 0:
+            raise ValueError(f"column {name!r}: every value must be non-empty PNG bytes")
+        structs.append({"bytes": bytes(value), "path": None})
+    return pa.array(structs, type=IMAGE_TYPE)
+
+
+def _label_column(values: Any, name: str, width: int) -> pa.Array:
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        values = list(values)  # an object array of (width,) arrays
+    matrix = np.asarray(values, dtype=np.float32)
+    if matrix.size == 0:
+        matrix = matrix.reshape(0, width)
+    if matrix.ndim != 2 or matrix.shape[1] != width:
+        raise ValueError(f"column {name!r}: expected (N, {width}) values, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"column {name!r}: non-finite label values")
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), width)
+
+
+def rows_table(columns: Mapping[str, Any]) -> pa.Table:
+    """Columns of a batch of rendered images -> a table with exactly ``ROW_SCHEMA``.
+
+    ``image``/``depth``/``alpha``: PNG bytes (or ``{bytes, path}`` dicts) per row; labels:
+    (N, width) array-likes (or an object array of (width,) arrays), cast to float32 and checked
+    finite; ``row_id`` may be omitted and is then made by ``row_id``. Raises ``ValueError``
+    naming the column on a missing column, a wrong shape, a length mismatch or a NaN label.
+    """
+    data = dict(columns)
+    if "row_id" not in data and {"source_id", "gaze_index", "view_index"} <= data.keys():
+        data["row_id"] = [row_id(s, int(g), int(v)) for s, g, v in zip(data["source_id"], data["gaze_index"], data["view_index"])]
+    missing = [name for name in ROW_COLUMNS if name not in data]
+    if missing:
+        raise ValueError(f"missing columns: {', '.join(missing)}")
+    arrays: list[pa.Array] = []
+    for field in ROW_SCHEMA:
+        values, name = data[field.name], field.name
+        if field.type == IMAGE_TYPE:
+            array = _png_column(list(values), name)
+        elif name in LABEL_WIDTHS:
+            array = _label_column(values, name, LABEL_WIDTHS[name])
+        else:
+            array = pa.array([v.item() if isinstance(v, np.generic) else v for v in values], type=field.type)
+            if array.null_count:
+                raise ValueError(f"column {name!r}: null values")
+        arrays.append(array)
+    lengths = {f.name: len(a) for f, a in zip(ROW_SCHEMA, arrays)}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns differ in length: {lengths}")
+    return pa.Table.from_arrays(arrays, schema=ROW_SCHEMA)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A table with the row columns (any order, castable types) -> exactly ``ROW_SCHEMA``."""
+    missing = [name for name in ROW_COLUMNS if name not in table.column_names]
+    extra = [name for name in table.column_names if name not in ROW_COLUMNS]
+    if missing or extra:
+        raise ValueError(f"row table mismatch: missing {missing}, unexpected {extra}")
+    table = table.select(list(ROW_COLUMNS))
+    if not table.schema.equals(ROW_SCHEMA, check_metadata=False):
+        try:
+            table = table.cast(ROW_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise ValueError(f"row table does not cast to ROW_SCHEMA: {error}") from error
+    return table.replace_schema_metadata(ROW_SCHEMA.metadata)
+
+
+def errors_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Error records (dicts with ``ERRORS_SCHEMA`` keys; missing strings become "") -> a table."""
+    columns = {f.name: [r.get(f.name, 0 if f.name == "shard_id" else "") for r in records] for f in ERRORS_SCHEMA}
+    return pa.Table.from_pydict(columns, schema=ERRORS_SCHEMA)
+
+
+__all__ = [
+    "ERRORS_SCHEMA",
+    "FEATURES",
+    "GAZEGEN_METADATA",
+    "IMAGE_TYPE",
+    "ROW_COLUMNS",
+    "ROW_ID_FORMAT",
+    "ROW_SCHEMA",
+    "conform",
+    "decode_alpha_png",
+    "decode_depth_png",
+    "decode_png",
+    "depth_to_uint16",
+    "encode_alpha_png",
+    "encode_depth_png",
+    "encode_png",
+    "errors_table",
+    "row_id",
+    "rows_table",
+]

@@ -1,0 +1,127 @@
+"""The torch reader of synthesized shards (gazegen/data/parquet.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from gazegen.data.parquet import DEPTH_SCALE, GazeParquetDataset, resolve_shards
+from pipelines import schema
+from pipelines.shards import ShardWriter, plan_shards
+
+SIZE = 8
+
+
+def image_of(k: int) -> np.ndarray:
+    return np.random.default_rng(k).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def gaze_of(k: int) -> np.ndarray:
+    return np.array([0.001 * k, -0.002 * k], np.float32)
+
+
+def write_shards(out: Path, sources: int, per_shard: int, views: int = 5) -> list[str]:
+    """Shards with ``sources * views`` rows; row k (in id order) has image_of(k), gaze_of(k)."""
+    inputs = [f"src{i:03d}" for i in range(sources)]
+    ids = []
+    for spec in plan_shards(inputs, per_shard):
+        with ShardWriter(str(out), spec, row_group_size=4) as writer:
+            for source in spec.inputs:
+                ks = [int(source[3:]) * views + v for v in range(views)]
+                depth = np.full((SIZE, SIZE), 900.0, np.float32)
+                depth[:, :2] = 0.0
+                writer.write({
+                    "image": [schema.encode_png(image_of(k)) for k in ks],
+                    "depth": [schema.encode_depth_png(np.where(depth > 0, depth + 0.25 * k, 0)) for k in ks],
+                    "alpha": [schema.encode_alpha_png(depth > 0)] * views,
+                    "gaze": np.stack([gaze_of(k) for k in ks]),
+                    "head_pose": np.stack([gaze_of(k) / 2 for k in ks]),
+                    "gaze_head": np.stack([-gaze_of(k) for k in ks]),
+                    "view_offset": np.zeros((views, 2)),
+                    "camera": np.tile(np.arange(25.0), (views, 1)),
+                    "source_id": [source] * views, "source_path": [f"/data/{source}.png"] * views,
+                    "gaze_index": [0] * views, "view_index": list(range(views)),
+                    "checkpoint_hash": ["0" * 64] * views, "seed": [0] * views,
+                })  # fmt: skip
+                ids += [schema.row_id(source, 0, v) for v in range(views)]
+    return ids
+
+
+def key(row_id: str) -> int:
+    source, _, view = row_id.split("-")
+    return int(source[3:]) * 5 + int(view)
+
+
+def test_items_decode_to_the_written_values(tmp_path):
+    write_shards(tmp_path, sources=3, per_shard=2)
+    items = list(GazeParquetDataset(str(tmp_path), depth=True, alpha=True))
+    assert len(items) == 15
+    for item in items:
+        k = key(item["row_id"])
+        image = item["image"]
+        assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
+        assert image.min() >= -1 and image.max() <= 1
+        expected = torch.from_numpy(image_of(k)).permute(2, 0, 1).float() / 127.5 - 1
+        torch.testing.assert_close(image, expected)
+        assert item["gaze"].dtype == torch.float32 and torch.equal(item["gaze"], torch.from_numpy(gaze_of(k)))
+        assert torch.equal(item["gaze_head"], -item["gaze"]) and item["camera"].shape == (25,)
+        depth = item["depth"]
+        assert depth.shape == (1, SIZE, SIZE) and torch.all(depth[..., :2] == 0)
+        assert torch.allclose(depth[..., 2:], torch.tensor(900.0 + 0.25 * k), atol=0.5 / DEPTH_SCALE)
+        assert torch.equal(item["alpha"][..., 2:], torch.ones(1, SIZE, SIZE - 2)) and item["alpha"][..., :2].sum() == 0
+    raw = next(iter(GazeParquetDataset(str(tmp_path), uint8=True)))
+    assert raw["image"].dtype == torch.uint8
+    assert torch.equal(raw["image"], torch.from_numpy(image_of(key(raw["row_id"]))).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("sources,per_shard", [(6, 2), (4, 4)])  # 3 shards; 1 shard of 5 row groups
+def test_two_workers_yield_every_row_once(tmp_path, sources, per_shard):
+    ids = write_shards(tmp_path, sources, per_shard)
+    dataset = GazeParquetDataset(str(tmp_path / "shard-*.parquet"))
+    assert dataset.num_rows == len(ids)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2)
+    seen = [row_id for batch in loader for row_id in batch["row_id"]]
+    assert Counter(seen) == Counter(ids)
+
+
+def test_ranks_partition_the_rows(tmp_path):
+    ids = write_shards(tmp_path, sources=5, per_shard=1)
+    seen = [item["row_id"] for rank in range(3) for item in GazeParquetDataset(str(tmp_path), rank=rank, world_size=3)]
+    assert Counter(seen) == Counter(ids)
+
+
+def test_shuffle_is_seeded(tmp_path):
+    ids = write_shards(tmp_path, sources=6, per_shard=2)
+
+    def order(seed: int, epoch: int = 0) -> list[str]:
+        dataset = GazeParquetDataset(str(tmp_path), shuffle_buffer=8, seed=seed)
+        dataset.set_epoch(epoch)
+        return [item["row_id"] for item in dataset]
+
+    first = order(1)
+    assert sorted(first) == sorted(ids) and first != ids
+    assert order(1) == first and order(2) != first and order(1, epoch=1) != first
+
+
+def test_resolve_shards_sources(tmp_path):
+    write_shards(tmp_path, sources=3, per_shard=1)
+    (tmp_path / "_errors").mkdir(exist_ok=True)
+    expected = [str(tmp_path / f"shard-{i:05d}.parquet") for i in range(3)]
+    assert resolve_shards(str(tmp_path))[1] == expected  # stats, errors, _tmp are not shards
+    assert resolve_shards(str(tmp_path / "shard-*.parquet"))[1] == expected
+    assert resolve_shards(list(reversed(expected)))[1] == expected
+    assert resolve_shards(tmp_path.as_uri())[1] == expected
+    with pytest.raises(FileNotFoundError):
+        resolve_shards(str(tmp_path / "nothing-*.parquet"))
+
+
+def test_reader_imports_neither_ray_nor_pipelines():
+    code = "import sys, gazegen.data.parquet; bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'pipelines')]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
