@@ -49,11 +49,13 @@ class NormalisationConfig:
 
 # The normalisations of published stores. ETH-XGaze (Zhang et al. 2020, official patches):
 # focal 960 with 600 mm at 224 px and 300 mm at 448 px. LiveGaze's 512 px store (supplement,
-# section 6): focal 1600, 950 mm. GazeNeRF's 512 px files follow the same normalisation.
+# section 6): focal 1600, 950 mm. GazeNeRF's 512 px files: focal 1600, 680 mm (its
+# pre_processing/data_process.py).
 PUBLISHED_NORMALISATIONS: dict[str, NormalisationConfig] = {
     "xgaze224": NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=224),
     "xgaze448": NormalisationConfig(focal=960.0, distance_mm=300.0, resolution=448),
     "livegaze512": NormalisationConfig(focal=1600.0, distance_mm=950.0, resolution=512),
+    "gazenerf512": NormalisationConfig(focal=1600.0, distance_mm=680.0, resolution=512),
 }
 
 

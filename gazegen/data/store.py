@@ -106,6 +106,9 @@ class SubjectWriter:
                 columns[key] = np.stack(values)
             elif any(v is not None for v in values):
                 raise ValueError(f"{self.path}: {key} is known for some samples and not others")
+        dropped = sorted(set(self._file.keys()) - set(columns))
+        if dropped:  # an earlier batch carried these fields: the file would end with short datasets
+            raise ValueError(f"{self.path}: {', '.join(dropped)} known for earlier samples and not for these")
         for key, value in columns.items():
             self._append(key, value)
         self._count += len(samples)

@@ -1,0 +1,206 @@
+"""`gazegen data inspect PATH --sheet FILE.png`: what is in a store (or one h5 file), and what is wrong.
+
+`inspect_store` lists subjects, images, frames, cameras and label ranges (in degrees) and
+collects problems instead of stopping at the first: unreadable files, missing keys, wrong shapes
+or row counts, NaN labels, labels in degrees, masks with values other than 0/255, repeated
+(frame, camera) rows, a split file listing files that do not exist or missing files that do;
+and, in our own stores, cameras that disagree with the head pose or ``face_gaze`` that disagrees
+with ``pitchyaw_head`` (``gaze = R_head @ gaze_head``, gazegen/geometry.py) by more than
+``TOLERANCE_DEG``.
+
+`write_contact_sheet` draws one row per subject file: ``views`` images spread over its rows
+(so over frames and cameras), each with its camera-frame gaze as a red arrow from the face
+centre (the image centre, by normalisation), ``dx = -sin(yaw) cos(pitch)``, ``dy = -sin(pitch)``
+(ETH-XGaze's ``draw_gaze``), and ``c<cam> f<frame>`` below it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gazegen import geometry
+from gazegen.data.prepare import find_subject_files
+from gazegen.data.xgaze import MASKS, STORE, DataError, SubjectReader, open_subject
+
+TOLERANCE_DEG = 1.0  # largest accepted disagreement between redundant labels of a store
+ARROW_BGR = (0, 0, 255)  # red
+TEXT_BGR = (255, 255, 255)
+TITLE_BGR = (0, 255, 255)  # yellow
+
+
+def _range_deg(values: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((pitch min, max), (yaw min, max)) in degrees, NaN rows ignored."""
+    deg = np.rad2deg(values[np.isfinite(values).all(axis=1)])
+    if not len(deg):
+        return (np.nan, np.nan), (np.nan, np.nan)
+    return (float(deg[:, 0].min()), float(deg[:, 0].max())), (float(deg[:, 1].min()), float(deg[:, 1].max()))
+
+
+@dataclass(frozen=True)
+class SubjectSummary:
+    """One subject file. Ranges are ((pitch min, max), (yaw min, max)) in degrees."""
+
+    subject: str
+    path: Path
+    split: str
+    format: str
+    images: int
+    frames: int
+    cameras: int
+    resolution: int
+    masks: tuple[str, ...]
+    gaze_deg: tuple[tuple[float, float], tuple[float, float]]
+    head_pose_deg: tuple[tuple[float, float], tuple[float, float]]
+    gaze_head_deg: tuple[tuple[float, float], tuple[float, float]]
+
+    def line(self) -> str:
+        def r(x):
+            return f"pitch {x[0][0]:+.1f}..{x[0][1]:+.1f} yaw {x[1][0]:+.1f}..{x[1][1]:+.1f}"
+
+        masks = ",".join(self.masks) or "none"
+        return (f"  {self.split}/{self.subject} [{self.format}, {self.resolution} px]: {self.images} images, "
+                f"{self.frames} frames, {self.cameras} cameras, masks {masks}\n"
+                f"    gaze {r(self.gaze_deg)} | head {r(self.head_pose_deg)} | gaze_head {r(self.gaze_head_deg)} (deg)")
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    path: Path
+    subjects: tuple[SubjectSummary, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def images(self) -> int:
+        return sum(s.images for s in self.subjects)
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {len(self.subjects)} subject file(s), {self.images} images"]
+        lines += [s.line() for s in self.subjects]
+        lines.append(f"{len(self.problems)} problem(s)" + (":" if self.problems else ""))
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _mask_problems(reader: SubjectReader, chunk: int = 32) -> list[str]:
+    """Masks must hold only 0 and 255 (GazeNeRF's and our stores' convention)."""
+    problems = []
+    for key in (k for k in MASKS if k in reader.keys):
+        ds, bad = reader.dataset(key), 0
+        for start in range(0, ds.shape[0], chunk):
+            block = ds[start:start + chunk]
+            bad += int(((block != 0) & (block != 255)).any(axis=(1, 2)).sum())
+        if bad:
+            problems.append(f"{reader.path}: key '{key}' has values other than 0/255 in {bad} of {ds.shape[0]} masks")
+    return problems
+
+
+def _consistency_problems(reader: SubjectReader) -> list[str]:
+    """Repeated (frame, camera) rows; in stores, labels that disagree with each other."""
+    lab, path, problems = reader.labels, reader.path, []
+    pairs = np.stack([lab.frame_index, lab.cam_index], 1)
+    repeated = len(pairs) - len(np.unique(pairs, axis=0))
+    if repeated:
+        problems.append(f"{path}: keys 'frame_index'/'cam_index' repeat a (frame, camera) pair in {repeated} rows")
+    if reader.format != STORE:
+        return problems
+    ok = np.isfinite(lab.gaze).all(1) & np.isfinite(lab.gaze_head).all(1) & np.isfinite(lab.head_pose).all(1)
+    ok &= np.isfinite(lab.camera).all(1)
+    head = lab.head_pose[ok].astype(np.float64)
+    checks = {
+        "'camera' vs 'face_head_pose'": geometry.angular_error(
+            geometry.camera_to_head_pose(lab.camera[ok].astype(np.float64)), head),
+        "'face_gaze' vs 'pitchyaw_head'": geometry.angular_error(
+            geometry.gaze_head_to_camera(lab.gaze_head[ok].astype(np.float64), geometry.head_pose_to_rotation(head)),
+            lab.gaze[ok].astype(np.float64)),
+    }
+    for what, err in checks.items():
+        if len(err) and err.max() > TOLERANCE_DEG:
+            rows = np.flatnonzero(ok)[err > TOLERANCE_DEG]
+            problems.append(f"{path}: keys {what} disagree by up to {err.max():.2f} deg in {len(rows)} rows "
+                            f"(rows {rows[:8].tolist()}; gaze = R_head(head_pose) @ gaze_head expected)")
+    return problems
+
+
+def inspect_store(path: str | Path) -> InspectReport:
+    """Summaries and problems of a store folder or one h5 file (DataError only if there is nothing to read)."""
+    path = Path(path)
+    found = find_subject_files(path)
+    problems = list(found.problems)
+    problems += [f"{p}: h5 file present but not listed in the split file" for p in found.unlisted]
+    if path.is_dir() and not (path / "train_test_split.json").is_file() and found.files:
+        problems.append(f"{path}: no train_test_split.json (the ETH-XGaze loaders need it)")
+    if not found.files and not found.problems:
+        raise DataError(f"{path}: no .h5 subject files found")
+    subjects = []
+    for split, file in found.files:
+        try:
+            reader = open_subject(file, strict=False)
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        with reader:
+            problems += reader.problems + _mask_problems(reader) + _consistency_problems(reader)
+            lab = reader.labels
+            subjects.append(SubjectSummary(
+                subject=reader.subject, path=file, split=split, format=reader.format, images=len(reader),
+                frames=len(np.unique(lab.frame_index)), cameras=len(np.unique(lab.cam_index)),
+                resolution=reader.resolution, masks=tuple(k for k in MASKS if k in reader.keys),
+                gaze_deg=_range_deg(lab.gaze), head_pose_deg=_range_deg(lab.head_pose),
+                gaze_head_deg=_range_deg(lab.gaze_head),
+            ))
+    return InspectReport(path, tuple(subjects), tuple(problems))
+
+
+def draw_gaze(image_bgr: np.ndarray, gaze: np.ndarray, centre: tuple[float, float], length: float,
+              color: tuple[int, int, int] = ARROW_BGR, thickness: int = 2) -> np.ndarray:
+    """Draw camera-frame gaze (pitch, yaw) as an arrow from ``centre`` (x, y) on ``image_bgr`` in place."""
+    pitch, yaw = float(gaze[0]), float(gaze[1])
+    if not (np.isfinite(pitch) and np.isfinite(yaw)):
+        return image_bgr
+    dx, dy = -length * np.sin(yaw) * np.cos(pitch), -length * np.sin(pitch)
+    start = (int(round(centre[0])), int(round(centre[1])))
+    end = (int(round(centre[0] + dx)), int(round(centre[1] + dy)))
+    cv2.arrowedLine(image_bgr, start, end, color, thickness, cv2.LINE_AA, tipLength=0.25)
+    return image_bgr
+
+
+def _tile(reader: SubjectReader, row: int, thumb: int) -> np.ndarray:
+    sample = reader[row]
+    tile = cv2.resize(cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), (thumb, thumb), interpolation=cv2.INTER_AREA)
+    draw_gaze(tile, sample.gaze, (thumb / 2, thumb / 2), 0.4 * thumb)
+    cv2.putText(tile, f"c{sample.cam_index} f{sample.frame_index}", (3, thumb - 4), cv2.FONT_HERSHEY_SIMPLEX,
+                max(0.25, thumb / 400), TEXT_BGR, 1, cv2.LINE_AA)
+    return tile
+
+
+def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int = 8, thumb: int = 128,
+                        max_subjects: int | None = None) -> Path:
+    """A PNG of ``len(subjects) * thumb`` by ``views * thumb`` pixels: a row per subject file.
+
+    Files that cannot be opened get a row with the error's first words instead of images.
+    """
+    found = find_subject_files(path)
+    files = found.files[:max_subjects] if max_subjects else found.files
+    if not files:
+        raise DataError(f"{path}: no .h5 subject files found")
+    sheet = np.zeros((len(files) * thumb, views * thumb, 3), np.uint8)
+    for r, (split, file) in enumerate(files):
+        band = sheet[r * thumb:(r + 1) * thumb]
+        try:
+            with open_subject(file, strict=False) as reader:
+                rows = np.unique(np.linspace(0, len(reader) - 1, views).round().astype(int))
+                for c, row in enumerate(rows):
+                    band[:, c * thumb:(c + 1) * thumb] = _tile(reader, int(row), thumb)
+                title = f"{split}/{reader.subject}"
+        except (DataError, OSError, KeyError) as e:
+            title = f"{file.name}: {str(e).splitlines()[0][-60:]}"
+        cv2.putText(band, title, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TITLE_BGR, 1, cv2.LINE_AA)
+    sheet_png = Path(sheet_png)
+    sheet_png.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(sheet_png), sheet):
+        raise OSError(f"{sheet_png}: OpenCV could not write the PNG")
+    return sheet_png

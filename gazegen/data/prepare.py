@@ -1,0 +1,200 @@
+"""`gazegen data prepare SRC OUT`: published gaze h5 files (or a store) -> a training store.
+
+Each subject file of SRC (see ``find_subject_files``) is read lazily, ``chunk`` rows at a
+time, resized to the configured resolution and written to ``OUT/<split>/<subject>.h5`` with
+``SubjectWriter`` (temporary name, renamed when complete). A killed run loses only the subject
+in progress; a rerun skips every complete subject file. ``train_test_split.json`` is written
+last.
+
+Labels are unchanged by resizing (angles do not depend on the image size); the normalised camera
+keeps its field of view (``NormalisationConfig.at_resolution``), so the 25-number cameras, whose
+intrinsics are divided by the image size, are unchanged too; landmarks scale by out/in (the
+principal point is at W/2, as in ETH-XGaze's ``cam_norm``). Images shrink with INTER_AREA and
+grow with INTER_CUBIC; masks and depth use INTER_NEAREST. Cameras of ETH-XGaze and GazeNeRF
+files come from the head pose (``geometry.head_pose_to_camera``); ``gaze_head`` is computed where
+a file lacks it (see gazegen/data/xgaze.py). GazeNeRF's 3DMM fit (``Sample.extras``) has no key in
+the store and is not written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from gazegen.config import NormalisationConfig
+from gazegen.data.sample import Sample
+from gazegen.data.store import SPLIT_FILE, STORE_FORMAT, SubjectWriter, write_split
+from gazegen.data.xgaze import DataError, SubjectReader, open_subject
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    """What one `prepare_store` run did."""
+
+    out: Path
+    resolution: int
+    written: tuple[str, ...]  # subject files converted in this run, e.g. "train/subject0000.h5"
+    skipped: tuple[str, ...]  # subject files already complete in OUT
+    images: int  # images written in this run
+    seconds: float
+    unlisted: tuple[Path, ...] = ()  # source h5 files the split file does not list (not converted)
+
+    def summary(self) -> str:
+        lines = [f"{self.out}: {len(self.written)} subject file(s) written ({self.images} images at "
+                 f"{self.resolution} px) in {self.seconds:.1f} s, {len(self.skipped)} already complete"]
+        lines += [f"  wrote {name}" for name in self.written]
+        lines += [f"  not in the split file, not converted: {p}" for p in self.unlisted]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SubjectFiles:
+    """The subject files under a source: (split, path) pairs, and what is wrong with the listing."""
+
+    files: tuple[tuple[str, Path], ...]
+    problems: tuple[str, ...] = ()  # split file unreadable, or listing files that do not exist
+    unlisted: tuple[Path, ...] = ()  # h5 files present but not in the split file
+
+
+def find_subject_files(src: str | Path) -> SubjectFiles:
+    """One h5 file, or a folder: with ``train_test_split.json`` its listing (``train`` -> train, any
+    other key -> test; names looked up in ``<key>/``, the folder itself and as GazeNeRF's
+    ``xgaze_<name>``), else ``train/*.h5``, ``test/*.h5`` and ``*.h5``."""
+    src = Path(src)
+    if src.is_file():
+        return SubjectFiles((("train", src),))
+    if not src.is_dir():
+        raise DataError(f"{src}: no such file or folder")
+    present = sorted({*src.glob("*.h5"), *src.glob("train/*.h5"), *src.glob("test/*.h5")})
+    split_path = src / SPLIT_FILE
+    if not split_path.is_file():
+        files = [("test" if p.parent.name == "test" and p.parent != src else "train", p) for p in present]
+        return SubjectFiles(tuple(files))
+    try:
+        listing = json.loads(split_path.read_text())
+    except ValueError:
+        listing = None
+    if not (isinstance(listing, dict) and all(isinstance(v, list) and all(isinstance(n, str) for n in v)
+                                              for v in listing.values())):
+        return SubjectFiles((), (f"{split_path}: not a JSON object of lists of file names",), tuple(present))
+    files: dict[Path, str] = {}
+    problems = []
+    for key, names in listing.items():
+        for name in names:
+            candidates = [src / key / name, src / name, src / f"xgaze_{name}"]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                problems.append(f"{split_path}: lists '{name}' under '{key}' but no such file exists "
+                                f"(looked for {', '.join(str(c) for c in candidates)})")
+            else:
+                files.setdefault(found, "train" if key == "train" else "test")
+    unlisted = tuple(p for p in present if p not in files)
+    return SubjectFiles(tuple((s, p) for p, s in files.items()), tuple(problems), unlisted)
+
+
+def resize_sample(sample: Sample, normalisation: NormalisationConfig) -> Sample:
+    """``sample`` at ``normalisation.resolution`` px: labels and camera kept, landmarks scaled."""
+    size = normalisation.resolution
+    if sample.resolution == size:
+        return dataclasses.replace(sample, normalisation=normalisation)
+    scale = size / sample.resolution
+    grow = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
+
+    def nearest(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
+
+    return dataclasses.replace(
+        sample,
+        image=cv2.resize(sample.image, (size, size), interpolation=grow),
+        normalisation=normalisation,
+        face_mask=nearest(sample.face_mask),
+        left_eye_mask=nearest(sample.left_eye_mask),
+        right_eye_mask=nearest(sample.right_eye_mask),
+        depth=nearest(sample.depth),
+        landmarks=None if sample.landmarks is None else (sample.landmarks * scale).astype(np.float32),
+    )
+
+
+def _complete(path: Path, resolution: int) -> bool:
+    """A finished store file at ``resolution`` (the writer renames only complete files)."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            fmt, res = f.attrs.get("format"), int(f.attrs.get("resolution", -1))
+    except OSError:
+        log.warning("%s: unreadable, converting it again", path)
+        return False
+    if fmt != STORE_FORMAT:
+        raise DataError(f"{path}: exists and is not a gazegen store file (attribute format={fmt!r}); "
+                        "choose an empty OUT")
+    if res != resolution:
+        raise DataError(f"{path}: exists at {res} px, this run asks for {resolution} px; choose another OUT")
+    return True
+
+
+def _convert(reader: SubjectReader, path: Path, resolution: int, chunk: int, bar: tqdm) -> int:
+    norm = reader.normalisation.at_resolution(resolution)
+    count = 0
+    with SubjectWriter(path, norm, reader.subject, chunk=chunk) as writer:
+        for batch in reader.batches(chunk):
+            writer.write([resize_sample(s, norm) for s in batch])
+            count += len(batch)
+            bar.update(len(batch))
+    return count
+
+
+def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
+                  source_normalisation: NormalisationConfig | None = None, chunk: int = 32,
+                  progress: bool = True) -> PrepareReport:
+    """Convert the subject files under ``src`` into a training store at ``out``.
+
+    ``source_normalisation`` overrides the published one looked up from the files (needed for
+    files at a resolution no published set has). Raises DataError naming the file, key and
+    problem for a bad source file; subject files finished before it stay complete.
+    """
+    start = time.perf_counter()
+    src, out = Path(src), Path(out)
+    found = find_subject_files(src)
+    if found.problems:
+        raise DataError("\n".join(found.problems))
+    if not found.files:
+        raise DataError(f"{src}: no .h5 subject files found")
+    for p in found.unlisted:
+        log.warning("%s: not listed in the split file; not converted", p)
+
+    plan: list[tuple[str, Path, Path, int]] = []  # split, source, target, rows
+    names: dict[str, Path] = {}
+    for split, source in found.files:
+        with open_subject(source, source_normalisation) as reader:
+            name = f"{reader.subject}.h5"
+            rows = len(reader)
+        if name in names:
+            raise DataError(f"{source}: subject {name} also comes from {names[name]}")
+        names[name] = source
+        plan.append((split, source, out / split / name, rows))
+
+    done = [_complete(target, resolution) for _, _, target, _ in plan]
+    todo = [item for item, d in zip(plan, done) if not d]
+    skipped = [f"{split}/{target.name}" for (split, _, target, _), d in zip(plan, done) if d]
+    written, images = [], 0
+    with tqdm(total=sum(n for *_, n in todo), unit="img", desc="prepare", disable=not progress) as bar:
+        for split, source, target, _ in todo:
+            bar.set_postfix_str(target.name)
+            with open_subject(source, source_normalisation) as reader:
+                images += _convert(reader, target, resolution, chunk, bar)
+            written.append(f"{split}/{target.name}")
+    write_split(out, [t.name for s, _, t, _ in plan if s == "train"], [t.name for s, _, t, _ in plan if s != "train"])
+    return PrepareReport(out, resolution, tuple(written), tuple(skipped), images,
+                         time.perf_counter() - start, found.unlisted)

@@ -1,0 +1,151 @@
+"""`inspect_store` finds planted problems; `write_contact_sheet` draws the gaze arrows where they point."""
+
+from __future__ import annotations
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from gazegen import geometry
+from gazegen.config import PUBLISHED_NORMALISATIONS
+from gazegen.data.inspect import inspect_store, write_contact_sheet
+from gazegen.data.sample import Sample
+from gazegen.data.store import SubjectWriter, subject_filename, write_split
+from gazegen.data.xgaze import DataError
+
+NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(32)
+
+
+def samples(subject: str, n: int = 6, seed: int = 0, gaze_head: np.ndarray | None = None) -> list[Sample]:
+    """Consistent labels (gaze = R_head @ gaze_head, camera from head pose), grey images, 0/1 masks."""
+    rng = np.random.default_rng(seed)
+    head = rng.uniform(-0.4, 0.4, (n, 2))
+    gh = rng.uniform(-0.5, 0.5, (n, 2)) if gaze_head is None else gaze_head
+    gaze = geometry.gaze_head_to_camera(gh, geometry.head_pose_to_rotation(head))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 1
+    return [Sample(
+        image=np.full((32, 32, 3), 128, np.uint8), gaze=gaze[i].astype(np.float32), head_pose=head[i].astype(np.float32),
+        gaze_head=gh[i].astype(np.float32), camera=geometry.head_pose_to_camera(head[i], NORM).astype(np.float32),
+        normalisation=NORM, subject=subject, frame_index=i // 3, cam_index=i % 3, face_mask=mask, left_eye_mask=mask,
+        right_eye_mask=mask,
+    ) for i in range(n)]
+
+
+def make_store(root, subjects: int = 2, **kw) -> dict[str, list[Sample]]:
+    written = {}
+    for i in range(subjects):
+        name = subject_filename(i)
+        written[name] = samples(name[:-3], seed=i, **kw)
+        with SubjectWriter(root / "train" / name, NORM, name[:-3]) as writer:
+            writer.write(written[name])
+    write_split(root, list(written), [])
+    return written
+
+
+def test_clean_store_reports_counts_and_ranges_in_degrees(tmp_path):
+    written = make_store(tmp_path)
+    report = inspect_store(tmp_path)
+    assert report.problems == () and report.images == 12 and len(report.subjects) == 2
+    first = report.subjects[0]
+    assert (first.subject, first.split, first.format, first.frames, first.cameras, first.resolution) == \
+        ("subject0000", "train", "gazegen-store", 2, 3, 32)
+    assert first.masks == ("head_mask", "left_eye_mask", "right_eye_mask")
+    gaze = np.rad2deg(np.stack([s.gaze for s in written["subject0000.h5"]]).astype(np.float64))
+    assert first.gaze_deg[0] == pytest.approx((gaze[:, 0].min(), gaze[:, 0].max()), abs=1e-4)
+    assert first.gaze_deg[1] == pytest.approx((gaze[:, 1].min(), gaze[:, 1].max()), abs=1e-4)
+    text = report.summary()
+    assert "2 subject file(s), 12 images" in text and "0 problem(s)" in text and "(deg)" in text
+    single = inspect_store(tmp_path / "train" / "subject0001.h5")  # one file: no split file to check
+    assert single.problems == () and single.images == 6
+
+
+def test_planted_problems_are_all_found(tmp_path):
+    make_store(tmp_path, subjects=5)
+    store = tmp_path / "train"
+    with h5py.File(store / "subject0000.h5", "r+") as f:
+        f["face_gaze"][1] = np.nan
+    with h5py.File(store / "subject0001.h5", "r+") as f:
+        f["head_mask"][2, 0, 0] = 7
+    with h5py.File(store / "subject0002.h5", "r+") as f:
+        del f["camera"]
+        f.create_dataset("camera", data=np.zeros((6, 24), np.float32))
+    with h5py.File(store / "subject0003.h5", "r+") as f:
+        f["pitchyaw_head"][:, 0] *= -1  # GazeNeRF's pitch sign left unconverted
+    with h5py.File(store / "subject0004.h5", "r+") as f:
+        f["cam_index"][1] = 0
+    write_split(tmp_path, [subject_filename(i) for i in (0, 1, 2, 3, 4, 9)], [])
+    with SubjectWriter(store / "subject0005.h5", NORM, "subject0005") as writer:
+        writer.write(samples("subject0005"))
+    report = inspect_store(tmp_path)
+    problems = "\n".join(report.problems)
+    assert "subject0000.h5: key 'face_gaze' has NaN/inf labels in 1 of 6 rows (rows [1])" in problems
+    assert "subject0001.h5: key 'head_mask' has values other than 0/255 in 1 of 6 masks" in problems
+    assert "subject0002.h5: key 'camera' has shape (6, 24), expected (6, 25)" in problems
+    assert "subject0003.h5: keys 'face_gaze' vs 'pitchyaw_head' disagree" in problems
+    assert "subject0004.h5: keys 'frame_index'/'cam_index' repeat a (frame, camera) pair in 1 rows" in problems
+    assert "lists 'subject0009.h5' under 'train' but no such file exists" in problems
+    assert "subject0005.h5: h5 file present but not listed in the split file" in problems
+    assert len(report.problems) == 7
+    assert [s.subject for s in report.subjects] == ["subject0000", "subject0001", "subject0003", "subject0004"]
+    assert np.isfinite(report.subjects[0].gaze_deg).all()  # ranges skip the NaN row
+    assert "7 problem(s):" in report.summary()
+
+
+def test_nothing_to_inspect_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no .h5 subject files"):
+        inspect_store(tmp_path)
+    with pytest.raises(DataError, match="no such file or folder"):
+        inspect_store(tmp_path / "nowhere")
+
+
+def red_pixels(tile: np.ndarray) -> np.ndarray:
+    """(row, col) of the arrow's red pixels in a BGR tile."""
+    return np.argwhere((tile[..., 2] > 200) & (tile[..., 1] < 80) & (tile[..., 0] < 80))
+
+
+def test_contact_sheet_size_and_arrow_directions(tmp_path):
+    up_left = np.tile([0.4, 0.6], (6, 1))  # looking up and to the image's left, in the head frame
+    make_store(tmp_path, subjects=2, gaze_head=up_left)
+    sheet = write_contact_sheet(tmp_path, tmp_path / "sheets" / "sheet.png", views=4, thumb=64)
+    image = cv2.imread(str(sheet))
+    assert image.shape == (2 * 64, 4 * 64, 3)
+    with h5py.File(tmp_path / "train" / "subject0001.h5") as f:
+        gaze = f["face_gaze"][...]
+    rows = np.unique(np.linspace(0, 5, 4).round().astype(int))
+    for c, row in enumerate(rows):  # second subject's row of tiles
+        tile = image[64:128, c * 64:(c + 1) * 64]
+        red = red_pixels(tile)
+        assert len(red) > 20, "the gaze arrow is drawn in red"
+        pitch, yaw = gaze[row]
+        dx, dy = -np.sin(yaw) * np.cos(pitch), -np.sin(pitch)
+        tip = red[np.argmax(((red - 32) * [dy, dx]).sum(1))]  # the red pixel furthest along the arrow
+        expect = np.array([32 + 0.4 * 64 * dy, 32 + 0.4 * 64 * dx])
+        assert np.abs(tip - expect).max() <= 3, (tip, expect)
+    assert len(red_pixels(np.full((64, 64, 3), 128, np.uint8))) == 0
+
+
+def test_contact_sheet_marks_unreadable_files(tmp_path):
+    make_store(tmp_path, subjects=1)
+    (tmp_path / "train" / "subject0001.h5").write_bytes(b"garbage" * 20)
+    write_split(tmp_path, ["subject0000.h5", "subject0001.h5"], [])
+    image = cv2.imread(str(write_contact_sheet(tmp_path, tmp_path / "sheet.png", views=3, thumb=48)))
+    assert image.shape == (96, 144, 3)
+    assert len(red_pixels(image[:48])) > 0 and len(red_pixels(image[48:])) == 0
+    assert (image[48:] > 0).any()  # the error text
+
+
+def test_cli_inspect_exit_codes(tmp_path):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    make_store(tmp_path)
+    result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path), "--sheet", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert "0 problem(s)" in result.output and (tmp_path / "s.png").is_file()
+    with h5py.File(tmp_path / "train" / "subject0000.h5", "r+") as f:
+        f["face_head_pose"][0] = np.nan
+    result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
+    assert result.exit_code == 1 and "NaN" in result.output

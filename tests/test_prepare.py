@@ -1,0 +1,165 @@
+"""`prepare_store`: published files -> training store; resize keeps labels; reruns skip done subjects."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from test_xgaze import NORM32, NORM_GN32, eth_xgaze_labels, make_gazenerf, make_official
+
+from gazegen import geometry
+from gazegen.data.prepare import PrepareReport, find_subject_files, prepare_store, resize_sample
+from gazegen.data.xgaze import DataError, StoreReader, XGazeReader
+
+
+def official_tree(root, subjects=(0, 1), test=(2,), n=4):
+    truths = {}
+    for i in subjects:
+        truths[i] = make_official(root / "train" / f"subject{i:04d}.h5", n=n, seed=i)
+    for i in test:
+        truths[i] = make_official(root / "test" / f"subject{i:04d}.h5", n=n, seed=i)
+    names = lambda ids: [f"subject{i:04d}.h5" for i in ids]  # noqa: E731
+    (root / "train_test_split.json").write_text(json.dumps({"train": names(subjects), "test": names(test)}))
+    return truths
+
+
+def test_official_files_become_a_store_at_the_configured_resolution(tmp_path):
+    truths = official_tree(tmp_path / "src")
+    report = prepare_store(tmp_path / "src", tmp_path / "out", resolution=48, source_normalisation=NORM32, chunk=3,
+                           progress=False)
+    assert isinstance(report, PrepareReport)
+    assert report.written == ("train/subject0000.h5", "train/subject0001.h5", "test/subject0002.h5")
+    assert report.images == 12 and report.skipped == () and "3 subject file(s) written" in report.summary()
+    split = json.loads((tmp_path / "out" / "train_test_split.json").read_text())
+    assert split == {"train": ["subject0000.h5", "subject0001.h5"], "test": ["subject0002.h5"]}
+    norm48 = NORM32.at_resolution(48)
+    with StoreReader(tmp_path / "out" / "train" / "subject0001.h5") as reader:
+        assert reader.normalisation == norm48 and norm48.focal == pytest.approx(960 * 48 / 224)  # same field of view
+        samples = list(reader)
+    truth = truths[1]
+    for i, s in enumerate(samples):
+        assert s.image.shape == (48, 48, 3)
+        np.testing.assert_array_equal(s.image[5, 5], [200, 100, 10 + i])  # RGB, resized
+        np.testing.assert_allclose(s.gaze, truth["face_gaze"][i], atol=1e-6)
+        np.testing.assert_allclose(s.head_pose, truth["face_head_pose"][i], atol=1e-6)
+        assert geometry.angular_error(s.gaze_head.astype(np.float64), truth["gaze_head"][i]) < 1e-3
+        np.testing.assert_allclose(s.camera, geometry.head_pose_to_camera(truth["face_head_pose"][i], norm48), atol=1e-6)
+        np.testing.assert_allclose(s.landmarks, truth["facial_landmarks"][i] * 1.5, rtol=1e-5)
+        assert (s.frame_index, s.cam_index) == (i // 3, i % 3 * 8)
+    with h5py.File(tmp_path / "out" / "train" / "subject0001.h5") as f:  # the published layout, BGR on disk
+        assert f["face_patch"].shape == (4, 48, 48, 3) and (f["face_patch"][0, ..., 2] == 200).all()
+
+
+def test_gazenerf_masks_survive_resizing(tmp_path):
+    truth = make_gazenerf(tmp_path / "src" / "xgaze_subject0005.h5", n=3, res=32)
+    prepare_store(tmp_path / "src", tmp_path / "out", resolution=16, source_normalisation=NORM_GN32, progress=False)
+    with StoreReader(tmp_path / "out" / "train" / "subject0005.h5") as reader:
+        samples = list(reader)
+    for i, s in enumerate(samples):
+        assert s.face_mask.shape == (16, 16) and set(np.unique(s.face_mask)) <= {0, 1}
+        np.testing.assert_array_equal(s.face_mask * 255, truth["head_mask"][i, ::2, ::2])  # nearest, exact 2x
+        np.testing.assert_allclose(s.gaze_head, truth["pitchyaw_head_gazenerf"][i] * [-1, 1], atol=1e-6)
+        assert geometry.angular_error(s.gaze.astype(np.float64), truth["face_gaze"][i]) < 1e-3
+
+
+def test_resize_sample_keeps_labels_and_scales_landmarks(tmp_path):
+    make_official(tmp_path / "s.h5", n=1)
+    with XGazeReader(tmp_path / "s.h5", NORM32) as reader:
+        sample = reader[0]
+    big = resize_sample(sample, NORM32.at_resolution(64))
+    assert big.image.shape == (64, 64, 3) and big.normalisation.resolution == 64
+    for key in ("gaze", "head_pose", "gaze_head", "camera"):
+        np.testing.assert_array_equal(getattr(big, key), getattr(sample, key))
+    np.testing.assert_allclose(big.landmarks, sample.landmarks * 2, rtol=1e-6)
+    same = resize_sample(sample, NORM32)
+    assert same.image is sample.image
+
+
+def test_rerun_skips_complete_subjects_and_redoes_the_rest(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0, 1), test=())
+    kw = dict(resolution=32, source_normalisation=NORM32, progress=False)
+    prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    done = tmp_path / "out" / "train" / "subject0000.h5"
+    stamp = done.stat().st_mtime_ns
+    os.remove(tmp_path / "out" / "train" / "subject0001.h5")  # as if killed while writing it:
+    (tmp_path / "out" / "train" / "subject0001.h5.tmp").write_bytes(b"half a file")
+    report = prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    assert report.skipped == ("train/subject0000.h5",) and report.written == ("train/subject0001.h5",)
+    assert report.images == 4 and done.stat().st_mtime_ns == stamp
+    assert not (tmp_path / "out" / "train" / "subject0001.h5.tmp").exists()
+    with StoreReader(tmp_path / "out" / "train" / "subject0001.h5") as reader:
+        assert len(reader) == 4
+    again = prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    assert again.written == () and len(again.skipped) == 2 and again.images == 0
+    with pytest.raises(DataError, match=r"subject0000\.h5: exists at 32 px.*64 px"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **{**kw, "resolution": 64})
+
+
+def test_bad_source_raises_and_keeps_finished_subjects(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0,), test=())
+    kw = dict(resolution=32, source_normalisation=NORM32, progress=False)
+    prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    gaze = eth_xgaze_labels(np.random.default_rng(1), 4)["face_gaze"]
+    gaze[2] = np.nan
+    make_official(tmp_path / "src" / "train" / "subject0001.h5", n=4, face_gaze=gaze)
+    split = json.loads((tmp_path / "src" / "train_test_split.json").read_text())
+    split["train"].append("subject0001.h5")
+    (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
+    with pytest.raises(DataError, match=r"subject0001\.h5: key 'face_gaze' has NaN/inf labels in 1 of 4 rows \(rows \[2\]\)"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    with StoreReader(tmp_path / "out" / "train" / "subject0000.h5") as reader:
+        assert len(reader) == 4
+    split["train"].append("subject0009.h5")
+    (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
+    with pytest.raises(DataError, match=r"lists 'subject0009\.h5' under 'train' but no such file exists"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+
+
+def test_a_store_can_be_prepared_again_at_another_resolution(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0,), test=())
+    prepare_store(tmp_path / "src", tmp_path / "a", resolution=32, source_normalisation=NORM32, progress=False)
+    prepare_store(tmp_path / "a", tmp_path / "b", resolution=16, progress=False)
+    with StoreReader(tmp_path / "a/train/subject0000.h5") as a, StoreReader(tmp_path / "b/train/subject0000.h5") as b:
+        assert b.normalisation == a.normalisation.at_resolution(16)
+        np.testing.assert_array_equal(a.labels.gaze, b.labels.gaze)
+        np.testing.assert_array_equal(a.labels.camera, b.labels.camera)
+        assert b[0].image.shape == (16, 16, 3)
+
+
+def test_find_subject_files_follows_split_files(tmp_path):
+    for name in ("subject0000", "subject0001"):
+        make_official(tmp_path / "official" / "train" / f"{name}.h5", n=1)
+    make_official(tmp_path / "official" / "test" / "subject0002.h5", n=1)
+    listing = find_subject_files(tmp_path / "official")
+    assert [(s, p.name) for s, p in listing.files] == [
+        ("test", "subject0002.h5"), ("train", "subject0000.h5"), ("train", "subject0001.h5")]
+    flat = tmp_path / "gazenerf"
+    make_gazenerf(flat / "xgaze_subject0000.h5", n=1)
+    make_gazenerf(flat / "xgaze_subject0012.h5", n=1)
+    make_gazenerf(flat / "xgaze_subject0099.h5", n=1)
+    (flat / "train_test_split.json").write_text('{"train": ["subject0000.h5"], "val": ["subject0012.h5", "subject0077.h5"]}')
+    listing = find_subject_files(flat)
+    assert [(s, p.name) for s, p in listing.files] == [("train", "xgaze_subject0000.h5"), ("test", "xgaze_subject0012.h5")]
+    assert len(listing.problems) == 1 and "'subject0077.h5' under 'val'" in listing.problems[0]
+    assert [p.name for p in listing.unlisted] == ["xgaze_subject0099.h5"]
+    (flat / "train_test_split.json").write_text('{"train": "subject0000.h5"}')
+    assert "not a JSON object of lists of file names" in find_subject_files(flat).problems[0]
+
+
+def test_cli_prepare_uses_the_published_normalisation_and_reports_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    make_official(tmp_path / "src" / "subject0004.h5", n=2, res=224)
+    result = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "src"), str(tmp_path / "out"), "--resolution", "32"])
+    assert result.exit_code == 0, result.output
+    assert "1 subject file(s) written (2 images at 32 px)" in result.output
+    with StoreReader(tmp_path / "out" / "train" / "subject0004.h5") as reader:
+        assert reader.normalisation.focal == pytest.approx(960 * 32 / 224) and reader.normalisation.distance_mm == 600
+    make_official(tmp_path / "bad" / "subject0005.h5", n=2, res=224, face_head_pose=np.zeros((2, 3)))
+    result = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "bad"), str(tmp_path / "out2")])
+    assert result.exit_code == 2 and "subject0005.h5: key 'face_head_pose' has shape (2, 3)" in result.output
