@@ -68,7 +68,10 @@ class SubjectWriter:
         if key not in self._file:
             self._file.create_dataset(
                 key, shape=(0, *value.shape[1:]), maxshape=(None, *value.shape[1:]), dtype=value.dtype,
-                chunks=(min(self._chunk, max(1, len(value))), *value.shape[1:]),
+                # images, masks, depth: one row per chunk (random access reads one image), lzf (fast,
+                # every h5py reads it); labels: chunks of `chunk` rows, uncompressed
+                chunks=(1 if value.ndim >= 3 else self._chunk, *value.shape[1:]),
+                compression="lzf" if value.ndim >= 3 else None,
             )
         ds = self._file[key]
         if ds.shape[0] != self._count:

@@ -1,0 +1,311 @@
+"""Procedural gaze heads (gazegen/data/heads.py, head_model.py): labels proved against the pixels.
+
+Every check reads the store back from h5 and recomputes with independent float64 numpy code
+(pixel rays from the stored 25-number camera, closed-form ray-ellipsoid and ray-sphere hits,
+back-projection through the stored depth). Two stores: a small 64 px one at the default
+framing, and a zoomed 256 px one (about 100 mm across) whose pupils span enough pixels to
+measure the eye axes to a small fraction of a degree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from gazegen import geometry as g
+from gazegen.config import GazeRangeConfig, NormalisationConfig, RigConfig, SynthHeadsConfig
+from gazegen.data.heads import rig_head_poses, subject_plan, synthesize_store
+
+SMALL = SynthHeadsConfig(subjects=3, resolution=64, gazes=2, seed=7, rig=RigConfig(views=3))
+ZOOM = SynthHeadsConfig(
+    subjects=1, test_subjects=0, resolution=256, gazes=6, seed=3,
+    normalisation=NormalisationConfig(focal=4800.0, distance_mm=950.0, resolution=512),
+    rig=RigConfig(views=5, max_yaw_deg=30.0, max_pitch_deg=20.0),
+    gaze=GazeRangeConfig(max_yaw_deg=25.0, max_pitch_deg=15.0),
+)
+PARALLEL = dataclasses.replace(ZOOM, gazes=4, seed=5, rig=RigConfig(views=1), gaze=dataclasses.replace(ZOOM.gaze, converge=False))
+KEYS = ("face_patch", "face_gaze", "face_head_pose", "pitchyaw_head", "camera", "depth", "head_mask",
+        "left_eye_mask", "right_eye_mask", "frame_index", "cam_index")
+
+
+def read(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return synthesize_store(tmp_path_factory.mktemp("small") / "store", SMALL, workers=1)
+
+
+@pytest.fixture(scope="module")
+def zoom(tmp_path_factory) -> dict[str, np.ndarray]:
+    return read(synthesize_store(tmp_path_factory.mktemp("zoom") / "store", ZOOM, workers=1) / "train" / "subject0000.h5")
+
+
+# --------------------------------------------------------------------------- independent geometry
+
+
+def pixel_rays(camera: np.ndarray, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored camera (25,) -> origin (3,) mm, unit directions (H, W, 3), camera forward (3,)."""
+    c2w, k = camera[:16].astype(np.float64).reshape(4, 4), camera[16:].astype(np.float64).reshape(3, 3) * res
+    j, i = np.meshgrid(np.arange(res) + 0.5, np.arange(res) + 0.5)
+    local = np.stack([(j - k[0, 2]) / k[0, 0], (i - k[1, 2]) / k[1, 1], np.ones_like(j)], -1)
+    d = local @ c2w[:3, :3].T
+    return c2w[:3, 3] * MM, d / np.linalg.norm(d, axis=-1, keepdims=True), c2w[:3, 2]
+
+
+MM = SMALL.camera.distance_mm / SMALL.camera.radius  # mm per world unit (the same for every config here)
+
+
+def ray_ellipsoid(o: np.ndarray, d: np.ndarray, centre, radii, tilt: float) -> np.ndarray:
+    """Entry distance (H, W) of rays into an ellipsoid tilted about x (local y -> (0, cos, sin)); nan on a miss."""
+    c, s = np.cos(tilt), np.sin(tilt)
+    rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])  # local -> world
+    ol, dl = ((o - centre) @ rot) / radii, (d @ rot) / radii
+    a, b, cc = (dl * dl).sum(-1), 2 * (dl * ol).sum(-1), (ol * ol).sum() - 1
+    disc = b * b - 4 * a * cc
+    with np.errstate(invalid="ignore"):
+        return np.where(disc > 0, (-b - np.sqrt(disc)) / (2 * a), np.nan)
+
+
+def back_project(camera: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Stored camera and depth (H, W) mm -> surface points (H, W, 3), mm world."""
+    o, d, forward = pixel_rays(camera, depth.shape[0])
+    return o + d * (depth / (d @ forward))[..., None]
+
+
+def pupil_pixels(sample: dict, eye: str) -> np.ndarray | None:
+    """(M, 2) pixel centres (u, v) of a fully visible pupil (black, ringed by iris), else None."""
+    black = (sample["face_patch"] == 0).all(-1) & (sample[f"{eye}_eye_mask"] == 255)
+    i, j = np.nonzero(black)
+    if len(i) < 5:
+        return None
+    ring = np.zeros_like(black)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            ring[np.clip(i + di, 0, black.shape[0] - 1), np.clip(j + dj, 0, black.shape[1] - 1)] = True
+    if not (sample[f"{eye}_eye_mask"][ring] == 255).all():  # touches a lid: partly hidden
+        return None
+    return np.stack([j + 0.5, i + 0.5], -1)
+
+
+def rows(data: dict, n: int):
+    for k in range(n):
+        yield {key: value[k] for key, value in data.items()}
+
+
+# --------------------------------------------------------------------------- layout and labels
+
+
+def test_store_layout_dtypes_and_masks(small):
+    split = json.loads((small / "train_test_split.json").read_text())
+    assert split == {"train": ["subject0000.h5", "subject0001.h5"], "test": ["subject0002.h5"]}
+    n, res = SMALL.gazes * SMALL.rig.views, SMALL.resolution
+    for part, names in split.items():
+        for name in names:
+            data = read(small / part / name)
+            assert set(KEYS) <= set(data)
+            assert data["face_patch"].shape == (n, res, res, 3) and data["face_patch"].dtype == np.uint8
+            assert data["depth"].shape == (n, res, res) and data["depth"].dtype == np.float32
+            for key in ("head_mask", "left_eye_mask", "right_eye_mask"):
+                assert data[key].dtype == np.uint8 and set(np.unique(data[key])) == {0, 255}
+            assert (data["depth"][data["head_mask"] == 255] > 0).all() and (data["head_mask"][data["depth"] == 0] == 0).all()
+            assert (data["head_mask"][data["left_eye_mask"] == 255] == 255).all()
+            assert not ((data["left_eye_mask"] == 255) & (data["right_eye_mask"] == 255)).any()
+            np.testing.assert_array_equal(data["frame_index"][:, 0], np.repeat(np.arange(SMALL.gazes), SMALL.rig.views))
+            np.testing.assert_array_equal(data["cam_index"][:, 0], np.tile(np.arange(SMALL.rig.views), SMALL.gazes))
+            assert 0.15 < (data["head_mask"] == 255).mean() < 0.7
+
+
+def test_labels_consistent_with_geometry(small):
+    data = read(small / "train" / "subject0001.h5")
+    gaze_head, pose = data["pitchyaw_head"].astype(np.float64), data["face_head_pose"].astype(np.float64)
+    expected = g.gaze_head_to_camera(gaze_head, g.head_pose_to_rotation(pose))
+    np.testing.assert_allclose(data["face_gaze"], expected, atol=1e-5)
+    np.testing.assert_allclose(data["camera"], g.head_pose_to_camera(pose, SMALL.camera), atol=1e-5)
+    np.testing.assert_array_equal(pose[data["cam_index"][:, 0] == 0], 0.0)  # camera 0 is exactly frontal
+    np.testing.assert_allclose(pose, np.tile(rig_head_poses(SMALL.rig), (SMALL.gazes, 1)), atol=1e-7)
+    plan = subject_plan(SMALL, 1)  # gaze_head is the direction from the face centre to the target, head frame
+    head_target = plan.frames.target * np.array(g.FLIP)
+    np.testing.assert_allclose(g.vector_to_pitchyaw(head_target), plan.frames.gaze_head, atol=1e-12)
+    np.testing.assert_allclose(gaze_head, np.repeat(plan.frames.gaze_head, SMALL.rig.views, 0), atol=1e-6)
+    assert (np.abs(gaze_head) <= np.radians([SMALL.gaze.max_pitch_deg, SMALL.gaze.max_yaw_deg])).all()
+    distance = np.linalg.norm(plan.frames.target, axis=-1)
+    assert ((distance >= SMALL.gaze.target_mm[0]) & (distance <= SMALL.gaze.target_mm[1])).all()
+
+
+def test_rig_spreads_poses_with_frontal_first():
+    rig = RigConfig()
+    poses = np.degrees(rig_head_poses(rig))
+    assert poses.shape == (18, 2) and (poses[0] == 0).all()
+    assert len({tuple(p) for p in poses.round(6)}) == 18
+    assert np.abs(poses[:, 0]).max() == pytest.approx(rig.max_pitch_deg) and np.abs(poses[:, 1]).max() == pytest.approx(rig.max_yaw_deg)
+    assert (poses[:, 1] > 0).any() and (poses[:, 1] < 0).any() and (poses[:, 0] > 0).any() and (poses[:, 0] < 0).any()
+    assert rig_head_poses(RigConfig(views=1)).tolist() == [[0.0, 0.0]]
+
+
+def test_same_seed_identical_bytes_and_subject_count_does_not_matter(small, tmp_path):
+    other = synthesize_store(tmp_path / "again", dataclasses.replace(SMALL, subjects=2), workers=1)
+    assert (other / "train" / "subject0000.h5").read_bytes() == (small / "train" / "subject0000.h5").read_bytes()
+    a, b = read(other / "test" / "subject0001.h5"), read(small / "train" / "subject0001.h5")
+    for key in KEYS:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    reseeded_cfg = dataclasses.replace(SMALL, subjects=1, test_subjects=0, seed=8)
+    reseeded = read(synthesize_store(tmp_path / "seed", reseeded_cfg, workers=1) / "train" / "subject0000.h5")
+    assert np.abs(reseeded["face_patch"].astype(int) - b["face_patch"]).mean() > 5
+
+
+def test_worker_processes_write_the_same_bytes(small, tmp_path):
+    pooled = synthesize_store(tmp_path / "pooled", SMALL, workers=2)  # spawned processes, one torch thread each
+    for path in sorted(small.rglob("*.h5")):
+        assert (pooled / path.relative_to(small)).read_bytes() == path.read_bytes(), path.name
+    assert (pooled / "train_test_split.json").read_text() == (small / "train_test_split.json").read_text()
+
+
+def test_subjects_differ(small):
+    a, b = read(small / "train" / "subject0000.h5"), read(small / "train" / "subject0001.h5")
+    assert np.abs(a["face_patch"].astype(int) - b["face_patch"]).mean() > 10
+    face_a, face_b = a["head_mask"] == 255, b["head_mask"] == 255
+    assert (face_a & face_b).sum() / (face_a | face_b).sum() < 0.97  # different head shapes
+    ia, ib = subject_plan(SMALL, 0).identity, subject_plan(SMALL, 1).identity
+    assert ia.skin != ib.skin and ia.eyes.iris_colour != ib.eyes.iris_colour
+    assert ia.eyes.half_spacing != ib.eyes.half_spacing and not np.allclose(ia.shape.radii, ib.shape.radii)
+
+
+def test_cli_writes_a_store(tmp_path):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    result = CliRunner().invoke(app, ["data", "synth-heads", str(tmp_path / "cli"), "--subjects", "1", "--resolution", "32",
+                                      "--views", "2", "--gazes", "1", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cli" / "train_test_split.json").read_text()) == {"train": [], "test": ["subject0000.h5"]}
+    assert read(tmp_path / "cli" / "test" / "subject0000.h5")["face_patch"].shape == (2, 32, 32, 3)
+
+
+# --------------------------------------------------------------------------- pixels against closed forms
+
+
+def test_depth_matches_analytic_ellipsoids_away_from_the_eyes(small):
+    data = read(small / "train" / "subject0000.h5")
+    identity = subject_plan(SMALL, 0).identity
+    shape, centres = identity.shape, identity.eyes.centres
+    checked = cranium = 0
+    for sample in rows(data, len(data["camera"])):
+        o, d, forward = pixel_rays(sample["camera"], SMALL.resolution)
+        t = np.stack([ray_ellipsoid(o, d, c, r, a) for c, r, a in zip(shape.centres, shape.radii, shape.tilts)], -1)
+        hit = ~np.isnan(t).all(-1)
+        first = np.where(hit, np.nanmin(np.where(hit[..., None], t, 0.0), -1), 0.0)  # (H, W)
+        near_eye = np.linalg.norm((o + d * first[..., None])[..., None, :] - centres, axis=-1).min(-1) < 30.0
+        plain = hit & ~near_eye
+        np.testing.assert_allclose(sample["depth"][plain], (first * (d @ forward))[plain], atol=2e-3)
+        np.testing.assert_array_equal(sample["depth"][~hit], 0.0)
+        nearest = np.nanargmin(np.where(hit[..., None], t, np.inf), -1)  # which ellipsoid each ray meets first
+        head = plain & (nearest != shape.names.index("torso"))  # the body (clothes) has depth but no mask
+        assert (sample["head_mask"][~hit] == 0).all() and (sample["head_mask"][head] == 255).all()
+        assert (sample["head_mask"][plain & ~head] == 0).all()
+        checked += plain.sum()
+        cranium += (plain & (nearest == shape.names.index("cranium"))).sum()
+    assert checked > 0.2 * data["depth"].size and cranium > 100
+
+
+def test_eye_masks_are_the_visible_eyeballs(small, zoom):
+    for cfg, data, least in ((SMALL, read(small / "train" / "subject0000.h5"), 5), (ZOOM, zoom, 2000)):
+        plan = subject_plan(cfg, 0)
+        eyes = plan.identity.eyes
+        iris_cos = np.sqrt(1 - (eyes.iris_radius / eyes.radius) ** 2)
+        irises = 0
+        for sample in rows(data, len(data["camera"])):
+            o, d, forward = pixel_rays(sample["camera"], cfg.resolution)
+            points = back_project(sample["camera"], sample["depth"])
+            frame = int(sample["frame_index"][0])
+            for e, name in enumerate(("left", "right")):
+                mask = sample[f"{name}_eye_mask"] == 255
+                ball = ray_ellipsoid(o, d, eyes.centres[e], np.full(3, eyes.radius), 0.0)
+                np.testing.assert_allclose(sample["depth"][mask], (ball * (d @ forward))[mask], atol=2e-3)
+                on_ball = np.abs(np.linalg.norm(points - eyes.centres[e], axis=-1) - eyes.radius) < 3e-4  # float32 depth: 1e-4
+                axis = plan.frames.target[frame] - eyes.centres[e]
+                cos = ((points - eyes.centres[e]) @ axis) / (eyes.radius * np.linalg.norm(axis))
+                iris = on_ball & (cos >= iris_cos) & (sample["head_mask"] == 255)
+                assert mask[iris].all() and mask[(sample["face_patch"] == 0).all(-1) & on_ball].all()
+                irises += iris.sum()
+            black = (sample["face_patch"] == 0).all(-1)  # only pupils render exactly black
+            assert ((sample["left_eye_mask"] == 255) | (sample["right_eye_mask"] == 255))[black].all()
+            if sample["cam_index"][0] == 0 and (sample["left_eye_mask"] == 255).any():  # the subject's left eye is at image right
+                assert np.nonzero(sample["left_eye_mask"])[1].mean() > cfg.resolution / 2 > np.nonzero(sample["right_eye_mask"])[1].mean()
+        assert irises > least
+
+
+def test_projected_pupil_centre_lands_on_the_rendered_pupil(zoom):
+    plan = subject_plan(ZOOM, 0)
+    eyes = plan.identity.eyes
+    errors, looks = [], []
+    for sample in rows(zoom, len(zoom["camera"])):
+        frame = int(sample["frame_index"][0])
+        axes = plan.frames.target[frame] - eyes.centres
+        apex = eyes.centres + eyes.radius * axes / np.linalg.norm(axes, axis=-1, keepdims=True)  # (2, 3) mm
+        uv = g.project(np.concatenate([apex, eyes.centres]) / MM, sample["camera"].astype(np.float64), ZOOM.resolution)
+        for e, name in enumerate(("left", "right")):
+            pixels = pupil_pixels(sample, name)
+            if pixels is None:
+                continue
+            errors.append(np.linalg.norm(pixels.mean(0) - uv[e]))
+            if sample["cam_index"][0] == 0:  # frontal: positive yaw looks to image left, positive pitch up
+                looks.append((plan.frames.gaze_head[frame], pixels.mean(0) - uv[2 + e]))
+    assert len(errors) >= 0.5 * 2 * len(zoom["camera"])
+    assert max(errors) < 1.0, errors
+    for (pitch, yaw), (du, dv) in looks:
+        assert np.sign(du) == -np.sign(yaw) and np.sign(dv) == -np.sign(pitch)
+
+
+def eye_axis_from_pixels(sample: dict, pixels: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Unit optical axis from the visible pupil's pixels: area-weighted centroid of the cap, back-projected."""
+    i, j = (pixels[:, 1] - 0.5).astype(int), (pixels[:, 0] - 0.5).astype(int)
+    points = back_project(sample["camera"], sample["depth"])[i, j]  # (M, 3) mm on the sphere
+    o, d, forward = pixel_rays(sample["camera"], sample["depth"].shape[0])
+    d = d[i, j]
+    normal = (points - centre) / radius
+    area = sample["depth"][i, j] ** 2 * (d @ forward) / np.abs((normal * d).sum(-1))  # pixel footprint on the sphere
+    axis = (area[:, None] * points).sum(0) / area.sum() - centre
+    return axis / np.linalg.norm(axis)
+
+
+def test_gaze_recomputed_from_rendered_pupils_matches_labels(zoom):
+    eyes = subject_plan(ZOOM, 0).identity.eyes
+    errors = []
+    for sample in rows(zoom, len(zoom["camera"])):
+        pixels = [pupil_pixels(sample, name) for name in ("left", "right")]
+        if any(p is None for p in pixels):
+            continue
+        axes = [eye_axis_from_pixels(sample, p, c, eyes.radius) for p, c in zip(pixels, eyes.centres)]
+        # the target: the point nearest both optical axes
+        (c0, c1), (a0, a1) = eyes.centres, axes
+        lhs = np.array([[a0 @ a0, -a0 @ a1], [a0 @ a1, -a1 @ a1]])
+        s, u = np.linalg.solve(lhs, [(c1 - c0) @ a0, (c1 - c0) @ a1])
+        target = (c0 + s * a0 + c1 + u * a1) / 2  # mm world; the face centre is the origin
+        head = target * np.array(g.FLIP)
+        c2w = sample["camera"][:16].astype(np.float64).reshape(4, 4)
+        errors.append(g.angular_error(head, sample["pitchyaw_head"].astype(np.float64)))
+        errors.append(g.angular_error(c2w[:3, :3].T @ target, sample["face_gaze"].astype(np.float64)))
+    assert len(errors) >= 2 * 0.5 * len(zoom["camera"])
+    assert max(errors) < 0.5, errors
+
+
+def test_parallel_eyes_each_point_along_the_label(tmp_path):
+    data = read(synthesize_store(tmp_path / "parallel", PARALLEL, workers=1) / "train" / "subject0000.h5")
+    eyes = subject_plan(PARALLEL, 0).identity.eyes
+    errors = []
+    for sample in rows(data, len(data["camera"])):
+        for e, name in enumerate(("left", "right")):
+            pixels = pupil_pixels(sample, name)
+            if pixels is not None:
+                axis = eye_axis_from_pixels(sample, pixels, eyes.centres[e], eyes.radius)
+                errors.append(g.angular_error(axis * np.array(g.FLIP), sample["pitchyaw_head"].astype(np.float64)))
+    assert len(errors) >= 4 and max(errors) < 0.5, errors
