@@ -231,25 +231,21 @@ class ModelConfig:
     render: RenderConfig = RenderConfig()  # neural rendering: planes, samples, decoder MLP
 
     def __post_init__(self) -> None:
+        half, blocks = self.image_resolution // 2, len(self.sr_channels)
+        geo, tri = self.geo_embed_dim, self.tri_embed_dim
+        sizes = (*self.backbone_channels, *self.backbone_blocks, *self.aspp_rates, *self.tri_channels, *self.sr_channels)
         problems = [
             (self.image_resolution % 16 != 0, f"image_resolution {self.image_resolution} is not a multiple of 16"),
             (
-                self.render.plane_resolution * 2 != self.image_resolution,
-                f"render.plane_resolution {self.render.plane_resolution} must be image_resolution / 2 "
-                f"= {self.image_resolution // 2}",
+                self.render.plane_resolution != half,
+                f"render.plane_resolution {self.render.plane_resolution} must be image_resolution / 2 = {half}",
             ),
-            (not self.sr_channels, "sr_channels is empty: at least one x2 block"),
-            (
-                self.output_resolution % 2 ** len(self.sr_channels) != 0,
-                f"output_resolution {self.output_resolution} is not divisible by 2^{len(self.sr_channels)} (sr_channels)",
-            ),
-            (self.geo_embed_dim % 4 or self.geo_embed_dim % self.geo_heads, "geo_embed_dim must be a multiple of 4 and of geo_heads"),
-            (self.tri_embed_dim % 4 or self.tri_embed_dim % self.tri_heads, "tri_embed_dim must be a multiple of 4 and of tri_heads"),
+            (blocks == 0, "sr_channels is empty: at least one x2 block"),
+            (self.output_resolution % 2**blocks != 0, f"output_resolution: not divisible by 2^{blocks} (sr_channels)"),
+            (geo % 4 or geo % self.geo_heads, f"geo_embed_dim {geo} must be a multiple of 4 and of geo_heads"),
+            (tri % 4 or tri % self.tri_heads, f"tri_embed_dim {tri} must be a multiple of 4 and of tri_heads"),
             (self.high_channels % self.fusion_heads != 0, "high_channels must be a multiple of fusion_heads"),
-            (
-                min(*self.backbone_channels, *self.backbone_blocks, *self.aspp_rates, *self.tri_channels, *self.sr_channels) < 1,
-                "backbone_channels, backbone_blocks, aspp_rates, tri_channels and sr_channels must all be >= 1",
-            ),
+            (min(sizes) < 1, "backbone_channels, backbone_blocks, aspp_rates, tri_channels, sr_channels must be >= 1"),
         ]
         for bad, message in problems:
             if bad:

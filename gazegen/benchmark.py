@@ -1,0 +1,231 @@
+"""Speed of LiveGaze: time, memory, parameters and MACs per stage, and the gain of the staged API.
+
+``bench_model`` builds a randomly initialised network from a preset and measures, on one device:
+
+* ms per image of ``encode``, ``redirect``, ``render`` and the whole ``forward`` at ``batch``
+  (median of ``repeats`` timed runs after ``warmup`` runs; CUDA synchronised around each);
+* batch-1 latency of ``forward`` and the throughput (images/s) at ``batch``;
+* peak memory of a forward at ``batch``: ``torch.cuda.max_memory_allocated`` on CUDA, the
+  process's peak resident set (VmHWM, reset through /proc/self/clear_refs) on CPU;
+* parameters and MACs per image of each stage (``FlopCounterMode`` flops / 2 at batch 1:
+  convolutions, matmuls and attention; grid sampling and elementwise work are not counted);
+* the grid ratio: one source x G gazes x V views through encode once / redirect per gaze /
+  render per view, against G*V full forwards, both in chunks of at most ``batch`` (wall clock).
+
+``dtype="bf16"`` (or ``"fp16"`` on CUDA) runs under ``torch.autocast``; ``compile=True`` wraps
+each stage in ``torch.compile`` (give it ``warmup`` >= 3: Inductor keeps compiling kernels and
+new shapes during the first calls). Everything runs under ``torch.inference_mode`` with a
+randomly initialised network: speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from gazegen.config import ModelConfig, NormalisationConfig, load_config
+from gazegen.geometry import head_pose_to_camera
+from gazegen.models.livegaze import LiveGaze
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+STAGE_MODULES = {
+    "encode": ("high_encoder", "low_encoder"),
+    "redirect": ("gaze_encoder", "gaze_fusion", "triplane_head"),
+    "render": ("decoder", "superres"),
+}
+
+
+def _inputs(cfg: ModelConfig, n: int, device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:
+    """Images (n, 3, S, S), gazes (n, 2) and cameras (n, 25) of heads turned up to +-0.3 rad."""
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.image_resolution
+    image = torch.rand(n, 3, s, s, generator=g) * 2 - 1
+    gaze = (torch.rand(n, 2, generator=g) - 0.5) * 1.2
+    cameras = head_pose_to_camera((torch.rand(n, 2, generator=g) - 0.5) * 0.6, NormalisationConfig()).float()
+    return image.to(device), gaze.to(device), cameras.to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024, "cpu_peak_rss"
+    raise RuntimeError("no VmHWM in /proc/self/status: peak RSS is measured on Linux only")
+
+
+def _macs(fn: Callable[[], Any]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def _count_params(model: LiveGaze) -> dict[str, int]:
+    counts = {
+        stage: sum(p.numel() for name in names for p in getattr(model, name).parameters())
+        for stage, names in STAGE_MODULES.items()
+    }
+    counts["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _grid_ratio(
+    stages: dict[str, Callable],
+    cfg: ModelConfig,
+    device: torch.device,
+    batch: int,
+    grid: tuple[int, int],
+    repeats: int,
+    warmup: int,
+    seed: int,
+) -> dict[str, float]:
+    """Seconds for one source x G gazes x V views, staged vs G*V full forwards, and their ratio."""
+    gazes, views = grid
+    image, _, _ = _inputs(cfg, 1, device, seed)
+    _, gaze, _ = _inputs(cfg, gazes, device, seed + 1)
+    _, _, cameras = _inputs(cfg, views, device, seed + 2)
+
+    def staged() -> None:
+        features = stages["encode"](image)
+        for part in _chunks(gazes, batch):
+            triplanes = stages["redirect"](features, gaze[part])
+            for t in triplanes.split(1):
+                for view in _chunks(views, batch):
+                    stages["render"](t, cameras[view])
+
+    pairs_gaze = gaze.repeat_interleave(views, 0)  # (G*V, 2): gaze g for views 0 .. V-1
+    pairs_cameras = cameras.repeat(gazes, 1)  # (G*V, 25)
+
+    def full() -> None:
+        for part in _chunks(gazes * views, batch):
+            n = part.stop - part.start
+            stages["forward"](image.expand(n, -1, -1, -1), pairs_gaze[part], pairs_cameras[part])
+
+    for _ in range(warmup):
+        staged(), full()
+    runs = [(_median_seconds(staged, device, 1, 0), _median_seconds(full, device, 1, 0)) for _ in range(repeats)]
+    staged_s, full_s = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)  # interleaved runs
+    return {"gazes": gazes, "views": views, "staged_s": staged_s, "full_s": full_s, "ratio": full_s / staged_s}
+
+
+def _stage_seconds(
+    stages: dict[str, Callable], inputs: tuple[torch.Tensor, ...], device: torch.device, repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds of each stage and of the whole forward on one batch."""
+    image, gaze, cameras = inputs
+    features = stages["encode"](image)
+    triplane = stages["redirect"](features, gaze)
+    return {
+        "encode": _median_seconds(lambda: stages["encode"](image), device, repeats, warmup),
+        "redirect": _median_seconds(lambda: stages["redirect"](features, gaze), device, repeats, warmup),
+        "render": _median_seconds(lambda: stages["render"](triplane, cameras), device, repeats, warmup),
+        "total": _median_seconds(lambda: stages["forward"](image, gaze, cameras), device, repeats, warmup),
+    }
+
+
+def _stage_macs(model: LiveGaze, image: torch.Tensor, gaze: torch.Tensor, cameras: torch.Tensor) -> dict[str, float]:
+    """MACs of each stage for the given (batch-1) inputs, and their total."""
+    features = model.encode(image)
+    triplane = model.redirect(features, gaze)
+    macs = {
+        "encode": _macs(lambda: model.encode(image)),
+        "redirect": _macs(lambda: model.redirect(features, gaze)),
+        "render": _macs(lambda: model.render(triplane, cameras)),
+    }
+    return {**macs, "total": sum(macs.values())}
+
+
+def _peak_memory_of(fn: Callable[[], Any], device: torch.device) -> tuple[float, str]:
+    _reset_peak_memory(device)
+    fn()
+    _sync(device)
+    return _peak_memory_mb(device)
+
+
+def bench_model(
+    preset_path: str | Path,
+    device: str = "cpu",
+    batch: int = 1,
+    compile: bool = False,
+    dtype: str = "fp32",
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    grid: tuple[int, int] = (4, 4),
+    grid_repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure a preset's network on ``device``; returns plain data (JSON-able), see the module docstring."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dev = torch.device(device)
+    cfg = load_config(ModelConfig, preset_path)
+    torch.manual_seed(seed)
+    model = LiveGaze(cfg).eval().requires_grad_(False).to(dev)  # inference only (and FlopCounterMode needs it)
+    wrap = torch.compile if compile else (lambda fn: fn)
+    stages = {name: wrap(getattr(model, name)) for name in ("encode", "redirect", "render")}
+    stages["forward"] = wrap(model)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
+    image, gaze, cameras = _inputs(cfg, batch, dev, seed)
+    with torch.inference_mode(), autocast:
+        seconds = _stage_seconds(stages, (image, gaze, cameras), dev, repeats, warmup)
+        if batch == 1:
+            latency = seconds["total"]
+        else:
+            latency = _median_seconds(lambda: stages["forward"](image[:1], gaze[:1], cameras[:1]), dev, repeats, warmup)
+        peak_mb, peak_kind = _peak_memory_of(lambda: stages["forward"](image, gaze, cameras), dev)
+        macs = _stage_macs(model, image[:1], gaze[:1], cameras[:1])
+        grid_result = _grid_ratio(stages, cfg, dev, batch, grid, grid_repeats, warmup, seed=seed + 10)
+    return {
+        "preset": str(preset_path),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "dtype": dtype,
+        "compile": compile,
+        "batch": batch,
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "params": _count_params(model),
+        "gmacs_per_image": {k: v / 1e9 for k, v in macs.items()},
+        "ms_per_image": {k: 1e3 * v / batch for k, v in seconds.items()},
+        "latency_ms_batch1": 1e3 * latency,
+        "throughput_images_per_s": batch / seconds["total"],
+        "peak_memory_mb": peak_mb,
+        "peak_memory_kind": peak_kind,
+        "grid": grid_result,
+    }

@@ -1,0 +1,156 @@
+"""LiveGaze: single-image, triplane-based, 3D-aware gaze redirection (the paper's Fig. 2).
+
+    I_s ──E_h──> F_h ──CrossAttention(F_h, E_g(g))──> F_app ─┐
+        └─E_l──> F_geo ───────────────────────────────────────┴─E_tri─> T_g ──G(T_g, c)──> I_g, D_g
+
+Three stages, so that a synthesis grid pays for each only as often as it must:
+
+* ``encode(image)``: once per source image -> ``SourceFeatures`` (F_h, F_geo);
+* ``redirect(features, gaze_head)``: once per gaze -> triplane T_g (B, 3, C, P, P);
+* ``render(triplane, cameras)``: once per view; a triplane of batch 1 serves any number of
+  cameras -> ``LiveGazeOutput``.
+
+``forward(image, gaze_head, cameras)`` chains the three. Conventions (DESIGN.md): images are
+float NCHW RGB in [-1, 1]; ``gaze_head`` is (B, 2) pitch/yaw radians in the head frame;
+cameras are EG3D's (B, 25); depth is z-depth in world units. The renderer (EG3D's, in
+gazegen/rendering/) is stateless apart from the decoder MLP held here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gazegen.config import ModelConfig
+from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
+from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
+from gazegen.models.superres import SuperResolution
+from gazegen.models.triplane_head import TriplaneHead
+from gazegen.rendering.decoder import TriplaneDecoder
+from gazegen.rendering.renderer import render_triplane
+
+
+@dataclass(frozen=True)
+class SourceFeatures:
+    """What ``encode`` extracts from source images, independent of gaze and camera."""
+
+    high: torch.Tensor  # (B, C_h, P, P) F_h, E_h's appearance features
+    geometry: torch.Tensor  # (B, C_geo, P, P) F_geo, E_l's geometry features
+
+
+@dataclass(frozen=True)
+class LiveGazeOutput:
+    """Renderings of B views."""
+
+    image: torch.Tensor  # (B, 3, S, S) the output image in [-1, 1] (after super-resolution)
+    image_raw: torch.Tensor  # (B, 3, R, R) the low-resolution volume rendering in [-1, 1]
+    depth: torch.Tensor  # (B, 1, R, R) z-depth along the camera axis, world units
+    alpha: torch.Tensor  # (B, 1, R, R) opacity in [0, 1]
+    triplane: torch.Tensor  # (B or 1, 3, C, P, P) the triplane the views were rendered from
+
+
+def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int | None, ...]) -> None:
+    """Raise a ValueError naming ``name`` unless ``tensor`` has ``expected`` shape (None: any size)."""
+    ok = tensor.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, tensor.shape))
+    if not ok:
+        want = ", ".join("*" if e is None else str(e) for e in expected)
+        raise ValueError(f"{name} must have shape ({want}), got {tuple(tensor.shape)}")
+
+
+class LiveGaze(nn.Module):
+    """The LiveGaze network built from a ``ModelConfig``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        in_channels = 5 if cfg.coord_channels else 3
+        self.high_encoder = HighFrequencyEncoder(in_channels, cfg.high_hidden, cfg.high_channels, cfg.high_depth)
+        self.low_encoder = LowFrequencyEncoder(
+            in_channels,
+            backbone_channels=cfg.backbone_channels,
+            backbone_blocks=cfg.backbone_blocks,
+            aspp_channels=cfg.aspp_channels,
+            aspp_rates=cfg.aspp_rates,
+            aspp_dropout=cfg.aspp_dropout,
+            embed_dim=cfg.geo_embed_dim,
+            depth=cfg.geo_depth,
+            heads=cfg.geo_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            hidden=cfg.geo_hidden,
+            channels=cfg.geo_channels,
+        )
+        self.gaze_encoder = GazeEncoder(cfg.gaze_tokens, cfg.high_channels, cfg.gaze_frequencies, cfg.gaze_hidden)
+        self.gaze_fusion = GazeCrossAttention(cfg.high_channels, cfg.fusion_heads)
+        self.triplane_head = TriplaneHead(
+            cfg.high_channels,
+            cfg.geo_channels,
+            channels=cfg.tri_channels,
+            embed_dim=cfg.tri_embed_dim,
+            depth=cfg.tri_depth,
+            heads=cfg.tri_heads,
+            mlp_ratio=cfg.mlp_ratio,
+            sr_ratio=cfg.tri_sr_ratio,
+            plane_channels=cfg.render.plane_channels,
+        )
+        self.decoder = TriplaneDecoder.from_config(cfg.render)
+        self.superres = SuperResolution(
+            cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
+        )
+
+    def encode(self, image: torch.Tensor) -> SourceFeatures:
+        """Source images (B, 3, S_in, S_in) in [-1, 1] -> F_h and F_geo, each (B, C, S_in/2, S_in/2)."""
+        s = self.cfg.image_resolution
+        _check_shape("image", image, (None, 3, s, s))
+        x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
+        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x))
+
+    def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
+        """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
+
+        Features of batch 1 are shared by all B gazes (one source, many gazes).
+        """
+        _check_shape("gaze_head", gaze_head, (None, 2))
+        tokens = self.gaze_encoder(gaze_head)  # (B, K, C_h)
+        appearance = self.gaze_fusion(features.high, tokens)  # (B, C_h, P, P) F_app
+        geometry = features.geometry.expand(appearance.shape[0], -1, -1, -1)  # (B, C_geo, P, P)
+        return self.triplane_head(appearance, geometry)
+
+    def render(
+        self, triplane: torch.Tensor, cameras: torch.Tensor, *, generator: torch.Generator | None = None
+    ) -> LiveGazeOutput:
+        """Triplanes (B or 1, 3, C, P, P) seen by cameras (B, 25) -> LiveGazeOutput of B views.
+
+        Samples along rays are jittered (with ``generator``) in training mode only.
+        """
+        _check_shape("cameras", cameras, (None, 25))
+        rendered = render_triplane(
+            triplane,
+            self.decoder,
+            cameras,
+            self.cfg.render,
+            generator=generator,
+            training=self.training,
+            eg3d_compatible=self.cfg.eg3d_plane_axes,
+        )
+        return LiveGazeOutput(
+            image=self.superres(rendered.features),
+            image_raw=rendered.rgb,
+            depth=rendered.depth,
+            alpha=rendered.alpha,
+            triplane=triplane,
+        )
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        gaze_head: torch.Tensor,
+        cameras: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> LiveGazeOutput:
+        """Source images (B, 3, S, S), gazes (B, 2) and cameras (B, 25) -> the redirected views (Fig. 2)."""
+        features = self.encode(image)  # E_h(I_s), E_l(I_s)
+        triplane = self.redirect(features, gaze_head)  # E_tri(CrossAttention(F_h, E_g(g)), F_geo)
+        return self.render(triplane, cameras, generator=generator)  # G(T_g, c) and super-resolution
