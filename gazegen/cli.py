@@ -90,3 +90,38 @@ def inspect(
         typer.echo(f"contact sheet: {sheet}")
     if report.problems:
         raise typer.Exit(code=1)
+
+
+@app.command("weights")
+def weights() -> None:
+    """List every pretrained weight file gazegen can use, where it looks, and what is present."""
+    from gazegen.weights import format_weights_report
+
+    for line in format_weights_report():
+        typer.echo(line)
+
+
+@app.command("bench")
+def bench(
+    preset: Path = typer.Option(Path("configs/model/tiny.toml"), help="Model preset (configs/model/*.toml)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    batch: int = typer.Option(1, min=1, help="Batch size of the throughput and grid runs."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile each stage (warm-up grows to 3 runs)."),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
+    repeats: int = typer.Option(5, min=1, help="Timed runs per figure (the median is reported)."),
+    out: Optional[Path] = typer.Option(None, help="Also write the JSON here."),
+) -> None:
+    """Speed of the model: ms per image per stage, latency, throughput, memory, MACs, grid ratio (JSON)."""
+    import json
+
+    from gazegen.benchmark import bench_model
+    from gazegen.config import ConfigError
+
+    try:
+        result = bench_model(preset, device, batch, compile=compile, dtype=dtype, repeats=repeats, warmup=3 if compile else 1)
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if out is not None:
+        out.write_text(text + "\n")
