@@ -125,3 +125,44 @@ def bench(
     typer.echo(text)
     if out is not None:
         out.write_text(text + "\n")
+
+
+@app.command("synthesize")
+def synthesize(
+    checkpoint: Path = typer.Argument(..., help="A gazegen checkpoint folder (config.json + model.safetensors)."),
+    inputs: str = typer.Argument(..., help="Image folder or glob, a training-store h5 (or store), or Parquet with an image column."),
+    out: str = typer.Argument(..., help="Output folder or pyarrow filesystem URI (s3://, gs://, file://)."),
+    grid: Optional[str] = typer.Option(None, help="Swept axes: a comma list of pitch, yaw, view."),
+    pitch: Optional[str] = typer.Option(None, help="Gaze pitch in the head frame, start:stop:count degrees."),
+    yaw: Optional[str] = typer.Option(None, help="Gaze yaw in the head frame, start:stop:count degrees."),
+    view_pitch: Optional[str] = typer.Option(None, "--view-pitch", help="Camera pitch offset, start:stop:count degrees."),
+    view_yaw: Optional[str] = typer.Option(None, "--view-yaw", help="Camera yaw offset, start:stop:count degrees."),
+    sample: Optional[int] = typer.Option(None, help="N random (gaze, view) pairs per source instead of the full grid."),
+    seed: Optional[int] = typer.Option(None, help="Seed of --sample (written in every row)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Gazes per redirect and views per render call."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPU actors (-1: all GPUs; 0: CPU actors)."),
+    address: Optional[str] = typer.Option(None, help="Join this Ray cluster (default: a private local Ray)."),
+    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per Parquet shard (whole sources)."),
+    crop: Optional[str] = typer.Option(None, help="Photos: auto | always | never face detection and alignment."),
+    config: Optional[Path] = typer.Option(None, help="TOML preset (configs/synth/*.toml)."),
+    overrides: Optional[list[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete a different earlier run in OUT and start afresh."),
+) -> None:
+    """Render every input face under a grid of gazes and views into Parquet shards (Ray)."""
+    import sys
+
+    from gazegen.checkpoint import CheckpointError
+    from gazegen.config import ConfigError
+    from pipelines.manifest import RunMismatchError
+    from pipelines.synthesis import IncompleteShardsError, run_synthesis
+
+    try:
+        result = run_synthesis(
+            checkpoint, inputs, out, grid=grid, pitch=pitch, yaw=yaw, view_pitch=view_pitch, view_yaw=view_yaw,
+            sample=sample, seed=seed, batch_size=batch_size, num_gpus=num_gpus, address=address,
+            rows_per_shard=rows_per_shard, crop=crop, config=config, overrides=overrides or (),
+            overwrite=overwrite, command=sys.argv,
+        )
+    except (RunMismatchError, IncompleteShardsError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(result.summary())

@@ -257,6 +257,275 @@ class ModelConfig:
         return _build(cls, data, "")
 
 
+# --------------------------------------------------------------------------- reference gaze estimator
+
+
+@dataclass(frozen=True)
+class EstimatorNetConfig:
+    """The reference gaze estimator's network (gazegen/models/estimator.py): a compact ResNet.
+
+    Images of any size are resized (antialiased) to `resolution`; a 3x3 stride-2 stem of `width`
+    channels (and a 3x3 stride-2 max-pool with `stem_pool`, as ResNet's), then one stage per entry
+    of `blocks` (stage i: width * 2^i channels, stride 2 from the second stage on), global average
+    pooling, and a linear head to gaze and head pose.
+    """
+
+    resolution: int = bounded(96, 16, 1024)  # input side in pixels
+    width: int = bounded(32, 4, 1024)  # channels of the stem and of the first stage
+    stem_pool: bool = False  # max-pool after the stem: the stages cost at 2S what they cost at S without it
+    blocks: tuple[int, ...] = (2, 2, 2, 2)  # residual blocks per stage (ResNet-18's layout at width 32)
+    norm_groups: int = bounded(8, 1, 64)  # GroupNorm groups (independent of the batch size); divides width
+
+    def __post_init__(self) -> None:
+        if not self.blocks or min(self.blocks) < 1:
+            raise ConfigError(f"blocks {self.blocks}: at least one stage, each with >= 1 block")
+        if self.width % self.norm_groups:
+            raise ConfigError(f"width {self.width} is not a multiple of norm_groups {self.norm_groups}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EstimatorNetConfig:
+        """An EstimatorNetConfig from plain data (an estimator checkpoint's config.json), validated."""
+        return _build(cls, data, "")
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """`gazegen estimator train` (train/estimator.py): the judge of redirection accuracy.
+
+    Loss = L1(gaze) + head_weight * L1(head pose), pitch/yaw radians in the image's normalised
+    camera; AdamW with linear warm-up then cosine decay to zero at `steps`.
+    """
+
+    net: EstimatorNetConfig = EstimatorNetConfig()
+    steps: int = bounded(3000, 1)  # optimiser steps
+    batch_size: int = bounded(32, 1, 4096)
+    lr: float = bounded(1e-3, 0.0, 1.0)  # peak learning rate
+    weight_decay: float = bounded(1e-4, 0.0, 1.0)
+    warmup_steps: int = bounded(100, 0)  # linear warm-up from 0 to `lr`
+    head_weight: float = bounded(1.0, 0.0)  # weight of the head-pose term
+    flip: bool = True  # random horizontal flips with both yaws negated (valid: the normalised camera is centred)
+    shuffle_buffer: int = bounded(2048, 0)  # rows shuffled through a buffer of this size (0: file order)
+    workers: int = bounded(0, 0, 64)  # DataLoader worker processes
+    seed: int = bounded(0, 0)
+    log_every: int = bounded(100, 1)  # steps between progress lines
+    split: str = "train"  # store split trained on (train_test_split.json); Parquet shards have none
+    eval_split: str = "test"  # store split evaluated after training
+    eval_images: int = bounded(0, 0)  # images evaluated after training (0: all)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`gazegen evaluate` (train/evaluate.py): GazeNeRF's protocol, as the paper's supplement follows it.
+
+    Per test subject, in file order: the input group is the first `group_size` images, the target
+    group the next `group_size` (fewer when the subject has under 2 * group_size images: half each).
+    Input i is redirected to the gaze and camera of target perm[i], perm a permutation of the target
+    group drawn once from `seed` (GazeNeRF uses one fixed list for every subject).
+    """
+
+    split: str = "test"  # store split whose subjects are evaluated
+    group_size: int = bounded(100, 1)  # images per input group and per target group (GazeNeRF: 100 + 100)
+    max_pairs: int = bounded(0, 0)  # pairs per subject (0: one per input image)
+    max_subjects: int = bounded(0, 0)  # subjects evaluated (0: all of the split)
+    seed: int = bounded(0, 0)  # draws the input -> target permutation
+    finetune: bool = False  # personalised fine-tuning on each subject's input group first (paper: yes)
+    finetune_epochs: int = bounded(10, 1)  # epochs of that fine-tuning (paper: 10)
+    background: str = "white"  # outside the target's face mask, for image metrics: white (GazeNeRF), black, keep
+    batch_size: int = bounded(1, 1, 1024)  # pairs per forward pass; ms/img = batch time / batch size
+    warmup: int = bounded(1, 0)  # untimed forward passes before the first timed one
+    baselines: bool = True  # also score copy-the-source and the ground-truth target (the estimator's floor)
+    lpips: bool = True  # False: LPIPS is not loaded (reported n/a)
+    fid: bool = True  # False: FID is not loaded (reported n/a)
+    psnr_cap_db: float = bounded(100.0, 1.0)  # PSNR of identical images (inf) is reported as this, and counted
+    sheet_pairs: int = bounded(8, 0, 64)  # pairs drawn on sheet.png
+
+    def __post_init__(self) -> None:
+        if self.background not in ("white", "black", "keep"):
+            raise ConfigError(f"background {self.background!r}: expected 'white', 'black' or 'keep'")
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`gazegen synthesize` (pipelines/synthesis.py): grid, inputs, labels and execution of the Ray pipeline.
+
+    Grid ranges are `start:stop:count` in degrees, both ends included (pipelines/grid.py).
+    `normalisation` is the normalised camera of the model's training store: rendered cameras come
+    from it (`radius`, focal / resolution), depth is written in its millimetres (distance_mm /
+    radius per world unit), photos are cropped to its framing and h5 patches taken with another
+    camera are re-zoomed to it. Unset: the checkpoint's `metadata.normalisation` when the trainer
+    recorded one, else LiveGaze's 512 px store (PUBLISHED_NORMALISATIONS["livegaze512"]); either
+    way it is taken at the model's output resolution (`at_resolution`: the same camera) and
+    recorded in the run manifest. Fields under "execution" do not change the rows and may differ
+    between a run and its restart; all others are compared on restart.
+    """
+
+    grid: str = "pitch,yaw,view"  # swept axes: a comma list of pitch, yaw, view
+    pitch: str = "-30:30:5"  # gaze pitch in the head frame, degrees
+    yaw: str = "-40:40:5"  # gaze yaw in the head frame, degrees
+    view_pitch: str = "0:0:1"  # camera offset added to the source's head pitch, degrees
+    view_yaw: str = "-30:30:5"  # camera offset added to the source's head yaw, degrees
+    sample: int = bounded(0, 0)  # 0: the full grid; N: N random (gaze, view) pairs per source
+    seed: int = bounded(0, 0)  # seeds the --sample draws; written in every row
+    crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
+    image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
+    normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's, else livegaze512
+    depth_min_alpha: float = bounded(0.5, 0.0, 1.0)  # depth is written 0 (no surface) where alpha < this
+    depth_full_resolution: bool = True  # depth and alpha upsampled (bilinear) to the image; False: neural size
+    png_compression: int = bounded(1, 0, 9)  # zlib level of the PNGs (1: fast; the bytes change, not the pixels)
+    rows_per_shard: int = bounded(1000, 1)  # a shard holds max(1, rows_per_shard // rows per source) sources
+    # execution
+    batch_size: int = bounded(16, 1, 4096)  # gazes per redirect and views per render call
+    num_gpus: int = bounded(-1, -1)  # GPU actors, one per GPU; -1: every GPU of the cluster; 0: CPU actors
+    cpu_actors: int = bounded(1, 1)  # render actors when there is no GPU (each reserves 1 CPU)
+    cpu_threads: int = bounded(0, 0)  # torch threads per CPU actor; 0: the node's cores / cpu_actors
+    max_restarts: int = bounded(3, 0)  # times a dead render actor is restarted (Ray's default: forever)
+    max_task_retries: int = bounded(3, 0)  # times a batch whose worker died is retried (Ray's default: forever)
+    max_lost_sources: int = bounded(10, 0)  # batches that may fail for good (their sources become error rows)
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("auto", "always", "never"):
+            raise ConfigError(f"crop {self.crop!r}: expected 'auto', 'always' or 'never'")
+
+
+# --------------------------------------------------------------------------- training
+
+DEPTH_PRIOR_KINDS = ("dataset", "teacher", "files")
+LR_DECAYS = ("constant", "cosine")
+
+
+def resolve_preset(path: str | Path) -> Path:
+    """A preset named in a config: absolute as given; relative to configs/ when there; else relative to the working folder."""
+    path = Path(path)
+    if path.is_absolute() or not (CONFIG_DIR / path).is_file():
+        return path
+    return CONFIG_DIR / path
+
+
+@dataclass(frozen=True)
+class TrainDataConfig:
+    """Which images train and validate, and how they are loaded (train/data.py).
+
+    Every image of a training subject is the target I_gt once per epoch; its source I_s is drawn
+    from the same subject with another frame (gaze) and another camera; I_f is the frontal camera
+    (head pose nearest (0, 0)) of I_gt's frame.
+    """
+
+    val_subjects: int = bounded(1, 0)  # subjects of the store's train split held out for validation (whole subjects)
+    frames_per_subject: int = bounded(0, 0)  # frames used per subject, evenly spaced (0: all; GazeNeRF/LiveGaze: 10 x 18 cameras)
+    split_seed: int = bounded(0, 0)  # draws the validation subjects
+    workers: int = bounded(2, 0, 64)  # DataLoader worker processes (0: load in the training process)
+    prefetch: int = bounded(2, 1, 64)  # batches loaded ahead by each worker
+    val_samples: int = bounded(16, 1)  # fixed validation triplets scored at every validation
+
+
+@dataclass(frozen=True)
+class DepthPriorConfig:
+    """D_gt of the depth loss L_D (paper eq. 5, 10): I_f's identity and gaze seen from I_gt's camera (train/depth_prior.py).
+
+    ``dataset``: the store's own depth of I_gt (exact for procedural heads: same frame, same camera).
+    ``teacher``: a frozen network renders I_f at I_gt's camera, once per target image, cached in the run
+    folder. ``files``: precomputed ``<subject>.npy`` (N, H, W) float32 millimetres, rows as in the subject's
+    h5 file, 0 = no depth. Depth is converted to renderer world units with the subject's normalisation.
+    """
+
+    kind: str = "dataset"  # one of DEPTH_PRIOR_KINDS
+    teacher: str = "live3d"  # teacher: "live3d" (the registered encoder_render.pt), a Live3D .pt file or a gazegen checkpoint folder
+    teacher_model: str = "model/base.toml"  # teacher: model preset a Live3D teacher is built with (a gazegen checkpoint has its own)
+    teacher_batch: int = bounded(18, 1, 4096)  # teacher: cameras rendered per call (one frame of the ETH-XGaze rig)
+    teacher_min_alpha: float = bounded(0.0, 0.0, 1.0)  # teacher: pixels of lower opacity are invalid (0: all valid, as the paper)
+    files: str = ""  # files: folder holding <subject>.npy
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEPTH_PRIOR_KINDS:
+            raise ConfigError(f"depth_prior.kind {self.kind!r}: expected one of {', '.join(DEPTH_PRIOR_KINDS)}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (paper 4.1) with one parameter group per part of the network, and the schedule.
+
+    Parts follow Live3D's checkpoint: "encoding" = E_h, E_l, E_tri; "rendering" = the decoder MLP and
+    super-resolution; the gaze modules (E_g, cross-attention) are LiveGaze's own, absent from Live3D,
+    so they get their own group (the paper trains them with the encoding part's rate).
+    """
+
+    lr_encoder: float = bounded(1e-5, 0.0, 1.0)  # encoding part (paper: 1e-5)
+    lr_renderer: float = bounded(1e-5, 0.0, 1.0)  # rendering part (paper: 1e-5)
+    lr_gaze: float = bounded(1e-5, 0.0, 1.0)  # gaze encoder and cross-attention (paper: encoding part's 1e-5)
+    weight_decay: float = bounded(0.01, 0.0, 1.0)  # AdamW's decoupled decay (paper: not stated; torch's default)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW (torch's default)
+    eps: float = bounded(1e-8, 0.0, 1.0)
+    grad_clip: float = bounded(1.0, 0.0)  # largest global gradient norm (0: no clipping; the paper states none)
+    warmup_steps: int = bounded(0, 0)  # linear warm-up from 0 (paper: none stated)
+    decay: str = "constant"  # after warm-up: "constant" (paper: none stated) or "cosine" to min_lr_ratio at the last step
+    min_lr_ratio: float = bounded(0.0, 0.0, 1.0)  # cosine: final rate / initial rate
+
+    def __post_init__(self) -> None:
+        if self.decay not in LR_DECAYS:
+            raise ConfigError(f"optim.decay {self.decay!r}: expected one of {', '.join(LR_DECAYS)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`gazegen train` (train/trainer.py): LiveGaze on triplets of a training store (paper 3.4, 4.1).
+
+    Steps per epoch = images of the training subjects // batch_size; the schedule spans `max_steps`
+    or, when 0, `epochs` epochs. `--max-steps` on the command line only stops a run early: it never
+    changes the schedule, so a run stopped and resumed is the run that was not stopped.
+    """
+
+    model: str = "model/base.toml"  # model preset; relative paths are looked up in configs/, then the working folder
+    model_overrides: tuple[str, ...] = ()  # "key=value" applied to the model preset (as --set)
+    init: str = ""  # "": random (seeded); "live3d": the registered Live3D weights; or a Live3D .pt / gazegen checkpoint folder
+    seed: int = bounded(0, 0)  # initialisation, ray jitter, dropout, triplet draws
+    batch_size: int = bounded(4, 1, 65536)  # triplets per optimiser step, over all workers (paper: 4)
+    epochs: int = bounded(50, 1)  # paper: 50
+    max_steps: int = bounded(0, 0)  # 0: epochs x steps per epoch
+    bf16: bool = True  # bf16 autocast on CUDA (CPU runs in fp32)
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
+    threads: int = bounded(0, 0, 1024)  # torch threads of the training process (0: torch's default)
+    log_every: int = bounded(10, 1)  # steps between training log records
+    val_every: int = bounded(500, 0)  # steps between validations (0: only at the end)
+    checkpoint_every: int = bounded(1000, 0)  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = bounded(3, 0)  # newest step checkpoints kept (0: all)
+    grid_samples: int = bounded(4, 1, 64)  # rows of the validation prediction grid PNG
+    tensorboard: bool = True  # also write TensorBoard events (needs the `tensorboard` package)
+    loss: LossConfig = LossConfig()  # the paper's objective
+    optim: OptimConfig = OptimConfig()
+    data: TrainDataConfig = TrainDataConfig()
+    depth_prior: DepthPriorConfig = DepthPriorConfig()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A TrainConfig from plain data (``to_dict``'s output, e.g. a checkpoint's metadata), validated."""
+        return _build(cls, data, "")
+
+    def model_config(self) -> ModelConfig:
+        """The model preset `model` with `model_overrides` applied."""
+        return load_config(ModelConfig, resolve_preset(self.model), self.model_overrides)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """`gazegen finetune` (train/finetune.py): personalised fine-tuning, GazeNeRF's protocol (supplement 6).
+
+    A subject's images in file order: the input group is the first `group_size`, the target group the
+    next `group_size` (half each when the subject has fewer than 2 x group_size), as `EvaluateConfig`.
+    The model is fine-tuned on triplets of the input group for `epochs` epochs and scored on input ->
+    target pairs; the optimiser, losses and depth prior are the training run's (or a TrainConfig given).
+    """
+
+    epochs: int = bounded(10, 1)  # paper: 10
+    group_size: int = bounded(100, 1)  # images per input group and per target group (GazeNeRF: 100 + 100)
+    val_samples: int = bounded(16, 1)  # input -> target pairs scored before and after
+
+
 # --------------------------------------------------------------------------- loading
 
 

@@ -1,0 +1,170 @@
+"""Speed of `gazegen synthesize`: the Ray pipeline against a bare in-process loop, and the grid gain.
+
+    python benchmarks/synthesis.py --preset configs/model/tiny.toml --sources 48
+
+Prints JSON. Three figures, measured in one run on the same model (a checkpoint, or a randomly
+initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sources`` noise crops):
+
+* ``bare``: the pipeline's own stage functions called in sequence in this process (decode,
+  render, PNG encoding, shard writing; ``pipelines.synthesis.local_records``): images/s.
+* ``ray``: ``run_synthesis`` into a fresh output, images/s over its whole wall clock (planning,
+  Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
+  start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways.
+* ``grid``: model time of sources' grids rendered the staged way (encode once per source,
+  redirect once per gaze, render the views of each gaze in batches), as the actor does, against
+  one full forward per output image in batches of the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from gazegen import geometry
+from gazegen.checkpoint import load_checkpoint, save_checkpoint
+from gazegen.config import ModelConfig, load_config
+from gazegen.models.livegaze import LiveGaze
+from pipelines.grid import plan_source
+from pipelines.shards import OutputDir
+from pipelines.synthesis import ShardRouter, load_synth_config, local_records, plan_run, run_synthesis
+
+
+def make_inputs(folder: Path, count: int, side: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):  # square crops of the model's size: passed through by --crop auto
+        cv2.imwrite(str(folder / f"src{i:05d}.png"), np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8))
+    return folder
+
+
+def bare_loop(checkpoint: Path, inputs: Path, out: Path, options: dict, device: str, threads: int) -> dict:
+    start = time.perf_counter()
+    run = plan_run(checkpoint, inputs, load_synth_config(None, **options))
+    router = ShardRouter(OutputDir.from_uri(str(out)), run.shards, run)
+    for records in local_records(run, run.shards, device, threads):
+        router.add(records)
+    router.finish(0)
+    seconds = time.perf_counter() - start
+    rows = sum(s.rows for s in router.closed)
+    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds}
+
+
+def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, sources: int, repeats: int) -> dict:
+    """Model seconds per source: staged grid vs one full forward per output image."""
+    run = plan_run(checkpoint, inputs, load_synth_config(None, **options))
+    model, batch = load_checkpoint(checkpoint, device=device).requires_grad_(False), run.cfg.batch_size
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    side = run.model.image_resolution
+    images = [np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8) for i in range(sources)]
+    head = np.zeros(2)
+
+    def tensors(plan, image: np.ndarray) -> tuple[torch.Tensor, ...]:
+        cameras = geometry.head_pose_to_camera(head[None] + plan.views, run.normalisation)
+        x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        return torch.from_numpy(plan.gazes).float().to(device), torch.from_numpy(cameras).float().to(device), x
+
+    @torch.inference_mode()
+    def staged() -> None:  # what SourceRenderer.render does, model calls only
+        for k, image in enumerate(images):
+            plan = plan_source(run.spec, f"s{k}", None)
+            gazes, cameras, x = tensors(plan, image)
+            features = model.encode(x)  # once per source
+            for start in range(0, len(plan.gazes), batch):
+                triplanes = model.redirect(features, gazes[start : start + batch])  # once per gaze
+                for t in triplanes.split(1):
+                    for view in range(0, len(plan.views), batch):
+                        model.render(t, cameras[view : view + batch])  # the views of one gaze, batched
+
+    @torch.inference_mode()
+    def full() -> None:  # one whole forward per output image, in the same batches
+        for k, image in enumerate(images):
+            plan = plan_source(run.spec, f"s{k}", None)
+            gazes, cameras, x = tensors(plan, image)
+            for start in range(0, len(plan.pairs), batch):
+                g, v = (torch.from_numpy(c).to(device) for c in plan.pairs[start : start + batch].T)
+                model(x.expand(len(g), -1, -1, -1), gazes[g], cameras[v])
+
+    def timed(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    staged(), full()  # warm-up
+    runs = [(timed(staged), timed(full)) for _ in range(repeats)]
+    staged_s, full_s = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    rows = sources * run.rows_per_source
+    return {"sources": sources, "rows_per_source": run.rows_per_source, "staged_images_per_s": rows / staged_s,
+            "full_forward_images_per_s": rows / full_s, "speedup": full_s / staged_s}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: random weights of --preset)")
+    parser.add_argument("--preset", default="configs/model/tiny.toml", help="ModelConfig preset for random weights")
+    parser.add_argument("--inputs", type=Path, help="INPUTS (default: --sources noise crops)")
+    parser.add_argument("--sources", type=int, default=48, help="generated sources")
+    parser.add_argument("--pitch", default="-30:30:5")
+    parser.add_argument("--yaw", default="-40:40:5")
+    parser.add_argument("--view-yaw", default="-30:30:5")
+    parser.add_argument("--view-pitch", default="0:0:1")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="the bare loop's device; Ray uses the GPUs it finds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of the bare loop and of a CPU actor (0: all cores)")
+    parser.add_argument("--grid-sources", type=int, default=2, help="sources timed for the grid gain")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the grid gain (median)")
+    parser.add_argument("--grid-only", action="store_true", help="only the grid gain (e.g. for the base preset on CPU)")
+    parser.add_argument("--work", type=Path, help="folder for inputs and outputs (default: a temporary one)")
+    args = parser.parse_args()
+
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    work = args.work or Path(tempfile.mkdtemp(prefix="gazegen-bench-"))
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        torch.manual_seed(0)
+        checkpoint = save_checkpoint(work / "checkpoint", LiveGaze(load_config(ModelConfig, args.preset)))
+    side = load_checkpoint(checkpoint).cfg.image_resolution
+    inputs = args.inputs or make_inputs(work / "inputs", args.sources, side)
+    options = {"grid": "pitch,yaw,view", "pitch": args.pitch, "yaw": args.yaw, "view_pitch": args.view_pitch,
+               "view_yaw": args.view_yaw, "batch_size": args.batch_size}  # fmt: skip
+    overrides = [f"cpu_threads={threads}"]  # the CPU actor gets the bare loop's threads
+
+    if args.grid_only:
+        grid = grid_gain(checkpoint, inputs, options, args.device, args.grid_sources, args.repeats)
+        print(json.dumps({"model": str(args.checkpoint or args.preset), "device": args.device, "threads": threads, "grid": grid}, indent=2))
+        return
+    bare = bare_loop(checkpoint, inputs, work / "bare", options, args.device, threads)
+
+    import ray
+
+    start = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    init_s = time.perf_counter() - start
+    result = run_synthesis(checkpoint, inputs, str(work / "ray"), overrides=overrides, overwrite=True, progress=False, **options)
+    ray.shutdown()
+    ray_figures = {"rows": result.rows_written, "ray_init_s": init_s, "pipeline_s": result.seconds,
+                   "images_per_s": result.rows_written / (init_s + result.seconds),
+                   "images_per_s_after_init": result.rows_written / result.seconds}  # fmt: skip
+    figures = {
+        "model": str(args.checkpoint or args.preset), "device": args.device, "cpu_count": os.cpu_count(), "threads": threads,
+        "torch": torch.__version__, "ray_version": ray.__version__, "sources": result.sources, "batch_size": args.batch_size,
+        "bare": bare, "ray": ray_figures,
+        "ratio": ray_figures["images_per_s"] / bare["images_per_s"],
+        "ratio_after_init": ray_figures["images_per_s_after_init"] / bare["images_per_s"],
+        "grid": grid_gain(checkpoint, inputs, options, args.device, args.grid_sources, args.repeats),
+    }  # fmt: skip
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Synthesis inputs: list them as sources with stable ids, then read each as a model-ready face.
+
+INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of file count:
+
+images   ``.jpg .jpeg .png .bmp .webp``: one source each. Photos are detected, aligned and
+         cropped like the training data (``--crop auto|always|never``, gazegen/data/faces.py);
+         the head is taken as frontal, head pose (0, 0), and the gaze as unknown.
+h5       ``.h5 .hdf5`` in any layout gazegen/data/xgaze.py reads (training store, ETH-XGaze,
+         GazeNeRF): one source per row, with its head pose and head-frame gaze. A patch taken
+         with another normalised camera than the model's is re-zoomed to the model's framing
+         (``renormalise``); its labels do not change.
+parquet  ``.parquet`` with an image column (bytes, or a Hugging Face ``{bytes, path}`` struct):
+         one source per row. Rows with ``head_pose`` (and optionally ``gaze_head``) columns are
+         taken as normalised crops in the model's framing (e.g. gazegen's own output); rows
+         without are handled as photos.
+
+Source ids are the file's path relative to the INPUTS root (the folder; the non-magic prefix of
+a glob; the parent of a single file), posix separators, plus ``#000012`` (the row, zero-padded
+to six digits) for rows of h5 and Parquet files. They are unique and do not depend on the
+machine, so shards cut from the sorted ids are the same on every restart. A file that cannot be
+opened while listing becomes one source carrying its error; reading a source never raises:
+failures come back as ``DecodedSource`` with ``stage`` and ``reason`` set (the errors table).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gazegen.config import CropConfig, NormalisationConfig
+from gazegen.data.faces import HaarFaceDetector, crop_faces, read_image
+from gazegen.data.xgaze import open_subject
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+H5_SUFFIXES = (".h5", ".hdf5")
+PARQUET_SUFFIXES = (".parquet",)
+INDEX_FORMAT = "{path}#{index:06d}"
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One source face: a whole image file, or one row of an h5 or Parquet file."""
+
+    source_id: str  # stable id (module docstring)
+    path: str  # absolute path of the file
+    kind: str  # "image", "h5" or "parquet"
+    index: int = -1  # row within an h5 / Parquet file; -1 for images
+    error: str = ""  # set when the file could not be opened while listing
+
+
+@dataclass(frozen=True)
+class DecodedSource:
+    """A source ready for the model, or the reason it is not."""
+
+    image: np.ndarray | None  # (S, S, 3) uint8 RGB at the model's input size; None on failure
+    head_pose: np.ndarray  # (2,) pitch/yaw radians, normalised camera frame ((0, 0) for photos)
+    gaze_head: np.ndarray | None  # (2,) pitch/yaw radians, head frame; None: unknown
+    stage: str = ""  # "list", "decode" or "crop" on failure
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.image is not None
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    resolution: int  # the model's input side (ModelConfig.image_resolution)
+    normalisation: NormalisationConfig  # the model's normalised camera (framing)
+    crop: str = "auto"  # auto | always | never
+    image_column: str = "image"
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
+    if glob.has_magic(inputs):
+        prefix = []
+        for part in Path(inputs).parts:
+            if glob.has_magic(part):
+                break
+            prefix.append(part)
+        root = Path(*prefix) if prefix else Path(".")
+        return root.resolve(), [Path(p).resolve() for p in glob.glob(inputs, recursive=True) if os.path.isfile(p)]
+    path = Path(inputs)
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and not any(q.startswith(".") for q in p.relative_to(path).parts)]
+        return path.resolve(), [p.resolve() for p in files]
+    if path.is_file():
+        return path.parent.resolve(), [path.resolve()]
+    raise FileNotFoundError(f"{inputs}: no such file, folder or matching glob")
+
+
+def _kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    for kind, suffixes in (("image", IMAGE_SUFFIXES), ("h5", H5_SUFFIXES), ("parquet", PARQUET_SUFFIXES)):
+        if suffix in suffixes:
+            return kind
+    return None
+
+
+def _rows(path: Path, kind: str, image_column: str) -> int:
+    if kind == "h5":
+        with open_subject(path, strict=False) as reader:
+            return len(reader)
+    file = pq.ParquetFile(path)
+    if image_column not in file.schema_arrow.names:
+        raise ValueError(f"no column {image_column!r} (columns: {', '.join(file.schema_arrow.names)})")
+    return file.metadata.num_rows
+
+
+def list_sources(inputs: str | os.PathLike[str], image_column: str = "image") -> list[SourceRecord]:
+    """Every source of INPUTS, sorted by id. Raises FileNotFoundError when INPUTS names nothing
+    and ValueError when it holds no file of a known kind."""
+    root, files = _root_and_files(str(inputs))
+    records: list[SourceRecord] = []
+    skipped = 0
+    for path in sorted(files):
+        kind = _kind(path)
+        if kind is None:
+            skipped += 1
+            continue
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+        if kind == "image":
+            records.append(SourceRecord(rel, str(path), kind))
+            continue
+        try:
+            n = _rows(path, kind, image_column)
+        except Exception as error:  # an unreadable file is one error row, not a failed run
+            records.append(SourceRecord(rel, str(path), kind, error=f"{type(error).__name__}: {error}"))
+            continue
+        records += [SourceRecord(INDEX_FORMAT.format(path=rel, index=i), str(path), kind, i) for i in range(n)]
+    if skipped:
+        log.info("%s: %d files of other kinds skipped", inputs, skipped)
+    if not records:
+        raise ValueError(f"{inputs}: no images ({', '.join(IMAGE_SUFFIXES)}), h5 or Parquet files found")
+    return sorted(records, key=lambda r: r.source_id)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def renormalise(image: np.ndarray, source: NormalisationConfig, target: NormalisationConfig) -> np.ndarray:
+    """A normalised image as another normalised camera (same rotation) takes it, at ``target.resolution``.
+
+    Normalisation warps images (ETH-XGaze scales, it does not move the camera), so changing focal
+    or distance is a zoom about the principal point by (f_t / S_t / d_t) / (f_s / S_s / d_s) in
+    image fractions; what the zoom brings in from outside the patch is black.
+    """
+    side, width = target.resolution, image.shape[1]
+    zoom = (target.focal / target.resolution / target.distance_mm) / (source.focal / source.resolution / source.distance_mm)
+    scale = zoom * side / width  # output pixels per input pixel
+    if abs(zoom - 1.0) < 1e-6:
+        return _resize(image, side)
+    if scale < 0.5:  # shrink with area averaging first, then warp with a scale near 1
+        small = max(1, round(width * scale * 2))
+        image, scale = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), 0.5
+        width = small
+    shift = side / 2 - scale * width / 2  # keeps the principal point (W / 2) at the centre
+    matrix = np.array([[scale, 0.0, shift], [0.0, scale, shift]])
+    return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _resize(image: np.ndarray, side: int) -> np.ndarray:
+    if image.shape[:2] == (side, side):
+        return image
+    interpolation = cv2.INTER_AREA if image.shape[0] > side else cv2.INTER_CUBIC
+    return cv2.resize(image, (side, side), interpolation=interpolation)
+
+
+@cache
+def _detector() -> HaarFaceDetector:
+    return HaarFaceDetector()  # one per worker process
+
+
+def _failed(stage: str, reason: str) -> DecodedSource:
+    return DecodedSource(None, np.zeros(2), None, stage, reason)
+
+
+def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
+    cfg = CropConfig(resolution=settings.resolution, normalisation=settings.normalisation)
+    result = crop_faces(image, _detector(), cfg, settings.crop)  # type: ignore[arg-type]
+    if not result.ok:
+        return _failed("crop", result.reason)
+    return DecodedSource(result.image, np.zeros(2), None)
+
+
+def _read_images(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
+    return [_photo(read_image(r.path), settings) for r in records]
+
+
+def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
+    target = settings.normalisation.at_resolution(settings.resolution)
+    out = []
+    with open_subject(records[0].path, strict=False) as reader:
+        for record in records:
+            sample = reader[record.index]
+            image = renormalise(sample.image, sample.normalisation, target)
+            out.append(DecodedSource(image, np.asarray(sample.head_pose, np.float64), np.asarray(sample.gaze_head, np.float64)))
+    return out
+
+
+def _image_bytes(value: object, base: Path) -> bytes:
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        if not data and path:
+            data = (Path(path) if os.path.isabs(path) else base / path).read_bytes()
+        value = data
+    if not isinstance(value, (bytes, bytearray)) or not value:
+        raise ValueError("the image cell holds no bytes")
+    return bytes(value)
+
+
+def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
+    file = pq.ParquetFile(records[0].path)
+    names = file.schema_arrow.names
+    columns = [settings.image_column] + [c for c in ("head_pose", "gaze_head") if c in names]
+    starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+    groups = sorted({int(np.searchsorted(starts, r.index, side="right") - 1) for r in records})
+    table = pa.concat_tables([file.read_row_group(g, columns=columns) for g in groups])
+    offsets = {g: int(sum(file.metadata.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
+    target = settings.normalisation.at_resolution(settings.resolution)
+    out = []
+    for record in records:
+        g = int(np.searchsorted(starts, record.index, side="right") - 1)
+        row = {c: table.column(c)[offsets[g] + record.index - int(starts[g])].as_py() for c in columns}
+        bgr = cv2.imdecode(np.frombuffer(_image_bytes(row[settings.image_column], Path(record.path).parent), np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            out.append(_failed("decode", f"row {record.index}: not a decodable image"))
+            continue
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if row.get("head_pose") is None:
+            out.append(_photo(image, settings))
+            continue
+        gaze = row.get("gaze_head")
+        image = _resize(image, target.resolution) if image.shape[0] == image.shape[1] else None
+        if image is None:
+            out.append(_failed("decode", f"row {record.index}: a labelled crop must be square"))
+            continue
+        out.append(DecodedSource(image, np.asarray(row["head_pose"], np.float64), None if gaze is None else np.asarray(gaze, np.float64)))
+    return out
+
+
+READERS = {"image": _read_images, "h5": _read_h5, "parquet": _read_parquet}
+CARRIED = ("shard_id", "source_id", "source_path")  # columns every stage passes on
+
+
+def decode_sources(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
+    """Reads and prepares every record, in order; never raises. Rows of one file are read
+    together (the file is opened once); a failure of the whole file falls back to one record
+    at a time, so that one bad row costs only its own source."""
+    out: list[DecodedSource | None] = [None] * len(records)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, record in enumerate(records):
+        if record.error:
+            out[i] = _failed("list", record.error)
+        else:
+            groups[(record.kind, record.path if record.kind != "image" else str(i))].append(i)
+    for (kind, _), indices in groups.items():
+        chunks = [indices] if len(indices) > 1 else []
+        chunks += [[i] for i in indices]  # fallback, one at a time
+        for chunk in chunks:
+            if all(out[i] is not None for i in chunk):
+                continue
+            try:
+                for i, decoded in zip(chunk, READERS[kind]([records[i] for i in chunk], settings)):
+                    out[i] = decoded
+            except Exception as error:  # reported per source; the run goes on
+                if len(chunk) == 1:
+                    out[chunk[0]] = _failed("decode", f"{type(error).__name__}: {error}")
+    return [d if d is not None else _failed("decode", "not read") for d in out]
+
+
+def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> dict[str, np.ndarray]:
+    """The decode + crop stage on a Ray Data batch: input records -> decoded sources, with the
+    ``CARRIED`` columns kept and ``status``/``stage``/``reason`` set (the render actor's input)."""
+    n = len(batch["source_id"])
+    records = [SourceRecord(str(batch["source_id"][i]), str(batch["source_path"][i]), str(batch["kind"][i]),
+                            int(batch["index"][i]), str(batch["error"][i])) for i in range(n)]  # fmt: skip
+    decoded = decode_sources(records, settings)
+    blank = np.zeros((settings.resolution, settings.resolution, 3), np.uint8)
+    return {k: batch[k] for k in CARRIED} | {
+        "status": np.array(["ok" if d.ok else "error" for d in decoded]),
+        "stage": np.array([d.stage for d in decoded]),
+        "reason": np.array([d.reason for d in decoded]),
+        "image": np.stack([d.image if d.ok else blank for d in decoded]),
+        "head_pose": np.stack([d.head_pose for d in decoded]).astype(np.float64),
+        "gaze_head": np.stack([d.gaze_head if d.gaze_head is not None else np.zeros(2) for d in decoded]).astype(np.float64),
+        "gaze_known": np.array([d.gaze_head is not None for d in decoded]),
+    }
+
+
+__all__ = [
+    "CARRIED",
+    "DecodeSettings",
+    "DecodedSource",
+    "SourceRecord",
+    "decode_batch",
+    "decode_sources",
+    "list_sources",
+    "renormalise",
+]

@@ -1,0 +1,219 @@
+"""The model stage of synthesis: one source in, all its grid rows out (and their PNGs).
+
+``SourceRenderer`` holds a LiveGaze and renders one source's grid the staged way: ``encode``
+once, ``redirect`` once per gaze (``batch_size`` gazes per call), ``render`` each gaze's views
+(``batch_size`` views per call). It knows nothing of Ray; ``RenderActor`` wraps it as the
+callable class Ray Data turns into an actor pool, and the benchmark's bare loop uses it as is.
+
+Labels (gazegen/geometry.py): for a source with head pose h and a view offset o the rendered
+head pose is h + o, the camera ``head_pose_to_camera(h + o, normalisation)``, the gaze in the
+camera ``gaze_head_to_camera(gaze_head, head_pose_to_rotation(h + o))``. Depth is z-depth in
+world units times ``mm_per_world_unit(normalisation)``: millimetres of the normalised camera.
+
+Records flow between the Ray stages as dicts of numpy arrays, one entry per output row or
+per failed source (``status`` "error", with ``stage`` and ``reason``; its arrays are zeros).
+A source's rows are rendered completely before the first is emitted, so an exception on a
+source yields one error record and no rows (never a partial source).
+
+Test hook: ``GAZEGEN_FAULT_CRASH=<source_id>=<marker>[,...]`` makes the actor process exit
+(like a segfault or an OOM kill) on that source while the file ``<marker>`` does not exist;
+a marker ending in ``.once`` is created first, so the retry succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gazegen import geometry
+from gazegen.checkpoint import load_checkpoint
+from gazegen.config import NormalisationConfig
+from gazegen.data.parquet import DEPTH_SCALE
+from gazegen.models.livegaze import LiveGaze
+from pipelines.grid import GridSpec, plan_source
+from pipelines.inputs import CARRIED
+from pipelines.schema import depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
+
+log = logging.getLogger(__name__)
+
+LABELS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}
+BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
+FAULT_ENV = "GAZEGEN_FAULT_CRASH"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    spec: GridSpec
+    normalisation: NormalisationConfig  # the model's normalised camera (SynthConfig)
+    batch_size: int = 16  # gazes per redirect, views per render
+    depth_min_alpha: float = 0.5  # depth 0 (no surface) where alpha is below
+    depth_full_resolution: bool = True  # depth and alpha at the image's size (bilinear)
+    checkpoint_hash: str = ""
+    device: str = "cpu"
+    threads: int = 0  # torch threads (0: leave torch's default)
+
+
+@dataclass(frozen=True)
+class RenderedSource:
+    """All rows of one source, in the plan's row order."""
+
+    image: np.ndarray  # (R, S, S, 3) uint8 RGB
+    depth: np.ndarray  # (R, D, D) uint16, depth_to_uint16 of millimetres
+    alpha: np.ndarray  # (R, D, D) uint8, alpha * 255
+    labels: dict[str, np.ndarray]  # LABELS: (R, width) float32
+    gaze_index: np.ndarray  # (R,) int32
+    view_index: np.ndarray  # (R,) int32
+
+
+class SourceRenderer:
+    """A LiveGaze with the settings of a run; ``render`` turns one source into its rows."""
+
+    def __init__(self, model: LiveGaze, settings: RenderSettings) -> None:
+        self.model, self.settings = model.eval().requires_grad_(False), settings
+        self.device = next(model.parameters()).device
+        self.mm_per_unit = geometry.mm_per_world_unit(settings.normalisation)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, settings: RenderSettings) -> SourceRenderer:
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        return cls(load_checkpoint(checkpoint, device=settings.device), settings)
+
+    @torch.inference_mode()
+    def render(self, source_id: str, image: np.ndarray, head_pose: np.ndarray, gaze_head: np.ndarray | None) -> RenderedSource:
+        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None -> every grid row."""
+        s, b = self.settings, self.settings.batch_size
+        plan = plan_source(s.spec, source_id, gaze_head)
+        poses = np.asarray(head_pose, np.float64)[None] + plan.views  # (V, 2) rendered head poses h + o
+        cameras = geometry.head_pose_to_camera(poses, s.normalisation)  # (V, 25)
+        gaze_of, view_of = plan.pairs[:, 0], plan.pairs[:, 1]
+        gaze_head_rows = plan.gazes[gaze_of]  # (R, 2)
+        labels = {
+            "gaze": geometry.gaze_head_to_camera(gaze_head_rows, geometry.head_pose_to_rotation(poses[view_of])),
+            "head_pose": poses[view_of], "gaze_head": gaze_head_rows, "view_offset": plan.views[view_of],
+            "camera": cameras[view_of],
+        }  # fmt: skip
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        features = self.model.encode(x)  # once per source
+        gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
+        cams = torch.from_numpy(cameras).float().to(self.device)  # (V, 25)
+        parts: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
+        for start in range(0, len(plan.gazes), b):
+            triplanes = self.model.redirect(features, gazes[start : start + b])  # (b, 3, C, P, P), once per gaze
+            rows = np.flatnonzero((gaze_of >= start) & (gaze_of < start + b))
+            for chunk in np.array_split(rows, -(-len(rows) // b)) if len(rows) else []:
+                g = gaze_of[chunk] - start
+                triplane = triplanes[g[0] : g[0] + 1] if (g == g[0]).all() else triplanes[torch.from_numpy(g).to(self.device)]
+                out = self.model.render(triplane, cams[torch.from_numpy(view_of[chunk]).to(self.device)])
+                parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
+        order = np.argsort(np.concatenate([c for c, _ in parts]))
+        image, depth, alpha = (np.concatenate([a[k] for _, a in parts])[order] for k in range(3))
+        return RenderedSource(
+            image=image, depth=depth, alpha=alpha, labels={k: np.asarray(v, np.float32) for k, v in labels.items()},
+            gaze_index=gaze_of.astype(np.int32), view_index=view_of.astype(np.int32),
+        )  # fmt: skip
+
+    def _to_arrays(self, image: torch.Tensor, depth: torch.Tensor, alpha: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """(B, 3, S, S) [-1, 1], (B, 1, R, R) world units, (B, 1, R, R) -> uint8 / uint16 / uint8 arrays."""
+        if self.settings.depth_full_resolution and depth.shape[-1] != image.shape[-1]:
+            size = image.shape[-2:]
+            depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
+            alpha = F.interpolate(alpha, size=size, mode="bilinear", align_corners=False)
+        alpha = alpha.clamp(0, 1)
+        depth_mm = torch.where(alpha >= self.settings.depth_min_alpha, depth * self.mm_per_unit, torch.zeros_like(depth))
+        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)  # (B, S, S, 3)
+        alpha8 = (alpha * 255).round().to(torch.uint8)[:, 0]
+        return rgb.cpu().numpy(), depth_to_uint16(depth_mm[:, 0].double().cpu().numpy()), alpha8.cpu().numpy()
+
+
+# --------------------------------------------------------------------------- records
+
+
+def error_record(meta: dict, stage: str, reason: str, image_side: int, depth_side: int) -> dict[str, np.ndarray]:
+    """One failed source as a one-row record (zero arrays keep every block's columns alike)."""
+    record = {k: np.array([v]) for k, v in meta.items()}
+    record |= {"status": np.array(["error"]), "stage": np.array([stage]), "reason": np.array([reason])}
+    record |= {k: np.zeros((1, w), np.float32) for k, w in LABELS.items()}
+    record |= {"gaze_index": np.zeros(1, np.int32), "view_index": np.zeros(1, np.int32)}
+    record |= {"image": np.zeros((1, image_side, image_side, 3), np.uint8)}
+    record |= {"depth": np.zeros((1, depth_side, depth_side), np.uint16), "alpha": np.zeros((1, depth_side, depth_side), np.uint8)}
+    return record
+
+
+def row_records(meta: dict, rows: RenderedSource) -> Iterator[dict[str, np.ndarray]]:
+    """A source's rows as records, in blocks of about ``BLOCK_BYTES``."""
+    n = len(rows.gaze_index)
+    per_row = rows.image[0].nbytes + rows.depth[0].nbytes + rows.alpha[0].nbytes
+    step = max(1, BLOCK_BYTES // per_row)
+    for start in range(0, n, step):
+        part = slice(start, min(n, start + step))
+        m = part.stop - part.start
+        record = {k: np.array([v] * m) for k, v in meta.items()}
+        record |= {"status": np.array(["ok"] * m), "stage": np.array([""] * m), "reason": np.array([""] * m)}
+        record |= {k: v[part] for k, v in rows.labels.items()}
+        record |= {"gaze_index": rows.gaze_index[part], "view_index": rows.view_index[part]}
+        record |= {"image": rows.image[part], "depth": rows.depth[part], "alpha": rows.alpha[part]}
+        yield record
+
+
+def _maybe_crash(source_id: str) -> None:
+    """The test hook of the module docstring."""
+    for entry in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        target, _, marker = entry.rpartition("=")
+        if target == source_id and not os.path.exists(marker):
+            if marker.endswith(".once"):
+                Path(marker).touch()
+            os._exit(1)  # no exception, no clean-up: the process is gone
+
+
+class RenderActor:
+    """Ray Data's callable class: loads the checkpoint once, then renders sources one by one.
+
+    Input batches hold decoded sources (``CARRIED``, ``status``/``stage``/``reason``, ``image``,
+    ``head_pose``, ``gaze_head``, ``gaze_known``); outputs are the records above.
+    """
+
+    def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
+        self.renderer = SourceRenderer.from_checkpoint(checkpoint, settings)
+        cfg = self.renderer.model.cfg
+        self.image_side = cfg.output_resolution
+        self.depth_side = cfg.output_resolution if settings.depth_full_resolution else cfg.render.neural_resolution
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(batch["source_id"])):
+            meta = {k: batch[k][i] for k in CARRIED}
+            if batch["status"][i] != "ok":
+                yield error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)
+                continue
+            _maybe_crash(str(meta["source_id"]))
+            try:
+                gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
+                rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze)
+            except Exception as error:  # one source's failure is an error row; the actor goes on
+                log.exception("render failed for %s", meta["source_id"])
+                yield error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)
+                continue
+            yield from row_records(meta, rows)
+
+
+def encode_records(batch: dict[str, np.ndarray], compression: int = 1) -> dict[str, np.ndarray]:
+    """Records with arrays -> records with PNG bytes in ``image``, ``depth``, ``alpha`` (b"" for errors)."""
+    ok = batch["status"] == "ok"
+    out = dict(batch)
+    out["image"] = np.array([encode_png(a, compression) if o else b"" for a, o in zip(batch["image"], ok)], dtype=object)
+    # the uint16 values go back to millimetres exactly (v / scale * scale rounds to v)
+    out["depth"] = np.array(
+        [encode_depth_png(a / DEPTH_SCALE, compression) if o else b"" for a, o in zip(batch["depth"].astype(np.float64), ok)], dtype=object
+    )
+    out["alpha"] = np.array([encode_alpha_png(a, compression) if o else b"" for a, o in zip(batch["alpha"], ok)], dtype=object)
+    return out
+
+
+__all__ = ["RenderActor", "RenderSettings", "RenderedSource", "SourceRenderer", "encode_records", "error_record", "row_records"]

@@ -1,0 +1,313 @@
+"""`gazegen synthesize` end to end on the tiny preset: rows, labels, errors, readers, faults.
+
+Ray tests share the session's local Ray (``ray_session``); the kill test runs the pipeline in a
+second driver process joined to that cluster (``address=``, as ``--address`` does) and SIGKILLs it
+mid-shard, then runs the same command again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gazegen import geometry
+from gazegen.checkpoint import load_checkpoint, save_checkpoint
+from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config
+from gazegen.data.parquet import decode_alpha_png, decode_depth_png, decode_png
+from gazegen.data.sample import Sample
+from gazegen.data.store import SubjectWriter
+from gazegen.models.livegaze import LiveGaze
+from pipelines.inputs import DecodeSettings, decode_sources, list_sources, renormalise
+from pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
+from pipelines.render_actor import FAULT_ENV, RenderedSource, encode_records, row_records
+from pipelines.shards import OutputDir
+from pipelines.synthesis import ShardRouter, load_synth_config, local_records, plan_run, run_synthesis
+
+ROOT = Path(__file__).resolve().parents[1]
+PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
+GRID = {"grid": "pitch,yaw,view", "pitch": PITCH, "yaw": YAW, "view_pitch": "0:0:1", "view_yaw": VIEW_YAW}
+SETTINGS = ["depth_min_alpha=0.0", "cpu_threads=1"]  # depth everywhere (a random model is half transparent)
+NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)  # the default, at tiny's output size
+
+
+def noise_png(path: Path, seed: int, shape: tuple[int, int] = (64, 64)) -> None:
+    cv2.imwrite(str(path), np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """A square 64 px crop (no face: taken as a normalised crop), a corrupt file, a photo with no face."""
+    folder = tmp_path_factory.mktemp("photos")
+    noise_png(folder / "crop.png", 1)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    cv2.imwrite(str(folder / "landscape.png"), np.full((60, 90, 3), 128, np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("faces")
+    for i in range(10):
+        noise_png(folder / f"f{i:02d}.png", 100 + i)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, checkpoint, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = run_synthesis(checkpoint, photos, str(out), rows_per_shard=8, overrides=SETTINGS, progress=False, **GRID)
+    return out, result
+
+
+def read_all(out: Path) -> pa.Table:
+    """Every row of a run, sorted by row id."""
+    return pa.concat_tables(pq.read_table(p) for p in sorted(out.glob("shard-*.parquet"))).sort_by("row_id")
+
+
+# --------------------------------------------------------------------------- inputs (no Ray)
+
+
+def test_inputs_listing_ids_and_reading(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "store").mkdir(parents=True)
+    noise_png(folder / "a.png", 0)
+    source = NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=32)  # another camera than the model's
+    poses = np.array([[0.1, -0.2], [0.0, 0.3]], np.float32)
+    with SubjectWriter(folder / "store" / "subject0000.h5", source, "subject0000") as writer:
+        writer.write(
+            Sample(image=np.full((32, 32, 3), 200, np.uint8), gaze=np.zeros(2, np.float32), head_pose=p,
+                   gaze_head=np.array([0.05, 0.1], np.float32), camera=geometry.head_pose_to_camera(p.astype(np.float64), source).astype(np.float32),
+                   normalisation=source, subject="subject0000", frame_index=i)
+            for i, p in enumerate(poses)
+        )  # fmt: skip
+    (folder / "store" / "broken.h5").write_bytes(b"not hdf5")
+    ok, png = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))
+    pq.write_table(pa.table({"image": [{"bytes": png.tobytes(), "path": None}, {"bytes": b"junk", "path": None}],
+                             "head_pose": [[0.2, 0.1], [0.0, 0.0]]}), folder / "table.parquet")  # fmt: skip
+    (folder / "notes.txt").write_text("skipped")
+
+    records = list_sources(folder)
+    ids = [r.source_id for r in records]
+    assert ids == ["a.png", "store/broken.h5", "store/subject0000.h5#000000", "store/subject0000.h5#000001",
+                   "table.parquet#000000", "table.parquet#000001"]  # fmt: skip
+    globbed = [r.source_id for r in list_sources(str(folder / "store" / "*.h5"))]  # root: the glob's folder
+    assert globbed == [i.removeprefix("store/") for i in ids[1:4]]
+
+    decoded = decode_sources(records, DecodeSettings(64, NORM, "auto"))
+    assert [d.ok for d in decoded] == [True, False, True, True, True, False]
+    assert decoded[1].stage == "list" and decoded[1].reason
+    assert decoded[5].stage == "decode"
+    np.testing.assert_allclose(decoded[3].head_pose, poses[1], atol=1e-6)
+    np.testing.assert_allclose(decoded[2].gaze_head, [0.05, 0.1], atol=1e-6)
+    np.testing.assert_allclose(decoded[4].head_pose, [0.2, 0.1], atol=1e-6)
+    assert decoded[4].gaze_head is None
+    assert decoded[0].gaze_head is None and (decoded[0].head_pose == 0).all()
+    assert all(d.image.shape == (64, 64, 3) for d in decoded if d.ok)
+    # the 32 px ETH-XGaze-like patch is framed ~2.2x tighter than LiveGaze's: re-zoomed, black around
+    assert decoded[2].image[32, 32].tolist() == [200, 200, 200] and decoded[2].image[0, 0].tolist() == [0, 0, 0]
+
+
+def test_renormalise_is_a_zoom_about_the_principal_point():
+    source = NormalisationConfig(focal=1600.0, distance_mm=950.0, resolution=64)
+    target = NormalisationConfig(focal=3200.0, distance_mm=475.0, resolution=128)  # zoom 2 in image fractions
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[36, 40] = 255  # (u, v) = (40, 36): (8, 4) px from the principal point (W / 2, H / 2)
+    out = renormalise(image, source, target).max(axis=2)
+    v, u = np.unravel_index(np.argmax(out), out.shape)
+    assert (abs(u - (64 + 4 * 8)) <= 1) and (abs(v - (64 + 4 * 4)) <= 1)  # 4 = zoom 2 x size 128 / 64
+    same = NormalisationConfig(focal=3200.0, distance_mm=950.0, resolution=128)  # the same camera at 128 px
+    assert renormalise(image, source, same).shape == (128, 128, 3)
+    np.testing.assert_array_equal(renormalise(image, source, same), cv2.resize(image, (128, 128), interpolation=cv2.INTER_CUBIC))
+
+
+# --------------------------------------------------------------------------- the router (no Ray)
+
+
+def fake_rows(run, source_id: str) -> dict[str, np.ndarray]:
+    n = run.rows_per_source
+    rng = np.random.default_rng(len(source_id))
+    rows = RenderedSource(
+        image=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), depth=np.full((n, 8, 8), 9000, np.uint16),
+        alpha=np.full((n, 8, 8), 255, np.uint8), labels={k: np.zeros((n, w), np.float32) for k, w in
+                                                          {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}.items()},
+        gaze_index=np.arange(n, dtype=np.int32) // 2, view_index=np.arange(n, dtype=np.int32) % 2,
+    )  # fmt: skip
+    shard = next(s.shard_id for s in run.shards if source_id in s.inputs)
+    meta = {"shard_id": shard, "source_id": source_id, "source_path": "/x/" + source_id}
+    return encode_records(next(row_records(meta, rows)))
+
+
+def test_router_drops_repeats_reports_lost_and_aborts_partial(tmp_path, checkpoint, photos):
+    cfg = load_synth_config(None, SETTINGS, rows_per_shard=8, **GRID)
+    run = plan_run(checkpoint, photos, cfg)  # 3 sources, one per shard
+    out = OutputDir.from_uri(str(tmp_path / "out"))
+    router = ShardRouter(out, run.shards, run)
+    first, second, third = (s.inputs[0] for s in run.shards)
+    assert router.add(fake_rows(run, first)) == (8, 0)
+    assert router.add(fake_rows(run, first)) == (0, 0)  # a retried batch delivered twice: dropped
+    half = {k: v[:3] for k, v in fake_rows(run, second).items()}
+    assert router.add(half) == (3, 0)
+    problems = router.finish(max_lost=5)
+    assert len(problems) == 1 and run.shards[1].name in problems[0]
+    assert out.exists(run.shards[0].stats_name) and out.exists(run.shards[2].stats_name)
+    assert not out.exists(run.shards[1].stats_name) and not out.list("*", "_tmp")
+    lost = pq.read_table(out.path(run.shards[2].errors_name)).to_pylist()
+    assert lost[0]["source_id"] == third and lost[0]["reason"].startswith("lost")
+    assert len(pq.read_table(out.path(run.shards[0].parquet_name))) == 8
+
+
+# --------------------------------------------------------------------------- Ray runs
+
+
+@pytest.mark.ray
+def test_rows_labels_errors_and_readers(first_run, photos):
+    out, result = first_run
+    assert (result.sources, result.rows, result.errors, result.shards) == (3, 8, 2, 3)
+    errors = pq.read_table(out / ERRORS_NAME).to_pylist()
+    assert {(e["source_id"], e["stage"]) for e in errors} == {("corrupt.jpg", "decode"), ("landscape.png", "crop")}
+    assert all(e["reason"] for e in errors) and "no face" in next(e["reason"] for e in errors if e["stage"] == "crop")
+
+    table = read_all(out)
+    assert table.num_rows == 8 and set(table.column("source_id").to_pylist()) == {"crop.png"}
+    pitches, yaws, views = (np.radians(np.linspace(*map(float, r.split(":")[:2]), 2)) for r in (PITCH, YAW, VIEW_YAW))
+    expected_ids = {f"crop.png-{2 * i + j:04d}-{k:04d}" for i in range(2) for j in range(2) for k in range(2)}
+    assert set(table.column("row_id").to_pylist()) == expected_ids
+    for row in table.drop_columns(["image", "depth", "alpha"]).to_pylist():
+        g, v = row["gaze_index"], row["view_index"]
+        gaze_head = np.array([pitches[g // 2], yaws[g % 2]])
+        head_pose = np.array([0.0, views[v]])  # a photo is frontal: h = (0, 0), plus the view offset
+        np.testing.assert_allclose(row["gaze_head"], gaze_head, atol=1e-6)
+        np.testing.assert_allclose(row["view_offset"], head_pose, atol=1e-6)
+        np.testing.assert_allclose(row["head_pose"], head_pose, atol=1e-6)
+        np.testing.assert_allclose(row["camera"], geometry.head_pose_to_camera(head_pose, NORM), atol=1e-5)
+        gaze = geometry.gaze_head_to_camera(gaze_head, geometry.head_pose_to_rotation(head_pose))
+        np.testing.assert_allclose(row["gaze"], gaze, atol=1e-6)
+        assert row["source_path"] == str(photos / "crop.png")
+        assert row["seed"] == 0 and len(row["checkpoint_hash"]) == 64
+
+    polars = pl.read_parquet(str(out / "shard-*.parquet"))
+    assert polars.height == 8 and polars["gaze"].dtype == pl.Array(pl.Float32, 2)
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("parquet", data_files=str(out / "shard-*.parquet"), split="train")
+    assert len(ds) == 8 and isinstance(ds.features["image"], datasets.Image)
+    assert ds[0]["image"].size == (64, 64)
+    manifest = read_manifest(str(out))
+    assert manifest.status == "complete" and manifest.settings["normalisation"]["distance_mm"] == 950.0
+    assert (out / "README.md").exists()
+
+
+@pytest.mark.ray
+def test_rows_equal_a_direct_forward(first_run, checkpoint, photos):
+    """The staged, batched actor renders what one full LiveGaze.forward per image renders."""
+    out, _ = first_run
+    model = load_checkpoint(checkpoint)
+    rgb = cv2.cvtColor(cv2.imread(str(photos / "crop.png")), cv2.COLOR_BGR2RGB)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+    for row in read_all(out).to_pylist():
+        gaze = torch.tensor([row["gaze_head"]])
+        camera = torch.tensor([row["camera"]])
+        with torch.no_grad():
+            ref = model(x, gaze, camera)
+        image = ((ref.image[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+        assert np.abs(decode_png(row["image"]["bytes"]).astype(float) - image).max() <= 1
+        depth = F.interpolate(ref.depth, size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+        depth_mm = depth * geometry.mm_per_world_unit(NORM)  # 950 mm / 2.7 units
+        np.testing.assert_allclose(decode_depth_png(row["depth"]["bytes"]), depth_mm, atol=0.06)
+        alpha = F.interpolate(ref.alpha, size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(decode_alpha_png(row["alpha"]["bytes"]), alpha, atol=0.5 / 255 + 1e-4)
+
+
+@pytest.mark.ray
+def test_restart_of_a_finished_run_and_of_a_different_one(first_run, checkpoint, photos):
+    out, result = first_run
+    before = read_all(out)
+    again = run_synthesis(checkpoint, photos, str(out), rows_per_shard=8, overrides=SETTINGS, progress=False, **GRID)
+    assert again.shards_written == 0 and again.rows == result.rows and read_all(out).equals(before)
+    with pytest.raises(RunMismatchError, match="settings differ.*pitch"):
+        run_synthesis(checkpoint, photos, str(out), rows_per_shard=8, overrides=SETTINGS, progress=False, **(GRID | {"pitch": "-5:5:2"}))
+    with pytest.raises(RunMismatchError, match="sources_per_shard"):
+        run_synthesis(checkpoint, photos, str(out), rows_per_shard=16, overrides=SETTINGS, progress=False, **GRID)
+
+
+def local_reference(checkpoint: Path, inputs: Path, out: Path, **options) -> pa.Table:
+    """The same run computed by the bare in-process loop (no Ray), written by the same router."""
+    run = plan_run(checkpoint, inputs, load_synth_config(None, SETTINGS, **options))
+    router = ShardRouter(OutputDir.from_uri(str(out)), run.shards, run)
+    for records in local_records(run, run.shards):
+        router.add(records)
+    assert router.finish(max_lost=0) == []
+    return read_all(out)
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
+    """kill -9 a run mid-shard (a second driver on the session's cluster, as --address joins one),
+    then run the same command again, with the render actor dying once on a pending source."""
+    out = tmp_path_factory.mktemp("kill") / "out"
+    address = ray_session.get_runtime_context().gcs_address
+    code = (
+        "from pipelines.synthesis import run_synthesis; "
+        f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, rows_per_shard=16, address={address!r}, "
+        f"overrides={SETTINGS!r}, progress=False, **{GRID!r})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (list(out.glob("shard-*_stats.json")) and list(out.glob("_tmp/shard-*.parquet.*"))):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no shard completed in time"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    complete = sorted(p.name for p in out.glob("shard-*_stats.json"))
+    pending = sorted({f"shard-{i:05d}_stats.json" for i in range(5)} - set(complete))
+    victim = f"f{2 * int(pending[-1][6:11]) + 1:02d}.png"  # the second source of the last pending shard
+    marker = out.parent / "crashed.once"
+    os.environ[FAULT_ENV] = f"{victim}={marker}"
+    try:
+        result = run_synthesis(checkpoint, faces, str(out), rows_per_shard=16, overrides=SETTINGS, progress=False, **GRID)
+    finally:
+        del os.environ[FAULT_ENV]
+    return out, result, len(complete), victim, marker
+
+
+@pytest.mark.ray
+def test_kill_9_then_restart_completes_identically(killed_and_resumed, checkpoint, faces, tmp_path):
+    out, result, complete, _, _ = killed_and_resumed
+    assert 1 <= complete < 5  # killed with complete and incomplete shards on disk
+    assert result.shards_written == 5 - complete and (result.rows, result.errors, result.shards) == (80, 0, 5)
+    resumed = read_all(out)
+    expected = local_reference(checkpoint, faces, tmp_path / "reference", rows_per_shard=16, **GRID)
+    assert resumed.column("row_id").to_pylist() == expected.column("row_id").to_pylist()  # no duplicate, none missing
+    assert resumed.equals(expected)  # the very rows of an uninterrupted in-process run, bytes included
+    assert not (out / "_tmp").exists() and read_manifest(str(out)).status == "complete"
+
+
+@pytest.mark.ray
+def test_dead_actor_is_replaced_and_its_batch_retried(killed_and_resumed):
+    out, result, _, victim, marker = killed_and_resumed
+    assert marker.exists()  # the actor process did exit on the victim
+    assert read_all(out).column("source_id").to_pylist().count(victim) == 8 and result.errors == 0
