@@ -166,3 +166,86 @@ def synthesize(
     except (RunMismatchError, IncompleteShardsError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     typer.echo(result.summary())
+
+
+estimator_app = typer.Typer(help="The reference gaze estimator: the judge of redirection and a consumer of the shards.", no_args_is_help=True)
+app.add_typer(estimator_app, name="estimator")
+
+
+@estimator_app.command("train")
+def estimator_train(
+    data: str = typer.Argument(..., help="A training store, h5 file(s), or Parquet shards (folder, glob or URI)."),
+    out: Path = typer.Option(..., help="Checkpoint folder to write."),
+    eval_data: Optional[str] = typer.Option(None, "--eval", help="Evaluate on this data after training (default: the store's test split)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    config: Optional[Path] = typer.Option(None, help="TOML preset (configs/estimator/*.toml)."),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Train the compact gaze + head-pose CNN."""
+    from gazegen.checkpoint import CheckpointError
+    from gazegen.config import ConfigError, EstimatorConfig, load_config
+    from gazegen.data.xgaze import DataError
+    from train.estimator import train_estimator
+
+    try:
+        cfg = load_config(EstimatorConfig, config, overrides or [])
+        result = train_estimator(data, out, cfg, eval_data=eval_data, device=device)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"estimator: {result.checkpoint} ({result.steps} steps, {result.seconds:.0f} s)")
+    typer.echo("train: " + result.train_eval.summary())
+    if result.test_eval is not None:
+        typer.echo("test: " + result.test_eval.summary())
+
+
+@estimator_app.command("eval")
+def estimator_eval(
+    checkpoint: Path = typer.Argument(..., help="An estimator checkpoint folder."),
+    data: str = typer.Argument(..., help="A training store, h5 file(s), or Parquet shards."),
+    split: str = typer.Option("test", help="Store split (ignored for other sources)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    max_images: int = typer.Option(0, "--max-images", min=0, help="0: all."),
+    device: str = typer.Option("cpu"),
+    out: Optional[Path] = typer.Option(None, help="Also write the figures as JSON here."),
+) -> None:
+    """Angular errors of a trained estimator, next to the constant-prediction baseline."""
+    import dataclasses
+    import json
+
+    from gazegen.checkpoint import CheckpointError
+    from gazegen.data.xgaze import DataError
+    from train.estimator import evaluate_estimator
+
+    try:
+        result = evaluate_estimator(checkpoint, data, split=split, batch_size=batch_size, max_images=max_images, device=device)
+    except (DataError, CheckpointError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(result.summary())
+    if out is not None:
+        out.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+
+
+@app.command("evaluate")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="A LiveGaze checkpoint folder."),
+    data: str = typer.Argument(..., help="A training store (its test split is evaluated)."),
+    out: Path = typer.Option(..., help="Folder for report.json, report.md and sheet.png."),
+    estimator: Optional[Path] = typer.Option(None, help="Reference estimator checkpoint (gaze and head errors)."),
+    device: str = typer.Option("cpu"),
+    config: Optional[Path] = typer.Option(None, help="TOML with EvaluateConfig keys."),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """The paper's Table 1 protocol: per test subject, redirect the input group to the target group."""
+    from gazegen.checkpoint import CheckpointError
+    from gazegen.config import ConfigError, EvaluateConfig, load_config
+    from gazegen.data.xgaze import DataError
+    from train.evaluate import evaluate as run_evaluation
+    from train.report import table1
+
+    try:
+        cfg = load_config(EvaluateConfig, config, overrides or [])
+        report = run_evaluation(checkpoint, data, out, cfg, estimator=estimator, device=device)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo("\n".join(table1(report)))
+    typer.echo(f"report: {out / 'report.md'}  sheet: {out / 'sheet.png'}")

@@ -1,0 +1,142 @@
+"""Redirection benchmark on held-out procedural subjects: the model's Table-1 row beside two baselines.
+
+    python benchmarks/redirection.py --store demo_out/heads --checkpoint CKPT --out demo_out/redirection
+
+Evaluates with `gazegen evaluate`'s protocol (train/evaluate.py) on the test split of a procedural
+store (the subjects the model was not trained on), three methods on the same pairs:
+
+* the LiveGaze checkpoint (without --checkpoint: a randomly initialised tiny model, labelled so);
+* copy-the-source: the input image as the output (what no redirection at all scores);
+* the ground-truth target: its gaze error is the reference estimator's own error, the floor.
+
+The judge is the reference estimator (train/estimator.py). Without --estimator one is trained
+here on a separate procedural store of --estimator-subjects identities drawn from another seed (so
+none of them is an evaluated subject), at the evaluation store's resolution. Everything is
+procedural: the numbers say how well redirection agrees with an estimator trained on procedural
+heads, on procedural heads; they are not ETH-XGaze numbers, and the paper's rows printed beside
+them (quoted, ETH-XGaze) are context, not a like-for-like comparison. Prints the table; writes
+report.json, report.md and sheet.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: train/ is a top-level package of the repo
+
+from gazegen.checkpoint import load_checkpoint  # noqa: E402
+from gazegen.config import EstimatorConfig, EvaluateConfig, ModelConfig, SynthHeadsConfig, load_config  # noqa: E402
+from gazegen.data.heads import synthesize_store  # noqa: E402
+from gazegen.data.xgaze import open_subject  # noqa: E402
+from gazegen.models.estimator import load_estimator, read_estimator_header  # noqa: E402
+from gazegen.models.livegaze import LiveGaze  # noqa: E402
+from train.estimator import store_files, train_estimator  # noqa: E402
+from train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, run_evaluation  # noqa: E402
+from train.report import table1, write_report  # noqa: E402
+from train.trainer import latest_checkpoint  # noqa: E402
+
+log = logging.getLogger("redirection")
+ESTIMATOR_SEED = 1_000_003  # identities of the estimator's store: another draw than any demo store's
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, default=ROOT / "demo_out" / "heads", help="procedural store; made if absent")
+    p.add_argument("--checkpoint", type=Path, help="LiveGaze checkpoint or training run (its newest checkpoint); "
+                   "default: an untrained tiny model")
+    p.add_argument("--preset", type=Path, default=ROOT / "configs" / "model" / "tiny.toml", help="model without --checkpoint")
+    p.add_argument("--estimator", type=Path, help="reference estimator checkpoint (default: trained here)")
+    p.add_argument("--estimator-config", type=Path, default=ROOT / "configs" / "estimator" / "demo.toml")
+    p.add_argument("--estimator-subjects", type=int, default=16, help="identities of the estimator's own store")
+    p.add_argument("--estimator-steps", type=int, help="override the estimator config's steps")
+    p.add_argument("--out", type=Path, default=ROOT / "demo_out" / "redirection")
+    p.add_argument("--group-size", type=int, default=100, help="input / target group size per subject")
+    p.add_argument("--max-pairs", type=int, default=0, help="pairs per subject (0: all)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    return p.parse_args()
+
+
+def ensure_store(path: Path) -> Path:
+    if not (path / "train_test_split.json").is_file():
+        log.info("no store at %s: making the demo's (4 subjects, 128 px, 8 gazes)", path)
+        synthesize_store(path, SynthHeadsConfig(subjects=4, resolution=128, gazes=8))
+    return path
+
+
+def ensure_estimator(args: argparse.Namespace, resolution: int) -> Path:
+    if args.estimator is not None:
+        return args.estimator
+    path = args.out / "estimator"
+    if (path / "config.json").is_file():
+        log.info("using the estimator already trained at %s", path)
+        return path
+    heads = SynthHeadsConfig(subjects=args.estimator_subjects, test_subjects=0, resolution=resolution, gazes=8,
+                             seed=ESTIMATOR_SEED)
+    store = args.out / "estimator_heads"
+    if not (store / "train_test_split.json").is_file():
+        synthesize_store(store, heads)
+    cfg = load_config(EstimatorConfig, args.estimator_config)
+    if args.estimator_steps:
+        cfg = dataclasses.replace(cfg, steps=args.estimator_steps)
+    log.info("training the reference estimator on %s (%d steps)", store, cfg.steps)
+    result = train_estimator(store, path, cfg, eval_data=args.store, device=args.device)
+    log.info("estimator: train %s", result.train_eval.summary())
+    return path
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    args = parse()
+    store = ensure_store(args.store)
+    with open_subject(store_files(store, "test")[0]) as reader:
+        resolution = reader.resolution
+    estimator_path = ensure_estimator(args, resolution)
+    estimator = load_estimator(estimator_path, device=args.device)
+    meta = read_estimator_header(estimator_path).get("metadata", {})
+    if args.checkpoint is not None:
+        if not (args.checkpoint / "config.json").is_file():  # a training run: its newest checkpoint
+            newest = latest_checkpoint(args.checkpoint)
+            if newest is None:
+                raise SystemExit(f"{args.checkpoint}: neither a checkpoint nor a training run with checkpoints")
+            args.checkpoint = newest
+        model, name = load_checkpoint(args.checkpoint, device=args.device), f"LiveGaze ({args.checkpoint.name})"
+    else:
+        model = LiveGaze(load_config(ModelConfig, args.preset)).to(args.device).eval()
+        name = f"LiveGaze (UNTRAINED, random init, {args.preset.stem})"
+    cfg = EvaluateConfig(group_size=args.group_size, max_pairs=args.max_pairs, batch_size=args.batch_size)
+    held_out = [p.stem for p in store_files(store, "test")]
+    test_eval = meta.get("test_eval") or {}
+    notes = [
+        f"checkpoint: {args.checkpoint or 'none: an untrained model with random weights (no trained checkpoint given)'}",
+        f"evaluated subjects (the store's test split, held out from training): {', '.join(held_out)}",
+        f"estimator: {estimator_path}, trained on {meta.get('data', '?')} (procedural heads, other identities); "
+        f"its error on the evaluated subjects' images: gaze {test_eval.get('gaze_error', float('nan')):.2f} deg, "
+        f"head {test_eval.get('head_error', float('nan')):.2f} deg "
+        f"(constant-prediction baseline: {test_eval.get('constant_gaze_error', float('nan')):.2f} / "
+        f"{test_eval.get('constant_head_error', float('nan')):.2f} deg)",
+        "PROCEDURAL DATA: the estimator is trained on procedural heads and judges procedural heads; these numbers "
+        "are not ETH-XGaze results and do not compare like for like with the paper's quoted rows.",
+    ]
+    methods = [LiveGazeMethod(model, name=name, warmup=cfg.warmup), CopySource(), GroundTruthTarget()]
+    start = time.perf_counter()
+    report = run_evaluation(store, methods, cfg, estimator=estimator, device=args.device, notes=notes)
+    write_report(report, args.out)
+    print("\n".join(table1(report)))
+    print(f"\n{report.methods[0].mean['pairs']} pairs of {len(held_out)} held-out subject(s) in "
+          f"{time.perf_counter() - start:.1f} s; report: {args.out / 'report.md'}; sheet: {args.out / 'sheet.png'}")
+    for line in notes:
+        print(f"- {line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Train and evaluate the reference gaze estimator (gazegen/models/estimator.py).
+
+Data, either of two kinds, told apart by ``open_gaze_data``:
+
+* a training store or published h5 files (gazegen/data/xgaze.py readers): a store folder (its
+  ``train_test_split.json`` picks the files of a split), a folder of h5 files, or one h5 file;
+  streamed by ``StoreGazeDataset`` in chunks of rows, shuffled through a buffer;
+* synthesis Parquet shards (gazegen/data/parquet.py ``GazeParquetDataset``): a folder holding
+  ``shard-*.parquet``, a glob, a .parquet file, or a pyarrow URI.
+
+Both yield dicts with ``image`` (3, H, W) float in [-1, 1], ``gaze`` and ``head_pose`` (2,) float32
+radians in the image's normalised camera. Training is step-based (``EstimatorConfig.steps``),
+epochs wrap around; the result is an estimator checkpoint (config.json + model.safetensors)
+with its training figures in the metadata, and ``estimator_report.json`` beside it.
+
+Error report (``EstimatorEval``): mean and median angular error of gaze and head pose, in
+degrees, and the same for the constant prediction of the evaluated set's own mean (pitch, yaw):
+a model that has learnt nothing sits at that baseline, so the gap is what it has learnt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gazegen.config import EstimatorConfig, to_dict
+from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset
+from gazegen.data.store import SPLIT_FILE
+from gazegen.data.xgaze import DataError, open_subject
+from gazegen.geometry import angular_error
+from gazegen.models.estimator import GazeEstimator, load_estimator, save_estimator
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "estimator_report.json"
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def store_files(data: str | Path, split: str | None) -> list[Path]:
+    """The h5 files of ``data``: a store's ``split`` (from train_test_split.json), a folder, or one file."""
+    data = Path(data)
+    if data.is_file():
+        return [data]
+    if not data.is_dir():
+        raise DataError(f"{data}: no such file or folder")
+    split_file = data / SPLIT_FILE
+    if split_file.is_file() and split is not None:
+        names = json.loads(split_file.read_text()).get(split)
+        if names is None:
+            raise DataError(f"{split_file}: no split {split!r}")
+        files = [data / split / n if (data / split / n).is_file() else data / n for n in names]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{split_file}: split {split!r} lists files that do not exist: {missing[:4]}")
+        return files
+    files = sorted(p for p in data.rglob("*") if p.suffix in H5_SUFFIXES)
+    if not files:
+        raise DataError(f"{data}: no h5 files (and no {SPLIT_FILE})")
+    return files
+
+
+def is_parquet(data: str | Path) -> bool:
+    """True for shard folders, .parquet files, globs of them and pyarrow URIs."""
+    text = str(data)
+    if "://" in text or text.endswith(".parquet") or "*" in text:
+        return True
+    path = Path(text)
+    return path.is_dir() and any(path.glob(SHARD_GLOB))
+
+
+class StoreGazeDataset(IterableDataset):
+    """Rows of h5 subject files as dicts (``image``, ``gaze``, ``head_pose``, ``subject``).
+
+    Work units are chunks of ``chunk`` rows; with ``shuffle_buffer > 0`` their order (the same in
+    every DataLoader worker) and the rows (through a buffer) are shuffled, seeded by (seed, epoch).
+    Worker w of W takes units w, w + W, ...: every row once per epoch. ``resolution`` resizes the
+    images (cv2 INTER_AREA) as they are read, to save memory and time on large images.
+    """
+
+    def __init__(self, files: list[Path], *, resolution: int | None = None, shuffle_buffer: int = 0,
+                 seed: int = 0, chunk: int = 64) -> None:
+        super().__init__()
+        self.files, self.resolution, self.chunk = list(files), resolution, chunk
+        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+        self.lengths = []
+        for f in self.files:
+            with open_subject(f) as reader:
+                self.lengths.append(len(reader))
+
+    def __len__(self) -> int:
+        return sum(self.lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rows(self, file: Path, start: int) -> Iterator[dict[str, Any]]:
+        with open_subject(file) as reader:
+            for s in reader.read(start, start + self.chunk):
+                image = s.image
+                if self.resolution and image.shape[0] != self.resolution:
+                    image = cv2.resize(image, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+                chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+                yield {"image": chw, "gaze": torch.from_numpy(s.gaze.astype(np.float32)),
+                       "head_pose": torch.from_numpy(s.head_pose.astype(np.float32)), "subject": s.subject}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        units = [(f, start) for f, n in zip(self.files, self.lengths) for start in range(0, n, self.chunk)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.shuffle_buffer > 0:
+            units = [units[i] for i in rng.permutation(len(units))]
+        rows = (row for f, start in units[worker::workers] for row in self._rows(f, start))
+        if self.shuffle_buffer <= 0:
+            yield from rows
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, worker, 1])
+        buffer: list[dict[str, Any]] = []
+        for row in rows:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(row)
+                continue
+            j = int(rng.integers(len(buffer)))
+            yield buffer[j]
+            buffer[j] = row
+        for j in rng.permutation(len(buffer)):
+            yield buffer[j]
+
+
+def open_gaze_data(data: str | Path, *, split: str | None = None, resolution: int | None = None,
+                   shuffle_buffer: int = 0, seed: int = 0) -> IterableDataset:
+    """A dataset of ``image`` / ``gaze`` / ``head_pose`` dicts from a store, h5 files or Parquet shards."""
+    if is_parquet(data):
+        return GazeParquetDataset(str(data), shuffle_buffer=shuffle_buffer, seed=seed)
+    return StoreGazeDataset(store_files(data, split), resolution=resolution, shuffle_buffer=shuffle_buffer, seed=seed)
+
+
+def _has_split(data: str | Path, split: str) -> bool:
+    path = Path(str(data)) / SPLIT_FILE
+    return not is_parquet(data) and path.is_file() and bool(json.loads(path.read_text()).get(split))
+
+
+def _batches(dataset: IterableDataset, batch_size: int, workers: int, *, drop_last: bool = False) -> DataLoader:
+    keep = ("image", "gaze", "head_pose")
+    collate = lambda items: {k: torch.stack([it[k] for it in items]) for k in keep}  # noqa: E731
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                      drop_last=drop_last, persistent_workers=False)
+
+
+def flip_batch(image: torch.Tensor, gaze: torch.Tensor, head_pose: torch.Tensor, which: torch.Tensor) -> tuple:
+    """Mirror the images where ``which`` (B,) is True and negate both yaws there.
+
+    Valid in the normalised camera: its principal point is the image centre, so a mirrored
+    image is the mirrored scene seen by the same camera, and mirroring x negates yaw only.
+    """
+    sign = torch.ones_like(gaze)
+    sign[which, 1] = -1.0
+    flipped = torch.where(which[:, None, None, None], image.flip(-1), image)
+    return flipped, gaze * sign, head_pose * sign
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EstimatorEval:
+    """Angular errors of an estimator on one data set, degrees."""
+
+    images: int
+    gaze_error: float  # mean
+    gaze_error_median: float
+    head_error: float
+    head_error_median: float
+    constant_gaze_error: float  # predicting the set's mean gaze (pitch, yaw) for every image
+    constant_head_error: float
+    data: str = ""
+
+    def summary(self) -> str:
+        return (f"{self.images} images of {self.data}: gaze {self.gaze_error:.2f} deg (median {self.gaze_error_median:.2f}; "
+                f"constant baseline {self.constant_gaze_error:.2f}), head pose {self.head_error:.2f} deg (median "
+                f"{self.head_error_median:.2f}; constant baseline {self.constant_head_error:.2f})")
+
+
+@torch.no_grad()
+def predict(model: GazeEstimator, loader: DataLoader, device: str | torch.device, max_images: int = 0) -> dict[str, np.ndarray]:
+    """Predictions and labels over a loader: (N, 2) float64 arrays ``gaze``, ``head_pose``, ``*_label``."""
+    out: dict[str, list[np.ndarray]] = {"gaze": [], "head_pose": [], "gaze_label": [], "head_pose_label": []}
+    seen = 0
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        est = model(batch["image"].to(device))
+        for key, value in (("gaze", est.gaze), ("head_pose", est.head_pose), ("gaze_label", batch["gaze"]),
+                           ("head_pose_label", batch["head_pose"])):
+            out[key].append(value.double().cpu().numpy())
+        seen += len(batch["image"])
+        if max_images and seen >= max_images:
+            break
+    model.train(was_training)
+    arrays = {k: np.concatenate(v) if v else np.zeros((0, 2)) for k, v in out.items()}
+    return {k: v[:max_images] if max_images else v for k, v in arrays.items()}
+
+
+def error_report(pred: dict[str, np.ndarray], data: str = "") -> EstimatorEval:
+    """``EstimatorEval`` from ``predict``'s arrays."""
+    if len(pred["gaze"]) == 0:
+        raise ValueError(f"{data}: no images to evaluate")
+    g = angular_error(pred["gaze"], pred["gaze_label"])
+    h = angular_error(pred["head_pose"], pred["head_pose_label"])
+    cg = angular_error(pred["gaze_label"].mean(0, keepdims=True), pred["gaze_label"])
+    ch = angular_error(pred["head_pose_label"].mean(0, keepdims=True), pred["head_pose_label"])
+    return EstimatorEval(len(g), float(g.mean()), float(np.median(g)), float(h.mean()), float(np.median(h)),
+                         float(cg.mean()), float(ch.mean()), data)
+
+
+def evaluate_estimator(checkpoint: str | Path, data: str | Path, *, split: str = "test", batch_size: int = 64,
+                       max_images: int = 0, device: str = "cpu") -> EstimatorEval:
+    """`gazegen estimator eval CKPT DATA`: angular errors of a saved estimator on a store split or shards.
+
+    ``split`` applies to stores with a train_test_split.json; other sources are read whole.
+    """
+    model = load_estimator(checkpoint, device=device)
+    dataset = open_gaze_data(data, split=split, resolution=model.cfg.resolution)
+    return error_report(predict(model, _batches(dataset, batch_size, 0), device, max_images), str(data))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class EstimatorTrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    train_eval: EstimatorEval  # on (up to eval_images of) the training data
+    test_eval: EstimatorEval | None  # on the store's eval_split or `eval_data`, when there is one
+
+
+def _lr_factor(step: int, cfg: EstimatorConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+
+
+def _endless(dataset: IterableDataset, cfg: EstimatorConfig) -> Iterator[dict[str, torch.Tensor]]:
+    epoch = 0
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        empty = True
+        for batch in _batches(dataset, cfg.batch_size, cfg.workers, drop_last=False):
+            empty = False
+            yield batch
+        if empty:
+            raise DataError("the training data yielded no images")
+        epoch += 1
+
+
+def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, eval_data: str | Path | None = None,
+                    device: str = "cpu", model: GazeEstimator | None = None) -> EstimatorTrainResult:
+    """`gazegen estimator train DATA --out DIR`: train on a store's ``cfg.split`` or on Parquet shards.
+
+    After training, evaluates on the training data and on ``eval_data`` (any source) or else the
+    store's ``cfg.eval_split`` when it has one; writes the checkpoint to ``out`` and
+    ``out/estimator_report.json``. ``model`` continues training a given network.
+    """
+    torch.manual_seed(cfg.seed)
+    model = (model or GazeEstimator(cfg.net)).to(device).train()
+    res = cfg.net.resolution
+    dataset = open_gaze_data(data, split=cfg.split, resolution=res, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, cfg))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start, running, stream = time.monotonic(), float("nan"), _endless(dataset, cfg)
+    for step in range(cfg.steps):
+        batch = next(stream)
+        image, gaze, head = batch["image"], batch["gaze"], batch["head_pose"]
+        if cfg.flip:
+            image, gaze, head = flip_batch(image, gaze, head, torch.rand(len(image), generator=generator) < 0.5)
+        est = model(image.to(device))
+        loss_gaze = (est.gaze - gaze.to(device)).abs().mean()
+        loss = loss_gaze + cfg.head_weight * (est.head_pose - head.to(device)).abs().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            log.info("estimator step %d/%d: loss %.4f (gaze L1 %.4f rad), lr %.2e, %.1f s", step + 1, cfg.steps,
+                     running, loss_gaze.item(), schedule.get_last_lr()[0], time.monotonic() - start)
+    seconds = time.monotonic() - start
+    model.eval()
+    train_set = open_gaze_data(data, split=cfg.split, resolution=res)
+    train_eval = error_report(predict(model, _batches(train_set, 64, 0), device, cfg.eval_images), f"{data} ({cfg.split})")
+    test_eval = None
+    if eval_data is not None or _has_split(data, cfg.eval_split):
+        source, split = (eval_data, cfg.eval_split) if eval_data is not None else (data, cfg.eval_split)
+        test_set = open_gaze_data(source, split=split, resolution=res)
+        test_eval = error_report(predict(model, _batches(test_set, 64, 0), device, cfg.eval_images),
+                                 f"{source} ({split})" if not is_parquet(source) else str(source))
+    metadata = {"data": str(data), "train": to_dict(cfg), "steps": cfg.steps, "seconds": round(seconds, 2),
+                "final_loss": running, "train_eval": asdict(train_eval),
+                "test_eval": asdict(test_eval) if test_eval else None}
+    out = save_estimator(out, model, metadata=metadata)
+    (out / REPORT_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return EstimatorTrainResult(out, cfg.steps, seconds, running, train_eval, test_eval)
