@@ -239,13 +239,76 @@ def evaluate(
     from gazegen.checkpoint import CheckpointError
     from gazegen.config import ConfigError, EvaluateConfig, load_config
     from gazegen.data.xgaze import DataError
+    from gazegen.weights import MissingWeightsError
     from train.evaluate import evaluate as run_evaluation
     from train.report import table1
+    from train.trainer import TrainingError
 
     try:
         cfg = load_config(EvaluateConfig, config, overrides or [])
         report = run_evaluation(checkpoint, data, out, cfg, estimator=estimator, device=device)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, MissingWeightsError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo("\n".join(table1(report)))
     typer.echo(f"report: {out / 'report.md'}  sheet: {out / 'sheet.png'}")
+
+
+@app.command("train")
+def train(
+    config: Path = typer.Option(Path("configs/train/demo.toml"), help="Training preset (configs/train/*.toml)."),
+    data: Path = typer.Option(..., help="Training store (train_test_split.json + train/*.h5)."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, logs, loss curve, validation grids."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT exactly where it stopped."),
+    workers: int = typer.Option(1, min=1, help="Ray Train workers (DDP); 1: this process."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray Train worker."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster for --workers > 1 (default: local)."),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Train LiveGaze (paper section 3.4) on a training store."""
+    from gazegen.checkpoint import CheckpointError
+    from gazegen.config import ConfigError, TrainConfig, load_config
+    from gazegen.data.xgaze import DataError
+    from gazegen.weights import MissingWeightsError
+    from train.trainer import TrainingError, run_training
+
+    try:
+        cfg = load_config(TrainConfig, config, overrides or [])
+        if workers > 1:
+            from train.distributed import run_distributed
+
+            result = run_distributed(cfg, data, out, max_steps, resume, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+        else:
+            result = run_training(cfg, data, out, max_steps, resume)
+    except (ConfigError, DataError, CheckpointError, TrainingError, MissingWeightsError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"{result.status} at step {result.step}: {result.checkpoint}")
+    if result.metrics:
+        typer.echo("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items())))
+
+
+@app.command("finetune")
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="A trained LiveGaze checkpoint folder."),
+    data: Path = typer.Argument(..., help="Training store holding the subjects."),
+    out: Path = typer.Option(Path("finetuned"), help="One checkpoint per subject under OUT/<subject>/."),
+    subject: Optional[list[str]] = typer.Option(None, help="Subject name(s); default: the store's test split."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Epochs on the input group (paper: 10)."),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Personalised fine-tuning on each subject's input group (GazeNeRF protocol)."""
+    from gazegen.checkpoint import CheckpointError
+    from gazegen.config import ConfigError, FinetuneConfig, load_config
+    from gazegen.data.xgaze import DataError
+    from gazegen.weights import MissingWeightsError
+    from train.finetune import run_finetune
+    from train.trainer import TrainingError
+
+    sets = [*(overrides or []), *([f"epochs={epochs}"] if epochs is not None else [])]
+    try:
+        cfg = load_config(FinetuneConfig, None, sets)
+        results = run_finetune(checkpoint, data, out, subject or None, cfg)
+    except (ConfigError, DataError, CheckpointError, TrainingError, MissingWeightsError, FileNotFoundError) as e:
+        _fail(str(e))
+    for r in results:
+        typer.echo(f"{r.subject}: {r.checkpoint}  before {r.before}  after {r.after}")

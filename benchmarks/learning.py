@@ -1,0 +1,184 @@
+"""Proof that training learns: LiveGaze on procedural heads, scored on held-out subjects as it trains.
+
+    python benchmarks/learning.py                              # demo store and config, 600 steps
+    python benchmarks/learning.py --steps 600 --eval-every 150 --work /tmp/learning
+
+1. A store of procedural heads (128 px; 10 subjects: 7 train, 1 validation, 2 held out for this
+   benchmark; 12 gazes x 9 cameras), made unless ``--work``/store exists.
+2. Training with configs/train/demo.toml (``--set`` overrides it) in chunks of ``--eval-every``
+   steps; a chunk resumes the previous one, which is exact (tests/test_trainer.py), so this is
+   one run interrupted for scoring.
+3. After each chunk (and at step 0), on the held-out subjects, fixed pairs, source -> target:
+   (a) new gaze, same camera: eye-region PSNR of the prediction against the ground truth, beside
+       the copy-the-source baseline (the source image unchanged), which the model must beat;
+   (b) new gaze and new camera: PSNR and SSIM of the face and the eye regions, depth L1 (mm)
+       against the store's exact depth.
+   Regions: PSNR over the target's mask; face SSIM on both images with everything outside the
+   target's face mask black; eye SSIM on the bounding box of the target's eye mask (padded to at
+   least 16 px). Two references: copy (the source unchanged) and flat (the source with its eye
+   region filled by that region's mean colour): an eye rendered as a smooth blur beats copy
+   wherever the iris moved, so beating copy alone is weak evidence; beating flat is not. Procedural heads are lit differently in every frame (like ETH-XGaze), which the
+   model cannot know from the source: no method reaches the target's lighting, copy included.
+Prints a table with the training time, and writes ``WORK/learning.json``. The machine may be
+shared: the load average is printed beside the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gazegen import metrics
+from gazegen.checkpoint import load_checkpoint
+from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig, load_config
+from gazegen.data.heads import synthesize_store
+from gazegen.models.livegaze import LiveGaze
+from gazegen.data.xgaze import open_subject
+from train.data import TripletDataset, Triplets, TripletSizes, image_tensor, mask_tensor, read_subject, store_split
+from train.depth_prior import DatasetDepth
+from train.trainer import run_training
+from train.validate import depth_l1_mm
+
+STORE = SynthHeadsConfig(subjects=10, resolution=128, gazes=12, test_subjects=2, rig=RigConfig(views=9))
+
+
+def pairs(dataset: TripletDataset, per_subject: int, same_camera: bool, seed: int) -> list[tuple[int, int, int]]:
+    """(subject, source row, target row): another frame, and the same or another camera."""
+    rng = np.random.default_rng([seed, int(same_camera)])
+    out = []
+    for k, s in enumerate(dataset.subjects):
+        frame, cam = s.labels.frame_index, s.labels.cam_index
+        while sum(1 for p in out if p[0] == k) < per_subject:
+            source = int(rng.integers(len(frame)))
+            ok = (frame != frame[source]) & ((cam == cam[source]) if same_camera else (cam != cam[source]))
+            out.append((k, source, int(rng.choice(np.flatnonzero(ok)))))
+    return out
+
+
+def eye_crop_ssim(pred: torch.Tensor, target: torch.Tensor, eyes: torch.Tensor, pad: int = 4, least: int = 16) -> float:
+    """SSIM on the bounding box of the eye mask (one image), padded and grown to ``least`` px."""
+    ys, xs = torch.nonzero(eyes[0], as_tuple=True)
+    if ys.numel() == 0:
+        return float("nan")
+    size = eyes.shape[-1]
+    box = []
+    for lo, hi in ((int(ys.min()), int(ys.max()) + 1), (int(xs.min()), int(xs.max()) + 1)):
+        lo, hi = lo - pad, hi + pad
+        grow = max(0, least - (hi - lo))
+        lo, hi = max(0, lo - grow // 2), min(size, hi + grow - grow // 2)
+        box.append((lo, hi))
+    (y0, y1), (x0, x1) = box
+    return float(metrics.ssim(pred[None, :, y0:y1, x0:x1], target[None, :, y0:y1, x0:x1])[0])
+
+
+def flat_eyes(dataset: TripletDataset, pairs_: list[tuple[int, int, int]], size: int) -> torch.Tensor:
+    """The sources with their own eye region filled by its mean colour: (N, 3, size, size), a blurred-eyes reference."""
+    out = []
+    for k, source, _ in pairs_:
+        with open_subject(dataset.subjects[k].path) as reader:
+            sample = reader[source]
+        image, eyes = image_tensor(sample.image, size), mask_tensor(sample.eye_mask, size) > 0.5
+        mean = image[:, eyes[0]].mean(1) if eyes.any() else image.new_zeros(3)
+        out.append(torch.where(eyes, mean[:, None, None], image))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list) -> dict[str, float]:
+    """The metrics of (a) and (b) of ``model``, or of the baselines "copy" and "flat" (copy with flat eyes)."""
+    values: dict[str, list[float]] = {}
+    add = lambda key, v: values.setdefault(key, []).extend(torch.as_tensor(v, dtype=torch.float64).reshape(-1).tolist())  # noqa: E731
+
+    def predict(batch: Triplets, chosen: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        size = batch.target.shape[-1]
+        if model == "flat":
+            return flat_eyes(dataset, chosen, size), None
+        if model == "copy":
+            copy = F.interpolate(batch.source, size=(size, size), mode="bilinear", antialias=True)
+            return (batch.source if batch.source.shape[-1] == size else copy), None
+        out = model(batch.source, batch.gaze_head, batch.camera)
+        return out.image.clamp(-1, 1), out.depth
+
+    for name, chosen in (("a", same), ("b", new)):
+        for start in range(0, len(chosen), 8):
+            batch = Triplets.cat([dataset.load(*p) for p in chosen[start : start + 8]])
+            image, depth = predict(batch, chosen[start : start + 8])
+            add(f"{name}/psnr_eyes", metrics.masked_psnr(image, batch.target, batch.eye_mask))
+            add(f"{name}/psnr_face", metrics.masked_psnr(image, batch.target, batch.face_mask))
+            if name == "b":
+                black = lambda x: torch.where(batch.face_mask > 0.5, x, torch.full_like(x, -1.0))  # noqa: E731
+                add("b/ssim_face", metrics.ssim(black(image), black(batch.target)))
+                add("b/ssim_eyes", [eye_crop_ssim(image[i], batch.target[i], batch.eye_mask[i]) for i in range(len(batch))])
+                if depth is not None:
+                    add("b/depth_l1_mm", depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit))
+    return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gazegen-learning"), help="store/ and run/ go here")
+    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "train" / "demo.toml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a TrainConfig key")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's max_steps)")
+    parser.add_argument("--eval-every", type=int, default=150)
+    parser.add_argument("--pairs", type=int, default=48, help="pairs per held-out subject, for each of (a) and (b)")
+    args = parser.parse_args()
+
+    store, run = args.work / "store", args.work / "run"
+    if not (store / "train_test_split.json").is_file():
+        print(f"making the store {store}: {STORE.subjects} subjects x {STORE.gazes} gazes x {STORE.rig.views} cameras at {STORE.resolution} px")
+        synthesize_store(store, STORE)
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    steps = args.steps or cfg.max_steps
+    model_cfg = cfg.model_config()
+    test = [read_subject(p) for p in store_split(store)["test"]]
+    dataset = TripletDataset(test, TripletSizes.for_model(model_cfg), DatasetDepth(), seed=0)
+    same, new = pairs(dataset, args.pairs, True, 0), pairs(dataset, args.pairs, False, 0)
+    print(f"config {args.config} {' '.join(args.overrides)}; {steps} steps; held out: {', '.join(s.subject for s in test)}; "
+          f"{len(same)} pairs (a), {len(new)} pairs (b); cores {os.cpu_count()}, torch threads {torch.get_num_threads()}")
+
+    copy, flat = score("copy", dataset, same, new), score("flat", dataset, same, new)
+    torch.manual_seed(cfg.seed)
+    rows = [{"step": 0, "train_s": 0.0, "load": os.getloadavg()[0], **score(LiveGaze(model_cfg).eval(), dataset, same, new)}]
+    trained = 0.0
+    for stop in range(args.eval_every, steps + args.eval_every, args.eval_every):
+        stop = min(stop, steps)
+        started = time.perf_counter()
+        result = run_training(cfg, store, run, max_steps=stop, resume=stop > args.eval_every)
+        trained += time.perf_counter() - started
+        model = load_checkpoint(result.checkpoint).eval()
+        rows.append({"step": result.step, "train_s": trained, "load": os.getloadavg()[0], **score(model, dataset, same, new)})
+        print(f"step {result.step}: {json.dumps({k: round(v, 3) for k, v in rows[-1].items()})}", flush=True)
+        if stop == steps:
+            break
+
+    header = (f"{'':>6} {'step':>5} {'train s':>8} {'load':>5} | {'(a) eyes':>8} {'face':>6} | {'(b) face':>8} {'ssim':>6} "
+              f"{'eyes':>6} {'ssim':>6} {'depth mm':>8}")
+    print("\n(a) new gaze, same camera: PSNR dB over the target's eyes / face; (b) new gaze and camera: PSNR dB, SSIM, depth L1")
+    print(header + "\n" + "-" * len(header))
+    fmt = lambda v, w=6, p=2: f"{'n/a':>{w}}" if v is None else f"{v:{w}.{p}f}"  # noqa: E731
+    for name, r in [("copy", {"step": "", "train_s": None, "load": None, **copy}),
+                    ("flat", {"step": "", "train_s": None, "load": None, **flat})] + [("model", r) for r in rows]:
+        print(f"{name:>6} {r['step']:>5} {fmt(r['train_s'], 8, 0)} {fmt(r['load'], 5, 1)} | {fmt(r['a/psnr_eyes'], 8)} "
+              f"{fmt(r['a/psnr_face'])} | {fmt(r['b/psnr_face'], 8)} {fmt(r['b/ssim_face'], 6, 3)} {fmt(r['b/psnr_eyes'])} "
+              f"{fmt(r['b/ssim_eyes'], 6, 3)} {fmt(r.get('b/depth_l1_mm'), 8, 1)}")
+    print("copy: the source image unchanged; flat: the source with its eye region filled by the region's mean colour")
+    last = rows[-1]
+    verdict = "beats" if last["a/psnr_eyes"] > copy["a/psnr_eyes"] else "does NOT beat"
+    print(f"\n(a) after {last['step']} steps the model {verdict} copy-the-source on the held-out eyes: "
+          f"{last['a/psnr_eyes']:.2f} dB vs {copy['a/psnr_eyes']:.2f} dB (flat eyes: {flat['a/psnr_eyes']:.2f} dB)")
+    (args.work / "learning.json").write_text(json.dumps({"copy": copy, "flat": flat, "rows": rows, "steps": steps,
+                                                         "config": str(args.config), "overrides": args.overrides}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Personalised fine-tuning, GazeNeRF's protocol (train/finetune.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gazegen.checkpoint import load_checkpoint, load_train_state
+from gazegen.config import FinetuneConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config
+from gazegen.data.heads import synthesize_store
+from gazegen.data.xgaze import DataError, open_subject
+from train.finetune import finetune_config, finetune_model, groups, run_finetune
+from train.trainer import run_training
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A store (2 train subjects, subject0002 held out) and a tiny checkpoint trained 1 step on it."""
+    root = tmp_path_factory.mktemp("finetune")
+    store = synthesize_store(root / "heads", SynthHeadsConfig(subjects=3, resolution=64, gazes=3, test_subjects=1,
+                                                               rig=RigConfig(views=4)), workers=1)
+    cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false", "data.workers=0",
+                                          "data.val_samples=2", "max_steps=1", "val_every=0", "tensorboard=false",
+                                          "optim.lr_encoder=1e-3", "optim.lr_renderer=1e-3", "optim.lr_gaze=1e-3"])
+    return store, run_training(cfg, store, root / "run").checkpoint
+
+
+def test_groups_follow_file_order():
+    inputs, targets = groups(200, 100)
+    assert inputs.tolist() == list(range(100)) and targets.tolist() == list(range(100, 200))  # GazeNeRF: 100 + 100
+    inputs, targets = groups(12, 100)
+    assert inputs.tolist() == list(range(6)) and targets.tolist() == list(range(6, 12))  # fewer: half each
+    with pytest.raises(DataError):
+        groups(1, 100)
+
+
+def test_finetune_writes_one_checkpoint_per_subject_from_the_input_group(trained, tmp_path):
+    store, checkpoint = trained
+    [result] = run_finetune(checkpoint, store, tmp_path / "ft", ["subject0002"], FinetuneConfig(epochs=2, group_size=6))
+    assert result.subject == "subject0002"
+    assert result.checkpoint == tmp_path / "ft" / "subject0002" / "checkpoints" / "step_0000002"  # 6 inputs, batch 4: 1 step x 2 epochs
+    assert load_train_state(result.checkpoint)["step"] == 2
+    header = json.loads((result.checkpoint / "config.json").read_text())
+    assert header["metadata"]["subject"] == "subject0002" and header["metadata"]["train_config"]["epochs"] == 2
+    base, tuned = load_checkpoint(checkpoint).state_dict(), load_checkpoint(result.checkpoint).state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    for scores in (result.before, result.after):
+        assert np.isfinite(scores["psnr_eyes"]) and np.isfinite(scores["depth_l1_mm"])
+    records = [json.loads(line) for line in (tmp_path / "ft" / "subject0002" / "log.jsonl").read_text().splitlines()]
+    assert "6 training images" in records[0]["message"]  # the input group only
+    # the training run's settings, with the protocol's epochs
+    cfg = finetune_config(checkpoint, FinetuneConfig(epochs=10), None)
+    assert (cfg.epochs, cfg.model, cfg.loss.perceptual, cfg.optim.lr_gaze) == (10, "model/tiny.toml", False, 1e-3)
+
+
+def test_finetune_model_on_samples_in_memory(trained):
+    store, checkpoint = trained
+    model = load_checkpoint(checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with open_subject(store / "test" / "subject0002.h5") as reader:
+        samples = reader.read(0, 6)
+    tuned = finetune_model(model, samples, epochs=1, train_cfg=finetune_config(checkpoint, FinetuneConfig(), None))
+    assert tuned is model and not tuned.training
+    assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())

@@ -1,0 +1,371 @@
+"""Training triplets from a store (paper section 3.4, Fig. 2), and the DataLoader that batches them.
+
+A triplet is three images of one subject:
+
+    I_s   source: the model's input                       (another frame and another camera than I_gt)
+    I_gt  target: what the model must render, with its face and eye masks, gaze and camera
+    I_f   frontal: I_gt's frame (same gaze) from the camera whose head pose is nearest (0, 0)
+          in that frame; the teacher depth prior renders it at I_gt's camera
+
+Every target row is I_gt once per epoch. The source of item ``i`` in epoch ``e`` is drawn from a
+generator seeded by (seed, e, i) only, so a batch does not depend on the worker that loads it, on
+the number of workers, or on where a resumed run starts: the data position of a run is its step.
+
+Sizes: I_s and I_f are resized to the model's input side, I_gt and its masks to the output side
+(cv2.INTER_AREA when shrinking, INTER_CUBIC when growing; masks are area-averaged then cut at 0.5),
+the depth prior to the neural rendering side (valid pixels area-averaged; a pixel is valid when at
+least half its area is). Images become float (3, H, W) RGB in [-1, 1]; masks float {0, 1}; depth
+is converted from the store's millimetres to renderer world units (gazegen.geometry
+.mm_per_world_unit of the subject's normalisation), 0 where invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from gazegen import geometry
+from gazegen.config import ModelConfig, NormalisationConfig, TrainDataConfig
+from gazegen.data.sample import Sample
+from gazegen.data.store import SPLIT_FILE
+from gazegen.data.xgaze import DataError, Labels, SubjectReader, open_subject
+from train.depth_prior import DepthSource, depth_to_world
+
+
+# --------------------------------------------------------------------------- subjects and splits
+
+
+@dataclass(frozen=True)
+class SubjectRows:
+    """One subject file and the rows of it that take part (the labels are the whole file's)."""
+
+    path: Path
+    subject: str  # e.g. "subject0003"
+    labels: Labels
+    normalisation: NormalisationConfig
+    targets: np.ndarray  # (n,) int64 rows that serve as I_gt (and I_f)
+    sources: np.ndarray  # (m,) int64 rows I_s is drawn from
+    samples: tuple[Sample, ...] | None = None  # the rows themselves, when the subject is held in memory (no file)
+
+    @property
+    def mm_per_unit(self) -> float:
+        return geometry.mm_per_world_unit(self.normalisation)
+
+    def frontal_row(self, frame: int) -> int:
+        """The target row of ``frame`` whose head pose is nearest (0, 0) (ties: the lowest camera)."""
+        rows = self.targets[self.labels.frame_index[self.targets] == frame]
+        pose = np.linalg.norm(self.labels.head_pose[rows].astype(np.float64), axis=1)
+        return int(rows[np.lexsort((self.labels.cam_index[rows], pose))[0]])
+
+
+def read_subject(path: Path, targets: np.ndarray | None = None, sources: np.ndarray | None = None,
+                 frames_per_subject: int = 0) -> SubjectRows:
+    """Labels of one subject file; rows default to every row of the first ``frames_per_subject`` frames, evenly spaced."""
+    with open_subject(path) as reader:
+        labels, norm, name = reader.labels, reader.normalisation, reader.subject
+    rows = np.arange(len(labels.gaze), dtype=np.int64)
+    if frames_per_subject:
+        frames = np.unique(labels.frame_index)
+        keep = frames[np.unique(np.linspace(0, len(frames) - 1, min(frames_per_subject, len(frames))).round().astype(int))]
+        rows = rows[np.isin(labels.frame_index, keep)]
+    targets = rows if targets is None else np.asarray(targets, dtype=np.int64)
+    sources = targets if sources is None else np.asarray(sources, dtype=np.int64)
+    return SubjectRows(Path(path), name, labels, norm, targets, sources)
+
+
+def subject_from_samples(samples: Sequence[Sample], targets: np.ndarray | None = None,
+                         sources: np.ndarray | None = None) -> SubjectRows:
+    """A subject held in memory (e.g. an evaluation's input group): rows are the samples' positions."""
+    if not samples:
+        raise DataError("no samples given")
+    first = samples[0]
+    if any(s.subject != first.subject or s.normalisation != first.normalisation for s in samples):
+        raise DataError(f"samples of {first.subject}: every sample must have one subject and one normalisation")
+    stack = lambda key, dtype: np.stack([np.asarray(getattr(s, key), dtype=dtype) for s in samples])  # noqa: E731
+    labels = Labels(stack("gaze", np.float32), stack("head_pose", np.float32), stack("gaze_head", np.float32),
+                    stack("camera", np.float32), stack("frame_index", np.int64), stack("cam_index", np.int64))
+    rows = np.arange(len(samples), dtype=np.int64)
+    targets = rows if targets is None else np.asarray(targets, dtype=np.int64)
+    sources = targets if sources is None else np.asarray(sources, dtype=np.int64)
+    return SubjectRows(Path(first.subject), first.subject, labels, first.normalisation, targets, sources, tuple(samples))
+
+
+@dataclass(frozen=True)
+class SubjectSplit:
+    """Subject files by role: the split is by whole subjects."""
+
+    train: list[Path]
+    val: list[Path]
+    test: list[Path]  # the store's test split (held out: benchmarks, fine-tuning, evaluation)
+
+
+def store_split(store: Path) -> dict[str, list[Path]]:
+    """The store's train/test subject files (train_test_split.json; without it, every h5 file is train)."""
+    store = Path(store)
+    split_file = store / SPLIT_FILE
+    if not split_file.is_file():
+        files = sorted(store.glob("*.h5")) + sorted(store.glob("train/*.h5"))
+        if not files:
+            raise DataError(f"{store}: no {SPLIT_FILE} and no .h5 files: not a training store")
+        return {"train": files, "test": sorted(store.glob("test/*.h5"))}
+    names = json.loads(split_file.read_text())
+    out: dict[str, list[Path]] = {}
+    for part in ("train", "test"):
+        paths = []
+        for name in names.get(part, []):
+            candidates = [store / part / name, store / name]
+            found = next((p for p in candidates if p.is_file()), None)
+            if found is None:
+                raise DataError(f"{split_file}: {part} subject {name} not found in {store / part} or {store}")
+            paths.append(found)
+        out[part] = paths
+    return out
+
+
+def split_subjects(store: Path, cfg: TrainDataConfig) -> SubjectSplit:
+    """Hold ``cfg.val_subjects`` whole subjects of the train split out for validation (seeded draw)."""
+    parts = store_split(store)
+    train = parts["train"]
+    if cfg.val_subjects >= len(train):
+        raise DataError(f"{store}: {len(train)} training subject(s) cannot spare {cfg.val_subjects} for validation "
+                        "(data.val_subjects)")
+    order = np.random.default_rng([cfg.split_seed]).permutation(len(train))
+    val = sorted(train[i] for i in order[: cfg.val_subjects])
+    return SubjectSplit(train=[p for p in train if p not in val], val=val, test=parts["test"])
+
+
+# --------------------------------------------------------------------------- images
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) or (H, W) -> (size, size, ...): INTER_AREA to shrink, INTER_CUBIC to grow."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    shrink = image.shape[0] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> float (3, size, size) in [-1, 1]."""
+    x = resize_image(image, size).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(x.clip(-1.0, 1.0).transpose(2, 0, 1)))
+
+
+def mask_tensor(mask: np.ndarray | None, size: int) -> torch.Tensor:
+    """{0, 1} (H, W) -> float (1, size, size) {0, 1} (area-averaged, cut at 0.5); None -> all ones."""
+    if mask is None:
+        return torch.ones(1, size, size)
+    m = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) if mask.shape[0] != size else mask
+    return torch.from_numpy((np.asarray(m) >= 0.5).astype(np.float32))[None]
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Triplets:
+    """B triplets, tensors with a leading batch axis (one item of the dataset is B = 1)."""
+
+    source: torch.Tensor  # (B, 3, S_in, S_in) I_s in [-1, 1]
+    target: torch.Tensor  # (B, 3, S_out, S_out) I_gt
+    frontal: torch.Tensor  # (B, 3, S_in, S_in) I_f
+    face_mask: torch.Tensor  # (B, 1, S_out, S_out) I_gt's face mask {0, 1}
+    eye_mask: torch.Tensor  # (B, 1, S_out, S_out) I_gt's eyes (both) {0, 1}
+    depth_prior: torch.Tensor  # (B, 1, R, R) D_gt, world units, 0 where invalid
+    depth_valid: torch.Tensor  # (B, 1, R, R) bool
+    gaze_head: torch.Tensor  # (B, 2) I_gt's gaze in the head frame: the condition g
+    gaze: torch.Tensor  # (B, 2) I_gt's gaze in its camera frame
+    camera: torch.Tensor  # (B, 25) I_gt's camera c
+    source_gaze_head: torch.Tensor  # (B, 2)
+    source_camera: torch.Tensor  # (B, 25)
+    frontal_camera: torch.Tensor  # (B, 25)
+    mm_per_unit: torch.Tensor  # (B,) millimetres per world unit of each subject's normalisation
+    rows: torch.Tensor  # (B, 4) int64: subject index in the dataset, I_s row, I_gt row, I_f row
+
+    def __len__(self) -> int:
+        return int(self.source.shape[0])
+
+    @staticmethod
+    def cat(items: Sequence[Triplets]) -> Triplets:
+        return Triplets(**{f.name: torch.cat([getattr(t, f.name) for t in items]) for f in fields(Triplets)})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Triplets:
+        return Triplets(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> Triplets:  # called by DataLoader(pin_memory=True)
+        return Triplets(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    def select(self, index: slice | torch.Tensor) -> Triplets:
+        return Triplets(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class TripletSizes:
+    """Sides of the tensors of a batch, from the model they feed."""
+
+    input: int  # I_s, I_f
+    output: int  # I_gt and its masks
+    depth: int  # the depth prior: the neural rendering
+
+    @classmethod
+    def for_model(cls, cfg: ModelConfig) -> TripletSizes:
+        return cls(cfg.image_resolution, cfg.output_resolution, cfg.render.neural_resolution)
+
+
+class TripletDataset(Dataset):
+    """Triplets over subjects; item ``(epoch, i)``: target row i (flat over subjects) with its source drawn for epoch."""
+
+    def __init__(self, subjects: Sequence[SubjectRows], sizes: TripletSizes, depth: DepthSource, seed: int = 0):
+        self.subjects = list(subjects)
+        self.sizes, self.depth, self.seed = sizes, depth, seed
+        counts = [len(s.targets) for s in self.subjects]
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        for s in self.subjects:
+            lonely = self._targets_without_source(s)
+            if lonely.size:
+                row = int(lonely[0])
+                raise DataError(f"{s.path}: {lonely.size} target row(s), e.g. row {row} (frame {s.labels.frame_index[row]}, "
+                                f"camera {s.labels.cam_index[row]}), have no source image with another frame and another "
+                                "camera: a triplet needs >= 2 frames and >= 2 cameras")
+        self._readers: dict[Path, SubjectReader] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @staticmethod
+    def _targets_without_source(s: SubjectRows) -> np.ndarray:
+        """Target rows for which every source shares the frame or the camera (counted, not searched)."""
+        lab = s.labels
+        f_src, c_src = lab.frame_index[s.sources], lab.cam_index[s.sources]
+        f_tgt, c_tgt = lab.frame_index[s.targets], lab.cam_index[s.targets]
+        count = lambda values, keys: np.array([np.count_nonzero(values == k) for k in keys])  # noqa: E731
+        frames, cams = np.unique(f_tgt, return_inverse=True), np.unique(c_tgt, return_inverse=True)
+        same_frame = count(f_src, frames[0])[frames[1]]
+        same_cam = count(c_src, cams[0])[cams[1]]
+        base = max(c_src.max(initial=0), c_tgt.max(initial=0)) + 1
+        pairs = np.sort(f_src.astype(np.int64) * base + c_src)  # (frame, camera) of each source as one key
+        keys = f_tgt.astype(np.int64) * base + c_tgt
+        both = np.searchsorted(pairs, keys, side="right") - np.searchsorted(pairs, keys, side="left")
+        return s.targets[len(s.sources) - same_frame - same_cam + both == 0]
+
+    @staticmethod
+    def _source_candidates(s: SubjectRows, target: int) -> np.ndarray:
+        lab = s.labels
+        keep = (lab.frame_index[s.sources] != lab.frame_index[target]) & (lab.cam_index[s.sources] != lab.cam_index[target])
+        return s.sources[keep]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Flat index -> (subject index, target row)."""
+        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return k, int(self.subjects[k].targets[index - self._offsets[k]])
+
+    def draw(self, epoch: int, index: int) -> tuple[int, int, int, int]:
+        """(subject index, I_s row, I_gt row, I_f row) of item ``index`` in ``epoch``: a function of (seed, epoch, index)."""
+        k, target = self.locate(index)
+        s = self.subjects[k]
+        candidates = self._source_candidates(s, target)
+        source = int(candidates[np.random.default_rng([self.seed, epoch, index]).integers(len(candidates))])
+        return k, source, target, s.frontal_row(int(s.labels.frame_index[target]))
+
+    def _reader(self, s: SubjectRows) -> SubjectReader | Sequence[Sample]:
+        if s.samples is not None:
+            return s.samples
+        if self._pid != os.getpid():  # a forked DataLoader worker: open files of its own
+            self._readers, self._pid = {}, os.getpid()
+        if s.path not in self._readers:
+            self._readers[s.path] = open_subject(s.path)
+        return self._readers[s.path]
+
+    def close(self) -> None:
+        """Close the files this process opened."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
+    def load(self, k: int, source: int, target: int, frontal: int | None = None) -> Triplets:
+        """The triplet (I_s, I_gt, I_f) of subject ``k`` with explicit rows (I_f: the frontal row of I_gt's frame)."""
+        s, sz = self.subjects[k], self.sizes
+        lab = s.labels
+        frontal = s.frontal_row(int(lab.frame_index[target])) if frontal is None else frontal
+        reader = self._reader(s)
+        src, tgt, fro = reader[source], reader[target], reader[frontal]
+        depth_mm = self.depth.read(s, target, tgt)
+        prior, valid = depth_to_world(depth_mm, s.normalisation, sz.depth)
+        f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))[None]  # noqa: E731
+        return Triplets(
+            source=image_tensor(src.image, sz.input)[None],
+            target=image_tensor(tgt.image, sz.output)[None],
+            frontal=image_tensor(fro.image, sz.input)[None],
+            face_mask=mask_tensor(tgt.face_mask, sz.output)[None],
+            eye_mask=mask_tensor(tgt.eye_mask, sz.output)[None] if tgt.eye_mask is not None else torch.zeros(1, 1, sz.output, sz.output),
+            depth_prior=torch.from_numpy(prior)[None, None],
+            depth_valid=torch.from_numpy(valid)[None, None],
+            gaze_head=f32(lab.gaze_head[target]), gaze=f32(lab.gaze[target]), camera=f32(lab.camera[target]),
+            source_gaze_head=f32(lab.gaze_head[source]), source_camera=f32(lab.camera[source]),
+            frontal_camera=f32(lab.camera[frontal]),
+            mm_per_unit=torch.tensor([s.mm_per_unit], dtype=torch.float32),
+            rows=torch.tensor([[k, source, target, frontal]], dtype=torch.int64),
+        )
+
+    def __getitem__(self, item: tuple[int, int]) -> Triplets:
+        epoch, index = item
+        k, source, target, frontal = self.draw(epoch, index)
+        return self.load(k, source, target, frontal)
+
+
+# --------------------------------------------------------------------------- sampling and loading
+
+
+class TripletBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Endless batches of ``(epoch, index)``; batch ``step`` is the same whatever the start, rank count or workers.
+
+    Epoch e visits a permutation of the items drawn from (seed, e), ``batch_size`` at a time, the
+    incomplete last batch dropped. Under data parallelism each of ``world_size`` ranks takes every
+    world_size-th item of the global batch, so the global batch does not depend on the rank count.
+    """
+
+    def __init__(self, items: int, batch_size: int, seed: int = 0, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {world_size} workers")
+        self.steps_per_epoch = items // batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{items} training images cannot fill one batch of {batch_size}")
+        self.items, self.batch_size, self.seed = items, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.items)
+        chosen = order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world_size]
+        return [(epoch, int(i)) for i in chosen]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def make_loader(dataset: Dataset, batch_sampler: Sampler | Sequence, workers: int = 0, prefetch: int = 2,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader of ``Triplets``; its own generator, so iterating it never draws from torch's global RNG."""
+    return DataLoader(
+        dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=Triplets.cat, pin_memory=pin_memory,
+        prefetch_factor=prefetch if workers else None, persistent_workers=False, generator=torch.Generator(),
+    )
+
+
+def fixed_batches(dataset: TripletDataset, samples: int, batch_size: int, seed: int = 0) -> list[list[tuple[int, int]]]:
+    """A fixed draw of ``samples`` items (epoch 0) cut in batches: the same validation set at every validation."""
+    chosen = np.sort(np.random.default_rng([seed, 1]).permutation(len(dataset))[: min(samples, len(dataset))])
+    items = [(0, int(i)) for i in chosen]
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]

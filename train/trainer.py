@@ -1,0 +1,402 @@
+"""The LiveGaze training loop (paper sections 3.4 and 4.1): `gazegen train`.
+
+    RUN/train_config.json                 the TrainConfig, the model config and the data path
+    RUN/checkpoints/step_NNNNNNN/         config.json + model.safetensors + train_state.pt (gazegen.checkpoint)
+    RUN/log.jsonl, tensorboard/, loss_curve.png, val/step_NNNNNNN.png   (train/logging.py)
+    RUN/depth_prior/                      the teacher's cached depths (depth_prior.kind = "teacher")
+
+Steps: (1) data split, depth prior, datasets; (2) model (random, Live3D or checkpoint init), AdamW
+with one group per part, schedule; (3) on resume: weights, optimiser, scheduler, every rank's RNG
+and the data position (= the step: batches are a function of the step, train/data.py) from the
+newest checkpoint, whose architecture wins over the config; (4) per step: forward under bf16
+autocast on CUDA, the paper's losses, backward, gradient clipping, AdamW; a non-finite loss or
+gradient stops the run before the update, the last good checkpoint untouched; (5) logs, validation
+and checkpoints every N steps; a checkpoint at the end and on Ctrl-C.
+
+Data parallel (train/distributed.py) runs this same loop on every rank with a ``DistContext``:
+each rank loads its share of the global batch; rank 0 validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from gazegen.checkpoint import load_checkpoint, load_live3d, load_train_state, save_checkpoint
+from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
+from gazegen.models.livegaze import LiveGaze
+from gazegen.weights import MissingWeightsError, find_weight
+from train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
+                        read_subject, split_subjects)
+from train.depth_prior import depth_source, prepare_teacher_prior
+from train.logging import RunLog
+from train.losses import LiveGazeLoss, LossOutput
+from train.validate import prediction_grid, validate
+
+CHECKPOINTS = "checkpoints"
+# Parameter groups by top-level module; the split of Live3D's checkpoint (encoder / renderer) plus LiveGaze's gaze modules.
+PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head"), "renderer": ("decoder", "superres"),
+         "gaze": ("gaze_encoder", "gaze_fusion")}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this copy of the loop runs: a single process by default, or one rank of a data-parallel group."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str | None = None  # None: TrainConfig.device
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None  # e.g. DistributedDataParallel
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    checkpoint: Path | None  # the last checkpoint written
+    step: int
+    status: str  # "finished" (the schedule's last step), "stopped" (--max-steps), "interrupted" (Ctrl-C)
+    metrics: dict[str, float] = field(default_factory=dict)  # the last validation
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(model: LiveGaze, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with the groups of ``PARTS``, named, each at its configured rate."""
+    lrs = {"encoder": optim.lr_encoder, "renderer": optim.lr_renderer, "gaze": optim.lr_gaze}
+    groups = {part: [] for part in PARTS}
+    for name, param in model.named_parameters():
+        part = next((p for p, prefixes in PARTS.items() if name.split(".")[0] in prefixes), None)
+        if part is None:
+            raise TrainingError(f"parameter {name} belongs to no optimiser group; add its module to trainer.PARTS")
+        groups[part].append(param)
+    return torch.optim.AdamW([{"params": ps, "lr": lrs[p], "name": p} for p, ps in groups.items() if ps],
+                             betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then constant or cosine to ``min_lr_ratio`` at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def initialise(model: LiveGaze, init: str) -> str:
+    """Fill ``model`` from ``init`` ("" random, "live3d", a Live3D .pt or a gazegen checkpoint); says what it did."""
+    if not init:
+        return "random initialisation"
+    path = find_weight("live3d") if init == "live3d" else Path(init)
+    if path.is_dir():
+        model.load_state_dict(load_checkpoint(path).state_dict(), strict=True)
+        return f"initialised from checkpoint {path}"
+    if not path.is_file():
+        raise TrainingError(f"{path}: init not found (init: '', 'live3d', a Live3D .pt or a gazegen checkpoint folder)")
+    found = load_live3d(path, model)
+    return f"initialised from Live3D {path} ({len(found.loaded)} tensors; gaze modules new: {len(found.missing)})"
+
+
+def build_loss(cfg: TrainConfig) -> LiveGazeLoss:
+    """The paper's objective; a missing VGG16 stops here with the file, the folders and the way to turn L_P off."""
+    try:
+        return LiveGazeLoss(cfg.loss)
+    except MissingWeightsError as e:
+        raise TrainingError(f"{e}\nTo train without the perceptual loss L_P instead, set loss.perceptual = false "
+                            "(--set loss.perceptual=false).") from None
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    """Complete step checkpoints of a run (with train_state.pt), oldest first."""
+    dirs = [p for p in (Path(run) / CHECKPOINTS).glob("step_*") if (p / "train_state.pt").is_file()]
+    return sorted(dirs, key=lambda p: int(p.name.removeprefix("step_")))
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    dirs = checkpoint_dirs(run)
+    return dirs[-1] if dirs else None
+
+
+# --------------------------------------------------------------------------- RNG and collectives
+
+
+def _rng_state(device: torch.device) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": list(random.getstate()[1]),
+    }
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"].numel():
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((3, tuple(state["python"]), None))
+
+
+def _distributed(ctx: DistContext) -> bool:
+    return ctx.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _gather(obj, ctx: DistContext) -> list:
+    if not _distributed(ctx):
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    if _distributed(ctx):
+        dist.all_reduce(values)
+        values = values / ctx.world_size
+    return values
+
+
+class _Interrupt:
+    """Ctrl-C asks for a checkpoint at the end of the current step; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested, self._old = False, None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True  # the loop records it; a signal handler only sets the flag and says so
+        logging.getLogger("gazegen.train").warning("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to abort without one)")
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def forward_backward(net: nn.Module, batch: Triplets, loss_fn: LiveGazeLoss, grad_clip: float,
+                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                     ) -> tuple[LossOutput, torch.Tensor]:
+    """One step's gradients: I_g, D_g = net(I_s, g, c) (Fig. 2); the paper's losses; backward; clipping.
+
+    Returns the loss terms and the gradient norm before clipping (``grad_clip`` 0: no clipping).
+    """
+    with autocast():
+        out = net(batch.source, batch.gaze_head, batch.camera)
+        terms = loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
+                        batch.depth_valid)
+    terms.total.backward()
+    params = [p for p in net.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    return terms, grad_norm
+
+
+def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None = None, resume: bool = False,
+                 *, context: DistContext = DistContext()) -> TrainResult:
+    """`gazegen train`: train on the store ``data`` into the run folder ``out``; ``max_steps`` stops early."""
+    data, out = Path(data), Path(out)
+    split = split_subjects(data, cfg.data)
+    model_cfg = cfg.model_config()  # on resume, fit checks it against the checkpoint's architecture
+    frames = cfg.data.frames_per_subject
+    train = [read_subject(p, frames_per_subject=frames) for p in split.train]
+    val = [read_subject(p, frames_per_subject=frames) for p in split.val]
+    use_depth = cfg.loss.depth_weight > 0
+    if use_depth and cfg.depth_prior.kind == "teacher":
+        if context.is_main:
+            prepare_teacher_prior(cfg.depth_prior, train + val, out, pick_device(context.device or cfg.device))
+        if _distributed(context):
+            dist.barrier()
+    depth = depth_source(cfg.depth_prior, out, enabled=use_depth)
+    sizes = TripletSizes.for_model(model_cfg)
+    train_set = TripletDataset(train, sizes, depth, seed=cfg.seed)
+    val_set = TripletDataset(val, sizes, depth, seed=cfg.seed) if val else None
+    return fit(cfg, model_cfg, train_set, val_set, out, max_steps=max_steps, resume=resume, init=cfg.init,
+               context=context, metadata={"data": str(data)})
+
+
+def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val_set: TripletDataset | None, run: Path,
+        *, max_steps: int | None = None, resume: bool = False, init: str = "", context: DistContext = DistContext(),
+        metadata: dict | None = None, model: LiveGaze | None = None) -> TrainResult:
+    """The loop on given datasets (run_training and fine-tuning share it); ``model``: train this one, in place."""
+    run, main = Path(run), context.is_main
+    device = pick_device(context.device or cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    newest = latest_checkpoint(run)
+    if resume and newest is None:
+        raise TrainingError(f"{run}: nothing to resume (no checkpoint with a train_state.pt under {run / CHECKPOINTS})")
+    if not resume and newest is not None:
+        raise TrainingError(f"{run} already holds a run (newest checkpoint {newest}); pass --resume or choose another folder")
+    loss_fn = build_loss(cfg).to(device)
+
+    # (2) model, optimiser, schedule
+    torch.manual_seed(cfg.seed)
+    if resume:
+        model = load_checkpoint(newest)
+        if model.cfg != model_cfg:
+            diff = sorted(k for k, v in to_dict(model.cfg).items() if to_dict(model_cfg).get(k) != v)
+            raise TrainingError(f"{newest}: its architecture differs from the config's model in {', '.join(diff)}; "
+                                "a resumed run keeps the checkpoint's architecture: remove the conflicting model settings")
+        how = f"resumed from {newest}"
+    elif model is not None:
+        how = "training the given model"
+    else:
+        model = LiveGaze(model_cfg)
+        how = initialise(model, init)
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg.optim)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    scheduler = build_scheduler(optimizer, cfg.optim, total)
+    step = 0
+    if resume:
+        state = load_train_state(newest)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        rngs = state["rng"]
+        _set_rng_state(rngs[context.rank % len(rngs)], device)
+    else:
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, context.rank]).generate_state(1)[0]))
+    net = context.wrap_model(model) if context.wrap_model else model
+    stop = total if max_steps is None else min(total, max_steps)
+
+    # (1) data: the position of a run is its step
+    sampler = TripletBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, context.rank, context.world_size)
+    loader = make_loader(train_set, sampler, cfg.data.workers, cfg.data.prefetch, pin_memory=device.type == "cuda")
+    val_batches = fixed_batches(val_set, cfg.data.val_samples, cfg.batch_size, cfg.seed) if val_set is not None else []
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 and device.type == "cuda" else contextlib.nullcontext
+
+    log = RunLog(run, enabled=main, tensorboard=cfg.tensorboard, resume_step=step if resume else None)
+    if main:
+        (run / "train_config.json").write_text(json.dumps(
+            {"train": to_dict(cfg), "model": to_dict(model_cfg), **(metadata or {})}, indent=2, sort_keys=True))
+    log.event(step, f"{how}; {len(train_set)} training images, {steps_per_epoch} steps per epoch, schedule {total} "
+                    f"steps, stopping at {stop}; device {device}, {context.world_size} worker(s)")
+    if not loss_fn.use_perceptual:
+        log.event(step, "perceptual loss L_P is off (loss.perceptual = false or loss.perceptual_weight = 0 in the "
+                        "config): VGG16 is not loaded")
+    last_ckpt, last_metrics = newest, {}
+
+    def save(at: int, metrics: dict) -> None:
+        nonlocal last_ckpt
+        rng = _gather(_rng_state(device), context)  # a collective: every rank takes part
+        if main:
+            state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                     "world_size": context.world_size, "steps_per_epoch": steps_per_epoch}
+            meta = {"step": at, "train_config": to_dict(cfg), "metrics": metrics, **(metadata or {})}
+            last_ckpt = save_checkpoint(run / CHECKPOINTS / f"step_{at:07d}", model, train_state=state, metadata=meta)
+            old = checkpoint_dirs(run)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints else []
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
+            log.event(at, f"checkpoint {last_ckpt}")
+
+    def run_validation(at: int) -> None:
+        nonlocal last_metrics
+        if not main or not val_batches:
+            return
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            val_iter = (Triplets.cat([val_set[item] for item in b]) for b in val_batches)
+            result = validate(model, val_iter, loss_fn, device, autocast(), cfg.grid_samples)
+        last_metrics = result.metrics
+        log.record(at, "val", result.metrics)
+        if result.predictions is not None:
+            log.image(at, "val", prediction_grid(result.predictions))
+        log.loss_curve()
+
+    status = "finished" if stop == total else "stopped"
+    saved_at = validated_at = step if resume else -1  # a resumed run's step has its checkpoint already
+    window: list[torch.Tensor] = []
+    started = time.perf_counter()
+    batches = iter(loader)
+    progress = tqdm(total=stop, initial=step, desc="train", disable=not main, dynamic_ncols=True)
+    try:
+        with _Interrupt() as interrupt:
+            while step < stop:
+                if interrupt.requested:
+                    status = "interrupted"
+                    log.event(step, "Ctrl-C: stopping with a checkpoint")
+                    break
+                batch = next(batches).to(device, non_blocking=True)
+                terms, grad_norm = forward_backward(net, batch, loss_fn, cfg.optim.grad_clip, autocast)
+                values = _mean(torch.stack([v.detach().float() for v in vars(terms).values()] + [grad_norm.float()]), context)
+                if not torch.isfinite(values).all():
+                    named = {k: round(float(v), 5) for k, v in zip([*terms.scalars(), "grad_norm"], values.tolist())}
+                    message = (f"non-finite loss or gradient at step {step + 1} ({named}); training stopped before the "
+                               f"update. The last good checkpoint is {last_ckpt or 'none: no checkpoint had been written'}")
+                    log.event(step, message)
+                    raise TrainingError(message)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window.append(values.cpu())
+                progress.update(1)
+                if step % cfg.log_every == 0 or step == stop:
+                    mean = torch.stack(window).mean(0).tolist()
+                    record = dict(zip([*terms.scalars(), "grad_norm"], mean))
+                    record.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+                    record.update(epoch=step / steps_per_epoch, steps_per_s=len(window) / (time.perf_counter() - started))
+                    log.record(step, "train", record)
+                    progress.set_postfix(loss=f"{record['loss/total']:.4f}")
+                    window, started = [], time.perf_counter()
+                if cfg.val_every and step % cfg.val_every == 0:
+                    run_validation(step)
+                    validated_at = step
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    save(step, last_metrics)
+                    saved_at = step
+            if status != "interrupted" and validated_at != step:
+                run_validation(step)
+                validated_at = step
+            if saved_at != step:
+                save(step, last_metrics)
+            log.event(step, f"{status} at step {step}")
+            if validated_at != step or not val_batches:
+                log.loss_curve()
+    finally:
+        progress.close()
+        log.close()
+        del batches
+    return TrainResult(run=run, checkpoint=last_ckpt, step=step, status=status, metrics=last_metrics)
