@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo_out
+DEMO_STEPS ?= 200
 
 .PHONY: setup test demo clean
 
@@ -18,9 +19,13 @@ test: setup
 	$(BIN)/python -m pytest
 
 demo: setup
-	$(BIN)/gazegen data synth-heads $(DEMO)/heads --subjects 4 --resolution 128 --gazes 8
+	$(BIN)/gazegen data synth-heads $(DEMO)/heads --subjects 6 --resolution 128 --gazes 8
 	$(BIN)/gazegen data inspect $(DEMO)/heads --sheet $(DEMO)/heads_sheet.png
-	@echo "demo: contact sheet written to $(DEMO)/heads_sheet.png"
+	$(BIN)/gazegen train --config configs/train/demo.toml --data $(DEMO)/heads --out $(DEMO)/run --max-steps $(DEMO_STEPS)
+	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
+		--config configs/synth/demo.toml --sample 4
+	@echo "demo: heads contact sheet $(DEMO)/heads_sheet.png; training run $(DEMO)/run (loss_curve.png, val/);"
+	@echo "      synthesised Parquet shards $(DEMO)/synth (README.md is the dataset card)"
 
 clean:
 	rm -rf $(DEMO) .pytest_cache
