@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gazegen.config import EstimatorConfig, to_dict
-from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset
+from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error
@@ -128,17 +128,7 @@ class StoreGazeDataset(IterableDataset):
         if self.shuffle_buffer <= 0:
             yield from rows
             return
-        rng = np.random.default_rng([self.seed, self.epoch, worker, 1])
-        buffer: list[dict[str, Any]] = []
-        for row in rows:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(row)
-                continue
-            j = int(rng.integers(len(buffer)))
-            yield buffer[j]
-            buffer[j] = row
-        for j in rng.permutation(len(buffer)):
-            yield buffer[j]
+        yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, worker, 1]))
 
 
 def open_gaze_data(data: str | Path, *, split: str | None = None, resolution: int | None = None,

@@ -28,9 +28,9 @@ import fnmatch
 import json
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -39,6 +39,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+
+T = TypeVar("T")
 
 DEPTH_SCALE = 10.0  # 16-bit depth PNG units per millimetre: 0.1 mm steps
 DEPTH_MAX_VALUE = 65535  # the largest 16-bit value; also "at or beyond DEPTH_MAX_MM"
@@ -239,17 +241,21 @@ class GazeParquetDataset(IterableDataset):
         if self.shuffle_buffer <= 0:
             yield from rows
             return
-        rng = np.random.default_rng([self.seed, self.epoch, consumer, 1])
-        buffer: list[dict[str, Any]] = []
-        for row in rows:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(row)
-                continue
-            j = int(rng.integers(len(buffer)))
-            yield buffer[j]
-            buffer[j] = row
-        for j in rng.permutation(len(buffer)):
-            yield buffer[j]
+        yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
+
+
+def shuffle_buffered(rows: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
+    """Stream ``rows`` through a buffer of ``size``: each new row replaces a random buffered one, which is yielded."""
+    buffer: list[T] = []
+    for row in rows:
+        if len(buffer) < size:
+            buffer.append(row)
+            continue
+        j = int(rng.integers(len(buffer)))
+        yield buffer[j]
+        buffer[j] = row
+    for j in rng.permutation(len(buffer)):
+        yield buffer[j]
 
 
 def _label_matrix(column: pa.Array, width: int) -> np.ndarray:
