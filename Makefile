@@ -24,8 +24,9 @@ demo: setup
 	$(BIN)/gazegen train --config configs/train/demo.toml --data $(DEMO)/heads --out $(DEMO)/run --max-steps $(DEMO_STEPS)
 	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
 		--config configs/synth/demo.toml --sample 4
+	$(BIN)/gazegen data sheet $(DEMO)/synth $(DEMO)/synth_sheet.png
 	@echo "demo: heads contact sheet $(DEMO)/heads_sheet.png; training run $(DEMO)/run (loss_curve.png, val/);"
-	@echo "      synthesised Parquet shards $(DEMO)/synth (README.md is the dataset card)"
+	@echo "      synthesised Parquet shards $(DEMO)/synth (README.md is the dataset card), read back: $(DEMO)/synth_sheet.png"
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -92,6 +92,24 @@ def inspect(
         raise typer.Exit(code=1)
 
 
+@data_app.command("sheet")
+def sheet(
+    shards: str = typer.Argument(..., help="Synthesis output folder, shard glob or URI."),
+    out: Path = typer.Argument(..., help="PNG to write."),
+    rows: int = typer.Option(27, min=1, help="Rows shown."),
+    columns: int = typer.Option(9, min=1, help="Tiles per line."),
+) -> None:
+    """Contact sheet of synthesised Parquet rows, read back with pyarrow, gaze labels drawn as arrows."""
+    from gazegen.data.inspect import write_shard_sheet
+    from gazegen.data.xgaze import DataError
+
+    try:
+        write_shard_sheet(shards, out, rows=rows, columns=columns)
+    except (DataError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"contact sheet: {out}")
+
+
 @app.command("weights")
 def weights() -> None:
     """List every pretrained weight file gazegen can use, where it looks, and what is present."""

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -125,3 +126,15 @@ def test_resolve_shards_sources(tmp_path):
 def test_reader_imports_neither_ray_nor_pipelines():
     code = "import sys, gazegen.data.parquet; bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'pipelines')]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shard_sheet_shows_the_rows_with_their_gaze(tmp_path):
+    from gazegen.data.inspect import write_shard_sheet
+
+    write_shards(tmp_path / "out", sources=2, per_shard=1, views=3)  # 6 rows over 2 shards
+    png = write_shard_sheet(tmp_path / "out", tmp_path / "sheet.png", rows=4, columns=3, thumb=32)
+    sheet = cv2.imread(str(png))
+    assert sheet.shape == (64, 96, 3)  # 4 tiles padded to 2 lines of 3
+    assert (sheet[32:, 64:] == 0).all() and sheet[:32, :32].any()  # the padding tile is empty, the first is not
+    with pytest.raises(FileNotFoundError, match="empty"):
+        write_shard_sheet(tmp_path / "empty", tmp_path / "x.png")

@@ -204,3 +204,38 @@ def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int =
     if not cv2.imwrite(str(sheet_png), sheet):
         raise OSError(f"{sheet_png}: OpenCV could not write the PNG")
     return sheet_png
+
+
+def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 27, columns: int = 9, thumb: int = 128) -> Path:
+    """A contact sheet of the first ``rows`` rows of synthesis Parquet shards, read back with pyarrow.
+
+    Each tile is a decoded `image` PNG with its `gaze` label (camera frame) drawn as an arrow from
+    the image centre, and its `row_id` written in the corner: what a gaze trainer will read.
+    """
+    import pyarrow.parquet as pq
+
+    from gazegen.data.parquet import decode_png, resolve_shards
+
+    fs, paths = resolve_shards(str(source))
+    tiles: list[np.ndarray] = []
+    for path in paths:
+        with fs.open_input_file(path) as handle:
+            table = pq.read_table(handle, columns=["image", "gaze", "row_id"])
+        for image, gaze, row_id in zip(table["image"].to_pylist(), table["gaze"].to_pylist(), table["row_id"].to_pylist()):
+            tile = cv2.resize(cv2.cvtColor(decode_png(image["bytes"]), cv2.COLOR_RGB2BGR), (thumb, thumb), interpolation=cv2.INTER_AREA)
+            draw_gaze(tile, np.asarray(gaze), (thumb / 2, thumb / 2), thumb * 0.4)
+            cv2.putText(tile, row_id[-14:], (2, thumb - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(tile)
+            if len(tiles) == rows:
+                break
+        if len(tiles) == rows:
+            break
+    if not tiles:
+        raise DataError(f"{source}: the shards hold no rows")
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    grid = np.concatenate([np.concatenate(tiles[i : i + columns], 1) for i in range(0, len(tiles), columns)], 0)
+    sheet_png = Path(sheet_png)
+    sheet_png.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(sheet_png), grid):
+        raise DataError(f"{sheet_png}: could not write the contact sheet")
+    return sheet_png
