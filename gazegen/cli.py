@@ -288,6 +288,7 @@ def train(
     from gazegen.config import ConfigError, TrainConfig, load_config
     from gazegen.data.xgaze import DataError
     from gazegen.weights import MissingWeightsError
+    from train.depth_prior import DepthPriorError
     from train.trainer import TrainingError, run_training
 
     try:
@@ -298,7 +299,7 @@ def train(
             result = run_distributed(cfg, data, out, max_steps, resume, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
         else:
             result = run_training(cfg, data, out, max_steps, resume)
-    except (ConfigError, DataError, CheckpointError, TrainingError, MissingWeightsError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, DepthPriorError, MissingWeightsError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"{result.status} at step {result.step}: {result.checkpoint}")
     if result.metrics:
@@ -319,6 +320,7 @@ def finetune(
     from gazegen.config import ConfigError, FinetuneConfig, load_config
     from gazegen.data.xgaze import DataError
     from gazegen.weights import MissingWeightsError
+    from train.depth_prior import DepthPriorError
     from train.finetune import run_finetune
     from train.trainer import TrainingError
 
@@ -326,7 +328,7 @@ def finetune(
     try:
         cfg = load_config(FinetuneConfig, None, sets)
         results = run_finetune(checkpoint, data, out, subject or None, cfg)
-    except (ConfigError, DataError, CheckpointError, TrainingError, MissingWeightsError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, DepthPriorError, MissingWeightsError, FileNotFoundError) as e:
         _fail(str(e))
     for r in results:
         typer.echo(f"{r.subject}: {r.checkpoint}  before {r.before}  after {r.after}")
