@@ -1,0 +1,66 @@
+"""Typed, frozen configs loaded from TOML presets under ``configs/`` with ``--set key=value`` overrides.
+
+A config is a frozen dataclass; nested tables are nested dataclasses. Each field says what it
+means in a comment; bounded fields carry their range in ``bounded(...)`` metadata, checked at
+load time. Loading rejects unknown keys, wrong types and values out of range with a message
+that names the file and the dotted key.
+
+Where each concept lives (everything is re-exported here: ``from gazegen.config import X``):
+
+- ``loader``: ConfigError, load_config (TOML + ``--set a.b=v`` overrides), to_dict, bounded,
+  CONFIG_DIR (the repository's ``configs/``) and resolve_preset.
+- ``camera``: the normalised camera (NormalisationConfig, PUBLISHED_NORMALISATIONS), procedural
+  heads (RigConfig, GazeRangeConfig, SynthHeadsConfig) and face cropping (CropConfig).
+- ``model``: LiveGaze's network (ModelConfig) and its neural renderer (RenderConfig).
+- ``training``: `gazegen train` / `gazegen finetune` (TrainConfig, LossConfig, OptimConfig,
+  TrainDataConfig, DepthPriorConfig, FinetuneConfig, DEPTH_PRIOR_KINDS, LR_DECAYS).
+- ``evaluation``: the reference gaze estimator (EstimatorNetConfig, EstimatorConfig) and
+  `gazegen evaluate` (EvaluateConfig).
+- ``synth``: `gazegen synthesize` (SynthConfig).
+"""
+
+from __future__ import annotations
+
+from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, GazeRangeConfig, NormalisationConfig, RigConfig,
+                                   SynthHeadsConfig)
+from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig
+from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, load_config, resolve_preset, to_dict
+from gazegen.config.model import ModelConfig, RenderConfig
+from gazegen.config.synth import SynthConfig
+from gazegen.config.training import (DEPTH_PRIOR_KINDS, LR_DECAYS, DepthPriorConfig, FinetuneConfig, LossConfig, OptimConfig,
+                                     TrainConfig, TrainDataConfig)
+
+__all__ = [
+    # loader
+    "CONFIG_DIR",
+    "ConfigError",
+    "bounded",
+    "load_config",
+    "resolve_preset",
+    "to_dict",
+    # camera
+    "PUBLISHED_NORMALISATIONS",
+    "CropConfig",
+    "GazeRangeConfig",
+    "NormalisationConfig",
+    "RigConfig",
+    "SynthHeadsConfig",
+    # model
+    "ModelConfig",
+    "RenderConfig",
+    # training
+    "DEPTH_PRIOR_KINDS",
+    "LR_DECAYS",
+    "DepthPriorConfig",
+    "FinetuneConfig",
+    "LossConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainDataConfig",
+    # evaluation
+    "EstimatorConfig",
+    "EstimatorNetConfig",
+    "EvaluateConfig",
+    # synth
+    "SynthConfig",
+]

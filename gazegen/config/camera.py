@@ -1,0 +1,115 @@
+"""Camera and data-generation configs: the normalised camera, procedural heads and face cropping."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from gazegen.config.loader import bounded
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+@dataclass(frozen=True)
+class NormalisationConfig:
+    """ETH-XGaze-style normalised camera (Zhang et al.) plus the renderer's world scale."""
+
+    focal: float = bounded(1600.0, 1.0)  # focal length in pixels at `resolution`
+    distance_mm: float = bounded(950.0, 1.0)  # camera to face-centre distance, millimetres
+    resolution: int = bounded(512, 8, 4096)  # image side in pixels
+    radius: float = bounded(2.7, 0.1)  # the same distance in renderer world units (EG3D: 2.7)
+
+    def at_resolution(self, resolution: int) -> NormalisationConfig:
+        """The same camera (same field of view) for images resized to ``resolution`` pixels."""
+        return dataclasses.replace(self, focal=self.focal * resolution / self.resolution, resolution=resolution)
+
+
+# The normalisations of published stores. ETH-XGaze (Zhang et al. 2020, official patches):
+# focal 960 with 600 mm at 224 px and 300 mm at 448 px. LiveGaze's 512 px store (supplement,
+# section 6): focal 1600, 950 mm. GazeNeRF's 512 px files: focal 1600, 680 mm (its
+# pre_processing/data_process.py).
+PUBLISHED_NORMALISATIONS: dict[str, NormalisationConfig] = {
+    "xgaze224": NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=224),
+    "xgaze448": NormalisationConfig(focal=960.0, distance_mm=300.0, resolution=448),
+    "livegaze512": NormalisationConfig(focal=1600.0, distance_mm=950.0, resolution=512),
+    "gazenerf512": NormalisationConfig(focal=1600.0, distance_mm=680.0, resolution=512),
+}
+
+
+# --------------------------------------------------------------------------- procedural heads
+
+
+@dataclass(frozen=True)
+class RigConfig:
+    """The camera rig around the head (ETH-XGaze has 18 cameras)."""
+
+    views: int = bounded(18, 1, 64)  # number of cameras; camera 0 is frontal
+    max_yaw_deg: float = bounded(60.0, 0.0, 85.0)  # widest horizontal camera angle
+    max_pitch_deg: float = bounded(30.0, 0.0, 80.0)  # widest vertical camera angle
+
+
+@dataclass(frozen=True)
+class GazeRangeConfig:
+    """Range of gaze directions in the head frame (ETH-XGaze: about +-50 yaw, +-40 pitch)."""
+
+    max_yaw_deg: float = bounded(50.0, 0.0, 80.0)
+    max_pitch_deg: float = bounded(40.0, 0.0, 70.0)
+    converge: bool = True  # both eyes look at one target point; False: parallel eye axes
+    target_mm: tuple[float, float] = (400.0, 1200.0)  # distance range of the gaze target
+
+
+@dataclass(frozen=True)
+class SynthHeadsConfig:
+    """`gazegen data synth-heads`: procedural multi-view gaze heads in the training-store layout."""
+
+    subjects: int = bounded(4, 1, 100000)  # identities, one h5 file each
+    resolution: int = bounded(128, 16, 2048)  # image side in pixels
+    gazes: int = bounded(20, 1, 100000)  # frames per subject, one gaze target each
+    test_subjects: int = bounded(1, 0, 100000)  # the last subjects go to the test split
+    seed: int = bounded(0, 0)  # subject i uses seed (seed, i): files do not depend on `subjects`
+    normalisation: NormalisationConfig = NormalisationConfig()  # defaults: LiveGaze's 512 px store
+    rig: RigConfig = RigConfig()
+    gaze: GazeRangeConfig = GazeRangeConfig()
+
+    @property
+    def camera(self) -> NormalisationConfig:
+        """The normalised camera of the written images: `normalisation` at `resolution`."""
+        return self.normalisation.at_resolution(self.resolution)
+
+
+# --------------------------------------------------------------------------- face cropping
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Detect, align and crop faces in photographs like the training data (gazegen/data/faces.py).
+
+    The target framing is not a literal: it is where a frontal face at `normalisation` lands.
+    The eyes are `ipd_mm` apart and `eye_above_centre_mm` above the ETH-XGaze face centre (the
+    midpoint of the eye centre and the nose-base centre, which the normalised camera looks at);
+    both defaults are measured on ETH-XGaze's generic 3D face model (face_model.txt: eye-corner
+    centres 63.5 mm apart, 23.7 mm above that face centre; 63 mm is also the adult mean IPD).
+    """
+
+    resolution: int = bounded(512, 16, 4096)  # side of the output crop, pixels
+    normalisation: NormalisationConfig = NormalisationConfig()  # framing to match (LiveGaze 512 px store)
+    ipd_mm: float = bounded(63.0, 40.0, 80.0)  # distance between the eye centres, millimetres
+    eye_above_centre_mm: float = bounded(23.7, 0.0, 60.0)  # eye line above the face centre, mm
+    min_face_px: int = bounded(48, 8)  # faces narrower than this (input pixels) are rejected
+    # --crop auto: an input counts as a normalised crop when its eye distance and eye midpoint are
+    # within this fraction of the target eye distance of the targets
+    auto_tolerance: float = bounded(0.2, 0.0, 1.0)
+    auto_max_roll_deg: float = bounded(8.0, 0.0, 45.0)  # --crop auto: largest eye-line tilt of a crop
+
+    @property
+    def eye_distance_fraction(self) -> float:
+        """Target distance between the eye centres as a fraction of the side (LiveGaze: ~0.21)."""
+        n = self.normalisation
+        return n.focal / n.resolution * self.ipd_mm / n.distance_mm
+
+    @property
+    def eye_line_fraction(self) -> float:
+        """Target height of the eye line as a fraction of the side from the top (LiveGaze: ~0.42)."""
+        n = self.normalisation
+        return 0.5 - n.focal / n.resolution * self.eye_above_centre_mm / n.distance_mm

@@ -1,0 +1,98 @@
+"""The reference gaze estimator (network and its training) and `gazegen evaluate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gazegen.config.loader import ConfigError, _build, bounded
+
+
+# --------------------------------------------------------------------------- reference gaze estimator
+
+
+@dataclass(frozen=True)
+class EstimatorNetConfig:
+    """The reference gaze estimator's network (gazegen/models/estimator.py): a compact ResNet.
+
+    Images of any size are resized (antialiased) to `resolution`; a 3x3 stride-2 stem of `width`
+    channels (and a 3x3 stride-2 max-pool with `stem_pool`, as ResNet's), then one stage per entry
+    of `blocks` (stage i: width * 2^i channels, stride 2 from the second stage on), global average
+    pooling, and a linear head to gaze and head pose.
+    """
+
+    resolution: int = bounded(96, 16, 1024)  # input side in pixels
+    width: int = bounded(32, 4, 1024)  # channels of the stem and of the first stage
+    stem_pool: bool = False  # max-pool after the stem: the stages cost at 2S what they cost at S without it
+    blocks: tuple[int, ...] = (2, 2, 2, 2)  # residual blocks per stage (ResNet-18's layout at width 32)
+    norm_groups: int = bounded(8, 1, 64)  # GroupNorm groups (independent of the batch size); divides width
+
+    def __post_init__(self) -> None:
+        if not self.blocks or min(self.blocks) < 1:
+            raise ConfigError(f"blocks {self.blocks}: at least one stage, each with >= 1 block")
+        if self.width % self.norm_groups:
+            raise ConfigError(f"width {self.width} is not a multiple of norm_groups {self.norm_groups}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EstimatorNetConfig:
+        """An EstimatorNetConfig from plain data (an estimator checkpoint's config.json), validated."""
+        return _build(cls, data, "")
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """`gazegen estimator train` (train/estimator.py): the judge of redirection accuracy.
+
+    Loss = L1(gaze) + head_weight * L1(head pose), pitch/yaw radians in the image's normalised
+    camera; AdamW with linear warm-up then cosine decay to zero at `steps`.
+    """
+
+    net: EstimatorNetConfig = EstimatorNetConfig()
+    steps: int = bounded(3000, 1)  # optimiser steps
+    batch_size: int = bounded(32, 1, 4096)
+    lr: float = bounded(1e-3, 0.0, 1.0)  # peak learning rate
+    weight_decay: float = bounded(1e-4, 0.0, 1.0)
+    warmup_steps: int = bounded(100, 0)  # linear warm-up from 0 to `lr`
+    head_weight: float = bounded(1.0, 0.0)  # weight of the head-pose term
+    flip: bool = True  # random horizontal flips with both yaws negated (valid: the normalised camera is centred)
+    shuffle_buffer: int = bounded(2048, 0)  # rows shuffled through a buffer of this size (0: file order)
+    workers: int = bounded(0, 0, 64)  # DataLoader worker processes
+    seed: int = bounded(0, 0)
+    log_every: int = bounded(100, 1)  # steps between progress lines
+    split: str = "train"  # store split trained on (train_test_split.json); Parquet shards have none
+    eval_split: str = "test"  # store split evaluated after training
+    eval_images: int = bounded(0, 0)  # images evaluated after training (0: all)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`gazegen evaluate` (train/evaluate.py): GazeNeRF's protocol, as the paper's supplement follows it.
+
+    Per test subject, in file order: the input group is the first `group_size` images, the target
+    group the next `group_size` (fewer when the subject has under 2 * group_size images: half each).
+    Input i is redirected to the gaze and camera of target perm[i], perm a permutation of the target
+    group drawn once from `seed` (GazeNeRF uses one fixed list for every subject).
+    """
+
+    split: str = "test"  # store split whose subjects are evaluated
+    group_size: int = bounded(100, 1)  # images per input group and per target group (GazeNeRF: 100 + 100)
+    max_pairs: int = bounded(0, 0)  # pairs per subject (0: one per input image)
+    max_subjects: int = bounded(0, 0)  # subjects evaluated (0: all of the split)
+    seed: int = bounded(0, 0)  # draws the input -> target permutation
+    finetune: bool = False  # personalised fine-tuning on each subject's input group first (paper: yes)
+    finetune_epochs: int = bounded(10, 1)  # epochs of that fine-tuning (paper: 10)
+    background: str = "white"  # outside the target's face mask, for image metrics: white (GazeNeRF), black, keep
+    batch_size: int = bounded(1, 1, 1024)  # pairs per forward pass; ms/img = batch time / batch size
+    warmup: int = bounded(1, 0)  # untimed forward passes before the first timed one
+    baselines: bool = True  # also score copy-the-source and the ground-truth target (the estimator's floor)
+    lpips: bool = True  # False: LPIPS is not loaded (reported n/a)
+    fid: bool = True  # False: FID is not loaded (reported n/a)
+    psnr_cap_db: float = bounded(100.0, 1.0)  # PSNR of identical images (inf) is reported as this, and counted
+    sheet_pairs: int = bounded(8, 0, 64)  # pairs drawn on sheet.png
+
+    def __post_init__(self) -> None:
+        if self.background not in ("white", "black", "keep"):
+            raise ConfigError(f"background {self.background!r}: expected 'white', 'black' or 'keep'")

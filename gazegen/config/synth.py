@@ -1,0 +1,54 @@
+"""`gazegen synthesize`: the Ray synthesis pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gazegen.config.camera import NormalisationConfig
+from gazegen.config.loader import ConfigError, bounded
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`gazegen synthesize` (pipelines/synthesis.py): grid, inputs, labels and execution of the Ray pipeline.
+
+    Grid ranges are `start:stop:count` in degrees, both ends included (pipelines/grid.py).
+    `normalisation` is the normalised camera of the model's training store: rendered cameras come
+    from it (`radius`, focal / resolution), depth is written in its millimetres (distance_mm /
+    radius per world unit), photos are cropped to its framing and h5 patches taken with another
+    camera are re-zoomed to it. Unset: the checkpoint's `metadata.normalisation` when the trainer
+    recorded one, else LiveGaze's 512 px store (PUBLISHED_NORMALISATIONS["livegaze512"]); either
+    way it is taken at the model's output resolution (`at_resolution`: the same camera) and
+    recorded in the run manifest. Fields under "execution" do not change the rows and may differ
+    between a run and its restart; all others are compared on restart.
+    """
+
+    grid: str = "pitch,yaw,view"  # swept axes: a comma list of pitch, yaw, view
+    pitch: str = "-30:30:5"  # gaze pitch in the head frame, degrees
+    yaw: str = "-40:40:5"  # gaze yaw in the head frame, degrees
+    view_pitch: str = "0:0:1"  # camera offset added to the source's head pitch, degrees
+    view_yaw: str = "-30:30:5"  # camera offset added to the source's head yaw, degrees
+    sample: int = bounded(0, 0)  # 0: the full grid; N: N random (gaze, view) pairs per source
+    seed: int = bounded(0, 0)  # seeds the --sample draws; written in every row
+    crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
+    image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
+    normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's, else livegaze512
+    depth_min_alpha: float = bounded(0.5, 0.0, 1.0)  # depth is written 0 (no surface) where alpha < this
+    depth_full_resolution: bool = True  # depth and alpha upsampled (bilinear) to the image; False: neural size
+    png_compression: int = bounded(1, 0, 9)  # zlib level of the PNGs (1: fast; the bytes change, not the pixels)
+    rows_per_shard: int = bounded(1000, 1)  # a shard holds max(1, rows_per_shard // rows per source) sources
+    # execution
+    batch_size: int = bounded(16, 1, 4096)  # gazes per redirect and views per render call
+    num_gpus: int = bounded(-1, -1)  # GPU actors, one per GPU; -1: every GPU of the cluster; 0: CPU actors
+    cpu_actors: int = bounded(1, 1)  # render actors when there is no GPU (each reserves 1 CPU)
+    cpu_threads: int = bounded(0, 0)  # torch threads per CPU actor; 0: the node's cores / cpu_actors
+    max_restarts: int = bounded(3, 0)  # times a dead render actor is restarted (Ray's default: forever)
+    max_task_retries: int = bounded(3, 0)  # times a batch whose worker died is retried (Ray's default: forever)
+    max_lost_sources: int = bounded(10, 0)  # batches that may fail for good (their sources become error rows)
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("auto", "always", "never"):
+            raise ConfigError(f"crop {self.crop!r}: expected 'auto', 'always' or 'never'")
