@@ -15,7 +15,7 @@ from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
 from train.data import TripletDataset, Triplets, TripletSizes, read_subject, store_split
 from train.depth_prior import DatasetDepth
-from train.losses import LiveGazeLoss
+from train.losses import LiveGazeLoss, masked_l1_loss
 from train.trainer import TrainingError, build_optimizer, checkpoint_dirs, forward_backward, run_training
 
 FAST = ["model=model/tiny.toml", "loss.perceptual=false", "optim.lr_encoder=2e-3", "optim.lr_renderer=2e-3",
@@ -33,11 +33,17 @@ def store(tmp_path_factory):
     return synthesize_store(tmp_path_factory.mktemp("trainer") / "heads", cfg, workers=1)
 
 
+def best_flat_colour_l1(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked L1 of the best constant colour per image: each channel's median over the mask (an oracle floor)."""
+    flat = [t[:, m[0] > 0].median(1).values[:, None, None].expand_as(t) for t, m in zip(target, mask)]
+    return masked_l1_loss(torch.stack(flat), target, mask)
+
+
 def test_a_fixed_batch_is_overfit(store):
-    # Measured on this batch (seed 0, one thread): total 2.46 -> ~1.6 and face 0.55 -> ~0.17 in 60 steps. The
-    # total does not halve within a few dozen steps: the eye term (weight 2, 5-15 pixels at 64 px) stays at its
-    # flat-colour value (~0.69) for ~80 steps, because at initialisation the network's triplane barely depends on
-    # its input (see the report); optimising a triplane directly, the same renderer halves the loss in ~40 steps.
+    # Two triplets, tiny, 80 steps. The loss halves, and the eye term goes below the best flat colour: the network
+    # draws irises and pupils rather than averaging the eye region (measured: total 3.28 -> 1.16, eyes 1.19 -> 0.40
+    # against a flat floor of 0.61). At PyTorch's default initialisation the eye term sat at the flat floor for ~80
+    # steps, because the triplane barely depended on the input (gazegen/models/init.py).
     cfg = config()
     model_cfg = cfg.model_config()
     data = TripletDataset([read_subject(p) for p in store_split(store)["train"]], TripletSizes.for_model(model_cfg),
@@ -48,15 +54,14 @@ def test_a_fixed_batch_is_overfit(store):
     loss_fn = LiveGazeLoss(cfg.loss)
     optimizer = build_optimizer(model, load_config(type(cfg.optim), None, ["lr_encoder=3e-3", "lr_renderer=3e-3", "lr_gaze=3e-3"]))
     first = None
-    for _ in range(60):
+    for _ in range(80):
         terms, grad_norm = forward_backward(model, batch, loss_fn, cfg.optim.grad_clip)
         assert torch.isfinite(grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         first = first or terms
-    assert terms.total.item() <= 0.7 * first.total.item(), (first.scalars(), terms.scalars())
-    assert terms.face.item() <= 0.5 * first.face.item(), (first.scalars(), terms.scalars())
-    assert terms.eyes.item() < first.eyes.item() and terms.depth.item() < first.depth.item()
+    assert terms.total.item() <= 0.5 * first.total.item(), (first.scalars(), terms.scalars())
+    assert terms.eyes.item() <= 0.8 * best_flat_colour_l1(batch.target, batch.eye_mask).item(), terms.scalars()
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(store, tmp_path):

@@ -26,6 +26,7 @@ from torch import nn
 from gazegen.config import ModelConfig
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
+from gazegen.models.init import initialise_from_scratch_
 from gazegen.models.superres import SuperResolution
 from gazegen.models.triplane_head import TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
@@ -97,6 +98,11 @@ class LiveGaze(nn.Module):
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
+        )
+        initialise_from_scratch_(  # variance-preserving (models/init.py); the super-resolution keeps StyleGAN2's
+            [self.high_encoder, self.low_encoder, self.gaze_encoder, self.gaze_fusion, self.triplane_head],
+            self.decoder,
+            keep=(self.gaze_fusion.proj_out,),
         )
 
     def encode(self, image: torch.Tensor) -> SourceFeatures:
