@@ -176,8 +176,9 @@ def _maybe_crash(source_id: str) -> None:
 class RenderActor:
     """Ray Data's callable class: loads the checkpoint once, then renders sources one by one.
 
-    Input batches hold decoded sources (``CARRIED``, ``status``/``stage``/``reason``, ``image``,
-    ``head_pose``, ``gaze_head``, ``gaze_known``); outputs are the records above.
+    Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/synthesis.py;
+    ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
+    ``gaze_known``); outputs are the records above, source after source.
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:

@@ -1,11 +1,14 @@
 """`gazegen synthesize`: faces re-rendered under a gaze x view grid, written as Parquet shards.
 
-The Ray Data graph (one row per pending source, sorted by id, each tagged with its shard)::
+The Ray Data graph (one row per pending source, sorted by id, each tagged with its shard; blocks
+of ``SOURCES_PER_TASK`` = 2 sources from end to end, made on the driver up to
+``MAX_INPUT_BLOCKS`` blocks, split after decoding beyond)::
 
-    from_items ─ decode + crop (CPU tasks, pipelines/inputs.py)
+    from_items ─ decode + crop (CPU tasks, a block each; pipelines/inputs.py)
                ─ RenderActor (actor pool: one per GPU with num_gpus=1, or CPU actors;
                  checkpoint loaded once; per source: encode once, redirect once per gaze,
-                 render all views in batches; pipelines/render_actor.py)
+                 render all views in batches; a block per task, ``TASKS_IN_FLIGHT`` = 2 tasks
+                 queued per actor; pipelines/render_actor.py)
                ─ PNG encoding (CPU tasks)
                ─ driver: ShardRouter -> one ShardWriter per shard (pipelines/shards.py)
 
@@ -19,15 +22,33 @@ rows. The driver's share is small (~0.2 ms per row to route and write, PNGs alre
 a cluster whose GPUs together render thousands of images per second would want writers on
 the workers instead.
 
+Where the time goes (CPU, 2 cores, 1 CPU actor; benchmarks/synthesis.py): the actor holds one
+core with ``default_cpu_threads`` = the cores less one = 1 torch thread (two threads next to the
+decode / PNG / driver work, or any other process, thrash: 3-20x slower); decoding (~3-10 ms a
+source), PNG encoding (0.4-1 ms an image, its three PNGs, at 64-128 px) and the driver's routing and writing run on
+the other core, overlapped with the model. Ray Data dispatches a new actor task 30-110 ms after
+the last one ended, so with one source per task and one task in flight the actor idled 11% of
+the time (demo model, ~0.3 s a source) and a separate repartition step cost a task per decode
+block; with two tasks in flight it is busy > 99.9% of the span. What remains is fixed: ray.init
+(3-8 s), worker processes importing torch and the actor loading the checkpoint (first render
+~8-13 s after ray.init).
+
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete
 shards. Actors are restarted up to ``max_restarts`` times and a batch whose worker died is
-retried up to ``max_task_retries`` times (Ray Data's defaults are unbounded); an actor task holds
-one source and an actor one task at a time, so a dying process takes no other source with it
-(the price: a dispatch gap per source, ~5% of a tiny-model CPU run). A batch that still
-fails is dropped (``max_errored_blocks`` = ``max_lost_sources``); its sources become error rows
-("lost"), unless some of their rows were already written, in which case that shard is left
-incomplete for the next run. Exceptions on one source are caught in the stages: error rows.
+retried up to ``max_task_retries`` times (Ray Data's defaults are unbounded). An actor that dies
+takes its running and its queued task with it, at most ``SOURCES_PER_TASK * TASKS_IN_FLIGHT`` = 4
+sources: both tasks are retried on the restarted actor, and rows that had already arrived come
+again and are dropped by row id. A batch that still fails is dropped (``max_errored_blocks`` =
+``max_lost_sources``); its sources become error rows ("lost"), unless some of their rows were
+already written, in which case that shard is left incomplete for the next run. So a source that
+kills the actor every time is lost with the other source of its task, and possibly with the
+task queued beside it. Beware: such a source also uses up ``max_restarts`` (its 4 attempts are 4
+deaths with the defaults), and Ray Data does not replace an actor that is out of restarts: the
+tasks still to run then fail at once (lost, or the run stops past ``max_lost_sources``). With one
+task in flight Ray Data 2.60 hung there instead. For a pool to outlive one such source,
+``max_restarts`` must be at least ``max_task_retries + 1``. Exceptions on one source are caught
+in the stages: error rows.
 
 Cluster runs (``address``): CKPT and INPUTS must be readable at the same path on every node;
 OUT is written by the driver only (a local path or any pyarrow filesystem URI).
@@ -63,8 +84,9 @@ from pipelines.shards import OutputDir, ShardSpec, ShardStats, ShardWriter, comp
 
 log = logging.getLogger(__name__)
 
-DECODE_BATCH = 4  # sources per decode task
-TASKS_IN_FLIGHT = 1  # sources queued per render actor: 1, so that a dying actor takes no other source with it
+SOURCES_PER_TASK = 2  # sources per decode task and per render actor task (one block from end to end)
+TASKS_IN_FLIGHT = 2  # render tasks queued per actor: the next one is there when the last ends
+MAX_INPUT_BLOCKS = 1000  # blocks made on the driver; beyond, blocks are split after decoding
 ROW_INPUTS = tuple(c for c in ROW_COLUMNS if c not in ("row_id", "checkpoint_hash", "seed"))  # what the stages carry
 
 
@@ -165,6 +187,14 @@ def _items(run: RunPlan, todo: Sequence[ShardSpec]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def default_cpu_threads(actors: int, cpus: int | None = None) -> int:
+    """Torch threads per CPU actor when ``cpu_threads`` is 0: the cores less one (decoding, PNG
+    encoding and the driver need it), shared among the actors; at least 1. On a 2-core machine
+    that is 1: two torch threads next to the other stages (or any other process) thrash, several
+    times slower than one."""
+    return max(1, ((cpus or os.cpu_count() or 1) - 1) // actors)
+
+
 def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0) -> tuple[DecodeSettings, RenderSettings]:
     cfg = run.cfg
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
@@ -182,18 +212,20 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec]) -> Any:
         raise ValueError(f"--num-gpus {cfg.num_gpus}: the Ray cluster has {available} GPUs")
     gpus = available if cfg.num_gpus < 0 else cfg.num_gpus
     actors = gpus or cfg.cpu_actors
-    threads = 0 if gpus else cfg.cpu_threads or max(1, (os.cpu_count() or 1) // actors)
+    threads = 0 if gpus else cfg.cpu_threads or default_cpu_threads(actors)
     decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads)
     items = _items(run, todo)
     env = {k: v for k, v in os.environ.items() if k.startswith("GAZEGEN_")}  # e.g. the fault hook, weights dirs
     retries = {"max_retries": cfg.max_task_retries}
     with warnings.catch_warnings():  # Ray 2.60 deprecates **ray_remote_args but names no bounded-retry option yet
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // DECODE_BATCH, 1000)))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"settings": decode}, batch_size=DECODE_BATCH, num_cpus=1, **retries)
-        ds = ds.repartition(target_num_rows_per_block=1)  # one source per actor task: a crash costs one source
+        blocks = -(-len(items) // SOURCES_PER_TASK)
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(blocks, MAX_INPUT_BLOCKS)))
+        ds = ds.map_batches(decode_batch, fn_kwargs={"settings": decode}, batch_size=SOURCES_PER_TASK, num_cpus=1, **retries)
+        if blocks > MAX_INPUT_BLOCKS:  # a crash must cost at most SOURCES_PER_TASK sources per task
+            ds = ds.repartition(target_num_rows_per_block=SOURCES_PER_TASK)
         ds = ds.map_batches(
-            RenderActor, fn_constructor_kwargs={"checkpoint": run.checkpoint, "settings": render}, batch_size=1,
+            RenderActor, fn_constructor_kwargs={"checkpoint": run.checkpoint, "settings": render}, batch_size=SOURCES_PER_TASK,
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT), num_cpus=1,
             num_gpus=1 if gpus else 0, max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
             runtime_env={"env_vars": env} if env else None,
@@ -410,5 +442,5 @@ def run_synthesis(
                            len(router.closed) if router else 0, written, seconds, written / seconds if seconds else 0.0)  # fmt: skip
 
 
-__all__ = ["IncompleteShardsError", "RunPlan", "ShardRouter", "SynthesisResult", "build_dataset", "load_synth_config",
-           "local_records", "plan_run", "run_synthesis"]  # fmt: skip
+__all__ = ["IncompleteShardsError", "RunPlan", "ShardRouter", "SynthesisResult", "build_dataset", "default_cpu_threads",
+           "load_synth_config", "local_records", "plan_run", "run_synthesis"]  # fmt: skip

@@ -34,7 +34,7 @@ from pipelines.inputs import DecodeSettings, decode_sources, list_sources, renor
 from pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
 from pipelines.render_actor import FAULT_ENV, RenderedSource, encode_records, row_records
 from pipelines.shards import OutputDir
-from pipelines.synthesis import ShardRouter, load_synth_config, local_records, plan_run, run_synthesis
+from pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -138,6 +138,12 @@ def test_renormalise_is_a_zoom_about_the_principal_point():
     same = NormalisationConfig(focal=3200.0, distance_mm=950.0, resolution=128)  # the same camera at 128 px
     assert renormalise(image, source, same).shape == (128, 128, 3)
     np.testing.assert_array_equal(renormalise(image, source, same), cv2.resize(image, (128, 128), interpolation=cv2.INTER_CUBIC))
+
+
+def test_cpu_actors_leave_a_core_to_the_other_stages():
+    """Two torch threads beside decoding, PNG encoding and the driver on 2 cores thrash."""
+    assert [default_cpu_threads(1, 2), default_cpu_threads(1, 1), default_cpu_threads(1, 16), default_cpu_threads(2, 16)] == [1, 1, 15, 7]
+    assert default_cpu_threads(4, 2) == 1
 
 
 # --------------------------------------------------------------------------- the router (no Ray)
