@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO := demo_out
+DEMO ?= demo_out
 DEMO_STEPS ?= 200
 
 .PHONY: setup test demo clean
@@ -27,6 +27,10 @@ demo: setup
 	$(BIN)/gazegen data sheet $(DEMO)/synth $(DEMO)/synth_sheet.png
 	@echo "demo: heads contact sheet $(DEMO)/heads_sheet.png; training run $(DEMO)/run (loss_curve.png, val/);"
 	@echo "      synthesised Parquet shards $(DEMO)/synth (README.md is the dataset card), read back: $(DEMO)/synth_sheet.png"
+	@echo "demo: redirection benchmark of the held-out subject (benchmarks/redirection.py), judged by the reference"
+	@echo "      estimator $(DEMO)/estimator (trained on its own procedural store the first time, then reused)"
+	$(BIN)/python benchmarks/redirection.py --store $(DEMO)/heads --estimator $(DEMO)/estimator --out $(DEMO)/redirection \
+		--checkpoint $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS))
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

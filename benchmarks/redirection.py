@@ -9,13 +9,17 @@ store (the subjects the model was not trained on), three methods on the same pai
 * copy-the-source: the input image as the output (what no redirection at all scores);
 * the ground-truth target: its gaze error is the reference estimator's own error, the floor.
 
-The judge is the reference estimator (train/estimator.py). Without --estimator one is trained
-here on a separate procedural store of --estimator-subjects identities drawn from another seed (so
-none of them is an evaluated subject), at the evaluation store's resolution. Everything is
-procedural: the numbers say how well redirection agrees with an estimator trained on procedural
-heads, on procedural heads; they are not ETH-XGaze numbers, and the paper's rows printed beside
-them (quoted, ETH-XGaze) are context, not a like-for-like comparison. Prints the table; writes
-report.json, report.md and sheet.png to --out.
+The judge is the reference estimator (train/estimator.py) at --estimator. When that folder holds
+no finished estimator, one is trained into it (configs/estimator/demo.toml: about 4 minutes on a
+CPU core) on a separate procedural store of --estimator-subjects identities drawn from another seed
+(so none of them is an evaluated subject), made beside it (ESTIMATOR_heads) at the evaluation
+store's resolution; a later run reuses both. Why not the demo store's own five training subjects:
+an estimator trained on so few faces fits them and judges a new one badly.
+
+Everything is procedural: the numbers say how well redirection agrees with an estimator trained on
+procedural heads, on procedural heads; they are not ETH-XGaze numbers, and the paper's rows printed
+beside them (quoted, ETH-XGaze) are context, not a like-for-like comparison. Prints the table;
+writes report.json, report.md and sheet.png to --out.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.xgaze import open_subject  # noqa: E402
 from gazegen.models.estimator import load_estimator, read_estimator_header  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
-from train.estimator import store_files, train_estimator  # noqa: E402
+from train.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
 from train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, run_evaluation  # noqa: E402
 from train.report import table1, write_report  # noqa: E402
 from train.trainer import latest_checkpoint  # noqa: E402
@@ -53,9 +57,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, help="LiveGaze checkpoint or training run (its newest checkpoint); "
                    "default: an untrained tiny model")
     p.add_argument("--preset", type=Path, default=ROOT / "configs" / "model" / "tiny.toml", help="model without --checkpoint")
-    p.add_argument("--estimator", type=Path, help="reference estimator checkpoint (default: trained here)")
+    p.add_argument("--estimator", type=Path, help="reference estimator checkpoint; trained there when it holds none "
+                   "(default: OUT/estimator)")
     p.add_argument("--estimator-config", type=Path, default=ROOT / "configs" / "estimator" / "demo.toml")
-    p.add_argument("--estimator-subjects", type=int, default=16, help="identities of the estimator's own store")
+    p.add_argument("--estimator-subjects", type=int, default=24, help="identities of the estimator's own store")
     p.add_argument("--estimator-steps", type=int, help="override the estimator config's steps")
     p.add_argument("--out", type=Path, default=ROOT / "demo_out" / "redirection")
     p.add_argument("--group-size", type=int, default=100, help="input / target group size per subject")
@@ -73,16 +78,15 @@ def ensure_store(path: Path) -> Path:
 
 
 def ensure_estimator(args: argparse.Namespace, resolution: int) -> Path:
-    if args.estimator is not None:
-        return args.estimator
-    path = args.out / "estimator"
-    if (path / "config.json").is_file():
+    path = args.estimator or args.out / "estimator"
+    if (path / "config.json").is_file():  # the folder appears by a rename once complete: a finished estimator
         log.info("using the estimator already trained at %s", path)
         return path
     heads = SynthHeadsConfig(subjects=args.estimator_subjects, test_subjects=0, resolution=resolution, gazes=8,
                              seed=ESTIMATOR_SEED)
-    store = args.out / "estimator_heads"
+    store = path.with_name(f"{path.name}_heads")
     if not (store / "train_test_split.json").is_file():
+        log.info("no estimator at %s: making its training store %s (%d identities)", path, store, heads.subjects)
         synthesize_store(store, heads)
     cfg = load_config(EstimatorConfig, args.estimator_config)
     if args.estimator_steps:
@@ -102,6 +106,7 @@ def main() -> None:
         resolution = reader.resolution
     estimator_path = ensure_estimator(args, resolution)
     estimator = load_estimator(estimator_path, device=args.device)
+    check_store_camera(store, "test", estimator.cfg)
     meta = read_estimator_header(estimator_path).get("metadata", {})
     if args.checkpoint is not None:
         if not (args.checkpoint / "config.json").is_file():  # a training run: its newest checkpoint
@@ -131,11 +136,11 @@ def main() -> None:
     start = time.perf_counter()
     report = run_evaluation(store, methods, cfg, estimator=estimator, device=args.device, notes=notes)
     write_report(report, args.out)
-    print("\n".join(table1(report)))
+    for line in notes:  # what to read the table with, then the table (the last thing `make demo` prints)
+        print(f"- {line}")
+    print("\n" + "\n".join(table1(report)))
     print(f"\n{report.methods[0].mean['pairs']} pairs of {len(held_out)} held-out subject(s) in "
           f"{time.perf_counter() - start:.1f} s; report: {args.out / 'report.md'}; sheet: {args.out / 'sheet.png'}")
-    for line in notes:
-        print(f"- {line}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Parquet shards, and its checkpoint round-trips."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from gazegen.checkpoint import CheckpointError
-from gazegen.config import EstimatorConfig, EstimatorNetConfig, RigConfig, SynthHeadsConfig, load_config
+from gazegen.config import (PUBLISHED_NORMALISATIONS, EstimatorConfig, EstimatorNetConfig, EyePatchConfig, RigConfig,
+                            SynthHeadsConfig, load_config)
 from gazegen.data.heads import synthesize_store
-from gazegen.data.xgaze import open_subject
+from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector
 from gazegen.models.estimator import GazeEstimator, load_estimator, save_estimator
 from pipelines import schema
@@ -22,6 +24,7 @@ from train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, st
 
 HEADS = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=32, gazes=4, seed=11, rig=RigConfig(views=6))
 NET = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1))
+NET_EYES = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1), eyes=EyePatchConfig(width=8, pixels=(12, 8)))
 TRAIN = EstimatorConfig(net=NET, steps=150, batch_size=16, lr=5e-3, warmup_steps=5, flip=False, shuffle_buffer=64,
                         log_every=1000, seed=0)
 
@@ -70,11 +73,12 @@ def best_constant_error(labels: np.ndarray) -> float:
     return min(float(angular_error(np.tile(c, (len(labels), 1)), labels).mean()) for c in (mean_angles, mean_direction))
 
 
-@pytest.mark.parametrize("source", ["store", "parquet"])
-def test_learns_well_below_the_constant_baseline(source, store, shards, tmp_path):
+@pytest.mark.parametrize(("source", "net"), [("store", NET), ("parquet", NET), ("store", NET_EYES)],
+                         ids=["store", "parquet", "store-eyes"])
+def test_learns_well_below_the_constant_baseline(source, net, store, shards, tmp_path):
     gaze, head = train_labels(store)
     data = store if source == "store" else shards
-    result = train_estimator(data, tmp_path / "est", TRAIN)
+    result = train_estimator(data, tmp_path / "est", dataclasses.replace(TRAIN, net=net))
     ev = result.train_eval
     assert ev.images == len(gaze) == 48
     # the report's constant baseline is exactly the mean-label prediction
@@ -91,13 +95,13 @@ def test_learns_well_below_the_constant_baseline(source, store, shards, tmp_path
 
 def test_checkpoint_round_trip(store, tmp_path):
     torch.manual_seed(0)
-    model = GazeEstimator(NET)
+    model = GazeEstimator(NET_EYES)
     for p in model.parameters():  # non-trivial weights (the head starts at zero)
         p.data.normal_(0, 0.1)
     model.eval()
     save_estimator(tmp_path / "ckpt", model, metadata={"note": "test"})
     loaded = load_estimator(tmp_path / "ckpt")
-    assert loaded.cfg == NET and not loaded.training
+    assert loaded.cfg == NET_EYES and not loaded.training
     x = torch.rand(3, 3, 48, 48) * 2 - 1  # resized to 32 inside
     a, b = model(x), loaded(x)
     assert torch.equal(a.gaze, b.gaze) and torch.equal(a.head_pose, b.head_pose)
@@ -111,6 +115,26 @@ def test_checkpoint_round_trip(store, tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match="GazeEstimator"):
         load_estimator(tmp_path / "ckpt")
+
+
+def test_eye_patches_are_placed_by_a_detached_head_pose():
+    """The crop positions are not trained through: a gaze loss gives the head-pose layer no gradient,
+    while the eye branch and the face trunk (through the gaze layer) get one."""
+    torch.manual_seed(0)
+    model = GazeEstimator(NET_EYES)
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    model(torch.rand(2, 3, 32, 32) * 2 - 1).gaze.square().sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.head_pose.parameters())
+    assert all(p.grad is not None and p.grad.any() for p in (model.eyes.stem[0].weight, model.face.stem[0].weight))
+
+
+def test_eye_branch_refuses_a_store_of_another_camera(store, tmp_path):
+    """Eye patches are placed for one normalised camera: a store taken with another is an error naming its file."""
+    eyes = dataclasses.replace(NET_EYES.eyes, normalisation=PUBLISHED_NORMALISATIONS["xgaze224"])
+    cfg = dataclasses.replace(TRAIN, net=dataclasses.replace(NET_EYES, eyes=eyes))
+    with pytest.raises(DataError, match=r"subject0000\.h5: normalised camera"):
+        train_estimator(store, tmp_path / "est", cfg)
 
 
 def test_store_dataset_yields_every_row_once(store):
@@ -136,4 +160,6 @@ def test_default_preset_loads():
     cfg = load_config(EstimatorConfig, Path(__file__).resolve().parents[1] / "configs" / "estimator" / "default.toml")
     assert cfg == EstimatorConfig()
     demo = load_config(EstimatorConfig, Path(__file__).resolve().parents[1] / "configs" / "estimator" / "demo.toml")
-    assert demo.net.stem_pool and demo.steps < cfg.steps
+    assert demo.steps < cfg.steps and demo.net.eyes.width > 0 and cfg.net.eyes.width == 0
+    # the demo judge's eye patches are placed for the camera of the procedural heads it judges
+    assert demo.net.eyes.normalisation == SynthHeadsConfig().normalisation

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gazegen.config import EstimatorConfig, to_dict
+from gazegen.config import EstimatorConfig, EstimatorNetConfig, to_dict
 from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
@@ -131,12 +131,37 @@ class StoreGazeDataset(IterableDataset):
         yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, worker, 1]))
 
 
-def open_gaze_data(data: str | Path, *, split: str | None = None, resolution: int | None = None,
+def check_store_camera(data: str | Path, split: str | None, net: EstimatorNetConfig) -> None:
+    """DataError naming the first h5 file of ``data``'s ``split`` whose normalised camera is not the one
+    ``net``'s eye patches are placed for: the same field of view (focal / resolution) and distance
+    (any image size: images are resized). Nothing to check without an eye branch, or on Parquet
+    shards (they record no normalisation)."""
+    if not net.eyes.width or is_parquet(data):
+        return
+    want = net.eyes.normalisation
+    for path in store_files(data, split):
+        with open_subject(path) as reader:
+            got = reader.normalisation
+        if not (math.isclose(got.focal / got.resolution, want.focal / want.resolution, rel_tol=1e-4)
+                and math.isclose(got.distance_mm, want.distance_mm, rel_tol=1e-4)):
+            raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, "
+                            f"{got.distance_mm:g} mm; the estimator's eye patches are placed for focal {want.focal:g} "
+                            f"px at {want.resolution} px, {want.distance_mm:g} mm (EstimatorNetConfig.eyes.normalisation)")
+
+
+def open_gaze_data(data: str | Path, *, split: str | None = None, net: EstimatorNetConfig | None = None,
                    shuffle_buffer: int = 0, seed: int = 0) -> IterableDataset:
-    """A dataset of ``image`` / ``gaze`` / ``head_pose`` dicts from a store, h5 files or Parquet shards."""
+    """A dataset of ``image`` / ``gaze`` / ``head_pose`` dicts from a store, h5 files or Parquet shards.
+
+    ``net``: the estimator the data is for: store images are resized to its resolution as they are
+    read, and their camera is checked (``check_store_camera``).
+    """
     if is_parquet(data):
         return GazeParquetDataset(str(data), shuffle_buffer=shuffle_buffer, seed=seed)
-    return StoreGazeDataset(store_files(data, split), resolution=resolution, shuffle_buffer=shuffle_buffer, seed=seed)
+    if net is not None:
+        check_store_camera(data, split, net)
+    return StoreGazeDataset(store_files(data, split), resolution=net.resolution if net is not None else None,
+                            shuffle_buffer=shuffle_buffer, seed=seed)
 
 
 def _has_split(data: str | Path, split: str) -> bool:
@@ -224,7 +249,7 @@ def evaluate_estimator(checkpoint: str | Path, data: str | Path, *, split: str =
     ``split`` applies to stores with a train_test_split.json; other sources are read whole.
     """
     model = load_estimator(checkpoint, device=device)
-    dataset = open_gaze_data(data, split=split, resolution=model.cfg.resolution)
+    dataset = open_gaze_data(data, split=split, net=model.cfg)
     return error_report(predict(model, _batches(dataset, batch_size, 0), device, max_images), str(data))
 
 
@@ -272,8 +297,7 @@ def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, 
     """
     torch.manual_seed(cfg.seed)
     model = (model or GazeEstimator(cfg.net)).to(device).train()
-    res = cfg.net.resolution
-    dataset = open_gaze_data(data, split=cfg.split, resolution=res, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    dataset = open_gaze_data(data, split=cfg.split, net=cfg.net, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -296,12 +320,12 @@ def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, 
                      running, loss_gaze.item(), schedule.get_last_lr()[0], time.monotonic() - start)
     seconds = time.monotonic() - start
     model.eval()
-    train_set = open_gaze_data(data, split=cfg.split, resolution=res)
+    train_set = open_gaze_data(data, split=cfg.split, net=cfg.net)
     train_eval = error_report(predict(model, _batches(train_set, 64, 0), device, cfg.eval_images), f"{data} ({cfg.split})")
     test_eval = None
     if eval_data is not None or _has_split(data, cfg.eval_split):
         source, split = (eval_data, cfg.eval_split) if eval_data is not None else (data, cfg.eval_split)
-        test_set = open_gaze_data(source, split=split, resolution=res)
+        test_set = open_gaze_data(source, split=split, net=cfg.net)
         test_eval = error_report(predict(model, _batches(test_set, 64, 0), device, cfg.eval_images),
                                  f"{source} ({split})" if not is_parquet(source) else str(source))
     metadata = {"data": str(data), "train": to_dict(cfg), "steps": cfg.steps, "seconds": round(seconds, 2),

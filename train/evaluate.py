@@ -316,6 +316,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     """
     from gazegen.checkpoint import load_checkpoint
     from gazegen.models.estimator import load_estimator, read_estimator_header
+    from train.estimator import check_store_camera
 
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
@@ -325,6 +326,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     if cfg.baselines:
         methods += [CopySource(), GroundTruthTarget()]
     judge = load_estimator(estimator, device=device) if estimator is not None else None
+    if judge is not None:  # an eye branch places its patches for one normalised camera: the store's must be it
+        check_store_camera(data, cfg.split, judge.cfg)
     notes = [f"checkpoint: {checkpoint}", f"estimator: {estimator or 'none'}",
              "fine-tuning: " + (f"{cfg.finetune_epochs} epochs on each input group" if cfg.finetune else "none")]
     if estimator is not None:  # what the judge was trained on, and how good it is there: read the errors against it

@@ -14,7 +14,7 @@ Where each concept lives (everything is re-exported here: ``from gazegen.config 
 - ``model``: LiveGaze's network (ModelConfig) and its neural renderer (RenderConfig).
 - ``training``: `gazegen train` / `gazegen finetune` (TrainConfig, LossConfig, OptimConfig,
   TrainDataConfig, DepthPriorConfig, FinetuneConfig, DEPTH_PRIOR_KINDS, LR_DECAYS).
-- ``evaluation``: the reference gaze estimator (EstimatorNetConfig, EstimatorConfig) and
+- ``evaluation``: the reference gaze estimator (EstimatorNetConfig, EyePatchConfig, EstimatorConfig) and
   `gazegen evaluate` (EvaluateConfig).
 - ``synth``: `gazegen synthesize` (SynthConfig).
 """
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, GazeRangeConfig, NormalisationConfig, RigConfig,
                                    SynthHeadsConfig)
-from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig
+from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig, EyePatchConfig
 from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, load_config, resolve_preset, to_dict
 from gazegen.config.model import ModelConfig, RenderConfig
 from gazegen.config.synth import SynthConfig
@@ -61,6 +61,7 @@ __all__ = [
     "EstimatorConfig",
     "EstimatorNetConfig",
     "EvaluateConfig",
+    "EyePatchConfig",
     # synth
     "SynthConfig",
 ]

@@ -5,10 +5,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gazegen.config.camera import NormalisationConfig
 from gazegen.config.loader import ConfigError, _build, bounded
 
 
 # --------------------------------------------------------------------------- reference gaze estimator
+
+
+@dataclass(frozen=True)
+class EyePatchConfig:
+    """The estimator's eye branch: two eye patches cut where the head pose puts the eyes.
+
+    In the images' normalised camera (`normalisation`: its focal length over its resolution is the
+    field of view, the same at every image size) the head-fixed points
+    (+-half_spacing_mm, above_centre_mm, forward_mm) of the head's world frame (x to the subject's
+    left, y up, z out of the face, origin the face centre) are projected with the predicted head
+    pose; a `window_mm` (width, height) window at each point's depth is sampled to `pixels`
+    (gazegen/models/eye_patches.py). The defaults fit the procedural heads of `gazegen data
+    synth-heads` (gazegen/data/head_model.py: eyeball centres 29-34 mm either side of the face
+    centre, the eye openings 13-15 mm in front of them and up to 27 mm wide) in its camera, LiveGaze's
+    512 px normalisation. ETH-XGaze's face centre lies between the eyes and the nose: there the
+    eyes are above it (`above_centre_mm`), and the camera is another (PUBLISHED_NORMALISATIONS).
+    """
+
+    width: int = bounded(0, 0, 1024)  # channels of the eye branch's first stage (0: no eye branch)
+    blocks: tuple[int, ...] = (1, 1, 1)  # residual blocks per stage of the eye branch (stride 1 stem)
+    pixels: tuple[int, int] = (24, 16)  # patch width, height in pixels
+    window_mm: tuple[float, float] = (36.0, 24.0)  # patch width, height in millimetres at the eye
+    half_spacing_mm: float = bounded(31.5, 0.0)  # eye centre to the face centre, sideways
+    above_centre_mm: float = 0.0  # eye centre above the face centre
+    forward_mm: float = bounded(13.0, 0.0)  # eye centre in front of the face centre (the opening, not the eyeball's centre)
+    normalisation: NormalisationConfig = NormalisationConfig()  # the images' normalised camera
+
+    def __post_init__(self) -> None:
+        if self.width and (not self.blocks or min(self.blocks) < 1):
+            raise ConfigError(f"eyes.blocks {self.blocks}: at least one stage, each with >= 1 block")
+        if min(self.pixels) < 4 or min(self.window_mm) <= 0:
+            raise ConfigError(f"eyes: pixels {self.pixels} must be >= 4 and window_mm {self.window_mm} > 0")
 
 
 @dataclass(frozen=True)
@@ -18,20 +51,23 @@ class EstimatorNetConfig:
     Images of any size are resized (antialiased) to `resolution`; a 3x3 stride-2 stem of `width`
     channels (and a 3x3 stride-2 max-pool with `stem_pool`, as ResNet's), then one stage per entry
     of `blocks` (stage i: width * 2^i channels, stride 2 from the second stage on), global average
-    pooling, and a linear head to gaze and head pose.
+    pooling, a linear layer to the head pose. Gaze: a linear layer on those face features and,
+    with `eyes.width`, on the features of the eye branch's two patches (`EyePatchConfig`).
     """
 
     resolution: int = bounded(96, 16, 1024)  # input side in pixels
     width: int = bounded(32, 4, 1024)  # channels of the stem and of the first stage
     stem_pool: bool = False  # max-pool after the stem: the stages cost at 2S what they cost at S without it
     blocks: tuple[int, ...] = (2, 2, 2, 2)  # residual blocks per stage (ResNet-18's layout at width 32)
-    norm_groups: int = bounded(8, 1, 64)  # GroupNorm groups (independent of the batch size); divides width
+    norm_groups: int = bounded(8, 1, 64)  # GroupNorm groups (independent of the batch size); divides the widths
+    eyes: EyePatchConfig = EyePatchConfig()  # the eye branch (off: eyes.width = 0)
 
     def __post_init__(self) -> None:
         if not self.blocks or min(self.blocks) < 1:
             raise ConfigError(f"blocks {self.blocks}: at least one stage, each with >= 1 block")
-        if self.width % self.norm_groups:
-            raise ConfigError(f"width {self.width} is not a multiple of norm_groups {self.norm_groups}")
+        for name, width in (("width", self.width), ("eyes.width", self.eyes.width)):
+            if width % self.norm_groups:
+                raise ConfigError(f"{name} {width} is not a multiple of norm_groups {self.norm_groups}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EstimatorNetConfig:
