@@ -25,7 +25,8 @@ demo: setup
 	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
 		--config configs/synth/demo.toml --sample 4
 	$(BIN)/gazegen data sheet $(DEMO)/synth $(DEMO)/synth_sheet.png
-	@echo "demo: heads contact sheet $(DEMO)/heads_sheet.png; training run $(DEMO)/run (loss_curve.png, val/);"
+	@echo "demo: heads contact sheet $(DEMO)/heads_sheet.png; training run $(DEMO)/run: loss curve $(DEMO)/run/loss_curve.png,"
+	@echo "      validation grid (source, target, prediction, depth) $(DEMO)/run/val/step_$(shell printf %07d $(DEMO_STEPS)).png;"
 	@echo "      synthesised Parquet shards $(DEMO)/synth (README.md is the dataset card), read back: $(DEMO)/synth_sheet.png"
 	@echo "demo: redirection benchmark of the held-out subject (benchmarks/redirection.py), judged by the reference"
 	@echo "      estimator $(DEMO)/estimator (trained on its own procedural store the first time, then reused)"
