@@ -47,8 +47,9 @@ task queued beside it. Beware: such a source also uses up ``max_restarts`` (its 
 deaths with the defaults), and Ray Data does not replace an actor that is out of restarts: the
 tasks still to run then fail at once (lost, or the run stops past ``max_lost_sources``). With one
 task in flight Ray Data 2.60 hung there instead. For a pool to outlive one such source,
-``max_restarts`` must be at least ``max_task_retries + 1``. Exceptions on one source are caught
-in the stages: error rows.
+``max_restarts`` must be at least ``max_task_retries + 1``; the default, 40 =
+(``max_task_retries`` + 1) x ``max_lost_sources``, outlives every batch the run may lose.
+Exceptions on one source are caught in the stages: error rows.
 
 Cluster runs (``address``): CKPT and INPUTS must be readable at the same path on every node;
 OUT is written by the driver only (a local path or any pyarrow filesystem URI).
