@@ -21,6 +21,7 @@ test: setup
 demo: setup
 	$(BIN)/gazegen data synth-heads $(DEMO)/heads --subjects 6 --resolution 128 --gazes 8
 	$(BIN)/gazegen data inspect $(DEMO)/heads --sheet $(DEMO)/heads_sheet.png
+	rm -rf $(DEMO)/run $(DEMO)/synth  # a fresh run each time; the heads are remade identically, the estimator is reused
 	$(BIN)/gazegen train --config configs/train/demo.toml --data $(DEMO)/heads --out $(DEMO)/run --max-steps $(DEMO_STEPS)
 	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
 		--config configs/synth/demo.toml --sample 4
