@@ -125,10 +125,10 @@ def main() -> None:
         f"checkpoint: {args.checkpoint or 'none: an untrained model with random weights (no trained checkpoint given)'}",
         f"evaluated subjects (the store's test split, held out from training): {', '.join(held_out)}",
         f"estimator: {estimator_path}, trained on {meta.get('data', '?')} (procedural heads, other identities); "
-        f"its error on the evaluated subjects' images: gaze {test_eval.get('gaze_error', float('nan')):.2f} deg, "
+        f"its error when trained, on {test_eval.get('data') or '?'}: gaze {test_eval.get('gaze_error', float('nan')):.2f} deg, "
         f"head {test_eval.get('head_error', float('nan')):.2f} deg "
         f"(constant-prediction baseline: {test_eval.get('constant_gaze_error', float('nan')):.2f} / "
-        f"{test_eval.get('constant_head_error', float('nan')):.2f} deg)",
+        f"{test_eval.get('constant_head_error', float('nan')):.2f} deg); on the evaluated subjects: the floor row",
         "PROCEDURAL DATA: the estimator is trained on procedural heads and judges procedural heads; these numbers "
         "are not ETH-XGaze results and do not compare like for like with the paper's quoted rows.",
     ]
