@@ -321,3 +321,39 @@ def test_parallel_eyes_each_point_along_the_label(tmp_path):
                 axis = eye_axis_from_pixels(sample, pixels, eyes.centres[e], eyes.radius)
                 errors.append(g.angular_error(axis * np.array(g.FLIP), sample["pitchyaw_head"].astype(np.float64)))
     assert len(errors) >= 4 and max(errors) < 0.5, errors
+
+
+def test_two_gazes_from_one_camera_differ_only_at_the_eyes_and_eyelids(zoom):
+    """Lighting and background belong to the subject: another gaze changes the eyeballs and the lids over them only.
+
+    The lids follow the gaze (head_model.lid_circles), so the allowed region is every pixel within
+    EYELID_MM (lid thickness plus its travel) of a visible eyeball in either image.
+    """
+    import cv2
+
+    EYELID_MM = 6.0
+    norm = ZOOM.camera
+    px_per_mm = norm.focal / norm.distance_mm  # at the face centre's depth
+    images, cams, frames = zoom["face_patch"], zoom["cam_index"][:, 0], zoom["frame_index"][:, 0]
+    eyes = (zoom["left_eye_mask"] > 0) | (zoom["right_eye_mask"] > 0)
+    for cam in np.unique(cams):
+        rows = np.flatnonzero(cams == cam)
+        for a, b in zip(rows[:-1], rows[1:]):
+            assert frames[a] != frames[b]
+            changed = (images[a] != images[b]).any(-1)  # (H, W)
+            assert changed.any(), f"camera {cam}: another gaze left the image unchanged"
+            not_eye = (~(eyes[a] | eyes[b])).astype(np.uint8)
+            distance_mm = cv2.distanceTransform(not_eye, cv2.DIST_L2, 5) / px_per_mm  # to the nearest eyeball pixel
+            far = changed & (distance_mm > EYELID_MM)
+            assert not far.any(), f"camera {cam}: {far.sum()} pixels changed more than {EYELID_MM} mm from the eyes"
+            assert (~changed).mean() > 0.95  # the rest of the image (face, hair, background) is untouched
+
+
+def test_many_gazes_per_subject_and_configurable_view_ranges(tmp_path):
+    cfg = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=16, gazes=64, seed=1,
+                           rig=RigConfig(views=3, max_yaw_deg=20.0, max_pitch_deg=10.0))
+    data = read(synthesize_store(tmp_path / "s", cfg, workers=1) / "train" / "subject0000.h5")
+    assert len(np.unique(data["pitchyaw_head"], axis=0)) == 64
+    pose = np.degrees(data["face_head_pose"])
+    assert np.abs(pose[:, 0]).max() <= 10.0 + 1e-4 and np.abs(pose[:, 1]).max() <= 20.0 + 1e-4
+    assert np.abs(pose[:, 1]).max() > 19.0  # the rig reaches the configured yaw

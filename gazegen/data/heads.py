@@ -2,8 +2,11 @@
 
 Subject i draws everything from a generator seeded by ``(cfg.seed, i)`` only (its identity from
 one child stream, its frames from another), so a file depends neither on ``cfg.subjects`` nor on
-the order subjects are made in. Each subject has ``cfg.gazes`` frames; a frame is one gaze target
-and one lighting, shared by every camera of the rig.
+the order subjects are made in. Each subject has ``cfg.gazes`` frames; a frame is one gaze target,
+seen by every camera of the rig. Lighting and background are drawn once per subject: within a subject
+two images differ only by gaze (inside the eye openings) and camera, so a model conditioned on the
+gaze cannot use it as a code for the frame's lighting (a per-frame lighting, with few gazes, taught
+exactly that).
 
 Labels (conventions of gazegen/geometry.py; geometry of gazegen/data/head_model.py, in mm):
   gaze_head  pitch/yaw of the direction from the face centre (world origin, midway between the
@@ -57,7 +60,7 @@ class Frames:
     gaze_head: np.ndarray  # (G, 2) float64 pitch/yaw radians, head frame
     target: np.ndarray  # (G, 3) float64 mm, world frame: the point both eyes look at
     axes: np.ndarray  # (G, 2, 3) float64 optical axes of the left and right eye, world
-    light: Lighting
+    light: Lighting  # one lighting (batch 1), shared by the G frames
 
 
 @dataclass(frozen=True)
@@ -144,23 +147,28 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     )
 
 
+def sample_lighting(rng: np.random.Generator) -> Lighting:
+    """One light and background (a subject's, shared by all its frames and cameras)."""
+    azimuth, elevation = rng.uniform(-1.0, 1.0), rng.uniform(-0.3, 0.9)
+    direction = np.array([math.sin(azimuth) * math.cos(elevation), math.sin(elevation), math.cos(azimuth) * math.cos(elevation)])
+    warm = rng.uniform(-0.05, 0.1)
+    return Lighting(
+        direction=torch.from_numpy(direction[None]), ambient=torch.tensor([rng.uniform(0.35, 0.55)], dtype=torch.float64),
+        diffuse=torch.tensor([rng.uniform(0.45, 0.8)], dtype=torch.float64),
+        tint=torch.tensor([[1.0, 1 - 0.5 * warm, 1 - warm]], dtype=torch.float64),
+        background=torch.from_numpy(rng.uniform(0.1, 0.9, (1, 2, 3))),
+    )
+
+
 def sample_frames(rng: np.random.Generator, identity: Identity, gaze: GazeRangeConfig, count: int) -> Frames:
-    """``count`` gaze targets and lightings (see the module docstring for the label)."""
+    """``count`` gaze targets and the subject's lighting (see the module docstring for the label)."""
     pitch = rng.uniform(-1, 1, count) * math.radians(gaze.max_pitch_deg)
     yaw = rng.uniform(-1, 1, count) * math.radians(gaze.max_yaw_deg)
     distance = rng.uniform(*gaze.target_mm, count)
     gaze_head = np.stack([pitch, yaw], -1)
     target = distance[:, None] * geometry.pitchyaw_to_vector(gaze_head) * np.array(geometry.FLIP)  # head -> world
-    azimuth, elevation = rng.uniform(-1.0, 1.0, count), rng.uniform(-0.3, 0.9, count)
-    direction = np.stack([np.sin(azimuth) * np.cos(elevation), np.sin(elevation), np.cos(azimuth) * np.cos(elevation)], -1)
-    warm = rng.uniform(-0.05, 0.1, count)
-    light = Lighting(
-        direction=torch.from_numpy(direction), ambient=torch.from_numpy(rng.uniform(0.35, 0.55, count)),
-        diffuse=torch.from_numpy(rng.uniform(0.45, 0.8, count)),
-        tint=torch.from_numpy(np.stack([np.ones(count), 1 - 0.5 * warm, 1 - warm], -1)),
-        background=torch.from_numpy(rng.uniform(0.1, 0.9, (count, 2, 3))),
-    )
-    return Frames(gaze_head=gaze_head, target=target, axes=eye_axes(identity, target, gaze.converge), light=light)
+    return Frames(gaze_head=gaze_head, target=target, axes=eye_axes(identity, target, gaze.converge),
+                  light=sample_lighting(rng))
 
 
 def subject_plan(cfg: SynthHeadsConfig, index: int) -> SubjectPlan:
@@ -202,8 +210,9 @@ def render_subject(plan: SubjectPlan, cfg: SynthHeadsConfig, progress: tqdm | No
     chunk = max(1, PIXELS_PER_CHUNK // (len(views) * norm.resolution**2))
     for start in range(0, len(frames.gaze_head), chunk):
         sel = slice(start, start + chunk)
-        light = Lighting(**{f.name: getattr(frames.light, f.name)[sel] for f in dataclasses.fields(Lighting)})
         axes = torch.from_numpy(frames.axes[sel])
+        light = Lighting(**{f.name: getattr(frames.light, f.name).expand(len(axes), *getattr(frames.light, f.name).shape[1:])
+                            for f in dataclasses.fields(Lighting)})
         renders = [shade_frames(plan.identity, view, axes, light) for view in views]
         gaze = geometry.gaze_head_to_camera(frames.gaze_head[sel][:, None], rotations[None])  # (g, V, 2)
         images = [r.image_uint8().numpy() for r in renders]  # (g, H, W, 3) per view
