@@ -38,7 +38,8 @@ class ModelConfig:
     """LiveGaze's network (paper section 3.2, Fig. 2); the defaults are the `base` preset, Live3D's sizes.
 
     Image side S -> E_h and E_l features at S/2 = the triplane side (`render.plane_resolution`);
-    E_tri's output channels are 3 * `render.plane_channels`. Live3D's layout (as reproduced by
+    E_tri's output channels are 3 * `render.plane_channels` (read as the planes), or `lift_channels`
+    lifted onto the planes through the source camera when `lift_samples` > 0. Live3D's layout (as reproduced by
     Live3DPortrait) is described in gazegen/models/*.py and mapped in gazegen/checkpoint.py.
     """
 
@@ -73,6 +74,10 @@ class ModelConfig:
     tri_heads: int = bounded(2, 1, 64)  # attention heads in E_tri
     tri_sr_ratio: int = bounded(2, 1, 16)  # spatial reduction of keys/values in E_tri's attention
     mlp_ratio: float = bounded(2.0, 0.25, 16.0)  # hidden width / width of every Mix-FFN
+    # plane lifting (gazegen/models/plane_lifting.py): a from-scratch option, off for Live3D's layout
+    lift_samples: int = bounded(0, 0, 64)  # 0: E_tri's output is read as the 3 planes (Live3D); K: lifted through the source camera, K reads per texel
+    lift_channels: int = bounded(16, 1, 1024)  # with lifting: channels of E_tri's image-aligned output
+    lift_hidden: int = bounded(32, 1, 4096)  # with lifting: width of each plane's mixing convs
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
     style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)

@@ -5,12 +5,13 @@
 
 Three stages, so that a synthesis grid pays for each only as often as it must:
 
-* ``encode(image)``: once per source image -> ``SourceFeatures`` (F_h, F_geo);
+* ``encode(image, camera)``: once per source image -> ``SourceFeatures`` (F_h, F_geo; the source
+  camera, needed by models that lift E_tri's output through it, ``ModelConfig.lift_samples``);
 * ``redirect(features, gaze_head)``: once per gaze -> triplane T_g (B, 3, C, P, P);
 * ``render(triplane, cameras)``: once per view; a triplane of batch 1 serves any number of
   cameras -> ``LiveGazeOutput``.
 
-``forward(image, gaze_head, cameras)`` chains the three. Conventions (DESIGN.md): images are
+``forward(image, gaze_head, cameras, source_camera)`` chains the three. Conventions (DESIGN.md): images are
 float NCHW RGB in [-1, 1]; ``gaze_head`` is (B, 2) pitch/yaw radians in the head frame;
 cameras are EG3D's (B, 25); depth is z-depth in world units. The renderer (EG3D's, in
 gazegen/rendering/) is stateless apart from the decoder MLP held here.
@@ -27,10 +28,12 @@ from gazegen.config import ModelConfig
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
+from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.superres import SuperResolution
 from gazegen.models.triplane_head import TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
 from gazegen.rendering.renderer import render_triplane
+from gazegen.rendering.triplane import plane_axes
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class SourceFeatures:
 
     high: torch.Tensor  # (B, C_h, P, P) F_h, E_h's appearance features
     geometry: torch.Tensor  # (B, C_geo, P, P) F_geo, E_l's geometry features
+    camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
 
 
 @dataclass(frozen=True)
@@ -93,24 +97,39 @@ class LiveGaze(nn.Module):
             heads=cfg.tri_heads,
             mlp_ratio=cfg.mlp_ratio,
             sr_ratio=cfg.tri_sr_ratio,
-            plane_channels=cfg.render.plane_channels,
+            out_channels=cfg.lift_channels if cfg.lift_samples else 3 * cfg.render.plane_channels,
+        )
+        r = cfg.render
+        self.lifting = (
+            PlaneLifting(cfg.lift_channels, cfg.lift_samples, cfg.lift_hidden, r.plane_channels, r.plane_resolution,
+                         r.box_warp, plane_axes(cfg.eg3d_plane_axes))
+            if cfg.lift_samples else None
         )
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
         )
         initialise_from_scratch_(  # variance-preserving (models/init.py); the super-resolution keeps StyleGAN2's
-            [self.high_encoder, self.low_encoder, self.gaze_encoder, self.gaze_fusion, self.triplane_head],
+            [self.high_encoder, self.low_encoder, self.gaze_encoder, self.gaze_fusion, self.triplane_head,
+             *([self.lifting] if self.lifting is not None else [])],
             self.decoder,
             keep=(self.gaze_fusion.proj_out,),
         )
 
-    def encode(self, image: torch.Tensor) -> SourceFeatures:
-        """Source images (B, 3, S_in, S_in) in [-1, 1] -> F_h and F_geo, each (B, C, S_in/2, S_in/2)."""
+    def encode(self, image: torch.Tensor, camera: torch.Tensor | None = None) -> SourceFeatures:
+        """Source images (B, 3, S_in, S_in) in [-1, 1] -> F_h and F_geo, each (B, C, S_in/2, S_in/2).
+
+        ``camera`` (B, 25): the source images' cameras, required when the model lifts through them.
+        """
         s = self.cfg.image_resolution
         _check_shape("image", image, (None, 3, s, s))
+        if self.lifting is not None:
+            if camera is None:
+                raise ValueError("this model lifts its triplane through the source camera (lift_samples > 0): "
+                                 "pass the source images' cameras (B, 25) to encode")
+            _check_shape("source camera", camera, (image.shape[0], 25))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
-        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x))
+        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x), camera=camera)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -120,8 +139,12 @@ class LiveGaze(nn.Module):
         _check_shape("gaze_head", gaze_head, (None, 2))
         tokens = self.gaze_encoder(gaze_head)  # (B, K, C_h)
         appearance = self.gaze_fusion(features.high, tokens)  # (B, C_h, P, P) F_app
-        geometry = features.geometry.expand(appearance.shape[0], -1, -1, -1)  # (B, C_geo, P, P)
-        return self.triplane_head(appearance, geometry)
+        b = appearance.shape[0]
+        geometry = features.geometry.expand(b, -1, -1, -1)  # (B, C_geo, P, P)
+        out = self.triplane_head(appearance, geometry)  # (B, C_out, P, P)
+        if self.lifting is not None:
+            return self.lifting(out, features.camera.expand(b, -1))  # (B, 3, C_plane, P, P)
+        return out.reshape(b, 3, self.cfg.render.plane_channels, *out.shape[-2:])  # Live3D: read plane-major
 
     def render(
         self, triplane: torch.Tensor, cameras: torch.Tensor, *, generator: torch.Generator | None = None
@@ -153,10 +176,11 @@ class LiveGaze(nn.Module):
         image: torch.Tensor,
         gaze_head: torch.Tensor,
         cameras: torch.Tensor,
+        source_camera: torch.Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
     ) -> LiveGazeOutput:
-        """Source images (B, 3, S, S), gazes (B, 2) and cameras (B, 25) -> the redirected views (Fig. 2)."""
-        features = self.encode(image)  # E_h(I_s), E_l(I_s)
+        """Source images (B, 3, S, S) seen by ``source_camera`` (B, 25), gazes (B, 2), cameras (B, 25) -> the views (Fig. 2)."""
+        features = self.encode(image, source_camera)  # E_h(I_s), E_l(I_s)
         triplane = self.redirect(features, gaze_head)  # E_tri(CrossAttention(F_h, E_g(g)), F_geo)
         return self.render(triplane, cameras, generator=generator)  # G(T_g, c) and super-resolution

@@ -6,12 +6,11 @@
                                                 (B, embed, P/2, P/2)
       -> PixelShuffle(2)                        (B, embed/4, P, P)
       -> concat F_geo again, 3 convs with LeakyReLU, a last conv               ``output_net``
-                                                (B, 3 * C_plane, P, P)
-      -> read as 3 planes                       (B, 3, C_plane, P, P)
+                                                (B, C_out, P, P)
 
-The channel axis of the last conv splits plane-major into 3 planes of C_plane channels: EG3D's
-``planes.view(B, 3, 32, H, W)`` of its 96-channel backbone output, which Live3D's decoder
-produces directly. Live3D: convs 256 and 128, one block of width 1024 with 2 heads, MLP ratio 2
+Live3D reads the output (C_out = 3 * C_plane) plane-major as 3 planes of C_plane channels: EG3D's
+``planes.view(B, 3, 32, H, W)`` of its 96-channel backbone output (LiveGaze.redirect); with plane
+lifting it is an image-aligned map that models/plane_lifting.py carries onto the planes. Live3D: convs 256 and 128, one block of width 1024 with 2 heads, MLP ratio 2
 and spatial reduction 2 at 128^2 tokens.
 """
 
@@ -26,7 +25,7 @@ from gazegen.models.encoders import LEAKY_SLOPE
 
 
 class TriplaneHead(nn.Module):
-    """E_tri: F_app (B, C_h, P, P) and F_geo (B, C_geo, P, P) -> triplane (B, 3, C_plane, P, P)."""
+    """E_tri: F_app (B, C_h, P, P) and F_geo (B, C_geo, P, P) -> (B, C_out, P, P)."""
 
     def __init__(
         self,
@@ -38,11 +37,10 @@ class TriplaneHead(nn.Module):
         heads: int,
         mlp_ratio: float,
         sr_ratio: int,
-        plane_channels: int,
+        out_channels: int,
     ) -> None:
         super().__init__()
         c0, c1 = channels
-        self.plane_channels = plane_channels
         self.net = nn.Sequential(
             nn.Conv2d(high_channels + geo_channels, c0, 3, padding=1),
             nn.LeakyReLU(LEAKY_SLOPE),
@@ -57,12 +55,10 @@ class TriplaneHead(nn.Module):
             nn.LeakyReLU(LEAKY_SLOPE),
             nn.Conv2d(c1, c1, 3, padding=1),
             nn.LeakyReLU(LEAKY_SLOPE),
-            nn.Conv2d(c1, 3 * plane_channels, 3, padding=1),
+            nn.Conv2d(c1, out_channels, 3, padding=1),
         )
 
     def forward(self, appearance: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
         x = self.net(torch.cat([appearance, geometry], 1))  # (B, c1, P, P)
         x = F.pixel_shuffle(self.transformer(x), 2)  # (B, embed, P/2, P/2) -> (B, embed/4, P, P)
-        planes = self.output_net(torch.cat([x, geometry], 1))  # (B, 3*C_plane, P, P)
-        b, _, h, w = planes.shape
-        return planes.reshape(b, 3, self.plane_channels, h, w)  # (B, 3, C_plane, P, P)
+        return self.output_net(torch.cat([x, geometry], 1))  # (B, C_out, P, P)
