@@ -3,11 +3,18 @@
     python benchmarks/redirection.py --store demo_out/heads --checkpoint CKPT --out demo_out/redirection
 
 Evaluates with `gazegen evaluate`'s protocol (train/evaluate.py) on the test split of a procedural
-store (the subjects the model was not trained on), three methods on the same pairs:
+store (the subjects the model was not trained on), these rows on the same pairs:
 
 * the LiveGaze checkpoint (without --checkpoint: a randomly initialised tiny model, labelled so);
 * copy-the-source: the input image as the output (what no redirection at all scores);
-* the ground-truth target: its gaze error is the reference estimator's own error, the floor.
+* a perfect render at the model's neural resolution: the target shrunk to it and scaled back, the
+  ceiling that resolution allows;
+* the ground-truth target: its gaze error is the reference estimator's own error, the floor;
+* the constant prediction: the mean label read for every pair, what a model carrying no gaze scores.
+
+Each row has the estimator-read gaze and head errors and the correlation of read vs requested
+pitch and yaw; then the gaze sweep and the swap test (train/probes.py; sweep.png), and a last line
+that says in words whether the model's outputs carry gaze.
 
 The judge is the reference estimator (train/estimator.py) at --estimator. When that folder holds
 no finished estimator, one is trained into it (configs/estimator/demo.toml: about 4 minutes on a
@@ -43,8 +50,9 @@ from gazegen.data.xgaze import open_subject  # noqa: E402
 from gazegen.models.estimator import load_estimator, read_estimator_header  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
 from train.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
-from train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, run_evaluation  # noqa: E402
-from train.report import table1, write_report  # noqa: E402
+from train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
+from train.probes import run_probes  # noqa: E402
+from train.report import probes_markdown, table1, verdict, write_report  # noqa: E402
 from train.trainer import latest_checkpoint  # noqa: E402
 
 log = logging.getLogger("redirection")
@@ -132,15 +140,20 @@ def main() -> None:
         "PROCEDURAL DATA: the estimator is trained on procedural heads and judges procedural heads; these numbers "
         "are not ETH-XGaze results and do not compare like for like with the paper's quoted rows.",
     ]
-    methods = [LiveGazeMethod(model, name=name, warmup=cfg.warmup), CopySource(), GroundTruthTarget()]
+    methods = [LiveGazeMethod(model, name=name, warmup=cfg.warmup), CopySource(),
+               PerfectRender(model.cfg.render.neural_resolution), GroundTruthTarget()]
     start = time.perf_counter()
     report = run_evaluation(store, methods, cfg, estimator=estimator, device=args.device, notes=notes)
+    report.probes = run_probes(model, store_files(store, "test"), estimator, args.device)
     write_report(report, args.out)
     for line in notes:  # what to read the table with, then the table (the last thing `make demo` prints)
         print(f"- {line}")
     print("\n" + "\n".join(table1(report)))
+    print("\n" + "\n".join(probes_markdown(report.probes)[2:]))
     print(f"\n{report.methods[0].mean['pairs']} pairs of {len(held_out)} held-out subject(s) in "
-          f"{time.perf_counter() - start:.1f} s; report: {args.out / 'report.md'}; sheet: {args.out / 'sheet.png'}")
+          f"{time.perf_counter() - start:.1f} s; report: {args.out / 'report.md'}; sheets: {args.out / 'sheet.png'}, "
+          f"{args.out / 'sweep.png'}")
+    print(verdict(report))
 
 
 if __name__ == "__main__":

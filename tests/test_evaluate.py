@@ -21,8 +21,10 @@ from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter, write_split
 from gazegen.models.estimator import GazeEstimate, GazeEstimator, save_estimator
 from gazegen.models.livegaze import LiveGaze
-from train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, evaluate, pair_rows, run_evaluation
-from train.report import PAPER_TABLE1, write_report
+from train.evaluate import (
+    CONSTANT, CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, evaluate, pair_rows, run_evaluation,
+)
+from train.report import PAPER_TABLE1, table1, verdict, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 64  # the tiny preset's input and output side
@@ -110,12 +112,64 @@ def test_copy_source_closed_form_and_errors_against_target_labels(tmp_path, tiny
         assert scores.ssim == pytest.approx(1.0, abs=1e-9) and scores.psnr == cfg.psnr_cap_db and scores.psnr_capped == 4
         assert scores.gaze_error == pytest.approx(0.0, abs=1e-3) and scores.head_error == pytest.approx(0.0, abs=1e-3)
     assert "PSNR inf" in truth.notes["psnr"] and "psnr" not in copy.notes
-    for m in report.methods:  # means are the means of the per-subject values
+    for m in report.methods:  # means are the means of the per-subject values (the constant row has no image metrics)
         for key in ("ssim", "psnr", "gaze_error", "head_error"):
-            assert m.mean[key] == pytest.approx(np.mean([getattr(s, key) for s in m.subjects]), rel=1e-12)
+            values = [getattr(s, key) for s in m.subjects]
+            if m.name == CONSTANT and key in ("ssim", "psnr"):
+                assert m.mean[key] is None and values == [None, None]
+                continue
+            assert m.mean[key] == pytest.approx(np.mean(values), rel=1e-12)
     live = report.method(methods[0].name)
     assert all(s.total_ms > 0 and s.encode_ms > 0 for s in live.subjects) and copy.mean["total_ms"] is None
     assert len(report.sheet) == 3 and report.sheet[0].depth is not None
+
+
+def test_constant_and_perfect_render_rows_and_read_gaze_correlation(tmp_path):
+    """The constant row's error is the angle to the mean direction; the truth row's read gaze correlates exactly."""
+    subjects = {"subject0000": [30, 60, 90, 120, 150, 180, 210, 240], "subject0001": [35, 65, 95, 125, 155, 185, 215, 245]}
+    table = write_store(tmp_path, subjects)
+    cfg = EvaluateConfig(group_size=4, batch_size=3)
+    report = run_evaluation(tmp_path, [CopySource(), PerfectRender(16), GroundTruthTarget()], cfg, estimator=LabelLookup(table))
+    targets = {name: [j for _, j in pair_rows(8, cfg)] for name in subjects}
+    gaze = np.concatenate([table[n]["gaze"][targets[n]] for n in subjects])  # (8, 2) requested, pair order
+    head = np.concatenate([table[n]["head"][targets[n]] for n in subjects])
+    mean_dir = lambda a: geometry.vector_to_pitchyaw(geometry.pitchyaw_to_vector(a).mean(0, keepdims=True))  # noqa: E731
+    constant = report.method(CONSTANT)
+    for k, s in enumerate(constant.subjects):
+        rows = slice(4 * k, 4 * k + 4)
+        assert s.gaze_error == pytest.approx(float(geometry.angular_error(mean_dir(gaze), gaze[rows]).mean()), rel=1e-6)
+        assert s.head_error == pytest.approx(float(geometry.angular_error(mean_dir(head), head[rows]).mean()), rel=1e-6)
+    assert constant.mean["pitch_corr"] is None and constant.mean["yaw_corr"] is None  # a constant has no correlation
+    truth = report.method(GroundTruthTarget.name)
+    assert truth.mean["pitch_corr"] == pytest.approx(1.0) and truth.mean["yaw_corr"] == pytest.approx(1.0)
+    copy = report.method(CopySource.name)  # reads the source's labels: r of source vs target labels
+    sources = np.concatenate([table[n]["gaze"][[i for i, _ in pair_rows(8, cfg)]] for n in subjects])
+    assert copy.mean["pitch_corr"] == pytest.approx(float(np.corrcoef(sources[:, 0], gaze[:, 0])[0, 1]), rel=1e-5)
+    perfect = report.method(PerfectRender(16).name)  # uniform images survive the round trip through 16 px exactly
+    assert perfect.mean["psnr"] == cfg.psnr_cap_db and perfect.mean["gaze_error"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_verdict_says_when_a_model_carries_no_gaze(tmp_path, tiny_model):
+    subjects = {"subject0000": [30, 60, 90, 120, 150, 180, 210, 240]}
+    table = write_store(tmp_path, subjects)
+
+    class Blank:  # a "model" whose every output reads as the first image: one constant gaze
+        name, three_d = "blank model", True
+
+        def prepare(self, pairs):
+            pass
+
+        def __call__(self, batch):
+            from train.evaluate import Redirected
+            return Redirected(torch.full_like(batch.target, 30 / 127.5 - 1))
+
+    report = run_evaluation(tmp_path, [Blank(), GroundTruthTarget()], EvaluateConfig(group_size=4),
+                            estimator=LabelLookup(table))
+    assert verdict(report).startswith("NO GAZE: blank model") or verdict(report).startswith("WEAK GAZE: blank model")
+    truth_like = run_evaluation(tmp_path, [type("Echo", (GroundTruthTarget,), {"three_d": True, "name": "echo"})()],
+                                EvaluateConfig(group_size=4), estimator=LabelLookup(table))
+    assert verdict(truth_like).startswith("GAZE FOLLOWS: echo")
+    assert any("r pitch" in line for line in table1(report))
 
 
 def test_identical_input_and_masked_background(tmp_path):
@@ -163,22 +217,31 @@ def test_evaluate_writes_the_report(tmp_path, monkeypatch, tiny_model):
     report = evaluate(tmp_path / "model", store, out, EvaluateConfig(group_size=6, max_pairs=4, batch_size=2),
                       estimator=tmp_path / "estimator")
     data = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in data["methods"]] == [m.name for m in report.methods] and len(data["methods"]) == 3
+    names = [m["name"] for m in data["methods"]]
+    assert names == [m.name for m in report.methods] and len(names) == 5 and names[-1] == CONSTANT
+    assert "perfect render at 16 px (resolution ceiling)" in names
     for m in data["methods"]:
         assert [s["subject"] for s in m["subjects"]] == ["subject0001", "subject0002"]
         assert all(s["pairs"] == 4 for s in m["subjects"])
-        for key in ("ssim", "psnr", "gaze_error", "head_error"):
+        keys = ("gaze_error", "head_error") if m["name"] == CONSTANT else ("ssim", "psnr", "gaze_error", "head_error")
+        for key in keys:
             assert m["mean"][key] == pytest.approx(np.mean([s[key] for s in m["subjects"]]))
         assert m["mean"]["lpips"] is None and m["mean"]["fid"] is None
+        if m["name"] == CONSTANT:
+            continue
         assert "vgg16-397923af.pth" in m["notes"]["lpips"]
         assert "pt_inception-2015-12-05-6726825d.pth" in m["notes"]["fid"]
     md = (out / "report.md").read_text()
     assert "| ST-ED [49] | quoted from the paper, ETH-XGaze | ✗ | 0.726 | 17.530 | 0.300 | 115.020 |" in md
-    assert "| 0.715 | 19.007 | 0.272 | 38.346 | - | - | 0.026s | 0.035s | 0.061s |" in md
+    assert "| 0.715 | 19.007 | 0.272 | 38.346 | - | - | - | - | 0.026s | 0.035s | 0.061s |" in md
     assert len(PAPER_TABLE1) == 4 and md.count("quoted from the paper, ETH-XGaze") >= 5
     assert "vgg16-397923af.pth" in md and "| subject0001 |" in md
     sheet = cv2.imread(str(out / "sheet.png"))
     assert sheet is not None and sheet.shape[0] > sheet.shape[1]  # one row per pair, four columns
+    probes = data["probes"]  # the gaze sweep (5 x 5 per subject) and the swap test ran, and the sweep sheet exists
+    assert probes["gaze_sweep"]["gazes"] == 25 and probes["gaze_sweep"]["subjects"] == 2
+    assert probes["swap"]["pairs"] > 0 and cv2.imread(str(out / "sweep.png")) is not None
+    assert data["verdict"] is not None and "Gaze sweep" in md
     write_report(report, out)  # rewriting in place works
 
 

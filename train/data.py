@@ -7,6 +7,9 @@ A triplet is three images of one subject:
     I_f   frontal: I_gt's frame (same gaze) from the camera whose head pose is nearest (0, 0)
           in that frame; the teacher depth prior renders it at I_gt's camera
 
+With ``same_frame`` (the reconstruction stage) I_s is instead any camera of I_gt's own frame, I_gt's
+camera included: the same gaze, seen from another view or from the same one (autoencoding).
+
 Every target row is I_gt once per epoch. The source of item ``i`` in epoch ``e`` is drawn from a
 generator seeded by (seed, e, i) only, so a batch does not depend on the worker that loads it, on
 the number of workers, or on where a resumed run starts: the data position of a run is its step.
@@ -223,18 +226,20 @@ class TripletSizes:
 class TripletDataset(Dataset):
     """Triplets over subjects; item ``(epoch, i)``: target row i (flat over subjects) with its source drawn for epoch."""
 
-    def __init__(self, subjects: Sequence[SubjectRows], sizes: TripletSizes, depth: DepthSource, seed: int = 0):
+    def __init__(self, subjects: Sequence[SubjectRows], sizes: TripletSizes, depth: DepthSource, seed: int = 0,
+                 same_frame: bool = False):
         self.subjects = list(subjects)
-        self.sizes, self.depth, self.seed = sizes, depth, seed
+        self.sizes, self.depth, self.seed, self.same_frame = sizes, depth, seed, same_frame
         counts = [len(s.targets) for s in self.subjects]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for s in self.subjects:
-            lonely = self._targets_without_source(s)
+            lonely = self._targets_without_frame(s) if same_frame else self._targets_without_source(s)
             if lonely.size:
                 row = int(lonely[0])
+                need = ("no source image of their own frame" if same_frame else
+                        "no source image with another frame and another camera: a triplet needs >= 2 frames and >= 2 cameras")
                 raise DataError(f"{s.path}: {lonely.size} target row(s), e.g. row {row} (frame {s.labels.frame_index[row]}, "
-                                f"camera {s.labels.cam_index[row]}), have no source image with another frame and another "
-                                "camera: a triplet needs >= 2 frames and >= 2 cameras")
+                                f"camera {s.labels.cam_index[row]}), have {need}")
         self._readers: dict[Path, SubjectReader] = {}
         self._pid = os.getpid()
 
@@ -258,10 +263,16 @@ class TripletDataset(Dataset):
         return s.targets[len(s.sources) - same_frame - same_cam + both == 0]
 
     @staticmethod
-    def _source_candidates(s: SubjectRows, target: int) -> np.ndarray:
+    def _targets_without_frame(s: SubjectRows) -> np.ndarray:
+        """Target rows whose frame has no source row."""
+        return s.targets[~np.isin(s.labels.frame_index[s.targets], s.labels.frame_index[s.sources])]
+
+    def _source_candidates(self, s: SubjectRows, target: int) -> np.ndarray:
         lab = s.labels
-        keep = (lab.frame_index[s.sources] != lab.frame_index[target]) & (lab.cam_index[s.sources] != lab.cam_index[target])
-        return s.sources[keep]
+        same_frame = lab.frame_index[s.sources] == lab.frame_index[target]
+        if self.same_frame:
+            return s.sources[same_frame]
+        return s.sources[~same_frame & (lab.cam_index[s.sources] != lab.cam_index[target])]
 
     def locate(self, index: int) -> tuple[int, int]:
         """Flat index -> (subject index, target row)."""

@@ -30,8 +30,12 @@ the target group. What is implemented (``EvaluateConfig``):
   super-resolution), measured with ``batch_size`` pairs per pass after ``warmup`` passes.
 
 Baselines (``baselines``), scored on the same pairs: *copy-the-source* (the input image as the
-output) and *ground-truth target* (the target image itself: its gaze error is the estimator's own
-error, the floor no redirection can beat as judged by this estimator).
+output); *ground-truth target* (the target image itself: its gaze error is the estimator's own
+error, the floor no redirection can beat as judged by this estimator); *perfect render at R px*
+(the target shrunk to the model's neural rendering side R and scaled back: the ceiling a render at
+that resolution allows); and *constant prediction* (no image: every pair "read" as the mean label
+of all pairs, what a model that carries no gaze scores at best). For every row the read gaze is
+also correlated with the requested one (Pearson's r of pitch and of yaw over all pairs).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import torch.nn.functional as F
 from gazegen.config import EvaluateConfig
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
-from gazegen.geometry import angular_error
+from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
 from gazegen.metrics import FIDMetric, LPIPSMetric, psnr, ssim
 from gazegen.models.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
@@ -108,6 +112,7 @@ class PairBatch:
     target: torch.Tensor  # (B, 3, H, W)
     gaze_head: torch.Tensor  # (B, 2) the target's gaze, head frame
     camera: torch.Tensor  # (B, 25) the target's camera
+    source_camera: torch.Tensor  # (B, 25) the source's camera
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -143,13 +148,13 @@ class LiveGazeMethod:
     def __call__(self, batch: PairBatch) -> Redirected:
         m, dev = self.model, self.device
         image = resize(batch.source, m.cfg.image_resolution).to(dev)
-        gaze_head, camera = batch.gaze_head.to(dev), batch.camera.to(dev)
+        gaze_head, camera, source_camera = batch.gaze_head.to(dev), batch.camera.to(dev), batch.source_camera.to(dev)
         for _ in range(self.warmup):  # untimed passes (allocator, kernels) before the first timed one
-            m(image, gaze_head, camera)
+            m(image, gaze_head, camera, source_camera)
         self.warmup = 0
         _sync(dev)
         t0 = time.perf_counter()
-        features = m.encode(image)  # E_h, E_l
+        features = m.encode(image, source_camera)  # E_h, E_l
         _sync(dev)
         t1 = time.perf_counter()
         out = m.render(m.redirect(features, gaze_head), camera)  # fusion + E_tri, then G and super-resolution
@@ -182,6 +187,23 @@ class GroundTruthTarget:
         return Redirected(batch.target)
 
 
+class PerfectRender(GroundTruthTarget):
+    """Baseline: the target shrunk to ``resolution`` px and scaled back: what a perfect render at that side shows."""
+
+    three_d = False
+
+    def __init__(self, resolution: int) -> None:
+        self.resolution_px = resolution
+        self.name = f"perfect render at {resolution} px (resolution ceiling)"
+
+    def __call__(self, batch: PairBatch) -> Redirected:
+        small = resize(batch.target, self.resolution_px)
+        return Redirected(F.interpolate(small, size=batch.target.shape[-2:], mode="bilinear", align_corners=False))
+
+
+CONSTANT = "constant prediction (mean label, no image)"
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -192,6 +214,7 @@ class _Scores:
     values: dict[str, list[float]] = field(default_factory=dict)
     fid: FIDMetric | None = None
     capped: int = 0
+    read: list[np.ndarray] = field(default_factory=list)  # (b, 2) estimator gaze per batch
 
     def add(self, key: str, v: torch.Tensor | np.ndarray | None) -> None:
         if v is not None:
@@ -239,6 +262,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     per_subject = max(1, -(-cfg.sheet_pairs // len(files))) if cfg.sheet_pairs else 0
     results = {m.name: MethodResult(m.name, getattr(m, "three_d", False)) for m in methods}
     sheet: list[SheetRow] = []
+    labels: dict[str, list[np.ndarray]] = {"gaze": [], "head": [], "subject": []}  # every pair's requested labels
     for path in files:
         pairs = subject_pairs(path, cfg)
         if not pairs.sources:
@@ -251,13 +275,17 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
         for start in range(0, len(pairs.sources), cfg.batch_size):
             src, tgt = pairs.sources[start : start + cfg.batch_size], pairs.targets[start : start + cfg.batch_size]
             batch = PairBatch(_to_tensor(src), _to_tensor(tgt), torch.from_numpy(np.stack([t.gaze_head for t in tgt])),
-                              torch.from_numpy(np.stack([t.camera for t in tgt])))
+                              torch.from_numpy(np.stack([t.camera for t in tgt])),
+                              torch.from_numpy(np.stack([s.camera for s in src])))
             target = resize(batch.target, size)
             mask = _face_masks(tgt, size)
             target_filled = _fill(target, mask, cfg.background)
             gaze_label = torch.from_numpy(np.stack([t.gaze for t in tgt])).double()
             head_label = torch.from_numpy(np.stack([t.head_pose for t in tgt])).double()
             on_target = _errors(estimator, target, device) if estimator is not None else None
+            labels["gaze"].append(gaze_label.numpy())
+            labels["head"].append(head_label.numpy())
+            labels["subject"].append(np.array([pairs.subject] * len(tgt)))
             for m in methods:
                 out = m(batch)
                 image = resize(out.image.float(), size)
@@ -275,6 +303,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
                     s.add("head_error", angular_error(est.head_pose, head_label))
                     s.add("gaze_error_vs_estimate", angular_error(est.gaze, on_target.gaze))
                     s.add("head_error_vs_estimate", angular_error(est.head_pose, on_target.head_pose))
+                    s.read.append(est.gaze.numpy())
                 if out.encode_s is not None:
                     s.add("encode_ms", [1000 * out.encode_s / len(src)] * len(src))
                     s.add("render_ms", [1000 * out.render_s / len(src)] * len(src))
@@ -287,10 +316,34 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
             s = scores[m.name]
             results[m.name].subjects.append(SubjectScores.of(pairs.subject, s.values, s.fid, s.capped))
             results[m.name].fid_features.append(s.fid)
+            results[m.name].read.extend(s.read)
+    requested = np.concatenate(labels["gaze"]) if labels["gaze"] else np.zeros((0, 2))
     for r in results.values():
-        r.finish(fid, lpips, estimator_note if estimator is None else "")
+        r.finish(fid, lpips, estimator_note if estimator is None else "", requested)
+    if estimator is not None and len(requested):
+        results[CONSTANT] = constant_prediction(requested, np.concatenate(labels["head"]), np.concatenate(labels["subject"]))
     return EvaluationReport(methods=list(results.values()), config=cfg, data=str(data), device=str(device),
                             sheet=sheet[: cfg.sheet_pairs], notes=list(notes))
+
+
+def constant_prediction(gaze: np.ndarray, head: np.ndarray, subjects: np.ndarray) -> MethodResult:
+    """The row of a "model" that reads the same gaze and head pose, the mean labels, for every pair.
+
+    Labels (N, 2) pitch/yaw of every pair, in pair order; ``subjects`` (N,) names them. The mean
+    is taken as a mean direction (of the unit vectors), the best constant under angular error.
+    """
+    mean = lambda a: vector_to_pitchyaw(pitchyaw_to_vector(a).mean(0, keepdims=True))  # noqa: E731
+    gaze_mean, head_mean = mean(gaze), mean(head)
+    result = MethodResult(CONSTANT, False)
+    for name in dict.fromkeys(subjects.tolist()):
+        rows = subjects == name
+        values = {"gaze_error": angular_error(np.repeat(gaze_mean, rows.sum(), 0), gaze[rows]).tolist(),
+                  "head_error": angular_error(np.repeat(head_mean, rows.sum(), 0), head[rows]).tolist()}
+        result.subjects.append(SubjectScores.of(name, values, FIDMetric(None, "no image"), 0, pairs=int(rows.sum())))
+    result.read = [np.repeat(gaze_mean, len(gaze), 0)]
+    result.finish(FIDMetric(None, "no image"), LPIPSMetric(None, "no image"), "", gaze)
+    result.notes = {"images": "no image: the mean gaze and head labels of all pairs stand in for every read"}
+    return result
 
 
 # --------------------------------------------------------------------------- the command
@@ -324,7 +377,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     methods: list = [LiveGazeMethod(model, finetune=finetune_fn if cfg.finetune else None, epochs=cfg.finetune_epochs,
                                     warmup=cfg.warmup)]
     if cfg.baselines:
-        methods += [CopySource(), GroundTruthTarget()]
+        methods += [CopySource(), PerfectRender(model.cfg.render.neural_resolution), GroundTruthTarget()]
     judge = load_estimator(estimator, device=device) if estimator is not None else None
     if judge is not None:  # an eye branch places its patches for one normalised camera: the store's must be it
         check_store_camera(data, cfg.split, judge.cfg)
@@ -340,5 +393,11 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
                        "is its floor on these images).")
     report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
                             estimator_note="no estimator checkpoint given (--estimator)")
+    if judge is not None and cfg.probes:
+        from train.estimator import store_files
+        from train.probes import run_probes
+
+        files = store_files(data, cfg.split)
+        report.probes = run_probes(model, files[: cfg.max_subjects] if cfg.max_subjects else files, judge, device)
     write_report(report, out)
     return report

@@ -80,6 +80,13 @@ def depth_loss(depth: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor | N
     return masked_l1_loss(depth, prior.detach(), valid)
 
 
+def silhouette_loss(alpha: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |alpha - S| over all pixels, S the prior's valid region (a surface) area-resized to alpha's side: ()."""
+    valid = torch.isfinite(_as_maps(prior)) & (_as_maps(prior) > 0) if valid is None else _as_maps(valid)
+    target = F.interpolate(valid.float(), size=alpha.shape[-2:], mode="area")
+    return (_as_maps(alpha).float() - target).abs().mean()
+
+
 def _feature_list(features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return list(features.values()) if isinstance(features, Mapping) else list(features)
 
@@ -124,14 +131,23 @@ class LiveGazeLoss(nn.Module):
         depth: torch.Tensor | None = None,  # (B, [1,] h, w) D_g, rendered
         depth_prior: torch.Tensor | None = None,  # (B, [1,] H', W') D_gt
         depth_valid: torch.Tensor | None = None,  # (B, [1,] H', W') where D_gt is valid
+        image_raw: torch.Tensor | None = None,  # (B, 3, R, R) the neural rendering's RGB, for raw_weight
+        alpha: torch.Tensor | None = None,  # (B, 1, R, R) the neural rendering's opacity, for alpha_weight
     ) -> LossOutput:
         cfg = self.config
         zero = image.new_zeros((), dtype=torch.float32)
         face = masked_l1_loss(image, target, face_mask)
+        if cfg.raw_weight > 0 and image_raw is not None:  # the neural rendering against the target shrunk to its side
+            size = image_raw.shape[-2:]
+            face = face + cfg.raw_weight * masked_l1_loss(
+                image_raw, F.interpolate(target, size=size, mode="area"),
+                (F.interpolate(_as_maps(face_mask).float(), size=size, mode="area") >= 0.5).float())
         eyes = masked_l1_loss(image, target, eye_mask)
         reconstruction = cfg.face_weight * face + cfg.eye_weight * eyes
         if depth is not None and depth_prior is not None:
             depth_term = depth_loss(depth, depth_prior, depth_valid)
+            if cfg.alpha_weight > 0 and alpha is not None:  # opaque where the prior has a surface, clear elsewhere
+                depth_term = depth_term + cfg.alpha_weight * silhouette_loss(alpha, depth_prior, depth_valid)
         elif cfg.depth_weight > 0:
             raise ValueError("the depth loss needs `depth` and `depth_prior`; set loss.depth_weight = 0 to train without one")
         else:

@@ -21,6 +21,7 @@ import torch
 from gazegen.config import EvaluateConfig, to_dict
 from gazegen.data.sample import Sample
 from gazegen.metrics import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
+from train.probes import ProbeReport, pearson
 
 IMAGE_KEYS = ("ssim", "psnr", "lpips")
 GAZE_KEYS = ("gaze_error", "head_error", "gaze_error_vs_estimate", "head_error_vs_estimate")
@@ -60,8 +61,9 @@ class SubjectScores:
     total_ms: float | None = None
 
     @classmethod
-    def of(cls, subject: str, values: dict[str, list[float]], fid: FIDMetric, capped: int) -> SubjectScores:
-        pairs = len(values.get("ssim", []))
+    def of(cls, subject: str, values: dict[str, list[float]], fid: FIDMetric, capped: int,
+           pairs: int | None = None) -> SubjectScores:
+        pairs = len(values.get("ssim", [])) if pairs is None else pairs
         means = {k: _mean(values.get(k)) for k in (*IMAGE_KEYS, *GAZE_KEYS, *TIME_KEYS)}
         return cls(subject, pairs, psnr_capped=capped, fid=fid.compute().value, **means)
 
@@ -77,8 +79,10 @@ class MethodResult:
     fid_pooled: float | None = None  # FID of all pairs pooled (less biased than per-subject FIDs)
     notes: dict[str, str] = field(default_factory=dict)  # why a metric is n/a, caps, ...
     fid_features: list[FIDMetric] = field(default_factory=list, repr=False)
+    read: list[np.ndarray] = field(default_factory=list, repr=False)  # (b, 2) estimator gaze of each batch, in pair order
 
-    def finish(self, fid: FIDMetric, lpips: LPIPSMetric, estimator_note: str) -> None:
+    def finish(self, fid: FIDMetric, lpips: LPIPSMetric, estimator_note: str, requested: np.ndarray | None = None) -> None:
+        """Means over subjects; with ``requested`` (N, 2), the correlation of the read gaze with it, over all pairs."""
         keys = (*IMAGE_KEYS, "fid", *GAZE_KEYS, *TIME_KEYS)
         for key in keys:
             values = [getattr(s, key) for s in self.subjects if getattr(s, key) is not None]
@@ -98,6 +102,11 @@ class MethodResult:
                 self.notes["fid"] = f"no per-subject FID for {len(missing)} subject(s) with < 2 pairs"
         if estimator_note:
             self.notes["gaze_error"] = estimator_note
+        read = np.concatenate(self.read) if self.read else np.zeros((0, 2))
+        ok = requested is not None and len(read) == len(requested) and len(read) > 1
+        corr = [pearson(read[:, i], requested[:, i]) if ok else None for i in range(2)]
+        self.mean["pitch_corr"], self.mean["yaw_corr"] = corr
+        self.read = []
         capped = sum(s.psnr_capped for s in self.subjects)
         if capped:
             self.notes["psnr"] = f"{capped} of {self.mean['pairs']} images identical to their target: PSNR inf counted as the cap"
@@ -142,12 +151,14 @@ class EvaluationReport:
     device: str
     sheet: list[SheetRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    probes: ProbeReport | None = None  # gaze sweep and swap test of the model (train/probes.py)
 
     def method(self, name: str) -> MethodResult:
         return next(m for m in self.methods if m.name == name)
 
     def to_json(self) -> dict[str, Any]:
         return {"data": self.data, "device": self.device, "config": to_dict(self.config), "notes": self.notes,
+                "verdict": verdict(self), "probes": self.probes.to_json() if self.probes else None,
                 "methods": [m.to_json() for m in self.methods],
                 "paper_table1": {"source": QUOTED, "columns": ["method", "3d", "ssim", "psnr", "lpips", "fid",
                                                                 "enc_time", "rend_time", "total_time"],
@@ -172,19 +183,43 @@ def _seconds(ms: float | None) -> str:
 def table1(report: EvaluationReport) -> list[str]:
     """The Table-1-shaped table: the paper's rows (quoted) then ours (measured)."""
     head = ("| Method | Source | 3D-based | SSIM ↑ | PSNR ↑ | LPIPS ↓ | FID ↓ | Gaze err ↓ | Head err ↓ "
-            "| Enc Time ↓ | Rend Time ↓ | Total Time ↓ |")
-    lines = [head, "|" + "---|" * 12]
+            "| r pitch ↑ | r yaw ↑ | Enc Time ↓ | Rend Time ↓ | Total Time ↓ |")
+    lines = [head, "|" + "---|" * 14]
     for name, three_d, *values in PAPER_TABLE1:
         ssim_, psnr_, lpips_, fid_, enc, rend, total = values
         lines.append(f"| {name} | {QUOTED} | {'✓' if three_d else '✗'} | {ssim_} | {psnr_} | {lpips_} | {fid_} "
-                     f"| - | - | {enc} | {rend} | {total} |")
+                     f"| - | - | - | - | {enc} | {rend} | {total} |")
     for m in report.methods:
         a = m.mean
         lines.append(f"| {m.name} | measured: {report.data} ({report.device}) | {'✓' if m.three_d else '✗'} "
-                     f"| {_num(a['ssim'])} | {_num(a['psnr'])} | {_num(a['lpips'])} | {_num(a['fid'])} "
-                     f"| {_num(a['gaze_error'], 2, '°')} | {_num(a['head_error'], 2, '°')} "
-                     f"| {_seconds(a['encode_ms'])} | {_seconds(a['render_ms'])} | {_seconds(a['total_ms'])} |")
+                     f"| {_num(a.get('ssim'))} | {_num(a.get('psnr'))} | {_num(a.get('lpips'))} | {_num(a.get('fid'))} "
+                     f"| {_num(a.get('gaze_error'), 2, '°')} | {_num(a.get('head_error'), 2, '°')} "
+                     f"| {_num(a.get('pitch_corr'), 2)} | {_num(a.get('yaw_corr'), 2)} "
+                     f"| {_seconds(a.get('encode_ms'))} | {_seconds(a.get('render_ms'))} | {_seconds(a.get('total_ms'))} |")
     return lines
+
+
+FOLLOWS_R = 0.5  # below this correlation of read vs requested pitch or yaw, the gaze is said not to follow
+
+
+def verdict(report: EvaluationReport) -> str | None:
+    """One sentence on whether the model's outputs carry gaze, against the constant prediction; None without an estimator."""
+    from train.evaluate import CONSTANT
+
+    model = next((m for m in report.methods if m.three_d), None)
+    constant = next((m for m in report.methods if m.name == CONSTANT), None)
+    if model is None or constant is None or model.mean.get("gaze_error") is None:
+        return None
+    g, c = model.mean["gaze_error"], constant.mean["gaze_error"]
+    r = [model.mean.get("pitch_corr"), model.mean.get("yaw_corr")]
+    follows = ", ".join(f"r {axis} {_num(v, 2)}" for axis, v in zip(("pitch", "yaw"), r))
+    if g >= c:
+        return (f"NO GAZE: {model.name} has a gaze error of {g:.1f}°, no better than the constant prediction's {c:.1f}°: "
+                f"its outputs carry no usable gaze ({follows}).")
+    if any(v is None or v < FOLLOWS_R for v in r):
+        return (f"WEAK GAZE: {model.name} beats the constant prediction ({g:.1f}° vs {c:.1f}°) but its read gaze barely "
+                f"follows the requested one ({follows}; {FOLLOWS_R} needed).")
+    return f"GAZE FOLLOWS: {model.name}: gaze error {g:.1f}° against the constant prediction's {c:.1f}° ({follows})."
 
 
 def subject_table(m: MethodResult) -> list[str]:
@@ -222,6 +257,7 @@ def to_markdown(report: EvaluationReport) -> str:
         "",
         *table1(report),
         "",
+        *([f"**{verdict(report)}**", ""] if verdict(report) else []),
         f"Rows marked \"{QUOTED}\" are the paper's published numbers (its Table 1), not re-measured; "
         "the others are measured here. Means are over subjects.",
         "",
@@ -229,6 +265,8 @@ def to_markdown(report: EvaluationReport) -> str:
     shared = {k: v for k, v in report.methods[0].notes.items() if all(m.notes.get(k) == v for m in report.methods)}
     if shared:
         out += ["Notes for every row measured here:", "", *[f"- {k}: {v}" for k, v in shared.items()], ""]
+    if report.probes is not None:
+        out += probes_markdown(report.probes)
     for m in report.methods:
         notes = [f"- {k}: {v}" for k, v in m.notes.items() if k not in shared]
         pooled = f"- FID pooled over all pairs: {_num(m.fid_pooled)}" if m.fid_pooled is not None else ""
@@ -236,7 +274,47 @@ def to_markdown(report: EvaluationReport) -> str:
     return "\n".join(out)
 
 
+def probes_markdown(p: ProbeReport) -> list[str]:
+    sw, f, sp = p.sweep, p.sweep.following, p.swap
+    ratio = _num(sw.rest_over_eyes, 3)
+    return [
+        "## Gaze sweep and swap test (train/probes.py)", "",
+        f"Gaze sweep: {sw.subjects} subject(s) x {sw.gazes} requested gazes, one source each, its own camera "
+        "(sweep.png shows the first). The read gaze against the requested one: "
+        f"r pitch {_num(f.pitch_corr, 2)}, r yaw {_num(f.yaw_corr, 2)}, mean error {f.error_deg:.2f}°. "
+        f"Output change across the sweep (mean |I - mean I|, [0, 1] images): eyes {sw.change_eyes:.4f}, "
+        f"rest of the face {sw.change_rest:.4f}: rest / eyes = {ratio} (a gaze-only change is near 0).", "",
+        f"Swap test ({sp.pairs} pairs): output change when the source image is swapped for another subject's: eyes "
+        f"{sp.source_eyes:.4f}, rest {sp.source_rest:.4f}; when the gaze is swapped: eyes {sp.gaze_eyes:.4f}, rest "
+        f"{sp.gaze_rest:.4f}. The two source images differ by {sp.data_rest:.4f} outside the eyes. A model that reads "
+        "its source changes the rest when the source changes; one that obeys its gaze changes the eyes when the gaze does.",
+        "",
+    ]
+
+
 # --------------------------------------------------------------------------- sheet
+
+
+def write_sweep_sheet(p: ProbeReport, path: Path) -> None:
+    """sweep.png: the source, then the sweep's outputs on its pitch x yaw grid, each titled with its request."""
+    from matplotlib.figure import Figure
+
+    rows, cols = p.sweep_grid
+    fig = Figure(figsize=(1.6 * (cols + 1), 1.6 * rows))
+    axes = fig.subplots(rows, cols + 1, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    axes[0, 0].imshow(p.sweep_source)
+    axes[0, 0].set_title("source", fontsize=8)
+    for k, image in enumerate(p.sweep_images):
+        r, c = divmod(k, cols)
+        axes[r, c + 1].imshow(image)
+        axes[r, c + 1].set_title(p.sweep_labels[k], fontsize=7)
+    fig.suptitle("requested gaze (pitch, yaw) in the head frame: the eyes should follow, nothing else move", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def write_sheet(rows: list[SheetRow], path: Path) -> None:
@@ -274,4 +352,7 @@ def write_report(report: EvaluationReport, out: str | Path) -> Path:
     (out / "report.md").write_text(to_markdown(report) + "\n")
     write_sheet(report.sheet, out / "report_sheet.tmp.png")
     (out / "report_sheet.tmp.png").replace(out / "sheet.png")
+    if report.probes is not None:
+        write_sweep_sheet(report.probes, out / "sweep.tmp.png")
+        (out / "sweep.tmp.png").replace(out / "sweep.png")
     return out

@@ -51,8 +51,9 @@ from train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
 # Parameter groups by top-level module; the split of Live3D's checkpoint (encoder / renderer) plus LiveGaze's gaze modules.
-PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head"), "renderer": ("decoder", "superres"),
+PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting"), "renderer": ("decoder", "superres"),
          "gaze": ("gaze_encoder", "gaze_fusion")}
+FROZEN = {"gaze": (), "reconstruction": ("gaze",)}  # parts each stage leaves as they start
 
 
 class TrainingError(RuntimeError):
@@ -88,15 +89,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(model: LiveGaze, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with the groups of ``PARTS``, named, each at its configured rate."""
+def build_optimizer(model: LiveGaze, optim: OptimConfig, frozen: tuple[str, ...] = ()) -> torch.optim.AdamW:
+    """AdamW with the groups of ``PARTS``, named, each at its configured rate; the ``frozen`` parts get no gradient."""
     lrs = {"encoder": optim.lr_encoder, "renderer": optim.lr_renderer, "gaze": optim.lr_gaze}
-    groups = {part: [] for part in PARTS}
+    groups = {part: [] for part in PARTS if part not in frozen}
     for name, param in model.named_parameters():
         part = next((p for p, prefixes in PARTS.items() if name.split(".")[0] in prefixes), None)
         if part is None:
             raise TrainingError(f"parameter {name} belongs to no optimiser group; add its module to trainer.PARTS")
-        groups[part].append(param)
+        param.requires_grad_(part not in frozen)
+        if part not in frozen:
+            groups[part].append(param)
     return torch.optim.AdamW([{"params": ps, "lr": lrs[p], "name": p} for p, ps in groups.items() if ps],
                              betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
 
@@ -223,9 +226,9 @@ def forward_backward(net: nn.Module, batch: Triplets, loss_fn: LiveGazeLoss, gra
     Returns the loss terms and the gradient norm before clipping (``grad_clip`` 0: no clipping).
     """
     with autocast():
-        out = net(batch.source, batch.gaze_head, batch.camera)
+        out = net(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         terms = loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
-                        batch.depth_valid)
+                        batch.depth_valid, out.image_raw, out.alpha)
     terms.total.backward()
     params = [p for p in net.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
@@ -249,8 +252,9 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
             dist.barrier()
     depth = depth_source(cfg.depth_prior, out, enabled=use_depth)
     sizes = TripletSizes.for_model(model_cfg)
-    train_set = TripletDataset(train, sizes, depth, seed=cfg.seed)
-    val_set = TripletDataset(val, sizes, depth, seed=cfg.seed) if val else None
+    same_frame = cfg.stage == "reconstruction"
+    train_set = TripletDataset(train, sizes, depth, seed=cfg.seed, same_frame=same_frame)
+    val_set = TripletDataset(val, sizes, depth, seed=cfg.seed, same_frame=same_frame) if val else None
     return fit(cfg, model_cfg, train_set, val_set, out, max_steps=max_steps, resume=resume, init=cfg.init,
                context=context, metadata={"data": str(data)})
 
@@ -285,7 +289,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
         model = LiveGaze(model_cfg)
         how = initialise(model, init)
     model.to(device).train()
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, FROZEN[cfg.stage])
     steps_per_epoch = len(train_set) // cfg.batch_size
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.optim, total)

@@ -9,7 +9,8 @@ gazegen.metrics.summarise):
     loss/*       the training objective's terms
 
 The grid shows, per row, the source I_s, the target I_gt, the prediction I_g, the rendered depth
-D_g and the prior D_gt (both over the prior's range, invalid pixels black).
+D_g and the prior D_gt, both on one colour scale (the prior's range) with the background black: the
+prior's invalid pixels, and the pixels the model renders as empty (opacity < 0.5).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Predictions:
     target: torch.Tensor  # (n, 3, S, S)
     image: torch.Tensor  # (n, 3, S, S)
     depth: torch.Tensor  # (n, 1, R, R) world units
+    alpha: torch.Tensor  # (n, 1, R, R) rendered opacity
     prior: torch.Tensor  # (n, 1, R, R) world units
     valid: torch.Tensor  # (n, 1, R, R) bool
 
@@ -70,7 +72,7 @@ def validate(model: LiveGaze, batches: Iterable[Triplets], loss_fn: LiveGazeLoss
         for batch in batches:
             batch = batch.to(device)
             with autocast or contextlib.nullcontext():
-                out = model(batch.source, batch.gaze_head, batch.camera)
+                out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
                 terms = loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
                                 batch.depth_valid)
             for key, value in terms.scalars().items():
@@ -82,7 +84,7 @@ def validate(model: LiveGaze, batches: Iterable[Triplets], loss_fn: LiveGazeLoss
             if n_kept < keep:
                 n = min(keep - n_kept, len(batch))
                 kept.append(Predictions(batch.source[:n].cpu(), batch.target[:n].cpu(), image[:n].cpu(),
-                                        out.depth[:n].float().cpu(), batch.depth_prior[:n].cpu(), batch.depth_valid[:n].cpu()))
+                                        out.depth[:n].float().cpu(), out.alpha[:n].float().cpu(), batch.depth_prior[:n].cpu(), batch.depth_valid[:n].cpu()))
                 n_kept += n
     finally:
         model.train(was_training)
@@ -112,7 +114,8 @@ def prediction_grid(p: Predictions) -> np.ndarray:
             ("source", _rgb(p.source[i], size), {}),
             ("target", _rgb(p.target[i], size), {}),
             ("prediction", _rgb(p.image[i], size), {}),
-            ("depth", p.depth[i, 0].numpy(), {"cmap": "viridis_r", "vmin": lo, "vmax": hi}),
+            ("depth", np.ma.masked_where(p.alpha[i, 0].numpy() < 0.5, p.depth[i, 0].numpy()),
+             {"cmap": "viridis_r", "vmin": lo, "vmax": hi}),
             ("depth prior", np.ma.masked_where(~valid.numpy(), prior.numpy()), {"cmap": "viridis_r", "vmin": lo, "vmax": hi}),
         ]
         for j, (title, img, kwargs) in enumerate(panels):

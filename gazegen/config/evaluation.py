@@ -123,7 +123,8 @@ class EvaluateConfig:
     background: str = "white"  # outside the target's face mask, for image metrics: white (GazeNeRF), black, keep
     batch_size: int = bounded(1, 1, 1024)  # pairs per forward pass; ms/img = batch time / batch size
     warmup: int = bounded(1, 0)  # untimed forward passes before the first timed one
-    baselines: bool = True  # also score copy-the-source and the ground-truth target (the estimator's floor)
+    baselines: bool = True  # also score copy-the-source, a perfect render at the neural side and the ground truth (the floor)
+    probes: bool = True  # with an estimator: the gaze sweep and the swap test (train/probes.py)
     lpips: bool = True  # False: LPIPS is not loaded (reported n/a)
     fid: bool = True  # False: FID is not loaded (reported n/a)
     psnr_cap_db: float = bounded(100.0, 1.0)  # PSNR of identical images (inf) is reported as this, and counted

@@ -25,6 +25,12 @@ class LossConfig:
     perceptual_weight: float = bounded(0.8, 0.0)  # lambda_P, eq. 6
     face_weight: float = bounded(1.0, 0.0)  # lambda_Rf, eq. 7 (face-mask L1)
     eye_weight: float = bounded(2.0, 0.0)  # lambda_Re, eq. 7 (eye-mask L1); the paper needs > face_weight
+    # not in the paper (0 = off): face-mask L1 of the raw neural rendering against the target shrunk to its side,
+    # added to the face term: a direct gradient to the triplane that does not pass through the super-resolution
+    raw_weight: float = bounded(0.0, 0.0)
+    # not in the paper (0 = off): L1 of the rendered opacity against the depth prior's surface region, added to the
+    # depth term: the silhouette, which the depth L1 alone (valid pixels only) never asks for
+    alpha_weight: float = bounded(0.0, 0.0)
     perceptual: bool = True  # False: no L_P and VGG16 is never loaded (CPU tests, runs without the weights)
     # VGG16 ReLU outputs compared by L_P (the paper does not name them; these are Johnson et al.'s [19]
     # relu1_2..relu4_3). Known names: relu{1,2}_{1,2}, relu{3,4,5}_{1,2,3}.
@@ -34,6 +40,7 @@ class LossConfig:
 # --------------------------------------------------------------------------- training
 
 DEPTH_PRIOR_KINDS = ("dataset", "teacher", "files")
+STAGES = ("gaze", "reconstruction")
 LR_DECAYS = ("constant", "cosine")
 
 
@@ -108,8 +115,15 @@ class TrainConfig:
     Steps per epoch = images of the training subjects // batch_size; the schedule spans `max_steps`
     or, when 0, `epochs` epochs. `--max-steps` on the command line only stops a run early: it never
     changes the schedule, so a run stopped and resumed is the run that was not stopped.
+
+    Stage "reconstruction" trains the reconstruction prior (the project's Live3D): the source is
+    another camera of the target's own frame (the same camera included: autoencoding), the gaze
+    input is that frame's gaze, and the gaze modules are frozen at their start (the cross-attention's
+    zero output projection: F_app = F_h), so the prior is image -> triplane -> render only. A
+    "gaze" run starts from it with `init` = the prior's checkpoint and learns the gaze path.
     """
 
+    stage: str = "gaze"  # "gaze": LiveGaze (source of another gaze and camera); "reconstruction": the prior (see below)
     model: str = "model/base.toml"  # model preset; relative paths are looked up in configs/, then the working folder
     model_overrides: tuple[str, ...] = ()  # "key=value" applied to the model preset (as --set)
     init: str = ""  # "": random (seeded); "live3d": the registered Live3D weights; or a Live3D .pt / gazegen checkpoint folder
@@ -130,6 +144,10 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     data: TrainDataConfig = TrainDataConfig()
     depth_prior: DepthPriorConfig = DepthPriorConfig()
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage {self.stage!r}: expected one of {', '.join(STAGES)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gazegen.config import ModelConfig
@@ -43,6 +44,7 @@ class SourceFeatures:
     high: torch.Tensor  # (B, C_h, P, P) F_h, E_h's appearance features
     geometry: torch.Tensor  # (B, C_geo, P, P) F_geo, E_l's geometry features
     camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
+    image: torch.Tensor | None = None  # (B, 3, P, P) the source image at the planes' side (models with plane lifting)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class LiveGaze(nn.Module):
         )
         r = cfg.render
         self.lifting = (
-            PlaneLifting(cfg.lift_channels, cfg.lift_samples, cfg.lift_hidden, r.plane_channels, r.plane_resolution,
+            PlaneLifting(cfg.lift_channels + 3, cfg.lift_samples, cfg.lift_hidden, r.plane_channels, r.plane_resolution,
                          r.box_warp, plane_axes(cfg.eg3d_plane_axes))
             if cfg.lift_samples else None
         )
@@ -129,7 +131,8 @@ class LiveGaze(nn.Module):
                                  "pass the source images' cameras (B, 25) to encode")
             _check_shape("source camera", camera, (image.shape[0], 25))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
-        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x), camera=camera)
+        small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
+        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x), camera=camera, image=small)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -142,8 +145,9 @@ class LiveGaze(nn.Module):
         b = appearance.shape[0]
         geometry = features.geometry.expand(b, -1, -1, -1)  # (B, C_geo, P, P)
         out = self.triplane_head(appearance, geometry)  # (B, C_out, P, P)
-        if self.lifting is not None:
-            return self.lifting(out, features.camera.expand(b, -1))  # (B, 3, C_plane, P, P)
+        if self.lifting is not None:  # E_tri's map and the source's own pixels, carried onto the planes
+            lifted = torch.cat([out, features.image.expand(b, -1, -1, -1)], 1)  # (B, C_out + 3, P, P)
+            return self.lifting(lifted, features.camera.expand(b, -1))  # (B, 3, C_plane, P, P)
         return out.reshape(b, 3, self.cfg.render.plane_channels, *out.shape[-2:])  # Live3D: read plane-major
 
     def render(
