@@ -104,7 +104,7 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list)
         if model == "copy":
             copy = F.interpolate(batch.source, size=(size, size), mode="bilinear", antialias=True)
             return (batch.source if batch.source.shape[-1] == size else copy), None
-        out = model(batch.source, batch.gaze_head, batch.camera)
+        out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         return out.image.clamp(-1, 1), out.depth
 
     for name, chosen in (("a", same), ("b", new)):

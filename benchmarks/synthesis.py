@@ -81,14 +81,15 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
     def tensors(plan, image: np.ndarray) -> tuple[torch.Tensor, ...]:
         cameras = geometry.head_pose_to_camera(head[None] + plan.views, run.normalisation)
         x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
-        return torch.from_numpy(plan.gazes).float().to(device), torch.from_numpy(cameras).float().to(device), x
+        source = torch.from_numpy(geometry.head_pose_to_camera(head[None], run.normalisation)).float().to(device)
+        return torch.from_numpy(plan.gazes).float().to(device), torch.from_numpy(cameras).float().to(device), x, source
 
     @torch.inference_mode()
     def staged() -> None:  # what SourceRenderer.render does, model calls only
         for k, image in enumerate(images):
             plan = plan_source(run.spec, f"s{k}", None)
-            gazes, cameras, x = tensors(plan, image)
-            features = model.encode(x)  # once per source
+            gazes, cameras, x, source = tensors(plan, image)
+            features = model.encode(x, source)  # once per source
             for start in range(0, len(plan.gazes), batch):
                 triplanes = model.redirect(features, gazes[start : start + batch])  # once per gaze
                 for t in triplanes.split(1):
@@ -99,10 +100,10 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
     def full() -> None:  # one whole forward per output image, in the same batches
         for k, image in enumerate(images):
             plan = plan_source(run.spec, f"s{k}", None)
-            gazes, cameras, x = tensors(plan, image)
+            gazes, cameras, x, source = tensors(plan, image)
             for start in range(0, len(plan.pairs), batch):
                 g, v = (torch.from_numpy(c).to(device) for c in plan.pairs[start : start + batch].T)
-                model(x.expand(len(g), -1, -1, -1), gazes[g], cameras[v])
+                model(x.expand(len(g), -1, -1, -1), gazes[g], cameras[v], source.expand(len(g), -1))
 
     def timed(fn) -> float:
         sync()

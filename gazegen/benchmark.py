@@ -36,7 +36,7 @@ from gazegen.models.livegaze import LiveGaze
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STAGE_MODULES = {
     "encode": ("high_encoder", "low_encoder"),
-    "redirect": ("gaze_encoder", "gaze_fusion", "triplane_head"),
+    "redirect": ("gaze_encoder", "gaze_fusion", "triplane_head", "lifting"),
     "render": ("decoder", "superres"),
 }
 
@@ -94,7 +94,7 @@ def _macs(fn: Callable[[], Any]) -> float:
 
 def _count_params(model: LiveGaze) -> dict[str, int]:
     counts = {
-        stage: sum(p.numel() for name in names for p in getattr(model, name).parameters())
+        stage: sum(p.numel() for name in names if getattr(model, name) is not None for p in getattr(model, name).parameters())
         for stage, names in STAGE_MODULES.items()
     }
     counts["total"] = sum(p.numel() for p in model.parameters())
@@ -161,10 +161,11 @@ def _stage_seconds(
 
 def _stage_macs(model: LiveGaze, image: torch.Tensor, gaze: torch.Tensor, cameras: torch.Tensor) -> dict[str, float]:
     """MACs of each stage for the given (batch-1) inputs, and their total."""
-    features = model.encode(image)
+    source = head_pose_to_camera(torch.zeros(len(image), 2), NormalisationConfig()).float().to(image.device)
+    features = model.encode(image, source)
     triplane = model.redirect(features, gaze)
     macs = {
-        "encode": _macs(lambda: model.encode(image)),
+        "encode": _macs(lambda: model.encode(image, source)),
         "redirect": _macs(lambda: model.redirect(features, gaze)),
         "render": _macs(lambda: model.render(triplane, cameras)),
     }
@@ -199,8 +200,11 @@ def bench_model(
     torch.manual_seed(seed)
     model = LiveGaze(cfg).eval().requires_grad_(False).to(dev)  # inference only (and FlopCounterMode needs it)
     wrap = torch.compile if compile else (lambda fn: fn)
-    stages = {name: wrap(getattr(model, name)) for name in ("encode", "redirect", "render")}
-    stages["forward"] = wrap(model)
+    frontal = head_pose_to_camera(torch.zeros(1, 2), NormalisationConfig()).float().to(dev)  # every source's camera
+    encode, forward = wrap(model.encode), wrap(model)
+    stages = {name: wrap(getattr(model, name)) for name in ("redirect", "render")}
+    stages["encode"] = lambda image: encode(image, frontal.expand(len(image), -1))
+    stages["forward"] = lambda image, gaze, cameras: forward(image, gaze, cameras, frontal.expand(len(image), -1))
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
     image, gaze, cameras = _inputs(cfg, batch, dev, seed)
     with torch.inference_mode(), autocast:

@@ -101,7 +101,8 @@ class SourceRenderer:
             "camera": cameras[view_of],
         }  # fmt: skip
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
-        features = self.model.encode(x)  # once per source
+        source_camera = geometry.head_pose_to_camera(np.asarray(head_pose, np.float64)[None], s.normalisation)  # (1, 25)
+        features = self.model.encode(x, torch.from_numpy(source_camera).float().to(self.device))  # once per source
         gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
         cams = torch.from_numpy(cameras).float().to(self.device)  # (V, 25)
         parts: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
