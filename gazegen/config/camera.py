@@ -113,3 +113,33 @@ class CropConfig:
         """Target height of the eye line as a fraction of the side from the top (LiveGaze: ~0.42)."""
         n = self.normalisation
         return 0.5 - n.focal / n.resolution * self.eye_above_centre_mm / n.distance_mm
+
+
+# --------------------------------------------------------------------------- faces in photos
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """MTCNN face detection with five landmarks (gazegen/data/mtcnn.py).
+
+    The image pyramid starts at the scale that maps `min_face_px` to the proposal net's 12 px
+    window and shrinks by `scale_step` down to 12 px, so a photo of any size is searched for
+    every face from `min_face_px` wide up. Faces are found up to ~30 degrees of roll; when none
+    is upright, copies turned by each of `rolls` degrees are searched in that order until one
+    has a face (so any roll is found, at up to 1 + len(rolls) times the cost on a face-less image).
+    """
+
+    min_face_px: int = bounded(40, 12)  # smallest face searched for, pixels of the input image
+    scale_step: float = bounded(0.709, 0.3, 0.95)  # pyramid factor between levels (MTCNN: 0.709)
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # face scores kept by P-, R- and O-Net
+    rolls: tuple[float, ...] = (90.0, -90.0, 180.0, 45.0, -45.0, 135.0, -135.0)  # degrees, tried in order
+    all_faces: bool = False  # True: every face is its own source ("#face1", ...); False: only the largest
+
+
+@dataclass(frozen=True)
+class PhotoCameraConfig:
+    """The intrinsics assumed for a photo whose camera is unknown: a pinhole with square pixels,
+    principal point at the image centre, focal length `focal_fraction` times the longer side
+    (1.0: a ~53 degree field of view across the longer side, a typical phone or webcam)."""
+
+    focal_fraction: float = bounded(1.0, 0.1, 20.0)

@@ -77,6 +77,7 @@ class FaceDetection:
     right_eye: Point | None = None  # the subject's right eye centre (image left)
     score: float = 0.0  # detector confidence; only comparable within one detector
     eyes_estimated: bool = False  # True: eye centres guessed from the box, not detected
+    landmarks: tuple[Point, ...] | None = None  # five points (gazegen/data/mtcnn.py LANDMARKS) when known
 
     @property
     def area(self) -> float:
@@ -132,7 +133,7 @@ class HaarFaceDetector:
         return (HaarFaceDetector, self._args)
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
-        _check_rgb(image)
+        check_rgb(image)
         gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
         for roll in self.rolls:  # the frontal cascade tolerates ~15 degrees of roll; try turned copies
             found = self._detect_upright(gray) if roll == 0 else self._detect_turned(gray, roll)
@@ -217,7 +218,7 @@ def _load_cascade(name: str) -> cv2.CascadeClassifier:
     return cascade
 
 
-def _check_rgb(image: np.ndarray) -> None:
+def check_rgb(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
 
@@ -259,7 +260,7 @@ def align_face(image: np.ndarray, detection: FaceDetection, cfg: CropConfig) -> 
     horizontal (roll), the eye distance matches (scale) and the face is centred. Pixels outside
     the photo are black, as in ETH-XGaze's normalisation. Large reductions first shrink the
     photo with area averaging (warpAffine alone would alias)."""
-    _check_rgb(image)
+    check_rgb(image)
     targets = target_eyes(cfg)
     matrix = similarity_from_eyes(detection.eyes(), targets)
     scale = math.hypot(matrix[0, 0], matrix[1, 0])
@@ -303,7 +304,7 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
             its side is `cfg.resolution` or `cfg.normalisation.resolution` (normalised crops of
             strongly turned heads defeat a frontal detector). Otherwise as ``always``.
     """
-    _check_rgb(image)
+    check_rgb(image)
     h, w = image.shape[:2]
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"crop mode must be auto, always or never, got {mode!r}")
