@@ -82,6 +82,16 @@ class SynthHeadsConfig:
 
 
 @dataclass(frozen=True)
+class PhotoCameraConfig:
+    """The intrinsics assumed for a photo whose camera is unknown: a pinhole with square pixels,
+    principal point at the image centre, focal length `focal_fraction` times the longer side
+    (1.0: a ~53 degree field of view across the longer side, a typical phone or webcam)."""
+
+    focal_fraction: float = bounded(1.0, 0.1, 20.0)
+
+
+
+@dataclass(frozen=True)
 class CropConfig:
     """Detect, align and crop faces in photographs like the training data (gazegen/data/faces.py).
 
@@ -96,11 +106,12 @@ class CropConfig:
     normalisation: NormalisationConfig = NormalisationConfig()  # framing to match (LiveGaze 512 px store)
     ipd_mm: float = bounded(63.0, 40.0, 80.0)  # distance between the eye centres, millimetres
     eye_above_centre_mm: float = bounded(23.7, 0.0, 60.0)  # eye line above the face centre, mm
-    min_face_px: int = bounded(48, 8)  # faces narrower than this (input pixels) are rejected
+    min_face_px: int = bounded(40, 8)  # faces narrower than this (input pixels) are rejected
     # --crop auto: an input counts as a normalised crop when its eye distance and eye midpoint are
     # within this fraction of the target eye distance of the targets
     auto_tolerance: float = bounded(0.2, 0.0, 1.0)
     auto_max_roll_deg: float = bounded(8.0, 0.0, 45.0)  # --crop auto: largest eye-line tilt of a crop
+    camera: PhotoCameraConfig = PhotoCameraConfig()  # a photo's assumed intrinsics (landmark normalisation)
 
     @property
     def eye_distance_fraction(self) -> float:
@@ -129,17 +140,8 @@ class DetectorConfig:
     has a face (so any roll is found, at up to 1 + len(rolls) times the cost on a face-less image).
     """
 
-    min_face_px: int = bounded(40, 12)  # smallest face searched for, pixels of the input image
+    min_face_px: int = bounded(32, 12)  # smallest face searched for, pixels of the input image
     scale_step: float = bounded(0.709, 0.3, 0.95)  # pyramid factor between levels (MTCNN: 0.709)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)  # face scores kept by P-, R- and O-Net
     rolls: tuple[float, ...] = (90.0, -90.0, 180.0, 45.0, -45.0, 135.0, -135.0)  # degrees, tried in order
-    all_faces: bool = False  # True: every face is its own source ("#face1", ...); False: only the largest
 
-
-@dataclass(frozen=True)
-class PhotoCameraConfig:
-    """The intrinsics assumed for a photo whose camera is unknown: a pinhole with square pixels,
-    principal point at the image centre, focal length `focal_fraction` times the longer side
-    (1.0: a ~53 degree field of view across the longer side, a typical phone or webcam)."""
-
-    focal_fraction: float = bounded(1.0, 0.1, 20.0)

@@ -27,11 +27,12 @@ import cv2
 import numpy as np
 
 from gazegen.config import CropConfig
+from gazegen.data.normalise import NormalisationError, NormalisedFace, normalise_face, photo_camera_matrix
 
 Point = tuple[float, float]  # (x, y) pixels
 Box = tuple[float, float, float, float]  # x, y (top-left corner), width, height in pixels
 CropMode = Literal["auto", "always", "never"]
-CropStatus = Literal["cropped", "passthrough", "no_face", "face_too_small", "not_square"]
+CropStatus = Literal["cropped", "passthrough", "no_face", "face_too_small", "no_landmarks", "not_square"]
 
 # Eye centres of a frontal face as fractions of a Haar frontal-face box (x, y from its top-left
 # corner), used when the eye cascades find no plausible pair. Measured on detections of
@@ -286,7 +287,14 @@ class CropResult:
     reason: str  # human-readable: what happened and why (the errors table's text when not ok)
     image: np.ndarray | None = None  # (res, res, 3) uint8 RGB, None when not ok
     detection: FaceDetection | None = None  # the face used (largest), if any
-    aligned: AlignedFace | None = None  # the alignment, when cropped
+    aligned: AlignedFace | None = None  # the eye alignment, when cropped from a detection without landmarks
+    normalised: NormalisedFace | None = None  # the ETH-XGaze normalisation, when cropped from landmarks
+
+    @property
+    def head_pose(self) -> np.ndarray:
+        """(2,) the face's head pitch/yaw in the normalised camera: from the landmarks when the
+        crop was normalised from them, else (0, 0) (a frontal face assumed)."""
+        return np.zeros(2) if self.normalised is None else self.normalised.head_pose
 
     @property
     def ok(self) -> bool:
@@ -325,8 +333,41 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
     if face.box[2] < cfg.min_face_px:
         reason = f"largest face is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
         return CropResult("face_too_small", reason, detection=face)
-    aligned = align_face(image, face, cfg)
-    return CropResult("cropped", f"face at {tuple(round(v) for v in face.box)} aligned", aligned.image, face, aligned)
+    return crop_face(image, face, cfg)
+
+
+def crop_face(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropResult:
+    """Crop one detected face: ETH-XGaze normalisation from its landmarks when it has them (head
+    pose from solvePnP, camera from `cfg.camera`), else the similarity alignment of its eyes."""
+    where = f"face at {tuple(round(v) for v in face.box)}"
+    if face.landmarks is None:
+        aligned = align_face(image, face, cfg)
+        return CropResult("cropped", f"{where} aligned by its eyes", aligned.image, face, aligned)
+    camera = photo_camera_matrix(image.shape[1], image.shape[0], cfg.camera)
+    try:
+        normalised = normalise_face(image, np.asarray(face.landmarks), camera, cfg.normalisation.at_resolution(cfg.resolution))
+    except NormalisationError as e:
+        return CropResult("no_landmarks", f"{where}: landmarks not usable ({e})", detection=face)
+    return CropResult("cropped", f"{where} normalised from its landmarks", normalised.image, face, normalised=normalised)
+
+
+def crop_each_face(image: np.ndarray, detector: FaceDetector, cfg: CropConfig) -> list[tuple[str, CropResult]]:
+    """Every face of a photo as its own source: ``(face_id, result)``, largest face first, with
+    ``face_id`` ``"face00"``, ``"face01"``, ... in that order (so the largest keeps ``face00``
+    whether one face or all are taken). A photo without a usable face gives one failed result
+    with the id ``"face00"``."""
+    check_rgb(image)
+    faces = sorted(detector.detect(image), key=lambda d: -d.area)
+    if not faces:
+        return [("face00", CropResult("no_face", f"no face found in the {image.shape[1]}x{image.shape[0]} image"))]
+    out = []
+    for i, face in enumerate(faces):
+        if face.box[2] < cfg.min_face_px:
+            reason = f"face {i} is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
+            out.append((f"face{i:02d}", CropResult("face_too_small", reason, detection=face)))
+        else:
+            out.append((f"face{i:02d}", crop_face(image, face, cfg)))
+    return out
 
 
 def _looks_normalised(face: FaceDetection, side: int, cfg: CropConfig) -> bool:
