@@ -93,7 +93,10 @@ def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: 
     image_points = np.asarray(landmarks, np.float64).reshape(-1, 1, 2)
     object_points = np.asarray(model, np.float64).reshape(-1, 1, 3)
     k = np.asarray(camera_matrix, np.float64)
-    ok, rvec, tvec = cv2.solvePnP(object_points, image_points, k, None, flags=cv2.SOLVEPNP_SQPNP)
+    try:
+        ok, rvec, tvec = cv2.solvePnP(object_points, image_points, k, None, flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error as e:  # e.g. all landmarks on one point
+        raise NormalisationError(f"solvePnP failed on these landmarks ({e.err})") from None
     if not ok or tvec[2, 0] <= 0:
         raise NormalisationError("solvePnP found no head pose in front of the camera for these landmarks")
     rvec, tvec = cv2.solvePnPRefineLM(object_points, image_points, k, None, rvec, tvec)
