@@ -51,12 +51,16 @@ class MtcnnDetector:
         return (MtcnnDetector, (self.cfg,))
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        """Faces of the upright image; when none is confident, also of the turned copies (in
+        `DetectorConfig.rolls` order, until one is), the best-scored of overlapping ones kept."""
         check_rgb(image)
+        found: list[FaceDetection] = []
         for roll in (0.0, *self.cfg.rolls):
-            found = [face for face in map(lambda d: self._level(image, d), self._detect_turned(image, roll)) if face is not None]
-            if found:
-                return sorted(found, key=lambda d: -d.area)
-        return []
+            found += [face for face in map(lambda d: self._level(image, d), self._detect_turned(image, roll)) if face is not None]
+            if any(face.score >= self.cfg.confident for face in found):
+                break
+        boxes = np.array([[*f.box[:2], f.box[0] + f.box[2], f.box[1] + f.box[3], f.score] for f in found]).reshape(-1, 5)
+        return sorted((found[i] for i in nms(boxes, 0.3)), key=lambda d: -d.area)
 
     # ------------------------------------------------------------------ roll
 
@@ -97,10 +101,11 @@ class MtcnnDetector:
         """P-Net over the pyramid -> (N, 5) square candidate boxes after regression and NMS."""
         h, w = image.shape[:2]
         scale = P_WINDOW / min_face_px
-        found = []
+        found, source = [], image
         while min(h, w) * scale >= P_WINDOW:
             size = (math.ceil(w * scale), math.ceil(h * scale))
-            level = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            level = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
+            source = level if scale < 1.0 else image  # each level from the previous one: cheap on large photos
             self.pnet.setInput(_to_net(level[None]))
             reg, prob = self.pnet.forward(["conv2d_4", "softmax"])  # (1, W', H', 4), (1, W', H', 2)
             xs, ys = np.nonzero(prob[0, :, :, 1] >= self.cfg.thresholds[0])
