@@ -32,6 +32,8 @@ class HeadPhoto:
     face_centre: np.ndarray  # (3,) mm, camera frame: ETH-XGaze's face centre of this head (`head_landmarks_mm`)
     landmarks: np.ndarray  # (5, 2) pixels, the five landmarks (mtcnn.LANDMARKS order) projected
     face_mask: np.ndarray  # (S, S) bool: the head's surface, body excluded
+    left_eye_mask: np.ndarray  # (S, S) bool: the subject's left eyeball where it shows
+    right_eye_mask: np.ndarray
 
 
 def head_landmarks_mm(identity: Identity) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +92,7 @@ def photograph_head(identity: Identity, rotation: np.ndarray, face_centre_mm: np
     cam_points = marks_head @ rotation.T + origin_cam  # (5, 3)
     uv = cam_points[:, :2] / cam_points[:, 2:] * focal_px + matrix[:2, 2]
     return HeadPhoto(out.image_uint8()[0].numpy(), matrix, rotation, rotation @ centre_head + origin_cam, uv,
-                     out.face_mask[0].numpy())
+                     out.face_mask[0].numpy(), out.left_eye_mask[0].numpy(), out.right_eye_mask[0].numpy())
 
 
 def mean_head_model_mm(count: int = 200) -> np.ndarray:
