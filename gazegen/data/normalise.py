@@ -127,6 +127,13 @@ def normalise_face(image: np.ndarray, landmarks: np.ndarray, camera_matrix: np.n
     normalised camera looks at).
     """
     pose = estimate_head_pose(landmarks, camera_matrix, model)
+    return normalise_with_pose(image, pose, camera_matrix, norm, landmarks)
+
+
+def normalise_with_pose(image: np.ndarray, pose: HeadPose, camera_matrix: np.ndarray, norm: NormalisationConfig,
+                        landmarks: np.ndarray) -> NormalisedFace:
+    """Warp the face whose head pose in the photo's camera is known (``pose.translation``: its
+    face centre) to the normalised camera `norm`; `landmarks` (P, 2) photo pixels are carried along."""
     rot = normalising_rotation(pose.translation, pose.rotation)
     distance = float(np.linalg.norm(pose.translation))
     scale = np.diag([1.0, 1.0, norm.distance_mm / distance])
