@@ -100,6 +100,9 @@ class CropConfig:
     midpoint of the eye centre and the nose-base centre, which the normalised camera looks at);
     both defaults are measured on ETH-XGaze's generic 3D face model (face_model.txt: eye-corner
     centres 63.5 mm apart, 23.7 mm above that face centre; 63 mm is also the adult mean IPD).
+    A landmark normalisation looks at the point `eye_above_centre_mm` below the eyes, so both
+    paths frame faces alike. gazegen's procedural heads are framed about their eye midpoint:
+    crops meant to match them take ``eye_above_centre_mm = 0``.
     """
 
     resolution: int = bounded(512, 16, 4096)  # side of the output crop, pixels

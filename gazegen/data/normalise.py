@@ -47,6 +47,13 @@ FACE_MODEL_MM = np.array(
 FACE_CENTRE_MM = np.zeros(3)  # the face centre in the model's frame
 
 
+def face_model(eye_above_centre_mm: float) -> np.ndarray:
+    """`FACE_MODEL_MM` about another look-at point: the point `eye_above_centre_mm` below the
+    midpoint of the eye centres (ETH-XGaze's face centre: ~24 mm; the eye midpoint itself: 0)."""
+    eyes = FACE_MODEL_MM[:2].mean(0)
+    return FACE_MODEL_MM - (eyes + [0.0, eye_above_centre_mm, 0.0])
+
+
 class NormalisationError(ValueError):
     """The landmarks give no usable head pose (degenerate, behind the camera, or too far off)."""
 
