@@ -194,7 +194,9 @@ def sheet_tile(image: np.ndarray, face) -> np.ndarray:
         colour = ((255, 0, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255))[k]
         cv2.circle(view, tuple(int(v) for v in (np.array(p) - offset) * s), 2, colour, -1)
     result = crop_faces(image, _Fixed(face), CropConfig(resolution=128, normalisation=NORM), "always")
-    crop = result.image if result.ok else np.zeros((128, 128, 3), np.uint8)  # black: the crop failed
+    crop = result.image if result.ok else np.zeros((128, 128, 3), np.uint8)
+    if not result.ok:  # black with the status: the crop failed
+        cv2.putText(crop, result.status, (4, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([view, crop], 1)
 
 

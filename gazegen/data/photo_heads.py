@@ -20,6 +20,7 @@ import torch
 from gazegen import geometry
 from gazegen.config import NormalisationConfig
 from gazegen.data.head_model import Identity, Lighting, eye_axes, render
+from gazegen.data.heads import sample_identity
 
 WORLD_MM = NormalisationConfig()  # only its world scale (distance_mm / radius) is used: mm per world unit
 
@@ -99,7 +100,5 @@ def mean_head_model_mm(count: int = 200) -> np.ndarray:
     """(5, 3) mm: the five landmarks of procedural heads about their face centre, averaged over
     the identities of seeds 0..count-1. The generic face model for this population (its noses
     sit lower and its mouths further back than ETH-XGaze's average human face)."""
-    from gazegen.data.heads import sample_identity  # heads.py imports the store writer; only needed here
-
     points = [np.subtract(*head_landmarks_mm(sample_identity(np.random.default_rng(i)))) for i in range(count)]
     return np.mean(points, 0)
