@@ -64,6 +64,7 @@ def test_prepare_labels_from_names(folder, tmp_path):
         np.testing.assert_allclose(s.gaze, np.radians([v, h]), atol=1e-6)
         np.testing.assert_allclose(s.head_pose, np.radians([0, p]), atol=1e-6)
         assert s.image.shape == (64, 64, 3) and s.face_mask[32, 32] == 1 and s.eye_mask.sum() > 0
+        np.testing.assert_allclose(s.face_mat_norm @ s.face_mat_norm.T, np.eye(3), atol=1e-5)  # kept: labels map back to the photo
 
 
 def test_faceless_photo_is_skipped_with_its_reason(folder, tmp_path, caplog):

@@ -117,7 +117,7 @@ class ColumbiaGazeReader:
             gaze_head=f32(geometry.gaze_camera_to_head(gaze, geometry.head_pose_to_rotation(head_pose))),
             camera=f32(geometry.head_pose_to_camera(head_pose, self.normalisation)), normalisation=self.normalisation,
             subject=self.subject, frame_index=index, cam_index=0, face_mask=masks.face_mask,
-            left_eye_mask=masks.left_eye_mask, right_eye_mask=masks.right_eye_mask,
+            left_eye_mask=masks.left_eye_mask, right_eye_mask=masks.right_eye_mask, face_mat_norm=f32(face.face_mat_norm),
         )
 
     def _detector(self, min_face_px: int) -> MtcnnDetector:
