@@ -56,11 +56,11 @@ def synth_heads(
 
 @data_app.command("prepare")
 def prepare(
-    src: Path = typer.Argument(..., help="ETH-XGaze / GazeNeRF h5 file or folder of them."),
+    src: Path = typer.Argument(..., help="ETH-XGaze / GazeNeRF h5 file or folder of them, or an MPIIFaceGaze release."),
     out: Path = typer.Argument(..., help="Training store to create."),
     resolution: int = typer.Option(512, help="Output image side (the paper: 512)."),
 ) -> None:
-    """Convert published ETH-XGaze or GazeNeRF h5 files into a training store."""
+    """Convert published ETH-XGaze or GazeNeRF h5 files (or MPIIFaceGaze, normalised) into a training store."""
     from gazegen.data.prepare import prepare_store
     from gazegen.data.xgaze import DataError
 

@@ -3,8 +3,9 @@
 INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of file count:
 
 images   ``.jpg .jpeg .png .bmp .webp``: one source each. Photos are detected, aligned and
-         cropped like the training data (``--crop auto|always|never``, gazegen/data/faces.py);
-         the head is taken as frontal, head pose (0, 0), and the gaze as unknown.
+         cropped like the training data (``--crop auto|always|never``, gazegen/data/faces.py):
+         normalised from their landmarks, with the head pose solvePnP gives (passed-through
+         crops: frontal, (0, 0)); the gaze is unknown.
 h5       ``.h5 .hdf5`` in any layout gazegen/data/xgaze.py reads (training store, ETH-XGaze,
          GazeNeRF): one source per row, with its head pose and head-frame gaze. A patch taken
          with another normalised camera than the model's is re-zoomed to the model's framing
@@ -39,7 +40,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gazegen.config import CropConfig, NormalisationConfig
-from gazegen.data.faces import HaarFaceDetector, crop_faces, read_image
+from gazegen.data.faces import crop_faces, read_image
+from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 
 log = logging.getLogger(__name__)
@@ -183,8 +185,8 @@ def _resize(image: np.ndarray, side: int) -> np.ndarray:
 
 
 @cache
-def _detector() -> HaarFaceDetector:
-    return HaarFaceDetector()  # one per worker process
+def _detector() -> MtcnnDetector:
+    return MtcnnDetector()  # one per worker process
 
 
 def _failed(stage: str, reason: str) -> DecodedSource:
@@ -196,7 +198,7 @@ def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
     result = crop_faces(image, _detector(), cfg, settings.crop)  # type: ignore[arg-type]
     if not result.ok:
         return _failed("crop", result.reason)
-    return DecodedSource(result.image, np.zeros(2), None)
+    return DecodedSource(result.image, result.head_pose, None)
 
 
 def _read_images(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:

@@ -112,7 +112,7 @@ def test_official_reader_converts_colour_labels_and_camera(tmp_path):
         np.testing.assert_allclose(s.gaze, truth["face_gaze"][i], atol=1e-6)
         np.testing.assert_allclose(s.head_pose, truth["face_head_pose"][i], atol=1e-6)
         np.testing.assert_allclose(s.camera, geometry.head_pose_to_camera(truth["face_head_pose"][i], NORM32), atol=1e-6)
-        np.testing.assert_allclose(s.extras["face_mat_norm"], truth["face_mat_norm"][i])
+        np.testing.assert_allclose(s.face_mat_norm, truth["face_mat_norm"][i], atol=1e-6)
         np.testing.assert_allclose(s.landmarks, truth["facial_landmarks"][i], atol=1e-4)
         assert s.face_mask is None and s.depth is None and s.normalisation == NORM32
         assert (s.frame_index, s.cam_index) == (i // 3, i % 3 * 8)

@@ -10,7 +10,8 @@ Where each concept lives (everything is re-exported here: ``from gazegen.config 
 - ``loader``: ConfigError, load_config (TOML + ``--set a.b=v`` overrides), to_dict, bounded,
   CONFIG_DIR (the repository's ``configs/``) and resolve_preset.
 - ``camera``: the normalised camera (NormalisationConfig, PUBLISHED_NORMALISATIONS), procedural
-  heads (RigConfig, GazeRangeConfig, SynthHeadsConfig) and face cropping (CropConfig).
+  heads (RigConfig, GazeRangeConfig, SynthHeadsConfig), face cropping (CropConfig), face detection
+  (DetectorConfig) and the assumed camera of a photo (PhotoCameraConfig).
 - ``model``: LiveGaze's network (ModelConfig) and its neural renderer (RenderConfig).
 - ``training``: `gazegen train` / `gazegen finetune` (TrainConfig, LossConfig, OptimConfig,
   TrainDataConfig, DepthPriorConfig, FinetuneConfig, DEPTH_PRIOR_KINDS, LR_DECAYS).
@@ -21,8 +22,8 @@ Where each concept lives (everything is re-exported here: ``from gazegen.config 
 
 from __future__ import annotations
 
-from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, GazeRangeConfig, NormalisationConfig, RigConfig,
-                                   SynthHeadsConfig)
+from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, DetectorConfig, GazeRangeConfig, NormalisationConfig,
+                                   PhotoCameraConfig, RigConfig, SynthHeadsConfig)
 from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig, EyePatchConfig
 from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, load_config, resolve_preset, to_dict
 from gazegen.config.model import ModelConfig, RenderConfig
@@ -41,6 +42,8 @@ __all__ = [
     # camera
     "PUBLISHED_NORMALISATIONS",
     "CropConfig",
+    "DetectorConfig",
+    "PhotoCameraConfig",
     "GazeRangeConfig",
     "NormalisationConfig",
     "RigConfig",

@@ -82,6 +82,16 @@ class SynthHeadsConfig:
 
 
 @dataclass(frozen=True)
+class PhotoCameraConfig:
+    """The intrinsics assumed for a photo whose camera is unknown: a pinhole with square pixels,
+    principal point at the image centre, focal length `focal_fraction` times the longer side
+    (1.0: a ~53 degree field of view across the longer side, a typical phone or webcam)."""
+
+    focal_fraction: float = bounded(1.0, 0.1, 20.0)
+
+
+
+@dataclass(frozen=True)
 class CropConfig:
     """Detect, align and crop faces in photographs like the training data (gazegen/data/faces.py).
 
@@ -90,17 +100,21 @@ class CropConfig:
     midpoint of the eye centre and the nose-base centre, which the normalised camera looks at);
     both defaults are measured on ETH-XGaze's generic 3D face model (face_model.txt: eye-corner
     centres 63.5 mm apart, 23.7 mm above that face centre; 63 mm is also the adult mean IPD).
+    A landmark normalisation looks at the point `eye_above_centre_mm` below the eyes, so both
+    paths frame faces alike. gazegen's procedural heads are framed about their eye midpoint:
+    crops meant to match them take ``eye_above_centre_mm = 0``.
     """
 
     resolution: int = bounded(512, 16, 4096)  # side of the output crop, pixels
     normalisation: NormalisationConfig = NormalisationConfig()  # framing to match (LiveGaze 512 px store)
     ipd_mm: float = bounded(63.0, 40.0, 80.0)  # distance between the eye centres, millimetres
     eye_above_centre_mm: float = bounded(23.7, 0.0, 60.0)  # eye line above the face centre, mm
-    min_face_px: int = bounded(48, 8)  # faces narrower than this (input pixels) are rejected
+    min_face_px: int = bounded(40, 8)  # faces narrower than this (input pixels) are rejected
     # --crop auto: an input counts as a normalised crop when its eye distance and eye midpoint are
     # within this fraction of the target eye distance of the targets
     auto_tolerance: float = bounded(0.2, 0.0, 1.0)
     auto_max_roll_deg: float = bounded(8.0, 0.0, 45.0)  # --crop auto: largest eye-line tilt of a crop
+    camera: PhotoCameraConfig = PhotoCameraConfig()  # a photo's assumed intrinsics (landmark normalisation)
 
     @property
     def eye_distance_fraction(self) -> float:
@@ -113,3 +127,31 @@ class CropConfig:
         """Target height of the eye line as a fraction of the side from the top (LiveGaze: ~0.42)."""
         n = self.normalisation
         return 0.5 - n.focal / n.resolution * self.eye_above_centre_mm / n.distance_mm
+
+
+# --------------------------------------------------------------------------- faces in photos
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """MTCNN face detection with five landmarks (gazegen/data/mtcnn.py).
+
+    The image pyramid starts at the scale that maps `min_face_px` to the proposal net's 12 px
+    window and shrinks by `scale_step` down to 12 px, so a photo of any size is searched for
+    every face from `min_face_px` wide up. A face counts when its eye line is within
+    `max_roll_deg` of level and it is confirmed on a crop turned level (MTCNN's landmarks go
+    astray beyond ~30 degrees of roll). When no face scores `confident`, copies turned by each of
+    `rolls` degrees are searched in that order until one does; of overlapping faces from several
+    copies the best-scored is kept. So any roll is found, at up to 1 + len(rolls) times the cost
+    on a photo without a confident face.
+    """
+
+    min_face_px: int = bounded(32, 12)  # smallest face searched for, pixels of the input image
+    scale_step: float = bounded(0.709, 0.3, 0.95)  # pyramid factor between levels (MTCNN: 0.709)
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9)  # face scores kept by P-, R- and O-Net
+    max_roll_deg: float = bounded(30.0, 10.0, 90.0)  # largest eye-line tilt accepted in one (turned) copy
+    confident: float = bounded(0.99, 0.0, 1.0)  # a face scored this high ends the search of turned copies
+    # degrees, tried in order: quarter turns first (a face turned by one is often also scored,
+    # with landmarks astray, in the copies 45 degrees off)
+    rolls: tuple[float, ...] = (90.0, -90.0, 180.0, 45.0, -45.0, 135.0, -135.0)
+

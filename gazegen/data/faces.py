@@ -6,17 +6,18 @@ convention (integer coordinates are pixel centres; the normalised camera's princ
 (W/2, H/2), as in ETH-XGaze). `left_eye` and `right_eye` are the **subject's** eyes (as in
 `Sample`): in a frontal photo the subject's left eye is on the image's right.
 
-Pipeline: a `FaceDetector` (here `HaarFaceDetector`: OpenCV's Haar cascades; a landmark model
-can replace it behind the same Protocol) finds faces and eye centres; the largest face wins;
-`align_face` applies the similarity transform that puts the two eye centres where a frontal
-face sits in the normalised training images (`CropConfig`: fixes roll, scale and centre).
+Pipeline: a `FaceDetector` (gazegen/data/mtcnn.py `MtcnnDetector`: faces with five landmarks)
+finds faces; the largest wins (`crop_each_face` keeps them all, with stable ids). A face with
+landmarks is normalised the ETH-XGaze way (gazegen/data/normalise.py: head pose by solvePnP,
+the normalising rotation, the crop in the model's normalised camera); a face from a detector
+without landmarks is aligned by `align_face`, the similarity transform that puts its two eye
+centres where a frontal face sits in the normalised training images (`CropConfig`).
 `crop_faces` implements `--crop auto|always|never` and returns a `CropResult` whose `reason`
 is what the synthesis pipeline writes to its errors table when `ok` is false.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -27,15 +28,16 @@ import cv2
 import numpy as np
 
 from gazegen.config import CropConfig
+from gazegen.data.normalise import NormalisationError, NormalisedFace, face_model, normalise_face, photo_camera_matrix
 
 Point = tuple[float, float]  # (x, y) pixels
 Box = tuple[float, float, float, float]  # x, y (top-left corner), width, height in pixels
 CropMode = Literal["auto", "always", "never"]
-CropStatus = Literal["cropped", "passthrough", "no_face", "face_too_small", "not_square"]
+CropStatus = Literal["cropped", "passthrough", "no_face", "face_too_small", "no_landmarks", "not_square"]
 
-# Eye centres of a frontal face as fractions of a Haar frontal-face box (x, y from its top-left
-# corner), used when the eye cascades find no plausible pair. Measured on detections of
-# scikit-image's astronaut and typical of OpenCV's frontalface boxes (eyes ~0.46 box apart).
+# Eye centres of a frontal face as fractions of a square frontal-face box (x, y from its top-left
+# corner), for detectors that give a box but no eyes. Measured on OpenCV Haar frontal-face
+# detections of scikit-image's astronaut (eyes ~0.46 box apart).
 BOX_RIGHT_EYE: Point = (0.27, 0.37)  # the subject's right eye: the image's left
 BOX_LEFT_EYE: Point = (0.73, 0.37)
 
@@ -77,6 +79,7 @@ class FaceDetection:
     right_eye: Point | None = None  # the subject's right eye centre (image left)
     score: float = 0.0  # detector confidence; only comparable within one detector
     eyes_estimated: bool = False  # True: eye centres guessed from the box, not detected
+    landmarks: tuple[Point, ...] | None = None  # five points (gazegen/data/mtcnn.py LANDMARKS) when known
 
     @property
     def area(self) -> float:
@@ -101,123 +104,7 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[FaceDetection]: ...
 
 
-class HaarFaceDetector:
-    """OpenCV Haar cascades: frontal faces, then eyes in the upper part of each face box.
-
-    The cascades are loaded once per instance (a worker holds one); pickling re-loads them.
-    Faces are searched on a copy whose longer side is at most `max_side` (speed on large
-    photos); eyes on the face region resized to `eye_roi_width` pixels (the eye cascades work
-    on a fixed scale). When no face is upright, copies turned by each of `rolls` degrees are
-    tried in turn (the first that finds faces with both eyes wins). Returns detections sorted
-    by area, largest first.
-    """
-
-    def __init__(
-        self,
-        face_cascade: str = "haarcascade_frontalface_alt2.xml",
-        eye_cascades: tuple[str, ...] = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml"),
-        min_size: int = 24,
-        max_side: int = 800,
-        eye_roi_width: int = 160,
-        min_neighbors: int = 4,
-        rolls: tuple[float, ...] = (0.0, 20.0, -20.0),
-    ) -> None:
-        self._args = (face_cascade, eye_cascades, min_size, max_side, eye_roi_width, min_neighbors, rolls)
-        self.face = _load_cascade(face_cascade)
-        self.eye = [_load_cascade(name) for name in eye_cascades]
-        self.min_size, self.max_side, self.eye_roi_width = min_size, max_side, eye_roi_width
-        self.min_neighbors, self.rolls = min_neighbors, rolls
-
-    def __reduce__(self):  # cv2.CascadeClassifier does not pickle; rebuild from the arguments
-        return (HaarFaceDetector, self._args)
-
-    def detect(self, image: np.ndarray) -> list[FaceDetection]:
-        _check_rgb(image)
-        gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-        for roll in self.rolls:  # the frontal cascade tolerates ~15 degrees of roll; try turned copies
-            found = self._detect_upright(gray) if roll == 0 else self._detect_turned(gray, roll)
-            if found:
-                return sorted(found, key=lambda d: -d.area)
-        return []
-
-    def _detect_turned(self, gray: np.ndarray, roll: float) -> list[FaceDetection]:
-        """Detect on a copy turned by `roll` degrees about its centre and map the eyes back; a
-        box keeps its size around its turned-back centre (eyes, not boxes, drive alignment)."""
-        h, w = gray.shape
-        turn = cv2.getRotationMatrix2D((w / 2, h / 2), roll, 1.0)
-        back = cv2.invertAffineTransform(turn)
-        found = self._detect_upright(cv2.warpAffine(gray, turn, (w, h), borderMode=cv2.BORDER_REPLICATE))
-        move = lambda p: tuple(float(v) for v in back @ (p[0], p[1], 1.0))  # noqa: E731
-        out = []
-        for d in filter(lambda d: not d.eyes_estimated, found):  # turned copies: eyes must confirm a face
-            x, y, bw, bh = d.box
-            cx, cy = move((x + bw / 2, y + bh / 2))
-            left, right = d.eyes()
-            out.append(FaceDetection((cx - bw / 2, cy - bh / 2, bw, bh), move(left), move(right), d.score))
-        return out
-
-    def _detect_upright(self, gray: np.ndarray) -> list[FaceDetection]:
-        scale = min(1.0, self.max_side / max(gray.shape))
-        small = gray if scale == 1.0 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        min_px = max(8, round(self.min_size * scale))
-        boxes, _, weights = self.face.detectMultiScale3(
-            small, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(min_px, min_px), outputRejectLevels=True
-        )
-        found = []
-        for (x, y, w, h), score in zip(np.reshape(boxes, (-1, 4)), np.reshape(weights, (-1,))):
-            box = (float(x / scale), float(y / scale), float(w / scale), float(h / scale))
-            eyes = self._find_eyes(gray, box)
-            left, right = eyes if eyes is not None else eyes_from_box(box)
-            found.append(FaceDetection(box, left, right, float(score), eyes_estimated=eyes is None))
-        return found
-
-    def _find_eyes(self, gray: np.ndarray, box: Box) -> tuple[Point, Point] | None:
-        """The most plausible pair of eye-cascade hits in the upper face, or None."""
-        x, y, w, h = box
-        x0, y0 = max(0, int(x)), max(0, int(y + 0.1 * h))
-        x1, y1 = min(gray.shape[1], int(x + w)), min(gray.shape[0], int(y + 0.62 * h))
-        if x1 - x0 < 8 or y1 - y0 < 8:
-            return None
-        s = self.eye_roi_width / (x1 - x0)
-        interpolation = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-        roi = cv2.resize(gray[y0:y1, x0:x1], None, fx=s, fy=s, interpolation=interpolation)
-        lo, hi = round(0.1 * self.eye_roi_width), round(0.4 * self.eye_roi_width)  # eye sizes
-        hits = []  # (x, y, size) in image pixels
-        for cascade in self.eye:
-            found = cascade.detectMultiScale(roi, 1.1, 3, minSize=(lo, lo), maxSize=(hi, hi))
-            for ex, ey, ew, eh in np.reshape(found, (-1, 4)):
-                hits.append((float(x0 + (ex + ew / 2) / s), float(y0 + (ey + eh / 2) / s), float(ew / s)))
-        return _best_eye_pair(hits, box)
-
-
-def _best_eye_pair(hits: list[tuple[float, float, float]], box: Box) -> tuple[Point, Point] | None:
-    """Pick (left, right) among (x, y, size) eye hits: apart like eyes, level within ~35 degrees,
-    similar sizes, centred in the box; the pair closest to the typical layout wins."""
-    x, y, w, h = box
-    best, best_cost = None, math.inf
-    for a, b in itertools.permutations(hits, 2):
-        dx, dy = b[0] - a[0], b[1] - a[1]  # a: image left (subject's right eye), b: image right
-        dist = math.hypot(dx, dy)
-        similar = max(a[2], b[2]) <= 2 * min(a[2], b[2])
-        if dx <= 0 or not 0.25 * w <= dist <= 0.75 * w or abs(dy) > 0.7 * dx or not similar:
-            continue
-        mx, my = (a[0] + b[0]) / 2 - x, (a[1] + b[1]) / 2 - y
-        typical = BOX_LEFT_EYE[0] - BOX_RIGHT_EYE[0]
-        cost = abs(dist / w - typical) + abs(mx / w - 0.5) + abs(my / h - BOX_LEFT_EYE[1])
-        if abs(mx / w - 0.5) < 0.2 and cost < best_cost:
-            best, best_cost = ((b[0], b[1]), (a[0], a[1])), cost
-    return best
-
-
-def _load_cascade(name: str) -> cv2.CascadeClassifier:
-    path = name if os.path.isabs(name) else os.path.join(cv2.data.haarcascades, name)
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise FileNotFoundError(f"Haar cascade {path} could not be loaded (is opencv-python-headless 4.x installed?)")
-    return cascade
-
-
-def _check_rgb(image: np.ndarray) -> None:
+def check_rgb(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} {image.shape}")
 
@@ -259,7 +146,7 @@ def align_face(image: np.ndarray, detection: FaceDetection, cfg: CropConfig) -> 
     horizontal (roll), the eye distance matches (scale) and the face is centred. Pixels outside
     the photo are black, as in ETH-XGaze's normalisation. Large reductions first shrink the
     photo with area averaging (warpAffine alone would alias)."""
-    _check_rgb(image)
+    check_rgb(image)
     targets = target_eyes(cfg)
     matrix = similarity_from_eyes(detection.eyes(), targets)
     scale = math.hypot(matrix[0, 0], matrix[1, 0])
@@ -285,7 +172,14 @@ class CropResult:
     reason: str  # human-readable: what happened and why (the errors table's text when not ok)
     image: np.ndarray | None = None  # (res, res, 3) uint8 RGB, None when not ok
     detection: FaceDetection | None = None  # the face used (largest), if any
-    aligned: AlignedFace | None = None  # the alignment, when cropped
+    aligned: AlignedFace | None = None  # the eye alignment, when cropped from a detection without landmarks
+    normalised: NormalisedFace | None = None  # the ETH-XGaze normalisation, when cropped from landmarks
+
+    @property
+    def head_pose(self) -> np.ndarray:
+        """(2,) the face's head pitch/yaw in the normalised camera: from the landmarks when the
+        crop was normalised from them, else (0, 0) (a frontal face assumed)."""
+        return np.zeros(2) if self.normalised is None else self.normalised.head_pose
 
     @property
     def ok(self) -> bool:
@@ -303,7 +197,7 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
             its side is `cfg.resolution` or `cfg.normalisation.resolution` (normalised crops of
             strongly turned heads defeat a frontal detector). Otherwise as ``always``.
     """
-    _check_rgb(image)
+    check_rgb(image)
     h, w = image.shape[:2]
     if mode not in ("auto", "always", "never"):
         raise ValueError(f"crop mode must be auto, always or never, got {mode!r}")
@@ -324,8 +218,43 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
     if face.box[2] < cfg.min_face_px:
         reason = f"largest face is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
         return CropResult("face_too_small", reason, detection=face)
-    aligned = align_face(image, face, cfg)
-    return CropResult("cropped", f"face at {tuple(round(v) for v in face.box)} aligned", aligned.image, face, aligned)
+    return crop_face(image, face, cfg)
+
+
+def crop_face(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropResult:
+    """Crop one detected face: ETH-XGaze normalisation from its landmarks when it has them (head
+    pose from solvePnP, camera from `cfg.camera`, the normalised camera looking at the point
+    `cfg.eye_above_centre_mm` below the eyes), else the similarity alignment of its eyes."""
+    where = f"face at {tuple(round(v) for v in face.box)}"
+    if face.landmarks is None:
+        aligned = align_face(image, face, cfg)
+        return CropResult("cropped", f"{where} aligned by its eyes", aligned.image, face, aligned)
+    camera = photo_camera_matrix(image.shape[1], image.shape[0], cfg.camera)
+    try:
+        normalised = normalise_face(image, np.asarray(face.landmarks), camera, cfg.normalisation.at_resolution(cfg.resolution),
+                                    face_model(cfg.eye_above_centre_mm))
+    except NormalisationError as e:
+        return CropResult("no_landmarks", f"{where}: landmarks not usable ({e})", detection=face)
+    return CropResult("cropped", f"{where} normalised from its landmarks", normalised.image, face, normalised=normalised)
+
+
+def crop_each_face(image: np.ndarray, detector: FaceDetector, cfg: CropConfig) -> list[tuple[str, CropResult]]:
+    """Every face of a photo as its own source: ``(face_id, result)``, largest face first, with
+    ``face_id`` ``"face00"``, ``"face01"``, ... in that order (so the largest keeps ``face00``
+    whether one face or all are taken). A photo without a usable face gives one failed result
+    with the id ``"face00"``."""
+    check_rgb(image)
+    faces = sorted(detector.detect(image), key=lambda d: -d.area)
+    if not faces:
+        return [("face00", CropResult("no_face", f"no face found in the {image.shape[1]}x{image.shape[0]} image"))]
+    out = []
+    for i, face in enumerate(faces):
+        if face.box[2] < cfg.min_face_px:
+            reason = f"face {i} is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
+            out.append((f"face{i:02d}", CropResult("face_too_small", reason, detection=face)))
+        else:
+            out.append((f"face{i:02d}", crop_face(image, face, cfg)))
+    return out
 
 
 def _looks_normalised(face: FaceDetection, side: int, cfg: CropConfig) -> bool:

@@ -1,5 +1,11 @@
 """`gazegen data prepare SRC OUT`: published gaze h5 files (or a store) -> a training store.
 
+SRC may also be an MPIIFaceGaze release (``pXX/pXX.txt`` folders, gazegen/data/mpiifacegaze.py)
+or ColumbiaGaze's raw photos (``0001/0001_2m_-15P_10V_-5H.jpg``, gazegen/data/columbia.py):
+their images are normalised (from the annotated head poses; from detected landmarks) to the
+store's normalised camera (``source_normalisation``, default LiveGaze's, at the output
+resolution) and every person becomes a test subject, for the cross-dataset protocol.
+
 Each subject file of SRC (see ``find_subject_files``) is read lazily, ``chunk`` rows at a
 time, resized to the configured resolution and written to ``OUT/<split>/<subject>.h5`` with
 ``SubjectWriter`` (temporary name, renamed when complete). A killed run loses only the subject
@@ -31,6 +37,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gazegen.config import NormalisationConfig
+from gazegen.data.columbia import ColumbiaGazeReader, subject_folders
+from gazegen.data.mpiifacegaze import MpiiFaceGazeReader, person_folders
 from gazegen.data.sample import Sample
 from gazegen.data.store import SPLIT_FILE, STORE_FORMAT, SubjectWriter, write_split
 from gazegen.data.xgaze import DataError, SubjectReader, open_subject
@@ -166,18 +174,28 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     """
     start = time.perf_counter()
     src, out = Path(src), Path(out)
-    found = find_subject_files(src)
+    store_camera = (source_normalisation or NormalisationConfig()).at_resolution(resolution)
+    persons, columbia = person_folders(src), subject_folders(src)
+    if persons:  # an MPIIFaceGaze release: every person is a test subject, normalised to the store's camera
+        found = SubjectFiles(tuple(("test", p) for p in persons))
+        open_source = lambda path: MpiiFaceGazeReader(path, store_camera, chunk)  # noqa: E731
+    elif columbia:  # ColumbiaGaze's raw photos: likewise, normalised from detected landmarks
+        found = SubjectFiles(tuple(("test", p) for p in columbia))
+        open_source = lambda path: ColumbiaGazeReader(path, store_camera, chunk)  # noqa: E731
+    else:
+        found = find_subject_files(src)
+        open_source = lambda path: open_subject(path, source_normalisation)  # noqa: E731
     if found.problems:
         raise DataError("\n".join(found.problems))
     if not found.files:
-        raise DataError(f"{src}: no .h5 subject files found")
+        raise DataError(f"{src}: no .h5 subject files (nor MPIIFaceGaze pXX/pXX.txt or ColumbiaGaze subject folders) found")
     for p in found.unlisted:
         log.warning("%s: not listed in the split file; not converted", p)
 
     plan: list[tuple[str, Path, Path, int]] = []  # split, source, target, rows
     names: dict[str, Path] = {}
     for split, source in found.files:
-        with open_subject(source, source_normalisation) as reader:
+        with open_source(source) as reader:
             name = f"{reader.subject}.h5"
             rows = len(reader)
         if name in names:
@@ -192,7 +210,7 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     with tqdm(total=sum(n for *_, n in todo), unit="img", desc="prepare", disable=not progress) as bar:
         for split, source, target, _ in todo:
             bar.set_postfix_str(target.name)
-            with open_subject(source, source_normalisation) as reader:
+            with open_source(source) as reader:
                 images += _convert(reader, target, resolution, chunk, bar)
             written.append(f"{split}/{target.name}")
     write_split(out, [t.name for s, _, t, _ in plan if s == "train"], [t.name for s, _, t, _ in plan if s != "train"])

@@ -32,6 +32,7 @@ class Sample:
     right_eye_mask: np.ndarray | None = None  # (H, W) uint8 {0, 1}
     depth: np.ndarray | None = None  # (H, W) float32 millimetres
     landmarks: np.ndarray | None = None  # (68, 2) float32 pixels
+    face_mat_norm: np.ndarray | None = None  # (3, 3) float32: the source camera -> the normalised one (ETH-XGaze's key)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # dataset-specific arrays kept as read
 
     @property

@@ -102,6 +102,7 @@ class SubjectWriter:
             "right_eye_mask": lambda s: None if s.right_eye_mask is None else _mask_255(s.right_eye_mask),
             "depth": lambda s: None if s.depth is None else s.depth.astype(np.float32),
             "facial_landmarks": lambda s: None if s.landmarks is None else s.landmarks.astype(np.float32),
+            "face_mat_norm": lambda s: None if s.face_mat_norm is None else s.face_mat_norm.astype(np.float32),
         }
         for key, get in optional.items():
             values = [get(s) for s in samples]

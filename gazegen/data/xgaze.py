@@ -285,6 +285,7 @@ class SubjectReader:
         images = np.ascontiguousarray(f["face_patch"][rows][..., ::-1])  # BGR -> RGB
         masks = {MASKS[k]: (f[k][rows] > 127).astype(np.uint8) for k in self.masks if k in f}
         landmarks = np.asarray(f["facial_landmarks"][rows], dtype=np.float32) if "facial_landmarks" in f else None
+        mats = np.asarray(f["face_mat_norm"][rows], dtype=np.float32) if "face_mat_norm" in f else None
         depth = np.asarray(f["depth"][rows], dtype=np.float32) if self.format == STORE and "depth" in f else None
         extras = {k: f[k][rows] for k in self.extras if k in f}
         out = []
@@ -296,6 +297,7 @@ class SubjectReader:
                 **{name: m[j] for name, m in masks.items()},
                 depth=None if depth is None else depth[j],
                 landmarks=None if landmarks is None else landmarks[j],
+                face_mat_norm=None if mats is None else mats[j],
                 extras={k: np.array(v[j]) for k, v in extras.items()},
             ))
         return out
@@ -323,7 +325,6 @@ class XGazeReader(SubjectReader):
     """Official ETH-XGaze patches; ``gaze_head`` from face_gaze and the roll-free head rotation."""
 
     format = XGAZE
-    extras = ("face_mat_norm",)
 
     def _normalisation(self, given: NormalisationConfig | None) -> NormalisationConfig:
         name = f"xgaze{self.resolution}"

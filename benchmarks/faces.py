@@ -1,0 +1,233 @@
+"""Faces in photos: speed, head-pose error and how many faces MTCNN finds.
+
+    python benchmarks/faces.py                 # all three parts, sheet in faces_bench/
+    python benchmarks/faces.py --identities 2 --repeats 1 --out /tmp/faces
+
+1. Time per image on CPU (one thread) of detection + landmarks + ETH-XGaze normalisation at
+   640x480, 1920x1080 and 4000x3000: scikit-image's astronaut pasted
+   into scikit-image's coffee photo stretched to the size, and the same photo without a face
+   (the worst case: every turned copy is searched). The pasted head is an eighth of the width wide.
+2. Head-pose error on procedural heads seen through the rig's cameras (its 18 head poses, pitch
+   +-30 and yaw +-60 degrees), photographed off-centre at 600 mm by a 320 px camera: the angle
+   between the true and the recovered head rotation, from the exact projected landmarks (the
+   generic face's misfit alone) and from the detected ones, with the procedural heads' mean face
+   and with ETH-XGaze's human face (gazegen/data/normalise.py).
+3. The fraction of faces found on a made set: the astronaut pasted small (face 40-80 px wide) into
+   1920x1080 and 4000x3000 canvases, turned by random rolls, stored turned with an EXIF
+   orientation, in grey, and three faces of different sizes in one image. (OpenCV's Haar
+   cascades, gazegen's detector before MTCNN, found 3/8, 3/8, 3/3, 1/2 and 8/9 of these at
+   commit 01f3ff6, against MTCNN's 8/8, 8/8, 3/3, 2/2, 9/9.)
+
+Writes ``sheet.png``: set images with the detected boxes and landmarks, and their normalised crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from skimage import data
+
+from gazegen.config import CropConfig, NormalisationConfig, RigConfig
+from gazegen.data.faces import crop_faces, read_image
+from gazegen.data.heads import rig_head_poses, sample_identity
+from gazegen.data.mtcnn import MtcnnDetector
+from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, rotation_angle_deg
+from gazegen.data.photo_heads import mean_head_model_mm, photograph_head, rotation_from_pose
+
+FACE = (slice(40, 200), slice(160, 290))  # the astronaut's head in the 512 px image
+EYES = np.array([[204.0, 101.0], [246.5, 103.0]]) - [160, 40]  # her eye centres in FACE (measured by hand)
+FACE_BOX = 0.7  # MTCNN's face box is ~0.7 of FACE's width (91 of 130 px): paste width = face px / FACE_BOX
+NORM = NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=224)
+
+
+def paste(canvas: np.ndarray, face: np.ndarray, width: int, at: tuple[int, int]) -> np.ndarray:
+    return paste_eyes(canvas, face, width, at)[0]
+
+
+def paste_eyes(canvas: np.ndarray, face: np.ndarray, width: int, at: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The face resized to `width` px wide pasted at (x, y), and where its two eyes now are (2, 2)."""
+    s = width / face.shape[1]
+    small = cv2.resize(face, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    out = canvas.copy()
+    out[at[1] : at[1] + small.shape[0], at[0] : at[0] + small.shape[1]] = small
+    return out, EYES * s + at
+
+
+def background(w: int, h: int) -> np.ndarray:
+    return cv2.resize(data.coffee(), (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def speed(detector: MtcnnDetector, repeats: int) -> None:
+    print("\n1. detection + landmarks + normalisation, seconds per image (median of", repeats, "runs, one thread)")
+    face = data.astronaut()[FACE]
+    cfg = CropConfig(resolution=224, normalisation=NORM)
+    for w, h in ((640, 480), (1920, 1080), (4000, 3000)):
+        scene = paste(background(w, h), face, w // 8, (w // 3, h // 3))
+        times, status = [], ""
+        for _ in range(repeats):
+            t = time.perf_counter()
+            status = crop_faces(scene, detector, cfg, "always").status
+            times.append(time.perf_counter() - t)
+        empty = background(w, h)
+        t = time.perf_counter()
+        found = len(detector.detect(empty))
+        none = time.perf_counter() - t
+        print(f"   {w}x{h}: with a face {np.median(times):.3f} s ({status}); without a face {none:.3f} s "
+              f"(all {1 + len(detector.cfg.rolls)} rolls, {found} found)")
+
+
+def head_pose(detector: MtcnnDetector, identities: int) -> None:
+    print(f"\n2. head-pose error on procedural heads: {identities} identities x the rig's 18 poses, 320 px, f 700 px, 600 mm")
+    rng = np.random.default_rng(0)
+    mean_model = mean_head_model_mm()
+    rows = {k: [] for k in ("exact/mean", "exact/human", "detected/mean", "detected/human")}
+    found = total = 0
+    for i in range(identities):
+        identity = sample_identity(np.random.default_rng(1000 + i))
+        for pitch, yaw in rig_head_poses(RigConfig()):
+            rot = rotation_from_pose(pitch, yaw, np.radians(rng.uniform(-10, 10)))
+            photo = photograph_head(identity, rot, np.array([rng.uniform(-40, 40), rng.uniform(-30, 30), 600.0]), 320, 700.0)
+            total += 1
+            for name, model in (("mean", mean_model), ("human", FACE_MODEL_MM)):
+                rows[f"exact/{name}"].append(rotation_angle_deg(estimate_head_pose(photo.landmarks, photo.camera_matrix, model).rotation, rot))
+            faces = detector.detect(photo.image)
+            if not faces:
+                continue
+            found += 1
+            for name, model in (("mean", mean_model), ("human", FACE_MODEL_MM)):
+                pose = estimate_head_pose(np.array(faces[0].landmarks), photo.camera_matrix, model)
+                rows[f"detected/{name}"].append(rotation_angle_deg(pose.rotation, rot))
+    print(f"   found {found}/{total} heads")
+    for key, errors in rows.items():
+        e = np.array(errors)
+        print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  90th pct {np.percentile(e, 90):5.1f}  (n={len(e)})")
+
+
+def exif_jpeg(image_rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of the pixels as stored, with an EXIF orientation tag (6: display turned 90 degrees clockwise)."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    app1 = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+    raw = jpeg.tobytes()
+    return raw[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + raw[2:]
+
+
+def made_set(rng: np.random.Generator, tmp: Path) -> dict[str, list[tuple[np.ndarray, list[np.ndarray]]]]:
+    """Category -> [(image, the eyes (2, 2) of each face in it)]."""
+    face = data.astronaut()[FACE]
+    sets: dict[str, list] = {k: [] for k in ("small", "rotated", "exif", "grey", "several")}
+    for w, h in ((1920, 1080), (4000, 3000)):
+        for face_px in (40, 50, 60, 80):  # face box widths
+            at = (int(rng.integers(0, w - 150)), int(rng.integers(0, h - 200)))
+            image, eyes = paste_eyes(background(w, h), face, round(face_px / FACE_BOX), at)
+            sets["small"].append((image, [eyes]))
+    for _ in range(8):
+        scene, eyes = paste_eyes(background(800, 800), face, 120, (340, 320))
+        turn = cv2.getRotationMatrix2D((400, 400), float(rng.uniform(0, 360)), 1.0)
+        sets["rotated"].append((cv2.warpAffine(scene, turn, (800, 800), borderMode=cv2.BORDER_REFLECT), [np.c_[eyes, np.ones(2)] @ turn.T]))
+    stored = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1)}  # the pixels as saved
+    for orientation, turn_back in stored.items():
+        scene, eyes = paste_eyes(background(1200, 900), face, 100, (500, 300))
+        path = tmp / f"exif{orientation}.jpg"
+        path.write_bytes(exif_jpeg(np.ascontiguousarray(turn_back(scene)), orientation))
+        sets["exif"].append((read_image(path), [eyes]))  # read_image turns it upright again
+    for face_px in (45, 90):
+        scene, eyes = paste_eyes(background(1280, 960), face, round(face_px / FACE_BOX), (600, 400))
+        sets["grey"].append((cv2.cvtColor(cv2.cvtColor(scene, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB), [eyes]))
+    for k in range(3):
+        scene, all_eyes = background(1600, 1000), []
+        for face_px, x in ((45 + 10 * k, 150), (100, 650), (70, 1200)):
+            scene, eyes = paste_eyes(scene, face, round(face_px / FACE_BOX), (x, 300 + 50 * k))
+            all_eyes.append(eyes)
+        sets["several"].append((scene, all_eyes))
+    return sets
+
+
+def matched(found: list, eyes: np.ndarray) -> bool:
+    """A detection holds this face when its eye midpoint is within half the eye distance of the face's."""
+    centre, ipd = eyes.mean(0), np.linalg.norm(eyes[1] - eyes[0])
+    return any(np.linalg.norm(np.mean(d.eyes(), 0) - centre) < 0.5 * ipd for d in found)
+
+
+def found_fraction(detectors: dict, sets: dict, out: Path) -> None:
+    print("\n3. faces found on the made set (a face counts when a detection's eye midpoint lies within half its eye distance)")
+    tiles = []
+    for category, items in sets.items():
+        line = f"   {category:8s}"
+        for name, detector in detectors.items():
+            hit = total = 0
+            for image, faces in items:
+                found = detector.detect(image)
+                hit += sum(matched(found, eyes) for eyes in faces)
+                total += len(faces)
+                if name == "mtcnn" and found and sum(t[1] == category for t in tiles) < 2:
+                    tiles.append((sheet_tile(image, found[0]), category))
+            line += f"  {name} {hit}/{total} ({hit / total:.0%})"
+        print(line)
+    tiles = [t for t, _ in tiles][:8]
+    rows = [np.concatenate(tiles[i : i + 2], 1) for i in range(0, len(tiles) - len(tiles) % 2, 2)]
+    cv2.imwrite(str(out / "sheet.png"), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+    print(f"   sheet: {out / 'sheet.png'} (each tile: the detection's surroundings with box and landmarks | its normalised crop)")
+
+
+def sheet_tile(image: np.ndarray, face) -> np.ndarray:
+    """A 256x128 tile: the face's surroundings with its box and landmarks, then its normalised crop."""
+    x, y, w, h = face.box
+    side = int(max(w, h) * 2.2)
+    cx, cy = int(x + w / 2), int(y + h / 2)
+    pad = cv2.copyMakeBorder(image, side, side, side, side, cv2.BORDER_CONSTANT)
+    view = pad[cy + side - side // 2 : cy + side + side // 2, cx + side - side // 2 : cx + side + side // 2].copy()
+    s = 128 / view.shape[0]
+    view = cv2.resize(view, (128, 128), interpolation=cv2.INTER_AREA)
+    offset = np.array([cx - side // 2, cy - side // 2])
+    corner = (np.array([x, y]) - offset) * s
+    cv2.rectangle(view, tuple(int(v) for v in corner), tuple(int(v) for v in corner + np.array([w, h]) * s), (0, 255, 0), 1)
+    for k, p in enumerate(face.landmarks):
+        colour = ((255, 0, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255))[k]
+        cv2.circle(view, tuple(int(v) for v in (np.array(p) - offset) * s), 2, colour, -1)
+    result = crop_faces(image, _Fixed(face), CropConfig(resolution=128, normalisation=NORM), "always")
+    crop = result.image if result.ok else np.zeros((128, 128, 3), np.uint8)
+    if not result.ok:  # black with the status: the crop failed
+        cv2.putText(crop, result.status, (4, 64), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([view, crop], 1)
+
+
+class _Fixed:
+    """A detector that returns one known face (to crop a detection already made)."""
+
+    def __init__(self, face) -> None:
+        self.face = face
+
+    def detect(self, image):
+        return [self.face]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identities", type=int, default=4, help="procedural identities for the head-pose part")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per image size")
+    parser.add_argument("--out", type=Path, default=Path("faces_bench"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    mtcnn = MtcnnDetector()
+    speed(mtcnn, args.repeats)
+    head_pose(mtcnn, args.identities)
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = made_set(np.random.default_rng(0), Path(tmp))
+    found_fraction({"mtcnn": mtcnn}, sets, args.out)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

