@@ -144,3 +144,24 @@ def test_loss_config_from_toml_overrides():
     assert (default.face_weight, default.eye_weight) == (1.0, 2.0)
     with pytest.raises(ConfigError, match="depth_weight"):
         load_config(LossConfig, None, ["depth_weight=-1"])
+
+
+def test_silhouette_and_raw_render_terms_by_hand():
+    from train.losses import silhouette_loss
+
+    alpha = torch.tensor([[[[0.2, 1.0], [0.5, 0.0]]]])  # (B, 1, 2, 2)
+    prior = torch.tensor([[[[3.0, 2.0], [0.0, 0.0]]]])  # a surface on the top row only
+    assert silhouette_loss(alpha, prior).item() == pytest.approx((0.8 + 0.0 + 0.5 + 0.0) / 4)
+    big = prior.repeat_interleave(2, -1).repeat_interleave(2, -2)  # (1, 1, 4, 4): the same region at twice the side
+    assert silhouette_loss(alpha, big).item() == pytest.approx((0.8 + 0.5) / 4)
+    image, target, face, eyes = tiny_batch()
+    raw = torch.zeros(2, 3, 1, 1)
+    raw[0] = 0.5  # image 0's target is 0 everywhere: |0.5 - 0| on its one raw pixel (face mask area 3/4 >= 0.5)
+    on = LiveGazeLoss(dataclasses.replace(LossConfig(perceptual=False, depth_weight=0.0), raw_weight=2.0))
+    off = LiveGazeLoss(LossConfig(perceptual=False, depth_weight=0.0))
+    gap = on(image, target, face, eyes, image_raw=raw).face - off(image, target, face, eyes, image_raw=raw).face
+    assert gap.item() == pytest.approx(2.0 * (0.5 + 0.0) / 2)  # mean over the two images of each one's raw L1
+    with_alpha = LiveGazeLoss(dataclasses.replace(LossConfig(perceptual=False), alpha_weight=3.0))
+    depth = torch.tensor([[[[3.0, 2.0], [1.0, 1.0]]]])
+    terms = with_alpha(image[:1], target[:1], face[:1], eyes[:1], depth, prior, None, None, alpha)
+    assert terms.depth.item() == pytest.approx(0.0 + 3.0 * (0.8 + 0.5) / 4)  # depth exact where valid; the silhouette

@@ -233,3 +233,16 @@ def test_subject_in_memory_gives_the_triplets_of_its_file(dataset):
     a, b = dataset[(0, 7)], memory[(0, 7)]
     for f in dataclasses.fields(Triplets):
         assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
+
+
+def test_reconstruction_pairs_share_the_targets_frame_and_include_autoencoding(dataset):
+    recon = TripletDataset(dataset.subjects, SIZES, DatasetDepth(), seed=3, same_frame=True)
+    cameras_drawn = set()
+    for epoch in range(6):
+        for index in range(len(recon)):
+            k, source, target, frontal = recon.draw(epoch, index)
+            lab = recon.subjects[k].labels
+            assert lab.frame_index[source] == lab.frame_index[target]  # the same gaze ...
+            np.testing.assert_array_equal(lab.gaze_head[source], lab.gaze_head[target])
+            cameras_drawn.add(bool(lab.cam_index[source] == lab.cam_index[target]))
+    assert cameras_drawn == {True, False}  # ... from its own camera (autoencoding) and from others

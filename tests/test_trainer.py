@@ -150,3 +150,19 @@ def test_missing_vgg_weights_stop_training_with_where_to_put_them(store, tmp_pat
         run_training(config("loss.perceptual=true", "max_steps=1"), store, tmp_path / "run")
     assert "download.pytorch.org" in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_reconstruction_stage_leaves_the_gaze_path_as_it_starts(store, tmp_path):
+    """Stage "reconstruction": the gaze modules stay at their start (the zero cross-attention output: F_app = F_h)."""
+    cfg = config("max_steps=3", "stage=reconstruction", "val_every=0", "loss.alpha_weight=1", "loss.raw_weight=1")
+    result = run_training(cfg, store, tmp_path / "prior")
+    torch.manual_seed(cfg.seed)
+    start = LiveGaze(cfg.model_config()).state_dict()
+    trained = load_checkpoint(result.checkpoint).state_dict()
+    gaze = [k for k in start if k.startswith(("gaze_encoder.", "gaze_fusion."))]
+    assert gaze and all(torch.equal(start[k], trained[k]) for k in gaze)
+    assert not torch.equal(start["decoder.net.0.weight"], trained["decoder.net.0.weight"])  # the rest did train
+    assert torch.count_nonzero(trained["gaze_fusion.proj_out.weight"]) == 0
+    follow = run_training(config("max_steps=2", f"init={result.checkpoint}", "val_every=0"), store, tmp_path / "gaze")
+    moved = load_checkpoint(follow.checkpoint).state_dict()  # a gaze run initialised from the prior trains the gaze path
+    assert torch.count_nonzero(moved["gaze_fusion.proj_out.weight"]) > 0
