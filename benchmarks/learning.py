@@ -12,7 +12,10 @@
    (a) new gaze, same camera: eye-region PSNR of the prediction against the ground truth, beside
        the copy-the-source baseline (the source image unchanged), which the model must beat;
    (b) new gaze and new camera: PSNR and SSIM of the face and the eye regions, depth L1 (mm)
-       against the store's exact depth.
+       against the store's exact depth;
+   (c) autoencoding: the source itself, same image and camera: face PSNR (the prior's first bar);
+   (d) novel view: the same frame (gaze) from another camera: face PSNR beside copy's, depth L1.
+   ``--checkpoint CKPT --store STORE`` scores one checkpoint (e.g. the shipped prior) without training.
    Regions: PSNR over the target's mask; face SSIM on both images with everything outside the
    target's face mask black; eye SSIM on the bounding box of the target's eye mask (padded to at
    least 16 px). Two references: copy (the source unchanged) and flat (the source with its eye
@@ -50,15 +53,17 @@ from train.validate import depth_l1_mm
 STORE = SynthHeadsConfig(subjects=10, resolution=128, gazes=12, test_subjects=2, rig=RigConfig(views=9))
 
 
-def pairs(dataset: TripletDataset, per_subject: int, same_camera: bool, seed: int) -> list[tuple[int, int, int]]:
-    """(subject, source row, target row): another frame, and the same or another camera."""
-    rng = np.random.default_rng([seed, int(same_camera)])
+def pairs(dataset: TripletDataset, per_subject: int, same_camera: bool, seed: int,
+          same_frame: bool = False) -> list[tuple[int, int, int]]:
+    """(subject, source row, target row): another frame (or, ``same_frame``, the same), and the same or another camera."""
+    rng = np.random.default_rng([seed, int(same_camera), int(same_frame)])
     out = []
     for k, s in enumerate(dataset.subjects):
         frame, cam = s.labels.frame_index, s.labels.cam_index
         while sum(1 for p in out if p[0] == k) < per_subject:
             source = int(rng.integers(len(frame)))
-            ok = (frame != frame[source]) & ((cam == cam[source]) if same_camera else (cam != cam[source]))
+            ok = (frame == frame[source]) if same_frame else (frame != frame[source])
+            ok &= (cam == cam[source]) if same_camera else (cam != cam[source])
             out.append((k, source, int(rng.choice(np.flatnonzero(ok)))))
     return out
 
@@ -92,7 +97,8 @@ def flat_eyes(dataset: TripletDataset, pairs_: list[tuple[int, int, int]], size:
 
 
 @torch.no_grad()
-def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list) -> dict[str, float]:
+def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list, auto: list = (),
+          view: list = ()) -> dict[str, float]:
     """The metrics of (a) and (b) of ``model``, or of the baselines "copy" and "flat" (copy with flat eyes)."""
     values: dict[str, list[float]] = {}
     add = lambda key, v: values.setdefault(key, []).extend(torch.as_tensor(v, dtype=torch.float64).reshape(-1).tolist())  # noqa: E731
@@ -107,7 +113,9 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list)
         out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         return out.image.clamp(-1, 1), out.depth
 
-    for name, chosen in (("a", same), ("b", new)):
+    for name, chosen in (("a", same), ("b", new), ("c", auto), ("d", view)):
+        if model == "flat" and name in "cd":
+            continue
         for start in range(0, len(chosen), 8):
             batch = Triplets.cat([dataset.load(*p) for p in chosen[start : start + 8]])
             image, depth = predict(batch, chosen[start : start + 8])
@@ -117,8 +125,8 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list)
                 black = lambda x: torch.where(batch.face_mask > 0.5, x, torch.full_like(x, -1.0))  # noqa: E731
                 add("b/ssim_face", metrics.ssim(black(image), black(batch.target)))
                 add("b/ssim_eyes", [eye_crop_ssim(image[i], batch.target[i], batch.eye_mask[i]) for i in range(len(batch))])
-                if depth is not None:
-                    add("b/depth_l1_mm", depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit))
+            if name in "bd" and depth is not None:
+                add(f"{name}/depth_l1_mm", depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit))
     return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
 
 
@@ -129,8 +137,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a TrainConfig key")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's max_steps)")
     parser.add_argument("--eval-every", type=int, default=150)
-    parser.add_argument("--pairs", type=int, default=48, help="pairs per held-out subject, for each of (a) and (b)")
+    parser.add_argument("--pairs", type=int, default=48, help="pairs per held-out subject, for each of (a) to (d)")
+    parser.add_argument("--checkpoint", type=Path, help="score this checkpoint only (no training); needs --store")
+    parser.add_argument("--store", type=Path, help="with --checkpoint: the store whose test subjects are scored")
     args = parser.parse_args()
+    if args.checkpoint is not None:
+        return score_checkpoint(args.checkpoint, args.store, args.pairs)
 
     store, run = args.work / "store", args.work / "run"
     if not (store / "train_test_split.json").is_file():
@@ -178,6 +190,21 @@ def main() -> None:
           f"{last['a/psnr_eyes']:.2f} dB vs {copy['a/psnr_eyes']:.2f} dB (flat eyes: {flat['a/psnr_eyes']:.2f} dB)")
     (args.work / "learning.json").write_text(json.dumps({"copy": copy, "flat": flat, "rows": rows, "steps": steps,
                                                          "config": str(args.config), "overrides": args.overrides}, indent=1))
+
+
+def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
+    """(c) autoencoding and (d) novel views of one checkpoint on the store's test subjects, beside copy."""
+    model = load_checkpoint(checkpoint).eval()
+    test = [read_subject(p) for p in store_split(store)["test"]]
+    dataset = TripletDataset(test, TripletSizes.for_model(model.cfg), DatasetDepth(), seed=0)
+    auto = [(k, r, r) for k, _, r in pairs(dataset, per_subject, True, 0, same_frame=True)]
+    view = pairs(dataset, per_subject, False, 0, same_frame=True)
+    ours, copy = score(model, dataset, [], [], auto, view), score("copy", dataset, [], [], auto, view)
+    print(f"{checkpoint} on {', '.join(s.subject for s in test)} of {store} ({len(auto)} + {len(view)} pairs)")
+    print(f"(c) autoencoding, face PSNR: {ours['c/psnr_face']:.2f} dB (eyes {ours['c/psnr_eyes']:.2f} dB)")
+    print(f"(d) novel view (same gaze, another camera), face PSNR: {ours['d/psnr_face']:.2f} dB vs copy-the-source "
+          f"{copy['d/psnr_face']:.2f} dB ({ours['d/psnr_face'] - copy['d/psnr_face']:+.2f} dB); depth L1 "
+          f"{ours['d/depth_l1_mm']:.1f} mm")
 
 
 if __name__ == "__main__":

@@ -263,10 +263,34 @@ def weights_report(*, verify: bool = True) -> list[WeightStatus]:
     return rows
 
 
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"  # weights/ of the repository: made by gazegen itself
+CARD = "MODEL_CARD.md"
+CARD_HASH = re.compile(r"model\.safetensors sha256: `?([0-9a-f]{64})`?")
+
+
+def shipped_report(root: Path = SHIPPED_DIR) -> list[WeightStatus]:
+    """The gazegen checkpoints shipped in the repository's weights/ folder, each checked against its model card's sha256."""
+    rows = []
+    for folder in sorted(p for p in root.glob("*") if (p / "model.safetensors").is_file()):
+        card = folder / CARD
+        found = CARD_HASH.search(card.read_text()) if card.is_file() else None
+        if found is None:
+            status = "unverified"
+        else:
+            status = "ok" if sha256_file(folder / "model.safetensors") == found.group(1) else "bad sha256"
+        rows.append(WeightStatus(folder.name, "model.safetensors", status, folder / "model.safetensors",
+                                 f"gazegen checkpoint (init / --checkpoint), card: {card}", "made by this repository"))
+    return rows
+
+
 def format_weights_report(rows: list[WeightStatus] | None = None) -> list[str]:
-    """Printable lines for `gazegen weights`: the searched folders, then one line per file."""
+    """Printable lines for `gazegen weights`: the searched folders, then one line per file, then the shipped checkpoints."""
     rows = weights_report() if rows is None else rows
     lines = [f"searched in order ({_env_state()}): " + ", ".join(str(d) for d in search_dirs())]
     lines.append(f"{'name':<14} {'status':<11} {'file':<38} location")
     lines.extend(r.line() for r in rows)
+    shipped = shipped_report()
+    if shipped:
+        lines.append(f"shipped with the repository ({SHIPPED_DIR}), made by gazegen's own commands:")
+        lines.extend(r.line() for r in shipped)
     return lines

@@ -205,3 +205,17 @@ def test_lpips_linear_layers_found_in_an_installed_lpips_package(dirs, tmp_path,
     monkeypatch.setattr(W.importlib.util, "find_spec", lambda name: found if name == "lpips" else None)
     assert W.find_weight("lpips_vgg") == package / "weights" / "v0.1" / "vgg.pth"
     assert package / "weights" / "v0.1" not in W.search_dirs("vgg16")  # only for LPIPS' own file
+
+
+def test_shipped_checkpoints_are_listed_and_checked_against_their_card(tmp_path):
+    from gazegen.weights import shipped_report
+
+    good, bad, bare = tmp_path / "good", tmp_path / "bad", tmp_path / "bare"
+    for folder in (good, bad, bare):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(folder.name.encode())
+    digest = hashlib.sha256(b"good").hexdigest()
+    (good / "MODEL_CARD.md").write_text(f"# card\\n\\nmodel.safetensors sha256: `{digest}`\\n")
+    (bad / "MODEL_CARD.md").write_text(f"model.safetensors sha256: {digest}\\n")
+    rows = {r.name: r.status for r in shipped_report(tmp_path)}
+    assert rows == {"bad": "bad sha256", "bare": "unverified", "good": "ok"}

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from gazegen.checkpoint import load_checkpoint, load_live3d, load_train_state, save_checkpoint
 from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
 from gazegen.models.livegaze import LiveGaze
-from gazegen.weights import MissingWeightsError, find_weight
+from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
 from train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
                         read_subject, split_subjects)
 from train.depth_prior import depth_source, prepare_teacher_prior
@@ -122,6 +122,8 @@ def initialise(model: LiveGaze, init: str) -> str:
     if not init:
         return "random initialisation"
     path = find_weight("live3d") if init == "live3d" else Path(init)
+    if not path.exists() and not path.is_absolute() and (SHIPPED_DIR.parent / path).exists():
+        path = SHIPPED_DIR.parent / path  # a shipped checkpoint named from the repository root (weights/...)
     if path.is_dir():
         model.load_state_dict(load_checkpoint(path).state_dict(), strict=True)
         return f"initialised from checkpoint {path}"
