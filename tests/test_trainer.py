@@ -166,3 +166,47 @@ def test_the_reconstruction_stage_leaves_the_gaze_path_as_it_starts(store, tmp_p
     follow = run_training(config("max_steps=2", f"init={result.checkpoint}", "val_every=0"), store, tmp_path / "gaze")
     moved = load_checkpoint(follow.checkpoint).state_dict()  # a gaze run initialised from the prior trains the gaze path
     assert torch.count_nonzero(moved["gaze_fusion.proj_out.weight"]) > 0
+
+
+def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
+    """The prior's task on tiny with plane lifting: four procedural images rendered from their own cameras.
+
+    Measured (tiny, lift 8, seed 0, 300 steps, ~35 s): see the asserted bars; before plane lifting, the
+    silhouette and raw-render terms, the opacity stayed a uniform fog and the face PSNR near 15 dB.
+    """
+    import dataclasses
+
+    from gazegen import metrics
+
+    heads = SynthHeadsConfig(subjects=2, test_subjects=0, resolution=64, gazes=1, seed=4,
+                             rig=RigConfig(views=2, max_yaw_deg=20.0, max_pitch_deg=10.0))
+    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    cfg = config("stage=reconstruction", "loss.raw_weight=1", "loss.alpha_weight=1")
+    model_cfg = dataclasses.replace(cfg.model_config(), lift_samples=8, eg3d_plane_axes=False, coord_channels=False,
+                                    aspp_dropout=0.0)
+    subjects = [read_subject(p) for p in store_split(store)["train"]]
+    data = TripletDataset(subjects, TripletSizes.for_model(model_cfg), DatasetDepth(), same_frame=True)
+    batch = Triplets.cat([data.load(k, r, r) for k, s in enumerate(subjects) for r in s.targets])  # 4 images
+    torch.manual_seed(0)
+    model = LiveGaze(model_cfg).train()
+    loss_fn = LiveGazeLoss(cfg.loss)
+    optimizer = build_optimizer(model, load_config(type(cfg.optim), None, ["lr_encoder=3e-3", "lr_renderer=3e-3"]), ("gaze",))
+    for _ in range(300):
+        forward_backward(model, batch, loss_fn, cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
+        swap = torch.roll(torch.arange(4), 2)  # the other subject's image, from the same camera
+        swapped = model(batch.source[swap], batch.gaze_head, batch.camera, batch.source_camera[swap])
+    psnr = metrics.masked_psnr(out.image.clamp(-1, 1), batch.target, batch.face_mask)
+    head = torch.nn.functional.interpolate(batch.depth_valid.float(), size=out.alpha.shape[-2:], mode="area") >= 0.5
+    inside, outside = out.alpha[head].mean(), out.alpha[~head].mean()
+    faces = batch.face_mask * batch.face_mask[swap]  # where both images show a face: the background is unsupervised
+    change = metrics.masked_mean((out.image - swapped.image).abs().mean(1, keepdim=True), faces).mean()
+    data_change = metrics.masked_mean((batch.target - batch.target[swap]).abs().mean(1, keepdim=True), faces).mean()
+    print(f"face PSNR {psnr.tolist()}, alpha inside {inside:.3f} outside {outside:.3f}, swap {change:.3f} vs {data_change:.3f}")
+    assert psnr.mean() >= 18.5, psnr  # measured 19.1 dB (the issue's 25 dB bar is for the demo prior, not this test)
+    assert inside > 5 * outside  # a silhouette: measured 0.37 inside the head, 0.04 outside
+    assert change >= 0.6 * data_change  # the output follows its source: measured 0.164 against the faces differing by 0.194
