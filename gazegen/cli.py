@@ -98,16 +98,21 @@ def sheet(
     out: Path = typer.Argument(..., help="PNG to write."),
     rows: int = typer.Option(27, min=1, help="Rows shown."),
     columns: int = typer.Option(9, min=1, help="Tiles per line."),
+    histograms: Optional[Path] = typer.Option(None, help="Label histograms PNG (default: OUT's name + _labels.png)."),
 ) -> None:
-    """Contact sheet of synthesised Parquet rows, read back with pyarrow, gaze labels drawn as arrows."""
+    """Contact sheet of synthesised Parquet rows (gaze labels drawn as arrows) and the label histograms."""
     from gazegen.data.inspect import write_shard_sheet
+    from gazegen.data.label_plots import write_label_histograms
     from gazegen.data.xgaze import DataError
 
+    histograms = histograms or out.with_name(f"{out.stem}_labels.png")
     try:
         write_shard_sheet(shards, out, rows=rows, columns=columns)
+        write_label_histograms(shards, histograms)
     except (DataError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"contact sheet: {out}")
+    typer.echo(f"label histograms (gaze, head pose, views): {histograms}")
 
 
 @app.command("export")
