@@ -292,3 +292,16 @@ def test_refuses_unfinished_runs_other_exports_and_unknown_identities(run, tmp_p
     (unfinished / "_manifest.json").write_text(json.dumps(manifest | {"status": "running"}))
     with pytest.raises(ExportError, match=r"_manifest\.json: the run is 'running', not complete"):
         export_run(str(unfinished), tmp_path / "z", progress=False)
+
+
+def test_command_line(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    out, expected = run
+    result = CliRunner().invoke(app, ["export", str(out), str(tmp_path / "g"), "--format", "gazehub", "--test", "s3", "--test", "s1"])
+    assert result.exit_code == 0, result.output
+    assert f"gazehub export of {len(expected)} images, 3 identities (1 train, 2 test)" in result.output
+    result = CliRunner().invoke(app, ["export", str(out), str(tmp_path / "x"), "--format", "tfrecord"])
+    assert result.exit_code == 2 and "export format 'tfrecord': expected one of xgaze, gazehub" in result.output
