@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -221,8 +222,6 @@ def _write_state(dest: Path, run_path: str, run: SourceRun, cfg: ExportConfig, f
 
 
 def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    import cv2
-
     if array.shape[0] == size:
         return array
     shrink = array.shape[0] > size
