@@ -28,7 +28,8 @@ label file per identity, ``DEST/Label/<split>/subjectXXXX.label``, joined at the
     face gaze head origin cam_index frame_index normmat
 
 ``face`` is the image path relative to ``Image/<split>``; ``gaze`` and ``head`` are
-``pitch,yaw`` in radians (the values of ``face_gaze`` / ``face_head_pose``); ``origin`` is the
+``pitch,yaw`` in radians (the values of ``face_gaze`` / ``face_head_pose``, pitch first, as
+GazeHub's ETH-XGaze conversion copies them from the h5 files); ``origin`` is the
 row id (percent-encoded, so it holds no space); ``normmat`` is ``face_mat_norm``'s 9 numbers,
 row-major, comma-separated. Test-split files keep the gaze column (the labels are known).
 
