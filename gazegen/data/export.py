@@ -236,11 +236,13 @@ def _labels(table: pa.Table, name: str, width: int) -> np.ndarray:
 def decode_rows(table: pa.Table, path: str, frames: dict[tuple[str, int], int], resolution: int, depth_scale: float | None) -> RowBatch:
     """Rows of one shard -> a RowBatch; ExportError naming the shard and row id of an undecodable image."""
     row_ids = table["row_id"].to_pylist()
+    pngs = table["image"].combine_chunks().field("bytes").to_pylist()
+    depth_pngs = table["depth"].combine_chunks().field("bytes").to_pylist() if depth_scale is not None else [None] * len(pngs)
     images, depths = [], []
-    for i, image in enumerate(table["image"].combine_chunks().field("bytes").to_pylist()):
+    for i, (image, depth_png) in enumerate(zip(pngs, depth_pngs)):
         try:
             rgb = decode_png(image)
-            depth = None if depth_scale is None else decode_depth_png(table["depth"][i]["bytes"].as_py(), depth_scale)
+            depth = None if depth_png is None else decode_depth_png(depth_png, depth_scale)
         except (ValueError, TypeError) as e:
             raise ExportError(f"{path}: row {row_ids[i]!r}: {e}") from None
         images.append(_resize(rgb, resolution, nearest=False) if resolution else rgb)
@@ -308,11 +310,16 @@ def _stream(run: SourceRun, index: RowIndex, todo: dict[str, Identity], open_wri
             if unit.path != file_path:
                 file, file_path = _open_parquet(run, unit.path), unit.path
             assert file is not None
-            table = file.read_row_group(unit.row_group, columns=columns)
+            try:
+                table = file.read_row_group(unit.row_group, columns=columns)
+            except (OSError, pa.ArrowInvalid) as e:
+                raise ExportError(f"{unit.path}: row group {unit.row_group} cannot be read ({e})") from None
             scale = depth_scale_of(file.schema_arrow) if cfg.format == "xgaze" else None
             for key in present:
                 rows = np.flatnonzero(unit.identity == number[key])
-                writer = writers.get(key) or writers.setdefault(key, open_writer(todo[key]))
+                if key not in writers:
+                    writers[key] = open_writer(todo[key])
+                writer = writers[key]
                 for start in range(0, len(rows), cfg.batch_rows):
                     part = table.take(pa.array(rows[start:start + cfg.batch_rows]))
                     writer.write(decode_rows(part, unit.path, index.frames, cfg.resolution, scale))
