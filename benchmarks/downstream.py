@@ -77,6 +77,7 @@ def parse() -> argparse.Namespace:
                    help="synthesis ranges (gaze in the head frame, camera views)")
     p.add_argument("--estimator-config", type=Path, default=CONFIG_DIR / "estimator" / "demo.toml")
     p.add_argument("--steps", type=int, help="override the estimator config's steps (the same for a, b, c)")
+    p.add_argument("--seed", type=int, help="override the estimator config's seed (initialisation and batch order)")
     p.add_argument("--device", default="cpu")
     return p.parse_args()
 
@@ -228,7 +229,8 @@ def main() -> None:
               "b": training_store(args.out / "store_b", named(few) | synthetic, named(held_out)),
               "c": training_store(args.out / "store_c", named(large), named(held_out))}
     cfg = load_config(EstimatorConfig, args.estimator_config)
-    cfg = dataclasses.replace(cfg, eval_images=64, **({"steps": args.steps} if args.steps else {}))
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    cfg = dataclasses.replace(cfg, eval_images=64, **overrides)
     results: dict[str, dict] = {}
     for key in CONDITIONS:
         log.info("training %s on %s (%d steps)", NAMES[key], stores[key], cfg.steps)
@@ -246,7 +248,7 @@ def main() -> None:
     print(f"label fidelity: estimator (c) on the {judge['images']} synthesised images, against their own labels: gaze "
           f"{judge['gaze']:.2f} deg, head {judge['head']:.2f} deg (on real held-out faces: {c:.2f} / {hc:.2f})")
     report = {"checkpoint": str(checkpoint), "results": results, "synthesised_judged_by_c": judge, "args": {
-        k: str(v) for k, v in vars(args).items()}, "estimator_steps": cfg.steps, "seconds": time.perf_counter() - clock}
+        k: str(v) for k, v in vars(args).items()}, "estimator_steps": cfg.steps, "estimator_seed": cfg.seed, "seconds": time.perf_counter() - clock}
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     plot(results, args.out / "error_vs_angle.png")
     print(f"{time.perf_counter() - clock:.0f} s; report {args.out / 'report.json'}, plot {args.out / 'error_vs_angle.png'}")
