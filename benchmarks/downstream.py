@@ -160,6 +160,9 @@ def errors(model: GazeEstimator, data: Path, split: str | None, device: str) -> 
         "head_error": angular_error(pred["head_pose"], pred["head_pose_label"]),
         "gaze_angle": angular_error(pred["gaze_label"], np.zeros_like(pred["gaze_label"])),
         "head_angle": angular_error(pred["head_pose_label"], np.zeros_like(pred["head_pose_label"])),
+        # what predicting the set's own mean label for every image scores: a model that learnt nothing
+        "gaze_constant": angular_error(pred["gaze_label"].mean(0, keepdims=True), pred["gaze_label"]),
+        "head_constant": angular_error(pred["head_pose_label"].mean(0, keepdims=True), pred["head_pose_label"]),
     }
 
 
@@ -173,6 +176,7 @@ def binned(error: np.ndarray, angle: np.ndarray) -> list[dict[str, float]]:
 
 def summarise(e: dict[str, np.ndarray]) -> dict:
     return {"images": len(e["gaze_error"]), "gaze": float(e["gaze_error"].mean()), "head": float(e["head_error"].mean()),
+            "gaze_constant": float(e["gaze_constant"].mean()), "head_constant": float(e["head_constant"].mean()),
             "gaze_bins": binned(e["gaze_error"], e["gaze_angle"]), "head_bins": binned(e["head_error"], e["head_angle"])}
 
 
@@ -245,8 +249,11 @@ def main() -> None:
     print("\n".join(["", *table(results), ""]))
     print(f"(b) - (a): gaze {b - a:+.2f} deg, head {hb - ha:+.2f} deg (negative: synthesis helps)")
     print(f"fraction of the (a) -> (c) gap closed by synthesis: gaze {gap_closed(a, b, c):+.2f}, head {gap_closed(ha, hb, hc):+.2f}")
+    print(f"constant prediction of the held-out mean label (a model that learnt nothing): gaze "
+          f"{results['a']['gaze_constant']:.2f} deg, head {results['a']['head_constant']:.2f} deg")
     print(f"label fidelity: estimator (c) on the {judge['images']} synthesised images, against their own labels: gaze "
-          f"{judge['gaze']:.2f} deg, head {judge['head']:.2f} deg (on real held-out faces: {c:.2f} / {hc:.2f})")
+          f"{judge['gaze']:.2f} deg, head {judge['head']:.2f} deg (on real held-out faces: {c:.2f} / {hc:.2f}; the "
+          f"synthesised set's constant baseline: {judge['gaze_constant']:.2f} / {judge['head_constant']:.2f})")
     report = {"checkpoint": str(checkpoint), "results": results, "synthesised_judged_by_c": judge, "args": {
         k: str(v) for k, v in vars(args).items()}, "estimator_steps": cfg.steps, "estimator_seed": cfg.seed, "seconds": time.perf_counter() - clock}
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
