@@ -98,16 +98,49 @@ def sheet(
     out: Path = typer.Argument(..., help="PNG to write."),
     rows: int = typer.Option(27, min=1, help="Rows shown."),
     columns: int = typer.Option(9, min=1, help="Tiles per line."),
+    histograms: Optional[Path] = typer.Option(None, help="Label histograms PNG (default: OUT's name + _labels.png)."),
 ) -> None:
-    """Contact sheet of synthesised Parquet rows, read back with pyarrow, gaze labels drawn as arrows."""
+    """Contact sheet of synthesised Parquet rows (gaze labels drawn as arrows) and the label histograms."""
     from gazegen.data.inspect import write_shard_sheet
+    from gazegen.data.label_plots import write_label_histograms
     from gazegen.data.xgaze import DataError
 
+    histograms = histograms or out.with_name(f"{out.stem}_labels.png")
     try:
         write_shard_sheet(shards, out, rows=rows, columns=columns)
+        write_label_histograms(shards, histograms)
     except (DataError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"contact sheet: {out}")
+    typer.echo(f"label histograms (gaze, head pose, views): {histograms}")
+
+
+@app.command("export")
+def export(
+    out: str = typer.Argument(..., help="A finished synthesis output folder (or pyarrow URI)."),
+    dest: Path = typer.Argument(..., help="Local folder to write (new, empty, or an earlier export of the same run to resume)."),
+    format: str = typer.Option("xgaze", "--format", help="xgaze: ETH-XGaze h5 per identity; gazehub: image folders + .label."),
+    resolution: Optional[int] = typer.Option(None, help="Resize the images to this side (labels are unchanged)."),
+    image_format: Optional[str] = typer.Option(None, "--image-format", help="gazehub images: jpg (default) or png."),
+    test: Optional[list[str]] = typer.Option(None, "--test", help="Identity put in the test split (repeatable)."),
+    identity: Optional[str] = typer.Option(None, help="One identity per source 'file' (default) or per 'folder'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an export of other shards or settings in DEST."),
+) -> None:
+    """Write synthesised shards where gaze trainers read them: ETH-XGaze h5 files or a GazeHub folder."""
+    import json
+
+    from gazegen.config import ConfigError, ExportConfig, load_config
+    from gazegen.data.export import export_run
+    from gazegen.data.xgaze import DataError
+
+    flags = {"format": format, "resolution": resolution, "image_format": image_format, "identity": identity}
+    sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + ([f"test={json.dumps(list(test))}"] if test else [])
+    try:
+        cfg = load_config(ExportConfig, None, sets)
+        result = export_run(out, dest, cfg, overwrite=overwrite)
+    except (ConfigError, DataError) as e:
+        _fail(str(e))
+    typer.echo(result.summary())
 
 
 @app.command("weights")

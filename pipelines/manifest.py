@@ -1,4 +1,4 @@
-"""Run-level files of a synthesis output: ``_manifest.json``, ``_errors.parquet``, ``README.md``.
+"""Run-level files of a synthesis output: ``_manifest.json``, ``_errors.parquet``, the card (pipelines/card.py).
 
 A run starts with ``check_or_create``: a fresh OUT gets a manifest (status ``running``) before
 any shard is written; an OUT with a manifest is resumed only when the recorded inputs,
@@ -6,7 +6,8 @@ checkpoint and settings equal the new run's, else it refuses with ``RunMismatchE
 each difference (``overwrite=True`` removes the old outputs and starts afresh). ``finalize``
 checks that every planned shard is complete, merges the shards' errors into
 ``_errors.parquet``, fills the manifest's shard list (rows, checksums) and writes the dataset
-card. Both are idempotent: a restart of a finished run finalizes again to the same result.
+card with its label histograms. Both are idempotent: a restart of a finished run finalizes
+again to the same result.
 
 ``settings`` must hold everything that changes the rows (grid, seed, model and render
 settings, image size, ...): it is compared key by key on restart. ``sources_per_shard`` is
@@ -28,8 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gazegen.data.parquet import DEPTH_SCALE, SHARD_GLOB
-from pipelines.schema import ERRORS_SCHEMA, FEATURES, GAZEGEN_METADATA, ROW_ID_FORMAT
+from gazegen.data.label_plots import figure_png, label_figure, read_labels
+from gazegen.data.parquet import SHARD_GLOB
+from pipelines.card import CARD_NAME, HISTOGRAMS_NAME, dataset_card
+from pipelines.schema import ERRORS_SCHEMA, GAZEGEN_METADATA
 from pipelines.shards import (
     SHARD_ERRORS_DIR,
     STATS_GLOB,
@@ -43,7 +46,6 @@ from pipelines.shards import (
 
 MANIFEST_NAME = "_manifest.json"
 ERRORS_NAME = "_errors.parquet"
-CARD_NAME = "README.md"
 MANIFEST_FORMAT = "gazegen-synthesis-manifest"
 VERSIONED = ("gazegen", "torch", "pyarrow", "numpy", "opencv-python-headless", "ray", "datasets")
 
@@ -174,7 +176,7 @@ def remove_outputs(out: str | OutputDir) -> None:
     out = OutputDir.from_uri(out)
     names = out.list(SHARD_GLOB) + out.list(STATS_GLOB) + [TMP_DIR, SHARD_ERRORS_DIR, ERRORS_NAME]
     if out.exists(MANIFEST_NAME):
-        names += [CARD_NAME, MANIFEST_NAME]  # the manifest last: it is what marks OUT as ours
+        names += [CARD_NAME, HISTOGRAMS_NAME, MANIFEST_NAME]  # the manifest last: it is what marks OUT as ours
     for name in names:
         out.delete(name)
 
@@ -267,102 +269,19 @@ def finalize(out: str | OutputDir, plan: Sequence[ShardSpec], verify: bool = Fal
         for s in (scan.complete[spec.shard_id] for spec in plan)
     )
     final = replace(recorded, shards=shards, status="complete", finished=utc_now())
-    out.write_atomic(CARD_NAME, dataset_card(final).encode())
+    labels = read_labels([out.path(spec.parquet_name) for spec in plan], filesystem=out.fs)
+    if len(labels):
+        out.write_atomic(HISTOGRAMS_NAME, figure_png(label_figure(labels)))
+    out.write_atomic(CARD_NAME, dataset_card(final, labels).encode())
     out.write_atomic(MANIFEST_NAME, final.to_json().encode())
     out.delete(TMP_DIR)
     return final
 
 
-def _feature_name(feature: Mapping[str, Any]) -> str:
-    if feature["_type"] == "Image":
-        return "Image (PNG struct)"
-    if feature["_type"] == "Sequence":
-        return f"{feature['length']} x {feature['feature']['dtype']}"
-    return str(feature["dtype"])
-
-
-_MEANINGS = {
-    "image": "the rendered face, 8-bit RGB PNG",
-    "depth": f"z-depth along the camera axis, 16-bit PNG, millimetres x {DEPTH_SCALE:g}; 0 = no surface",
-    "alpha": "coverage of the rendered head, 8-bit PNG, alpha x 255",
-    "gaze": "gaze (pitch, yaw), radians, rendered camera frame: what a gaze estimator learns",
-    "head_pose": "head pose (pitch, yaw), radians, rendered camera frame",
-    "gaze_head": "gaze (pitch, yaw), radians, head frame: the model's condition, the same for every view",
-    "view_offset": "(pitch, yaw), radians, the camera turned from the source's normalised camera",
-    "camera": "EG3D camera: 4x4 cam2world (OpenCV axes) row-major, then 3x3 intrinsics / image size",
-    "row_id": f"stable id {ROW_ID_FORMAT}",
-    "source_id": "id of the source face",
-    "source_path": "the input the source came from",
-    "gaze_index": "index into the gaze grid",
-    "view_index": "index into the view grid",
-    "checkpoint_hash": "identity of the model weights",
-    "seed": "random seed of the rendering",
-}
-
-
-def dataset_card(manifest: RunManifest) -> str:
-    """``README.md``: YAML header for the Hugging Face loader, columns, conventions, provenance."""
-    rows = "\n".join(f"| `{name}` | {_feature_name(f)} | {_MEANINGS.get(name, '')} |" for name, f in FEATURES.items())
-    command = " ".join(manifest.command) or "(not recorded)"
-    settings = json.dumps(dict(manifest.settings), indent=1, sort_keys=True)
-    return f"""---
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: {SHARD_GLOB}
-tags:
-- gaze-estimation
-- synthetic
----
-
-# gazegen synthetic gaze data
-
-Faces re-rendered by LiveGaze under a grid of gaze directions and camera views, one row per
-rendered image, with exact labels. {manifest.rows} rows in {len(manifest.shards)} shards from
-{len(manifest.inputs)} inputs; failed inputs: {manifest.errors} (reasons in `_errors.parquet`).
-
-```python
-from datasets import load_dataset
-ds = load_dataset("parquet", data_files="OUT/{SHARD_GLOB}", split="train")
-from gazegen.data.parquet import GazeParquetDataset   # torch IterableDataset
-```
-
-## Columns
-
-| column | type | meaning |
-|---|---|---|
-{rows}
-
-## Conventions
-
-- Angles are radians, (pitch, yaw). The gaze vector of (p, y) is `(-cos p sin y, -sin p, -cos p cos y)`
-  (ETH-XGaze): (0, 0) looks back into the camera, positive pitch looks up, positive yaw looks to
-  the image's left. The camera frame has OpenCV axes (x right, y down, z forward).
-- Images are normalised as in ETH-XGaze: a virtual camera at a fixed distance looking at the face centre.
-- Depth: `depth_mm = png_value / {DEPTH_SCALE:g}`; 0 = no surface, 65535 = at or beyond {65535 / DEPTH_SCALE:g} mm.
-  The scale is also in each file's schema metadata (`gazegen`).
-- Shards: `shard-XXXXX.parquet` holds the sources `[X * {manifest.sources_per_shard}, (X + 1) * {manifest.sources_per_shard})`
-  of the sorted inputs; `shard-XXXXX_stats.json` marks it complete; `_manifest.json` lists checksums.
-
-## Provenance
-
-- command: `{command}`
-- checkpoint: `{manifest.checkpoint_hash}`
-- created {manifest.created}, finished {manifest.finished}
-- versions: {", ".join(f"{k} {v}" for k, v in manifest.versions.items())}
-
-Settings:
-
-```json
-{settings}
-```
-"""
-
-
 __all__ = [
     "CARD_NAME",
     "ERRORS_NAME",
+    "HISTOGRAMS_NAME",
     "MANIFEST_NAME",
     "IncompleteRunError",
     "RunManifest",

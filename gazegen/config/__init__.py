@@ -18,6 +18,7 @@ Where each concept lives (everything is re-exported here: ``from gazegen.config 
 - ``evaluation``: the reference gaze estimator (EstimatorNetConfig, EyePatchConfig, EstimatorConfig) and
   `gazegen evaluate` (EvaluateConfig).
 - ``synth``: `gazegen synthesize` (SynthConfig).
+- ``export``: `gazegen export` (ExportConfig, EXPORT_FORMATS).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, DetectorConfig, GazeRangeConfig, NormalisationConfig,
                                    PhotoCameraConfig, RigConfig, SynthHeadsConfig)
 from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig, EyePatchConfig
+from gazegen.config.export import EXPORT_FORMATS, ExportConfig
 from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, load_config, resolve_preset, to_dict
 from gazegen.config.model import ModelConfig, RenderConfig
 from gazegen.config.synth import SynthConfig
@@ -67,4 +69,7 @@ __all__ = [
     "EyePatchConfig",
     # synth
     "SynthConfig",
+    # export
+    "EXPORT_FORMATS",
+    "ExportConfig",
 ]
