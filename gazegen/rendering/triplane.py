@@ -18,9 +18,17 @@ EG3D's quirk: its ``generate_planes`` + ``project_onto_planes`` read plane 2 at 
 the XZ pair is sampled twice and YZ never (NVlabs/eg3d issues #30 and #67). Networks trained
 with EG3D's code (EG3D, Live3D) learned their third plane that way; ``EG3D_PLANE_AXES`` with
 ``eg3d_compatible=True`` reproduces it so their weights render what they were trained to.
+
+The renderer reads the planes once per point with ``PlaneTexels.mean_at``: the four bilinear taps
+of each plane become 12 (texel, weight) pairs per point, with 1/3 folded into the weights, and
+one ``embedding_bag`` sums the weighted texel rows of a channel-last copy of the planes. The mean
+over planes comes out directly as (B, N, C): no (B, 3, N, C) intermediate, and the same numbers
+as ``sample_planes(...).mean(1)`` up to float rounding (tests/test_rendering.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +73,70 @@ def sample_planes(
     flat = planes.reshape(b * 3, c, h, w)  # (B*3, C, P, P)
     out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*3, C, 1, N)
     return out.reshape(b, 3, c, n).permute(0, 1, 3, 2)  # (B, 3, N, C)
+
+
+# the four bilinear taps of a texel cell: (column offset, row offset)
+_TAP_DX = (0, 1, 0, 1)
+_TAP_DY = (0, 0, 1, 1)
+
+
+def bilinear_taps(
+    points: torch.Tensor, box_warp: float, resolution: int, eg3d_compatible: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points (N, 3) -> texel indices (N, 12) into a plane-major (3 * P * P) texel list, and weights (N, 12).
+
+    Tap (k, t) of a point is corner t of its bilinear cell on plane k, weighted by its bilinear
+    weight / 3, or 0 where the corner lies outside the plane (``grid_sample``'s zero padding with
+    ``align_corners=False``); its index is then clamped into the plane, so it is always valid.
+    """
+    p = resolution
+    axes = torch.tensor(plane_axes(eg3d_compatible), device=points.device).reshape(-1)  # (6,) u0 v0 u1 v1 u2 v2
+    grid = points[:, axes].reshape(-1, 3, 2) * (2.0 / box_warp)  # (N, 3, 2) grid coordinates (u, v) in [-1, 1]
+    texel = (grid + 1) * (p / 2) - 0.5  # (N, 3, 2) continuous (column, row), texel centres at integers
+    corner = texel.floor()
+    frac = texel - corner  # (N, 3, 2)
+    dx = torch.tensor(_TAP_DX, device=points.device)  # (4,)
+    dy = torch.tensor(_TAP_DY, device=points.device)
+    col = corner[..., 0, None].long() + dx  # (N, 3, 4)
+    row = corner[..., 1, None].long() + dy
+    fx, fy = frac[..., 0, None], frac[..., 1, None]  # (N, 3, 1)
+    weight = torch.where(dx == 1, fx, 1 - fx) * torch.where(dy == 1, fy, 1 - fy)  # (N, 3, 4)
+    inside = (col >= 0) & (col < p) & (row >= 0) & (row < p)
+    weight = torch.where(inside, weight / 3, torch.zeros_like(weight))
+    plane = torch.arange(3, device=points.device)[:, None] * (p * p)  # (3, 1) first texel of each plane
+    index = plane + row.clamp(0, p - 1) * p + col.clamp(0, p - 1)  # (N, 3, 4)
+    return index.reshape(-1, 12), weight.reshape(-1, 12)
+
+
+@dataclass(frozen=True)
+class PlaneTexels:
+    """Triplanes (Bp, 3, C, P, P) stored channel-last as texel rows (Bp * 3 * P * P, C), read by ``mean_at``."""
+
+    texels: torch.Tensor  # (Bp * 3 * P * P, C) plane-major within each triplane
+    batch: int  # Bp
+    resolution: int  # P
+    box_warp: float
+    eg3d_compatible: bool = False
+
+    @classmethod
+    def from_planes(cls, planes: torch.Tensor, box_warp: float, eg3d_compatible: bool = False) -> PlaneTexels:
+        bp, n_planes, c, h, w = planes.shape
+        if n_planes != 3 or h != w:
+            raise ValueError(f"expected square planes of shape (B, 3, C, P, P), got {tuple(planes.shape)}")
+        texels = planes.permute(0, 1, 3, 4, 2).reshape(bp * 3 * h * w, c)  # (Bp, 3, P, P, C) -> texel rows
+        return cls(texels=texels, batch=bp, resolution=h, box_warp=box_warp, eg3d_compatible=eg3d_compatible)
+
+    def mean_at(self, points: torch.Tensor) -> torch.Tensor:
+        """World points (B, N, 3) -> mean over the 3 planes of their bilinear features (B, N, C).
+
+        ``B`` equals the planes' batch, or the planes' batch is 1 and serves every point set.
+        """
+        b, n, _ = points.shape
+        if self.batch not in (1, b):
+            raise ValueError(f"planes batch {self.batch} does not match points batch {b} (nor is it 1)")
+        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, self.resolution, self.eg3d_compatible)
+        if self.batch > 1:  # point set i reads triplane i
+            per_triplane = 3 * self.resolution**2
+            index = index + (torch.arange(b, device=points.device) * per_triplane).repeat_interleave(n)[:, None]
+        out = F.embedding_bag(index, self.texels, per_sample_weights=weight.to(self.texels.dtype), mode="sum")  # (B*N, C)
+        return out.reshape(b, n, -1)
