@@ -75,9 +75,19 @@ def sample_planes(
     return out.reshape(b, 3, c, n).permute(0, 1, 3, 2)  # (B, 3, N, C)
 
 
-# the four bilinear taps of a texel cell: (column offset, row offset)
-_TAP_DX = (0, 1, 0, 1)
-_TAP_DY = (0, 0, 1, 1)
+def _axis_taps(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texel coordinates (N, 3) along one axis -> the two neighbouring texels (N, 3, 2), clamped, and weights (N, 3, 2).
+
+    A neighbour outside [0, size) weighs 0 (zero padding); its clamped index stays valid.
+    """
+    low = coord.floor()
+    frac = coord - low  # (N, 3)
+    low = low.long()
+    first_in = (low >= 0) & (low < size)  # texel low lies on the plane
+    second_in = (low >= -1) & (low < size - 1)  # texel low + 1 does
+    weight = torch.stack([torch.where(first_in, 1 - frac, 0.0), torch.where(second_in, frac, 0.0)], -1)
+    index = torch.stack([low, low + 1], -1).clamp_(0, size - 1)  # (N, 3, 2)
+    return index, weight
 
 
 def bilinear_taps(
@@ -90,21 +100,16 @@ def bilinear_taps(
     ``align_corners=False``); its index is then clamped into the plane, so it is always valid.
     """
     p = resolution
-    axes = torch.tensor(plane_axes(eg3d_compatible), device=points.device).reshape(-1)  # (6,) u0 v0 u1 v1 u2 v2
-    grid = points[:, axes].reshape(-1, 3, 2) * (2.0 / box_warp)  # (N, 3, 2) grid coordinates (u, v) in [-1, 1]
-    texel = (grid + 1) * (p / 2) - 0.5  # (N, 3, 2) continuous (column, row), texel centres at integers
-    corner = texel.floor()
-    frac = texel - corner  # (N, 3, 2)
-    dx = torch.tensor(_TAP_DX, device=points.device)  # (4,)
-    dy = torch.tensor(_TAP_DY, device=points.device)
-    col = corner[..., 0, None].long() + dx  # (N, 3, 4)
-    row = corner[..., 1, None].long() + dy
-    fx, fy = frac[..., 0, None], frac[..., 1, None]  # (N, 3, 1)
-    weight = torch.where(dx == 1, fx, 1 - fx) * torch.where(dy == 1, fy, 1 - fy)  # (N, 3, 4)
-    inside = (col >= 0) & (col < p) & (row >= 0) & (row < p)
-    weight = torch.where(inside, weight / 3, torch.zeros_like(weight))
-    plane = torch.arange(3, device=points.device)[:, None] * (p * p)  # (3, 1) first texel of each plane
-    index = plane + row.clamp(0, p - 1) * p + col.clamp(0, p - 1)  # (N, 3, 4)
+    axes = plane_axes(eg3d_compatible)
+    scale = p / box_warp  # world -> texel units: grid (2 / box_warp) then texels (P / 2)
+    texel = points * scale + (p / 2 - 0.5)  # (N, 3) continuous texel coordinate along each world axis
+    u = texel[:, [a for a, _ in axes]]  # (N, 3) column coordinate on each plane
+    v = texel[:, [b for _, b in axes]]  # (N, 3) row coordinate
+    col, wu = _axis_taps(u, p)  # (N, 3, 2)
+    row, wv = _axis_taps(v, p)
+    plane = torch.arange(3, device=points.device)[:, None, None] * (p * p)  # (3, 1, 1) first texel of each plane
+    index = plane + row[..., :, None] * p + col[..., None, :]  # (N, 3, 2, 2) rows x columns
+    weight = wv[..., :, None] * (wu[..., None, :] / 3)  # (N, 3, 2, 2)
     return index.reshape(-1, 12), weight.reshape(-1, 12)
 
 
