@@ -28,7 +28,7 @@ from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, a
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
 from gazegen.models.superres import SuperResolution
-from gazegen.models.triplane_head import TriplaneHead
+from gazegen.models.triplane_head import GeometryTerms, TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
 from gazegen.rendering.renderer import render_triplane
 
@@ -39,6 +39,7 @@ class SourceFeatures:
 
     high: torch.Tensor  # (B, C_h, P, P) F_h, E_h's appearance features
     geometry: torch.Tensor  # (B, C_geo, P, P) F_geo, E_l's geometry features
+    tri_geometry: GeometryTerms  # E_tri's F_geo-only terms (triplane_head.py), computed once per source
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ class LiveGaze(nn.Module):
         s = self.cfg.image_resolution
         _check_shape("image", image, (None, 3, s, s))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
-        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x))
+        high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
+        return SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry))
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -120,8 +122,9 @@ class LiveGaze(nn.Module):
         _check_shape("gaze_head", gaze_head, (None, 2))
         tokens = self.gaze_encoder(gaze_head)  # (B, K, C_h)
         appearance = self.gaze_fusion(features.high, tokens)  # (B, C_h, P, P) F_app
-        geometry = features.geometry.expand(appearance.shape[0], -1, -1, -1)  # (B, C_geo, P, P)
-        return self.triplane_head(appearance, geometry)
+        b = appearance.shape[0]
+        out = self.triplane_head.from_terms(appearance, features.tri_geometry.expand(b))  # (B, 3*C, P, P), F_geo's terms from encode
+        return out.reshape(b, 3, self.cfg.render.plane_channels, *out.shape[-2:])  # Live3D: read plane-major
 
     def render(
         self, triplane: torch.Tensor, cameras: torch.Tensor, *, generator: torch.Generator | None = None
