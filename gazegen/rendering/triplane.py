@@ -115,11 +115,10 @@ def bilinear_taps(
 
 @dataclass(frozen=True)
 class PlaneTexels:
-    """Triplanes (Bp, 3, C, P, P) stored channel-last as texel rows (Bp * 3 * P * P, C), read by ``mean_at``."""
+    """Triplanes (Bp, 3, C, P, P) and their channel-last texel rows (Bp * 3 * P * P, C), read by ``mean_at``."""
 
-    texels: torch.Tensor  # (Bp * 3 * P * P, C) plane-major within each triplane
-    batch: int  # Bp
-    resolution: int  # P
+    planes: torch.Tensor  # (Bp, 3, C, P, P) as given: gradients flow to it
+    texels: torch.Tensor  # (Bp * 3 * P * P, C) a detached channel-last copy, plane-major within each triplane
     box_warp: float
     eg3d_compatible: bool = False
 
@@ -128,20 +127,52 @@ class PlaneTexels:
         bp, n_planes, c, h, w = planes.shape
         if n_planes != 3 or h != w:
             raise ValueError(f"expected square planes of shape (B, 3, C, P, P), got {tuple(planes.shape)}")
-        texels = planes.permute(0, 1, 3, 4, 2).reshape(bp * 3 * h * w, c)  # (Bp, 3, P, P, C) -> texel rows
-        return cls(texels=texels, batch=bp, resolution=h, box_warp=box_warp, eg3d_compatible=eg3d_compatible)
+        texels = planes.detach().permute(0, 1, 3, 4, 2).reshape(bp * 3 * h * w, c)  # (Bp, 3, P, P, C) -> texel rows
+        return cls(planes=planes, texels=texels, box_warp=box_warp, eg3d_compatible=eg3d_compatible)
 
     def mean_at(self, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> mean over the 3 planes of their bilinear features (B, N, C).
 
         ``B`` equals the planes' batch, or the planes' batch is 1 and serves every point set.
+        Gradients reach the planes (not the points), as ``sample_planes(...).mean(1)``'s would.
         """
         b, n, _ = points.shape
-        if self.batch not in (1, b):
-            raise ValueError(f"planes batch {self.batch} does not match points batch {b} (nor is it 1)")
-        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, self.resolution, self.eg3d_compatible)
-        if self.batch > 1:  # point set i reads triplane i
-            per_triplane = 3 * self.resolution**2
-            index = index + (torch.arange(b, device=points.device) * per_triplane).repeat_interleave(n)[:, None]
-        out = F.embedding_bag(index, self.texels, per_sample_weights=weight.to(self.texels.dtype), mode="sum")  # (B*N, C)
-        return out.reshape(b, n, -1)
+        bp, _, _, p, _ = self.planes.shape
+        if bp not in (1, b):
+            raise ValueError(f"planes batch {bp} does not match points batch {b} (nor is it 1)")
+        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, p, self.eg3d_compatible)
+        if bp > 1:  # point set i reads triplane i
+            index = index + (torch.arange(b, device=points.device) * (3 * p * p)).repeat_interleave(n)[:, None]
+        out = _PlaneMean.apply(self.planes, self.texels, index, weight.to(self.texels.dtype), points.detach(), self)
+        return out.reshape(b, n, -1)  # (B, N, C)
+
+
+class _PlaneMean(torch.autograd.Function):
+    """Forward: one ``embedding_bag`` of the 12 weighted texel rows per point. Backward: ``grid_sample``'s.
+
+    ``embedding_bag``'s own backward sorts every index to reduce them (measured: it made a demo
+    training step slower than ``grid_sample``'s backward), so the plane gradient is ``grid_sample``'s
+    backward for the same points, with the output gradient / 3 on each plane: the gradient of
+    ``sample_planes(...).mean(1)``.
+    """
+
+    @staticmethod
+    def forward(ctx, planes, texels, index, weight, points, source: PlaneTexels) -> torch.Tensor:
+        ctx.save_for_backward(points)
+        ctx.source = source
+        return F.embedding_bag(index, texels, per_sample_weights=weight, mode="sum")  # (B*N, C)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        points = ctx.saved_tensors[0].reshape(-1, 3)  # (B*N, 3)
+        src: PlaneTexels = ctx.source
+        bp, _, c, p, _ = src.planes.shape
+        per = points.shape[0] // bp  # points read from each triplane
+        grid = project_to_planes(points.reshape(bp, per, 3), src.box_warp, src.eg3d_compatible)  # (Bp, 3, per, 2)
+        grid = grid.to(src.planes.dtype).reshape(bp * 3, 1, per, 2)
+        out_grad = (grad / 3).reshape(bp, 1, per, c).transpose(2, 3).expand(-1, 3, -1, -1)  # (Bp, 3, C, per)
+        out_grad = out_grad.reshape(bp * 3, c, 1, per)
+        planes = src.planes.detach().reshape(bp * 3, c, p, p)  # read for its shape only (no grid gradient asked)
+        grad_planes, _ = torch.ops.aten.grid_sampler_2d_backward(
+            out_grad, planes, grid, 0, 0, False, [True, False])  # bilinear, zeros, align_corners=False
+        return grad_planes.reshape(src.planes.shape), None, None, None, None, None
