@@ -97,9 +97,9 @@ class _RayResult:
     midpoints: torch.Tensor | None = None  # (B, n, K) their midpoints
 
 
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rays ``index`` (B, k) of x (B, n, ...) -> (B, k, ...)."""
-    return x.gather(1, _expand_index(index, x))
+def _rows(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """Rays ``index`` (B, k) of x (B, n, ...) -> (B, k, ...); all of them when ``index`` is None."""
+    return x if index is None else x.gather(1, _expand_index(index, x))
 
 
 def _expand_index(index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +107,13 @@ def _expand_index(index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return index.reshape(*index.shape, *[1] * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])
 
 
-def _put_rows(whole: torch.Tensor, index: torch.Tensor, use: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
-    """``whole`` (B, n, ...) with its rays ``index`` (B, k) replaced by ``part`` (B, k, ...) where ``use`` (B, k) holds."""
+def _put_rows(whole: torch.Tensor, index: torch.Tensor | None, use: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """``whole`` (B, n, ...) with its rays ``index`` (B, k) replaced by ``part`` (B, k, ...) where ``use`` (B, k) holds.
+
+    ``index`` None: ``part`` holds every ray (and ``use`` is all true).
+    """
+    if index is None:
+        return part
     keep = use.reshape(*use.shape, *[1] * (whole.ndim - 2))
     return whole.scatter(1, _expand_index(index, whole), torch.where(keep, part, _rows(whole, index)))
 
@@ -138,9 +143,12 @@ def _render_rays(
     weights, midpoints = _padded_intervals(first, s + m - 1) if keep_intervals else (None, None)
     refine = first.opacity.detach() > cfg.empty_opacity  # (B, n)
     k = int(refine.sum(1).max()) if m > 0 else 0
-    if k > 0:
+    if k == refine.shape[1]:  # every ray refined: no selection
+        index, use = None, refine
+    elif k > 0:
         index = torch.argsort((~refine).to(torch.uint8), dim=1, stable=True)[:, :k]  # (B, k) rays to refine first
         use = _rows(refine, index)  # (B, k) False: padding, a camera with fewer rays to refine than k
+    if k > 0:
         sub_depths = _rows(depths, index)  # (B, k, S)
         with torch.no_grad():  # the fine depths carry no gradient (EG3D, NeRF)
             fine_depths = importance_depths(sub_depths, _rows(first.weights, index), _rows(fine_offsets, index))
@@ -160,7 +168,8 @@ def _render_rays(
     features = weighted_features(coarse_weights, coarse.features)  # (B, n, F)
     if k > 0:
         fine_features = weighted_features(torch.where(use[..., None], fine_weights, 0.0), fine.features)  # (B, k, F)
-        features = features.scatter_add(1, _expand_index(index, features), fine_features)
+        features = features + fine_features if index is None else features.scatter_add(
+            1, _expand_index(index, features), fine_features)
     if cfg.white_background:
         features = features + (1 - opacity)[..., None]
     return _RayResult(features=features, depth=depth, opacity=opacity, weights=weights, midpoints=midpoints)

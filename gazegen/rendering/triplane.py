@@ -103,8 +103,8 @@ def bilinear_taps(
     axes = plane_axes(eg3d_compatible)
     scale = p / box_warp  # world -> texel units: grid (2 / box_warp) then texels (P / 2)
     texel = points * scale + (p / 2 - 0.5)  # (N, 3) continuous texel coordinate along each world axis
-    u = texel[:, [a for a, _ in axes]]  # (N, 3) column coordinate on each plane
-    v = texel[:, [b for _, b in axes]]  # (N, 3) row coordinate
+    columns = torch.tensor([a for a, _ in axes] + [b for _, b in axes], device=points.device)  # (6,) u0 u1 u2 v0 v1 v2
+    u, v = texel.index_select(1, columns).split(3, 1)  # (N, 3) column and row coordinates on each plane
     col, wu = _axis_taps(u, p)  # (N, 3, 2)
     row, wv = _axis_taps(v, p)
     plane = torch.arange(3, device=points.device)[:, None, None] * (p * p)  # (3, 1, 1) first texel of each plane
