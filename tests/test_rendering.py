@@ -414,9 +414,10 @@ def test_eg3d_flag_changes_only_the_third_plane():
 # --------------------------------------------------------------------------- fast paths against the plain ones
 
 
+@pytest.mark.parametrize("texel_rows", [False, True])
 @pytest.mark.parametrize("batches", [(1, 1), (1, 3), (3, 3)])
 @pytest.mark.parametrize("eg3d_compatible", [False, True])
-def test_fused_plane_mean_equals_sampling_then_mean(batches, eg3d_compatible):
+def test_fused_plane_mean_equals_sampling_then_mean(batches, eg3d_compatible, texel_rows):
     """One weighted texel sum per point equals grid_sample on each plane then the mean, values and plane gradients."""
     bp, b = batches
     gen = torch.Generator().manual_seed(6)
@@ -425,7 +426,7 @@ def test_fused_plane_mean_equals_sampling_then_mean(batches, eg3d_compatible):
     weights = torch.randn(b, 300, 5, dtype=torch.float64, generator=gen)
     plain = sample_planes(planes, points, 0.9, eg3d_compatible=eg3d_compatible).mean(1)  # (B, N, C)
     (grad_plain,) = torch.autograd.grad((plain * weights).sum(), planes)
-    fused = PlaneTexels.from_planes(planes, 0.9, eg3d_compatible).mean_at(points)
+    fused = PlaneTexels.from_planes(planes, 0.9, eg3d_compatible, texel_rows=texel_rows).mean_at(points)
     (grad_fused,) = torch.autograd.grad((fused * weights).sum(), planes)
     torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_fused, grad_plain, rtol=0, atol=1e-12)
