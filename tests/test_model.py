@@ -178,6 +178,46 @@ def test_one_source_many_gazes_equals_one_by_one(cfg):
     assert (together[0] - together[1]).abs().max() > 1e-6
 
 
+def test_triplane_head_split_at_geometry_equals_the_concatenating_forward(cfg):
+    """E_tri's F_geo-only terms, computed once for a source and reused by every gaze, equal conv([F_app, F_geo])."""
+    model = build(cfg)
+    head = model.triplane_head
+    with torch.no_grad():
+        for conv in (head.net[0], head.output_net[0]):
+            conv.bias.normal_(0, 0.5)  # a bias must be counted once, not per half
+        model.gaze_fusion.proj_out.weight.normal_(0, 0.1)
+        image, _, _ = inputs(cfg, batch=1)
+        _, gazes, _ = inputs(cfg, batch=3, seed=5)
+        features = model.encode(image)  # one source, its terms computed here once
+        appearance = model.gaze_fusion(features.high, model.gaze_encoder(gazes))  # (3, C_h, P, P)
+        unsplit = head(appearance, features.geometry.expand(3, -1, -1, -1))  # (3, 3*C, P, P)
+        unsplit = unsplit.reshape(3, 3, cfg.render.plane_channels, *unsplit.shape[-2:])  # read as planes (no lifting)
+        split = model.redirect(features, gazes)
+        terms = head.geometry_terms(features.geometry)
+    assert terms.net_in.shape[0] == 1 and features.tri_geometry.net_in.shape[0] == 1  # per source, not per gaze
+    torch.testing.assert_close(split, unsplit, rtol=1e-5, atol=1e-5)
+    assert unsplit.abs().max() > 1e-2 and (split[0] - split[1]).abs().max() > 1e-6  # not trivially zero or gaze-blind
+    direct = head.from_terms(appearance, terms.expand(3))
+    torch.testing.assert_close(direct.reshape(split.shape), unsplit, rtol=1e-5, atol=1e-5)
+
+
+def test_triplane_head_split_gradients_equal_the_concatenating_forward(cfg):
+    head = build(cfg).triplane_head.double()  # float64: the two orders of summation agree to ~1e-12
+    g = torch.Generator().manual_seed(3)
+    p = cfg.render.plane_resolution
+    appearance = torch.randn(2, cfg.high_channels, p, p, generator=g, dtype=torch.float64)
+    geometry = torch.randn(2, cfg.geo_channels, p, p, generator=g, dtype=torch.float64)
+    grads = []
+    for run in ("unsplit", "split"):
+        head.zero_grad()
+        out = head(appearance, geometry) if run == "unsplit" else head.from_terms(appearance, head.geometry_terms(geometry))
+        (out.reshape(-1) * torch.linspace(-1, 1, out.numel(), dtype=torch.float64)).sum().backward()
+        grads.append({n: q.grad.clone() for n, q in head.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-9, atol=1e-9)
+    assert grads[0]["net.0.weight"].abs().max() > 1e-3
+
+
 def test_encode_redirect_render_equals_forward(cfg):
     model = build(cfg)
     with torch.no_grad():

@@ -13,10 +13,11 @@ from gazegen import geometry as g
 from gazegen.config import NormalisationConfig, RenderConfig
 from gazegen.rendering.compositing import composite, density_activation
 from gazegen.rendering.decoder import FieldOutput, TriplaneDecoder
-from gazegen.rendering.ray_sampler import importance_depths, sample_pdf, smooth_weights, stratified_depths
+from gazegen.rendering.ray_sampler import importance_depths, merge_order, sample_pdf, smooth_weights, stratified_depths
 from gazegen.rendering.rays import camera_rays
 from gazegen.rendering.renderer import render_field, render_triplane
-from gazegen.rendering.triplane import EG3D_PLANE_AXES, PLANE_AXES, X, Y, Z, project_to_planes, sample_planes
+from gazegen.rendering.triplane import (EG3D_PLANE_AXES, PLANE_AXES, X, Y, Z, PlaneTexels, project_to_planes,
+                                       sample_planes)
 
 NORM = NormalisationConfig()  # camera 2.7 world units from the origin, focal 1600 / 512 px
 SOLID, EMPTY = 1e4, -100.0  # raw densities: opaque within any sample spacing; softplus(-101) ~ 1e-44
@@ -408,3 +409,92 @@ def test_eg3d_flag_changes_only_the_third_plane():
         b = render_triplane(planes_no_third, decoder, cams, cfg, eg3d_compatible=True)
     assert not torch.allclose(default.features, eg3d.features)
     assert_same_render(a, b, atol=0)
+
+
+# --------------------------------------------------------------------------- fast paths against the plain ones
+
+
+@pytest.mark.parametrize("texel_rows", [False, True])
+@pytest.mark.parametrize("batches", [(1, 1), (1, 3), (3, 3)])
+@pytest.mark.parametrize("eg3d_compatible", [False, True])
+def test_fused_plane_mean_equals_sampling_then_mean(batches, eg3d_compatible, texel_rows):
+    """One weighted texel sum per point equals grid_sample on each plane then the mean, values and plane gradients."""
+    bp, b = batches
+    gen = torch.Generator().manual_seed(6)
+    planes = torch.randn(bp, 3, 5, 12, 12, dtype=torch.float64, generator=gen).requires_grad_(True)
+    points = (torch.rand(b, 300, 3, dtype=torch.float64, generator=gen) - 0.5) * 1.2 * 0.9  # some outside the box
+    weights = torch.randn(b, 300, 5, dtype=torch.float64, generator=gen)
+    plain = sample_planes(planes, points, 0.9, eg3d_compatible=eg3d_compatible).mean(1)  # (B, N, C)
+    (grad_plain,) = torch.autograd.grad((plain * weights).sum(), planes)
+    fused = PlaneTexels.from_planes(planes, 0.9, eg3d_compatible, texel_rows=texel_rows).mean_at(points)
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), planes)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_fused, grad_plain, rtol=0, atol=1e-12)
+    assert (plain == 0).all(-1).any() and plain.abs().max() > 0.5  # points outside read zeros, inside do not
+
+
+def test_merge_order_equals_a_stable_sort():
+    gen = torch.Generator().manual_seed(7)
+    first = torch.sort(torch.rand(4, 9, 11, generator=gen), -1).values
+    second = torch.sort(torch.cat([torch.rand(4, 9, 6, generator=gen), first[..., 2:5]], -1), -1).values  # with ties
+    order = merge_order(first, second)
+    union = torch.cat([first, second], -1)
+    torch.testing.assert_close(order, torch.sort(union, dim=-1, stable=True).indices, rtol=0, atol=0)
+    assert (union.gather(-1, order).diff(dim=-1) >= 0).all()
+
+
+class CountingField:
+    """A field that counts the points it is asked about."""
+
+    def __init__(self, field):
+        self.field, self.points = field, 0
+
+    def __call__(self, points: torch.Tensor) -> FieldOutput:
+        self.points += points.shape[0] * points.shape[1]
+        return self.field(points)
+
+
+def test_empty_rays_get_no_fine_samples_and_keep_their_coarse_result():
+    res, s, m = 24, 16, 24
+    cfg = RenderConfig(neural_resolution=res, samples_coarse=s, samples_fine=m, chunk_rays=100)
+    cams = cameras([(0.0, 0.0), (0.2, -0.3)])
+    counting = CountingField(sphere_field(0.3))
+    out = render_field(counting, cams, cfg)
+    coarse_only = render_field(sphere_field(0.3), cams, dataclasses.replace(cfg, samples_fine=0))
+    empty = coarse_only.alpha <= cfg.empty_opacity  # (B, 1, R, R) rays whose coarse samples find nothing
+    assert 0.2 < empty.float().mean() < 0.8
+    # every ray is sampled S times, and only the others M more times (per camera: padded to the camera refining most)
+    refined = (~empty).reshape(2, -1).sum(1)  # (B,)
+    assert counting.points == 2 * res * res * s + 2 * int(refined.max()) * m
+    for name in ("features", "alpha", "depth"):
+        a, b = getattr(out, name), getattr(coarse_only, name)
+        mask = empty.expand_as(a)
+        torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=0, msg=name)
+    refine_all = render_field(sphere_field(0.3), cams, dataclasses.replace(cfg, empty_opacity=0.0))
+    torch.testing.assert_close(out.features[~empty.expand_as(out.features)],
+                               refine_all.features[~empty.expand_as(out.features)], rtol=0, atol=0)
+    assert (out.alpha[~empty] > 1 - 1e-9).all()
+
+
+def test_triplane_render_equals_the_unfused_field_with_gradients():
+    """render_triplane (fused plane reads, merged samples) against render_field on sample_planes + decoder."""
+    cfg, planes, decoder, cams = tiny_setup(4)
+    cfg = dataclasses.replace(cfg, empty_opacity=0.0)  # every ray refined: the same samples as the plain field
+    planes = planes.double().requires_grad_(True)
+    decoder = decoder.double()
+
+    def plain(points: torch.Tensor) -> FieldOutput:
+        return decoder(sample_planes(planes, points, cfg.box_warp, eg3d_compatible=True))
+
+    runs = []
+    for render in (lambda: render_field(plain, cams.double(), cfg, training=True, generator=torch.Generator().manual_seed(1)),
+                   lambda: render_triplane(planes, decoder, cams.double(), cfg, training=True, eg3d_compatible=True,
+                                           generator=torch.Generator().manual_seed(1))):
+        out = render()
+        (grad,) = torch.autograd.grad(out.features.square().mean() + out.depth.mean(), planes)
+        runs.append((out, grad))
+    (a, grad_a), (b, grad_b) = runs
+    for name in ("features", "depth", "alpha"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=0, atol=1e-10, msg=name)
+    torch.testing.assert_close(grad_b, grad_a, rtol=0, atol=1e-10)
+    assert grad_a.abs().max() > 1e-4

@@ -27,7 +27,8 @@ class RenderConfig:
     feature_channels: int = bounded(32, 3, 256)  # decoder output features; the first 3 are RGB
     density_bias: float = -1.0  # sigma = softplus(raw + density_bias) (EG3D: -1)
     white_background: bool = False  # composite onto white instead of black
-    chunk_rays: int = bounded(65536, 1)  # rays decoded at once, bounds memory at large sizes
+    chunk_rays: int = bounded(1024, 1)  # rays decoded at once: samples of a chunk stay in cache (fastest on CPU, measured)
+    empty_opacity: float = bounded(1e-3, 0.0, 1.0)  # rays of coarse opacity <= this get no fine samples (0: all refined)
 
 
 # --------------------------------------------------------------------------- model

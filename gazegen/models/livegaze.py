@@ -31,7 +31,7 @@ from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
 from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.superres import SuperResolution
-from gazegen.models.triplane_head import TriplaneHead
+from gazegen.models.triplane_head import GeometryTerms, TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
 from gazegen.rendering.renderer import render_triplane
 from gazegen.rendering.triplane import plane_axes
@@ -43,6 +43,7 @@ class SourceFeatures:
 
     high: torch.Tensor  # (B, C_h, P, P) F_h, E_h's appearance features
     geometry: torch.Tensor  # (B, C_geo, P, P) F_geo, E_l's geometry features
+    tri_geometry: GeometryTerms  # E_tri's F_geo-only terms (triplane_head.py), computed once per source
     camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
     image: torch.Tensor | None = None  # (B, 3, P, P) the source image at the planes' side (models with plane lifting)
 
@@ -131,8 +132,10 @@ class LiveGaze(nn.Module):
                                  "pass the source images' cameras (B, 25) to encode")
             _check_shape("source camera", camera, (image.shape[0], 25))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
+        high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
-        return SourceFeatures(high=self.high_encoder(x), geometry=self.low_encoder(x), camera=camera, image=small)
+        return SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
+                              camera=camera, image=small)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -143,8 +146,7 @@ class LiveGaze(nn.Module):
         tokens = self.gaze_encoder(gaze_head)  # (B, K, C_h)
         appearance = self.gaze_fusion(features.high, tokens)  # (B, C_h, P, P) F_app
         b = appearance.shape[0]
-        geometry = features.geometry.expand(b, -1, -1, -1)  # (B, C_geo, P, P)
-        out = self.triplane_head(appearance, geometry)  # (B, C_out, P, P)
+        out = self.triplane_head.from_terms(appearance, features.tri_geometry.expand(b))  # (B, C_out, P, P), F_geo's terms from encode
         if self.lifting is not None:  # E_tri's map and the source's own pixels, carried onto the planes
             lifted = torch.cat([out, features.image.expand(b, -1, -1, -1)], 1)  # (B, C_out + 3, P, P)
             return self.lifting(lifted, features.camera.expand(b, -1))  # (B, 3, C_plane, P, P)

@@ -53,6 +53,10 @@ class TriplaneDecoder(nn.Module):
 
     def forward(self, plane_features: torch.Tensor) -> FieldOutput:
         """Sampled plane features (B, 3, N, C) -> FieldOutput with (B, N, F) features, (B, N, 1) raw density."""
-        x = self.net(plane_features.mean(1))  # (B, N, C) -> (B, N, 1 + F)
+        return self.decode(plane_features.mean(1))
+
+    def decode(self, mean_features: torch.Tensor) -> FieldOutput:
+        """Plane features already averaged over the 3 planes (B, N, C) (triplane.PlaneTexels.mean_at) -> FieldOutput."""
+        x = self.net(mean_features)  # (B, N, C) -> (B, N, 1 + F)
         features = torch.sigmoid(x[..., 1:]) * (1 + 2 * SIGMOID_MARGIN) - SIGMOID_MARGIN
         return FieldOutput(features=features, density_raw=x[..., :1])

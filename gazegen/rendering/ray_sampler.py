@@ -16,6 +16,10 @@ consecutive coarse samples form a piecewise-constant density over [t_0, t_{S-1}]
 EG3D (max-pool 2, average-pool 2, + 0.01) and inverted at ``u_j = (j + offset_j) / M``. EG3D
 pairs the S-1 interval midpoints with S-3 weights (``weights[:, 1:-1]``), dropping its last bin;
 here bins and weights line up.
+
+Both sets come out sorted along the ray (stratified depths by construction, fine depths because
+the inverse CDF is monotone in ``u``), so the renderer merges them (``merge_order``) instead of
+sorting their union.
 """
 
 from __future__ import annotations
@@ -91,3 +95,21 @@ def importance_depths(
     index = torch.arange(m, device=offsets.device, dtype=offsets.dtype)  # (M,)
     u = (index + offsets) / m  # (B, N, M)
     return sample_pdf(depths, smooth_weights(weights, padding), u.to(depths.dtype))
+
+
+def merge_order(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Sorted first (..., S) and second (..., M) -> the order (..., S + M) that merges ``cat([first, second], -1)``.
+
+    ``cat([first, second], -1).gather(-1, order)`` is sorted; on ties ``first`` comes first, as in
+    a stable sort of the concatenation. Costs two ``searchsorted``, no general sort.
+    """
+    s, m = first.shape[-1], second.shape[-1]
+    first, second = first.contiguous(), second.contiguous()
+    i = torch.arange(s, device=first.device).expand_as(first)  # (..., S)
+    j = torch.arange(m, device=first.device).expand_as(second)  # (..., M)
+    to_first = i + torch.searchsorted(second, first, right=False)  # (..., S): merged slot of first[i]
+    to_second = j + torch.searchsorted(first, second, right=True)  # (..., M): merged slot of second[j]
+    order = torch.empty((*first.shape[:-1], s + m), dtype=torch.long, device=first.device)
+    order.scatter_(-1, to_first, i)
+    order.scatter_(-1, to_second, j + s)
+    return order
