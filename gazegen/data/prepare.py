@@ -33,7 +33,7 @@ from tqdm import tqdm
 from gazegen.config import NormalisationConfig
 from gazegen.data.sample import Sample
 from gazegen.data.store import SPLIT_FILE, STORE_FORMAT, SubjectWriter, write_split
-from gazegen.data.xgaze import DataError, SubjectReader, open_subject
+from gazegen.data.xgaze import DataError, SubjectReader, file_component, open_subject
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     names: dict[str, Path] = {}
     for split, source in found.files:
         with open_subject(source, source_normalisation) as reader:
-            name = f"{reader.subject}.h5"
+            name = f"{file_component(reader.subject)}.h5"  # the attribute is data: never a path
             rows = len(reader)
         if name in names:
             raise DataError(f"{source}: subject {name} also comes from {names[name]}")
