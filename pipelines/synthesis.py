@@ -383,7 +383,10 @@ def _render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], add
         total = sum(len(s.inputs) for s in todo) * run.rows_per_source
         bar = tqdm(total=total, unit="img", desc="synthesize", disable=not progress, dynamic_ncols=True)
         try:
-            with contextlib.closing(iter(build_dataset(run, todo, actor).iter_batches(batch_size=None, batch_format="numpy"))) as batches:
+            # prefetch_batches=0: each block is routed when it arrives (with 1, Ray Data holds a block back until the
+            # next one comes, so a shard's last rows wait on the next batch: up to a whole task of a slow source)
+            blocks = build_dataset(run, todo, actor).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+            with contextlib.closing(iter(blocks)) as batches:
                 for batch in batches:
                     rows, errors = router.add(batch)
                     bar.update(rows + errors * run.rows_per_source)
