@@ -10,7 +10,8 @@ actor or the shard writer, and a rerun meets the same inputs with the same outco
   accepted only inside the input root.
 * Images: the pixel count is read from the header (Pillow reads the header only) and refused
   above ``max_pixels`` before anything is decoded: a 400 KiB PNG may declare 20000 x 20000
-  pixels (1.2 GB as RGB).
+  pixels (1.2 GB as RGB). Pillow refuses headers past ``PILLOW_MAX_PIXELS`` (~179 Mpx) itself,
+  which bounds ``max_pixels``.
 * Labels: (pitch, yaw) pairs of finite radians, |pitch| <= pi/2 and |yaw| <= pi (a value past
   those is most likely in degrees).
 * Time: ``call_with_timeout`` runs a read in a daemon thread and gives up after a while; the
@@ -33,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 T = TypeVar("T")
+PILLOW_MAX_PIXELS = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow refuses larger headers itself
 BYTES_PER_PIXEL = 8  # a file larger than 8 bytes per allowed pixel (16-bit RGBA, uncompressed) is refused unread
 
 
@@ -78,22 +80,26 @@ def resolve_inside(path: str, base: Path, root: Path) -> Path:
     return resolved
 
 
-def image_pixels(data: bytes) -> tuple[int, int]:
-    """(width, height) declared by an image's header, read without decoding the pixels."""
+def image_pixels(data: bytes) -> tuple[int, int] | None:
+    """(width, height) declared by an image's header, read without decoding the pixels; None when
+    Pillow itself refuses the header as a decompression bomb (more than ``PILLOW_MAX_PIXELS``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
-    except Image.DecompressionBombError as error:  # Pillow's own cap (~179 Mpx) hit before ours could be
-        raise InputError(f"more pixels than Pillow accepts to open ({error})") from None
+    except Image.DecompressionBombError:
+        return None
     except Exception as error:  # Pillow raises UnidentifiedImageError, SyntaxError, OSError, ...
         raise InputError(f"not a readable image header ({type(error).__name__}: {error}; {len(data)} bytes)") from None
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Image file bytes -> (H, W, 3) uint8 RGB, refused from its header above ``max_pixels``."""
-    width, height = image_pixels(data)
+    size = image_pixels(data)
+    if size is None:
+        raise InputError(f"more than {PILLOW_MAX_PIXELS} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded)")
+    width, height = size
     if width * height > max_pixels:
         raise InputError(f"{width} x {height} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded)")
     if width < 1 or height < 1:

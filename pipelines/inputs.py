@@ -100,6 +100,11 @@ class DecodeSettings:
 # --------------------------------------------------------------------------- listing
 
 
+def _absolute(path: Path) -> Path:
+    """Absolute and normalised, links not followed: a symlink keeps its own name (and id)."""
+    return Path(os.path.abspath(path))
+
+
 def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
     if glob.has_magic(inputs):
         prefix = []
@@ -108,13 +113,13 @@ def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
                 break
             prefix.append(part)
         root = Path(*prefix) if prefix else Path(".")
-        return root.resolve(), [Path(p).resolve() for p in glob.glob(inputs, recursive=True) if not os.path.isdir(p)]
+        return _absolute(root), [_absolute(Path(p)) for p in glob.glob(inputs, recursive=True) if not os.path.isdir(p)]
     path = Path(inputs)
     if path.is_dir():
         files = [p for p in path.rglob("*") if not p.is_dir() and not any(q.startswith(".") for q in p.relative_to(path).parts)]
-        return path.resolve(), [p.resolve() for p in files]
+        return _absolute(path), [_absolute(p) for p in files]
     if path.exists():
-        return path.parent.resolve(), [path.resolve()]
+        return _absolute(path.parent), [_absolute(path)]
     raise FileNotFoundError(f"{inputs}: no such file, folder or matching glob")
 
 

@@ -458,4 +458,4 @@ def run_synthesis(
 
 
 __all__ = ["IncompleteShardsError", "RunPlan", "ShardRouter", "SynthesisResult", "build_dataset", "default_cpu_threads",
-           "load_synth_config", "local_records", "plan_run", "run_synthesis"]  # fmt: skip
+           "load_synth_config", "local_records", "plan_run", "run_synthesis", "stage_settings"]  # fmt: skip

@@ -36,7 +36,7 @@ class SynthConfig:
     crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
     image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
     normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's (refused if it has none)
-    max_pixels: int = bounded(36_000_000, 1)  # images declaring more pixels are error rows (checked from the header)
+    max_pixels: int = bounded(36_000_000, 1, 178_956_970)  # images declaring more pixels are error rows (checked from the header)
     depth_min_alpha: float = bounded(0.5, 0.0, 1.0)  # depth is written 0 (no surface) where alpha < this
     depth_full_resolution: bool = True  # depth and alpha upsampled (bilinear) to the image; False: neural size
     png_compression: int = bounded(1, 0, 9)  # zlib level of the PNGs (1: fast; the bytes change, not the pixels)
