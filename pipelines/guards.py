@@ -11,7 +11,7 @@ actor or the shard writer, and a rerun meets the same inputs with the same outco
 * Images: the pixel count is read from the header (Pillow reads the header only) and refused
   above ``max_pixels`` before anything is decoded: a 400 KiB PNG may declare 20000 x 20000
   pixels (1.2 GB as RGB). Pillow refuses headers past ``PILLOW_MAX_PIXELS`` (~179 Mpx) itself,
-  which bounds ``max_pixels``.
+  which bounds ``max_pixels``; images under ``MIN_IMAGE_SIDE`` on a side are refused too.
 * Labels: (pitch, yaw) pairs of finite radians, |pitch| <= pi/2 and |yaw| <= pi (a value past
   those is most likely in degrees).
 * Time: ``call_with_timeout`` runs a read in a daemon thread and gives up after a while; the
@@ -35,6 +35,7 @@ from PIL import Image
 
 T = TypeVar("T")
 PILLOW_MAX_PIXELS = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow refuses larger headers itself
+MIN_IMAGE_SIDE = 32  # pixels; a smaller image cannot hold a face worth rendering (a 1 x 1 PNG, an icon)
 BYTES_PER_PIXEL = 8  # a file larger than 8 bytes per allowed pixel (16-bit RGBA, uncompressed) is refused unread
 
 
@@ -102,8 +103,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     width, height = size
     if width * height > max_pixels:
         raise InputError(f"{width} x {height} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded)")
-    if width < 1 or height < 1:
-        raise InputError(f"{width} x {height} pixels: no image")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(f"{width} x {height} pixels: smaller than {MIN_IMAGE_SIDE} px, too small to hold a face")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise InputError(f"not a decodable image (corrupt or unsupported, {len(data)} bytes)")

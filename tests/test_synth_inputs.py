@@ -96,7 +96,8 @@ def test_files_that_are_not_images(tmp_path):
     (folder / "h5fifo.h5").symlink_to(folder / "fifo.jpg")  # an h5 that is a FIFO: never opened while listing
     decoded = by_id(folder, DecodeSettings(64, NORM, "never", max_pixels=10**6))
     reasons = {k: d.reason for k, d in decoded.items() if not d.ok}
-    assert decoded["good.png"].ok and decoded["tiny.png"].ok  # 1 x 1 is an image; --crop never resizes it
+    assert decoded["good.png"].ok
+    assert "1 x 1 pixels: smaller than 32 px" in reasons["tiny.png"]
     assert "empty file" in reasons["empty.png"]
     assert "not a readable image header" in reasons["text.jpg"]
     assert "not a decodable image" in reasons["truncated.png"] or "header" in reasons["truncated.png"]
@@ -105,7 +106,7 @@ def test_files_that_are_not_images(tmp_path):
     for name in ("fifo.jpg", "zero.png", "h5fifo.h5"):
         assert "not a regular file" in reasons[name], name
     assert decoded["h5fifo.h5"].stage == "list"
-    assert len(reasons) == 8
+    assert len(reasons) == 9
 
 
 def test_parquet_path_cells_stay_inside_the_root_and_read_only_regular_files(tmp_path):
@@ -165,8 +166,8 @@ def test_guards_directly():
     np.testing.assert_array_equal(pitch_yaw([np.pi / 2, -np.pi], "x"), [np.pi / 2, -np.pi])  # the bounds themselves pass
     with pytest.raises(InputError, match="outside the input root"):
         resolve_inside("a/../../b.png", Path("/data/in"), Path("/data/in"))
-    with pytest.raises(InputError, match="max_pixels = 100 "):
-        decode_image(png_bytes(np.zeros((20, 20, 3), np.uint8)), 100)
-    assert decode_image(png_bytes(np.zeros((10, 10, 3), np.uint8)), 100).shape == (10, 10, 3)
+    with pytest.raises(InputError, match="max_pixels = 1000 "):
+        decode_image(png_bytes(np.zeros((40, 40, 3), np.uint8)), 1000)
+    assert decode_image(png_bytes(np.zeros((32, 48, 3), np.uint8)), 2000).shape == (32, 48, 3)
     with pytest.raises(ZeroDivisionError):  # a reader's own exception comes back to the caller
         call_with_timeout(lambda: 1 / 0, 5.0)
