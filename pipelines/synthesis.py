@@ -49,7 +49,12 @@ tasks still to run then fail at once (lost, or the run stops past ``max_lost_sou
 task in flight Ray Data 2.60 hung there instead. For a pool to outlive one such source,
 ``max_restarts`` must be at least ``max_task_retries + 1``; the default, 40 =
 (``max_task_retries`` + 1) x ``max_lost_sources``, outlives every batch the run may lose.
-Exceptions on one source are caught in the stages: error rows.
+Exceptions on one source are caught in the stages: error rows. Inputs are checked at decode
+(pipelines/guards.py: regular files only, the pixel cap read from the header, Parquet path cells
+inside the INPUTS root, finite (pitch, yaw) radians, a time limit), so nothing bad reaches a
+writer. The normalised camera comes from the checkpoint (``metadata.normalisation``) or the
+config; a checkpoint without one is refused. Every pyarrow file the driver opens is closed, and
+a Ray session it started is shut down, before the command returns.
 
 Cluster runs (``address``): CKPT and INPUTS must be readable at the same path on every node;
 OUT is written by the driver only (a local path or any pyarrow filesystem URI).
@@ -73,8 +78,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, checkpoint_normalisation, read_model_config
-from gazegen.checkpoint import CheckpointError
+from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, checkpoint_normalisation, read_model_config
 from gazegen.config import ModelConfig, NormalisationConfig, SynthConfig, load_config
 from gazegen.data.parquet import FORMAT_VERSION
 from pipelines.grid import GridSpec, rows_per_source
