@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipelines.render_actor import RenderActor
 
-GATE_LIMIT_S = 600.0  # a gate never opened (a broken test) still lets the worker go eventually
+GATE_LIMIT_S = 1800.0  # a gate never opened (a broken test) still lets the worker go eventually
 
 
 def gated_actor(source_id: str, folder: str) -> type[RenderActor]:

@@ -36,7 +36,7 @@ from pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
 from pipelines.render_actor import RenderedSource, encode_records, row_records
 from pipelines.shards import OutputDir
 from pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
-from synth_faults import crash_once_actor
+from synth_faults import GATE_LIMIT_S, crash_once_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -280,7 +280,8 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
     The first run is a second driver on the session's cluster (as --address joins one), with an
     actor that waits at the batch holding ``GATE`` and Ray Data keeping the order of the batches,
     so when it waits, shard 0 is complete and shard 1 has one of its three sources written: the
-    test sees that state, then SIGKILLs the driver. Nothing depends on timing."""
+    test sees that state, then SIGKILLs the driver. Nothing depends on timing: the test waits for
+    the state however long the machine takes (seen to need over 300 s at a load of 140 on 2 cores)."""
     root = tmp_path_factory.mktemp("kill")
     out, gate = root / "out", root / "gate"
     gate.mkdir()
@@ -298,10 +299,10 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
     try:
         state = lambda: ((gate / "waiting").exists(), (out / "shard-00000_stats.json").exists(),  # noqa: E731
                          bool(list(out.glob("_tmp/shard-00001.parquet.*"))))  # fmt: skip
-        deadline = time.monotonic() + 300  # a bound for a broken run, not a timing assumption
+        hang_guard = time.monotonic() + 2 * GATE_LIMIT_S  # the run ends by itself (its gate opens after GATE_LIMIT_S)
         while state() != (True, True, True):
-            assert process.poll() is None, f"the run ended before reaching its gate: {process.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, f"the gate was not reached in 300 s: {state()}"
+            assert process.poll() is None, f"the run ended before its state was seen: {state()}, {process.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < hang_guard, f"the run hung: {state()}"
             time.sleep(0.05)
         seen = sorted(p.name for p in out.glob("shard-*")), sorted(p.name.split(".")[0] for p in out.glob("_tmp/*"))
         os.kill(process.pid, signal.SIGKILL)
