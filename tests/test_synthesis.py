@@ -294,14 +294,15 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
         f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, rows_per_shard={rows_per_shard}, "
         f"overrides={SETTINGS!r}, progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}), **{GRID!r})"
     ) % address
+    log = root / "driver.log"  # a file, not a pipe: a pipe nobody reads fills up and stops the driver
     process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                               stdout=subprocess.DEVNULL, stderr=log.open("w"))  # fmt: skip
     try:
         state = lambda: ((gate / "waiting").exists(), (out / "shard-00000_stats.json").exists(),  # noqa: E731
                          bool(list(out.glob("_tmp/shard-00001.parquet.*"))))  # fmt: skip
         hang_guard = time.monotonic() + 2 * GATE_LIMIT_S  # the run ends by itself (its gate opens after GATE_LIMIT_S)
         while state() != (True, True, True):
-            assert process.poll() is None, f"the run ended before its state was seen: {state()}, {process.stderr.read().decode()[-2000:]}"
+            assert process.poll() is None, f"the run ended before its state was seen: {state()}, {log.read_text()[-2000:]}"
             assert time.monotonic() < hang_guard, f"the run hung: {state()}"
             time.sleep(0.05)
         seen = sorted(p.name for p in out.glob("shard-*")), sorted(p.name.split(".")[0] for p in out.glob("_tmp/*"))
