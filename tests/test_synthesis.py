@@ -295,8 +295,9 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
         f"overrides={SETTINGS!r}, progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}), **{GRID!r})"
     ) % address
     log = root / "driver.log"  # a file, not a pipe: a pipe nobody reads fills up and stops the driver
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=log.open("w"))  # fmt: skip
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                                   stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
     try:
         state = lambda: ((gate / "waiting").exists(), (out / "shard-00000_stats.json").exists(),  # noqa: E731
                          bool(list(out.glob("_tmp/shard-00001.parquet.*"))))  # fmt: skip
