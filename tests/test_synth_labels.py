@@ -162,7 +162,7 @@ def test_bad_rows_are_error_rows_and_a_rerun_gives_the_same_rows_and_errors(two_
 def cli(*args: str) -> subprocess.CompletedProcess:
     code = "import sys; from gazegen.cli import app; sys.argv[0] = 'gazegen'; app()"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=3600)  # fmt: skip  (a hang guard)
 
 
 @pytest.mark.ray
