@@ -43,7 +43,7 @@ import torch
 
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_checkpoint
-from gazegen.config import ModelConfig, load_config
+from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config
 from gazegen.models.livegaze import LiveGaze
 from pipelines.grid import plan_source
 from pipelines.shards import OutputDir
@@ -156,7 +156,8 @@ def measure(args: argparse.Namespace, work: Path, threads: int) -> dict:
     checkpoint = args.checkpoint
     if checkpoint is None:
         torch.manual_seed(0)
-        checkpoint = save_checkpoint(work / "checkpoint", LiveGaze(load_config(ModelConfig, args.preset)))
+        checkpoint = save_checkpoint(work / "checkpoint", LiveGaze(load_config(ModelConfig, args.preset)),
+                                     normalisation=PUBLISHED_NORMALISATIONS["livegaze512"])
     side = load_checkpoint(checkpoint).cfg.image_resolution
     inputs = args.inputs or make_inputs(work / "inputs", args.sources, side)
     options = {"grid": "pitch,yaw,view", "pitch": args.pitch, "yaw": args.yaw, "view_pitch": args.view_pitch,

@@ -3,7 +3,10 @@
 A checkpoint is a directory:
 
     config.json        {"format_version": 1, "class": "LiveGaze", "config": <ModelConfig as data>,
-                        "metadata": {...}}, sorted keys
+                        "metadata": {...}}, sorted keys; ``metadata.normalisation`` is the normalised
+                        camera of the images the weights were fitted to (NormalisationConfig as
+                        data): synthesis frames its inputs and scales depth by it, and refuses a
+                        checkpoint without it
     model.safetensors  every tensor of ``model.state_dict()`` under its LiveGaze name
     train_state.pt     optional training state (optimiser, step, RNG states): plain containers of
                        tensors and Python scalars, read back with ``torch.load(weights_only=True)``
@@ -46,7 +49,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from gazegen.config import ConfigError, ModelConfig, to_dict
+from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, to_dict
 from gazegen.models.livegaze import LiveGaze
 
 FORMAT_VERSION = 1
@@ -85,8 +88,10 @@ def save_checkpoint(
     *,
     train_state: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    normalisation: NormalisationConfig | None = None,
 ) -> Path:
-    """Write ``model`` (and optionally ``train_state`` and JSON-able ``metadata``) as a checkpoint directory."""
+    """Write ``model`` (and optionally ``train_state`` and JSON-able ``metadata``) as a checkpoint directory;
+    ``normalisation`` (the camera of the images the weights fit) goes into ``metadata.normalisation``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
@@ -95,7 +100,7 @@ def save_checkpoint(
             "format_version": FORMAT_VERSION,
             "class": MODEL_CLASS,
             "config": to_dict(model.cfg),
-            "metadata": metadata or {},
+            "metadata": (metadata or {}) | ({"normalisation": to_dict(normalisation)} if normalisation else {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -122,8 +127,7 @@ def _require(path: Path) -> Path:
     return path
 
 
-def read_model_config(directory: str | Path) -> ModelConfig:
-    """The ModelConfig stored in a checkpoint's config.json (its format version and class checked)."""
+def _read_header(directory: str | Path) -> tuple[Path, dict[str, Any]]:
     path = _require(Path(directory) / CONFIG_FILE)
     try:
         header = json.loads(path.read_text())
@@ -140,10 +144,30 @@ def read_model_config(directory: str | Path) -> ModelConfig:
         raise CheckpointError(f"{path}: class {header.get('class')!r} is not {MODEL_CLASS!r}")
     if not isinstance(header.get("config"), dict):
         raise CheckpointError(f"{path}: no 'config' object")
+    return path, header
+
+
+def read_model_config(directory: str | Path) -> ModelConfig:
+    """The ModelConfig stored in a checkpoint's config.json (its format version and class checked)."""
+    path, header = _read_header(directory)
     try:
         return ModelConfig.from_dict(header["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: config: {e}") from None
+
+
+def checkpoint_normalisation(directory: str | Path) -> NormalisationConfig | None:
+    """The ``metadata.normalisation`` a checkpoint records (validated), or None when it has none."""
+    path, header = _read_header(directory)
+    recorded = (header.get("metadata") or {}).get("normalisation")
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{path}: metadata.normalisation is {type(recorded).__name__}, expected an object")
+    try:
+        return NormalisationConfig.from_dict(recorded)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: metadata.normalisation: {e}") from None
 
 
 def _describe_keys(keys: list[str], limit: int = 8) -> str:

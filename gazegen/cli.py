@@ -216,6 +216,10 @@ def synthesize(
         )
     except (RunMismatchError, IncompleteShardsError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    except Exception as e:  # anything else (a Ray failure): its type and first line; the traceback with -v
+        logging.getLogger("gazegen.synthesize").debug("synthesis failed", exc_info=True)
+        first = next((line for line in str(e).splitlines() if line.strip()), "")
+        _fail(f"synthesis failed: {type(e).__name__}: {first}")
     typer.echo(result.summary())
 
 

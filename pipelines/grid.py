@@ -12,6 +12,11 @@ The full grid of one source is gazes x views: the model encodes the source once,
 once per gaze and renders each gaze's triplane for all views. `sample=N` instead draws N
 (gaze, view) pairs uniformly within the ranges, from a generator seeded by (seed, source id),
 so a rerun draws the same pairs.
+
+Bounds: a pitch (gaze pitch, view pitch, and a source's head pitch plus its view offsets) must
+stay inside (-90, 90) degrees: past the pole a (pitch, yaw) pair names another rotation, and the
+stored head pose would no longer match the camera. Yaws are bounded to [-180, 180] in the grid,
+and a rendered head yaw (source yaw + offset) is wrapped into [-180, 180).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 AXES = ("pitch", "yaw", "view")
+MAX_PITCH_DEG = 90.0  # exclusive: |pitch| < 90
+MAX_YAW_DEG = 180.0  # inclusive
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,14 @@ class AxisRange:
         if len(parts) != 3 or count < 1 or (count == 1 and start != stop):
             raise ValueError(f"--{name} {text!r}: count must be >= 1 (1 only when start == stop)")
         return cls(start, stop, count)
+
+    def check(self, name: str, limit: float, inclusive: bool) -> AxisRange:
+        """Raises ValueError unless both ends lie within +-limit degrees; returns self."""
+        worst = max(abs(self.start_deg), abs(self.stop_deg))
+        if worst > limit or (worst == limit and not inclusive) or not np.isfinite(worst):
+            bound = f"[-{limit:g}, {limit:g}]" if inclusive else f"(-{limit:g}, {limit:g})"
+            raise ValueError(f"--{name} {self.start_deg:g}:{self.stop_deg:g}:{self.count}: degrees must lie in {bound}")
+        return self
 
     def values(self) -> np.ndarray:
         """(count,) radians."""
@@ -65,10 +80,37 @@ class GridSpec:
         if sample < 0:
             raise ValueError(f"--sample {sample}: must be >= 0")
         return cls(
-            axes=names, pitch=AxisRange.parse(pitch, "pitch"), yaw=AxisRange.parse(yaw, "yaw"),
-            view_pitch=AxisRange.parse(view_pitch, "view-pitch"), view_yaw=AxisRange.parse(view_yaw, "view-yaw"),
+            axes=names, pitch=AxisRange.parse(pitch, "pitch").check("pitch", MAX_PITCH_DEG, False),
+            yaw=AxisRange.parse(yaw, "yaw").check("yaw", MAX_YAW_DEG, True),
+            view_pitch=AxisRange.parse(view_pitch, "view-pitch").check("view-pitch", MAX_PITCH_DEG, False),
+            view_yaw=AxisRange.parse(view_yaw, "view-yaw").check("view-yaw", MAX_YAW_DEG, True),
             sample=sample, seed=seed,
-        )
+        )  # fmt: skip
+
+    def view_pitch_bounds(self) -> tuple[float, float]:
+        """(lowest, highest) view pitch offset in radians ((0, 0) when views are not swept)."""
+        if "view" not in self.axes:
+            return 0.0, 0.0
+        ends = np.radians([self.view_pitch.start_deg, self.view_pitch.stop_deg])
+        return float(ends.min()), float(ends.max())
+
+
+def pose_problem(head_pose: np.ndarray, view_pitch: tuple[float, float]) -> str:
+    """Why a source with ``head_pose`` (pitch, yaw radians) cannot be rendered under view pitch
+    offsets in ``view_pitch`` (radians), or "" when it can."""
+    pitch = float(head_pose[0])
+    worst = max(abs(pitch + view_pitch[0]), abs(pitch + view_pitch[1]))
+    if worst < np.radians(MAX_PITCH_DEG):
+        return ""
+    return (f"head pitch {np.degrees(pitch):.1f} deg plus view pitch offsets {np.degrees(view_pitch[0]):.1f}.."
+            f"{np.degrees(view_pitch[1]):.1f} deg reaches {np.degrees(worst):.1f} deg (|pitch| must stay < {MAX_PITCH_DEG:g})")  # fmt: skip
+
+
+def rendered_poses(head_pose: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """(2,) source head pose + (V, 2) view offsets -> (V, 2) rendered head poses, yaw wrapped into [-pi, pi)."""
+    poses = np.asarray(head_pose, np.float64)[None] + views  # (V, 2)
+    poses[:, 1] = (poses[:, 1] + np.pi) % (2 * np.pi) - np.pi
+    return poses
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,12 @@ Source ids are the file's path relative to the INPUTS root (the folder; the non-
 a glob; the parent of a single file), posix separators, plus ``#000012`` (the row, zero-padded
 to six digits) for rows of h5 and Parquet files. They are unique and do not depend on the
 machine, so shards cut from the sorted ids are the same on every restart. A file that cannot be
-opened while listing becomes one source carrying its error; reading a source never raises:
-failures come back as ``DecodedSource`` with ``stage`` and ``reason`` set (the errors table).
+opened while listing (or is no regular file: a FIFO, a device) becomes one source carrying its
+error; reading a source never raises: failures come back as ``DecodedSource`` with ``stage`` and
+``reason`` set (the errors table). What a source must pass to be read (regular files, the pixel cap
+checked from the header, path cells inside the input root, labels that are finite (pitch, yaw)
+radians, a time limit) is pipelines/guards.py; a source with a head pitch the grid's view pitch
+offsets would carry past 90 degrees fails here too (pipelines/grid.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import glob
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -40,9 +44,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gazegen.config import CropConfig, NormalisationConfig
-from gazegen.data.faces import crop_faces, read_image
+from gazegen.data.faces import crop_faces
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
+from pipelines.grid import pose_problem
+from pipelines.guards import InputError, call_with_timeout, check_labels, decode_image, max_file_bytes, read_regular_file, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +84,27 @@ class DecodedSource:
         return self.image is not None
 
 
+Reader = Callable[[Sequence["SourceRecord"], "DecodeSettings"], list["DecodedSource"]]  # one file's records, read together
+
+
 @dataclass(frozen=True)
 class DecodeSettings:
     resolution: int  # the model's input side (ModelConfig.image_resolution)
     normalisation: NormalisationConfig  # the model's normalised camera (framing)
     crop: str = "auto"  # auto | always | never
     image_column: str = "image"
+    max_pixels: int = 36_000_000  # images declaring more pixels are refused from their header
+    timeout_s: float = 60.0  # a source (or a file's group of sources) still reading after this is an error
+    root: str = ""  # Parquet path cells must lie inside it ("": the Parquet file's folder)
+    view_pitch: tuple[float, float] = (0.0, 0.0)  # the grid's view pitch offsets, radians (GridSpec.view_pitch_bounds)
 
 
 # --------------------------------------------------------------------------- listing
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute and normalised, links not followed: a symlink keeps its own name (and id)."""
+    return Path(os.path.abspath(path))
 
 
 def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
@@ -97,13 +115,13 @@ def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
                 break
             prefix.append(part)
         root = Path(*prefix) if prefix else Path(".")
-        return root.resolve(), [Path(p).resolve() for p in glob.glob(inputs, recursive=True) if os.path.isfile(p)]
+        return _absolute(root), [_absolute(Path(p)) for p in glob.glob(inputs, recursive=True) if not os.path.isdir(p)]
     path = Path(inputs)
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and not any(q.startswith(".") for q in p.relative_to(path).parts)]
-        return path.resolve(), [p.resolve() for p in files]
-    if path.is_file():
-        return path.parent.resolve(), [path.resolve()]
+        files = [p for p in path.rglob("*") if not p.is_dir() and not any(q.startswith(".") for q in p.relative_to(path).parts)]
+        return _absolute(path), [_absolute(p) for p in files]
+    if path.exists():
+        return _absolute(path.parent), [_absolute(path)]
     raise FileNotFoundError(f"{inputs}: no such file, folder or matching glob")
 
 
@@ -115,14 +133,25 @@ def _kind(path: Path) -> str | None:
     return None
 
 
+def input_root(inputs: str | os.PathLike[str]) -> Path:
+    """The folder source ids are relative to (module docstring); Parquet path cells must lie inside it."""
+    return _root_and_files(str(inputs))[0]
+
+
+def _regular(path: Path) -> None:
+    if not path.is_file():  # follows symlinks; never opens (a FIFO would block)
+        raise InputError(f"{path}: not a regular file (a FIFO, device, socket or dangling link is never read)")
+
+
 def _rows(path: Path, kind: str, image_column: str) -> int:
+    _regular(path)
     if kind == "h5":
         with open_subject(path, strict=False) as reader:
             return len(reader)
-    file = pq.ParquetFile(path)
-    if image_column not in file.schema_arrow.names:
-        raise ValueError(f"no column {image_column!r} (columns: {', '.join(file.schema_arrow.names)})")
-    return file.metadata.num_rows
+    with pq.ParquetFile(path) as file:
+        if image_column not in file.schema_arrow.names:
+            raise ValueError(f"no column {image_column!r} (columns: {', '.join(file.schema_arrow.names)})")
+        return file.metadata.num_rows
 
 
 def list_sources(inputs: str | os.PathLike[str], image_column: str = "image") -> list[SourceRecord]:
@@ -201,70 +230,100 @@ def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
     return DecodedSource(result.image, result.head_pose, None)
 
 
+def _labelled(image: np.ndarray, head_pose: object, gaze_head: object | None) -> DecodedSource:
+    pose, gaze = check_labels(head_pose, gaze_head)
+    return DecodedSource(image, pose, gaze)
+
+
+def _each(records: Sequence[SourceRecord], read: Callable[[SourceRecord], DecodedSource]) -> list[DecodedSource]:
+    """``read`` on every record; an InputError (pipelines/guards.py) fails only its own record."""
+    out = []
+    for record in records:
+        try:
+            out.append(read(record))
+        except InputError as error:
+            out.append(_failed("decode", str(error)))
+    return out
+
+
 def _read_images(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
-    return [_photo(read_image(r.path), settings) for r in records]
+    limit = max_file_bytes(settings.max_pixels)
+    return _each(records, lambda r: _photo(decode_image(read_regular_file(r.path, limit), settings.max_pixels), settings))
 
 
 def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
     target = settings.normalisation.at_resolution(settings.resolution)
-    out = []
     with open_subject(records[0].path, strict=False) as reader:
-        for record in records:
+
+        def read(record: SourceRecord) -> DecodedSource:
             sample = reader[record.index]
-            image = renormalise(sample.image, sample.normalisation, target)
-            out.append(DecodedSource(image, np.asarray(sample.head_pose, np.float64), np.asarray(sample.gaze_head, np.float64)))
-    return out
+            decoded = _labelled(sample.image, sample.head_pose, sample.gaze_head)  # labels checked before the zoom
+            return DecodedSource(renormalise(sample.image, sample.normalisation, target), decoded.head_pose, decoded.gaze_head)
+
+        return _each(records, read)
 
 
-def _image_bytes(value: object, base: Path) -> bytes:
+def _image_bytes(value: object, base: Path, settings: DecodeSettings) -> bytes:
+    """An image cell (bytes, or a {bytes, path} struct) -> bytes; a path is read only when it is a
+    regular file inside the input root."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if not data and path:
-            data = (Path(path) if os.path.isabs(path) else base / path).read_bytes()
+            root = Path(settings.root) if settings.root else base
+            data = read_regular_file(resolve_inside(str(path), base, root), max_file_bytes(settings.max_pixels))
         value = data
     if not isinstance(value, (bytes, bytearray)) or not value:
-        raise ValueError("the image cell holds no bytes")
+        raise InputError("the image cell holds no bytes")
     return bytes(value)
 
 
 def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
-    file = pq.ParquetFile(records[0].path)
-    names = file.schema_arrow.names
-    columns = [settings.image_column] + [c for c in ("head_pose", "gaze_head") if c in names]
-    starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
-    groups = sorted({int(np.searchsorted(starts, r.index, side="right") - 1) for r in records})
-    table = pa.concat_tables([file.read_row_group(g, columns=columns) for g in groups])
-    offsets = {g: int(sum(file.metadata.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
+    with pq.ParquetFile(records[0].path) as file:
+        names = file.schema_arrow.names
+        columns = [settings.image_column] + [c for c in ("head_pose", "gaze_head") if c in names]
+        starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+        groups = sorted({int(np.searchsorted(starts, r.index, side="right") - 1) for r in records})
+        table = pa.concat_tables([file.read_row_group(g, columns=columns, use_threads=False) for g in groups])
+        offsets = {g: int(sum(file.metadata.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
     target = settings.normalisation.at_resolution(settings.resolution)
-    out = []
-    for record in records:
+
+    def read(record: SourceRecord) -> DecodedSource:
         g = int(np.searchsorted(starts, record.index, side="right") - 1)
         row = {c: table.column(c)[offsets[g] + record.index - int(starts[g])].as_py() for c in columns}
-        bgr = cv2.imdecode(np.frombuffer(_image_bytes(row[settings.image_column], Path(record.path).parent), np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            out.append(_failed("decode", f"row {record.index}: not a decodable image"))
-            continue
-        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        try:
+            image = decode_image(_image_bytes(row[settings.image_column], Path(record.path).parent, settings), settings.max_pixels)
+        except InputError as error:
+            raise InputError(f"row {record.index}: {error}") from None
         if row.get("head_pose") is None:
-            out.append(_photo(image, settings))
-            continue
-        gaze = row.get("gaze_head")
-        image = _resize(image, target.resolution) if image.shape[0] == image.shape[1] else None
-        if image is None:
-            out.append(_failed("decode", f"row {record.index}: a labelled crop must be square"))
-            continue
-        out.append(DecodedSource(image, np.asarray(row["head_pose"], np.float64), None if gaze is None else np.asarray(gaze, np.float64)))
-    return out
+            return _photo(image, settings)
+        if image.shape[0] != image.shape[1]:
+            raise InputError(f"row {record.index}: a labelled crop must be square, not {image.shape[1]} x {image.shape[0]}")
+        return _labelled(_resize(image, target.resolution), row["head_pose"], row.get("gaze_head"))
+
+    return _each(records, read)
 
 
-READERS = {"image": _read_images, "h5": _read_h5, "parquet": _read_parquet}
+READERS: dict[str, Reader] = {"image": _read_images, "h5": _read_h5, "parquet": _read_parquet}
 CARRIED = ("shard_id", "source_id", "source_path")  # columns every stage passes on
 
 
-def decode_sources(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
+def _checked(decoded: DecodedSource, settings: DecodeSettings) -> DecodedSource:
+    """The last gate before the render actor: an image of the model's size, a renderable pose."""
+    if not decoded.ok:
+        return decoded
+    side = settings.resolution
+    if decoded.image.shape != (side, side, 3) or decoded.image.dtype != np.uint8:  # type: ignore[union-attr]
+        return _failed("decode", f"image {decoded.image.shape} {decoded.image.dtype}, expected ({side}, {side}, 3) uint8")  # type: ignore[union-attr]
+    problem = pose_problem(decoded.head_pose, settings.view_pitch)
+    return _failed("decode", problem) if problem else decoded
+
+
+def decode_sources(records: Sequence[SourceRecord], settings: DecodeSettings, readers: dict[str, Reader] | None = None) -> list[DecodedSource]:
     """Reads and prepares every record, in order; never raises. Rows of one file are read
-    together (the file is opened once); a failure of the whole file falls back to one record
-    at a time, so that one bad row costs only its own source."""
+    together (the file is opened once, within ``timeout_s`` per row); a failure or timeout of the
+    whole file falls back to one record at a time, so that one bad row costs only its own source.
+    ``readers``: the reader of each kind (default ``READERS``; tests pass slow or failing ones)."""
+    readers = readers or READERS
     out: list[DecodedSource | None] = [None] * len(records)
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, record in enumerate(records):
@@ -278,12 +337,14 @@ def decode_sources(records: Sequence[SourceRecord], settings: DecodeSettings) ->
         for chunk in chunks:
             if all(out[i] is not None for i in chunk):
                 continue
+            part = [records[i] for i in chunk]
             try:
-                for i, decoded in zip(chunk, READERS[kind]([records[i] for i in chunk], settings)):
-                    out[i] = decoded
+                decoded = call_with_timeout(lambda: readers[kind](part, settings), settings.timeout_s * len(chunk))
+                for i, d in zip(chunk, decoded, strict=True):
+                    out[i] = _checked(d, settings)
             except Exception as error:  # reported per source; the run goes on
                 if len(chunk) == 1:
-                    out[chunk[0]] = _failed("decode", f"{type(error).__name__}: {error}")
+                    out[chunk[0]] = _failed("decode", str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")
     return [d if d is not None else _failed("decode", "not read") for d in out]
 
 
@@ -313,6 +374,7 @@ __all__ = [
     "SourceRecord",
     "decode_batch",
     "decode_sources",
+    "input_root",
     "list_sources",
     "renormalise",
 ]

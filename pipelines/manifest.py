@@ -216,20 +216,23 @@ def check_or_create(out: str | OutputDir, manifest: RunManifest, overwrite: bool
     return recorded
 
 
+def _read_parquet(out: OutputDir, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file of OUT, read on this thread and closed: no dataset scan, whose pool threads
+    may outlive the call and abort the interpreter at exit (seen as SIGABRT after a complete run)."""
+    with out.fs.open_input_file(out.path(name)) as handle, pq.ParquetFile(handle) as file:
+        return file.read(columns=columns, use_threads=False)
+
+
 def read_shard_errors(out: str | OutputDir, plan: Sequence[ShardSpec]) -> pa.Table:
     """The errors of the plan's shards, in shard order (shards without an errors file add none)."""
     out = OutputDir.from_uri(out)
-    tables = [
-        pq.read_table(pa.BufferReader(out.read_bytes(spec.errors_name))).cast(ERRORS_SCHEMA)
-        for spec in plan
-        if out.exists(spec.errors_name)
-    ]
+    tables = [_read_parquet(out, spec.errors_name).cast(ERRORS_SCHEMA) for spec in plan if out.exists(spec.errors_name)]
     return pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()
 
 
 def _check_row_ids(out: OutputDir, plan: Sequence[ShardSpec]) -> None:
     """Raises ``IncompleteRunError`` when a row id occurs in more than one row of the run."""
-    ids = [pq.read_table(out.path(spec.parquet_name), columns=["row_id"], filesystem=out.fs).column("row_id") for spec in plan]
+    ids = [_read_parquet(out, spec.parquet_name, ["row_id"]).column("row_id") for spec in plan]
     column = pa.chunked_array([chunk for c in ids for chunk in c.chunks], pa.string())
     distinct = pc.count_distinct(column).as_py()
     if distinct != len(column):

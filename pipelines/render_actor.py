@@ -15,15 +15,13 @@ per failed source (``status`` "error", with ``stage`` and ``reason``; its arrays
 A source's rows are rendered completely before the first is emitted, so an exception on a
 source yields one error record and no rows (never a partial source).
 
-Test hook: ``GAZEGEN_FAULT_CRASH=<source_id>=<marker>[,...]`` makes the actor process exit
-(like a segfault or an OOM kill) on that source while the file ``<marker>`` does not exist;
-a marker ending in ``.once`` is created first, so the retry succeeds.
+Faults (a crash, a hang) are injected by the tests, which pass a subclass as synthesis's
+``actor`` parameter; this module has no fault hook.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from gazegen.checkpoint import load_checkpoint
 from gazegen.config import NormalisationConfig
 from gazegen.data.parquet import DEPTH_SCALE
 from gazegen.models.livegaze import LiveGaze
-from pipelines.grid import GridSpec, plan_source
+from pipelines.grid import GridSpec, plan_source, pose_problem, rendered_poses
 from pipelines.inputs import CARRIED
 from pipelines.schema import depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 
@@ -45,7 +43,6 @@ log = logging.getLogger(__name__)
 
 LABELS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}
 BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
-FAULT_ENV = "GAZEGEN_FAULT_CRASH"
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,10 @@ class SourceRenderer:
         """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None -> every grid row."""
         s, b = self.settings, self.settings.batch_size
         plan = plan_source(s.spec, source_id, gaze_head)
-        poses = np.asarray(head_pose, np.float64)[None] + plan.views  # (V, 2) rendered head poses h + o
+        problem = pose_problem(head_pose, (float(plan.views[:, 0].min()), float(plan.views[:, 0].max())))
+        if problem:
+            raise ValueError(problem)
+        poses = rendered_poses(head_pose, plan.views)  # (V, 2) rendered head poses h + o, yaw wrapped
         cameras = geometry.head_pose_to_camera(poses, s.normalisation)  # (V, 25)
         gaze_of, view_of = plan.pairs[:, 0], plan.pairs[:, 1]
         gaze_head_rows = plan.gazes[gaze_of]  # (R, 2)
@@ -164,16 +164,6 @@ def row_records(meta: dict, rows: RenderedSource) -> Iterator[dict[str, np.ndarr
         yield record
 
 
-def _maybe_crash(source_id: str) -> None:
-    """The test hook of the module docstring."""
-    for entry in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        target, _, marker = entry.rpartition("=")
-        if target == source_id and not os.path.exists(marker):
-            if marker.endswith(".once"):
-                Path(marker).touch()
-            os._exit(1)  # no exception, no clean-up: the process is gone
-
-
 class RenderActor:
     """Ray Data's callable class: loads the checkpoint once, then renders sources one by one.
 
@@ -194,7 +184,6 @@ class RenderActor:
             if batch["status"][i] != "ok":
                 yield error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)
                 continue
-            _maybe_crash(str(meta["source_id"]))
             try:
                 gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
                 rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze)

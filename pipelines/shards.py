@@ -298,7 +298,8 @@ def _parquet_options() -> dict[str, Any]:
     """Per-leaf-column options: PNG bytes stored plain and uncompressed, the rest zstd."""
     sink = pa.BufferOutputStream()
     pq.write_table(ROW_SCHEMA.empty_table(), sink)
-    leaves = [c.path for c in pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema]
+    with pq.ParquetFile(pa.BufferReader(sink.getvalue())) as file:
+        leaves = [c.path for c in file.schema]
     png = {f"{name}.bytes" for name in IMAGE_COLUMNS}
     return {
         "compression": {leaf: "none" if leaf in png else "zstd" for leaf in leaves},

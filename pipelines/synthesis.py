@@ -49,7 +49,12 @@ tasks still to run then fail at once (lost, or the run stops past ``max_lost_sou
 task in flight Ray Data 2.60 hung there instead. For a pool to outlive one such source,
 ``max_restarts`` must be at least ``max_task_retries + 1``; the default, 40 =
 (``max_task_retries`` + 1) x ``max_lost_sources``, outlives every batch the run may lose.
-Exceptions on one source are caught in the stages: error rows.
+Exceptions on one source are caught in the stages: error rows. Inputs are checked at decode
+(pipelines/guards.py: regular files only, the pixel cap read from the header, Parquet path cells
+inside the INPUTS root, finite (pitch, yaw) radians, a time limit), so nothing bad reaches a
+writer. The normalised camera comes from the checkpoint (``metadata.normalisation``) or the
+config; a checkpoint without one is refused. Every pyarrow file the driver opens is closed, and
+a Ray session it started is shut down, before the command returns.
 
 Cluster runs (``address``): CKPT and INPUTS must be readable at the same path on every node;
 OUT is written by the driver only (a local path or any pyarrow filesystem URI).
@@ -73,11 +78,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_model_config
-from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, SynthConfig, load_config
+from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, checkpoint_normalisation, read_model_config
+from gazegen.config import ModelConfig, NormalisationConfig, SynthConfig, load_config
 from gazegen.data.parquet import FORMAT_VERSION
 from pipelines.grid import GridSpec, rows_per_source
-from pipelines.inputs import DecodeSettings, SourceRecord, decode_batch, list_sources
+from pipelines.inputs import DecodeSettings, SourceRecord, decode_batch, input_root, list_sources
 from pipelines.manifest import RunManifest, check_or_create, finalize
 from pipelines.render_actor import RenderActor, RenderSettings, encode_records
 from pipelines.schema import ROW_COLUMNS, row_id
@@ -122,6 +127,7 @@ class RunPlan:
     checkpoint_hash: str
     model: ModelConfig
     normalisation: NormalisationConfig  # at the model's output resolution
+    root: str  # the INPUTS root (source ids are relative to it; Parquet path cells must lie inside it)
     records: tuple[SourceRecord, ...]  # sorted by id
     rows_per_source: int
     shards: tuple[ShardSpec, ...]
@@ -133,7 +139,7 @@ class RunPlan:
     def settings(self) -> dict[str, Any]:
         """Everything that changes the rows, compared key by key on restart."""
         keep = ("grid", "pitch", "yaw", "view_pitch", "view_yaw", "sample", "seed", "crop", "image_column",
-                "depth_min_alpha", "depth_full_resolution", "png_compression")  # fmt: skip
+                "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")  # fmt: skip
         return {k: getattr(self.cfg, k) for k in keep} | {
             "normalisation": asdict(self.normalisation), "format_version": FORMAT_VERSION,
             "image_resolution": self.model.image_resolution, "output_resolution": self.model.output_resolution,
@@ -158,11 +164,15 @@ def checkpoint_hash(checkpoint: str | Path) -> str:
 
 
 def resolve_normalisation(cfg: SynthConfig, checkpoint: str | Path, model: ModelConfig) -> NormalisationConfig:
-    """``cfg.normalisation``, else the checkpoint's ``metadata.normalisation``, else livegaze512; at the output size."""
-    norm = cfg.normalisation
+    """``cfg.normalisation``, else the checkpoint's ``metadata.normalisation``, at the output size;
+    CheckpointError when neither is there (the framing and the depth scale would be guesses)."""
+    norm = cfg.normalisation or checkpoint_normalisation(checkpoint)
     if norm is None:
-        recorded = json.loads((Path(checkpoint) / CONFIG_FILE).read_text()).get("metadata", {}).get("normalisation")
-        norm = NormalisationConfig(**recorded) if isinstance(recorded, dict) else PUBLISHED_NORMALISATIONS["livegaze512"]
+        raise CheckpointError(
+            f"{Path(checkpoint) / CONFIG_FILE}: records no normalisation (metadata.normalisation); set the training store's "
+            "with --set normalisation.focal=F --set normalisation.distance_mm=D --set normalisation.resolution=S "
+            "(e.g. LiveGaze's 512 px store: 1600, 950, 512), or the [normalisation] table of a --config preset"
+        )  # fmt: skip
     return norm.at_resolution(model.output_resolution)
 
 
@@ -173,7 +183,7 @@ def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig) -> Ru
     per_source = rows_per_source(spec)
     shards = plan_shards([r.source_id for r in records], max(1, cfg.rows_per_shard // per_source))
     return RunPlan(cfg, spec, str(Path(checkpoint).resolve()), checkpoint_hash(checkpoint), model,
-                   resolve_normalisation(cfg, checkpoint, model), records, per_source, tuple(shards))  # fmt: skip
+                   resolve_normalisation(cfg, checkpoint, model), str(input_root(inputs)), records, per_source, tuple(shards))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- stages
@@ -200,11 +210,14 @@ def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0) -> tuple
     cfg = run.cfg
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
                             run.checkpoint_hash, device, threads)  # fmt: skip
-    return DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column), render
+    decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
+                            cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds())  # fmt: skip
+    return decode, render
 
 
-def build_dataset(run: RunPlan, todo: Sequence[ShardSpec]) -> Any:
-    """The lazy Ray Dataset of the pending shards' records (see the module docstring)."""
+def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderActor] = RenderActor) -> Any:
+    """The lazy Ray Dataset of the pending shards' records (see the module docstring); ``actor``:
+    the render stage's class (tests pass a subclass that crashes or waits)."""
     import ray
 
     cfg = run.cfg
@@ -216,7 +229,6 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec]) -> Any:
     threads = 0 if gpus else cfg.cpu_threads or default_cpu_threads(actors)
     decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads)
     items = _items(run, todo)
-    env = {k: v for k, v in os.environ.items() if k.startswith("GAZEGEN_")}  # e.g. the fault hook, weights dirs
     retries = {"max_retries": cfg.max_task_retries}
     with warnings.catch_warnings():  # Ray 2.60 deprecates **ray_remote_args but names no bounded-retry option yet
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -226,10 +238,9 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec]) -> Any:
         if blocks > MAX_INPUT_BLOCKS:  # a crash must cost at most SOURCES_PER_TASK sources per task
             ds = ds.repartition(target_num_rows_per_block=SOURCES_PER_TASK)
         ds = ds.map_batches(
-            RenderActor, fn_constructor_kwargs={"checkpoint": run.checkpoint, "settings": render}, batch_size=SOURCES_PER_TASK,
+            actor, fn_constructor_kwargs={"checkpoint": run.checkpoint, "settings": render}, batch_size=SOURCES_PER_TASK,
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT), num_cpus=1,
             num_gpus=1 if gpus else 0, max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
-            runtime_env={"env_vars": env} if env else None,
         )  # fmt: skip
         return ds.map_batches(encode_records, fn_kwargs={"compression": cfg.png_compression}, batch_size=None, num_cpus=1, **retries)
 
@@ -366,7 +377,8 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
         ray.shutdown()
 
 
-def _render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], address: str | None, progress: bool) -> tuple[ShardRouter, list[str]]:
+def _render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], address: str | None, progress: bool,
+                    actor: type[RenderActor]) -> tuple[ShardRouter, list[str]]:
     router = ShardRouter(out, todo, run)
     with ray_cluster(address) as ray:
         ctx = ray.data.DataContext.get_current()
@@ -375,10 +387,14 @@ def _render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], add
         total = sum(len(s.inputs) for s in todo) * run.rows_per_source
         bar = tqdm(total=total, unit="img", desc="synthesize", disable=not progress, dynamic_ncols=True)
         try:
-            for batch in build_dataset(run, todo).iter_batches(batch_size=None, batch_format="numpy"):
-                rows, errors = router.add(batch)
-                bar.update(rows + errors * run.rows_per_source)
-                bar.set_postfix(shards=len(router.closed), errors=len(router.failed), refresh=False)
+            # prefetch_batches=0: each block is routed when it arrives (with 1, Ray Data holds a block back until the
+            # next one comes, so a shard's last rows wait on the next batch: up to a whole task of a slow source)
+            blocks = build_dataset(run, todo, actor).iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+            with contextlib.closing(iter(blocks)) as batches:
+                for batch in batches:
+                    rows, errors = router.add(batch)
+                    bar.update(rows + errors * run.rows_per_source)
+                    bar.set_postfix(shards=len(router.closed), errors=len(router.failed), refresh=False)
             problems = router.finish(run.cfg.max_lost_sources)
             if router.dropped:
                 log.info("%d repeated records (retried batches) were dropped", router.dropped)
@@ -413,6 +429,7 @@ def run_synthesis(
     overwrite: bool = False,
     progress: bool = True,
     command: Sequence[str] = (),
+    actor: type[RenderActor] = RenderActor,
 ) -> SynthesisResult:
     """Runs (or resumes) a synthesis into OUT and returns its summary.
 
@@ -421,6 +438,7 @@ def run_synthesis(
     a different run (``overwrite`` starts afresh), ``ConfigError``/``ValueError`` for bad settings,
     ``FileNotFoundError`` for missing inputs, ``CheckpointError`` for a bad checkpoint, and
     ``IncompleteShardsError`` when shards are left for a restart (the complete ones stay).
+    ``actor`` is the render stage's class (tests pass a subclass that crashes or waits).
     """
     start = time.monotonic()
     options = {"grid": grid, "pitch": pitch, "yaw": yaw, "view_pitch": view_pitch, "view_yaw": view_yaw, "sample": sample,
@@ -433,7 +451,7 @@ def run_synthesis(
     check_or_create(target, manifest, overwrite=overwrite)
     todo = completed_shards(target, run.shards).todo(run.shards)
     log.info("%s: %d sources, %d rows each, %d shards (%d to write)", out, len(run.records), run.rows_per_source, len(run.shards), len(todo))
-    router, problems = _render_pending(run, target, todo, address, progress) if todo else (None, [])
+    router, problems = _render_pending(run, target, todo, address, progress, actor) if todo else (None, [])
     if problems:
         raise IncompleteShardsError(f"{out}: run the same command again to finish; " + "; ".join(problems))
     final = finalize(target, run.shards)
@@ -444,4 +462,4 @@ def run_synthesis(
 
 
 __all__ = ["IncompleteShardsError", "RunPlan", "ShardRouter", "SynthesisResult", "build_dataset", "default_cpu_threads",
-           "load_synth_config", "local_records", "plan_run", "run_synthesis"]  # fmt: skip
+           "load_synth_config", "local_records", "plan_run", "run_synthesis", "stage_settings"]  # fmt: skip

@@ -12,6 +12,7 @@ from gazegen.checkpoint import (
     TRAIN_STATE_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    checkpoint_normalisation,
     load_checkpoint,
     load_live3d,
     load_train_state,
@@ -336,3 +337,16 @@ def test_base_preset_has_live3d_shapes():
     assert found.unexpected == []
     assert {k: tuple(v.shape) for k, v in found.state.items()} == {k: tuple(own[k].shape) for k in found.state}
     assert set(own) - set(found.state) == {k for k in own if k.startswith(("gaze_encoder.", "gaze_fusion."))}
+
+
+def test_a_checkpoint_carries_its_normalisation(cfg, tmp_path):
+    norm = NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=224)
+    path = save_checkpoint(tmp_path / "c", build(cfg), metadata={"step": 3}, normalisation=norm)
+    assert checkpoint_normalisation(path) == norm
+    assert json.loads((path / CONFIG_FILE).read_text())["metadata"]["step"] == 3
+    assert checkpoint_normalisation(save_checkpoint(tmp_path / "bare", build(cfg))) is None
+    header = json.loads((path / CONFIG_FILE).read_text())
+    header["metadata"]["normalisation"]["distance_mm"] = -1.0
+    (path / CONFIG_FILE).write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match=r"config.json: metadata.normalisation: .*distance_mm"):
+        checkpoint_normalisation(path)

@@ -1,4 +1,5 @@
-"""Personalised fine-tuning, GazeNeRF's protocol (train/finetune.py)."""
+"""Personalised fine-tuning, GazeNeRF's protocol (train/finetune.py); the normalisation checkpoints
+carry from training and fine-tuning into synthesis (a store at GazeNeRF's 680 mm, not the default 950)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from gazegen.checkpoint import load_checkpoint, load_train_state
-from gazegen.config import FinetuneConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config
+from gazegen.checkpoint import CheckpointError, checkpoint_normalisation, load_checkpoint, load_train_state, save_checkpoint
+from gazegen.config import FinetuneConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
+from gazegen.data.parquet import decode_depth_png
 from gazegen.data.xgaze import DataError, open_subject
+from pipelines.inputs import decode_sources
+from pipelines.synthesis import load_synth_config, local_records, plan_run, stage_settings
 from train.finetune import finetune_config, finetune_model, groups, run_finetune
 from train.trainer import run_training
+
+NORM_680 = NormalisationConfig(distance_mm=680.0)  # GazeNeRF's 512 px camera: another distance than the default 950 mm
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +28,7 @@ def trained(tmp_path_factory):
     """A store (2 train subjects, subject0002 held out) and a tiny checkpoint trained 1 step on it."""
     root = tmp_path_factory.mktemp("finetune")
     store = synthesize_store(root / "heads", SynthHeadsConfig(subjects=3, resolution=64, gazes=3, test_subjects=1,
-                                                               rig=RigConfig(views=4)), workers=1)
+                                                               rig=RigConfig(views=4), normalisation=NORM_680), workers=1)
     cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false", "data.workers=0",
                                           "data.val_samples=2", "max_steps=1", "val_every=0", "tensorboard=false",
                                           "optim.lr_encoder=1e-3", "optim.lr_renderer=1e-3", "optim.lr_gaze=1e-3"])
@@ -45,6 +52,7 @@ def test_finetune_writes_one_checkpoint_per_subject_from_the_input_group(trained
     assert load_train_state(result.checkpoint)["step"] == 2
     header = json.loads((result.checkpoint / "config.json").read_text())
     assert header["metadata"]["subject"] == "subject0002" and header["metadata"]["train_config"]["epochs"] == 2
+    assert checkpoint_normalisation(result.checkpoint) == NORM_680.at_resolution(64)  # the subject's camera
     base, tuned = load_checkpoint(checkpoint).state_dict(), load_checkpoint(result.checkpoint).state_dict()
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
     for scores in (result.before, result.after):
@@ -65,3 +73,32 @@ def test_finetune_model_on_samples_in_memory(trained):
     tuned = finetune_model(model, samples, epochs=1, train_cfg=finetune_config(checkpoint, FinetuneConfig(), None))
     assert tuned is model and not tuned.training
     assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items())
+
+
+def test_the_trained_normalisation_frames_the_inputs_and_scales_the_depth_of_synthesis(trained, tmp_path):
+    store, checkpoint = trained
+    norm = NORM_680.at_resolution(64)
+    assert checkpoint_normalisation(checkpoint) == norm  # written by the trainer, from the store's files
+    subject = store / "test" / "subject0002.h5"
+    cfg = load_synth_config(None, ["depth_min_alpha=0.0", "cpu_threads=1"], grid="view", view_yaw="-10:10:2", crop="never")
+    run = plan_run(checkpoint, subject, cfg)
+    decode, _ = stage_settings(run)
+    assert run.normalisation == norm and decode.normalisation == norm  # photos are cropped to this framing too
+    with open_subject(subject) as reader:
+        patch = reader[0].image
+    [decoded] = decode_sources(run.records[:1], decode)
+    np.testing.assert_array_equal(decoded.image, patch)  # the store's own camera: no re-zoom (at 950 mm it shrinks 0.72x)
+    records = next(local_records(run, run.shards[:1]))
+    model = load_checkpoint(checkpoint)
+    x = torch.from_numpy(patch).permute(2, 0, 1)[None].float() / 127.5 - 1
+    for i in range(2):
+        with torch.no_grad():
+            out = model(x, torch.tensor(records["gaze_head"][i : i + 1]), torch.tensor(records["camera"][i : i + 1]))
+        depth = F.interpolate(out.depth, size=(64, 64), mode="bilinear", align_corners=False)[0, 0].double().numpy()
+        expected = depth * 680.0 / norm.radius  # millimetres of the 680 mm camera (950 mm would read 1.40x deeper)
+        np.testing.assert_allclose(decode_depth_png(records["depth"][i]), expected, atol=0.06)
+    bare = save_checkpoint(tmp_path / "bare", model)  # no normalisation recorded
+    with pytest.raises(CheckpointError, match="records no normalisation.*--set normalisation.distance_mm"):
+        plan_run(bare, subject, cfg)
+    again = plan_run(bare, subject, load_synth_config(None, ["normalisation.distance_mm=680.0", "normalisation.resolution=512"]))
+    assert again.normalisation == norm  # or set on the command line

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.grid import AxisRange, GridSpec, plan_source, rows_per_source
+from pipelines.grid import AxisRange, GridSpec, plan_source, pose_problem, rendered_poses, rows_per_source
 
 
 def spec(axes="pitch,yaw,view", sample=0, seed=0):
@@ -49,3 +49,26 @@ def test_sampled_grid_is_deterministic_per_source_and_within_range():
     assert deg[:, 0].min() >= -30 and deg[:, 0].max() <= 30 and deg[:, 1].min() >= -40 and deg[:, 1].max() <= 40
     vdeg = np.degrees(a1.views)
     assert vdeg[:, 0].min() >= 0 and vdeg[:, 0].max() <= 10 and np.abs(vdeg[:, 1]).max() <= 20
+
+
+def test_ranges_are_bounded():
+    with pytest.raises(ValueError, match=r"--pitch -90:10:3: degrees must lie in \(-90, 90\)"):
+        GridSpec.parse("pitch", "-90:10:3", "0:0:1", "0:0:1", "0:0:1")
+    with pytest.raises(ValueError, match="--view-pitch"):
+        GridSpec.parse("view", "0:0:1", "0:0:1", "0:95:2", "0:0:1")
+    with pytest.raises(ValueError, match=r"--yaw .*\[-180, 180\]"):
+        GridSpec.parse("yaw", "0:0:1", "-200:0:2", "0:0:1", "0:0:1")
+    with pytest.raises(ValueError, match="--view-yaw"):
+        GridSpec.parse("view", "0:0:1", "0:0:1", "0:0:1", "nan:0:2")
+    assert GridSpec.parse("view", "0:0:1", "-180:180:3", "-89.9:10:2", "-180:180:2").view_pitch_bounds() == pytest.approx(
+        (np.radians(-89.9), np.radians(10)))
+    assert spec("pitch,yaw").view_pitch_bounds() == (0.0, 0.0)  # views not swept: no offsets
+
+
+def test_head_pitch_plus_view_pitch_stays_inside_90_degrees_and_yaw_wraps():
+    bounds = (np.radians(-10), np.radians(20))
+    assert pose_problem(np.radians([60.0, 0.0]), bounds) == ""
+    assert "reaches 90.0 deg" in pose_problem(np.radians([70.0, 0.0]), bounds)
+    assert "reaches 95.0 deg" in pose_problem(np.radians([-85.0, 0.0]), bounds)
+    poses = rendered_poses(np.radians([10.0, 170.0]), np.radians([[0.0, 20.0], [5.0, -20.0]]))
+    np.testing.assert_allclose(np.degrees(poses), [[10.0, -170.0], [15.0, 150.0]])  # 190 deg is -170 deg

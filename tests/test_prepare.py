@@ -12,7 +12,7 @@ from test_xgaze import NORM32, NORM_GN32, eth_xgaze_labels, make_gazenerf, make_
 
 from gazegen import geometry
 from gazegen.data.prepare import PrepareReport, find_subject_files, prepare_store, resize_sample
-from gazegen.data.xgaze import DataError, StoreReader, XGazeReader
+from gazegen.data.xgaze import DataError, StoreReader, XGazeReader, file_component
 
 
 def official_tree(root, subjects=(0, 1), test=(2,), n=4):
@@ -116,6 +116,19 @@ def test_bad_source_raises_and_keeps_finished_subjects(tmp_path):
     (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
     with pytest.raises(DataError, match=r"lists 'subject0009\.h5' under 'train' but no such file exists"):
         prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+
+
+def test_a_subject_attribute_never_becomes_a_path(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0,), test=())
+    prepare_store(tmp_path / "src", tmp_path / "a", resolution=16, source_normalisation=NORM32, progress=False)
+    with h5py.File(tmp_path / "a/train/subject0000.h5", "r+") as f:
+        f.attrs["subject"] = "../../escaped/x"  # data, not a path
+    report = prepare_store(tmp_path / "a", tmp_path / "b", resolution=16, progress=False)
+    assert report.written == ("train/_._.._escaped_x.h5",)
+    assert sorted(p.name for p in (tmp_path / "b" / "train").iterdir()) == ["_._.._escaped_x.h5"]
+    assert not (tmp_path / "escaped").exists()
+    assert [file_component(n) for n in ("subject0003", "a/b", "..", ".hidden", "", "ä b")] == [
+        "subject0003", "a_b", "_.", "_hidden", "_", "__b"]
 
 
 def test_a_store_can_be_prepared_again_at_another_resolution(tmp_path):

@@ -1,8 +1,9 @@
 """`gazegen synthesize` end to end on the tiny preset: rows, labels, errors, readers, faults.
 
 Ray tests share the session's local Ray (``ray_session``); the kill test runs the pipeline in a
-second driver process joined to that cluster (``address=``, as ``--address`` does) and SIGKILLs it
-mid-shard, then runs the same command again.
+second driver process joined to that cluster (``address=``, as ``--address`` does), holds it at a
+batch of its choosing (an injected gated actor, tests/synth_faults.py) and SIGKILLs it there, then
+runs the same command again with an actor that dies once.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
 from pipelines.inputs import DecodeSettings, decode_sources, list_sources, renormalise
 from pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
-from pipelines.render_actor import FAULT_ENV, RenderedSource, encode_records, row_records
+from pipelines.render_actor import RenderedSource, encode_records, row_records
 from pipelines.shards import OutputDir
 from pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
+from synth_faults import GATE_LIMIT_S, crash_once_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -51,7 +53,7 @@ def noise_png(path: Path, seed: int, shape: tuple[int, int] = (64, 64)) -> None:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, normalisation=PUBLISHED_NORMALISATIONS["livegaze512"])
 
 
 @pytest.fixture(scope="module")
@@ -265,48 +267,67 @@ def local_reference(checkpoint: Path, inputs: Path, out: Path, **options) -> pa.
     return read_all(out)
 
 
+FACES_PER_SHARD = 3  # 10 sources of 8 rows: shards [f00-f02] [f03-f05] [f06-f08] [f09]; batches of 2 sources
+GATE = "f04.png"  # the run waits at the third batch [f04, f05]: shard 0 complete, shard 1 holds f03 only
+VICTIM = "f07.png"  # the resumed run's actor dies once on the batch [f06, f07]
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
-    """kill -9 a run mid-shard (a second driver on the session's cluster, as --address joins one),
-    then run the same command again, with the render actor dying once on a pending source."""
-    out = tmp_path_factory.mktemp("kill") / "out"
+    """kill -9 a run at a point the test chooses, then run the same command again with an actor
+    that dies once.
+
+    The first run is a second driver on the session's cluster (as --address joins one), with an
+    actor that waits at the batch holding ``GATE`` and Ray Data keeping the order of the batches,
+    so when it waits, shard 0 is complete and shard 1 has one of its three sources written: the
+    test sees that state, then SIGKILLs the driver. Nothing depends on timing: the test waits for
+    the state however long the machine takes (seen to need over 300 s at a load of 140 on 2 cores)."""
+    root = tmp_path_factory.mktemp("kill")
+    out, gate = root / "out", root / "gate"
+    gate.mkdir()
     address = ray_session.get_runtime_context().gcs_address
+    rows_per_shard = FACES_PER_SHARD * 8
     code = (
-        "from pipelines.synthesis import run_synthesis; "
-        f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, rows_per_shard=16, address={address!r}, "
-        f"overrides={SETTINGS!r}, progress=False, **{GRID!r})"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import ray; from synth_faults import gated_actor; "
+        "from pipelines.synthesis import run_synthesis; ray.init(address=%r, log_to_driver=False); "
+        "ray.data.DataContext.get_current().execution_options.preserve_order = True; "
+        f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, rows_per_shard={rows_per_shard}, "
+        f"overrides={SETTINGS!r}, progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}), **{GRID!r})"
+    ) % address
+    log = root / "driver.log"  # a file, not a pipe: a pipe nobody reads fills up and stops the driver
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                                   stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not (list(out.glob("shard-*_stats.json")) and list(out.glob("_tmp/shard-*.parquet.*"))):
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no shard completed in time"
-            time.sleep(0.01)
+        state = lambda: ((gate / "waiting").exists(), (out / "shard-00000_stats.json").exists(),  # noqa: E731
+                         bool(list(out.glob("_tmp/shard-00001.parquet.*"))))  # fmt: skip
+        hang_guard = time.monotonic() + 2 * GATE_LIMIT_S  # the run ends by itself (its gate opens after GATE_LIMIT_S)
+        while state() != (True, True, True):
+            assert process.poll() is None, f"the run ended before its state was seen: {state()}, {log.read_text()[-2000:]}"
+            assert time.monotonic() < hang_guard, f"the run hung: {state()}"
+            time.sleep(0.05)
+        seen = sorted(p.name for p in out.glob("shard-*")), sorted(p.name.split(".")[0] for p in out.glob("_tmp/*"))
         os.kill(process.pid, signal.SIGKILL)
     finally:
+        if process.poll() is None:
+            process.kill()
         process.wait()
+        (gate / "release").touch()  # lets a worker of the dead driver go, if Ray has not reaped it yet
     assert process.returncode == -signal.SIGKILL
-    complete = sorted(p.name for p in out.glob("shard-*_stats.json"))
-    pending = sorted({f"shard-{i:05d}_stats.json" for i in range(5)} - set(complete))
-    victim = f"f{2 * int(pending[-1][6:11]) + 1:02d}.png"  # the second source of the last pending shard
-    marker = out.parent / "crashed.once"
-    os.environ[FAULT_ENV] = f"{victim}={marker}"
-    try:
-        result = run_synthesis(checkpoint, faces, str(out), rows_per_shard=16, overrides=SETTINGS, progress=False, **GRID)
-    finally:
-        del os.environ[FAULT_ENV]
-    return out, result, len(complete), victim, marker
+    marker = root / "crashed"
+    result = run_synthesis(checkpoint, faces, str(out), rows_per_shard=rows_per_shard, overrides=SETTINGS, progress=False,
+                           actor=crash_once_actor(VICTIM, str(marker)), **GRID)  # fmt: skip
+    return out, result, seen, marker
 
 
 @pytest.mark.ray
 def test_kill_9_then_restart_completes_identically(killed_and_resumed, checkpoint, faces, tmp_path):
-    out, result, complete, _, _ = killed_and_resumed
-    assert 1 <= complete < 5  # killed with complete and incomplete shards on disk
-    assert result.shards_written == 5 - complete and (result.rows, result.errors, result.shards) == (80, 0, 5)
+    out, result, (written, pending), _ = killed_and_resumed
+    assert written == ["shard-00000.parquet", "shard-00000_stats.json"]  # killed with shard 0 complete
+    assert pending == ["shard-00001"]  # and shard 1 half written
+    assert result.shards_written == 3 and (result.rows, result.errors, result.shards) == (80, 0, 4)
     resumed = read_all(out)
-    expected = local_reference(checkpoint, faces, tmp_path / "reference", rows_per_shard=16, **GRID)
+    expected = local_reference(checkpoint, faces, tmp_path / "reference", rows_per_shard=FACES_PER_SHARD * 8, **GRID)
     assert resumed.column("row_id").to_pylist() == expected.column("row_id").to_pylist()  # no duplicate, none missing
     assert resumed.equals(expected)  # the very rows of an uninterrupted in-process run, bytes included
     assert not (out / "_tmp").exists() and read_manifest(str(out)).status == "complete"
@@ -314,6 +335,6 @@ def test_kill_9_then_restart_completes_identically(killed_and_resumed, checkpoin
 
 @pytest.mark.ray
 def test_dead_actor_is_replaced_and_its_batch_retried(killed_and_resumed):
-    out, result, _, victim, marker = killed_and_resumed
-    assert marker.exists()  # the actor process did exit on the victim
-    assert read_all(out).column("source_id").to_pylist().count(victim) == 8 and result.errors == 0
+    out, result, _, marker = killed_and_resumed
+    assert marker.exists()  # the actor process did exit on the victim's batch
+    assert read_all(out).column("source_id").to_pylist().count(VICTIM) == 8 and result.errors == 0

@@ -101,6 +101,15 @@ def subject_from_samples(samples: Sequence[Sample], targets: np.ndarray | None =
     return SubjectRows(Path(first.subject), first.subject, labels, first.normalisation, targets, sources, tuple(samples))
 
 
+def common_normalisation(subjects: Sequence[SubjectRows]) -> NormalisationConfig:
+    """The one normalised camera of ``subjects`` (recorded in checkpoints); DataError when they differ."""
+    found = {s.normalisation for s in subjects}
+    if len(found) != 1:
+        raise DataError(f"{len(found)} normalisations among {len(subjects)} subjects ({', '.join(sorted(map(str, found)))}): "
+                        "one model is fitted to one normalised camera")
+    return found.pop()
+
+
 @dataclass(frozen=True)
 class SubjectSplit:
     """Subject files by role: the split is by whole subjects."""

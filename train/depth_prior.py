@@ -37,6 +37,7 @@ import torch
 from gazegen import geometry
 from gazegen.config import DepthPriorConfig, ModelConfig, NormalisationConfig, resolve_preset
 from gazegen.data.sample import Sample
+from gazegen.data.xgaze import file_component
 
 if TYPE_CHECKING:
     from gazegen.models.livegaze import LiveGaze
@@ -113,7 +114,7 @@ class FileDepth:
 
     def _map(self, subject: SubjectRows) -> np.ndarray:
         if subject.subject not in self._maps:
-            path = self.folder / f"{subject.subject}.npy"
+            path = self.folder / f"{file_component(subject.subject)}.npy"
             if not path.is_file():
                 raise DepthPriorError(f"{path}: missing: the depth prior needs one <subject>.npy per subject file")
             depth = np.load(path, mmap_mode="r")
@@ -225,7 +226,7 @@ def prepare_teacher_prior(cfg: DepthPriorConfig, subjects: Sequence[SubjectRows]
         for old in cache.glob("*.npy"):
             old.unlink()
     manifest_file.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    todo = {s.subject: s for s in subjects if not (cache / f"{s.subject}.npy").is_file()}
+    todo = {s.subject: s for s in subjects if not (cache / f"{file_component(s.subject)}.npy").is_file()}
     if not todo:
         return cache
     teacher = load_teacher(cfg, device)
@@ -236,7 +237,7 @@ def prepare_teacher_prior(cfg: DepthPriorConfig, subjects: Sequence[SubjectRows]
             depth = teacher_depth(teacher, s, reader, rows, cfg.teacher_batch, cfg.teacher_min_alpha)
         full = np.zeros((len(s.labels.gaze), *depth.shape[1:]), np.float32)
         full[rows] = depth
-        tmp = cache / f".{s.subject}.{os.getpid()}.npy"
+        tmp = cache / f".{file_component(s.subject)}.{os.getpid()}.npy"
         np.save(tmp, full)
-        os.replace(tmp, cache / f"{s.subject}.npy")
+        os.replace(tmp, cache / f"{file_component(s.subject)}.npy")
     return cache

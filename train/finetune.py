@@ -27,7 +27,7 @@ import numpy as np
 from gazegen.checkpoint import load_checkpoint
 from gazegen.config import FinetuneConfig, TrainConfig
 from gazegen.data.sample import Sample
-from gazegen.data.xgaze import DataError
+from gazegen.data.xgaze import DataError, file_component
 from gazegen.models.livegaze import LiveGaze
 from train.data import (SubjectRows, TripletDataset, Triplets, TripletSizes, fixed_batches, read_subject, store_split,
                         subject_from_samples)
@@ -100,7 +100,8 @@ def finetune_subject(model: LiveGaze, subject: SubjectRows, run: Path, cfg: Fine
     model.to(pick_device(train_cfg.device))
     before = _score(model, score_set, train_cfg)
     result = fit(train_cfg, model.cfg, train_set, score_set, run, model=model,
-                 metadata={"subject": subject.subject, "data": str(subject.path), "finetune": dataclasses.asdict(cfg)})
+                 metadata={"subject": subject.subject, "data": str(subject.path), "finetune": dataclasses.asdict(cfg),
+                           "normalisation": dataclasses.asdict(subject.normalisation)})
     log.info("%s: input -> target eye PSNR %.2f -> %.2f dB, face %.2f -> %.2f dB", subject.subject,
              before["psnr_eyes"], result.metrics.get("psnr_eyes", float("nan")), before["psnr_face"],
              result.metrics.get("psnr_face", float("nan")))
@@ -134,7 +135,7 @@ def run_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[str
     for path in paths:
         subject = read_subject(path)
         model = copy.deepcopy(base).train()
-        results.append(finetune_subject(model, subject, out / subject.subject, cfg, train_cfg))
+        results.append(finetune_subject(model, subject, out / file_component(subject.subject), cfg, train_cfg))
     return results
 
 

@@ -43,7 +43,7 @@ from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
 from train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
-                        read_subject, split_subjects)
+                        common_normalisation, read_subject, split_subjects)
 from train.depth_prior import depth_source, prepare_teacher_prior
 from train.logging import RunLog
 from train.losses import LiveGazeLoss, LossOutput
@@ -258,7 +258,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
     train_set = TripletDataset(train, sizes, depth, seed=cfg.seed, same_frame=same_frame)
     val_set = TripletDataset(val, sizes, depth, seed=cfg.seed, same_frame=same_frame) if val else None
     return fit(cfg, model_cfg, train_set, val_set, out, max_steps=max_steps, resume=resume, init=cfg.init,
-               context=context, metadata={"data": str(data)})
+               context=context, metadata={"data": str(data), "normalisation": to_dict(common_normalisation(train + val))})
 
 
 def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val_set: TripletDataset | None, run: Path,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from gazegen.config.loader import bounded
+from gazegen.config.loader import _build, bounded
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -19,6 +20,11 @@ class NormalisationConfig:
     distance_mm: float = bounded(950.0, 1.0)  # camera to face-centre distance, millimetres
     resolution: int = bounded(512, 8, 4096)  # image side in pixels
     radius: float = bounded(2.7, 0.1)  # the same distance in renderer world units (EG3D: 2.7)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormalisationConfig:
+        """A NormalisationConfig from plain data (``to_dict``'s output, e.g. a checkpoint's metadata), validated."""
+        return _build(cls, data, "")
 
     def at_resolution(self, resolution: int) -> NormalisationConfig:
         """The same camera (same field of view) for images resized to ``resolution`` pixels."""

@@ -19,10 +19,10 @@ class SynthConfig:
     `normalisation` is the normalised camera of the model's training store: rendered cameras come
     from it (`radius`, focal / resolution), depth is written in its millimetres (distance_mm /
     radius per world unit), photos are cropped to its framing and h5 patches taken with another
-    camera are re-zoomed to it. Unset: the checkpoint's `metadata.normalisation` when the trainer
-    recorded one, else LiveGaze's 512 px store (PUBLISHED_NORMALISATIONS["livegaze512"]); either
-    way it is taken at the model's output resolution (`at_resolution`: the same camera) and
-    recorded in the run manifest. Fields under "execution" do not change the rows and may differ
+    camera are re-zoomed to it. Unset: the checkpoint's `metadata.normalisation` (training,
+    fine-tuning and `save_checkpoint(normalisation=...)` record it); a checkpoint without one is
+    refused. Either way it is taken at the model's output resolution (`at_resolution`: the same
+    camera) and recorded in the run manifest. Fields under "execution" do not change the rows and may differ
     between a run and its restart; all others are compared on restart.
     """
 
@@ -35,7 +35,8 @@ class SynthConfig:
     seed: int = bounded(0, 0)  # seeds the --sample draws; written in every row
     crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
     image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
-    normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's, else livegaze512
+    normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's (refused if it has none)
+    max_pixels: int = bounded(36_000_000, 1, 178_956_970)  # images declaring more pixels are error rows (checked from the header)
     depth_min_alpha: float = bounded(0.5, 0.0, 1.0)  # depth is written 0 (no surface) where alpha < this
     depth_full_resolution: bool = True  # depth and alpha upsampled (bilinear) to the image; False: neural size
     png_compression: int = bounded(1, 0, 9)  # zlib level of the PNGs (1: fast; the bytes change, not the pixels)
@@ -49,6 +50,7 @@ class SynthConfig:
     # (max_task_retries + 1) x max_lost_sources: the pool outlives every batch it may lose (pipelines/synthesis.py)
     max_task_retries: int = bounded(3, 0)  # times a batch whose worker died is retried (Ray's default: forever)
     max_lost_sources: int = bounded(10, 0)  # batches that may fail for good (their sources become error rows)
+    decode_timeout_s: float = bounded(60.0, 0.001)  # a source still decoding after this is an error row
 
     def __post_init__(self) -> None:
         if self.crop not in ("auto", "always", "never"):

@@ -41,7 +41,7 @@ from gazegen.data.columbia import ColumbiaGazeReader, subject_folders
 from gazegen.data.mpiifacegaze import MpiiFaceGazeReader, person_folders
 from gazegen.data.sample import Sample
 from gazegen.data.store import SPLIT_FILE, STORE_FORMAT, SubjectWriter, write_split
-from gazegen.data.xgaze import DataError, SubjectReader, open_subject
+from gazegen.data.xgaze import DataError, SubjectReader, file_component, open_subject
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     names: dict[str, Path] = {}
     for split, source in found.files:
         with open_source(source) as reader:
-            name = f"{reader.subject}.h5"
+            name = f"{file_component(reader.subject)}.h5"  # the attribute is data: never a path
             rows = len(reader)
         if name in names:
             raise DataError(f"{source}: subject {name} also comes from {names[name]}")

@@ -52,6 +52,7 @@ AlessandroRuzzi/GazeNeRF ``dataset_pre_processing.py``, ``utils/gaze_estimation_
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterator
@@ -117,6 +118,14 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     with _open(path) as f:
         return _format_of(f, path)
+
+
+def file_component(name: str, limit: int = 120) -> str:
+    """A name read from data (an h5 ``subject`` attribute) as one safe file-name component: characters
+    other than letters, digits, ``.``, ``_`` and ``-`` become ``_``, as do leading dots (no ``..``,
+    no hidden files); at most ``limit`` characters; ``_`` for an empty name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(name))[:limit]
+    return re.sub(r"^\.", "_", safe) or "_"
 
 
 def subject_name(path: Path) -> str:

@@ -1,0 +1,45 @@
+"""Faults the synthesis tests inject: render-actor classes passed as ``run_synthesis(actor=...)``.
+
+The classes are made inside functions, so Ray's cloudpickle ships them by value to the workers
+(nothing here has to be importable there). Production code has no fault hook.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pipelines.render_actor import RenderActor
+
+GATE_LIMIT_S = 1800.0  # a gate never opened (a broken test) still lets the worker go eventually
+
+
+def gated_actor(source_id: str, folder: str) -> type[RenderActor]:
+    """Renders as usual, but a batch holding ``source_id`` first writes ``folder/waiting`` and waits
+    (rendering nothing) until ``folder/release`` exists: the test decides when the run moves on."""
+
+    class GatedActor(RenderActor):
+        def __call__(self, batch):
+            if source_id in {str(s) for s in batch["source_id"]}:
+                Path(folder, "waiting").touch()
+                deadline = time.monotonic() + GATE_LIMIT_S
+                while not Path(folder, "release").exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            yield from super().__call__(batch)
+
+    return GatedActor
+
+
+def crash_once_actor(source_id: str, marker: str) -> type[RenderActor]:
+    """Exits its process (like a segfault or an OOM kill: no exception, no clean-up) on the first
+    batch holding ``source_id``, after creating ``marker``; while ``marker`` exists it renders."""
+
+    class CrashOnceActor(RenderActor):
+        def __call__(self, batch):
+            if source_id in {str(s) for s in batch["source_id"]} and not os.path.exists(marker):
+                Path(marker).touch()
+                os._exit(1)
+            yield from super().__call__(batch)
+
+    return CrashOnceActor

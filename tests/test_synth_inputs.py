@@ -1,0 +1,174 @@
+"""The decode stage's guards (pipelines/guards.py, pipelines/inputs.py): every bad input is one
+error record naming its problem, the good ones around it decode, and nothing hangs. No Ray."""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
+from gazegen.data.sample import Sample
+from gazegen.data.store import SubjectWriter
+from pipelines.guards import InputError, call_with_timeout, decode_image, pitch_yaw, read_regular_file, resolve_inside
+from pipelines.inputs import READERS, DecodeSettings, decode_batch, decode_sources, list_sources
+
+NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)
+SETTINGS = DecodeSettings(64, NORM, "never")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR declaring width x height RGB pixels, then IEND: no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def write_store(path: Path, poses: list, gazes: list, subject: str = "subject0000") -> None:
+    norm = NormalisationConfig(focal=1600.0, distance_mm=950.0, resolution=32)
+    with SubjectWriter(path, norm, subject) as writer:
+        writer.write(
+            Sample(image=np.full((32, 32, 3), 90, np.uint8), gaze=np.zeros(2, np.float32), head_pose=np.asarray(p, np.float32),
+                   gaze_head=np.asarray(g, np.float32), camera=np.zeros(25, np.float32), normalisation=norm, subject=subject,
+                   frame_index=i)
+            for i, (p, g) in enumerate(zip(poses, gazes))
+        )  # fmt: skip
+
+
+def by_id(folder: Path, settings: DecodeSettings = SETTINGS) -> dict:
+    records = list_sources(folder)
+    return {r.source_id: d for r, d in zip(records, decode_sources(records, settings))}
+
+
+def test_bad_labels_fail_their_own_source_only(tmp_path):
+    write_store(tmp_path / "s.h5", [[0.1, 0.2], [np.nan, 0.0], [30.0, 10.0], [0.0, 0.3]],
+                [[0.0, 0.1], [0.0, 0.0], [0.0, 0.0], [0.1, np.inf]])  # fmt: skip
+    crop = {"bytes": png_bytes(np.zeros((64, 64, 3), np.uint8)), "path": None}
+    pq.write_table(pa.table({"image": [crop, crop, crop], "head_pose": [[0.2, 0.1], [0.1, 0.2, 0.3], [0.0, 0.0]],
+                             "gaze_head": [[0.0, 0.0], [0.0, 0.0], None]}), tmp_path / "t.parquet")  # fmt: skip
+    decoded = by_id(tmp_path)
+    reasons = {k: d.reason for k, d in decoded.items() if not d.ok}
+    assert sorted(reasons) == ["s.h5#000001", "s.h5#000002", "s.h5#000003", "t.parquet#000001"]
+    assert "head_pose holds non-finite" in reasons["s.h5#000001"]
+    assert "degrees given?" in reasons["s.h5#000002"]
+    assert "gaze_head holds non-finite" in reasons["s.h5#000003"]
+    assert "head_pose has shape (3,)" in reasons["t.parquet#000001"]
+    np.testing.assert_allclose(decoded["s.h5#000000"].head_pose, [0.1, 0.2], atol=1e-6)
+    np.testing.assert_allclose(decoded["t.parquet#000000"].head_pose, [0.2, 0.1], atol=1e-6)
+    assert decoded["t.parquet#000002"].ok and decoded["t.parquet#000002"].gaze_head is None
+    # the Ray stage's batch: a wrong shape next to a good row no longer breaks the stacking of the block
+    records = list_sources(tmp_path)
+    batch = {"shard_id": np.zeros(len(records), int), "source_id": np.array([r.source_id for r in records]),
+             "source_path": np.array([r.path for r in records]), "kind": np.array([r.kind for r in records]),
+             "index": np.array([r.index for r in records]), "error": np.array([r.error for r in records])}  # fmt: skip
+    out = decode_batch(batch, SETTINGS)
+    assert out["status"].tolist() == ["ok", "error", "error", "error", "ok", "error", "ok"]
+    assert out["head_pose"].shape == (7, 2) and out["image"].shape == (7, 64, 64, 3)
+    assert [d.reason for d in decode_sources(records, SETTINGS)] == out["reason"].tolist()  # a rerun: the same outcome
+
+
+def test_files_that_are_not_images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("hello, not a jpeg")
+    (folder / "truncated.png").write_bytes(png_bytes(np.full((64, 64, 3), 7, np.uint8))[:60])
+    (folder / "bomb.png").write_bytes(png_header_only(20000, 20000))  # past Pillow's own limit too
+    (folder / "big.png").write_bytes(png_header_only(5000, 4000))
+    cv2.imwrite(str(folder / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(folder / "good.png"), np.full((64, 64, 3), 5, np.uint8))
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "zero.png").symlink_to("/dev/zero")
+    (folder / "h5fifo.h5").symlink_to(folder / "fifo.jpg")  # an h5 that is a FIFO: never opened while listing
+    decoded = by_id(folder, DecodeSettings(64, NORM, "never", max_pixels=10**6))
+    reasons = {k: d.reason for k, d in decoded.items() if not d.ok}
+    assert decoded["good.png"].ok
+    assert "1 x 1 pixels: smaller than 32 px" in reasons["tiny.png"]
+    assert "empty file" in reasons["empty.png"]
+    assert "not a readable image header" in reasons["text.jpg"]
+    assert "not a decodable image" in reasons["truncated.png"] or "header" in reasons["truncated.png"]
+    assert "5000 x 4000 pixels, more than max_pixels = 1000000 (checked from the header, not decoded)" in reasons["big.png"]
+    assert "more than max_pixels = 1000000 (checked from the header, not decoded)" in reasons["bomb.png"]
+    for name in ("fifo.jpg", "zero.png", "h5fifo.h5"):
+        assert "not a regular file" in reasons[name], name
+    assert decoded["h5fifo.h5"].stage == "list"
+    assert len(reasons) == 9
+
+
+def test_parquet_path_cells_stay_inside_the_root_and_read_only_regular_files(tmp_path):
+    root = tmp_path / "root"
+    (root / "imgs").mkdir(parents=True)
+    cv2.imwrite(str(root / "imgs" / "a.png"), np.full((64, 64, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "outside.png"), np.full((64, 64, 3), 1, np.uint8))
+    os.mkfifo(root / "imgs" / "pipe.png")
+    (root / "imgs" / "link.png").symlink_to(tmp_path / "outside.png")
+    cells = ["imgs/a.png", str(root / "imgs" / "a.png"), "../outside.png", "imgs/pipe.png", "/dev/zero", "imgs/link.png"]
+    pq.write_table(pa.table({"image": [{"bytes": None, "path": c} for c in cells], "head_pose": [[0.0, 0.0]] * len(cells)}),
+                   root / "t.parquet")  # fmt: skip
+    records = list_sources(root / "t.parquet")  # the root: the file's folder
+    settings = DecodeSettings(64, NORM, "never", root=str(root))
+    decoded = decode_sources(records, settings)
+    assert [d.ok for d in decoded] == [True, True, False, False, False, False]
+    assert decoded[0].image[0, 0].tolist() == [200, 200, 200]
+    assert "outside the input root" in decoded[2].reason and "row 2" in decoded[2].reason
+    assert "not a regular file" in decoded[3].reason
+    assert "outside the input root" in decoded[4].reason  # /dev/zero is never opened
+    assert "outside the input root" in decoded[5].reason  # a symlink is followed before the check
+    with pytest.raises(InputError, match="not a regular file"):  # and a device inside the root is refused unread
+        read_regular_file("/dev/zero", 1000)
+
+
+def test_a_decode_past_its_time_limit_is_an_error_and_the_rest_goes_on(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    write_store(tmp_path / "s.h5", [[0.0, 0.0]], [[0.0, 0.0]])
+    release = threading.Event()
+
+    def hanging(records, settings):  # an image reader that never returns until the test lets it
+        release.wait(600)
+        return []
+
+    image, h5 = list_sources(tmp_path)
+    try:
+        [stuck] = decode_sources([image], DecodeSettings(64, NORM, "never", timeout_s=0.05), readers=READERS | {"image": hanging})
+        [after] = decode_sources([h5], SETTINGS)  # with the reader still hanging, the next source decodes
+    finally:
+        release.set()
+    assert not stuck.ok and stuck.stage == "decode" and "longer than decode_timeout_s = 0.05 s" in stuck.reason
+    assert after.ok
+
+
+def test_head_pitch_the_view_offsets_would_carry_past_90_degrees(tmp_path):
+    write_store(tmp_path / "s.h5", [[np.radians(75), 0.0], [np.radians(40), 0.0]], [[0.0, 0.0], [0.0, 0.0]])
+    settings = DecodeSettings(64, NORM, "never", view_pitch=(np.radians(-20), np.radians(20)))
+    decoded = decode_sources(list_sources(tmp_path), settings)
+    assert not decoded[0].ok and "reaches 95.0 deg" in decoded[0].reason
+    assert decoded[1].ok
+
+
+def test_guards_directly():
+    with pytest.raises(InputError, match="shape"):
+        pitch_yaw([[0.1, 0.2]], "head_pose")
+    with pytest.raises(InputError, match="not numbers"):
+        pitch_yaw(["a", "b"], "gaze_head")
+    np.testing.assert_array_equal(pitch_yaw([np.pi / 2, -np.pi], "x"), [np.pi / 2, -np.pi])  # the bounds themselves pass
+    with pytest.raises(InputError, match="outside the input root"):
+        resolve_inside("a/../../b.png", Path("/data/in"), Path("/data/in"))
+    with pytest.raises(InputError, match="max_pixels = 1000 "):
+        decode_image(png_bytes(np.zeros((40, 40, 3), np.uint8)), 1000)
+    assert decode_image(png_bytes(np.zeros((32, 48, 3), np.uint8)), 2000).shape == (32, 48, 3)
+    with pytest.raises(ZeroDivisionError):  # a reader's own exception comes back to the caller
+        call_with_timeout(lambda: 1 / 0, 5.0)
