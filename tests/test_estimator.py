@@ -25,7 +25,9 @@ from train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, st
 HEADS = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=32, gazes=4, seed=11, rig=RigConfig(views=6))
 NET = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1))
 NET_EYES = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1), eyes=EyePatchConfig(width=8, pixels=(12, 8)))
-TRAIN = EstimatorConfig(net=NET, steps=150, batch_size=16, lr=5e-3, warmup_steps=5, flip=False, shuffle_buffer=64,
+# 800 steps: with lighting drawn per subject (not per frame) the gaze must be read from the eyes, not from a
+# frame's lighting; at 150 steps the train-set gaze error was 33 deg (500: 18 deg) against a 51 deg constant.
+TRAIN = EstimatorConfig(net=NET, steps=800, batch_size=16, lr=5e-3, warmup_steps=5, flip=False, shuffle_buffer=64,
                         log_every=1000, seed=0)
 
 
