@@ -222,7 +222,8 @@ def _uint8(x: torch.Tensor) -> np.ndarray:
 def run_probes(model: LiveGaze, files: list, estimator: Estimator, device: str | torch.device, *, steps: int = 5,
                max_deg: float = 25.0, swap_pairs: int = 8, eyelid_mm: float = 6.0, batch: int = 8) -> ProbeReport:
     """Both probes on the subject files ``files`` (held out): the sweep from each one's first image; the swap
-    test on ``swap_pairs`` (source, target) pairs per subject (image i -> image n - 1 - i)."""
+    test on ``swap_pairs`` (source, target) pairs per subject, spread over the file (image i*s -> n - 1 - i*s),
+    so that the targets' gazes differ."""
     device = torch.device(device)
     model = model.to(device).eval()
     subjects, pairs = [], []
@@ -230,8 +231,9 @@ def run_probes(model: LiveGaze, files: list, estimator: Estimator, device: str |
         with open_subject(path) as reader:
             samples = reader.read(0, len(reader))
         subjects.append(samples)
-        n = len(samples)
-        pairs += [(samples[i], samples[n - 1 - i]) for i in range(min(swap_pairs, n // 2))]
+        n, k = len(samples), min(swap_pairs, len(samples) // 2)
+        step = max(1, n // (2 * max(k, 1)))  # spread over the file: frame-major stores keep a frame's rows together
+        pairs += [(samples[i * step], samples[n - 1 - i * step]) for i in range(k)]
     sweep, outputs, source = gaze_sweep(model, subjects, estimator, device, steps=steps, max_deg=max_deg,
                                         eyelid_mm=eyelid_mm, batch=batch)
     swap = swap_test(model, pairs, device, eyelid_mm=eyelid_mm, batch=batch)

@@ -284,7 +284,7 @@ def probes_markdown(p: ProbeReport) -> list[str]:
         f"r pitch {_num(f.pitch_corr, 2)}, r yaw {_num(f.yaw_corr, 2)}, mean error {f.error_deg:.2f}°. "
         f"Output change across the sweep (mean |I - mean I|, [0, 1] images): eyes {sw.change_eyes:.4f}, "
         f"rest of the face {sw.change_rest:.4f}: rest / eyes = {ratio} (a gaze-only change is near 0).", "",
-        f"Swap test ({sp.pairs} pairs): output change when the source image is swapped for another subject's: eyes "
+        f"Swap test ({sp.pairs} pairs): output change when the source image is swapped for another (another subject's when two or more are held out): eyes "
         f"{sp.source_eyes:.4f}, rest {sp.source_rest:.4f}; when the gaze is swapped: eyes {sp.gaze_eyes:.4f}, rest "
         f"{sp.gaze_rest:.4f}. The two source images differ by {sp.data_rest:.4f} outside the eyes. A model that reads "
         "its source changes the rest when the source changes; one that obeys its gaze changes the eyes when the gaze does.",
