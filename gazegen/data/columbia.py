@@ -24,7 +24,6 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -35,6 +34,7 @@ from gazegen.data.faces import ImageReadError, read_image
 from gazegen.data.masks import landmark_masks
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import NormalisationError, normalise_face, photo_camera_matrix
+from gazegen.data.photo_reader import PhotoSubjectReader
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError
 
@@ -77,7 +77,7 @@ def camera_matrix(path: Path, width: int, height: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
 
 
-class ColumbiaGazeReader:
+class ColumbiaGazeReader(PhotoSubjectReader):
     """One ColumbiaGaze subject folder as normalised Samples (the prepare_store reader protocol)."""
 
     def __init__(self, folder: str | Path, normalisation: NormalisationConfig, chunk: int = 8):
@@ -125,18 +125,3 @@ class ColumbiaGazeReader:
         if min_face_px not in self._detectors:
             self._detectors[min_face_px] = MtcnnDetector(DetectorConfig(min_face_px=min_face_px))
         return self._detectors[min_face_px]
-
-    def batches(self, size: int | None = None) -> Iterator[list[Sample]]:
-        size = size or self.chunk
-        for start in range(0, len(self), size):
-            samples = (self.sample(i) for i in range(start, min(len(self), start + size)))
-            yield [s for s in samples if s is not None]
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> ColumbiaGazeReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

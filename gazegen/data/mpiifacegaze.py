@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -36,6 +35,7 @@ from gazegen.config import NormalisationConfig
 from gazegen.data.faces import ImageReadError, read_image
 from gazegen.data.masks import landmark_masks
 from gazegen.data.normalise import HeadPose, normalise_with_pose
+from gazegen.data.photo_reader import PhotoSubjectReader
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError
 
@@ -106,7 +106,7 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
     return np.array([eyes[0], eyes[1], [np.nan, np.nan], mouth[0], mouth[1]])
 
 
-class MpiiFaceGazeReader:
+class MpiiFaceGazeReader(PhotoSubjectReader):
     """One person of an MPIIFaceGaze release as normalised Samples (the prepare_store reader protocol)."""
 
     def __init__(self, person: str | Path, normalisation: NormalisationConfig, chunk: int = 32):
@@ -138,17 +138,3 @@ class MpiiFaceGazeReader:
             subject=self.subject, frame_index=index, cam_index=0, face_mask=masks.face_mask,
             left_eye_mask=masks.left_eye_mask, right_eye_mask=masks.right_eye_mask, face_mat_norm=f32(face.face_mat_norm),
         )
-
-    def batches(self, size: int | None = None) -> Iterator[list[Sample]]:
-        size = size or self.chunk
-        for start in range(0, len(self), size):
-            yield [self.sample(i) for i in range(start, min(len(self), start + size))]
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> MpiiFaceGazeReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
