@@ -28,10 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gazegen import geometry
 from gazegen.config import DetectorConfig, NormalisationConfig, PhotoCameraConfig
 from gazegen.data.faces import ImageReadError, read_image
-from gazegen.data.masks import landmark_masks
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import NormalisationError, normalise_face, photo_camera_matrix
 from gazegen.data.photo_reader import PhotoSubjectReader
@@ -110,15 +108,7 @@ class ColumbiaGazeReader(PhotoSubjectReader):
             return None
         gaze = np.array([V_SIGN * v, H_SIGN * h])
         head_pose = np.array([0.0, P_SIGN * pose_p])
-        masks = landmark_masks(face, k)
-        f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
-        return Sample(
-            image=face.image, gaze=f32(gaze), head_pose=f32(head_pose),
-            gaze_head=f32(geometry.gaze_camera_to_head(gaze, geometry.head_pose_to_rotation(head_pose))),
-            camera=f32(geometry.head_pose_to_camera(head_pose, self.normalisation)), normalisation=self.normalisation,
-            subject=self.subject, frame_index=index, cam_index=0, face_mask=masks.face_mask,
-            left_eye_mask=masks.left_eye_mask, right_eye_mask=masks.right_eye_mask, face_mat_norm=f32(face.face_mat_norm),
-        )
+        return self.labelled_sample(face, gaze, head_pose, k, index)
 
     def _detector(self, min_face_px: int) -> MtcnnDetector:
         min_face_px = max(DetectorConfig().min_face_px, min_face_px)

@@ -33,7 +33,6 @@ import scipy.io
 from gazegen import geometry
 from gazegen.config import NormalisationConfig
 from gazegen.data.faces import ImageReadError, read_image
-from gazegen.data.masks import landmark_masks
 from gazegen.data.normalise import HeadPose, normalise_with_pose
 from gazegen.data.photo_reader import PhotoSubjectReader
 from gazegen.data.sample import Sample
@@ -129,12 +128,4 @@ class MpiiFaceGazeReader(PhotoSubjectReader):
         face = normalise_with_pose(image, pose, self.camera_matrix, self.normalisation, five_points(a.landmarks))
         gaze = geometry.vector_to_pitchyaw(face.face_mat_norm @ (a.target - a.face_centre))
         head_pose = face.head_pose
-        masks = landmark_masks(face, self.camera_matrix)
-        f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
-        return Sample(
-            image=face.image, gaze=f32(gaze), head_pose=f32(head_pose),
-            gaze_head=f32(geometry.gaze_camera_to_head(gaze, geometry.head_pose_to_rotation(head_pose))),
-            camera=f32(geometry.head_pose_to_camera(head_pose, self.normalisation)), normalisation=self.normalisation,
-            subject=self.subject, frame_index=index, cam_index=0, face_mask=masks.face_mask,
-            left_eye_mask=masks.left_eye_mask, right_eye_mask=masks.right_eye_mask, face_mat_norm=f32(face.face_mat_norm),
-        )
+        return self.labelled_sample(face, gaze, head_pose, self.camera_matrix, index)
