@@ -28,12 +28,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, gaze_head_to_camera, head_pose_to_rotation
 from gazegen.models.livegaze import LiveGaze
+from train.data import image_tensor, mask_tensor
 
 Estimator = Any  # (B, 3, H, W) in [-1, 1] -> GazeEstimate (train/evaluate.py's Estimator)
 
@@ -80,11 +80,9 @@ class Regions:
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
             eye = cv2.dilate(s.eye_mask.astype(np.uint8), kernel) > 0
             face = s.face_mask.astype(bool) | eye
-            fit = lambda m: cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) >= 0.5  # noqa: E731
-            eyes.append(fit(eye))
-            rest.append(fit(face & ~eye))
-        as_tensor = lambda ms: torch.from_numpy(np.stack(ms)).float()[:, None]  # noqa: E731
-        return cls(as_tensor(eyes), as_tensor(rest))
+            eyes.append(mask_tensor(eye, size))  # (1, S, S) area-averaged, cut at 0.5, as training's masks
+            rest.append(mask_tensor(face & ~eye, size))
+        return cls(torch.stack(eyes), torch.stack(rest))
 
 
 def region_means(change: torch.Tensor, region: torch.Tensor) -> float:
@@ -138,8 +136,7 @@ def sweep_gazes(steps: int, max_deg: float) -> np.ndarray:
 
 
 def _image(samples: list[Sample], size: int) -> torch.Tensor:
-    x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return torch.stack([image_tensor(s.image, size) for s in samples])  # (N, 3, size, size) in [-1, 1], as training's
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
