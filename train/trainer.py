@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from gazegen.checkpoint import load_checkpoint, load_live3d, load_train_state, save_checkpoint
 from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
+from gazegen.config.model import with_runtime_render
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
 from train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
@@ -280,6 +281,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
     torch.manual_seed(cfg.seed)
     if resume:
         model = load_checkpoint(newest)
+        model.cfg = with_runtime_render(model.cfg, model_cfg)  # chunking and skipping: the config's, not the checkpoint's
         if model.cfg != model_cfg:
             diff = sorted(k for k, v in to_dict(model.cfg).items() if to_dict(model_cfg).get(k) != v)
             raise TrainingError(f"{newest}: its architecture differs from the config's model in {', '.join(diff)}; "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gazegen.config.loader import ConfigError, _build, bounded
@@ -29,6 +29,15 @@ class RenderConfig:
     white_background: bool = False  # composite onto white instead of black
     chunk_rays: int = bounded(1024, 1)  # rays decoded at once: samples of a chunk stay in cache (fastest on CPU, measured)
     empty_opacity: float = bounded(1e-3, 0.0, 1.0)  # rays of coarse opacity <= this get no fine samples (0: all refined)
+
+
+RENDER_RUNTIME = ("chunk_rays", "empty_opacity")  # how rays are batched and skipped: no weight depends on them
+
+
+def with_runtime_render(cfg: ModelConfig, runtime: ModelConfig) -> ModelConfig:
+    """``cfg``'s architecture with ``runtime``'s RENDER_RUNTIME settings (a checkpoint run under today's config)."""
+    settings = {name: getattr(runtime.render, name) for name in RENDER_RUNTIME}
+    return replace(cfg, render=replace(cfg.render, **settings))
 
 
 # --------------------------------------------------------------------------- model
