@@ -52,10 +52,10 @@ from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.store import SPLIT_FILE  # noqa: E402
 from gazegen.geometry import angular_error  # noqa: E402
 from gazegen.models.estimator import GazeEstimator, load_estimator  # noqa: E402
-from pipelines.manifest import RunMismatchError  # noqa: E402
-from pipelines.synthesis import run_synthesis  # noqa: E402
-from train.estimator import open_gaze_data, predict, store_files, train_estimator  # noqa: E402
-from train.trainer import latest_checkpoint  # noqa: E402
+from gazegen.pipelines.manifest import RunMismatchError  # noqa: E402
+from gazegen.pipelines.synthesis import run_synthesis  # noqa: E402
+from gazegen.train.estimator import open_gaze_data, predict, store_files, train_estimator  # noqa: E402
+from gazegen.train.trainer import latest_checkpoint  # noqa: E402
 
 log = logging.getLogger("downstream")
 BIN_EDGES = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 180.0)  # degrees of the label from the camera axis

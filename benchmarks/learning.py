@@ -45,10 +45,10 @@ from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig,
 from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
 from gazegen.data.xgaze import open_subject
-from train.data import TripletDataset, Triplets, TripletSizes, image_tensor, mask_tensor, read_subject, store_split
-from train.depth_prior import DatasetDepth
-from train.trainer import run_training
-from train.validate import depth_l1_mm
+from gazegen.train.data import TripletDataset, Triplets, TripletSizes, image_tensor, mask_tensor, read_subject, store_split
+from gazegen.train.depth_prior import DatasetDepth
+from gazegen.train.trainer import run_training
+from gazegen.train.validate import depth_l1_mm
 
 STORE = SynthHeadsConfig(subjects=10, resolution=128, gazes=12, test_subjects=2, rig=RigConfig(views=9))
 

@@ -49,11 +49,11 @@ from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.xgaze import open_subject  # noqa: E402
 from gazegen.models.estimator import load_estimator, read_estimator_header  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
-from train.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
-from train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
-from train.probes import run_probes  # noqa: E402
-from train.report import probes_markdown, table1, verdict, write_report  # noqa: E402
-from train.trainer import latest_checkpoint  # noqa: E402
+from gazegen.train.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
+from gazegen.train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
+from gazegen.train.probes import run_probes  # noqa: E402
+from gazegen.train.report import probes_markdown, table1, verdict, write_report  # noqa: E402
+from gazegen.train.trainer import latest_checkpoint  # noqa: E402
 
 log = logging.getLogger("redirection")
 ESTIMATOR_SEED = 1_000_003  # identities of the estimator's store: another draw than any demo store's

@@ -6,7 +6,7 @@ Prints JSON. Three figures, measured in one run on the same model (a checkpoint,
 initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sources`` noise crops):
 
 * ``bare``: the pipeline's own stage functions called in sequence in this process (decode,
-  render, PNG encoding, shard writing; ``pipelines.synthesis.local_records``): images/s.
+  render, PNG encoding, shard writing; ``gazegen.pipelines.synthesis.local_records``): images/s.
 * ``ray``: ``run_synthesis`` into a fresh output, images/s over its whole wall clock (planning,
   Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
   start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways.
@@ -45,9 +45,9 @@ from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_checkpoint
 from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config
 from gazegen.models.livegaze import LiveGaze
-from pipelines.grid import plan_source
-from pipelines.shards import OutputDir
-from pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
+from gazegen.pipelines.grid import plan_source
+from gazegen.pipelines.shards import OutputDir
+from gazegen.pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
 
 
 def make_inputs(folder: Path, count: int, side: int) -> Path:

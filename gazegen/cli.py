@@ -204,8 +204,8 @@ def synthesize(
 
     from gazegen.checkpoint import CheckpointError
     from gazegen.config import ConfigError
-    from pipelines.manifest import RunMismatchError
-    from pipelines.synthesis import IncompleteShardsError, run_synthesis
+    from gazegen.pipelines.manifest import RunMismatchError
+    from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
 
     try:
         result = run_synthesis(
@@ -240,7 +240,7 @@ def estimator_train(
     from gazegen.checkpoint import CheckpointError
     from gazegen.config import ConfigError, EstimatorConfig, load_config
     from gazegen.data.xgaze import DataError
-    from train.estimator import train_estimator
+    from gazegen.train.estimator import train_estimator
 
     try:
         cfg = load_config(EstimatorConfig, config, overrides or [])
@@ -269,7 +269,7 @@ def estimator_eval(
 
     from gazegen.checkpoint import CheckpointError
     from gazegen.data.xgaze import DataError
-    from train.estimator import evaluate_estimator
+    from gazegen.train.estimator import evaluate_estimator
 
     try:
         result = evaluate_estimator(checkpoint, data, split=split, batch_size=batch_size, max_images=max_images, device=device)
@@ -295,9 +295,9 @@ def evaluate(
     from gazegen.config import ConfigError, EvaluateConfig, load_config
     from gazegen.data.xgaze import DataError
     from gazegen.weights import MissingWeightsError
-    from train.evaluate import evaluate as run_evaluation
-    from train.report import table1
-    from train.trainer import TrainingError
+    from gazegen.train.evaluate import evaluate as run_evaluation
+    from gazegen.train.report import table1
+    from gazegen.train.trainer import TrainingError
 
     try:
         cfg = load_config(EvaluateConfig, config, overrides or [])
@@ -325,13 +325,13 @@ def train(
     from gazegen.config import ConfigError, TrainConfig, load_config
     from gazegen.data.xgaze import DataError
     from gazegen.weights import MissingWeightsError
-    from train.depth_prior import DepthPriorError
-    from train.trainer import TrainingError, run_training
+    from gazegen.train.depth_prior import DepthPriorError
+    from gazegen.train.trainer import TrainingError, run_training
 
     try:
         cfg = load_config(TrainConfig, config, overrides or [])
         if workers > 1:
-            from train.distributed import run_distributed
+            from gazegen.train.distributed import run_distributed
 
             result = run_distributed(cfg, data, out, max_steps, resume, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
         else:
@@ -357,9 +357,9 @@ def finetune(
     from gazegen.config import ConfigError, FinetuneConfig, load_config
     from gazegen.data.xgaze import DataError
     from gazegen.weights import MissingWeightsError
-    from train.depth_prior import DepthPriorError
-    from train.finetune import run_finetune
-    from train.trainer import TrainingError
+    from gazegen.train.depth_prior import DepthPriorError
+    from gazegen.train.finetune import run_finetune
+    from gazegen.train.trainer import TrainingError
 
     sets = [*(overrides or []), *([f"epochs={epochs}"] if epochs is not None else [])]
     try:

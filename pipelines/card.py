@@ -18,10 +18,10 @@ import numpy as np
 from gazegen import geometry
 from gazegen.data.label_plots import ShardLabels
 from gazegen.data.parquet import DEPTH_SCALE, SHARD_GLOB
-from pipelines.schema import FEATURES, ROW_ID_FORMAT
+from gazegen.pipelines.schema import FEATURES, ROW_ID_FORMAT
 
 if TYPE_CHECKING:
-    from pipelines.manifest import RunManifest
+    from gazegen.pipelines.manifest import RunManifest
 
 CARD_NAME = "README.md"
 HISTOGRAMS_NAME = "label_histograms.png"

@@ -47,8 +47,8 @@ from gazegen.config import CropConfig, NormalisationConfig
 from gazegen.data.faces import crop_faces
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
-from pipelines.grid import pose_problem
-from pipelines.guards import InputError, call_with_timeout, check_labels, decode_image, max_file_bytes, read_regular_file, resolve_inside
+from gazegen.pipelines.grid import pose_problem
+from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, decode_image, max_file_bytes, read_regular_file, resolve_inside
 
 log = logging.getLogger(__name__)
 

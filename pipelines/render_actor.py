@@ -35,9 +35,9 @@ from gazegen.checkpoint import load_checkpoint
 from gazegen.config import NormalisationConfig
 from gazegen.data.parquet import DEPTH_SCALE
 from gazegen.models.livegaze import LiveGaze
-from pipelines.grid import GridSpec, plan_source, pose_problem, rendered_poses
-from pipelines.inputs import CARRIED
-from pipelines.schema import depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
+from gazegen.pipelines.grid import GridSpec, plan_source, pose_problem, rendered_poses
+from gazegen.pipelines.inputs import CARRIED
+from gazegen.pipelines.schema import depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 
 log = logging.getLogger(__name__)
 

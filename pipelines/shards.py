@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gazegen.data.parquet import IMAGE_COLUMNS
-from pipelines.schema import ROW_SCHEMA, conform, errors_table, rows_table
+from gazegen.pipelines.schema import ROW_SCHEMA, conform, errors_table, rows_table
 
 TMP_DIR = "_tmp"
 SHARD_ERRORS_DIR = "_errors"

@@ -81,12 +81,12 @@ from tqdm import tqdm
 from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, checkpoint_normalisation, read_model_config
 from gazegen.config import ModelConfig, NormalisationConfig, SynthConfig, load_config
 from gazegen.data.parquet import FORMAT_VERSION
-from pipelines.grid import GridSpec, rows_per_source
-from pipelines.inputs import DecodeSettings, SourceRecord, decode_batch, input_root, list_sources
-from pipelines.manifest import RunManifest, check_or_create, finalize
-from pipelines.render_actor import RenderActor, RenderSettings, encode_records
-from pipelines.schema import ROW_COLUMNS, row_id
-from pipelines.shards import OutputDir, ShardSpec, ShardStats, ShardWriter, completed_shards, plan_shards
+from gazegen.pipelines.grid import GridSpec, rows_per_source
+from gazegen.pipelines.inputs import DecodeSettings, SourceRecord, decode_batch, input_root, list_sources
+from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
+from gazegen.pipelines.render_actor import RenderActor, RenderSettings, encode_records
+from gazegen.pipelines.schema import ROW_COLUMNS, row_id
+from gazegen.pipelines.shards import OutputDir, ShardSpec, ShardStats, ShardWriter, completed_shards, plan_shards
 
 log = logging.getLogger(__name__)
 

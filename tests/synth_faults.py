@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from pipelines.render_actor import RenderActor
+from gazegen.pipelines.render_actor import RenderActor
 
 GATE_LIMIT_S = 1800.0  # a gate never opened (a broken test) still lets the worker go eventually
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from gazegen import geometry
 from gazegen.cli import app
 from gazegen.data.label_plots import label_figure, read_labels
-from pipelines import schema
-from pipelines.card import HISTOGRAMS_NAME
-from pipelines.manifest import RunManifest, check_or_create, finalize
-from pipelines.shards import ShardWriter, plan_shards
+from gazegen.pipelines import schema
+from gazegen.pipelines.card import HISTOGRAMS_NAME
+from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
+from gazegen.pipelines.shards import ShardWriter, plan_shards
 
 SIZE, PER_SOURCE = 8, 6
 SOURCES = [f"src{i}" for i in range(5)]

@@ -10,7 +10,7 @@ import torch
 from gazegen.checkpoint import load_checkpoint, load_train_state
 from gazegen.config import RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
-from train.trainer import TrainingError
+from gazegen.train.trainer import TrainingError
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def store(tmp_path_factory):
 
 @pytest.mark.ray
 def test_two_gloo_workers_train_one_model(ray_session, store, tmp_path):
-    from train.distributed import run_distributed
+    from gazegen.train.distributed import run_distributed
 
     cfg = load_config(TrainConfig, None, [
         "model=model/tiny.toml", "loss.perceptual=false", "data.workers=0", "data.val_samples=2", "max_steps=2",

@@ -18,9 +18,9 @@ from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector
 from gazegen.models.estimator import GazeEstimator, load_estimator, save_estimator
-from pipelines import schema
-from pipelines.shards import ShardWriter, plan_shards
-from train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
+from gazegen.pipelines import schema
+from gazegen.pipelines.shards import ShardWriter, plan_shards
+from gazegen.train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
 
 HEADS = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=32, gazes=4, seed=11, rig=RigConfig(views=6))
 NET = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1))

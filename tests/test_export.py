@@ -32,9 +32,9 @@ from gazegen.config import PUBLISHED_NORMALISATIONS, ExportConfig
 from gazegen.data import export as export_module
 from gazegen.data.export import ExportError, export_run
 from gazegen.data.xgaze import open_subject
-from pipelines import schema
-from pipelines.manifest import RunManifest, check_or_create, finalize
-from pipelines.shards import ShardWriter, plan_shards
+from gazegen.pipelines import schema
+from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
+from gazegen.pipelines.shards import ShardWriter, plan_shards
 
 SIZE, GAZES, VIEWS = 16, 2, 2
 SOURCES = ["s1.h5#000000", "s1.h5#000001", "s2.h5#000000", "s3.h5#000000", "s3.h5#000001"]

@@ -15,10 +15,10 @@ from gazegen.config import FinetuneConfig, NormalisationConfig, RigConfig, Synth
 from gazegen.data.heads import synthesize_store
 from gazegen.data.parquet import decode_depth_png
 from gazegen.data.xgaze import DataError, open_subject
-from pipelines.inputs import decode_sources
-from pipelines.synthesis import load_synth_config, local_records, plan_run, stage_settings
-from train.finetune import finetune_config, finetune_model, groups, run_finetune
-from train.trainer import run_training
+from gazegen.pipelines.inputs import decode_sources
+from gazegen.pipelines.synthesis import load_synth_config, local_records, plan_run, stage_settings
+from gazegen.train.finetune import finetune_config, finetune_model, groups, run_finetune
+from gazegen.train.trainer import run_training
 
 NORM_680 = NormalisationConfig(distance_mm=680.0)  # GazeNeRF's 512 px camera: another distance than the default 950 mm
 

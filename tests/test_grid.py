@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.grid import AxisRange, GridSpec, plan_source, pose_problem, rendered_poses, rows_per_source
+from gazegen.pipelines.grid import AxisRange, GridSpec, plan_source, pose_problem, rendered_poses, rows_per_source
 
 
 def spec(axes="pitch,yaw,view", sample=0, seed=0):

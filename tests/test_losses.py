@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gazegen import weights as W
 from gazegen.config import ConfigError, LossConfig, load_config
 from gazegen.models.vgg import VGG16Features
-from train.losses import LiveGazeLoss, LossOutput, depth_loss, masked_l1_loss, perceptual_loss
+from gazegen.train.losses import LiveGazeLoss, LossOutput, depth_loss, masked_l1_loss, perceptual_loss
 
 
 def tiny_batch():
@@ -147,7 +147,7 @@ def test_loss_config_from_toml_overrides():
 
 
 def test_silhouette_and_raw_render_terms_by_hand():
-    from train.losses import silhouette_loss
+    from gazegen.train.losses import silhouette_loss
 
     alpha = torch.tensor([[[[0.2, 1.0], [0.5, 0.0]]]])  # (B, 1, 2, 2)
     prior = torch.tensor([[[[3.0, 2.0], [0.0, 0.0]]]])  # a surface on the top row only

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from gazegen.data.parquet import DEPTH_SCALE, GazeParquetDataset, resolve_shards
-from pipelines import schema
-from pipelines.shards import ShardWriter, plan_shards
+from gazegen.pipelines import schema
+from gazegen.pipelines.shards import ShardWriter, plan_shards
 
 SIZE = 8
 

@@ -9,8 +9,8 @@ from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import open_subject
 from gazegen.models.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
-from train.estimator import store_files
-from train.probes import Following, Regions, gaze_sweep, pearson, run_probes, sweep_gazes, swap_test
+from gazegen.train.estimator import store_files
+from gazegen.train.probes import Following, Regions, gaze_sweep, pearson, run_probes, sweep_gazes, swap_test
 
 
 @pytest.fixture(scope="module")

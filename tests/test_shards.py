@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gazegen.data.parquet import DEPTH_SCALE, decode_depth_png, decode_png
-from pipelines import schema
-from pipelines.manifest import (
+from gazegen.pipelines import schema
+from gazegen.pipelines.manifest import (
     ERRORS_NAME,
     IncompleteRunError,
     RunManifest,
@@ -33,7 +33,7 @@ from pipelines.manifest import (
     finalize,
     read_manifest,
 )
-from pipelines.shards import OutputDir, ShardSpec, ShardWriter, completed_shards, plan_shards
+from gazegen.pipelines.shards import OutputDir, ShardSpec, ShardWriter, completed_shards, plan_shards
 
 GAZES, VIEWS, SIZE = 2, 3, 16
 INPUTS = [f"faces/img{i:02d}.png" for i in range(7)]

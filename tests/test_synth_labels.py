@@ -27,8 +27,8 @@ from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, No
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
-from pipelines.manifest import ERRORS_NAME
-from pipelines.synthesis import run_synthesis
+from gazegen.pipelines.manifest import ERRORS_NAME
+from gazegen.pipelines.synthesis import run_synthesis
 
 ROOT = Path(__file__).resolve().parents[1]
 NORM = PUBLISHED_NORMALISATIONS["livegaze512"]

@@ -31,11 +31,11 @@ from gazegen.data.parquet import decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
-from pipelines.inputs import DecodeSettings, decode_sources, list_sources, renormalise
-from pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
-from pipelines.render_actor import RenderedSource, encode_records, row_records
-from pipelines.shards import OutputDir
-from pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
+from gazegen.pipelines.inputs import DecodeSettings, decode_sources, list_sources, renormalise
+from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
+from gazegen.pipelines.render_actor import RenderedSource, encode_records, row_records
+from gazegen.pipelines.shards import OutputDir
+from gazegen.pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
 from synth_faults import GATE_LIMIT_S, crash_once_actor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
     rows_per_shard = FACES_PER_SHARD * 8
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import ray; from synth_faults import gated_actor; "
-        "from pipelines.synthesis import run_synthesis; ray.init(address=%r, log_to_driver=False); "
+        "from gazegen.pipelines.synthesis import run_synthesis; ray.init(address=%r, log_to_driver=False); "
         "ray.data.DataContext.get_current().execution_options.preserve_order = True; "
         f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, rows_per_shard={rows_per_shard}, "
         f"overrides={SETTINGS!r}, progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}), **{GRID!r})"

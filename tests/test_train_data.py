@@ -17,10 +17,10 @@ from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter, write_split
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.models.livegaze import LiveGaze
-from train import depth_prior
-from train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, make_loader, mask_tensor,
+from gazegen.train import depth_prior
+from gazegen.train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, make_loader, mask_tensor,
                         read_subject, split_subjects, store_split, subject_from_samples)
-from train.depth_prior import (DatasetDepth, DepthPriorError, FileDepth, depth_source, depth_to_world,
+from gazegen.train.depth_prior import (DatasetDepth, DepthPriorError, FileDepth, depth_source, depth_to_world,
                                prepare_teacher_prior)
 
 SIZES = TripletSizes(input=64, output=32, depth=16)

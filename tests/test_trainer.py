@@ -13,10 +13,10 @@ from gazegen.checkpoint import load_checkpoint, load_train_state
 from gazegen.config import RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
-from train.data import TripletDataset, Triplets, TripletSizes, read_subject, store_split
-from train.depth_prior import DatasetDepth
-from train.losses import LiveGazeLoss, masked_l1_loss
-from train.trainer import TrainingError, build_optimizer, checkpoint_dirs, forward_backward, run_training
+from gazegen.train.data import TripletDataset, Triplets, TripletSizes, read_subject, store_split
+from gazegen.train.depth_prior import DatasetDepth
+from gazegen.train.losses import LiveGazeLoss, masked_l1_loss
+from gazegen.train.trainer import TrainingError, build_optimizer, checkpoint_dirs, forward_backward, run_training
 
 FAST = ["model=model/tiny.toml", "loss.perceptual=false", "optim.lr_encoder=2e-3", "optim.lr_renderer=2e-3",
         "optim.lr_gaze=2e-3", "data.val_samples=4", "data.workers=0", "log_every=1", "tensorboard=false"]

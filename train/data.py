@@ -40,7 +40,7 @@ from gazegen.config import ModelConfig, NormalisationConfig, TrainDataConfig
 from gazegen.data.sample import Sample
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, Labels, SubjectReader, open_subject
-from train.depth_prior import DepthSource, depth_to_world
+from gazegen.train.depth_prior import DepthSource, depth_to_world
 
 
 # --------------------------------------------------------------------------- subjects and splits

@@ -41,7 +41,7 @@ from gazegen.data.xgaze import file_component
 
 if TYPE_CHECKING:
     from gazegen.models.livegaze import LiveGaze
-    from train.data import SubjectRows
+    from gazegen.train.data import SubjectRows
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _manifest(cfg: DepthPriorConfig, path: Path) -> dict:
 def teacher_depth(teacher: LiveGaze, subject: SubjectRows, reader, rows: np.ndarray, batch: int,
                   min_alpha: float = 0.0) -> np.ndarray:
     """(len(rows), R, R) millimetres: for each target row, the teacher's depth of its frame's I_f at its camera."""
-    from train.data import image_tensor
+    from gazegen.train.data import image_tensor
 
     device = next(teacher.parameters()).device
     lab, size = subject.labels, teacher.cfg.image_resolution

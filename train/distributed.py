@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gazegen.config import TrainConfig
-from train.trainer import TrainingError, TrainResult
+from gazegen.train.trainer import TrainingError, TrainResult
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
@@ -32,7 +32,7 @@ def _worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
-    from train.trainer import DistContext, run_training
+    from gazegen.train.trainer import DistContext, run_training
 
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()

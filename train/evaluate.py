@@ -58,7 +58,7 @@ from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchy
 from gazegen.metrics import FIDMetric, LPIPSMetric, psnr, ssim
 from gazegen.models.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
-from train.report import EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
+from gazegen.train.report import EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     ``resolution``: side at which images are compared (default: the first method's output side,
     else the store's). ``estimator`` None: gaze and head errors are reported n/a with ``estimator_note``.
     """
-    from train.estimator import store_files  # the store's split, as the estimator reads it
+    from gazegen.train.estimator import store_files  # the store's split, as the estimator reads it
 
     device = torch.device(device)
     files = store_files(data, cfg.split)
@@ -353,7 +353,7 @@ def default_finetune(checkpoint: str | Path | None, epochs: int) -> Finetune:
     """train/finetune.py's personalised fine-tuning as a ``Finetune``: the training run's settings
     (from the checkpoint's metadata, else TrainConfig's defaults), ``epochs`` epochs per subject."""
     from gazegen.config import FinetuneConfig
-    from train.finetune import finetune_config, finetune_model
+    from gazegen.train.finetune import finetune_config, finetune_model
 
     train_cfg = finetune_config(Path(checkpoint) if checkpoint else None, FinetuneConfig(epochs=epochs), None)
     return lambda model, samples, n: finetune_model(model, samples, n, train_cfg=train_cfg)
@@ -369,7 +369,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     """
     from gazegen.checkpoint import load_checkpoint
     from gazegen.models.estimator import load_estimator, read_estimator_header
-    from train.estimator import check_store_camera
+    from gazegen.train.estimator import check_store_camera
 
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
@@ -394,8 +394,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
                             estimator_note="no estimator checkpoint given (--estimator)")
     if judge is not None and cfg.probes:
-        from train.estimator import store_files
-        from train.probes import run_probes
+        from gazegen.train.estimator import store_files
+        from gazegen.train.probes import run_probes
 
         files = store_files(data, cfg.split)
         report.probes = run_probes(model, files[: cfg.max_subjects] if cfg.max_subjects else files, judge, device)

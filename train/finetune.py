@@ -29,11 +29,11 @@ from gazegen.config import FinetuneConfig, TrainConfig
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError, file_component
 from gazegen.models.livegaze import LiveGaze
-from train.data import (SubjectRows, TripletDataset, Triplets, TripletSizes, fixed_batches, read_subject, store_split,
+from gazegen.train.data import (SubjectRows, TripletDataset, Triplets, TripletSizes, fixed_batches, read_subject, store_split,
                         subject_from_samples)
-from train.depth_prior import depth_source, prepare_teacher_prior
-from train.trainer import TrainResult, build_loss, fit, pick_device
-from train.validate import validate
+from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
+from gazegen.train.trainer import TrainResult, build_loss, fit, pick_device
+from gazegen.train.validate import validate
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, gaze_head_to_camera, head_pose_to_rotation
 from gazegen.models.livegaze import LiveGaze
-from train.data import image_tensor, mask_tensor
+from gazegen.train.data import image_tensor, mask_tensor
 
 Estimator = Any  # (B, 3, H, W) in [-1, 1] -> GazeEstimate (train/evaluate.py's Estimator)
 

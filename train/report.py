@@ -21,7 +21,7 @@ import torch
 from gazegen.config import EvaluateConfig, to_dict
 from gazegen.data.sample import Sample
 from gazegen.metrics import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
-from train.probes import ProbeReport, pearson
+from gazegen.train.probes import ProbeReport, pearson
 
 IMAGE_KEYS = ("ssim", "psnr", "lpips")
 GAZE_KEYS = ("gaze_error", "head_error", "gaze_error_vs_estimate", "head_error_vs_estimate")
@@ -204,7 +204,7 @@ FOLLOWS_R = 0.5  # below this correlation of read vs requested pitch or yaw, the
 
 def verdict(report: EvaluationReport) -> str | None:
     """One sentence on whether the model's outputs carry gaze, against the constant prediction; None without an estimator."""
-    from train.evaluate import CONSTANT
+    from gazegen.train.evaluate import CONSTANT
 
     model = next((m for m in report.methods if m.three_d), None)
     constant = next((m for m in report.methods if m.name == CONSTANT), None)

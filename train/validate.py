@@ -29,8 +29,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from gazegen import metrics  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
-from train.data import Triplets  # noqa: E402
-from train.losses import LiveGazeLoss  # noqa: E402
+from gazegen.train.data import Triplets  # noqa: E402
+from gazegen.train.losses import LiveGazeLoss  # noqa: E402
 
 
 @dataclass
