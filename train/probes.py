@@ -34,6 +34,7 @@ from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, gaze_head_to_camera, head_pose_to_rotation
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train.data import image_tensor, mask_tensor
+from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset, resized_mask
 
 Estimator = Any  # (B, 3, H, W) in [-1, 1] -> GazeEstimate (train/evaluate.py's Estimator)
 
@@ -56,7 +57,9 @@ class Following:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson's r of two samples, None when either is constant."""
+    """Pearson's r of two samples, None when either is constant (or has fewer than two values)."""
+    if len(a) < 2:
+        return None
     a, b = a - a.mean(), b - b.mean()
     denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / denom) if denom > 1e-12 else None
@@ -96,6 +99,7 @@ class SweepResult:
     following: Following
     change_eyes: float  # mean |I_k - mean_k I_k| inside the eye region, [0, 1] images
     change_rest: float  # the same over the face outside it
+    pupils: PupilFollowing  # estimator-free: the pupils' offsets against the requested gaze, and the data's
     gazes: int  # K per subject
     subjects: int
 
@@ -172,6 +176,7 @@ def gaze_sweep(model: LiveGaze, subjects: list[list[Sample]], estimator: Estimat
     gazes = sweep_gazes(steps, max_deg)
     size = model.cfg.output_resolution
     read, requested, eyes, rest, first = [], [], [], [], None
+    pupils: dict[str, list[np.ndarray]] = {"model": [], "data": [], "data_gaze": []}
     for samples in subjects:
         source = samples[0]
         cameras = np.repeat(source.camera[None], len(gazes), 0)
@@ -179,12 +184,21 @@ def gaze_sweep(model: LiveGaze, subjects: list[list[Sample]], estimator: Estimat
         first = (out, source) if first is None else first
         read.append(_read(estimator, out, device))
         requested.append(gaze_head_to_camera(gazes.astype(np.float64), head_pose_to_rotation(source.head_pose.astype(np.float64))))
+        eye_mask = resized_mask(source.eye_mask, size)
+        pupils["model"].append(np.stack([pupil_offset(image, eye_mask) for image in _uint8(out)]))
+        same_camera = [s for s in samples if s.cam_index == source.cam_index]
+        pupils["data"].append(np.stack([pupil_offset(s.image, s.eye_mask) for s in same_camera]))
+        pupils["data_gaze"].append(np.stack([s.gaze for s in same_camera]).astype(np.float64))
         regions = Regions.of([source], size, eyelid_mm)
         deviation = (_unit(out) - _unit(out).mean(0, keepdim=True)).abs()  # (K, 3, S, S)
         eyes.append(region_means(deviation, regions.eyes.expand(len(gazes), -1, -1, -1)))
         rest.append(region_means(deviation, regions.rest.expand(len(gazes), -1, -1, -1)))
     following = Following.of(np.concatenate(read), np.concatenate(requested))
-    result = SweepResult(following, float(np.mean(eyes)), float(np.mean(rest)), len(gazes), len(subjects))
+    model_pupils = offsets_vs_gaze(np.concatenate(pupils["model"]), np.concatenate(requested))
+    data_pupils = offsets_vs_gaze(np.concatenate(pupils["data"]), np.concatenate(pupils["data_gaze"]))
+    pupil_following = PupilFollowing(*(pearson(offsets[:, axis], gaze[:, 1 - axis])
+                                       for offsets, gaze in (model_pupils, data_pupils) for axis in (0, 1)))
+    result = SweepResult(following, float(np.mean(eyes)), float(np.mean(rest)), pupil_following, len(gazes), len(subjects))
     return result, first[0], first[1]
 
 

@@ -22,6 +22,7 @@ from gazegen.config import EvaluateConfig, to_dict
 from gazegen.data.sample import Sample
 from gazegen.metrics import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
 from gazegen.train.probes import ProbeReport, pearson
+from gazegen.train.pupils import PupilFollowing
 
 IMAGE_KEYS = ("ssim", "psnr", "lpips")
 GAZE_KEYS = ("gaze_error", "head_error", "gaze_error_vs_estimate", "head_error_vs_estimate")
@@ -284,11 +285,22 @@ def probes_markdown(p: ProbeReport) -> list[str]:
         f"r pitch {_num(f.pitch_corr, 2)}, r yaw {_num(f.yaw_corr, 2)}, mean error {f.error_deg:.2f}°. "
         f"Output change across the sweep (mean |I - mean I|, [0, 1] images): eyes {sw.change_eyes:.4f}, "
         f"rest of the face {sw.change_rest:.4f}: rest / eyes = {ratio} (a gaze-only change is near 0).", "",
+        *pupils_markdown(sw.pupils), "",
         f"Swap test ({sp.pairs} pairs): output change when the source image is swapped for another (another subject's when two or more are held out): eyes "
         f"{sp.source_eyes:.4f}, rest {sp.source_rest:.4f}; when the gaze is swapped: eyes {sp.gaze_eyes:.4f}, rest "
         f"{sp.gaze_rest:.4f}. The two source images differ by {sp.data_rest:.4f} outside the eyes. A model that reads "
         "its source changes the rest when the source changes; one that obeys its gaze changes the eyes when the gaze does.",
         "",
+    ]
+
+
+def pupils_markdown(p: PupilFollowing) -> list[str]:
+    direction = {None: "unknown", True: "the data's", False: "OPPOSITE to the data's"}[p.same_direction]
+    return [
+        "Pupils, read without the estimator (train/pupils.py: the darkness centroid of each eye region): "
+        f"r(pupil x, requested yaw) {_num(p.model_yaw, 2)} and r(pupil y, requested pitch) {_num(p.model_pitch, 2)}; "
+        f"on the subjects' own images from that camera {_num(p.data_yaw, 2)} and {_num(p.data_pitch, 2)}. "
+        f"The model moves the pupils in {direction} direction in yaw."
     ]
 
 
