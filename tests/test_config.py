@@ -2,7 +2,7 @@
 
 import pytest
 
-from gazegen.config import ConfigError, RenderConfig, SynthHeadsConfig, load_config, to_dict
+from gazegen.config import CONFIG_DIR, ConfigError, ModelConfig, RenderConfig, SynthHeadsConfig, load_config, to_dict
 
 
 def test_defaults_and_nested_override(tmp_path):
@@ -58,3 +58,17 @@ def test_string_override_and_to_dict():
     cfg = load_config(RenderConfig, None, ["white_background=true", "ray_end=4"])
     assert cfg.white_background is True and cfg.ray_end == 4.0
     assert to_dict(cfg)["ray_end"] == 4.0
+
+
+def test_a_resumed_checkpoint_takes_the_configs_ray_batching_but_keeps_its_architecture():
+    from dataclasses import replace
+
+    from gazegen.config.model import RENDER_RUNTIME, with_runtime_render
+
+    tiny = load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")
+    saved = replace(tiny, render=replace(tiny.render, chunk_rays=65536, empty_opacity=0.0, plane_channels=8))
+    today = replace(tiny, render=replace(tiny.render, chunk_rays=1024, empty_opacity=0.01))
+    merged = with_runtime_render(saved, today)
+    assert (merged.render.chunk_rays, merged.render.empty_opacity) == (1024, 0.01)
+    assert merged.render.plane_channels == 8 and merged.image_resolution == saved.image_resolution
+    assert set(RENDER_RUNTIME) == {"chunk_rays", "empty_opacity"}
