@@ -1,18 +1,24 @@
-"""Checkpoints of LiveGaze, and the importer of Live3D weights.
+"""One checkpoint format for every network gazegen saves (LiveGaze, the gaze estimator), and the
+importer of Live3D weights.
 
-A checkpoint is a directory:
+A checkpoint is a directory, in the spirit of diffusers' ``save_pretrained``:
 
-    config.json        {"format_version": 1, "class": "LiveGaze", "config": <ModelConfig as data>,
-                        "metadata": {...}}, sorted keys; ``metadata.normalisation`` is the normalised
-                        camera of the images the weights were fitted to (NormalisationConfig as
-                        data): synthesis frames its inputs and scales depth by it, and refuses a
-                        checkpoint without it
-    model.safetensors  every tensor of ``model.state_dict()`` under its LiveGaze name
+    config.json        {"format_version": N, "class": "<network class>", "config": <its config as data>,
+                        "metadata": {...}}, sorted keys; ``metadata.normalisation``, when present, is
+                        the normalised camera of the images the weights were fitted to
+                        (NormalisationConfig as data): synthesis frames its inputs and scales depth by
+                        it, and refuses a LiveGaze checkpoint without it
+    model.safetensors  every tensor of ``model.state_dict()`` under its own name
     train_state.pt     optional training state (optimiser, step, RNG states): plain containers of
                        tensors and Python scalars, read back with ``torch.load(weights_only=True)``
 
+A network class declares how it is rebuilt: ``config_class`` (a frozen config with ``from_dict``),
+``format_version`` (bumped when its state dict's layout changes) and ``cls(cfg)``; the header's
+``class`` is the class's name. Today: LiveGaze (format 1, ModelConfig) and GazeEstimator (format 2,
+EstimatorNetConfig). This module imports the networks, never the other way round.
+
 It is written into a temporary sibling directory and renamed into place, so a reader sees a
-whole checkpoint or none. ``load_checkpoint`` rebuilds the network from the checkpoint's own
+whole checkpoint or none. ``load_pretrained`` rebuilds the network from the checkpoint's own
 config.json and loads the weights strictly; anything missing, unreadable or inconsistent raises
 ``CheckpointError`` naming the file and the problem.
 
@@ -44,19 +50,20 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, to_dict
 from gazegen.models.livegaze import LiveGaze
 
-FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
-MODEL_CLASS = "LiveGaze"
+
+Network = TypeVar("Network", bound=nn.Module)  # a class with config_class, format_version, cls(cfg) and .cfg
 
 
 class CheckpointError(ValueError):
@@ -82,23 +89,24 @@ def _replace_directory(src: Path, dst: Path) -> None:
     shutil.rmtree(old)
 
 
-def save_checkpoint(
+def save_pretrained(
     directory: str | Path,
-    model: LiveGaze,
+    model: nn.Module,
     *,
-    train_state: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     normalisation: NormalisationConfig | None = None,
+    train_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (and optionally ``train_state`` and JSON-able ``metadata``) as a checkpoint directory;
-    ``normalisation`` (the camera of the images the weights fit) goes into ``metadata.normalisation``."""
+    """Write ``model`` (and optionally JSON-able ``metadata`` and a ``train_state``) as a checkpoint
+    directory, atomically; ``normalisation`` (the camera of the images the weights fit) goes into
+    ``metadata.normalisation``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         header = {
-            "format_version": FORMAT_VERSION,
-            "class": MODEL_CLASS,
+            "format_version": type(model).format_version,
+            "class": type(model).__name__,
             "config": to_dict(model.cfg),
             "metadata": (metadata or {}) | ({"normalisation": to_dict(normalisation)} if normalisation else {}),
         }
@@ -119,6 +127,15 @@ def save_checkpoint(
 # --------------------------------------------------------------------------- reading
 
 
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """A checkpoint's config.json, checked against the network class it should hold."""
+
+    path: Path  # the config.json it was read from
+    config: Any  # the network's config (an instance of its config_class), validated
+    metadata: dict[str, Any]  # whatever the writer recorded (run, metrics, normalisation, ...)
+
+
 def _require(path: Path) -> Path:
     if not path.parent.is_dir():
         raise CheckpointError(f"{path.parent}: checkpoint directory not found")
@@ -127,7 +144,9 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_header(directory: str | Path) -> tuple[Path, dict[str, Any]]:
+def read_header(directory: str | Path, cls: type[nn.Module]) -> CheckpointHeader:
+    """A checkpoint's config.json: its class must be ``cls``, its format version ``cls.format_version``;
+    the config is parsed with ``cls.config_class``."""
     path = _require(Path(directory) / CONFIG_FILE)
     try:
         header = json.loads(path.read_text())
@@ -135,42 +154,48 @@ def _read_header(directory: str | Path) -> tuple[Path, dict[str, Any]]:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(header).__name__}")
+    if header.get("class") != cls.__name__:
+        raise CheckpointError(f"{path}: class {header.get('class')!r} is not {cls.__name__!r}")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != cls.format_version:
         raise CheckpointError(
-            f"{path}: format_version {version!r} is not supported (this gazegen reads {FORMAT_VERSION})"
+            f"{path}: format_version {version!r} is not supported (this gazegen reads {cls.format_version})"
         )
-    if header.get("class") != MODEL_CLASS:
-        raise CheckpointError(f"{path}: class {header.get('class')!r} is not {MODEL_CLASS!r}")
     if not isinstance(header.get("config"), dict):
         raise CheckpointError(f"{path}: no 'config' object")
-    return path, header
+    metadata = header.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: metadata is {type(metadata).__name__}, expected an object")
+    try:
+        config = cls.config_class.from_dict(header["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: config: {e}") from None
+    return CheckpointHeader(path, config, metadata)
 
 
 def read_model_config(directory: str | Path) -> ModelConfig:
-    """The ModelConfig stored in a checkpoint's config.json (its format version and class checked)."""
-    path, header = _read_header(directory)
-    try:
-        return ModelConfig.from_dict(header["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: config: {e}") from None
+    """The ModelConfig of a LiveGaze checkpoint (its class and format version checked)."""
+    return read_header(directory, LiveGaze).config
 
 
 def checkpoint_normalisation(directory: str | Path) -> NormalisationConfig | None:
-    """The ``metadata.normalisation`` a checkpoint records (validated), or None when it has none."""
-    path, header = _read_header(directory)
-    recorded = (header.get("metadata") or {}).get("normalisation")
+    """The ``metadata.normalisation`` a LiveGaze checkpoint records (validated), or None when it has none."""
+    header = read_header(directory, LiveGaze)
+    recorded = header.metadata.get("normalisation")
     if recorded is None:
         return None
     if not isinstance(recorded, dict):
-        raise CheckpointError(f"{path}: metadata.normalisation is {type(recorded).__name__}, expected an object")
+        raise CheckpointError(
+            f"{header.path}: metadata.normalisation is {type(recorded).__name__}, expected an object"
+        )
     try:
         return NormalisationConfig.from_dict(recorded)
     except ConfigError as e:
-        raise CheckpointError(f"{path}: metadata.normalisation: {e}") from None
+        raise CheckpointError(f"{header.path}: metadata.normalisation: {e}") from None
 
 
-def _describe_keys(keys: list[str], limit: int = 8) -> str:
+def describe_keys(keys: list[str], limit: int = 8) -> str:
+    """The first ``limit`` of ``keys`` and how many there are, for an error message."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
@@ -180,9 +205,9 @@ def _check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str,
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        raise CheckpointError(f"{path}: missing tensors for {what}: {_describe_keys(missing)}")
+        raise CheckpointError(f"{path}: missing tensors for {what}: {describe_keys(missing)}")
     if unexpected:
-        raise CheckpointError(f"{path}: tensors unknown to {what}: {_describe_keys(unexpected)}")
+        raise CheckpointError(f"{path}: tensors unknown to {what}: {describe_keys(unexpected)}")
     for key, tensor in sorted(state.items()):
         if tensor.shape != expected[key].shape:
             raise CheckpointError(
@@ -190,18 +215,23 @@ def _check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str,
             )
 
 
-def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> LiveGaze:
-    """Rebuild LiveGaze from a checkpoint's config.json and load its weights strictly (eval mode)."""
-    cfg = read_model_config(directory)
+def load_pretrained(directory: str | Path, cls: type[Network], *, device: str | torch.device = "cpu") -> Network:
+    """Rebuild ``cls`` from a checkpoint's config.json and load its weights strictly (eval mode)."""
+    cfg = read_header(directory, cls).config
     path = _require(Path(directory) / WEIGHTS_FILE)
     try:
         state = load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises SafetensorError (no common base) for every malformed file
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    model = LiveGaze(cfg)
+    model = cls(cfg)
     _check_state(path, state, model.state_dict(), "the model built from config.json")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> LiveGaze:
+    """A LiveGaze checkpoint, rebuilt and loaded (``load_pretrained`` of LiveGaze)."""
+    return load_pretrained(directory, LiveGaze, device=device)
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:
@@ -354,7 +384,7 @@ def load_live3d(path: str | Path, model: LiveGaze, *, strict: bool = True) -> Li
         raise CheckpointError(f"{path}: not a Live3DPortrait checkpoint: no {', '.join(absent)} (expected both)")
     found = translate_live3d(checkpoint)
     if found.unexpected and strict:
-        raise CheckpointError(f"{path}: keys with no place in LiveGaze: {_describe_keys(found.unexpected)}")
+        raise CheckpointError(f"{path}: keys with no place in LiveGaze: {describe_keys(found.unexpected)}")
     own = model.state_dict()
     for key, tensor in found.state.items():
         if key not in own:
@@ -368,7 +398,7 @@ def load_live3d(path: str | Path, model: LiveGaze, *, strict: bool = True) -> Li
     not_gaze = [k for k in missing if not k.startswith(GAZE_PREFIXES)]
     if not_gaze:
         gaze_only = "only the gaze modules may be missing"
-        raise CheckpointError(f"{path}: lacks weights for {_describe_keys(not_gaze)} ({gaze_only})")
+        raise CheckpointError(f"{path}: lacks weights for {describe_keys(not_gaze)} ({gaze_only})")
     model.load_state_dict(found.state, strict=False)
     return Live3DImport(
         loaded=tuple(sorted(found.state)),

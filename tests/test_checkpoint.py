@@ -17,7 +17,7 @@ from gazegen.checkpoint import (
     load_live3d,
     load_train_state,
     read_model_config,
-    save_checkpoint,
+    save_pretrained,
     translate_live3d,
 )
 from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, load_config
@@ -53,7 +53,7 @@ def saved(cfg, tmp_path):
     model = build(cfg)
     with torch.no_grad():
         model.gaze_fusion.proj_out.weight.normal_(0, 0.1)  # a trained-looking gaze branch
-    return model, save_checkpoint(tmp_path / "ckpt", model)
+    return model, save_pretrained(tmp_path / "ckpt", model)
 
 
 # --------------------------------------------------------------------------- save / load
@@ -65,7 +65,7 @@ def test_save_load_reproduces_outputs_exactly(cfg, tmp_path):
         model.gaze_fusion.proj_out.weight.normal_(0, 0.1)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train_state = {"step": 7, "optimizer": optimiser.state_dict(), "torch_rng": torch.get_rng_state()}
-    path = save_checkpoint(tmp_path / "ckpt", model, train_state=train_state, metadata={"epoch": 3})
+    path = save_pretrained(tmp_path / "ckpt", model, train_state=train_state, metadata={"epoch": 3})
     assert sorted(p.name for p in path.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE])
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary directory left behind
 
@@ -79,8 +79,8 @@ def test_save_load_reproduces_outputs_exactly(cfg, tmp_path):
 
 
 def test_save_replaces_an_existing_checkpoint(cfg, tmp_path):
-    path = save_checkpoint(tmp_path / "ckpt", build(cfg, seed=0))
-    save_checkpoint(path, build(cfg, seed=1))
+    path = save_pretrained(tmp_path / "ckpt", build(cfg, seed=0))
+    save_pretrained(path, build(cfg, seed=1))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
     assert torch.equal(load_checkpoint(path).decoder.net[0].weight, build(cfg, seed=1).decoder.net[0].weight)
     assert load_train_state(path) is None
@@ -341,10 +341,10 @@ def test_base_preset_has_live3d_shapes():
 
 def test_a_checkpoint_carries_its_normalisation(cfg, tmp_path):
     norm = NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=224)
-    path = save_checkpoint(tmp_path / "c", build(cfg), metadata={"step": 3}, normalisation=norm)
+    path = save_pretrained(tmp_path / "c", build(cfg), metadata={"step": 3}, normalisation=norm)
     assert checkpoint_normalisation(path) == norm
     assert json.loads((path / CONFIG_FILE).read_text())["metadata"]["step"] == 3
-    assert checkpoint_normalisation(save_checkpoint(tmp_path / "bare", build(cfg))) is None
+    assert checkpoint_normalisation(save_pretrained(tmp_path / "bare", build(cfg))) is None
     header = json.loads((path / CONFIG_FILE).read_text())
     header["metadata"]["normalisation"]["distance_mm"] = -1.0
     (path / CONFIG_FILE).write_text(json.dumps(header))
