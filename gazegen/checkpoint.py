@@ -41,6 +41,7 @@ layout by reading only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -232,6 +233,17 @@ def load_pretrained(directory: str | Path, cls: type[Network], *, device: str | 
 def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> LiveGaze:
     """A LiveGaze checkpoint, rebuilt and loaded (``load_pretrained`` of LiveGaze)."""
     return load_pretrained(directory, LiveGaze, device=device)
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """sha256 of config.json and model.safetensors: the identity of the model weights (train_state.pt
+    and any other file left out)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        with open(Path(directory) / name, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:
