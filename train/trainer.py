@@ -38,9 +38,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from gazegen.checkpoint import load_checkpoint, load_live3d, load_train_state, save_pretrained
+from gazegen.checkpoint import load_checkpoint, load_train_state, save_pretrained
 from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
+from gazegen.live3d import load_live3d
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
 from gazegen.train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
