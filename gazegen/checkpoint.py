@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, to_dict
+from gazegen.errors import GazegenError
 from gazegen.models.livegaze import LiveGaze
 
 CONFIG_FILE = "config.json"
@@ -48,7 +49,7 @@ TRAIN_STATE_FILE = "train_state.pt"
 Network = TypeVar("Network", bound=nn.Module)  # a class with config_class, format_version, cls(cfg) and .cfg
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GazegenError, ValueError):
     """A checkpoint file is missing, unreadable or does not fit; the message names the file."""
 
 

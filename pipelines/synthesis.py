@@ -80,6 +80,7 @@ from tqdm import tqdm
 from gazegen.checkpoint import CONFIG_FILE, CheckpointError, checkpoint_hash, checkpoint_normalisation, read_model_config
 from gazegen.config import ModelConfig, NormalisationConfig, SynthConfig, load_config
 from gazegen.data.parquet import FORMAT_VERSION
+from gazegen.errors import GazegenError
 from gazegen.pipelines.grid import GridSpec, rows_per_source
 from gazegen.pipelines.inputs import DecodeSettings, SourceRecord, decode_batch, input_root, list_sources
 from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
@@ -95,7 +96,7 @@ MAX_INPUT_BLOCKS = 1000  # blocks made on the driver; beyond, blocks are split a
 ROW_INPUTS = tuple(c for c in ROW_COLUMNS if c not in ("row_id", "checkpoint_hash", "seed"))  # what the stages carry
 
 
-class IncompleteShardsError(RuntimeError):
+class IncompleteShardsError(GazegenError, RuntimeError):
     """Some shards could not be completed in this run; the same command resumes them."""
 
 

@@ -38,6 +38,7 @@ from gazegen import geometry
 from gazegen.config import DepthPriorConfig, ModelConfig, NormalisationConfig, resolve_preset
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import file_component
+from gazegen.errors import GazegenError
 
 if TYPE_CHECKING:
     from gazegen.models.livegaze import LiveGaze
@@ -49,7 +50,7 @@ TEACHER_CACHE = "depth_prior"  # folder of the teacher's cached depths inside a 
 MANIFEST = "manifest.json"
 
 
-class DepthPriorError(ValueError):
+class DepthPriorError(GazegenError, ValueError):
     """The depth prior cannot be read; the message names the file and what to change."""
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from gazegen.checkpoint import load_checkpoint, load_train_state, save_pretrained
 from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
+from gazegen.errors import GazegenError
 from gazegen.live3d import load_live3d
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
@@ -58,7 +59,7 @@ PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting"),
 FROZEN = {"gaze": (), "reconstruction": ("gaze",)}  # parts each stage leaves as they start
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GazegenError, RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
 
 
