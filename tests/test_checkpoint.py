@@ -1,6 +1,7 @@
 """Checkpoints (save -> load identity, clear errors), on the tiny preset; the Live3D importer: test_live3d.py."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,13 +14,17 @@ from gazegen.checkpoint import (
     CheckpointError,
     checkpoint_normalisation,
     load_checkpoint,
+    load_pretrained,
     load_train_state,
+    read_header,
     read_model_config,
     save_pretrained,
 )
-from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, load_config
+from gazegen.config import CONFIG_DIR, EstimatorNetConfig, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
+from gazegen.models.estimator import GazeEstimator
 from gazegen.models.livegaze import LiveGaze
+from gazegen.weights import SHIPPED_DIR
 
 TINY = CONFIG_DIR / "model" / "tiny.toml"
 
@@ -50,6 +55,83 @@ def saved(cfg, tmp_path):
     with torch.no_grad():
         model.gaze_fusion.proj_out.weight.normal_(0, 0.1)  # a trained-looking gaze branch
     return model, save_pretrained(tmp_path / "ckpt", model)
+
+
+# --------------------------------------------------------------------------- one format, every network
+
+
+ESTIMATOR = EstimatorNetConfig(resolution=32, width=8, blocks=(1, 1))
+
+
+def network(kind: str, cfg: ModelConfig) -> torch.nn.Module:
+    """A LiveGaze or a GazeEstimator with non-trivial weights (the estimator's heads start at zero)."""
+    torch.manual_seed(0)
+    model = build(cfg) if kind == "LiveGaze" else GazeEstimator(ESTIMATOR).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+@pytest.mark.parametrize("kind,version", [("LiveGaze", 1), ("GazeEstimator", 2)])
+def test_every_network_round_trips_through_one_format(cfg, tmp_path, kind, version):
+    model = network(kind, cfg)
+    path = save_pretrained(tmp_path / "ckpt", model, metadata={"note": kind})
+    header = json.loads((path / CONFIG_FILE).read_text())
+    assert (header["class"], header["format_version"], header["metadata"]) == (kind, version, {"note": kind})
+    cls = type(model)
+    loaded = load_pretrained(path, cls)
+    assert type(loaded) is cls and loaded.cfg == model.cfg and not loaded.training
+    assert read_header(path, cls).metadata == {"note": kind} and read_header(path, cls).config == model.cfg
+    own = model.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items()) and loaded.state_dict().keys() == own.keys()
+    other = GazeEstimator if cls is LiveGaze else LiveGaze
+    with pytest.raises(CheckpointError, match=rf"{path / CONFIG_FILE}: class '{kind}' is not '{other.__name__}'"):
+        load_pretrained(path, other)
+
+
+def _wrong_class(path):
+    header = json.loads((path / CONFIG_FILE).read_text())
+    (path / CONFIG_FILE).write_text(json.dumps(header | {"class": "Other"}))
+
+
+def _wrong_version(path):
+    header = json.loads((path / CONFIG_FILE).read_text())
+    (path / CONFIG_FILE).write_text(json.dumps(header | {"format_version": 99}))
+
+
+def _truncated_weights(path):
+    data = (path / WEIGHTS_FILE).read_bytes()
+    (path / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("kind", ["LiveGaze", "GazeEstimator"])
+@pytest.mark.parametrize(
+    "damage,name,needle",
+    [
+        (_wrong_class, CONFIG_FILE, r"class 'Other' is not"),
+        (_wrong_version, CONFIG_FILE, r"format_version 99 is not supported"),
+        (lambda p: (p / CONFIG_FILE).unlink(), CONFIG_FILE, r"missing"),
+        (lambda p: (p / WEIGHTS_FILE).unlink(), WEIGHTS_FILE, r"missing"),
+        (_truncated_weights, WEIGHTS_FILE, r"not a readable safetensors file"),
+    ],
+)
+def test_a_damaged_checkpoint_names_its_file(cfg, tmp_path, kind, damage, name, needle):
+    model = network(kind, cfg)
+    path = save_pretrained(tmp_path / "ckpt", model)
+    damage(path)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path / name))}: {needle}"):
+        load_pretrained(path, type(model))
+
+
+def test_the_shipped_demo_prior_loads():
+    """weights/demo-prior was written by an earlier gazegen (format 1): it must load unchanged."""
+    path = SHIPPED_DIR / "demo-prior"
+    header = json.loads((path / CONFIG_FILE).read_text())
+    assert (header["class"], header["format_version"]) == ("LiveGaze", 1)
+    model = load_checkpoint(path)
+    assert model.cfg == ModelConfig.from_dict(header["config"]) and model.cfg.image_resolution == 128
+    assert read_header(path, LiveGaze).metadata == header["metadata"]
 
 
 # --------------------------------------------------------------------------- save / load
