@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from gazegen.checkpoint import save_checkpoint
+from gazegen.checkpoint import save_pretrained
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
@@ -206,7 +206,7 @@ def main() -> int:
           f"the bomb is {(corpus / 'decompression_bomb.png').stat().st_size / 1024:.0f} KiB for {BOMB_SIDE}x{BOMB_SIDE} px "
           f"({3 * BOMB_SIDE**2 / 1e9:.2f} GB as RGB)")  # fmt: skip
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(work / "checkpoint", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")),
+    checkpoint = save_pretrained(work / "checkpoint", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")),
                                  normalisation=PUBLISHED_NORMALISATIONS["livegaze512"])  # fmt: skip
     command = [sys.executable, "-c", "import sys; from gazegen.cli import app; sys.argv[0] = 'gazegen'; app()", "synthesize",
                str(checkpoint), str(corpus), str(work / "out"), "--grid", "view", "--view-yaw", "0:0:1", "--overwrite",

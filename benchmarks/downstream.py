@@ -45,13 +45,13 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: train/ and pipelines/ are top-level packages
 
-from gazegen.checkpoint import read_model_config  # noqa: E402
+from gazegen.checkpoint import CONFIG_FILE, load_pretrained, read_model_config  # noqa: E402
 from gazegen.config import CONFIG_DIR, EstimatorConfig, ExportConfig, SynthHeadsConfig, load_config  # noqa: E402
 from gazegen.data.export import export_run  # noqa: E402
 from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.store import SPLIT_FILE  # noqa: E402
 from gazegen.geometry import angular_error  # noqa: E402
-from gazegen.models.estimator import GazeEstimator, load_estimator  # noqa: E402
+from gazegen.models.estimator import GazeEstimator  # noqa: E402
 from gazegen.pipelines.manifest import RunMismatchError  # noqa: E402
 from gazegen.pipelines.synthesis import run_synthesis  # noqa: E402
 from gazegen.train.estimator import open_gaze_data, predict, store_files, train_estimator  # noqa: E402
@@ -86,7 +86,7 @@ def parse() -> argparse.Namespace:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    if (path / "config.json").is_file():
+    if (path / CONFIG_FILE).is_file():
         return path
     newest = latest_checkpoint(path)
     if newest is None:
@@ -239,7 +239,7 @@ def main() -> None:
     for key in CONDITIONS:
         log.info("training %s on %s (%d steps)", NAMES[key], stores[key], cfg.steps)
         trained = train_estimator(stores[key], args.out / f"estimator_{key}", cfg, device=args.device)
-        model = load_estimator(trained.checkpoint, device=args.device)
+        model = load_pretrained(trained.checkpoint, GazeEstimator, device=args.device)
         results[key] = summarise(errors(model, stores[key], "test", args.device))
         results[key]["train_images"] = len(open_gaze_data(stores[key], split="train"))
         results[key]["train_seconds"] = trained.seconds

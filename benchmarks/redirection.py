@@ -43,11 +43,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: train/ is a top-level package of the repo
 
-from gazegen.checkpoint import load_checkpoint  # noqa: E402
+from gazegen.checkpoint import CONFIG_FILE, load_checkpoint, load_pretrained, read_header  # noqa: E402
 from gazegen.config import EstimatorConfig, EvaluateConfig, ModelConfig, SynthHeadsConfig, load_config  # noqa: E402
 from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.xgaze import open_subject  # noqa: E402
-from gazegen.models.estimator import load_estimator, read_estimator_header  # noqa: E402
+from gazegen.models.estimator import GazeEstimator  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
 from gazegen.train.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
 from gazegen.train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
@@ -87,7 +87,7 @@ def ensure_store(path: Path) -> Path:
 
 def ensure_estimator(args: argparse.Namespace, resolution: int) -> Path:
     path = args.estimator or args.out / "estimator"
-    if (path / "config.json").is_file():  # the folder appears by a rename once complete: a finished estimator
+    if (path / CONFIG_FILE).is_file():  # the folder appears by a rename once complete: a finished estimator
         log.info("using the estimator already trained at %s", path)
         return path
     heads = SynthHeadsConfig(subjects=args.estimator_subjects, test_subjects=0, resolution=resolution, gazes=8,
@@ -113,11 +113,11 @@ def main() -> None:
     with open_subject(store_files(store, "test")[0]) as reader:
         resolution = reader.resolution
     estimator_path = ensure_estimator(args, resolution)
-    estimator = load_estimator(estimator_path, device=args.device)
+    estimator = load_pretrained(estimator_path, GazeEstimator, device=args.device)
     check_store_camera(store, "test", estimator.cfg)
-    meta = read_estimator_header(estimator_path).get("metadata", {})
+    meta = read_header(estimator_path, GazeEstimator).metadata
     if args.checkpoint is not None:
-        if not (args.checkpoint / "config.json").is_file():  # a training run: its newest checkpoint
+        if not (args.checkpoint / CONFIG_FILE).is_file():  # a training run: its newest checkpoint
             newest = latest_checkpoint(args.checkpoint)
             if newest is None:
                 raise SystemExit(f"{args.checkpoint}: neither a checkpoint nor a training run with checkpoints")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from gazegen import geometry
-from gazegen.checkpoint import load_checkpoint, save_checkpoint
+from gazegen.checkpoint import load_checkpoint, save_pretrained
 from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config
 from gazegen.models.livegaze import LiveGaze
 from gazegen.pipelines.grid import plan_source
@@ -156,7 +156,7 @@ def measure(args: argparse.Namespace, work: Path, threads: int) -> dict:
     checkpoint = args.checkpoint
     if checkpoint is None:
         torch.manual_seed(0)
-        checkpoint = save_checkpoint(work / "checkpoint", LiveGaze(load_config(ModelConfig, args.preset)),
+        checkpoint = save_pretrained(work / "checkpoint", LiveGaze(load_config(ModelConfig, args.preset)),
                                      normalisation=PUBLISHED_NORMALISATIONS["livegaze512"])
     side = load_checkpoint(checkpoint).cfg.image_resolution
     inputs = args.inputs or make_inputs(work / "inputs", args.sources, side)

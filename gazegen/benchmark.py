@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gazegen.config import ModelConfig, NormalisationConfig, load_config
+from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
 from gazegen.models.livegaze import LiveGaze
 
@@ -194,7 +194,7 @@ def bench_model(
 ) -> dict[str, Any]:
     """Measure a preset's network on ``device``; returns plain data (JSON-able), see the module docstring."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     dev = torch.device(device)
     cfg = load_config(ModelConfig, preset_path)
     torch.manual_seed(seed)

@@ -7,10 +7,14 @@ and it imports them (and torch-heavy modules) inside each command so `--help` st
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from gazegen.errors import GazegenError
 
 app = typer.Typer(help="gazegen: LiveGaze gaze redirection and labelled gaze data.", no_args_is_help=True)
 data_app = typer.Typer(help="Make, convert and inspect training stores.", no_args_is_help=True)
@@ -19,9 +23,23 @@ app.add_typer(data_app, name="data")
 SetOption = typer.Option(None, "--set", help="Override a config key: --set key.sub=value (repeatable).")
 
 
+# What a command reports as one line (exit code 2): gazegen's own user errors, and a path that does
+# not exist. Anything else (a RuntimeError from torch, a bug) keeps its traceback.
+USER_ERRORS = (GazegenError, FileNotFoundError)
+
+
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn a user error raised inside the block into ``error: <message>`` on stderr and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        _fail(str(e))
 
 
 @app.callback()
@@ -41,15 +59,13 @@ def synth_heads(
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Procedural multi-view gaze heads with exact labels, in the ETH-XGaze h5 layout."""
-    from gazegen.config import ConfigError, SynthHeadsConfig, load_config
+    from gazegen.config import SynthHeadsConfig, load_config
     from gazegen.data.heads import synthesize_store
 
     flags = {"subjects": subjects, "resolution": resolution, "rig.views": views, "gazes": gazes, "seed": seed}
     sets = [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)]
-    try:
+    with _reported():
         cfg = load_config(SynthHeadsConfig, config, sets)
-    except ConfigError as e:
-        _fail(str(e))
     synthesize_store(out, cfg)
     typer.echo(f"wrote {out}")
 
@@ -62,12 +78,9 @@ def prepare(
 ) -> None:
     """Convert published ETH-XGaze or GazeNeRF h5 files (or MPIIFaceGaze, normalised) into a training store."""
     from gazegen.data.prepare import prepare_store
-    from gazegen.data.xgaze import DataError
 
-    try:
+    with _reported():
         report = prepare_store(src, out, resolution=resolution)
-    except DataError as e:
-        _fail(str(e))
     typer.echo(report.summary())
 
 
@@ -78,12 +91,9 @@ def inspect(
 ) -> None:
     """Print subjects, frames, label ranges and problems; optionally write a contact sheet."""
     from gazegen.data.inspect import inspect_store, write_contact_sheet
-    from gazegen.data.xgaze import DataError
 
-    try:
+    with _reported():
         report = inspect_store(path)
-    except DataError as e:
-        _fail(str(e))
     typer.echo(report.summary())
     if sheet is not None:
         write_contact_sheet(path, sheet)
@@ -103,14 +113,11 @@ def sheet(
     """Contact sheet of synthesised Parquet rows (gaze labels drawn as arrows) and the label histograms."""
     from gazegen.data.inspect import write_shard_sheet
     from gazegen.data.label_plots import write_label_histograms
-    from gazegen.data.xgaze import DataError
 
     histograms = histograms or out.with_name(f"{out.stem}_labels.png")
-    try:
+    with _reported():
         write_shard_sheet(shards, out, rows=rows, columns=columns)
         write_label_histograms(shards, histograms)
-    except (DataError, FileNotFoundError) as e:
-        _fail(str(e))
     typer.echo(f"contact sheet: {out}")
     typer.echo(f"label histograms (gaze, head pose, views): {histograms}")
 
@@ -129,17 +136,14 @@ def export(
     """Write synthesised shards where gaze trainers read them: ETH-XGaze h5 files or a GazeHub folder."""
     import json
 
-    from gazegen.config import ConfigError, ExportConfig, load_config
+    from gazegen.config import ExportConfig, load_config
     from gazegen.data.export import export_run
-    from gazegen.data.xgaze import DataError
 
     flags = {"format": format, "resolution": resolution, "image_format": image_format, "identity": identity}
     sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + ([f"test={json.dumps(list(test))}"] if test else [])
-    try:
+    with _reported():
         cfg = load_config(ExportConfig, None, sets)
         result = export_run(out, dest, cfg, overwrite=overwrite)
-    except (ConfigError, DataError) as e:
-        _fail(str(e))
     typer.echo(result.summary())
 
 
@@ -166,12 +170,9 @@ def bench(
     import json
 
     from gazegen.benchmark import bench_model
-    from gazegen.config import ConfigError
 
-    try:
+    with _reported():
         result = bench_model(preset, device, batch, compile=compile, dtype=dtype, repeats=repeats, warmup=3 if compile else 1)
-    except (ConfigError, ValueError) as e:
-        _fail(str(e))
     text = json.dumps(result, indent=2)
     typer.echo(text)
     if out is not None:
@@ -202,10 +203,7 @@ def synthesize(
     """Render every input face under a grid of gazes and views into Parquet shards (Ray)."""
     import sys
 
-    from gazegen.checkpoint import CheckpointError
-    from gazegen.config import ConfigError
-    from gazegen.pipelines.manifest import RunMismatchError
-    from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
+    from gazegen.pipelines.synthesis import run_synthesis
 
     try:
         result = run_synthesis(
@@ -214,7 +212,7 @@ def synthesize(
             rows_per_shard=rows_per_shard, crop=crop, config=config, overrides=overrides or (),
             overwrite=overwrite, command=sys.argv,
         )
-    except (RunMismatchError, IncompleteShardsError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (*USER_ERRORS, ValueError) as e:  # ValueError: the grid's and the inputs' own checks raise it plainly
         _fail(str(e))
     except Exception as e:  # anything else (a Ray failure): its type and first line; the traceback with -v
         logging.getLogger("gazegen.synthesize").debug("synthesis failed", exc_info=True)
@@ -237,16 +235,12 @@ def estimator_train(
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Train the compact gaze + head-pose CNN."""
-    from gazegen.checkpoint import CheckpointError
-    from gazegen.config import ConfigError, EstimatorConfig, load_config
-    from gazegen.data.xgaze import DataError
+    from gazegen.config import EstimatorConfig, load_config
     from gazegen.train.estimator import train_estimator
 
-    try:
+    with _reported():
         cfg = load_config(EstimatorConfig, config, overrides or [])
         result = train_estimator(data, out, cfg, eval_data=eval_data, device=device)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
-        _fail(str(e))
     typer.echo(f"estimator: {result.checkpoint} ({result.steps} steps, {result.seconds:.0f} s)")
     typer.echo("train: " + result.train_eval.summary())
     if result.test_eval is not None:
@@ -267,14 +261,10 @@ def estimator_eval(
     import dataclasses
     import json
 
-    from gazegen.checkpoint import CheckpointError
-    from gazegen.data.xgaze import DataError
     from gazegen.train.estimator import evaluate_estimator
 
-    try:
+    with _reported():
         result = evaluate_estimator(checkpoint, data, split=split, batch_size=batch_size, max_images=max_images, device=device)
-    except (DataError, CheckpointError, FileNotFoundError) as e:
-        _fail(str(e))
     typer.echo(result.summary())
     if out is not None:
         out.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
@@ -291,19 +281,13 @@ def evaluate(
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """The paper's Table 1 protocol: per test subject, redirect the input group to the target group."""
-    from gazegen.checkpoint import CheckpointError
-    from gazegen.config import ConfigError, EvaluateConfig, load_config
-    from gazegen.data.xgaze import DataError
-    from gazegen.weights import MissingWeightsError
+    from gazegen.config import EvaluateConfig, load_config
     from gazegen.train.evaluate import evaluate as run_evaluation
     from gazegen.train.report import table1
-    from gazegen.train.trainer import TrainingError
 
-    try:
+    with _reported():
         cfg = load_config(EvaluateConfig, config, overrides or [])
         report = run_evaluation(checkpoint, data, out, cfg, estimator=estimator, device=device)
-    except (ConfigError, DataError, CheckpointError, TrainingError, MissingWeightsError, FileNotFoundError) as e:
-        _fail(str(e))
     typer.echo("\n".join(table1(report)))
     typer.echo(f"report: {out / 'report.md'}  sheet: {out / 'sheet.png'}")
 
@@ -321,14 +305,10 @@ def train(
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Train LiveGaze (paper section 3.4) on a training store."""
-    from gazegen.checkpoint import CheckpointError
-    from gazegen.config import ConfigError, TrainConfig, load_config
-    from gazegen.data.xgaze import DataError
-    from gazegen.weights import MissingWeightsError
-    from gazegen.train.depth_prior import DepthPriorError
-    from gazegen.train.trainer import TrainingError, run_training
+    from gazegen.config import TrainConfig, load_config
+    from gazegen.train.trainer import run_training
 
-    try:
+    with _reported():
         cfg = load_config(TrainConfig, config, overrides or [])
         if workers > 1:
             from gazegen.train.distributed import run_distributed
@@ -336,8 +316,6 @@ def train(
             result = run_distributed(cfg, data, out, max_steps, resume, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
         else:
             result = run_training(cfg, data, out, max_steps, resume)
-    except (ConfigError, DataError, CheckpointError, TrainingError, DepthPriorError, MissingWeightsError, FileNotFoundError) as e:
-        _fail(str(e))
     typer.echo(f"{result.status} at step {result.step}: {result.checkpoint}")
     if result.metrics:
         typer.echo("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items())))
@@ -353,19 +331,12 @@ def finetune(
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Personalised fine-tuning on each subject's input group (GazeNeRF protocol)."""
-    from gazegen.checkpoint import CheckpointError
-    from gazegen.config import ConfigError, FinetuneConfig, load_config
-    from gazegen.data.xgaze import DataError
-    from gazegen.weights import MissingWeightsError
-    from gazegen.train.depth_prior import DepthPriorError
+    from gazegen.config import FinetuneConfig, load_config
     from gazegen.train.finetune import run_finetune
-    from gazegen.train.trainer import TrainingError
 
     sets = [*(overrides or []), *([f"epochs={epochs}"] if epochs is not None else [])]
-    try:
+    with _reported():
         cfg = load_config(FinetuneConfig, None, sets)
         results = run_finetune(checkpoint, data, out, subject or None, cfg)
-    except (ConfigError, DataError, CheckpointError, TrainingError, DepthPriorError, MissingWeightsError, FileNotFoundError) as e:
-        _fail(str(e))
     for r in results:
         typer.echo(f"{r.subject}: {r.checkpoint}  before {r.before}  after {r.after}")

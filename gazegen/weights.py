@@ -31,14 +31,16 @@ from pathlib import Path
 
 import torch
 
+from gazegen.errors import GazegenError
+
 ENV_VAR = "GAZEGEN_WEIGHTS"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(GazegenError, FileNotFoundError):
     """A pretrained weight file is not on this machine; the message says what and where."""
 
 
-class WeightsChecksumError(ValueError):
+class WeightsChecksumError(GazegenError, ValueError):
     """A weight file was found but its size or sha256 is not the published one."""
 
     def __init__(self, message: str, what: str):

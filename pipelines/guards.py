@@ -33,13 +33,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gazegen.errors import GazegenError
+
 T = TypeVar("T")
 PILLOW_MAX_PIXELS = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow refuses larger headers itself
 MIN_IMAGE_SIDE = 32  # pixels; a smaller image cannot hold a face worth rendering (a 1 x 1 PNG, an icon)
 BYTES_PER_PIXEL = 8  # a file larger than 8 bytes per allowed pixel (16-bit RGBA, uncompressed) is refused unread
 
 
-class InputError(ValueError):
+class InputError(GazegenError, ValueError):
     """An input that cannot be used; the message is the reason in the errors table."""
 
 

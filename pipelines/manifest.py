@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from gazegen.data.label_plots import figure_png, label_figure, read_labels
 from gazegen.data.parquet import SHARD_GLOB
+from gazegen.errors import GazegenError
 from gazegen.pipelines.card import CARD_NAME, HISTOGRAMS_NAME, dataset_card
 from gazegen.pipelines.schema import ERRORS_SCHEMA, GAZEGEN_METADATA
 from gazegen.pipelines.shards import (
@@ -50,11 +51,11 @@ MANIFEST_FORMAT = "gazegen-synthesis-manifest"
 VERSIONED = ("gazegen", "torch", "pyarrow", "numpy", "opencv-python-headless", "ray", "datasets")
 
 
-class RunMismatchError(RuntimeError):
+class RunMismatchError(GazegenError, RuntimeError):
     """OUT holds another run (or foreign files); the message says what differs and what to do."""
 
 
-class IncompleteRunError(RuntimeError):
+class IncompleteRunError(GazegenError, RuntimeError):
     """``finalize`` found planned shards that are not complete."""
 
 

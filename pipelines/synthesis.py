@@ -63,7 +63,6 @@ OUT is written by the driver only (a local path or any pyarrow filesystem URI).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -78,9 +77,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, checkpoint_normalisation, read_model_config
+from gazegen.checkpoint import CONFIG_FILE, CheckpointError, checkpoint_hash, checkpoint_normalisation, read_model_config
 from gazegen.config import ModelConfig, NormalisationConfig, SynthConfig, load_config
 from gazegen.data.parquet import FORMAT_VERSION
+from gazegen.errors import GazegenError
 from gazegen.pipelines.grid import GridSpec, rows_per_source
 from gazegen.pipelines.inputs import DecodeSettings, SourceRecord, decode_batch, input_root, list_sources
 from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
@@ -96,7 +96,7 @@ MAX_INPUT_BLOCKS = 1000  # blocks made on the driver; beyond, blocks are split a
 ROW_INPUTS = tuple(c for c in ROW_COLUMNS if c not in ("row_id", "checkpoint_hash", "seed"))  # what the stages carry
 
 
-class IncompleteShardsError(RuntimeError):
+class IncompleteShardsError(GazegenError, RuntimeError):
     """Some shards could not be completed in this run; the same command resumes them."""
 
 
@@ -151,16 +151,6 @@ def load_synth_config(config: str | Path | None = None, overrides: Sequence[str]
     (checked like the file's keys: types and ranges)."""
     given = [f"{k}={json.dumps(v)}" for k, v in options.items() if v is not None]  # JSON scalars are TOML
     return load_config(SynthConfig, config, [*overrides, *given])
-
-
-def checkpoint_hash(checkpoint: str | Path) -> str:
-    """sha256 of config.json and model.safetensors: the identity of the model weights."""
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        with open(Path(checkpoint) / name, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_normalisation(cfg: SynthConfig, checkpoint: str | Path, model: ModelConfig) -> NormalisationConfig:

@@ -6,9 +6,24 @@ import sys
 import cv2
 import h5py
 import numpy as np
+import pytest
+import typer
 from typer.testing import CliRunner
 
-from gazegen.cli import app
+from gazegen.checkpoint import CheckpointError
+from gazegen.cli import _reported, app
+from gazegen.config import ConfigError
+from gazegen.data.export import ExportError
+from gazegen.data.faces import ImageReadError
+from gazegen.data.normalise import NormalisationError
+from gazegen.data.xgaze import DataError
+from gazegen.errors import GazegenError
+from gazegen.pipelines.guards import InputError
+from gazegen.pipelines.manifest import IncompleteRunError, RunMismatchError
+from gazegen.pipelines.synthesis import IncompleteShardsError
+from gazegen.train.depth_prior import DepthPriorError
+from gazegen.train.trainer import TrainingError
+from gazegen.weights import MissingWeightsError, WeightsChecksumError
 
 runner = CliRunner()
 
@@ -45,3 +60,35 @@ def test_inspect_of_an_empty_folder_names_it(tmp_path):
     result = runner.invoke(app, ["data", "inspect", str(tmp_path)])
     assert result.exit_code != 0
     assert str(tmp_path) in result.output
+
+
+# Every error the commands report as one line, with the builtin base existing callers catch it by.
+USER_ERRORS = {
+    ConfigError: ValueError, DataError: ValueError, ExportError: ValueError, CheckpointError: ValueError,
+    ImageReadError: ValueError, NormalisationError: ValueError, InputError: ValueError, DepthPriorError: ValueError,
+    WeightsChecksumError: ValueError, MissingWeightsError: FileNotFoundError, TrainingError: RuntimeError,
+    RunMismatchError: RuntimeError, IncompleteRunError: RuntimeError, IncompleteShardsError: RuntimeError,
+}
+
+
+@pytest.mark.parametrize("error,builtin", USER_ERRORS.items(), ids=lambda c: c.__name__)
+def test_every_reported_error_is_a_gazegen_error(error, builtin):
+    assert issubclass(error, GazegenError) and issubclass(error, builtin)
+
+
+def test_a_bug_is_not_reported_as_a_user_error():
+    with pytest.raises(typer.Exit) as exit_info:
+        with _reported():
+            raise CheckpointError("ckpt/config.json: missing")
+    assert exit_info.value.exit_code == 2
+    with pytest.raises(RuntimeError, match="a bug"):  # e.g. from torch: its traceback is kept
+        with _reported():
+            raise RuntimeError("a bug")
+
+
+def test_a_bad_checkpoint_file_fails_with_the_file_named(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text('{"format_version": 2,')
+    result = runner.invoke(app, ["estimator", "eval", str(tmp_path / "ckpt"), str(tmp_path / "data")])
+    assert result.exit_code == 2
+    assert f"error: {tmp_path / 'ckpt' / 'config.json'}: not valid JSON" in result.output

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from gazegen.checkpoint import CheckpointError
+from gazegen.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from gazegen.config import (PUBLISHED_NORMALISATIONS, EstimatorConfig, EstimatorNetConfig, EyePatchConfig, RigConfig,
                             SynthHeadsConfig, load_config)
 from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector
-from gazegen.models.estimator import GazeEstimator, load_estimator, save_estimator
+from gazegen.models.estimator import GazeEstimator
 from gazegen.pipelines import schema
 from gazegen.pipelines.shards import ShardWriter, plan_shards
 from gazegen.train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
@@ -101,8 +101,8 @@ def test_checkpoint_round_trip(store, tmp_path):
     for p in model.parameters():  # non-trivial weights (the head starts at zero)
         p.data.normal_(0, 0.1)
     model.eval()
-    save_estimator(tmp_path / "ckpt", model, metadata={"note": "test"})
-    loaded = load_estimator(tmp_path / "ckpt")
+    save_pretrained(tmp_path / "ckpt", model, metadata={"note": "test"})
+    loaded = load_pretrained(tmp_path / "ckpt", GazeEstimator)
     assert loaded.cfg == NET_EYES and not loaded.training
     x = torch.rand(3, 3, 48, 48) * 2 - 1  # resized to 32 inside
     a, b = model(x), loaded(x)
@@ -116,7 +116,7 @@ def test_checkpoint_round_trip(store, tmp_path):
     header["class"] = "LiveGaze"
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match="GazeEstimator"):
-        load_estimator(tmp_path / "ckpt")
+        load_pretrained(tmp_path / "ckpt", GazeEstimator)
 
 
 def test_eye_patches_are_placed_by_a_detached_head_pose():

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from gazegen import geometry
-from gazegen.checkpoint import save_checkpoint
+from gazegen.checkpoint import save_pretrained
 from gazegen.config import (
     EstimatorNetConfig, EvaluateConfig, ModelConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, load_config,
 )
 from gazegen.data.heads import synthesize_store
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter, write_split
-from gazegen.models.estimator import GazeEstimate, GazeEstimator, save_estimator
+from gazegen.models.estimator import GazeEstimate, GazeEstimator
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train.evaluate import (
     CONSTANT, CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, evaluate, pair_rows, run_evaluation,
@@ -211,8 +211,8 @@ def test_evaluate_writes_the_report(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     heads = SynthHeadsConfig(subjects=3, test_subjects=2, resolution=32, gazes=3, seed=5, rig=RigConfig(views=4))
     store = synthesize_store(tmp_path / "heads", heads, workers=1)
-    save_checkpoint(tmp_path / "model", tiny_model)
-    save_estimator(tmp_path / "estimator", GazeEstimator(EstimatorNetConfig(resolution=32, width=8, blocks=(1, 1))))
+    save_pretrained(tmp_path / "model", tiny_model)
+    save_pretrained(tmp_path / "estimator", GazeEstimator(EstimatorNetConfig(resolution=32, width=8, blocks=(1, 1))))
     out = tmp_path / "report"
     report = evaluate(tmp_path / "model", store, out, EvaluateConfig(group_size=6, max_pairs=4, batch_size=2),
                       estimator=tmp_path / "estimator")

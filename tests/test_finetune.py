@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gazegen.checkpoint import CheckpointError, checkpoint_normalisation, load_checkpoint, load_train_state, save_checkpoint
+from gazegen.checkpoint import CheckpointError, checkpoint_normalisation, load_checkpoint, load_train_state, save_pretrained
 from gazegen.config import FinetuneConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
 from gazegen.data.parquet import decode_depth_png
@@ -97,7 +97,7 @@ def test_the_trained_normalisation_frames_the_inputs_and_scales_the_depth_of_syn
         depth = F.interpolate(out.depth, size=(64, 64), mode="bilinear", align_corners=False)[0, 0].double().numpy()
         expected = depth * 680.0 / norm.radius  # millimetres of the 680 mm camera (950 mm would read 1.40x deeper)
         np.testing.assert_allclose(decode_depth_png(records["depth"][i]), expected, atol=0.06)
-    bare = save_checkpoint(tmp_path / "bare", model)  # no normalisation recorded
+    bare = save_pretrained(tmp_path / "bare", model)  # no normalisation recorded
     with pytest.raises(CheckpointError, match="records no normalisation.*--set normalisation.distance_mm"):
         plan_run(bare, subject, cfg)
     again = plan_run(bare, subject, load_synth_config(None, ["normalisation.distance_mm=680.0", "normalisation.resolution=512"]))

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gazegen.checkpoint import save_checkpoint
+from gazegen.checkpoint import save_pretrained
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
@@ -107,7 +107,7 @@ def inputs(tmp_path_factory) -> Path:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, normalisation=NORM)
+    return save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny", model, normalisation=NORM)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_the_command_exits_0_when_it_succeeds_and_non_zero_with_one_line_when_no
     own = cli("synthesize", str(checkpoint), str(inputs), str(tmp_path / "own"), *grid, "--set", "cpu_threads=1")  # its own local Ray
     assert own.returncode == 0, own.stderr[-3000:]
     assert read_rows(tmp_path / "own").equals(read_rows(tmp_path / "joined"))
-    bare = save_checkpoint(tmp_path / "bare", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")))
+    bare = save_pretrained(tmp_path / "bare", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")))
     refused = cli("synthesize", str(bare), str(inputs), str(tmp_path / "refused"), "--address", address)
     assert refused.returncode == 2 and refused.stdout == ""
     [line] = [x for x in refused.stderr.splitlines() if x.strip()]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gazegen import geometry
-from gazegen.checkpoint import load_checkpoint, save_checkpoint
+from gazegen.checkpoint import load_checkpoint, save_pretrained
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config
 from gazegen.data.parquet import decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
@@ -53,7 +53,7 @@ def noise_png(path: Path, seed: int, shape: tuple[int, int] = (64, 64)) -> None:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, normalisation=PUBLISHED_NORMALISATIONS["livegaze512"])
+    return save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny", model, normalisation=PUBLISHED_NORMALISATIONS["livegaze512"])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gazegen import geometry
-from gazegen.checkpoint import save_checkpoint
+from gazegen.checkpoint import save_pretrained
 from gazegen.config import (CONFIG_DIR, DepthPriorConfig, ModelConfig, NormalisationConfig, RigConfig, SynthHeadsConfig,
                             TrainDataConfig, load_config)
 from gazegen.data.heads import synthesize_store
@@ -203,7 +203,7 @@ def test_dataset_prior_converts_a_known_depth(tmp_path):
 def test_teacher_prior_is_the_teachers_depth_of_the_frontal_image_at_the_target_camera(store, tmp_path, monkeypatch):
     torch.manual_seed(0)
     teacher = LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")).eval()
-    save_checkpoint(tmp_path / "teacher", teacher)
+    save_pretrained(tmp_path / "teacher", teacher)
     subject = read_subject(store_split(store)["test"][0])
     cfg = DepthPriorConfig(kind="teacher", teacher=str(tmp_path / "teacher"), teacher_batch=3)
     cache = prepare_teacher_prior(cfg, [subject], tmp_path / "run")

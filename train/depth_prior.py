@@ -7,7 +7,7 @@ a function of (subject, target row).
 ``dataset``  the store's own ``depth`` of I_gt (exact for procedural heads: same frame = same gaze
              and identity, same camera).
 ``teacher``  a frozen network renders I_f at I_gt's camera (Live3D, as the paper, through
-             gazegen.checkpoint.load_live3d, or an earlier gazegen checkpoint). Each frame is
+             gazegen.live3d.load_live3d, or an earlier gazegen checkpoint). Each frame is
              encoded once and rendered at the cameras of its target rows; the depths are cached in
              the run folder in the ``files`` layout (``RUN/depth_prior/``), so each triplet's prior
              is computed once per run, and a resumed run reuses them.
@@ -38,6 +38,7 @@ from gazegen import geometry
 from gazegen.config import DepthPriorConfig, ModelConfig, NormalisationConfig, resolve_preset
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import file_component
+from gazegen.errors import GazegenError
 
 if TYPE_CHECKING:
     from gazegen.models.livegaze import LiveGaze
@@ -49,7 +50,7 @@ TEACHER_CACHE = "depth_prior"  # folder of the teacher's cached depths inside a 
 MANIFEST = "manifest.json"
 
 
-class DepthPriorError(ValueError):
+class DepthPriorError(GazegenError, ValueError):
     """The depth prior cannot be read; the message names the file and what to change."""
 
 
@@ -161,7 +162,8 @@ def teacher_path(cfg: DepthPriorConfig) -> Path:
 
 def load_teacher(cfg: DepthPriorConfig, device: torch.device | str = "cpu") -> LiveGaze:
     """The frozen teacher, in eval mode: a gazegen checkpoint (its own config) or Live3D weights in ``teacher_model``."""
-    from gazegen.checkpoint import load_checkpoint, load_live3d
+    from gazegen.checkpoint import load_checkpoint
+    from gazegen.live3d import load_live3d
     from gazegen.config import load_config
     from gazegen.models.livegaze import LiveGaze
 

@@ -34,12 +34,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gazegen.checkpoint import load_pretrained, save_pretrained
 from gazegen.config import EstimatorConfig, EstimatorNetConfig, to_dict
 from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error
-from gazegen.models.estimator import GazeEstimator, load_estimator, save_estimator
+from gazegen.models.estimator import GazeEstimator
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def evaluate_estimator(checkpoint: str | Path, data: str | Path, *, split: str =
 
     ``split`` applies to stores with a train_test_split.json; other sources are read whole.
     """
-    model = load_estimator(checkpoint, device=device)
+    model = load_pretrained(checkpoint, GazeEstimator, device=device)
     dataset = open_gaze_data(data, split=split, net=model.cfg)
     return error_report(predict(model, _batches(dataset, batch_size, 0), device, max_images), str(data))
 
@@ -331,6 +332,6 @@ def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, 
     metadata = {"data": str(data), "train": to_dict(cfg), "steps": cfg.steps, "seconds": round(seconds, 2),
                 "final_loss": running, "train_eval": asdict(train_eval),
                 "test_eval": asdict(test_eval) if test_eval else None}
-    out = save_estimator(out, model, metadata=metadata)
+    out = save_pretrained(out, model, metadata=metadata)
     (out / REPORT_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return EstimatorTrainResult(out, cfg.steps, seconds, running, train_eval, test_eval)

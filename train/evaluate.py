@@ -367,8 +367,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     ``estimator``: a reference-estimator checkpoint (train/estimator.py); without one the gaze and
     head errors are n/a. ``model`` replaces loading ``checkpoint`` (the path is still reported).
     """
-    from gazegen.checkpoint import load_checkpoint
-    from gazegen.models.estimator import load_estimator, read_estimator_header
+    from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
+    from gazegen.models.estimator import GazeEstimator
     from gazegen.train.estimator import check_store_camera
 
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
@@ -378,13 +378,13 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
                                     warmup=cfg.warmup)]
     if cfg.baselines:
         methods += [CopySource(), PerfectRender(model.cfg.render.neural_resolution), GroundTruthTarget()]
-    judge = load_estimator(estimator, device=device) if estimator is not None else None
+    judge = load_pretrained(estimator, GazeEstimator, device=device) if estimator is not None else None
     if judge is not None:  # an eye branch places its patches for one normalised camera: the store's must be it
         check_store_camera(data, cfg.split, judge.cfg)
     notes = [f"checkpoint: {checkpoint}", f"estimator: {estimator or 'none'}",
              "fine-tuning: " + (f"{cfg.finetune_epochs} epochs on each input group" if cfg.finetune else "none")]
     if estimator is not None:  # what the judge was trained on, and how good it is there: read the errors against it
-        meta = read_estimator_header(estimator).get("metadata", {})
+        meta = read_header(estimator, GazeEstimator).metadata
         held = meta.get("test_eval") or {}
         notes.append(f"the estimator was trained on {meta.get('data', 'unrecorded data')}"
                      + (f"; its own error on {held.get('data')}: gaze {held['gaze_error']:.2f} deg, head "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gazegen.checkpoint import load_checkpoint
+from gazegen.checkpoint import load_checkpoint, read_header
 from gazegen.config import FinetuneConfig, TrainConfig
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError, file_component
@@ -59,8 +58,7 @@ def finetune_config(checkpoint: Path | None, cfg: FinetuneConfig, train_cfg: Tra
     """The TrainConfig of a fine-tuning: the given one, else the checkpoint's run's, else defaults; then
     ``epochs`` from ``cfg``, no step limit, validation and a checkpoint at the end only."""
     if train_cfg is None and checkpoint is not None:
-        header = json.loads((Path(checkpoint) / "config.json").read_text())
-        stored = header.get("metadata", {}).get("train_config")
+        stored = read_header(checkpoint, LiveGaze).metadata.get("train_config")
         train_cfg = TrainConfig.from_dict(stored) if stored else None
     train_cfg = train_cfg or TrainConfig()
     return dataclasses.replace(train_cfg, epochs=cfg.epochs, max_steps=0, val_every=0, checkpoint_every=0,

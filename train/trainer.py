@@ -38,9 +38,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from gazegen.checkpoint import load_checkpoint, load_live3d, load_train_state, save_checkpoint
+from gazegen.checkpoint import load_checkpoint, load_train_state, save_pretrained
 from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
+from gazegen.errors import GazegenError
+from gazegen.live3d import load_live3d
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
 from gazegen.train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
@@ -57,7 +59,7 @@ PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting"),
 FROZEN = {"gaze": (), "reconstruction": ("gaze",)}  # parts each stage leaves as they start
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GazegenError, RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
 
 
@@ -334,7 +336,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
             state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
                      "world_size": context.world_size, "steps_per_epoch": steps_per_epoch}
             meta = {"step": at, "train_config": to_dict(cfg), "metrics": metrics, **(metadata or {})}
-            last_ckpt = save_checkpoint(run / CHECKPOINTS / f"step_{at:07d}", model, train_state=state, metadata=meta)
+            last_ckpt = save_pretrained(run / CHECKPOINTS / f"step_{at:07d}", model, train_state=state, metadata=meta)
             old = checkpoint_dirs(run)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints else []
             for path in old:
                 shutil.rmtree(path, ignore_errors=True)

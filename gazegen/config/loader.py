@@ -18,13 +18,15 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gazegen.errors import GazegenError
+
 # gazegen/config/loader.py -> the repository root's configs/
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(GazegenError, ValueError):
     """A config file or override is wrong; the message names the source and the key."""
 
 

@@ -50,7 +50,7 @@ class ModelConfig:
     Image side S -> E_h and E_l features at S/2 = the triplane side (`render.plane_resolution`);
     E_tri's output channels are 3 * `render.plane_channels` (read as the planes), or `lift_channels`
     lifted onto the planes through the source camera when `lift_samples` > 0. Live3D's layout (as reproduced by
-    Live3DPortrait) is described in gazegen/models/*.py and mapped in gazegen/checkpoint.py.
+    Live3DPortrait) is described in gazegen/models/*.py and mapped in gazegen/live3d.py.
     """
 
     image_resolution: int = bounded(512, 16, 2048)  # input side; a multiple of 16 (E_l reaches stride 16)

@@ -20,7 +20,7 @@ class SynthConfig:
     from it (`radius`, focal / resolution), depth is written in its millimetres (distance_mm /
     radius per world unit), photos are cropped to its framing and h5 patches taken with another
     camera are re-zoomed to it. Unset: the checkpoint's `metadata.normalisation` (training,
-    fine-tuning and `save_checkpoint(normalisation=...)` record it); a checkpoint without one is
+    fine-tuning and `save_pretrained(normalisation=...)` record it); a checkpoint without one is
     refused. Either way it is taken at the model's output resolution (`at_resolution`: the same
     camera) and recorded in the run manifest. Fields under "execution" do not change the rows and may differ
     between a run and its restart; all others are compared on restart.

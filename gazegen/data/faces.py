@@ -29,6 +29,7 @@ import numpy as np
 
 from gazegen.config import CropConfig
 from gazegen.data.normalise import NormalisationError, NormalisedFace, face_model, normalise_face, photo_camera_matrix
+from gazegen.errors import GazegenError
 
 Point = tuple[float, float]  # (x, y) pixels
 Box = tuple[float, float, float, float]  # x, y (top-left corner), width, height in pixels
@@ -42,7 +43,7 @@ BOX_RIGHT_EYE: Point = (0.27, 0.37)  # the subject's right eye: the image's left
 BOX_LEFT_EYE: Point = (0.73, 0.37)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(GazegenError, ValueError):
     """A file could not be read as an image; the message names the file and the problem."""
 
 

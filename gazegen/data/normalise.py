@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from gazegen.config import NormalisationConfig, PhotoCameraConfig
+from gazegen.errors import GazegenError
 from gazegen.geometry import pitchyaw_to_vector, rotation_to_head_pose, vector_to_pitchyaw
 
 # The generic face: the five MTCNN landmarks (gazegen/data/mtcnn.py LANDMARKS: the subject's
@@ -54,7 +55,7 @@ def face_model(eye_above_centre_mm: float) -> np.ndarray:
     return FACE_MODEL_MM - (eyes + [0.0, eye_above_centre_mm, 0.0])
 
 
-class NormalisationError(ValueError):
+class NormalisationError(GazegenError, ValueError):
     """The landmarks give no usable head pose (degenerate, behind the camera, or too far off)."""
 
 

@@ -64,6 +64,7 @@ from gazegen import geometry
 from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
 from gazegen.data.sample import Sample
 from gazegen.data.store import STORE_FORMAT
+from gazegen.errors import GazegenError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ REQUIRED = {
 ANGLE_KEYS = ("face_gaze", "face_head_pose", "pitchyaw_head")
 
 
-class DataError(ValueError):
+class DataError(GazegenError, ValueError):
     """A data file is unreadable or wrong; the message names the file, the key and the problem."""
 
 

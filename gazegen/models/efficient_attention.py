@@ -13,7 +13,7 @@ what makes attention over the 128^2 tokens of E_tri affordable. Attention runs t
 Parameter names follow ``segmentation_models_pytorch.encoders.mix_transformer`` (SegFormer's
 code, which Live3DPortrait imports): ``attn.q`` and ``attn.kv`` carry no bias, ``kv`` stacks the
 keys before the values, each head-major. One difference: the depthwise conv is ``mlp.dwconv``
-here, ``mlp.dwconv.dwconv`` there (checkpoint.py maps it).
+here, ``mlp.dwconv.dwconv`` there (live3d.py maps it).
 
 Tokens are row-major: token ``i * w + j`` is grid cell (row i, column j).
 """

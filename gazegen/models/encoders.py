@@ -8,7 +8,7 @@ DeepLabV3's ASPP head, then SegFormer transformer blocks at stride 16, then upsa
 back to stride 2; its features F_geo carry the face's geometry.
 
 Both map an image (B, C_in, H, W) to (B, C, H/2, W/2): the triplane's resolution. The layout
-follows Live3DPortrait (an open reproduction of Live3D; see checkpoint.py for the key mapping):
+follows Live3DPortrait (an open reproduction of Live3D; see gazegen/live3d.py for the key mapping):
 ``EncoderEhigh`` for E_h, and smp's ``DeepLabV3(encoder_name="resnet34", encoder_depth=3)``
 + ``EncoderF`` for E_l, built there with ``use_bn=False``: every BatchNorm replaced by identity
 and every conv given a bias. Two behaviours of that code are kept on purpose:

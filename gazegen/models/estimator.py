@@ -19,32 +19,21 @@ the frame of the store's ``face_gaze`` / ``face_head_pose`` and the shards' ``ga
 ``head_pose``. GroupNorm instead of BatchNorm: the estimator is trained with small batches and
 evaluated one redirected image at a time, and its output must not depend on the batch.
 
-A checkpoint is a directory like LiveGaze's (gazegen/checkpoint.py): ``config.json``
-(``{"format_version", "class": "GazeEstimator", "config": EstimatorNetConfig, "metadata"}``) and
-``model.safetensors``; written to a temporary sibling and renamed into place.
+Its checkpoints are gazegen's one format (gazegen/checkpoint.py: ``save_pretrained``,
+``load_pretrained(directory, GazeEstimator)``): ``config.json`` with class "GazeEstimator", format
+version 2 and an ``EstimatorNetConfig``, and ``model.safetensors``.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
-from gazegen.config import ConfigError, EstimatorNetConfig, to_dict
+from gazegen.config import EstimatorNetConfig
 from gazegen.models.eye_patches import eye_patches
-
-ESTIMATOR_CLASS = "GazeEstimator"
-ESTIMATOR_FORMAT_VERSION = 2  # 2: separate head-pose and gaze layers, optional eye branch
 
 
 @dataclass(frozen=True)
@@ -112,6 +101,9 @@ class GazeEstimator(nn.Module):
     pose is detached there: the crop positions are not trained through).
     """
 
+    config_class = EstimatorNetConfig  # a checkpoint rebuilds it as GazeEstimator(config) (gazegen/checkpoint.py)
+    format_version = 2  # of its checkpoints; 2: separate head-pose and gaze layers, optional eye branch
+
     def __init__(self, cfg: EstimatorNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -145,69 +137,3 @@ class GazeEstimator(nn.Module):
             features = torch.cat([face, eyes.flatten(1)], 1)  # (B, C + 2E)
         return GazeEstimate(gaze=self.gaze(features), head_pose=head_pose)
 
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_estimator(directory: str | Path, model: GazeEstimator, *, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as ``directory/config.json`` + ``model.safetensors`` (atomically replaced)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        header = {"format_version": ESTIMATOR_FORMAT_VERSION, "class": ESTIMATOR_CLASS, "config": to_dict(model.cfg),
-                  "metadata": metadata or {}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def read_estimator_header(directory: str | Path) -> dict[str, Any]:
-    """A checkpoint's config.json, its format version and class checked."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (an estimator checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        header = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(header, dict) or header.get("class") != ESTIMATOR_CLASS:
-        found = header.get("class") if isinstance(header, dict) else type(header).__name__
-        raise CheckpointError(f"{path}: class {found!r} is not {ESTIMATOR_CLASS!r}")
-    if header.get("format_version") != ESTIMATOR_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {header.get('format_version')!r} is not supported "
-                              f"(this gazegen reads {ESTIMATOR_FORMAT_VERSION})")
-    return header
-
-
-def load_estimator(directory: str | Path, *, device: str | torch.device = "cpu") -> GazeEstimator:
-    """Rebuild the estimator from its config.json and load its weights strictly (eval mode)."""
-    header = read_estimator_header(directory)
-    try:
-        cfg = EstimatorNetConfig.from_dict(header.get("config") or {})
-    except ConfigError as e:
-        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {e}") from None
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises SafetensorError, with no common base
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    model = GazeEstimator(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: does not fit the network of config.json ({e})") from None
-    return model.to(device).eval()

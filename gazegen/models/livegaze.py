@@ -70,6 +70,9 @@ def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int | None, ..
 class LiveGaze(nn.Module):
     """The LiveGaze network built from a ``ModelConfig``."""
 
+    config_class = ModelConfig  # a checkpoint rebuilds it as LiveGaze(config) (gazegen/checkpoint.py)
+    format_version = 1  # of its checkpoints' config.json and state-dict layout
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

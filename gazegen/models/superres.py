@@ -18,7 +18,7 @@ and every image, and StyleGAN2's noise inputs are off (``noise_mode='none'``).
 Parameter names follow EG3D's (``blocks.{i}.conv0.affine.weight`` is EG3D's
 ``block{i}.conv0.affine.weight``) with plain ``nn.Linear`` / tensors: EG3D's equalised-learning-
 rate gains (``1 / sqrt(fan_in)`` at run time in ``FullyConnectedLayer`` and ``ToRGBLayer``) are
-folded into the stored weights here, and checkpoint.py applies them when importing. Base: two
+folded into the stored weights here, and live3d.py applies them when importing. Base: two
 blocks of 256 and 128 channels, 128 -> 512 px, style width 512.
 """
 

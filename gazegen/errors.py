@@ -1,0 +1,13 @@
+"""The base of every error gazegen reports to its user.
+
+A ``GazegenError`` is a problem with the user's input, data, config or files (a wrong key, a
+missing or malformed checkpoint, an unreadable store), never a bug: the CLI prints its message as
+one line and exits with code 2 (gazegen/cli.py). Each subclass keeps the builtin base that says
+what kind of problem it is (``ValueError``, ``FileNotFoundError``, ``RuntimeError``), so code that
+catches those still catches it. Anything else that escapes a command is a bug and keeps its
+traceback.
+"""
+
+
+class GazegenError(Exception):
+    """A problem with the user's input, data, config or files; the message says which and why."""
