@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gazegen.config import EvaluateConfig, to_dict
+from gazegen.data.images import from_model_range, resize_area
 from gazegen.data.sample import Sample
 from gazegen.metrics import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
 from gazegen.train.probes import ProbeReport, pearson
@@ -128,19 +129,14 @@ class SheetRow:
     @classmethod
     def of(cls, subject: str, source: Sample, target: Sample, output: torch.Tensor, redirected: Any, k: int,
            size: int) -> SheetRow:
-        import cv2
-
-        def fit(image: np.ndarray) -> np.ndarray:
-            return image if image.shape[0] == size else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-
-        out = ((output.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        out = from_model_range(output).permute(1, 2, 0).numpy()  # (S, S, 3) uint8
         depth = None
         if redirected.depth is not None:
             depth = redirected.depth[k, 0].double().numpy().copy()
             transparent = redirected.alpha[k, 0].numpy() < 0.5 if redirected.alpha is not None else None
             if transparent is not None and not transparent.all():  # an untrained model may be transparent everywhere
                 depth[transparent] = np.nan
-        return cls(subject, fit(source.image), fit(target.image), out, depth)
+        return cls(subject, resize_area(source.image, size), resize_area(target.image, size), out, depth)
 
 
 @dataclass

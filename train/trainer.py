@@ -43,11 +43,11 @@ from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
-from gazegen.train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
-                        common_normalisation, read_subject, split_subjects)
+from gazegen.train.data import TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader
 from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
 from gazegen.train.logging import RunLog
 from gazegen.train.losses import LiveGazeLoss, LossOutput
+from gazegen.train.subjects import common_normalisation, read_subject, split_subjects
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"

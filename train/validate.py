@@ -25,9 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from gazegen import metrics  # noqa: E402
+from gazegen.data.images import resize_tensor, to_unit  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
 from gazegen.train.data import Triplets  # noqa: E402
 from gazegen.train.losses import LiveGazeLoss  # noqa: E402
@@ -98,8 +98,7 @@ def validate(model: LiveGaze, batches: Iterable[Triplets], loss_fn: LiveGazeLoss
 
 
 def _rgb(x: torch.Tensor, size: int) -> np.ndarray:
-    x = F.interpolate(x[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return to_unit(resize_tensor(x[None].float(), size)[0]).permute(1, 2, 0).numpy()  # (size, size, 3) in [0, 1]
 
 
 def prediction_grid(p: Predictions) -> np.ndarray:
