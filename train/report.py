@@ -315,13 +315,11 @@ def write_sweep_sheet(p: ProbeReport, path: Path) -> None:
 
 def write_sheet(rows: list[SheetRow], path: Path) -> None:
     """sheet.png: one row per pair: input, target, output, depth (turbo colour map, blank where transparent)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = max(1, len(rows))
-    fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+    fig = Figure(figsize=(8, 2 * n))  # object API: savefig draws on an Agg canvas, no pyplot state
+    axes = fig.subplots(n, 4, squeeze=False)
     for ax, title in zip(axes[0], ("input", "target", "output", "depth")):
         ax.set_title(title, fontsize=9)
     for r, row in enumerate(rows):
@@ -337,7 +335,6 @@ def write_sheet(rows: list[SheetRow], path: Path) -> None:
         ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(report: EvaluationReport, out: str | Path) -> Path:
