@@ -59,7 +59,7 @@ from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchy
 from gazegen.metrics import FIDMetric, LPIPSMetric, psnr, ssim
 from gazegen.models.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.report import EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
+from gazegen.train.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,6 @@ class PerfectRender(GroundTruthTarget):
     def __call__(self, batch: PairBatch) -> Redirected:
         small = resize_tensor(batch.target, self.resolution_px)
         return Redirected(F.interpolate(small, size=batch.target.shape[-2:], mode="bilinear", align_corners=False))
-
-
-CONSTANT = "constant prediction (mean label, no image)"
 
 
 # --------------------------------------------------------------------------- scoring

@@ -195,13 +195,12 @@ def table1(report: EvaluationReport) -> list[str]:
     return lines
 
 
+CONSTANT = "constant prediction (mean label, no image)"  # the method name of evaluate's baseline
 FOLLOWS_R = 0.5  # below this correlation of read vs requested pitch or yaw, the gaze is said not to follow
 
 
 def verdict(report: EvaluationReport) -> str | None:
     """One sentence on whether the model's outputs carry gaze, against the constant prediction; None without an estimator."""
-    from gazegen.train.evaluate import CONSTANT
-
     model = next((m for m in report.methods if m.three_d), None)
     constant = next((m for m in report.methods if m.name == CONSTANT), None)
     if model is None or constant is None or model.mean.get("gaze_error") is None:
