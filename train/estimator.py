@@ -84,7 +84,7 @@ class StoreGazeDataset(IterableDataset):
     Work units are chunks of ``chunk`` rows; with ``shuffle_buffer > 0`` their order (the same in
     every DataLoader worker) and the rows (through a buffer) are shuffled, seeded by (seed, epoch).
     Worker w of W takes units w, w + W, ...: every row once per epoch. ``resolution`` resizes the
-    images (cv2 INTER_AREA) as they are read, to save memory and time on large images.
+    images (``resize_area``: cv2 INTER_AREA) as they are read, to save memory and time on large images.
     """
 
     def __init__(self, files: list[Path], *, resolution: int | None = None, shuffle_buffer: int = 0,
