@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gazegen import metrics
 from gazegen.checkpoint import load_checkpoint
@@ -45,8 +44,11 @@ from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig,
 from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
 from gazegen.data.xgaze import open_subject
-from gazegen.train.data import TripletDataset, Triplets, TripletSizes, image_tensor, mask_tensor, read_subject, store_split
+from gazegen.data.images import image_tensor, mask_tensor, resize_tensor
+from gazegen.data.splits import store_splits
+from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth
+from gazegen.train.subjects import read_subject
 from gazegen.train.trainer import run_training
 from gazegen.train.validate import depth_l1_mm
 
@@ -108,8 +110,7 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list,
         if model == "flat":
             return flat_eyes(dataset, chosen, size), None
         if model == "copy":
-            copy = F.interpolate(batch.source, size=(size, size), mode="bilinear", antialias=True)
-            return (batch.source if batch.source.shape[-1] == size else copy), None
+            return resize_tensor(batch.source, size), None
         out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         return out.image.clamp(-1, 1), out.depth
 
@@ -152,7 +153,7 @@ def main() -> None:
     cfg = load_config(TrainConfig, args.config, args.overrides)
     steps = args.steps or cfg.max_steps
     model_cfg = cfg.model_config()
-    test = [read_subject(p) for p in store_split(store)["test"]]
+    test = [read_subject(p) for p in store_splits(store).split("test")]
     dataset = TripletDataset(test, TripletSizes.for_model(model_cfg), DatasetDepth(), seed=0)
     same, new = pairs(dataset, args.pairs, True, 0), pairs(dataset, args.pairs, False, 0)
     print(f"config {args.config} {' '.join(args.overrides)}; {steps} steps; held out: {', '.join(s.subject for s in test)}; "
@@ -195,7 +196,7 @@ def main() -> None:
 def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
     """(c) autoencoding and (d) novel views of one checkpoint on the store's test subjects, beside copy."""
     model = load_checkpoint(checkpoint).eval()
-    test = [read_subject(p) for p in store_split(store)["test"]]
+    test = [read_subject(p) for p in store_splits(store).split("test")]
     dataset = TripletDataset(test, TripletSizes.for_model(model.cfg), DatasetDepth(), seed=0)
     auto = [(k, r, r) for k, _, r in pairs(dataset, per_subject, True, 0, same_frame=True)]
     view = pairs(dataset, per_subject, False, 0, same_frame=True)

@@ -44,6 +44,7 @@ import torch
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_pretrained
 from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config
+from gazegen.data.images import to_model_range
 from gazegen.models.livegaze import LiveGaze
 from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.shards import OutputDir
@@ -80,7 +81,7 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
 
     def tensors(plan, image: np.ndarray) -> tuple[torch.Tensor, ...]:
         cameras = geometry.head_pose_to_camera(head[None] + plan.views, run.normalisation)
-        x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x = to_model_range(torch.from_numpy(image).to(device).permute(2, 0, 1)[None])
         source = torch.from_numpy(geometry.head_pose_to_camera(head[None], run.normalisation)).float().to(device)
         return torch.from_numpy(plan.gazes).float().to(device), torch.from_numpy(cameras).float().to(device), x, source
 

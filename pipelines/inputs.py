@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from gazegen.config import CropConfig, NormalisationConfig
 from gazegen.data.faces import crop_faces
+from gazegen.data.images import resize_image
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.grid import pose_problem
@@ -196,7 +197,7 @@ def renormalise(image: np.ndarray, source: NormalisationConfig, target: Normalis
     zoom = (target.focal / target.resolution / target.distance_mm) / (source.focal / source.resolution / source.distance_mm)
     scale = zoom * side / width  # output pixels per input pixel
     if abs(zoom - 1.0) < 1e-6:
-        return _resize(image, side)
+        return resize_image(image, side)
     if scale < 0.5:  # shrink with area averaging first, then warp with a scale near 1
         small = max(1, round(width * scale * 2))
         image, scale = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), 0.5
@@ -206,11 +207,6 @@ def renormalise(image: np.ndarray, source: NormalisationConfig, target: Normalis
     return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def _resize(image: np.ndarray, side: int) -> np.ndarray:
-    if image.shape[:2] == (side, side):
-        return image
-    interpolation = cv2.INTER_AREA if image.shape[0] > side else cv2.INTER_CUBIC
-    return cv2.resize(image, (side, side), interpolation=interpolation)
 
 
 @cache
@@ -298,7 +294,7 @@ def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> 
             return _photo(image, settings)
         if image.shape[0] != image.shape[1]:
             raise InputError(f"row {record.index}: a labelled crop must be square, not {image.shape[1]} x {image.shape[0]}")
-        return _labelled(_resize(image, target.resolution), row["head_pose"], row.get("gaze_head"))
+        return _labelled(resize_image(image, target.resolution), row["head_pose"], row.get("gaze_head"))
 
     return _each(records, read)
 

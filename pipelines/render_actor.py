@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint
 from gazegen.config import NormalisationConfig
+from gazegen.data.images import from_model_range, to_model_range
 from gazegen.data.parquet import DEPTH_SCALE
 from gazegen.models.livegaze import LiveGaze
 from gazegen.pipelines.grid import GridSpec, plan_source, pose_problem, rendered_poses
@@ -100,7 +101,7 @@ class SourceRenderer:
             "head_pose": poses[view_of], "gaze_head": gaze_head_rows, "view_offset": plan.views[view_of],
             "camera": cameras[view_of],
         }  # fmt: skip
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        x = to_model_range(torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None])
         source_camera = geometry.head_pose_to_camera(np.asarray(head_pose, np.float64)[None], s.normalisation)  # (1, 25)
         features = self.model.encode(x, torch.from_numpy(source_camera).float().to(self.device))  # once per source
         gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
@@ -129,7 +130,7 @@ class SourceRenderer:
             alpha = F.interpolate(alpha, size=size, mode="bilinear", align_corners=False)
         alpha = alpha.clamp(0, 1)
         depth_mm = torch.where(alpha >= self.settings.depth_min_alpha, depth * self.mm_per_unit, torch.zeros_like(depth))
-        rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)  # (B, S, S, 3)
+        rgb = from_model_range(image).permute(0, 2, 3, 1)  # (B, S, S, 3)
         alpha8 = (alpha * 255).round().to(torch.uint8)[:, 0]
         return rgb.cpu().numpy(), depth_to_uint16(depth_mm[:, 0].double().cpu().numpy()), alpha8.cpu().numpy()
 

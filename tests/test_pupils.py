@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gazegen.train.probes import pearson
-from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset, resized_mask
+from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset
 
 
 def eyes_image(pupil_dx: int, pupil_dy: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +45,3 @@ def test_pupils_that_move_against_the_yaw_correlate_negatively_and_the_direction
     assert PupilFollowing(-r, None, -0.9, None).same_direction is False
     assert PupilFollowing(None, None, -0.9, None).same_direction is None
 
-
-def test_a_resized_mask_keeps_zero_one_values():
-    _, mask = eyes_image(0, 0)
-    small = resized_mask(mask[:, :40], 20)
-    assert small.shape == (20, 20) and set(np.unique(small)) == {0, 1}

@@ -13,15 +13,17 @@ from gazegen.checkpoint import save_pretrained
 from gazegen.config import (CONFIG_DIR, DepthPriorConfig, ModelConfig, NormalisationConfig, RigConfig, SynthHeadsConfig,
                             TrainDataConfig, load_config)
 from gazegen.data.heads import synthesize_store
+from gazegen.data.images import mask_tensor
 from gazegen.data.sample import Sample
+from gazegen.data.splits import store_splits
 from gazegen.data.store import SubjectWriter, write_split
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train import depth_prior
-from gazegen.train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, make_loader, mask_tensor,
-                        read_subject, split_subjects, store_split, subject_from_samples)
+from gazegen.train.data import TripletBatchSampler, TripletDataset, Triplets, TripletSizes, make_loader
 from gazegen.train.depth_prior import (DatasetDepth, DepthPriorError, FileDepth, depth_source, depth_to_world,
                                prepare_teacher_prior)
+from gazegen.train.subjects import read_subject, split_subjects, subject_from_samples
 
 SIZES = TripletSizes(input=64, output=32, depth=16)
 
@@ -35,7 +37,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(store):
-    subjects = [read_subject(p) for p in store_split(store)["train"]]
+    subjects = [read_subject(p) for p in store_splits(store).split("train")]
     return TripletDataset(subjects, SIZES, DatasetDepth(), seed=3)
 
 
@@ -98,7 +100,7 @@ def test_draws_depend_on_seed_epoch_and_index_only(store, dataset):
 
 
 def test_a_subject_without_valid_sources_is_refused(store):
-    one_frame = read_subject(store_split(store)["train"][0])
+    one_frame = read_subject(store_splits(store).split("train")[0])
     rows = np.flatnonzero(one_frame.labels.frame_index == 0)
     lonely = dataclasses.replace(one_frame, targets=rows, sources=rows)
     with pytest.raises(DataError, match="another frame and another camera"):
@@ -204,7 +206,7 @@ def test_teacher_prior_is_the_teachers_depth_of_the_frontal_image_at_the_target_
     torch.manual_seed(0)
     teacher = LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")).eval()
     save_pretrained(tmp_path / "teacher", teacher)
-    subject = read_subject(store_split(store)["test"][0])
+    subject = read_subject(store_splits(store).split("test")[0])
     cfg = DepthPriorConfig(kind="teacher", teacher=str(tmp_path / "teacher"), teacher_batch=3)
     cache = prepare_teacher_prior(cfg, [subject], tmp_path / "run")
     cached = np.load(cache / f"{subject.subject}.npy")

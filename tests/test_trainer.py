@@ -13,9 +13,11 @@ from gazegen.checkpoint import load_checkpoint, load_train_state
 from gazegen.config import RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.data import TripletDataset, Triplets, TripletSizes, read_subject, store_split
+from gazegen.data.splits import store_splits
+from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth
 from gazegen.train.losses import LiveGazeLoss, masked_l1_loss
+from gazegen.train.subjects import read_subject
 from gazegen.train.trainer import TrainingError, build_optimizer, checkpoint_dirs, forward_backward, run_training
 
 FAST = ["model=model/tiny.toml", "loss.perceptual=false", "optim.lr_encoder=2e-3", "optim.lr_renderer=2e-3",
@@ -46,7 +48,7 @@ def test_a_fixed_batch_is_overfit(store):
     # steps, because the triplane barely depended on the input (gazegen/models/init.py).
     cfg = config()
     model_cfg = cfg.model_config()
-    data = TripletDataset([read_subject(p) for p in store_split(store)["train"]], TripletSizes.for_model(model_cfg),
+    data = TripletDataset([read_subject(p) for p in store_splits(store).split("train")], TripletSizes.for_model(model_cfg),
                           DatasetDepth())
     batch = Triplets.cat([data[(0, i)] for i in (0, 10)])
     torch.manual_seed(0)
@@ -184,7 +186,7 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
     cfg = config("stage=reconstruction", "loss.raw_weight=1", "loss.alpha_weight=1")
     model_cfg = dataclasses.replace(cfg.model_config(), lift_samples=8, eg3d_plane_axes=False, coord_channels=False,
                                     aspp_dropout=0.0)
-    subjects = [read_subject(p) for p in store_split(store)["train"]]
+    subjects = [read_subject(p) for p in store_splits(store).split("train")]
     data = TripletDataset(subjects, TripletSizes.for_model(model_cfg), DatasetDepth(), same_frame=True)
     batch = Triplets.cat([data.load(k, r, r) for k, s in enumerate(subjects) for r in s.targets])  # 4 images
     torch.manual_seed(0)

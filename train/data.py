@@ -14,8 +14,10 @@ Every target row is I_gt once per epoch. The source of item ``i`` in epoch ``e``
 generator seeded by (seed, e, i) only, so a batch does not depend on the worker that loads it, on
 the number of workers, or on where a resumed run starts: the data position of a run is its step.
 
-Sizes: I_s and I_f are resized to the model's input side, I_gt and its masks to the output side
-(cv2.INTER_AREA when shrinking, INTER_CUBIC when growing; masks are area-averaged then cut at 0.5),
+Subjects and their rows come from train/subjects.py. Sizes: I_s and I_f are resized to the model's
+input side, I_gt and its masks to the output side (gazegen/data/images.py: ``image_tensor`` and
+``mask_tensor``; INTER_AREA when shrinking, INTER_CUBIC when growing; masks are area-averaged then
+cut at 0.5),
 the depth prior to the neural rendering side (valid pixels area-averaged; a pixel is valid when at
 least half its area is). Images become float (3, H, W) RGB in [-1, 1]; masks float {0, 1}; depth
 is converted from the store's millimetres to renderer world units (gazegen.geometry
@@ -24,159 +26,21 @@ is converted from the store's millimetres to renderer world units (gazegen.geome
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gazegen import geometry
-from gazegen.config import ModelConfig, NormalisationConfig, TrainDataConfig
+from gazegen.config import ModelConfig
+from gazegen.data.images import image_tensor, mask_tensor
 from gazegen.data.sample import Sample
-from gazegen.data.store import SPLIT_FILE
-from gazegen.data.xgaze import DataError, Labels, SubjectReader, open_subject
+from gazegen.data.xgaze import DataError, SubjectReader, open_subject
 from gazegen.train.depth_prior import DepthSource, depth_to_world
-
-
-# --------------------------------------------------------------------------- subjects and splits
-
-
-@dataclass(frozen=True)
-class SubjectRows:
-    """One subject file and the rows of it that take part (the labels are the whole file's)."""
-
-    path: Path
-    subject: str  # e.g. "subject0003"
-    labels: Labels
-    normalisation: NormalisationConfig
-    targets: np.ndarray  # (n,) int64 rows that serve as I_gt (and I_f)
-    sources: np.ndarray  # (m,) int64 rows I_s is drawn from
-    samples: tuple[Sample, ...] | None = None  # the rows themselves, when the subject is held in memory (no file)
-
-    @property
-    def mm_per_unit(self) -> float:
-        return geometry.mm_per_world_unit(self.normalisation)
-
-    def frontal_row(self, frame: int) -> int:
-        """The target row of ``frame`` whose head pose is nearest (0, 0) (ties: the lowest camera)."""
-        rows = self.targets[self.labels.frame_index[self.targets] == frame]
-        pose = np.linalg.norm(self.labels.head_pose[rows].astype(np.float64), axis=1)
-        return int(rows[np.lexsort((self.labels.cam_index[rows], pose))[0]])
-
-
-def read_subject(path: Path, targets: np.ndarray | None = None, sources: np.ndarray | None = None,
-                 frames_per_subject: int = 0) -> SubjectRows:
-    """Labels of one subject file; rows default to every row of the first ``frames_per_subject`` frames, evenly spaced."""
-    with open_subject(path) as reader:
-        labels, norm, name = reader.labels, reader.normalisation, reader.subject
-    rows = np.arange(len(labels.gaze), dtype=np.int64)
-    if frames_per_subject:
-        frames = np.unique(labels.frame_index)
-        keep = frames[np.unique(np.linspace(0, len(frames) - 1, min(frames_per_subject, len(frames))).round().astype(int))]
-        rows = rows[np.isin(labels.frame_index, keep)]
-    targets = rows if targets is None else np.asarray(targets, dtype=np.int64)
-    sources = targets if sources is None else np.asarray(sources, dtype=np.int64)
-    return SubjectRows(Path(path), name, labels, norm, targets, sources)
-
-
-def subject_from_samples(samples: Sequence[Sample], targets: np.ndarray | None = None,
-                         sources: np.ndarray | None = None) -> SubjectRows:
-    """A subject held in memory (e.g. an evaluation's input group): rows are the samples' positions."""
-    if not samples:
-        raise DataError("no samples given")
-    first = samples[0]
-    if any(s.subject != first.subject or s.normalisation != first.normalisation for s in samples):
-        raise DataError(f"samples of {first.subject}: every sample must have one subject and one normalisation")
-    stack = lambda key, dtype: np.stack([np.asarray(getattr(s, key), dtype=dtype) for s in samples])  # noqa: E731
-    labels = Labels(stack("gaze", np.float32), stack("head_pose", np.float32), stack("gaze_head", np.float32),
-                    stack("camera", np.float32), stack("frame_index", np.int64), stack("cam_index", np.int64))
-    rows = np.arange(len(samples), dtype=np.int64)
-    targets = rows if targets is None else np.asarray(targets, dtype=np.int64)
-    sources = targets if sources is None else np.asarray(sources, dtype=np.int64)
-    return SubjectRows(Path(first.subject), first.subject, labels, first.normalisation, targets, sources, tuple(samples))
-
-
-def common_normalisation(subjects: Sequence[SubjectRows]) -> NormalisationConfig:
-    """The one normalised camera of ``subjects`` (recorded in checkpoints); DataError when they differ."""
-    found = {s.normalisation for s in subjects}
-    if len(found) != 1:
-        raise DataError(f"{len(found)} normalisations among {len(subjects)} subjects ({', '.join(sorted(map(str, found)))}): "
-                        "one model is fitted to one normalised camera")
-    return found.pop()
-
-
-@dataclass(frozen=True)
-class SubjectSplit:
-    """Subject files by role: the split is by whole subjects."""
-
-    train: list[Path]
-    val: list[Path]
-    test: list[Path]  # the store's test split (held out: benchmarks, fine-tuning, evaluation)
-
-
-def store_split(store: Path) -> dict[str, list[Path]]:
-    """The store's train/test subject files (train_test_split.json; without it, every h5 file is train)."""
-    store = Path(store)
-    split_file = store / SPLIT_FILE
-    if not split_file.is_file():
-        files = sorted(store.glob("*.h5")) + sorted(store.glob("train/*.h5"))
-        if not files:
-            raise DataError(f"{store}: no {SPLIT_FILE} and no .h5 files: not a training store")
-        return {"train": files, "test": sorted(store.glob("test/*.h5"))}
-    names = json.loads(split_file.read_text())
-    out: dict[str, list[Path]] = {}
-    for part in ("train", "test"):
-        paths = []
-        for name in names.get(part, []):
-            candidates = [store / part / name, store / name]
-            found = next((p for p in candidates if p.is_file()), None)
-            if found is None:
-                raise DataError(f"{split_file}: {part} subject {name} not found in {store / part} or {store}")
-            paths.append(found)
-        out[part] = paths
-    return out
-
-
-def split_subjects(store: Path, cfg: TrainDataConfig) -> SubjectSplit:
-    """Hold ``cfg.val_subjects`` whole subjects of the train split out for validation (seeded draw)."""
-    parts = store_split(store)
-    train = parts["train"]
-    if cfg.val_subjects >= len(train):
-        raise DataError(f"{store}: {len(train)} training subject(s) cannot spare {cfg.val_subjects} for validation "
-                        "(data.val_subjects)")
-    order = np.random.default_rng([cfg.split_seed]).permutation(len(train))
-    val = sorted(train[i] for i in order[: cfg.val_subjects])
-    return SubjectSplit(train=[p for p in train if p not in val], val=val, test=parts["test"])
-
-
-# --------------------------------------------------------------------------- images
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, C) or (H, W) -> (size, size, ...): INTER_AREA to shrink, INTER_CUBIC to grow."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    shrink = image.shape[0] > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-
-
-def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (H, W, 3) RGB -> float (3, size, size) in [-1, 1]."""
-    x = resize_image(image, size).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(np.ascontiguousarray(x.clip(-1.0, 1.0).transpose(2, 0, 1)))
-
-
-def mask_tensor(mask: np.ndarray | None, size: int) -> torch.Tensor:
-    """{0, 1} (H, W) -> float (1, size, size) {0, 1} (area-averaged, cut at 0.5); None -> all ones."""
-    if mask is None:
-        return torch.ones(1, size, size)
-    m = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) if mask.shape[0] != size else mask
-    return torch.from_numpy((np.asarray(m) >= 0.5).astype(np.float32))[None]
+from gazegen.train.subjects import SubjectRows
 
 
 # --------------------------------------------------------------------------- batches

@@ -30,19 +30,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
 import torch
 
 from gazegen import geometry
 from gazegen.config import DepthPriorConfig, ModelConfig, NormalisationConfig, resolve_preset
+from gazegen.data.images import image_tensor, resize_area, resize_nearest
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import file_component
 from gazegen.errors import GazegenError
 
 if TYPE_CHECKING:
     from gazegen.models.livegaze import LiveGaze
-    from gazegen.train.data import SubjectRows
+    from gazegen.train.subjects import SubjectRows
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,9 @@ def depth_to_world(depth_mm: np.ndarray | None, norm: NormalisationConfig, size:
     if depth.shape[0] == size and depth.shape[1] == size:
         return world, valid
     if depth.shape[0] < size:  # growing: no mixing of valid and invalid pixels
-        grow = lambda a: cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)  # noqa: E731
-        return grow(world), grow(valid.astype(np.uint8)).astype(bool)
+        return resize_nearest(world, size), resize_nearest(valid.astype(np.uint8), size).astype(bool)
     v = valid.astype(np.float32)
-    num = cv2.resize(world * v, (size, size), interpolation=cv2.INTER_AREA)
-    den = cv2.resize(v, (size, size), interpolation=cv2.INTER_AREA)
+    num, den = resize_area(world * v, size), resize_area(v, size)
     valid = den >= 0.5
     return np.where(valid, num / np.maximum(den, 1e-12), 0.0).astype(np.float32), valid
 
@@ -186,8 +184,6 @@ def _manifest(cfg: DepthPriorConfig, path: Path) -> dict:
 def teacher_depth(teacher: LiveGaze, subject: SubjectRows, reader, rows: np.ndarray, batch: int,
                   min_alpha: float = 0.0) -> np.ndarray:
     """(len(rows), R, R) millimetres: for each target row, the teacher's depth of its frame's I_f at its camera."""
-    from gazegen.train.data import image_tensor
-
     device = next(teacher.parameters()).device
     lab, size = subject.labels, teacher.cfg.image_resolution
     out = np.zeros((len(rows), teacher.cfg.render.neural_resolution, teacher.cfg.render.neural_resolution), np.float32)

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -37,6 +36,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from gazegen.checkpoint import load_pretrained, save_pretrained
 from gazegen.config import EstimatorConfig, EstimatorNetConfig, to_dict
 from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
+from gazegen.data.images import resize_area, to_model_range
+from gazegen.data.splits import store_splits
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error
@@ -58,16 +59,11 @@ def store_files(data: str | Path, split: str | None) -> list[Path]:
         return [data]
     if not data.is_dir():
         raise DataError(f"{data}: no such file or folder")
-    split_file = data / SPLIT_FILE
-    if split_file.is_file() and split is not None:
-        names = json.loads(split_file.read_text()).get(split)
-        if names is None:
-            raise DataError(f"{split_file}: no split {split!r}")
-        files = [data / split / n if (data / split / n).is_file() else data / n for n in names]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise DataError(f"{split_file}: split {split!r} lists files that do not exist: {missing[:4]}")
-        return files
+    splits = store_splits(data)
+    if splits.split_file is not None and split is not None:
+        if split not in splits.files:
+            raise DataError(f"{splits.split_file}: no split {split!r}")
+        return splits.split(split)
     files = sorted(p for p in data.rglob("*") if p.suffix in H5_SUFFIXES)
     if not files:
         raise DataError(f"{data}: no h5 files (and no {SPLIT_FILE})")
@@ -89,7 +85,7 @@ class StoreGazeDataset(IterableDataset):
     Work units are chunks of ``chunk`` rows; with ``shuffle_buffer > 0`` their order (the same in
     every DataLoader worker) and the rows (through a buffer) are shuffled, seeded by (seed, epoch).
     Worker w of W takes units w, w + W, ...: every row once per epoch. ``resolution`` resizes the
-    images (cv2 INTER_AREA) as they are read, to save memory and time on large images.
+    images (``resize_area``: cv2 INTER_AREA) as they are read, to save memory and time on large images.
     """
 
     def __init__(self, files: list[Path], *, resolution: int | None = None, shuffle_buffer: int = 0,
@@ -112,9 +108,9 @@ class StoreGazeDataset(IterableDataset):
         with open_subject(file) as reader:
             for s in reader.read(start, start + self.chunk):
                 image = s.image
-                if self.resolution and image.shape[0] != self.resolution:
-                    image = cv2.resize(image, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
-                chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+                if self.resolution:
+                    image = resize_area(image, self.resolution)
+                chw = to_model_range(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
                 yield {"image": chw, "gaze": torch.from_numpy(s.gaze.astype(np.float32)),
                        "head_pose": torch.from_numpy(s.head_pose.astype(np.float32)), "subject": s.subject}
 
@@ -166,8 +162,10 @@ def open_gaze_data(data: str | Path, *, split: str | None = None, net: Estimator
 
 
 def _has_split(data: str | Path, split: str) -> bool:
-    path = Path(str(data)) / SPLIT_FILE
-    return not is_parquet(data) and path.is_file() and bool(json.loads(path.read_text()).get(split))
+    if is_parquet(data):
+        return False
+    splits = store_splits(data)
+    return splits.split_file is not None and bool(splits.files.get(split) or splits.missing.get(split))
 
 
 def _batches(dataset: IterableDataset, batch_size: int, workers: int, *, drop_last: bool = False) -> DataLoader:

@@ -52,13 +52,14 @@ import torch
 import torch.nn.functional as F
 
 from gazegen.config import EvaluateConfig
+from gazegen.data.images import resize_tensor, to_model_range
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
 from gazegen.metrics import FIDMetric, LPIPSMetric, psnr, ssim
 from gazegen.models.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.report import EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
+from gazegen.train.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,6 @@ class PairBatch:
     source_camera: torch.Tensor  # (B, 25) the source's camera
 
 
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -147,7 +142,7 @@ class LiveGazeMethod:
     @torch.no_grad()
     def __call__(self, batch: PairBatch) -> Redirected:
         m, dev = self.model, self.device
-        image = resize(batch.source, m.cfg.image_resolution).to(dev)
+        image = resize_tensor(batch.source, m.cfg.image_resolution).to(dev)
         gaze_head, camera, source_camera = batch.gaze_head.to(dev), batch.camera.to(dev), batch.source_camera.to(dev)
         for _ in range(self.warmup):  # untimed passes (allocator, kernels) before the first timed one
             m(image, gaze_head, camera, source_camera)
@@ -197,11 +192,8 @@ class PerfectRender(GroundTruthTarget):
         self.name = f"perfect render at {resolution} px (resolution ceiling)"
 
     def __call__(self, batch: PairBatch) -> Redirected:
-        small = resize(batch.target, self.resolution_px)
+        small = resize_tensor(batch.target, self.resolution_px)
         return Redirected(F.interpolate(small, size=batch.target.shape[-2:], mode="bilinear", align_corners=False))
-
-
-CONSTANT = "constant prediction (mean label, no image)"
 
 
 # --------------------------------------------------------------------------- scoring
@@ -222,7 +214,7 @@ class _Scores:
 
 
 def _to_tensor(samples: Sequence[Sample], attr: str = "image") -> torch.Tensor:
-    return torch.from_numpy(np.stack([getattr(s, attr) for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return to_model_range(torch.from_numpy(np.stack([getattr(s, attr) for s in samples])).permute(0, 3, 1, 2))
 
 
 def _face_masks(samples: Sequence[Sample], size: int) -> torch.Tensor | None:
@@ -277,7 +269,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
             batch = PairBatch(_to_tensor(src), _to_tensor(tgt), torch.from_numpy(np.stack([t.gaze_head for t in tgt])),
                               torch.from_numpy(np.stack([t.camera for t in tgt])),
                               torch.from_numpy(np.stack([s.camera for s in src])))
-            target = resize(batch.target, size)
+            target = resize_tensor(batch.target, size)
             mask = _face_masks(tgt, size)
             target_filled = _fill(target, mask, cfg.background)
             gaze_label = torch.from_numpy(np.stack([t.gaze for t in tgt])).double()
@@ -288,7 +280,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
             labels["subject"].append(np.array([pairs.subject] * len(tgt)))
             for m in methods:
                 out = m(batch)
-                image = resize(out.image.float(), size)
+                image = resize_tensor(out.image.float(), size)
                 filled = _fill(image, mask, cfg.background)
                 s = scores[m.name]
                 s.add("ssim", ssim(filled, target_filled))

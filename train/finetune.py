@@ -26,11 +26,12 @@ import numpy as np
 from gazegen.checkpoint import load_checkpoint, read_header
 from gazegen.config import FinetuneConfig, TrainConfig
 from gazegen.data.sample import Sample
+from gazegen.data.splits import store_splits
 from gazegen.data.xgaze import DataError, file_component
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.data import (SubjectRows, TripletDataset, Triplets, TripletSizes, fixed_batches, read_subject, store_split,
-                        subject_from_samples)
+from gazegen.train.data import TripletDataset, Triplets, TripletSizes, fixed_batches
 from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
+from gazegen.train.subjects import SubjectRows, read_subject, subject_from_samples
 from gazegen.train.trainer import TrainResult, build_loss, fit, pick_device
 from gazegen.train.validate import validate
 
@@ -112,8 +113,8 @@ def subject_file(data: Path, subject: str) -> Path:
     if data.is_file():
         return data
     name = subject if subject.endswith(".h5") else f"{subject}.h5"
-    parts = store_split(data)
-    found = [p for part in ("test", "train") for p in parts.get(part, []) if p.name in (name, f"xgaze_{name}")]
+    splits = store_splits(data)
+    found = [p for part in ("test", "train") for p in splits.split(part) if p.name in (name, f"xgaze_{name}")]
     if not found:
         raise DataError(f"{data}: no subject {subject} in its test or train split")
     return found[0]
@@ -128,7 +129,7 @@ def run_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[str
     checkpoint, out = Path(checkpoint), Path(out)
     train_cfg = finetune_config(checkpoint, cfg, train_cfg)
     base = load_checkpoint(checkpoint)
-    paths = [subject_file(data, s) for s in subjects] if subjects else store_split(Path(data))["test"]
+    paths = [subject_file(data, s) for s in subjects] if subjects else store_splits(data).split("test")
     results = []
     for path in paths:
         subject = read_subject(path)

@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
 log = logging.getLogger("gazegen.train")
 
@@ -93,7 +91,7 @@ class RunLog:
             return None
         path = self.run / tag / f"step_{step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        plt.imsave(path, image)
+        imsave(path, image)
         if self._tb is not None:
             self._tb.add_image(tag, torch.from_numpy(image).permute(2, 0, 1), step)
         return path
@@ -117,7 +115,8 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
     """Training loss terms (log scale) beside validation eye PSNR and depth error, against the step."""
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))  # object API: savefig draws on an Agg canvas, no pyplot state
+    ax_loss, ax_val = fig.subplots(1, 2)
     for key in ("loss/total", "loss/reconstruction", "loss/depth", "loss/perceptual"):
         points = [(r["step"], r[key]) for r in train if isinstance(r.get(key), (int, float)) and r[key] > 0]
         if points:
@@ -140,5 +139,4 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
         ax_val.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path

@@ -29,12 +29,12 @@ import cv2
 import numpy as np
 import torch
 
+from gazegen.data.images import from_model_range, image_tensor, mask_tensor, resize_nearest, to_unit
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, gaze_head_to_camera, head_pose_to_rotation
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.data import image_tensor, mask_tensor
-from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset, resized_mask
+from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset
 
 Estimator = Any  # (B, 3, H, W) in [-1, 1] -> GazeEstimate (train/evaluate.py's Estimator)
 
@@ -143,10 +143,6 @@ def _image(samples: list[Sample], size: int) -> torch.Tensor:
     return torch.stack([image_tensor(s.image, size) for s in samples])  # (N, 3, size, size) in [-1, 1], as training's
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return (x.float().clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1]
-
-
 @torch.no_grad()
 def _redirect(model: LiveGaze, sources: list[Sample], gaze_head: np.ndarray, cameras: np.ndarray,
               device: torch.device, batch: int) -> torch.Tensor:
@@ -184,13 +180,13 @@ def gaze_sweep(model: LiveGaze, subjects: list[list[Sample]], estimator: Estimat
         first = (out, source) if first is None else first
         read.append(_read(estimator, out, device))
         requested.append(gaze_head_to_camera(gazes.astype(np.float64), head_pose_to_rotation(source.head_pose.astype(np.float64))))
-        eye_mask = resized_mask(source.eye_mask, size)
+        eye_mask = resize_nearest(source.eye_mask.astype(np.uint8), size)
         pupils["model"].append(np.stack([pupil_offset(image, eye_mask) for image in _uint8(out)]))
         same_camera = [s for s in samples if s.cam_index == source.cam_index]
         pupils["data"].append(np.stack([pupil_offset(s.image, s.eye_mask) for s in same_camera]))
         pupils["data_gaze"].append(np.stack([s.gaze for s in same_camera]).astype(np.float64))
         regions = Regions.of([source], size, eyelid_mm)
-        deviation = (_unit(out) - _unit(out).mean(0, keepdim=True)).abs()  # (K, 3, S, S)
+        deviation = (to_unit(out) - to_unit(out).mean(0, keepdim=True)).abs()  # (K, 3, S, S)
         eyes.append(region_means(deviation, regions.eyes.expand(len(gazes), -1, -1, -1)))
         rest.append(region_means(deviation, regions.rest.expand(len(gazes), -1, -1, -1)))
     following = Following.of(np.concatenate(read), np.concatenate(requested))
@@ -214,12 +210,12 @@ def swap_test(model: LiveGaze, pairs: list[tuple[Sample, Sample]], device: torch
     sources, targets = [p[0] for p in pairs], [p[1] for p in pairs]
     gaze = np.stack([t.gaze_head for t in targets]).astype(np.float32)
     cameras = np.stack([t.camera for t in targets])
-    base = _unit(_redirect(model, sources, gaze, cameras, device, batch))
-    swapped_source = _unit(_redirect(model, [sources[j] for j in other], gaze, cameras, device, batch))
-    swapped_gaze = _unit(_redirect(model, sources, gaze[other], cameras, device, batch))
+    base = to_unit(_redirect(model, sources, gaze, cameras, device, batch))
+    swapped_source = to_unit(_redirect(model, [sources[j] for j in other], gaze, cameras, device, batch))
+    swapped_gaze = to_unit(_redirect(model, sources, gaze[other], cameras, device, batch))
     regions = Regions.of(targets, size, eyelid_mm)
     d_src, d_gaze = (swapped_source - base).abs(), (swapped_gaze - base).abs()
-    data = (_unit(_image(sources, size)) - _unit(_image([sources[j] for j in other], size))).abs()
+    data = (to_unit(_image(sources, size)) - to_unit(_image([sources[j] for j in other], size))).abs()
     source_rest = Regions.of(sources, size, eyelid_mm).rest
     return SwapResult(region_means(d_src, regions.eyes), region_means(d_src, regions.rest),
                       region_means(d_gaze, regions.eyes), region_means(d_gaze, regions.rest),
@@ -227,7 +223,7 @@ def swap_test(model: LiveGaze, pairs: list[tuple[Sample, Sample]], device: torch
 
 
 def _uint8(x: torch.Tensor) -> np.ndarray:
-    return (_unit(x) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return from_model_range(x.float()).permute(0, 2, 3, 1).numpy()  # (N, S, S, 3)
 
 
 def run_probes(model: LiveGaze, files: list, estimator: Estimator, device: str | torch.device, *, steps: int = 5,

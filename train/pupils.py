@@ -40,11 +40,6 @@ def pupil_offset(image: np.ndarray, eye_mask: np.ndarray) -> np.ndarray:
     return np.mean(offsets, 0) if offsets else np.full(2, np.nan)
 
 
-def resized_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A {0, 1} mask at ``size`` x ``size`` (nearest: the regions keep their {0, 1} edges)."""
-    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-
-
 @dataclass(frozen=True)
 class PupilFollowing:
     """Pearson r of pupil x vs gaze yaw and pupil y vs gaze pitch (camera frame), for a model and for the data."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gazegen.config import EvaluateConfig, to_dict
+from gazegen.data.images import from_model_range, resize_area
 from gazegen.data.sample import Sample
 from gazegen.metrics import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
 from gazegen.train.probes import ProbeReport, pearson
@@ -129,19 +130,14 @@ class SheetRow:
     @classmethod
     def of(cls, subject: str, source: Sample, target: Sample, output: torch.Tensor, redirected: Any, k: int,
            size: int) -> SheetRow:
-        import cv2
-
-        def fit(image: np.ndarray) -> np.ndarray:
-            return image if image.shape[0] == size else cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-
-        out = ((output.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        out = from_model_range(output).permute(1, 2, 0).numpy()  # (S, S, 3) uint8
         depth = None
         if redirected.depth is not None:
             depth = redirected.depth[k, 0].double().numpy().copy()
             transparent = redirected.alpha[k, 0].numpy() < 0.5 if redirected.alpha is not None else None
             if transparent is not None and not transparent.all():  # an untrained model may be transparent everywhere
                 depth[transparent] = np.nan
-        return cls(subject, fit(source.image), fit(target.image), out, depth)
+        return cls(subject, resize_area(source.image, size), resize_area(target.image, size), out, depth)
 
 
 @dataclass
@@ -200,13 +196,12 @@ def table1(report: EvaluationReport) -> list[str]:
     return lines
 
 
+CONSTANT = "constant prediction (mean label, no image)"  # the method name of evaluate's baseline
 FOLLOWS_R = 0.5  # below this correlation of read vs requested pitch or yaw, the gaze is said not to follow
 
 
 def verdict(report: EvaluationReport) -> str | None:
     """One sentence on whether the model's outputs carry gaze, against the constant prediction; None without an estimator."""
-    from gazegen.train.evaluate import CONSTANT
-
     model = next((m for m in report.methods if m.three_d), None)
     constant = next((m for m in report.methods if m.name == CONSTANT), None)
     if model is None or constant is None or model.mean.get("gaze_error") is None:
@@ -331,13 +326,11 @@ def write_sweep_sheet(p: ProbeReport, path: Path) -> None:
 
 def write_sheet(rows: list[SheetRow], path: Path) -> None:
     """sheet.png: one row per pair: input, target, output, depth (turbo colour map, blank where transparent)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = max(1, len(rows))
-    fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+    fig = Figure(figsize=(8, 2 * n))  # object API: savefig draws on an Agg canvas, no pyplot state
+    axes = fig.subplots(n, 4, squeeze=False)
     for ax, title in zip(axes[0], ("input", "target", "output", "depth")):
         ax.set_title(title, fontsize=9)
     for r, row in enumerate(rows):
@@ -353,7 +346,6 @@ def write_sheet(rows: list[SheetRow], path: Path) -> None:
         ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def write_report(report: EvaluationReport, out: str | Path) -> Path:

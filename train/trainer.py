@@ -45,11 +45,11 @@ from gazegen.errors import GazegenError
 from gazegen.live3d import load_live3d
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
-from gazegen.train.data import (TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader,
-                        common_normalisation, read_subject, split_subjects)
+from gazegen.train.data import TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader
 from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
 from gazegen.train.logging import RunLog
 from gazegen.train.losses import LiveGazeLoss, LossOutput
+from gazegen.train.subjects import common_normalisation, read_subject, split_subjects
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
@@ -264,31 +264,56 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
                context=context, metadata={"data": str(data), "normalisation": to_dict(common_normalisation(train + val))})
 
 
-def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val_set: TripletDataset | None, run: Path,
-        *, max_steps: int | None = None, resume: bool = False, init: str = "", context: DistContext = DistContext(),
-        metadata: dict | None = None, model: LiveGaze | None = None) -> TrainResult:
-    """The loop on given datasets (run_training and fine-tuning share it); ``model``: train this one, in place."""
-    run, main = Path(run), context.is_main
-    device = pick_device(context.device or cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+@dataclass
+class _State:
+    """What a run trains and where it stands: built by ``_setup``, advanced by ``_Loop``."""
+
+    model: LiveGaze
+    net: nn.Module  # ``model``, or the context's wrapper of it (DistributedDataParallel)
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: LiveGazeLoss
+    device: torch.device
+    step: int  # steps done: the data position of the run
+    steps_per_epoch: int
+    total: int  # the schedule's length
+    stop: int  # the step this call stops at (``max_steps``)
+    newest: Path | None  # the checkpoint resumed from
+    how: str  # how the weights started, for the log
+
+
+def _check_run(run: Path, resume: bool) -> Path | None:
+    """The newest checkpoint of ``run``; TrainingError when resuming nothing or starting over a run."""
     newest = latest_checkpoint(run)
     if resume and newest is None:
         raise TrainingError(f"{run}: nothing to resume (no checkpoint with a train_state.pt under {run / CHECKPOINTS})")
     if not resume and newest is not None:
         raise TrainingError(f"{run} already holds a run (newest checkpoint {newest}); pass --resume or choose another folder")
-    loss_fn = build_loss(cfg).to(device)
+    return newest
 
-    # (2) model, optimiser, schedule
+
+def _resumed_model(newest: Path, model_cfg: ModelConfig) -> LiveGaze:
+    """The checkpoint's model; its architecture must be the config's (chunking and skipping: the config's)."""
+    model = load_checkpoint(newest)
+    model.cfg = with_runtime_render(model.cfg, model_cfg)
+    if model.cfg != model_cfg:
+        diff = sorted(k for k, v in to_dict(model.cfg).items() if to_dict(model_cfg).get(k) != v)
+        raise TrainingError(f"{newest}: its architecture differs from the config's model in {', '.join(diff)}; "
+                            "a resumed run keeps the checkpoint's architecture: remove the conflicting model settings")
+    return model
+
+
+def _setup(cfg: TrainConfig, model_cfg: ModelConfig, items: int, run: Path, *, max_steps: int | None, resume: bool,
+           init: str, context: DistContext, model: LiveGaze | None) -> _State:
+    """Model, optimiser and schedule (steps 2 and 3 of the module's docstring); on resume, their state and every RNG."""
+    device = pick_device(context.device or cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    newest = _check_run(run, resume)
+    loss_fn = build_loss(cfg).to(device)
     torch.manual_seed(cfg.seed)
     if resume:
-        model = load_checkpoint(newest)
-        model.cfg = with_runtime_render(model.cfg, model_cfg)  # chunking and skipping: the config's, not the checkpoint's
-        if model.cfg != model_cfg:
-            diff = sorted(k for k, v in to_dict(model.cfg).items() if to_dict(model_cfg).get(k) != v)
-            raise TrainingError(f"{newest}: its architecture differs from the config's model in {', '.join(diff)}; "
-                                "a resumed run keeps the checkpoint's architecture: remove the conflicting model settings")
-        how = f"resumed from {newest}"
+        model, how = _resumed_model(newest, model_cfg), f"resumed from {newest}"
     elif model is not None:
         how = "training the given model"
     else:
@@ -296,7 +321,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
         how = initialise(model, init)
     model.to(device).train()
     optimizer = build_optimizer(model, cfg.optim, FROZEN[cfg.stage])
-    steps_per_epoch = len(train_set) // cfg.batch_size
+    steps_per_epoch = items // cfg.batch_size
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.optim, total)
     step = 0
@@ -311,102 +336,133 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, context.rank]).generate_state(1)[0]))
     net = context.wrap_model(model) if context.wrap_model else model
     stop = total if max_steps is None else min(total, max_steps)
+    return _State(model, net, optimizer, scheduler, loss_fn, device, step, steps_per_epoch, total, stop, newest, how)
 
+
+class _Loop:
+    """One step, validation and checkpoints of a run set up by ``_setup`` (steps 4 and 5 of the module's docstring)."""
+
+    def __init__(self, cfg: TrainConfig, st: _State, val_set: TripletDataset | None, run: Path, log: RunLog,
+                 context: DistContext, metadata: dict | None):
+        self.cfg, self.st, self.val_set, self.run, self.log = cfg, st, val_set, run, log
+        self.context, self.metadata, self.main = context, metadata, context.is_main
+        self.val_batches = fixed_batches(val_set, cfg.data.val_samples, cfg.batch_size, cfg.seed) if val_set is not None else []
+        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 and st.device.type == "cuda"
+                         else contextlib.nullcontext)
+        self.last_ckpt, self.last_metrics = st.newest, {}
+        self.window: list[torch.Tensor] = []  # per-step values since the last log record
+        self.started = time.perf_counter()
+
+    def step(self, batch: Triplets) -> LossOutput:
+        """Forward, backward and update on ``batch``; TrainingError before the update when a value is not finite."""
+        st = self.st
+        terms, grad_norm = forward_backward(st.net, batch, st.loss_fn, self.cfg.optim.grad_clip, self.autocast)
+        values = _mean(torch.stack([v.detach().float() for v in vars(terms).values()] + [grad_norm.float()]), self.context)
+        if not torch.isfinite(values).all():
+            named = {k: round(float(v), 5) for k, v in zip([*terms.scalars(), "grad_norm"], values.tolist())}
+            message = (f"non-finite loss or gradient at step {st.step + 1} ({named}); training stopped before the "
+                       f"update. The last good checkpoint is {self.last_ckpt or 'none: no checkpoint had been written'}")
+            self.log.event(st.step, message)
+            raise TrainingError(message)
+        st.optimizer.step()
+        st.scheduler.step()
+        st.optimizer.zero_grad(set_to_none=True)
+        st.step += 1
+        self.window.append(values.cpu())
+        return terms
+
+    def record(self, terms: LossOutput) -> dict:
+        """The mean of the values since the last record, the learning rates and the speed, logged as ``train``."""
+        st = self.st
+        mean = torch.stack(self.window).mean(0).tolist()
+        record = dict(zip([*terms.scalars(), "grad_norm"], mean))
+        record.update({f"lr/{g['name']}": g["lr"] for g in st.optimizer.param_groups})
+        record.update(epoch=st.step / st.steps_per_epoch, steps_per_s=len(self.window) / (time.perf_counter() - self.started))
+        self.log.record(st.step, "train", record)
+        self.window, self.started = [], time.perf_counter()
+        return record
+
+    def save(self, at: int) -> None:
+        """A checkpoint of step ``at`` with every rank's RNG (a collective: every rank calls it); old ones pruned."""
+        st, cfg = self.st, self.cfg
+        rng = _gather(_rng_state(st.device), self.context)
+        if self.main:
+            state = {"step": at, "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(), "rng": rng,
+                     "world_size": self.context.world_size, "steps_per_epoch": st.steps_per_epoch}
+            meta = {"step": at, "train_config": to_dict(cfg), "metrics": self.last_metrics, **(self.metadata or {})}
+            self.last_ckpt = save_pretrained(self.run / CHECKPOINTS / f"step_{at:07d}", st.model, train_state=state, metadata=meta)
+            old = checkpoint_dirs(self.run)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints else []
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
+            self.log.event(at, f"checkpoint {self.last_ckpt}")
+
+    def validate(self, at: int) -> None:
+        """Validation on the fixed batches (rank 0), its record, prediction grid and the loss curve; RNG untouched."""
+        st = self.st
+        if not self.main or not self.val_batches:
+            return
+        with torch.random.fork_rng(devices=[st.device] if st.device.type == "cuda" else []):
+            val_iter = (Triplets.cat([self.val_set[item] for item in b]) for b in self.val_batches)
+            result = validate(st.model, val_iter, st.loss_fn, st.device, self.autocast(), self.cfg.grid_samples)
+        self.last_metrics = result.metrics
+        self.log.record(at, "val", result.metrics)
+        if result.predictions is not None:
+            self.log.image(at, "val", prediction_grid(result.predictions))
+        self.log.loss_curve()
+
+
+def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val_set: TripletDataset | None, run: Path,
+        *, max_steps: int | None = None, resume: bool = False, init: str = "", context: DistContext = DistContext(),
+        metadata: dict | None = None, model: LiveGaze | None = None) -> TrainResult:
+    """The loop on given datasets (run_training and fine-tuning share it); ``model``: train this one, in place."""
+    run, main = Path(run), context.is_main
+    st = _setup(cfg, model_cfg, len(train_set), run, max_steps=max_steps, resume=resume, init=init, context=context,
+                model=model)
     # (1) data: the position of a run is its step
-    sampler = TripletBatchSampler(len(train_set), cfg.batch_size, cfg.seed, step, context.rank, context.world_size)
-    loader = make_loader(train_set, sampler, cfg.data.workers, cfg.data.prefetch, pin_memory=device.type == "cuda")
-    val_batches = fixed_batches(val_set, cfg.data.val_samples, cfg.batch_size, cfg.seed) if val_set is not None else []
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 and device.type == "cuda" else contextlib.nullcontext
-
-    log = RunLog(run, enabled=main, tensorboard=cfg.tensorboard, resume_step=step if resume else None)
+    sampler = TripletBatchSampler(len(train_set), cfg.batch_size, cfg.seed, st.step, context.rank, context.world_size)
+    loader = make_loader(train_set, sampler, cfg.data.workers, cfg.data.prefetch, pin_memory=st.device.type == "cuda")
+    log = RunLog(run, enabled=main, tensorboard=cfg.tensorboard, resume_step=st.step if resume else None)
     if main:
         (run / "train_config.json").write_text(json.dumps(
             {"train": to_dict(cfg), "model": to_dict(model_cfg), **(metadata or {})}, indent=2, sort_keys=True))
-    log.event(step, f"{how}; {len(train_set)} training images, {steps_per_epoch} steps per epoch, schedule {total} "
-                    f"steps, stopping at {stop}; device {device}, {context.world_size} worker(s)")
-    if not loss_fn.use_perceptual:
-        log.event(step, "perceptual loss L_P is off (loss.perceptual = false or loss.perceptual_weight = 0 in the "
-                        "config): VGG16 is not loaded")
-    last_ckpt, last_metrics = newest, {}
+    log.event(st.step, f"{st.how}; {len(train_set)} training images, {st.steps_per_epoch} steps per epoch, schedule "
+                       f"{st.total} steps, stopping at {st.stop}; device {st.device}, {context.world_size} worker(s)")
+    if not st.loss_fn.use_perceptual:
+        log.event(st.step, "perceptual loss L_P is off (loss.perceptual = false or loss.perceptual_weight = 0 in the "
+                           "config): VGG16 is not loaded")
 
-    def save(at: int, metrics: dict) -> None:
-        nonlocal last_ckpt
-        rng = _gather(_rng_state(device), context)  # a collective: every rank takes part
-        if main:
-            state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
-                     "world_size": context.world_size, "steps_per_epoch": steps_per_epoch}
-            meta = {"step": at, "train_config": to_dict(cfg), "metrics": metrics, **(metadata or {})}
-            last_ckpt = save_pretrained(run / CHECKPOINTS / f"step_{at:07d}", model, train_state=state, metadata=meta)
-            old = checkpoint_dirs(run)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints else []
-            for path in old:
-                shutil.rmtree(path, ignore_errors=True)
-            log.event(at, f"checkpoint {last_ckpt}")
-
-    def run_validation(at: int) -> None:
-        nonlocal last_metrics
-        if not main or not val_batches:
-            return
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            val_iter = (Triplets.cat([val_set[item] for item in b]) for b in val_batches)
-            result = validate(model, val_iter, loss_fn, device, autocast(), cfg.grid_samples)
-        last_metrics = result.metrics
-        log.record(at, "val", result.metrics)
-        if result.predictions is not None:
-            log.image(at, "val", prediction_grid(result.predictions))
-        log.loss_curve()
-
-    status = "finished" if stop == total else "stopped"
-    saved_at = validated_at = step if resume else -1  # a resumed run's step has its checkpoint already
-    window: list[torch.Tensor] = []
-    started = time.perf_counter()
+    status = "finished" if st.stop == st.total else "stopped"
+    saved_at = validated_at = st.step if resume else -1  # a resumed run's step has its checkpoint already
+    loop = _Loop(cfg, st, val_set, run, log, context, metadata)
     batches = iter(loader)
-    progress = tqdm(total=stop, initial=step, desc="train", disable=not main, dynamic_ncols=True)
+    progress = tqdm(total=st.stop, initial=st.step, desc="train", disable=not main, dynamic_ncols=True)
     try:
         with _Interrupt() as interrupt:
-            while step < stop:
+            while st.step < st.stop:
                 if interrupt.requested:
                     status = "interrupted"
-                    log.event(step, "Ctrl-C: stopping with a checkpoint")
+                    log.event(st.step, "Ctrl-C: stopping with a checkpoint")
                     break
-                batch = next(batches).to(device, non_blocking=True)
-                terms, grad_norm = forward_backward(net, batch, loss_fn, cfg.optim.grad_clip, autocast)
-                values = _mean(torch.stack([v.detach().float() for v in vars(terms).values()] + [grad_norm.float()]), context)
-                if not torch.isfinite(values).all():
-                    named = {k: round(float(v), 5) for k, v in zip([*terms.scalars(), "grad_norm"], values.tolist())}
-                    message = (f"non-finite loss or gradient at step {step + 1} ({named}); training stopped before the "
-                               f"update. The last good checkpoint is {last_ckpt or 'none: no checkpoint had been written'}")
-                    log.event(step, message)
-                    raise TrainingError(message)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                window.append(values.cpu())
+                terms = loop.step(next(batches).to(st.device, non_blocking=True))
                 progress.update(1)
-                if step % cfg.log_every == 0 or step == stop:
-                    mean = torch.stack(window).mean(0).tolist()
-                    record = dict(zip([*terms.scalars(), "grad_norm"], mean))
-                    record.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
-                    record.update(epoch=step / steps_per_epoch, steps_per_s=len(window) / (time.perf_counter() - started))
-                    log.record(step, "train", record)
-                    progress.set_postfix(loss=f"{record['loss/total']:.4f}")
-                    window, started = [], time.perf_counter()
-                if cfg.val_every and step % cfg.val_every == 0:
-                    run_validation(step)
-                    validated_at = step
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save(step, last_metrics)
-                    saved_at = step
-            if status != "interrupted" and validated_at != step:
-                run_validation(step)
-                validated_at = step
-            if saved_at != step:
-                save(step, last_metrics)
-            log.event(step, f"{status} at step {step}")
-            if validated_at != step or not val_batches:
+                if st.step % cfg.log_every == 0 or st.step == st.stop:
+                    progress.set_postfix(loss=f"{loop.record(terms)['loss/total']:.4f}")
+                if cfg.val_every and st.step % cfg.val_every == 0:
+                    loop.validate(st.step)
+                    validated_at = st.step
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    loop.save(st.step)
+                    saved_at = st.step
+            if status != "interrupted" and validated_at != st.step:
+                loop.validate(st.step)
+                validated_at = st.step
+            if saved_at != st.step:
+                loop.save(st.step)
+            log.event(st.step, f"{status} at step {st.step}")
+            if validated_at != st.step or not loop.val_batches:
                 log.loss_curve()
     finally:
         progress.close()
         log.close()
         del batches
-    return TrainResult(run=run, checkpoint=last_ckpt, step=step, status=status, metrics=last_metrics)
+    return TrainResult(run=run, checkpoint=loop.last_ckpt, step=st.step, status=status, metrics=loop.last_metrics)

@@ -19,18 +19,16 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from gazegen import metrics  # noqa: E402
-from gazegen.models.livegaze import LiveGaze  # noqa: E402
-from gazegen.train.data import Triplets  # noqa: E402
-from gazegen.train.losses import LiveGazeLoss  # noqa: E402
+from gazegen import metrics
+from gazegen.data.images import resize_tensor, to_unit
+from gazegen.models.livegaze import LiveGaze
+from gazegen.train.data import Triplets
+from gazegen.train.losses import LiveGazeLoss
 
 
 @dataclass
@@ -98,14 +96,15 @@ def validate(model: LiveGaze, batches: Iterable[Triplets], loss_fn: LiveGazeLoss
 
 
 def _rgb(x: torch.Tensor, size: int) -> np.ndarray:
-    x = F.interpolate(x[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return ((x.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return to_unit(resize_tensor(x[None].float(), size)[0]).permute(1, 2, 0).numpy()  # (size, size, 3) in [0, 1]
 
 
 def prediction_grid(p: Predictions) -> np.ndarray:
     """A (H, W, 3) uint8 figure: one row per kept sample, columns source, target, prediction, depth, prior."""
     rows, size = p.source.shape[0], p.target.shape[-1]
-    fig, axes = plt.subplots(rows, 5, figsize=(5 * 1.8, rows * 1.8), squeeze=False)
+    fig = Figure(figsize=(5 * 1.8, rows * 1.8))  # object API: no pyplot state, no global backend
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 5, squeeze=False)
     for i in range(rows):
         valid = p.valid[i, 0]
         prior = p.prior[i, 0]
@@ -128,7 +127,5 @@ def prediction_grid(p: Predictions) -> np.ndarray:
     for ax in axes.ravel():
         ax.set_facecolor("black")
     fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return image
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

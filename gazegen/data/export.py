@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +39,7 @@ from tqdm import tqdm
 from gazegen.config import ExportConfig, NormalisationConfig
 from gazegen.data.export_formats import (EXPORT_FORMAT, TMP_SUFFIX, GazeHubWriter, Identity, RowBatch, XGazeWriter,
                                          finish_gazehub, finish_xgaze, remove, write_text_atomic)
+from gazegen.data.images import resize_image, resize_nearest
 from gazegen.data.parquet import decode_depth_png, decode_png, depth_scale_of, resolve_shards
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError
@@ -221,14 +221,6 @@ def _write_state(dest: Path, run_path: str, run: SourceRun, cfg: ExportConfig, f
 # --------------------------------------------------------------------------- rows
 
 
-def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    if array.shape[0] == size:
-        return array
-    shrink = array.shape[0] > size
-    flag = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return cv2.resize(array, (size, size), interpolation=flag)
-
-
 def _labels(table: pa.Table, name: str, width: int) -> np.ndarray:
     return table[name].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
 
@@ -245,9 +237,9 @@ def decode_rows(table: pa.Table, path: str, frames: dict[tuple[str, int], int], 
             depth = None if depth_png is None else decode_depth_png(depth_png, depth_scale)
         except (ValueError, TypeError) as e:
             raise ExportError(f"{path}: row {row_ids[i]!r}: {e}") from None
-        images.append(_resize(rgb, resolution, nearest=False) if resolution else rgb)
+        images.append(resize_image(rgb, resolution) if resolution else rgb)
         if depth is not None:
-            depths.append(_resize(depth, resolution, nearest=True) if resolution else depth)
+            depths.append(resize_nearest(depth, resolution) if resolution else depth)
     sids, gazes = table["source_id"].to_pylist(), table["gaze_index"].to_pylist()
     return RowBatch(
         image=np.stack(images), depth=np.stack(depths) if depths else None,

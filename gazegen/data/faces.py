@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from gazegen.config import CropConfig
+from gazegen.data.images import resize_image
 from gazegen.data.normalise import NormalisationError, NormalisedFace, face_model, normalise_face, photo_camera_matrix
 from gazegen.errors import GazegenError
 
@@ -205,15 +206,15 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
     if mode == "never":
         if h != w:
             return CropResult("not_square", f"--crop never needs square normalised crops, got {w}x{h} pixels")
-        return CropResult("passthrough", "--crop never: passed through", _resize(image, cfg.resolution))
+        return CropResult("passthrough", "--crop never: passed through", resize_image(image, cfg.resolution))
     faces = sorted(detector.detect(image), key=lambda d: -d.area)
     face = faces[0] if faces else None
     if mode == "auto" and h == w:
         if face is not None and _looks_normalised(face, w, cfg):
-            return CropResult("passthrough", "already a normalised face crop", _resize(image, cfg.resolution), face)
+            return CropResult("passthrough", "already a normalised face crop", resize_image(image, cfg.resolution), face)
         if face is None and w in (cfg.resolution, cfg.normalisation.resolution):
             reason = f"no face found; a square {w} px input is taken as a normalised crop"
-            return CropResult("passthrough", reason, _resize(image, cfg.resolution))
+            return CropResult("passthrough", reason, resize_image(image, cfg.resolution))
     if face is None:
         return CropResult("no_face", f"no face found in the {w}x{h} image")
     if face.box[2] < cfg.min_face_px:
@@ -270,8 +271,3 @@ def _looks_normalised(face: FaceDetection, side: int, cfg: CropConfig) -> bool:
     )
 
 
-def _resize(image: np.ndarray, side: int) -> np.ndarray:
-    if image.shape[0] == side and image.shape[1] == side:
-        return image
-    interpolation = cv2.INTER_AREA if image.shape[0] > side else cv2.INTER_CUBIC
-    return cv2.resize(image, (side, side), interpolation=interpolation)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from gazegen import geometry
+from gazegen.data.images import resize_area
 from gazegen.data.prepare import find_subject_files
 from gazegen.data.xgaze import MASKS, STORE, DataError, SubjectReader, open_subject
 
@@ -170,7 +171,7 @@ def draw_gaze(image_bgr: np.ndarray, gaze: np.ndarray, centre: tuple[float, floa
 
 def _tile(reader: SubjectReader, row: int, thumb: int) -> np.ndarray:
     sample = reader[row]
-    tile = cv2.resize(cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), (thumb, thumb), interpolation=cv2.INTER_AREA)
+    tile = resize_area(cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), thumb)
     draw_gaze(tile, sample.gaze, (thumb / 2, thumb / 2), 0.4 * thumb)
     cv2.putText(tile, f"c{sample.cam_index} f{sample.frame_index}", (3, thumb - 4), cv2.FONT_HERSHEY_SIMPLEX,
                 max(0.25, thumb / 400), TEXT_BGR, 1, cv2.LINE_AA)
@@ -222,7 +223,7 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
         with fs.open_input_file(path) as handle:
             table = pq.read_table(handle, columns=["image", "gaze", "row_id"])
         for image, gaze, row_id in zip(table["image"].to_pylist(), table["gaze"].to_pylist(), table["row_id"].to_pylist()):
-            tile = cv2.resize(cv2.cvtColor(decode_png(image["bytes"]), cv2.COLOR_RGB2BGR), (thumb, thumb), interpolation=cv2.INTER_AREA)
+            tile = resize_area(cv2.cvtColor(decode_png(image["bytes"]), cv2.COLOR_RGB2BGR), thumb)
             draw_gaze(tile, np.asarray(gaze), (thumb / 2, thumb / 2), thumb * 0.4)
             cv2.putText(tile, row_id[-14:], (2, thumb - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
             tiles.append(tile)

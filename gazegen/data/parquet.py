@@ -40,6 +40,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gazegen.data.images import to_model_range
+
 T = TypeVar("T")
 
 DEPTH_SCALE = 10.0  # 16-bit depth PNG units per millimetre: 0.1 mm steps
@@ -231,7 +233,7 @@ class GazeParquetDataset(IterableDataset):
 
     def _image(self, data: bytes) -> torch.Tensor:
         chw = torch.from_numpy(decode_png(data)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
-        return chw if self.uint8 else chw.float() / 127.5 - 1.0
+        return chw if self.uint8 else to_model_range(chw)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

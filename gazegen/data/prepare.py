@@ -25,13 +25,11 @@ the store and is not written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import h5py
 import numpy as np
 from tqdm import tqdm
@@ -40,7 +38,9 @@ from gazegen.config import NormalisationConfig
 from gazegen.data.columbia import ColumbiaGazeReader, subject_folders
 from gazegen.data.mpiifacegaze import MpiiFaceGazeReader, person_folders
 from gazegen.data.sample import Sample
-from gazegen.data.store import SPLIT_FILE, STORE_FORMAT, SubjectWriter, write_split
+from gazegen.data.images import resize_image, resize_nearest
+from gazegen.data.splits import present_files, store_splits
+from gazegen.data.store import STORE_FORMAT, SubjectWriter, write_split
 from gazegen.data.xgaze import DataError, SubjectReader, file_component, open_subject
 
 log = logging.getLogger(__name__)
@@ -76,39 +76,26 @@ class SubjectFiles:
 
 
 def find_subject_files(src: str | Path) -> SubjectFiles:
-    """One h5 file, or a folder: with ``train_test_split.json`` its listing (``train`` -> train, any
-    other key -> test; names looked up in ``<key>/``, the folder itself and as GazeNeRF's
-    ``xgaze_<name>``), else ``train/*.h5``, ``test/*.h5`` and ``*.h5``."""
+    """One h5 file, or a folder: its splits (gazegen/data/splits.py), ``train`` -> train and any
+    other split -> test, each file once, in listing order (from folders: sorted by path)."""
     src = Path(src)
     if src.is_file():
         return SubjectFiles((("train", src),))
     if not src.is_dir():
         raise DataError(f"{src}: no such file or folder")
-    present = sorted({*src.glob("*.h5"), *src.glob("train/*.h5"), *src.glob("test/*.h5")})
-    split_path = src / SPLIT_FILE
-    if not split_path.is_file():
-        files = [("test" if p.parent.name == "test" and p.parent != src else "train", p) for p in present]
-        return SubjectFiles(tuple(files))
     try:
-        listing = json.loads(split_path.read_text())
-    except ValueError:
-        listing = None
-    if not (isinstance(listing, dict) and all(isinstance(v, list) and all(isinstance(n, str) for n in v)
-                                              for v in listing.values())):
-        return SubjectFiles((), (f"{split_path}: not a JSON object of lists of file names",), tuple(present))
+        splits = store_splits(src)
+    except DataError as e:  # a malformed split file: reported with what is present
+        return SubjectFiles((), (str(e),), present_files(src))
     files: dict[Path, str] = {}
-    problems = []
-    for key, names in listing.items():
-        for name in names:
-            candidates = [src / key / name, src / name, src / f"xgaze_{name}"]
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
-                problems.append(f"{split_path}: lists '{name}' under '{key}' but no such file exists "
-                                f"(looked for {', '.join(str(c) for c in candidates)})")
-            else:
-                files.setdefault(found, "train" if key == "train" else "test")
-    unlisted = tuple(p for p in present if p not in files)
-    return SubjectFiles(tuple((s, p) for p, s in files.items()), tuple(problems), unlisted)
+    for key, paths in splits.files.items():
+        for path in paths:
+            files.setdefault(path, "train" if key == "train" else "test")
+    listed = [(s, p) for p, s in files.items()]
+    if splits.split_file is None:
+        return SubjectFiles(tuple(sorted(listed, key=lambda item: item[1])))
+    problems = tuple(line for lines in splits.missing.values() for line in lines)
+    return SubjectFiles(tuple(listed), problems, splits.unlisted)
 
 
 def resize_sample(sample: Sample, normalisation: NormalisationConfig) -> Sample:
@@ -117,14 +104,13 @@ def resize_sample(sample: Sample, normalisation: NormalisationConfig) -> Sample:
     if sample.resolution == size:
         return dataclasses.replace(sample, normalisation=normalisation)
     scale = size / sample.resolution
-    grow = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA
 
     def nearest(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
+        return None if a is None else resize_nearest(a, size)
 
     return dataclasses.replace(
         sample,
-        image=cv2.resize(sample.image, (size, size), interpolation=grow),
+        image=resize_image(sample.image, size),
         normalisation=normalisation,
         face_mask=nearest(sample.face_mask),
         left_eye_mask=nearest(sample.left_eye_mask),
