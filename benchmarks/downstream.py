@@ -3,7 +3,7 @@
     python benchmarks/downstream.py --checkpoint RUN_OR_CHECKPOINT [--out demo_out/downstream]
 
 On procedural heads (`gazegen data synth-heads`, exact labels), the reference estimator
-(train/estimator.py, configs/estimator/demo.toml) is trained three times, for the same number of
+(evaluation/estimator.py, configs/estimator/demo.toml) is trained three times, for the same number of
 steps, and each model is evaluated on held-out identities none of them (nor the LiveGaze model's
 synthesis) saw:
 
@@ -51,10 +51,10 @@ from gazegen.data.export import export_run  # noqa: E402
 from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.store import SPLIT_FILE  # noqa: E402
 from gazegen.geometry import angular_error  # noqa: E402
-from gazegen.models.estimator import GazeEstimator  # noqa: E402
+from gazegen.metrics.estimator import GazeEstimator  # noqa: E402
 from gazegen.pipelines.manifest import RunMismatchError  # noqa: E402
 from gazegen.pipelines.synthesis import run_synthesis  # noqa: E402
-from gazegen.train.estimator import open_gaze_data, predict, store_files, train_estimator  # noqa: E402
+from gazegen.evaluation.estimator import open_gaze_data, predict, store_files, train_estimator  # noqa: E402
 from gazegen.train.trainer import latest_checkpoint  # noqa: E402
 
 log = logging.getLogger("downstream")

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gazegen import metrics
+from gazegen.metrics import scores as metrics
 from gazegen.checkpoint import load_checkpoint
 from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store

@@ -2,7 +2,7 @@
 
     python benchmarks/redirection.py --store demo_out/heads --checkpoint CKPT --out demo_out/redirection
 
-Evaluates with `gazegen evaluate`'s protocol (train/evaluate.py) on the test split of a procedural
+Evaluates with `gazegen evaluate`'s protocol (evaluation/evaluate.py) on the test split of a procedural
 store (the subjects the model was not trained on), these rows on the same pairs:
 
 * the LiveGaze checkpoint (without --checkpoint: a randomly initialised tiny model, labelled so);
@@ -13,10 +13,10 @@ store (the subjects the model was not trained on), these rows on the same pairs:
 * the constant prediction: the mean label read for every pair, what a model carrying no gaze scores.
 
 Each row has the estimator-read gaze and head errors and the correlation of read vs requested
-pitch and yaw; then the gaze sweep and the swap test (train/probes.py; sweep.png), and a last line
+pitch and yaw; then the gaze sweep and the swap test (evaluation/probes.py; sweep.png), and a last line
 that says in words whether the model's outputs carry gaze.
 
-The judge is the reference estimator (train/estimator.py) at --estimator. When that folder holds
+The judge is the reference estimator (evaluation/estimator.py) at --estimator. When that folder holds
 no finished estimator, one is trained into it (configs/estimator/demo.toml: about 4 minutes on a
 CPU core) on a separate procedural store of --estimator-subjects identities drawn from another seed
 (so none of them is an evaluated subject), made beside it (ESTIMATOR_heads) at the evaluation
@@ -47,12 +47,12 @@ from gazegen.checkpoint import CONFIG_FILE, load_checkpoint, load_pretrained, re
 from gazegen.config import EstimatorConfig, EvaluateConfig, ModelConfig, SynthHeadsConfig, load_config  # noqa: E402
 from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.xgaze import open_subject  # noqa: E402
-from gazegen.models.estimator import GazeEstimator  # noqa: E402
+from gazegen.metrics.estimator import GazeEstimator  # noqa: E402
 from gazegen.models.livegaze import LiveGaze  # noqa: E402
-from gazegen.train.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
-from gazegen.train.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
-from gazegen.train.probes import run_probes  # noqa: E402
-from gazegen.train.report import probes_markdown, table1, verdict, write_report  # noqa: E402
+from gazegen.evaluation.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
+from gazegen.evaluation.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
+from gazegen.evaluation.probes import run_probes  # noqa: E402
+from gazegen.evaluation.report import probes_markdown, table1, verdict, write_report  # noqa: E402
 from gazegen.train.trainer import latest_checkpoint  # noqa: E402
 
 log = logging.getLogger("redirection")

@@ -236,7 +236,7 @@ def estimator_train(
 ) -> None:
     """Train the compact gaze + head-pose CNN."""
     from gazegen.config import EstimatorConfig, load_config
-    from gazegen.train.estimator import train_estimator
+    from gazegen.evaluation.estimator import train_estimator
 
     with _reported():
         cfg = load_config(EstimatorConfig, config, overrides or [])
@@ -261,7 +261,7 @@ def estimator_eval(
     import dataclasses
     import json
 
-    from gazegen.train.estimator import evaluate_estimator
+    from gazegen.evaluation.estimator import evaluate_estimator
 
     with _reported():
         result = evaluate_estimator(checkpoint, data, split=split, batch_size=batch_size, max_images=max_images, device=device)
@@ -282,8 +282,8 @@ def evaluate(
 ) -> None:
     """The paper's Table 1 protocol: per test subject, redirect the input group to the target group."""
     from gazegen.config import EvaluateConfig, load_config
-    from gazegen.train.evaluate import evaluate as run_evaluation
-    from gazegen.train.report import table1
+    from gazegen.evaluation.evaluate import evaluate as run_evaluation
+    from gazegen.evaluation.report import table1
 
     with _reported():
         cfg = load_config(EvaluateConfig, config, overrides or [])

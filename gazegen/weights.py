@@ -99,7 +99,7 @@ WEIGHTS: dict[str, WeightSpec] = {
             sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
             size=95_628_359,
             url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-            used_by="FID metric (Inception v3 pool features, gazegen/models/inception.py)",
+            used_by="FID metric (Inception v3 pool features, gazegen/metrics/inception.py)",
             note="TensorFlow's 2015-12-05 Inception ported by pytorch-fid (torch-fidelity ships the same bytes)",
         ),
         WeightSpec(

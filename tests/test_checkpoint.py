@@ -22,7 +22,7 @@ from gazegen.checkpoint import (
 )
 from gazegen.config import CONFIG_DIR, EstimatorNetConfig, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
-from gazegen.models.estimator import GazeEstimator
+from gazegen.metrics.estimator import GazeEstimator
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR
 

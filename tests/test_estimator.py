@@ -17,10 +17,10 @@ from gazegen.config import (PUBLISHED_NORMALISATIONS, EstimatorConfig, Estimator
 from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector
-from gazegen.models.estimator import GazeEstimator
+from gazegen.metrics.estimator import GazeEstimator
 from gazegen.pipelines import schema
 from gazegen.pipelines.shards import ShardWriter, plan_shards
-from gazegen.train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
+from gazegen.evaluation.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
 
 HEADS = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=32, gazes=4, seed=11, rig=RigConfig(views=6))
 NET = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1))

@@ -19,12 +19,12 @@ from gazegen.config import (
 from gazegen.data.heads import synthesize_store
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter, write_split
-from gazegen.models.estimator import GazeEstimate, GazeEstimator
+from gazegen.metrics.estimator import GazeEstimate, GazeEstimator
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.evaluate import (
+from gazegen.evaluation.evaluate import (
     CONSTANT, CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, evaluate, pair_rows, run_evaluation,
 )
-from gazegen.train.report import PAPER_TABLE1, table1, verdict, write_report
+from gazegen.evaluation.report import PAPER_TABLE1, table1, verdict, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 64  # the tiny preset's input and output side
@@ -160,7 +160,7 @@ def test_verdict_says_when_a_model_carries_no_gaze(tmp_path, tiny_model):
             pass
 
         def __call__(self, batch):
-            from gazegen.train.evaluate import Redirected
+            from gazegen.evaluation.evaluate import Redirected
             return Redirected(torch.full_like(batch.target, 30 / 127.5 - 1))
 
     report = run_evaluation(tmp_path, [Blank(), GroundTruthTarget()], EvaluateConfig(group_size=4),

@@ -9,7 +9,7 @@ import torch
 
 from gazegen.config import EyePatchConfig, SynthHeadsConfig
 from gazegen.data.heads import render_subject, subject_plan
-from gazegen.models.eye_patches import eye_centres, eye_patches
+from gazegen.metrics.eye_patches import eye_centres, eye_patches
 
 CFG = EyePatchConfig(width=8, above_centre_mm=4.0)
 

@@ -1,8 +1,9 @@
-"""The import graph: every module of gazegen, gazegen.train and gazegen.pipelines imports, and train/ has no loop.
+"""The import graph: every module of gazegen (train, pipelines and evaluation included) imports, the graph has
+no loop, and no arrow runs against the layout's direction.
 
 The graph is read from the source with ast, every import counted (module level, inside functions
 and under TYPE_CHECKING alike): an edge A -> B when module A names module B or a name defined in
-B. A cycle among the modules of train/ fails the test and is named.
+B. A cycle fails the test and is named; so is an arrow against LAYERS.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import pytest
 
 import gazegen
 
-PACKAGES = ("gazegen", "gazegen.train", "gazegen.pipelines")
+PACKAGES = ("gazegen", "gazegen.train", "gazegen.pipelines", "gazegen.evaluation")
+
+# The layout's direction (docs/design.md): config <- geometry <- rendering <- models <- (train, pipelines)
+# <- evaluation <- cli. A module may import its own part and parts of a lower rank, never an equal or higher
+# one (so train/ and pipelines/ never import each other).
+LAYERS = {"errors": 0, "config": 1, "weights": 1, "geometry": 2, "rendering": 3, "data": 4, "models": 4, "metrics": 4,
+          "checkpoint": 5, "live3d": 6, "benchmark": 7, "train": 7, "pipelines": 7, "evaluation": 8, "cli": 9}
 
 
 def all_modules() -> dict[str, Path]:
@@ -104,10 +111,28 @@ def test_every_module_imports(package):
         importlib.import_module(name)
 
 
-def test_train_has_no_import_cycle():
+def part(module: str) -> str:
+    """The layout part of a module: gazegen.train.data -> train, gazegen.geometry -> geometry."""
+    return module.split(".")[1] if "." in module else module
+
+
+def against_layers(graph: dict[str, set[str]]) -> list[str]:
+    """Every arrow A -> B between two parts where B's rank is not below A's ("gazegen" itself is no part)."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if b != "gazegen" and part(a) != part(b) and LAYERS[part(b)] >= LAYERS[part(a)])
+
+
+def test_against_layers_closed_forms():
+    graph = {"gazegen.models.x": {"gazegen.config.y", "gazegen.rendering.z"}, "gazegen.train.t": {"gazegen.pipelines.p"},
+             "gazegen.geometry": {"gazegen.models.x"}, "gazegen.cli": {"gazegen", "gazegen.evaluation.e"}}
+    assert against_layers(graph) == ["gazegen.geometry -> gazegen.models.x", "gazegen.train.t -> gazegen.pipelines.p"]
+
+
+def test_the_import_graph_has_no_cycle_and_follows_the_layers():
     modules = all_modules()
     graph = import_graph(modules)
-    train = {m: {n for n in graph[m] if n.startswith("gazegen.train.")} for m in graph if m.startswith("gazegen.train.")}
-    assert "gazegen.train.data" in train and "gazegen.train.depth_prior" in train
-    cycle = find_cycle(train)
-    assert cycle is None, "import cycle in train/: " + " -> ".join(cycle)
+    assert {"gazegen.train.data", "gazegen.train.depth_prior", "gazegen.evaluation.report"} <= set(graph)
+    assert {part(m) for m in modules if m != "gazegen"} <= set(LAYERS), "a new part of the layout needs a rank in LAYERS"
+    cycle = find_cycle({m: targets - {"gazegen"} for m, targets in graph.items()})
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    assert against_layers(graph) == []

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gazegen import weights as W
 from gazegen.config import ConfigError, LossConfig, load_config
-from gazegen.models.vgg import VGG16Features
+from gazegen.metrics.vgg import VGG16Features
 from gazegen.train.losses import LiveGazeLoss, LossOutput, depth_loss, masked_l1_loss, perceptual_loss
 
 

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from gazegen import geometry, metrics as M
+from gazegen import geometry
+from gazegen.metrics import scores as M
 from gazegen import weights as W
-from gazegen.models.inception import FIDInceptionV3
-from gazegen.models.lpips import LPIPS, LPIPS_LAYERS
+from gazegen.metrics.inception import FIDInceptionV3
+from gazegen.metrics.lpips import LPIPS, LPIPS_LAYERS
 
 
 def pair(seed=0, shape=(2, 3, 32, 40), noise=0.3):
@@ -198,7 +199,7 @@ def test_lpips_loads_published_layout_and_behaves(env, monkeypatch):
     assert sorted(lin) == [f"lin{i}.model.1.weight" for i in range(5)]
     metric = M.LPIPSMetric.load()
     with pytest.raises(W.MissingWeightsError, match="vgg.pth"):
-        from gazegen.models.lpips import load_lpips
+        from gazegen.metrics.lpips import load_lpips
 
         load_lpips()
     assert metric.model is None and "vgg.pth" in metric.compute().note

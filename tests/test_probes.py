@@ -1,4 +1,4 @@
-"""The redirection probes (train/probes.py): read-vs-requested statistics and change maps, on known cases."""
+"""The redirection probes (evaluation/probes.py): read-vs-requested statistics and change maps, on known cases."""
 
 import numpy as np
 import pytest
@@ -7,10 +7,10 @@ import torch
 from gazegen.config import CONFIG_DIR, ModelConfig, RigConfig, SynthHeadsConfig, load_config
 from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import open_subject
-from gazegen.models.estimator import GazeEstimate
+from gazegen.metrics.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.estimator import store_files
-from gazegen.train.probes import Following, Regions, gaze_sweep, pearson, run_probes, sweep_gazes, swap_test
+from gazegen.evaluation.estimator import store_files
+from gazegen.evaluation.probes import Following, Regions, gaze_sweep, pearson, run_probes, sweep_gazes, swap_test
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-"""The estimator-free pupil reading (train/pupils.py) against drawn eyes whose pupil positions are known."""
+"""The estimator-free pupil reading (evaluation/pupils.py) against drawn eyes whose pupil positions are known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gazegen.train.probes import pearson
-from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset
+from gazegen.evaluation.probes import pearson
+from gazegen.evaluation.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset
 
 
 def eyes_image(pupil_dx: int, pupil_dy: int) -> tuple[np.ndarray, np.ndarray]:

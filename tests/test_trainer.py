@@ -178,7 +178,7 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
     """
     import dataclasses
 
-    from gazegen import metrics
+    from gazegen.metrics import scores as metrics
 
     heads = SynthHeadsConfig(subjects=2, test_subjects=0, resolution=64, gazes=1, seed=4,
                              rig=RigConfig(views=2, max_yaw_deg=20.0, max_pitch_deg=10.0))

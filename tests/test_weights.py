@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gazegen import weights as W
-from gazegen.models.vgg import VGG16Features, load_vgg16
+from gazegen.metrics.vgg import VGG16Features, load_vgg16
 
 # torchvision's vgg16 `features`: conv layers at these indices (ReLU after each, max-pools at
 # 4, 9, 16, 23, 30), so the published state dict's features.* keys are exactly these.

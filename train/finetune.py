@@ -2,13 +2,13 @@
 
 Per subject, in file order: the input group is the first ``group_size`` images, the target group
 the next ``group_size`` (half each when the subject has fewer than 2 x group_size; the same rule as
-``EvaluateConfig`` / train/evaluate.py). The trained model is fine-tuned on triplets of the input
+``EvaluateConfig`` / evaluation/evaluate.py). The trained model is fine-tuned on triplets of the input
 group only (I_s, I_gt and I_f all from it) for ``epochs`` epochs with the training run's optimiser,
 losses and depth prior, and scored on input -> target pairs (I_s from the input group, I_gt from
 the target group) before and after. Each subject starts from the same trained weights and gets
 its own run folder and checkpoint: ``OUT/<subject>/checkpoints/step_NNNNNNN``.
 
-``finetune_model`` is the same on samples held in memory (train/evaluate.py's hook).
+``finetune_model`` is the same on samples held in memory (evaluation/evaluate.py's hook).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def finetune_model(model: LiveGaze, samples: Sequence[Sample], epochs: int = 10,
                    group_size: int | None = None) -> LiveGaze:
     """Fine-tune ``model`` in place on one subject's samples held in memory (an input group) and return it.
 
-    All ``samples`` are the input group (``group_size`` None: scored within it); train/evaluate.py's ``Finetune`` hook:
+    All ``samples`` are the input group (``group_size`` None: scored within it); evaluation/evaluate.py's ``Finetune`` hook:
     ``lambda model, samples, epochs: finetune_model(model, samples, epochs)``. Settings: ``train_cfg``,
     else TrainConfig's defaults (the paper's); the run folder is temporary.
     """

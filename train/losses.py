@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gazegen.config import LossConfig
-from gazegen.metrics import masked_mean
+from gazegen.metrics.scores import masked_mean
 
 FeatureExtractor = Callable[[torch.Tensor], Mapping[str, torch.Tensor] | Sequence[torch.Tensor]]
 
@@ -111,7 +111,7 @@ class LiveGazeLoss(nn.Module):
         self.config = config
         self.use_perceptual = config.perceptual and config.perceptual_weight > 0
         if self.use_perceptual and extractor is None:
-            from gazegen.models.vgg import load_vgg16
+            from gazegen.metrics.vgg import load_vgg16
 
             extractor = load_vgg16(tuple(config.vgg_layers))
         self.extractor = extractor.eval().requires_grad_(False) if self.use_perceptual and extractor is not None else None

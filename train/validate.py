@@ -24,7 +24,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gazegen import metrics
+from gazegen.metrics import scores as metrics
 from gazegen.data.images import resize_tensor, to_unit
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train.data import Triplets

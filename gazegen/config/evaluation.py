@@ -21,7 +21,7 @@ class EyePatchConfig:
     (+-half_spacing_mm, above_centre_mm, forward_mm) of the head's world frame (x to the subject's
     left, y up, z out of the face, origin the face centre) are projected with the predicted head
     pose; a `window_mm` (width, height) window at each point's depth is sampled to `pixels`
-    (gazegen/models/eye_patches.py). The defaults fit the procedural heads of `gazegen data
+    (gazegen/metrics/eye_patches.py). The defaults fit the procedural heads of `gazegen data
     synth-heads` (gazegen/data/head_model.py: eyeball centres 29-34 mm either side of the face
     centre, the eye openings 13-15 mm in front of them and up to 27 mm wide) in its camera, LiveGaze's
     512 px normalisation. ETH-XGaze's face centre lies between the eyes and the nose: there the
@@ -46,7 +46,7 @@ class EyePatchConfig:
 
 @dataclass(frozen=True)
 class EstimatorNetConfig:
-    """The reference gaze estimator's network (gazegen/models/estimator.py): a compact ResNet.
+    """The reference gaze estimator's network (gazegen/metrics/estimator.py): a compact ResNet.
 
     Images of any size are resized (antialiased) to `resolution`; a 3x3 stride-2 stem of `width`
     channels (and a 3x3 stride-2 max-pool with `stem_pool`, as ResNet's), then one stage per entry
@@ -77,7 +77,7 @@ class EstimatorNetConfig:
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """`gazegen estimator train` (train/estimator.py): the judge of redirection accuracy.
+    """`gazegen estimator train` (evaluation/estimator.py): the judge of redirection accuracy.
 
     Loss = L1(gaze) + head_weight * L1(head pose), pitch/yaw radians in the image's normalised
     camera; AdamW with linear warm-up then cosine decay to zero at `steps`.
@@ -105,7 +105,7 @@ class EstimatorConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """`gazegen evaluate` (train/evaluate.py): GazeNeRF's protocol, as the paper's supplement follows it.
+    """`gazegen evaluate` (evaluation/evaluate.py): GazeNeRF's protocol, as the paper's supplement follows it.
 
     Per test subject, in file order: the input group is the first `group_size` images, the target
     group the next `group_size` (fewer when the subject has under 2 * group_size images: half each).
@@ -124,7 +124,7 @@ class EvaluateConfig:
     batch_size: int = bounded(1, 1, 1024)  # pairs per forward pass; ms/img = batch time / batch size
     warmup: int = bounded(1, 0)  # untimed forward passes before the first timed one
     baselines: bool = True  # also score copy-the-source, a perfect render at the neural side and the ground truth (the floor)
-    probes: bool = True  # with an estimator: the gaze sweep and the swap test (train/probes.py)
+    probes: bool = True  # with an estimator: the gaze sweep and the swap test (evaluation/probes.py)
     lpips: bool = True  # False: LPIPS is not loaded (reported n/a)
     fid: bool = True  # False: FID is not loaded (reported n/a)
     psnr_cap_db: float = bounded(100.0, 1.0)  # PSNR of identical images (inf) is reported as this, and counted

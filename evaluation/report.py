@@ -21,9 +21,9 @@ import torch
 from gazegen.config import EvaluateConfig, to_dict
 from gazegen.data.images import from_model_range, resize_area
 from gazegen.data.sample import Sample
-from gazegen.metrics import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
-from gazegen.train.probes import ProbeReport, pearson
-from gazegen.train.pupils import PupilFollowing
+from gazegen.metrics.scores import FIDMetric, LPIPSMetric, frechet_distance, gaussian_stats
+from gazegen.evaluation.probes import ProbeReport, pearson
+from gazegen.evaluation.pupils import PupilFollowing
 
 IMAGE_KEYS = ("ssim", "psnr", "lpips")
 GAZE_KEYS = ("gaze_error", "head_error", "gaze_error_vs_estimate", "head_error_vs_estimate")
@@ -148,7 +148,7 @@ class EvaluationReport:
     device: str
     sheet: list[SheetRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    probes: ProbeReport | None = None  # gaze sweep and swap test of the model (train/probes.py)
+    probes: ProbeReport | None = None  # gaze sweep and swap test of the model (evaluation/probes.py)
 
     def method(self, name: str) -> MethodResult:
         return next(m for m in self.methods if m.name == name)
@@ -274,7 +274,7 @@ def probes_markdown(p: ProbeReport) -> list[str]:
     sw, f, sp = p.sweep, p.sweep.following, p.swap
     ratio = _num(sw.rest_over_eyes, 3)
     return [
-        "## Gaze sweep and swap test (train/probes.py)", "",
+        "## Gaze sweep and swap test (evaluation/probes.py)", "",
         f"Gaze sweep: {sw.subjects} subject(s) x {sw.gazes} requested gazes, one source each, its own camera "
         "(sweep.png shows the first). The read gaze against the requested one: "
         f"r pitch {_num(f.pitch_corr, 2)}, r yaw {_num(f.yaw_corr, 2)}, mean error {f.error_deg:.2f}°. "
@@ -292,7 +292,7 @@ def probes_markdown(p: ProbeReport) -> list[str]:
 def pupils_markdown(p: PupilFollowing) -> list[str]:
     direction = {None: "unknown", True: "the data's", False: "OPPOSITE to the data's"}[p.same_direction]
     return [
-        "Pupils, read without the estimator (train/pupils.py: the darkness centroid of each eye region): "
+        "Pupils, read without the estimator (evaluation/pupils.py: the darkness centroid of each eye region): "
         f"r(pupil x, requested yaw) {_num(p.model_yaw, 2)} and r(pupil y, requested pitch) {_num(p.model_pitch, 2)}; "
         f"on the subjects' own images from that camera {_num(p.data_yaw, 2)} and {_num(p.data_pitch, 2)}. "
         f"The model moves the pupils in {direction} direction in yaw."

@@ -34,9 +34,9 @@ from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, gaze_head_to_camera, head_pose_to_rotation
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset
+from gazegen.evaluation.pupils import PupilFollowing, offsets_vs_gaze, pupil_offset
 
-Estimator = Any  # (B, 3, H, W) in [-1, 1] -> GazeEstimate (train/evaluate.py's Estimator)
+Estimator = Any  # (B, 3, H, W) in [-1, 1] -> GazeEstimate (evaluation/evaluate.py's Estimator)
 
 
 @dataclass(frozen=True)

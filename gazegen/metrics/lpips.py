@@ -3,7 +3,7 @@
 For images x, y in [-1, 1]:
 
     f_l = VGG16 activation at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (ImageNet-normalised
-          input; see gazegen/models/vgg.py: identical to LPIPS' ScalingLayer)
+          input; see gazegen/metrics/vgg.py: identical to LPIPS' ScalingLayer)
     u_l = f_l / (||f_l||_2 over channels + 1e-10)          # unit-normalised per pixel
     d_l = w_l . (u_l(x) - u_l(y))^2                        # 1x1 conv, C_l -> 1, no bias
     LPIPS(x, y) = sum_l mean_{h,w} d_l
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gazegen.models.vgg import RELU_CHANNELS, VGG16Features, features_state_dict
+from gazegen.metrics.vgg import RELU_CHANNELS, VGG16Features, features_state_dict
 from gazegen.weights import load_weight
 
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")

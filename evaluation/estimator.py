@@ -1,4 +1,4 @@
-"""Train and evaluate the reference gaze estimator (gazegen/models/estimator.py).
+"""Train and evaluate the reference gaze estimator (gazegen/metrics/estimator.py).
 
 Data, either of two kinds, told apart by ``open_gaze_data``:
 
@@ -41,7 +41,7 @@ from gazegen.data.splits import store_splits
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error
-from gazegen.models.estimator import GazeEstimator
+from gazegen.metrics.estimator import GazeEstimator
 
 log = logging.getLogger(__name__)
 

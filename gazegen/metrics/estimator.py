@@ -5,7 +5,7 @@ compares with the targets' labels) and the first consumer of the synthesis Parqu
 
     image (B, 3, H, W) in [-1, 1] ──resize to S──> face trunk: stem (3x3/2, [max-pool/2]), stages of
         basic blocks, global average pool ──> face features ──linear──> head pose (B, 2)
-    [eye branch] S x S image + head pose ──> two eye patches (gazegen/models/eye_patches.py) ──> eye
+    [eye branch] S x S image + head pose ──> two eye patches (gazegen/metrics/eye_patches.py) ──> eye
         trunk: stem (3x3/1), stages, global average pool ──> eye features (one trunk, both eyes)
     face features [+ both eyes' features] ──linear──> gaze (B, 2)
 
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gazegen.config import EstimatorNetConfig
-from gazegen.models.eye_patches import eye_patches
+from gazegen.metrics.eye_patches import eye_patches
 
 
 @dataclass(frozen=True)

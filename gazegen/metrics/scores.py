@@ -189,7 +189,7 @@ class LPIPSMetric:
 
     @classmethod
     def load(cls, device: str | torch.device = "cpu", value_range: Range = GAZEGEN_RANGE) -> LPIPSMetric:
-        from gazegen.models.lpips import load_lpips
+        from gazegen.metrics.lpips import load_lpips
 
         try:
             return cls(load_lpips().to(device), value_range=value_range)
@@ -275,7 +275,7 @@ class FIDMetric:
 
     @classmethod
     def load(cls, device: str | torch.device = "cpu", value_range: Range = GAZEGEN_RANGE) -> FIDMetric:
-        from gazegen.models.inception import load_fid_inception
+        from gazegen.metrics.inception import load_fid_inception
 
         try:
             return cls(load_fid_inception().to(device), value_range=value_range)

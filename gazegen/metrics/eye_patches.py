@@ -3,7 +3,7 @@
 In a normalised image (ETH-XGaze, Zhang et al.) the virtual camera looks at the face centre from a
 fixed distance, with a fixed focal length and no roll (gazegen/geometry.py), so a point fixed to
 the head projects to a place that depends on the head pose alone: ``geometry.head_pose_to_camera``
-then ``geometry.project``. The eye branch of the reference estimator (gazegen/models/estimator.py)
+then ``geometry.project``. The eye branch of the reference estimator (gazegen/metrics/estimator.py)
 cuts, around each eye, a window of fixed size in millimetres at the eye's depth: the same part of
 the face at every head pose and image resolution, sampled at a few pixels per millimetre where the
 whole face gets fewer.

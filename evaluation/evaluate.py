@@ -18,7 +18,7 @@ the target group. What is implemented (``EvaluateConfig``):
 * fine-tuning (``finetune``): one call per subject on a fresh copy of the loaded weights,
   ``finetune_fn(model, input_group, epochs)`` (see ``Finetune``; by default train/finetune.py's
   ``finetune_model`` with the checkpoint's training settings); off by default;
-* image metrics (gazegen/metrics.py) at the model's output resolution (targets resized to it,
+* image metrics (gazegen/metrics/scores.py) at the model's output resolution (targets resized to it,
   antialiased): SSIM, PSNR, LPIPS and FID, after filling everything outside the target's face
   mask with ``background`` in both images (GazeNeRF fills white; the paper shows masked faces).
   PSNR of identical images (inf) is reported as ``psnr_cap_db`` and counted. FID per subject
@@ -56,10 +56,10 @@ from gazegen.data.images import resize_tensor, to_model_range
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
-from gazegen.metrics import FIDMetric, LPIPSMetric, psnr, ssim
-from gazegen.models.estimator import GazeEstimate
+from gazegen.metrics.scores import FIDMetric, LPIPSMetric, psnr, ssim
+from gazegen.metrics.estimator import GazeEstimate
 from gazegen.models.livegaze import LiveGaze
-from gazegen.train.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
+from gazegen.evaluation.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     ``resolution``: side at which images are compared (default: the first method's output side,
     else the store's). ``estimator`` None: gaze and head errors are reported n/a with ``estimator_note``.
     """
-    from gazegen.train.estimator import store_files  # the store's split, as the estimator reads it
+    from gazegen.evaluation.estimator import store_files  # the store's split, as the estimator reads it
 
     device = torch.device(device)
     files = store_files(data, cfg.split)
@@ -356,12 +356,12 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
              model: LiveGaze | None = None) -> EvaluationReport:
     """`gazegen evaluate CKPT DATA --out DIR`: writes report.json, report.md and sheet.png to ``out``.
 
-    ``estimator``: a reference-estimator checkpoint (train/estimator.py); without one the gaze and
+    ``estimator``: a reference-estimator checkpoint (evaluation/estimator.py); without one the gaze and
     head errors are n/a. ``model`` replaces loading ``checkpoint`` (the path is still reported).
     """
     from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
-    from gazegen.models.estimator import GazeEstimator
-    from gazegen.train.estimator import check_store_camera
+    from gazegen.metrics.estimator import GazeEstimator
+    from gazegen.evaluation.estimator import check_store_camera
 
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
@@ -386,8 +386,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
                             estimator_note="no estimator checkpoint given (--estimator)")
     if judge is not None and cfg.probes:
-        from gazegen.train.estimator import store_files
-        from gazegen.train.probes import run_probes
+        from gazegen.evaluation.estimator import store_files
+        from gazegen.evaluation.probes import run_probes
 
         files = store_files(data, cfg.split)
         report.probes = run_probes(model, files[: cfg.max_subjects] if cfg.max_subjects else files, judge, device)
