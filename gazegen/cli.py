@@ -203,17 +203,15 @@ def synthesize(
     import sys
 
     from gazegen.checkpoint import CheckpointError
-    from gazegen.config import ConfigError
+    from gazegen.config import ConfigError, load_synth_config
     from gazegen.pipelines.manifest import RunMismatchError
     from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
 
+    flags = {"grid": grid, "pitch": pitch, "yaw": yaw, "view_pitch": view_pitch, "view_yaw": view_yaw, "sample": sample,
+             "seed": seed, "batch_size": batch_size, "num_gpus": num_gpus, "rows_per_shard": rows_per_shard, "crop": crop}  # fmt: skip
     try:
-        result = run_synthesis(
-            checkpoint, inputs, out, grid=grid, pitch=pitch, yaw=yaw, view_pitch=view_pitch, view_yaw=view_yaw,
-            sample=sample, seed=seed, batch_size=batch_size, num_gpus=num_gpus, address=address,
-            rows_per_shard=rows_per_shard, crop=crop, config=config, overrides=overrides or (),
-            overwrite=overwrite, command=sys.argv,
-        )
+        cfg = load_synth_config(config, overrides or (), **flags)
+        result = run_synthesis(checkpoint, inputs, out, cfg, address=address, overwrite=overwrite, command=sys.argv)
     except (RunMismatchError, IncompleteShardsError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     except Exception as e:  # anything else (a Ray failure): its type and first line; the traceback with -v

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint
-from gazegen.config import NormalisationConfig
+from gazegen.config import GridSpec, NormalisationConfig
 from gazegen.data.parquet import DEPTH_SCALE
 from gazegen.models.livegaze import LiveGaze
-from gazegen.pipelines.grid import GridSpec, plan_source, pose_problem, rendered_poses
+from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses
 from gazegen.pipelines.inputs import CARRIED
 from gazegen.pipelines.schema import depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 
@@ -167,7 +167,7 @@ def row_records(meta: dict, rows: RenderedSource) -> Iterator[dict[str, np.ndarr
 class RenderActor:
     """Ray Data's callable class: loads the checkpoint once, then renders sources one by one.
 
-    Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/synthesis.py;
+    Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
     ``gaze_known``); outputs are the records above, source after source.
     """
