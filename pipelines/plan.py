@@ -15,7 +15,7 @@ from typing import Any
 
 from gazegen.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, checkpoint_normalisation, read_model_config
 from gazegen.config import GridSpec, ModelConfig, NormalisationConfig, SynthConfig
-from gazegen.data.parquet import FORMAT_VERSION
+from gazegen.data.schema import FORMAT_VERSION
 from gazegen.pipelines.grid import rows_per_source
 from gazegen.pipelines.inputs import DecodeSettings, SourceRecord, input_root, list_sources
 from gazegen.pipelines.render_actor import RenderSettings

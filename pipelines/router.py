@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gazegen.pipelines.plan import RunPlan
-from gazegen.pipelines.schema import ROW_COLUMNS, row_id
+from gazegen.data.schema import ROW_COLUMNS, row_id
 from gazegen.pipelines.shards import OutputDir, ShardSpec, ShardStats, ShardWriter
 
 ROW_INPUTS = tuple(c for c in ROW_COLUMNS if c not in ("row_id", "checkpoint_hash", "seed"))  # what the stages carry

@@ -18,7 +18,7 @@ from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector
 from gazegen.models.estimator import GazeEstimator, load_estimator, save_estimator
-from gazegen.pipelines import schema
+from gazegen.data import schema
 from gazegen.pipelines.shards import ShardWriter, plan_shards
 from gazegen.train.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from gazegen.checkpoint import CheckpointError, checkpoint_normalisation, load_checkpoint, load_train_state, save_checkpoint
 from gazegen.config import FinetuneConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config, load_synth_config
 from gazegen.data.heads import synthesize_store
-from gazegen.data.parquet import decode_depth_png
+from gazegen.data.schema import decode_depth_png
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.pipelines.inputs import decode_sources
 from gazegen.pipelines.graph import local_records

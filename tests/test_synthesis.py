@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_checkpoint
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config, load_synth_config
-from gazegen.data.parquet import decode_alpha_png, decode_depth_png, decode_png
+from gazegen.data.schema import decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
