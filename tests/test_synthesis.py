@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_checkpoint
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config, load_synth_config
-from gazegen.data.schema import decode_alpha_png, decode_depth_png, decode_png
+from gazegen.data.schema import LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
@@ -159,8 +159,7 @@ def fake_rows(run, source_id: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(len(source_id))
     rows = RenderedSource(
         image=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), depth=np.full((n, 8, 8), 9000, np.uint16),
-        alpha=np.full((n, 8, 8), 255, np.uint8), labels={k: np.zeros((n, w), np.float32) for k, w in
-                                                          {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}.items()},
+        alpha=np.full((n, 8, 8), 255, np.uint8), labels={k: np.zeros((n, w), np.float32) for k, w in LABEL_WIDTHS.items()},
         gaze_index=np.arange(n, dtype=np.int32) // 2, view_index=np.arange(n, dtype=np.int32) % 2,
     )  # fmt: skip
     shard = next(s.shard_id for s in run.shards if source_id in s.inputs)
