@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: train/ and pipelines/ are top-level packages
 
 from gazegen.checkpoint import CONFIG_FILE, load_pretrained, read_model_config  # noqa: E402
-from gazegen.config import CONFIG_DIR, EstimatorConfig, ExportConfig, SynthHeadsConfig, load_config  # noqa: E402
+from gazegen.config import CONFIG_DIR, EstimatorConfig, ExportConfig, SynthHeadsConfig, load_config, load_synth_config  # noqa: E402
 from gazegen.data.export import export_run  # noqa: E402
 from gazegen.data.heads import synthesize_store  # noqa: E402
 from gazegen.data.store import SPLIT_FILE  # noqa: E402
@@ -133,12 +133,12 @@ def synthesise(args: argparse.Namespace, checkpoint: Path, few: list[Path]) -> t
         if not link.is_symlink():
             link.symlink_to(file.resolve())
     shards, exported = args.out / "synth", args.out / "synth_xgaze"
-    settings = {"sample": args.sample or None, "config": args.synth_config, "overrides": ["cpu_threads=1"], "command": sys.argv}
+    cfg = load_synth_config(args.synth_config, ["cpu_threads=1"], sample=args.sample or None)
     try:  # an earlier run of the same settings is reused (resumed if unfinished)
-        result = run_synthesis(checkpoint, inputs, shards, **settings)
+        result = run_synthesis(checkpoint, inputs, shards, cfg, command=sys.argv)
     except RunMismatchError as e:  # another checkpoint or settings: this benchmark's own folder is redone
         log.info("%s; synthesising afresh", str(e).splitlines()[0])
-        result = run_synthesis(checkpoint, inputs, shards, overwrite=True, **settings)
+        result = run_synthesis(checkpoint, inputs, shards, cfg, overwrite=True, command=sys.argv)
     log.info("synthesis: %s", result.summary())
     log.info("export: %s", export_run(str(shards), exported, ExportConfig(format="xgaze"), overwrite=True).summary())
     return shards, exported

@@ -6,7 +6,7 @@ Prints JSON. Three figures, measured in one run on the same model (a checkpoint,
 initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sources`` noise crops):
 
 * ``bare``: the pipeline's own stage functions called in sequence in this process (decode,
-  render, PNG encoding, shard writing; ``gazegen.pipelines.synthesis.local_records``): images/s.
+  render, PNG encoding, shard writing; ``gazegen.pipelines.graph.local_records``): images/s.
 * ``ray``: ``run_synthesis`` into a fresh output, images/s over its whole wall clock (planning,
   Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
   start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways.
@@ -43,12 +43,15 @@ import torch
 
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_pretrained
-from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config
+from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config, load_synth_config
 from gazegen.data.images import to_model_range
 from gazegen.models.livegaze import LiveGaze
 from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.shards import OutputDir
-from gazegen.pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
+from gazegen.pipelines.graph import default_cpu_threads, local_records
+from gazegen.pipelines.plan import plan_run
+from gazegen.pipelines.router import ShardRouter
+from gazegen.pipelines.synthesis import run_synthesis
 
 
 def make_inputs(folder: Path, count: int, side: int) -> Path:
@@ -176,7 +179,7 @@ def measure(args: argparse.Namespace, work: Path, threads: int) -> dict:
     start = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - start
-    result = run_synthesis(checkpoint, inputs, str(work / "ray"), overrides=overrides, overwrite=True, progress=False, **options)
+    result = run_synthesis(checkpoint, inputs, str(work / "ray"), load_synth_config(None, overrides, **options), overwrite=True, progress=False)
     ray.shutdown()
     ray_figures = {"rows": result.rows_written, "ray_init_s": init_s, "pipeline_s": result.seconds,
                    "images_per_s": result.rows_written / (init_s + result.seconds),

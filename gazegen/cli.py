@@ -203,16 +203,15 @@ def synthesize(
     """Render every input face under a grid of gazes and views into Parquet shards (Ray)."""
     import sys
 
+    from gazegen.config import load_synth_config
     from gazegen.pipelines.synthesis import run_synthesis
 
+    flags = {"grid": grid, "pitch": pitch, "yaw": yaw, "view_pitch": view_pitch, "view_yaw": view_yaw, "sample": sample,
+             "seed": seed, "batch_size": batch_size, "num_gpus": num_gpus, "rows_per_shard": rows_per_shard, "crop": crop}  # fmt: skip
     try:
-        result = run_synthesis(
-            checkpoint, inputs, out, grid=grid, pitch=pitch, yaw=yaw, view_pitch=view_pitch, view_yaw=view_yaw,
-            sample=sample, seed=seed, batch_size=batch_size, num_gpus=num_gpus, address=address,
-            rows_per_shard=rows_per_shard, crop=crop, config=config, overrides=overrides or (),
-            overwrite=overwrite, command=sys.argv,
-        )
-    except (*USER_ERRORS, ValueError) as e:  # ValueError: the grid's and the inputs' own checks raise it plainly
+        cfg = load_synth_config(config, overrides or (), **flags)
+        result = run_synthesis(checkpoint, inputs, out, cfg, address=address, overwrite=overwrite, command=sys.argv)
+    except USER_ERRORS as e:
         _fail(str(e))
     except Exception as e:  # anything else (a Ray failure): its type and first line; the traceback with -v
         logging.getLogger("gazegen.synthesize").debug("synthesis failed", exc_info=True)

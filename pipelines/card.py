@@ -17,8 +17,8 @@ import numpy as np
 
 from gazegen import geometry
 from gazegen.data.label_plots import ShardLabels
-from gazegen.data.parquet import DEPTH_SCALE, SHARD_GLOB
-from gazegen.pipelines.schema import FEATURES, ROW_ID_FORMAT
+from gazegen.data.parquet import SHARD_GLOB
+from gazegen.data.schema import DEPTH_SCALE, FEATURES, ROW_ID_FORMAT
 
 if TYPE_CHECKING:
     from gazegen.pipelines.manifest import RunManifest

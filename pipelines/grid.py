@@ -1,22 +1,14 @@
-"""The synthesis grid: which gazes and camera views every source is rendered under.
+"""The synthesis grid planned per source: which gazes and camera views each source is rendered under.
 
-Axes (`--grid pitch,yaw,view`):
-    pitch, yaw   the target gaze in the head frame (gazegen/geometry.py), swept over a range;
-                 an axis not named keeps the source's gaze (0 when the source's gaze is unknown)
-    view         the camera orbits the head: (pitch, yaw) offsets added to the source's head
-                 pose; not named: the source camera only
-Ranges are `start:stop:count` in degrees, both ends included (`-30:30:5` -> -30, -15, 0, 15, 30).
-Inside, everything is radians.
+The grid itself (axes, `start:stop:count` degree ranges, their bounds, the conversion to radians)
+is typed config: gazegen/config/grid.py. Here it becomes rows. The full grid of one source is
+gazes x views: the model encodes the source once, redirects once per gaze and renders each gaze's
+triplane for all views. `sample=N` instead draws N (gaze, view) pairs uniformly within the ranges,
+from a generator seeded by (seed, source id), so a rerun draws the same pairs. An axis not swept
+keeps the source's gaze (0 when unknown), or the source camera.
 
-The full grid of one source is gazes x views: the model encodes the source once, redirects
-once per gaze and renders each gaze's triplane for all views. `sample=N` instead draws N
-(gaze, view) pairs uniformly within the ranges, from a generator seeded by (seed, source id),
-so a rerun draws the same pairs.
-
-Bounds: a pitch (gaze pitch, view pitch, and a source's head pitch plus its view offsets) must
-stay inside (-90, 90) degrees: past the pole a (pitch, yaw) pair names another rotation, and the
-stored head pose would no longer match the camera. Yaws are bounded to [-180, 180] in the grid,
-and a rendered head yaw (source yaw + offset) is wrapped into [-180, 180).
+A rendered head pose is the source's plus a view offset: its pitch must stay inside (-90, 90)
+degrees (``pose_problem``) and its yaw is wrapped into [-180, 180) (``rendered_poses``).
 """
 
 from __future__ import annotations
@@ -26,73 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AXES = ("pitch", "yaw", "view")
-MAX_PITCH_DEG = 90.0  # exclusive: |pitch| < 90
-MAX_YAW_DEG = 180.0  # inclusive
-
-
-@dataclass(frozen=True)
-class AxisRange:
-    start_deg: float
-    stop_deg: float
-    count: int
-
-    @classmethod
-    def parse(cls, text: str, name: str) -> AxisRange:
-        parts = text.split(":")
-        try:
-            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        except (ValueError, IndexError):
-            raise ValueError(f"--{name} {text!r}: expected start:stop:count in degrees, e.g. -30:30:5") from None
-        if len(parts) != 3 or count < 1 or (count == 1 and start != stop):
-            raise ValueError(f"--{name} {text!r}: count must be >= 1 (1 only when start == stop)")
-        return cls(start, stop, count)
-
-    def check(self, name: str, limit: float, inclusive: bool) -> AxisRange:
-        """Raises ValueError unless both ends lie within +-limit degrees; returns self."""
-        worst = max(abs(self.start_deg), abs(self.stop_deg))
-        if worst > limit or (worst == limit and not inclusive) or not np.isfinite(worst):
-            bound = f"[-{limit:g}, {limit:g}]" if inclusive else f"(-{limit:g}, {limit:g})"
-            raise ValueError(f"--{name} {self.start_deg:g}:{self.stop_deg:g}:{self.count}: degrees must lie in {bound}")
-        return self
-
-    def values(self) -> np.ndarray:
-        """(count,) radians."""
-        return np.radians(np.linspace(self.start_deg, self.stop_deg, self.count))
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    axes: tuple[str, ...]  # the swept axes, a subset of AXES
-    pitch: AxisRange
-    yaw: AxisRange
-    view_pitch: AxisRange
-    view_yaw: AxisRange
-    sample: int = 0  # 0: the full grid; N > 0: N random (gaze, view) pairs per source
-    seed: int = 0
-
-    @classmethod
-    def parse(cls, axes: str, pitch: str, yaw: str, view_pitch: str, view_yaw: str, sample: int = 0, seed: int = 0) -> GridSpec:
-        names = tuple(a.strip() for a in axes.split(",") if a.strip())
-        unknown = [a for a in names if a not in AXES]
-        if unknown or not names:
-            raise ValueError(f"--grid {axes!r}: axes must be a comma list of {', '.join(AXES)}")
-        if sample < 0:
-            raise ValueError(f"--sample {sample}: must be >= 0")
-        return cls(
-            axes=names, pitch=AxisRange.parse(pitch, "pitch").check("pitch", MAX_PITCH_DEG, False),
-            yaw=AxisRange.parse(yaw, "yaw").check("yaw", MAX_YAW_DEG, True),
-            view_pitch=AxisRange.parse(view_pitch, "view-pitch").check("view-pitch", MAX_PITCH_DEG, False),
-            view_yaw=AxisRange.parse(view_yaw, "view-yaw").check("view-yaw", MAX_YAW_DEG, True),
-            sample=sample, seed=seed,
-        )  # fmt: skip
-
-    def view_pitch_bounds(self) -> tuple[float, float]:
-        """(lowest, highest) view pitch offset in radians ((0, 0) when views are not swept)."""
-        if "view" not in self.axes:
-            return 0.0, 0.0
-        ends = np.radians([self.view_pitch.start_deg, self.view_pitch.stop_deg])
-        return float(ends.min()), float(ends.max())
+from gazegen.config.grid import MAX_PITCH_DEG, GridSpec
 
 
 def pose_problem(head_pose: np.ndarray, view_pitch: tuple[float, float]) -> str:
@@ -133,17 +59,13 @@ def plan_source(spec: GridSpec, source_id: str, source_gaze_head: np.ndarray | N
     if spec.sample:
         rng = _source_rng(spec.seed, source_id)
         n = spec.sample
-
-        def draw(axis: AxisRange, swept: bool, default: float) -> np.ndarray:
-            if not swept:
-                return np.full(n, default)
-            return np.radians(rng.uniform(min(axis.start_deg, axis.stop_deg), max(axis.start_deg, axis.stop_deg), n))
-
-        gazes = np.stack([draw(spec.pitch, "pitch" in spec.axes, base[0]), draw(spec.yaw, "yaw" in spec.axes, base[1])], -1)
+        pitch = spec.pitch.draw(rng, n) if "pitch" in spec.axes else np.full(n, base[0])
+        yaw = spec.yaw.draw(rng, n) if "yaw" in spec.axes else np.full(n, base[1])
         view = "view" in spec.axes
-        views = np.stack([draw(spec.view_pitch, view, 0.0), draw(spec.view_yaw, view, 0.0)], -1)
+        view_pitch = spec.view_pitch.draw(rng, n) if view else np.zeros(n)
+        view_yaw = spec.view_yaw.draw(rng, n) if view else np.zeros(n)
         pairs = np.stack([np.arange(n), np.arange(n)], -1)
-        return SourcePlan(gazes=gazes, views=views, pairs=pairs)
+        return SourcePlan(gazes=np.stack([pitch, yaw], -1), views=np.stack([view_pitch, view_yaw], -1), pairs=pairs)
     pitches = spec.pitch.values() if "pitch" in spec.axes else base[:1]
     yaws = spec.yaw.values() if "yaw" in spec.axes else base[1:]
     gazes = np.stack(np.meshgrid(pitches, yaws, indexing="ij"), -1).reshape(-1, 2)
@@ -156,10 +78,6 @@ def plan_source(spec: GridSpec, source_id: str, source_gaze_head: np.ndarray | N
 
 
 def rows_per_source(spec: GridSpec) -> int:
-    """Output rows of every source (the same for all sources)."""
-    if spec.sample:
-        return spec.sample
-    gazes = (spec.pitch.count if "pitch" in spec.axes else 1) * (spec.yaw.count if "yaw" in spec.axes else 1)
-    views = spec.view_pitch.count * spec.view_yaw.count if "view" in spec.axes else 1
-    return gazes * views
-
+    """Output rows of every source: the length of a plan's rows, the same for every source (a
+    sample draws ``sample`` pairs, a full grid is the product of its axes whatever the source's gaze)."""
+    return len(plan_source(spec, "", None).pairs)

@@ -24,7 +24,7 @@ error; reading a source never raises: failures come back as ``DecodedSource`` wi
 ``reason`` set (the errors table). What a source must pass to be read (regular files, the pixel cap
 checked from the header, path cells inside the input root, labels that are finite (pitch, yaw)
 radians, a time limit) is pipelines/guards.py; a source with a head pitch the grid's view pitch
-offsets would carry past 90 degrees fails here too (pipelines/grid.py).
+offsets would carry past 90 degrees fails here too (gazegen/config/grid.py, pipelines/grid.py).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image") ->
     if skipped:
         log.info("%s: %d files of other kinds skipped", inputs, skipped)
     if not records:
-        raise ValueError(f"{inputs}: no images ({', '.join(IMAGE_SUFFIXES)}), h5 or Parquet files found")
+        raise InputError(f"{inputs}: no images ({', '.join(IMAGE_SUFFIXES)}), h5 or Parquet files found")
     return sorted(records, key=lambda r: r.source_id)
 
 

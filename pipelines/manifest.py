@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 
 from gazegen.data.label_plots import figure_png, label_figure, read_labels
 from gazegen.data.parquet import SHARD_GLOB
+from gazegen.data.schema import ERRORS_SCHEMA, GAZEGEN_METADATA
 from gazegen.errors import GazegenError
 from gazegen.pipelines.card import CARD_NAME, HISTOGRAMS_NAME, dataset_card
-from gazegen.pipelines.schema import ERRORS_SCHEMA, GAZEGEN_METADATA
 from gazegen.pipelines.shards import (
     SHARD_ERRORS_DIR,
     STATS_GLOB,

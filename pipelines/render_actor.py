@@ -32,17 +32,15 @@ import torch.nn.functional as F
 
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint
-from gazegen.config import NormalisationConfig
+from gazegen.config import GridSpec, NormalisationConfig
 from gazegen.data.images import from_model_range, to_model_range
-from gazegen.data.parquet import DEPTH_SCALE
+from gazegen.data.schema import DEPTH_SCALE, LABEL_WIDTHS, depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 from gazegen.models.livegaze import LiveGaze
-from gazegen.pipelines.grid import GridSpec, plan_source, pose_problem, rendered_poses
+from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses
 from gazegen.pipelines.inputs import CARRIED
-from gazegen.pipelines.schema import depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 
 log = logging.getLogger(__name__)
 
-LABELS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}
 BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
 
 
@@ -65,7 +63,7 @@ class RenderedSource:
     image: np.ndarray  # (R, S, S, 3) uint8 RGB
     depth: np.ndarray  # (R, D, D) uint16, depth_to_uint16 of millimetres
     alpha: np.ndarray  # (R, D, D) uint8, alpha * 255
-    labels: dict[str, np.ndarray]  # LABELS: (R, width) float32
+    labels: dict[str, np.ndarray]  # LABEL_WIDTHS: (R, width) float32
     gaze_index: np.ndarray  # (R,) int32
     view_index: np.ndarray  # (R,) int32
 
@@ -142,7 +140,7 @@ def error_record(meta: dict, stage: str, reason: str, image_side: int, depth_sid
     """One failed source as a one-row record (zero arrays keep every block's columns alike)."""
     record = {k: np.array([v]) for k, v in meta.items()}
     record |= {"status": np.array(["error"]), "stage": np.array([stage]), "reason": np.array([reason])}
-    record |= {k: np.zeros((1, w), np.float32) for k, w in LABELS.items()}
+    record |= {k: np.zeros((1, w), np.float32) for k, w in LABEL_WIDTHS.items()}
     record |= {"gaze_index": np.zeros(1, np.int32), "view_index": np.zeros(1, np.int32)}
     record |= {"image": np.zeros((1, image_side, image_side, 3), np.uint8)}
     record |= {"depth": np.zeros((1, depth_side, depth_side), np.uint16), "alpha": np.zeros((1, depth_side, depth_side), np.uint8)}
@@ -168,7 +166,7 @@ def row_records(meta: dict, rows: RenderedSource) -> Iterator[dict[str, np.ndarr
 class RenderActor:
     """Ray Data's callable class: loads the checkpoint once, then renders sources one by one.
 
-    Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/synthesis.py;
+    Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
     ``gaze_known``); outputs are the records above, source after source.
     """

@@ -38,8 +38,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from gazegen.data.parquet import IMAGE_COLUMNS
-from gazegen.pipelines.schema import ROW_SCHEMA, conform, errors_table, rows_table
+from gazegen.data.schema import IMAGE_COLUMNS, ROW_SCHEMA, conform, errors_table, rows_table
 
 TMP_DIR = "_tmp"
 SHARD_ERRORS_DIR = "_errors"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gazegen import geometry
 from gazegen.cli import app
 from gazegen.data.label_plots import label_figure, read_labels
-from gazegen.pipelines import schema
+from gazegen.data import schema
 from gazegen.pipelines.card import HISTOGRAMS_NAME
 from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
 from gazegen.pipelines.shards import ShardWriter, plan_shards

@@ -17,8 +17,8 @@ from gazegen.config import (PUBLISHED_NORMALISATIONS, EstimatorConfig, Estimator
 from gazegen.data.heads import synthesize_store
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.geometry import angular_error, pitchyaw_to_vector
+from gazegen.data import schema
 from gazegen.metrics.estimator import GazeEstimator
-from gazegen.pipelines import schema
 from gazegen.pipelines.shards import ShardWriter, plan_shards
 from gazegen.evaluation.estimator import StoreGazeDataset, evaluate_estimator, flip_batch, store_files, train_estimator
 

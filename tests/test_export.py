@@ -32,7 +32,7 @@ from gazegen.config import PUBLISHED_NORMALISATIONS, ExportConfig
 from gazegen.data import export as export_module
 from gazegen.data.export import ExportError, export_run
 from gazegen.data.xgaze import open_subject
-from gazegen.pipelines import schema
+from gazegen.data import schema
 from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
 from gazegen.pipelines.shards import ShardWriter, plan_shards
 

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from gazegen.checkpoint import CheckpointError, checkpoint_normalisation, load_checkpoint, load_train_state, save_pretrained
-from gazegen.config import FinetuneConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config
+from gazegen.config import FinetuneConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, TrainConfig, load_config, load_synth_config
 from gazegen.data.heads import synthesize_store
-from gazegen.data.parquet import decode_depth_png
+from gazegen.data.schema import decode_depth_png
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.pipelines.inputs import decode_sources
-from gazegen.pipelines.synthesis import load_synth_config, local_records, plan_run, stage_settings
+from gazegen.pipelines.graph import local_records
+from gazegen.pipelines.plan import plan_run, stage_settings
 from gazegen.train.finetune import finetune_config, finetune_model, groups, run_finetune
 from gazegen.train.trainer import run_training
 

@@ -1,23 +1,69 @@
-"""The synthesis grid: ranges, full grids, sampled grids, determinism."""
+"""The synthesis grid: typed ranges checked at load, radians, full grids, sampled grids, determinism."""
 
 import numpy as np
 import pytest
 
-from gazegen.pipelines.grid import AxisRange, GridSpec, plan_source, pose_problem, rendered_poses, rows_per_source
+from gazegen.config import ConfigError, GridAxes, GridSpec, PitchRange, YawRange, load_synth_config
+from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses, rows_per_source
 
 
 def spec(axes="pitch,yaw,view", sample=0, seed=0):
-    return GridSpec.parse(axes, "-30:30:3", "-40:40:2", "0:10:2", "-20:20:3", sample=sample, seed=seed)
+    grid = {"grid": axes, "pitch": "-30:30:3", "yaw": "-40:40:2", "view_pitch": "0:10:2", "view_yaw": "-20:20:3"}
+    return load_synth_config(None, sample=sample, seed=seed, **grid).grid_spec
 
 
 def test_range_values_in_radians_both_ends_included():
-    np.testing.assert_allclose(AxisRange.parse("-30:30:5", "pitch").values(), np.radians([-30, -15, 0, 15, 30]))
-    np.testing.assert_allclose(AxisRange.parse("7:7:1", "yaw").values(), np.radians([7.0]))
+    np.testing.assert_allclose(PitchRange.from_text("-30:30:5").values(), np.radians([-30, -15, 0, 15, 30]))
+    np.testing.assert_allclose(YawRange.from_text("7:7:1").values(), np.radians([7.0]))
     for bad in ["1:2", "a:b:c", "0:10:0", "0:10:1"]:
-        with pytest.raises(ValueError, match="--pitch"):
-            AxisRange.parse(bad, "pitch")
-    with pytest.raises(ValueError, match="--grid"):
-        GridSpec.parse("pitch,roll", "0:0:1", "0:0:1", "0:0:1", "0:0:1")
+        with pytest.raises(ConfigError, match="pitch"):
+            load_synth_config(None, pitch=bad)
+    with pytest.raises(ConfigError, match="grid"):
+        load_synth_config(None, grid="pitch,roll")
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "why"),
+    [("pitch", "10:-10:3", "start must not exceed stop"), ("yaw", "-20:20:0", "count must be >= 1"),
+     ("view_pitch", "a:10:2", "expected start:stop:count"), ("view_yaw", "-10:ten:2", "expected start:stop:count"),
+     ("pitch", "-10:10:2.5", "expected start:stop:count")],
+)  # fmt: skip
+def test_a_bad_range_is_a_config_error_naming_its_key_at_load(key, text, why):
+    with pytest.raises(ConfigError, match=f"{key}: .*{why}"):
+        load_synth_config(None, **{key: text})
+    with pytest.raises(ConfigError, match=f"{key}: .*{why}"):  # --set and TOML keys are checked the same way
+        load_synth_config(None, [f"{key}={text!r}".replace("'", '"')])
+
+
+def test_degrees_become_radians_in_closed_form():
+    """start + i (stop - start) / (count - 1) degrees, times pi / 180, for every grid value and draw."""
+    axis = YawRange.from_text("-45:135:7")
+    i = np.arange(7)
+    np.testing.assert_allclose(axis.values(), (-45 + i * 30) * np.pi / 180, rtol=0, atol=1e-15)
+    assert axis.bounds() == pytest.approx((-np.pi / 4, 3 * np.pi / 4), abs=1e-15)
+    draws = axis.draw(np.random.default_rng(0), 1000)
+    assert draws.min() >= -np.pi / 4 and draws.max() <= 3 * np.pi / 4
+    cfg = load_synth_config(None, grid="pitch,view", pitch="-60:60:5", view_pitch="-20:40:4")
+    plan = plan_source(cfg.grid_spec, "a", np.array([0.3, -0.2]))
+    np.testing.assert_allclose(np.unique(plan.gazes[:, 0]), np.arange(-60, 61, 30) * np.pi / 180, atol=1e-15)
+    np.testing.assert_allclose(plan.gazes[:, 1], -0.2)  # yaw not swept: the source's
+    np.testing.assert_allclose(np.unique(plan.views[:, 0]), np.arange(-20, 41, 20) * np.pi / 180, atol=1e-15)
+    assert cfg.grid_spec.view_pitch_bounds() == pytest.approx((-np.pi / 9, 2 * np.pi / 9), abs=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("axes", "sample"), [("pitch,yaw,view", 0), ("yaw", 0), ("view", 0), ("pitch,view", 0), ("pitch,yaw,view", 7), ("yaw", 3)]
+)
+def test_rows_per_source_is_what_the_plans_yield(axes, sample):
+    """Counted from the plans' arrays of several sources (known and unknown gaze): every row pair is distinct."""
+    expected = rows_per_source(spec(axes, sample=sample))
+    for source_id, gaze in [("a", None), ("b", np.array([0.1, -0.3])), ("c/d.png#000003", np.array([-0.2, 0.0]))]:
+        plan = plan_source(spec(axes, sample=sample), source_id, gaze)
+        pairs = {(int(g), int(v)) for g, v in plan.pairs}
+        assert len(pairs) == len(plan.pairs) == expected
+        assert plan.pairs[:, 0].max() < len(plan.gazes) and plan.pairs[:, 1].max() < len(plan.views)
+        if not sample:  # the full grid: every gaze with every view, nothing else
+            assert pairs == {(g, v) for g in range(len(plan.gazes)) for v in range(len(plan.views))}
 
 
 def test_full_grid_is_the_product_gaze_major():
@@ -52,17 +98,23 @@ def test_sampled_grid_is_deterministic_per_source_and_within_range():
 
 
 def test_ranges_are_bounded():
-    with pytest.raises(ValueError, match=r"--pitch -90:10:3: degrees must lie in \(-90, 90\)"):
-        GridSpec.parse("pitch", "-90:10:3", "0:0:1", "0:0:1", "0:0:1")
-    with pytest.raises(ValueError, match="--view-pitch"):
-        GridSpec.parse("view", "0:0:1", "0:0:1", "0:95:2", "0:0:1")
-    with pytest.raises(ValueError, match=r"--yaw .*\[-180, 180\]"):
-        GridSpec.parse("yaw", "0:0:1", "-200:0:2", "0:0:1", "0:0:1")
-    with pytest.raises(ValueError, match="--view-yaw"):
-        GridSpec.parse("view", "0:0:1", "0:0:1", "0:0:1", "nan:0:2")
-    assert GridSpec.parse("view", "0:0:1", "-180:180:3", "-89.9:10:2", "-180:180:2").view_pitch_bounds() == pytest.approx(
-        (np.radians(-89.9), np.radians(10)))
+    with pytest.raises(ConfigError, match=r"pitch: -90:10:3: degrees must lie in \(-90, 90\)"):
+        load_synth_config(None, pitch="-90:10:3")
+    with pytest.raises(ConfigError, match="view_pitch"):
+        load_synth_config(None, view_pitch="0:95:2")
+    with pytest.raises(ConfigError, match=r"yaw: .*\[-180, 180\]"):
+        load_synth_config(None, yaw="-200:0:2")
+    with pytest.raises(ConfigError, match="view_yaw"):
+        load_synth_config(None, view_yaw="nan:0:2")
+    wide = GridSpec(GridAxes(("view",)), PitchRange(0.0, 0.0, 1), YawRange(-180.0, 180.0, 3), PitchRange(-89.9, 10.0, 2),
+                    YawRange(-180.0, 180.0, 2))  # fmt: skip
+    assert wide.view_pitch_bounds() == pytest.approx((np.radians(-89.9), np.radians(10)))
     assert spec("pitch,yaw").view_pitch_bounds() == (0.0, 0.0)  # views not swept: no offsets
+
+
+def test_ranges_are_recorded_as_written():
+    cfg = load_synth_config(None, grid="pitch, yaw", pitch="-7.5:7.5:3", view_yaw="-30:30:5")
+    assert (str(cfg.grid), str(cfg.pitch), str(cfg.view_yaw)) == ("pitch,yaw", "-7.5:7.5:3", "-30:30:5")
 
 
 def test_head_pitch_plus_view_pitch_stays_inside_90_degrees_and_yaw_wraps():

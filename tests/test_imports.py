@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import gazegen
 
 PACKAGES = ("gazegen", "gazegen.train", "gazegen.pipelines", "gazegen.evaluation")
 

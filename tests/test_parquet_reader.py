@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gazegen.data.parquet import DEPTH_SCALE, GazeParquetDataset, resolve_shards
-from gazegen.pipelines import schema
+from gazegen.data.parquet import GazeParquetDataset, resolve_shards
+from gazegen.data import schema
 from gazegen.pipelines.shards import ShardWriter, plan_shards
 
 SIZE = 8
@@ -75,7 +75,7 @@ def test_items_decode_to_the_written_values(tmp_path):
         assert torch.equal(item["gaze_head"], -item["gaze"]) and item["camera"].shape == (25,)
         depth = item["depth"]
         assert depth.shape == (1, SIZE, SIZE) and torch.all(depth[..., :2] == 0)
-        assert torch.allclose(depth[..., 2:], torch.tensor(900.0 + 0.25 * k), atol=0.5 / DEPTH_SCALE)
+        assert torch.allclose(depth[..., 2:], torch.tensor(900.0 + 0.25 * k), atol=0.5 / schema.DEPTH_SCALE)
         assert torch.equal(item["alpha"][..., 2:], torch.ones(1, SIZE, SIZE - 2)) and item["alpha"][..., :2].sum() == 0
     raw = next(iter(GazeParquetDataset(str(tmp_path), uint8=True)))
     assert raw["image"].dtype == torch.uint8

@@ -1,4 +1,4 @@
-"""Shards, schema and manifest of the synthesis output (pipelines/schema.py, shards.py, manifest.py).
+"""Shards, schema and manifest of the synthesis output (gazegen/data/schema.py, pipelines/shards.py, manifest.py).
 
 Rows carry fake images; every reader the dataset promises (pyarrow, polars, Hugging Face
 datasets) reads them back; kills are simulated by leaving the files a kill would leave.
@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from gazegen.data.parquet import DEPTH_SCALE, decode_depth_png, decode_png
-from gazegen.pipelines import schema
+from gazegen.data import schema
 from gazegen.pipelines.manifest import (
     ERRORS_NAME,
     IncompleteRunError,
@@ -110,12 +108,12 @@ def test_features_json_is_what_datasets_writes():
 
 def test_png_round_trips():
     rgb = fake_image("x", 0, 0)
-    assert np.array_equal(decode_png(schema.encode_png(rgb)), rgb)  # RGB in, RGB out
+    assert np.array_equal(schema.decode_png(schema.encode_png(rgb)), rgb)  # RGB in, RGB out
     depth = np.random.default_rng(0).uniform(300.0, 1200.0, (SIZE, SIZE)).astype(np.float32)
     depth[0, :3] = [0.0, np.nan, -5.0]  # no surface
-    back = decode_depth_png(schema.encode_depth_png(depth))
+    back = schema.decode_depth_png(schema.encode_depth_png(depth))
     assert np.all(back[0, :3] == 0)
-    assert np.abs(back[1:] - depth[1:]).max() <= 0.5 / DEPTH_SCALE + 1e-4
+    assert np.abs(back[1:] - depth[1:]).max() <= 0.5 / schema.DEPTH_SCALE + 1e-4
     with pytest.raises(ValueError, match="uint8 RGB"):
         schema.encode_png(rgb.astype(np.float32))
 
@@ -159,7 +157,7 @@ def test_readers_agree(tmp_path):
         source, g, v = row["source_path"], row["gaze_index"], row["view_index"]
         assert np.array_equal(np.asarray(row["image"].convert("RGB")), fake_image(source, g, v))
         np.testing.assert_array_equal(np.float32(row["gaze"]), fake_labels(source, g, v)["gaze"])
-        depth = np.asarray(row["depth"], dtype=np.float32) / DEPTH_SCALE
+        depth = np.asarray(row["depth"], dtype=np.float32) / schema.DEPTH_SCALE
         assert depth[0].max() == 0 and abs(depth[1:].mean() - (950 + g + v)) < 1e-3
     # the dataset card's YAML points the loader at the shards
     card = (out / "README.md").read_text()

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from gazegen.checkpoint import save_pretrained
-from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config
+from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config, load_synth_config
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
@@ -113,7 +113,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two_runs(ray_session, checkpoint, inputs, tmp_path_factory):
     outs = [tmp_path_factory.mktemp("labels") / name for name in ("a", "b")]
-    results = [run_synthesis(checkpoint, inputs, str(o), overrides=SETTINGS, progress=False, **GRID) for o in outs]
+    results = [run_synthesis(checkpoint, inputs, str(o), load_synth_config(None, SETTINGS, **GRID), progress=False) for o in outs]
     return outs, results
 
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_pretrained
-from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config
-from gazegen.data.parquet import decode_alpha_png, decode_depth_png, decode_png
+from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config, load_synth_config
+from gazegen.data.schema import LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
@@ -35,7 +35,10 @@ from gazegen.pipelines.inputs import DecodeSettings, decode_sources, list_source
 from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
 from gazegen.pipelines.render_actor import RenderedSource, encode_records, row_records
 from gazegen.pipelines.shards import OutputDir
-from gazegen.pipelines.synthesis import ShardRouter, default_cpu_threads, load_synth_config, local_records, plan_run, run_synthesis
+from gazegen.pipelines.graph import default_cpu_threads, local_records
+from gazegen.pipelines.plan import plan_run
+from gazegen.pipelines.router import ShardRouter
+from gazegen.pipelines.synthesis import run_synthesis
 from synth_faults import GATE_LIMIT_S, crash_once_actor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +80,7 @@ def faces(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def first_run(ray_session, checkpoint, photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    result = run_synthesis(checkpoint, photos, str(out), rows_per_shard=8, overrides=SETTINGS, progress=False, **GRID)
+    result = run_synthesis(checkpoint, photos, str(out), load_synth_config(None, SETTINGS, rows_per_shard=8, **GRID), progress=False)
     return out, result
 
 
@@ -156,8 +159,7 @@ def fake_rows(run, source_id: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(len(source_id))
     rows = RenderedSource(
         image=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), depth=np.full((n, 8, 8), 9000, np.uint16),
-        alpha=np.full((n, 8, 8), 255, np.uint8), labels={k: np.zeros((n, w), np.float32) for k, w in
-                                                          {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}.items()},
+        alpha=np.full((n, 8, 8), 255, np.uint8), labels={k: np.zeros((n, w), np.float32) for k, w in LABEL_WIDTHS.items()},
         gaze_index=np.arange(n, dtype=np.int32) // 2, view_index=np.arange(n, dtype=np.int32) % 2,
     )  # fmt: skip
     shard = next(s.shard_id for s in run.shards if source_id in s.inputs)
@@ -249,12 +251,13 @@ def test_rows_equal_a_direct_forward(first_run, checkpoint, photos):
 def test_restart_of_a_finished_run_and_of_a_different_one(first_run, checkpoint, photos):
     out, result = first_run
     before = read_all(out)
-    again = run_synthesis(checkpoint, photos, str(out), rows_per_shard=8, overrides=SETTINGS, progress=False, **GRID)
+    again = run_synthesis(checkpoint, photos, str(out), load_synth_config(None, SETTINGS, rows_per_shard=8, **GRID), progress=False)
     assert again.shards_written == 0 and again.rows == result.rows and read_all(out).equals(before)
     with pytest.raises(RunMismatchError, match="settings differ.*pitch"):
-        run_synthesis(checkpoint, photos, str(out), rows_per_shard=8, overrides=SETTINGS, progress=False, **(GRID | {"pitch": "-5:5:2"}))
+        run_synthesis(checkpoint, photos, str(out), load_synth_config(None, SETTINGS, rows_per_shard=8, **(GRID | {"pitch": "-5:5:2"})),
+                      progress=False)  # fmt: skip
     with pytest.raises(RunMismatchError, match="sources_per_shard"):
-        run_synthesis(checkpoint, photos, str(out), rows_per_shard=16, overrides=SETTINGS, progress=False, **GRID)
+        run_synthesis(checkpoint, photos, str(out), load_synth_config(None, SETTINGS, rows_per_shard=16, **GRID), progress=False)
 
 
 def local_reference(checkpoint: Path, inputs: Path, out: Path, **options) -> pa.Table:
@@ -289,10 +292,10 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
     rows_per_shard = FACES_PER_SHARD * 8
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import ray; from synth_faults import gated_actor; "
-        "from gazegen.pipelines.synthesis import run_synthesis; ray.init(address=%r, log_to_driver=False); "
-        "ray.data.DataContext.get_current().execution_options.preserve_order = True; "
-        f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, rows_per_shard={rows_per_shard}, "
-        f"overrides={SETTINGS!r}, progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}), **{GRID!r})"
+        "from gazegen.config import load_synth_config; from gazegen.pipelines.synthesis import run_synthesis; "
+        "ray.init(address=%r, log_to_driver=False); ray.data.DataContext.get_current().execution_options.preserve_order = True; "
+        f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, load_synth_config(None, {SETTINGS!r}, "
+        f"rows_per_shard={rows_per_shard}, **{GRID!r}), progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}))"
     ) % address
     log = root / "driver.log"  # a file, not a pipe: a pipe nobody reads fills up and stops the driver
     with log.open("w") as stderr:
@@ -315,8 +318,8 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
         (gate / "release").touch()  # lets a worker of the dead driver go, if Ray has not reaped it yet
     assert process.returncode == -signal.SIGKILL
     marker = root / "crashed"
-    result = run_synthesis(checkpoint, faces, str(out), rows_per_shard=rows_per_shard, overrides=SETTINGS, progress=False,
-                           actor=crash_once_actor(VICTIM, str(marker)), **GRID)  # fmt: skip
+    result = run_synthesis(checkpoint, faces, str(out), load_synth_config(None, SETTINGS, rows_per_shard=rows_per_shard, **GRID),
+                           progress=False, actor=crash_once_actor(VICTIM, str(marker)))  # fmt: skip
     return out, result, seen, marker
 
 

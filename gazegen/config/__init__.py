@@ -17,7 +17,9 @@ Where each concept lives (everything is re-exported here: ``from gazegen.config 
   TrainDataConfig, DepthPriorConfig, FinetuneConfig, DEPTH_PRIOR_KINDS, LR_DECAYS).
 - ``evaluation``: the reference gaze estimator (EstimatorNetConfig, EyePatchConfig, EstimatorConfig) and
   `gazegen evaluate` (EvaluateConfig).
-- ``synth``: `gazegen synthesize` (SynthConfig).
+- ``grid``: the synthesis grid (GridSpec, GridAxes, AxisRange, PitchRange, YawRange): ranges parsed
+  and checked at load, the one place degrees become radians.
+- ``synth``: `gazegen synthesize` (SynthConfig, load_synth_config).
 - ``export``: `gazegen export` (ExportConfig, EXPORT_FORMATS).
 """
 
@@ -28,8 +30,9 @@ from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, Detecto
 from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig, EyePatchConfig
 from gazegen.config.export import EXPORT_FORMATS, ExportConfig
 from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, load_config, resolve_preset, to_dict
+from gazegen.config.grid import AxisRange, GridAxes, GridSpec, PitchRange, YawRange
 from gazegen.config.model import ModelConfig, RenderConfig
-from gazegen.config.synth import SynthConfig
+from gazegen.config.synth import SynthConfig, load_synth_config
 from gazegen.config.training import (DEPTH_PRIOR_KINDS, LR_DECAYS, DepthPriorConfig, FinetuneConfig, LossConfig, OptimConfig,
                                      TrainConfig, TrainDataConfig)
 
@@ -67,8 +70,15 @@ __all__ = [
     "EstimatorNetConfig",
     "EvaluateConfig",
     "EyePatchConfig",
+    # grid
+    "AxisRange",
+    "GridAxes",
+    "GridSpec",
+    "PitchRange",
+    "YawRange",
     # synth
     "SynthConfig",
+    "load_synth_config",
     # export
     "EXPORT_FORMATS",
     "ExportConfig",

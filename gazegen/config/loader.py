@@ -1,6 +1,7 @@
 """Loading typed, frozen configs: TOML presets under ``configs/`` plus ``--set key=value`` overrides.
 
-A config is a frozen dataclass; nested tables are nested dataclasses. Each field says what it
+A config is a frozen dataclass; nested tables are nested dataclasses (one with a ``from_text``
+classmethod may instead be written as a string: a grid range ``"-30:30:5"``). Each field says what it
 means in a comment; bounded fields carry their range in ``bounded(...)`` metadata, checked at
 load time. Loading rejects unknown keys, wrong types and values out of range with a message
 that names the file and the dotted key.
@@ -51,8 +52,14 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; int -> float and list -> tuple are allowed."""
+    """Check ``value`` against the annotation ``tp``; int -> float and list -> tuple are allowed, and a
+    string for a dataclass that has a ``from_text`` classmethod (its ValueError names the key)."""
     origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, str) and hasattr(tp, "from_text"):
+        try:  # a config type written as text in TOML, e.g. a grid range "start:stop:count"
+            return tp.from_text(value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")

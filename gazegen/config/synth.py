@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from gazegen.config.camera import NormalisationConfig
-from gazegen.config.loader import ConfigError, bounded
+from gazegen.config.grid import GridAxes, GridSpec, PitchRange, YawRange
+from gazegen.config.loader import ConfigError, bounded, load_config
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -15,7 +20,8 @@ from gazegen.config.loader import ConfigError, bounded
 class SynthConfig:
     """`gazegen synthesize` (pipelines/synthesis.py): grid, inputs, labels and execution of the Ray pipeline.
 
-    Grid ranges are `start:stop:count` in degrees, both ends included (pipelines/grid.py).
+    Grid ranges are `start:stop:count` in degrees, both ends included, parsed and checked at load
+    (gazegen/config/grid.py); ``grid_spec`` gathers the grid keys into one ``GridSpec``.
     `normalisation` is the normalised camera of the model's training store: rendered cameras come
     from it (`radius`, focal / resolution), depth is written in its millimetres (distance_mm /
     radius per world unit), photos are cropped to its framing and h5 patches taken with another
@@ -26,11 +32,11 @@ class SynthConfig:
     between a run and its restart; all others are compared on restart.
     """
 
-    grid: str = "pitch,yaw,view"  # swept axes: a comma list of pitch, yaw, view
-    pitch: str = "-30:30:5"  # gaze pitch in the head frame, degrees
-    yaw: str = "-40:40:5"  # gaze yaw in the head frame, degrees
-    view_pitch: str = "0:0:1"  # camera offset added to the source's head pitch, degrees
-    view_yaw: str = "-30:30:5"  # camera offset added to the source's head yaw, degrees
+    grid: GridAxes = GridAxes(("pitch", "yaw", "view"))  # swept axes: a comma list of pitch, yaw, view
+    pitch: PitchRange = PitchRange(-30.0, 30.0, 5)  # gaze pitch in the head frame, "start:stop:count" degrees
+    yaw: YawRange = YawRange(-40.0, 40.0, 5)  # gaze yaw in the head frame, degrees
+    view_pitch: PitchRange = PitchRange(0.0, 0.0, 1)  # camera offset added to the source's head pitch, degrees
+    view_yaw: YawRange = YawRange(-30.0, 30.0, 5)  # camera offset added to the source's head yaw, degrees
     sample: int = bounded(0, 0)  # 0: the full grid; N: N random (gaze, view) pairs per source
     seed: int = bounded(0, 0)  # seeds the --sample draws; written in every row
     crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
@@ -55,3 +61,15 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.crop not in ("auto", "always", "never"):
             raise ConfigError(f"crop {self.crop!r}: expected 'auto', 'always' or 'never'")
+
+    @property
+    def grid_spec(self) -> GridSpec:
+        """The grid keys (axes, ranges, sample, seed) as one ``GridSpec``: what the render stage plans from."""
+        return GridSpec(self.grid, self.pitch, self.yaw, self.view_pitch, self.view_yaw, self.sample, self.seed)
+
+
+def load_synth_config(config: str | Path | None = None, overrides: Sequence[str] = (), **options: Any) -> SynthConfig:
+    """The TOML preset (or the defaults) with ``--set`` overrides, then the options that are not None
+    (the CLI's typed flags, checked like the file's keys: types and ranges)."""
+    given = [f"{k}={json.dumps(v)}" for k, v in options.items() if v is not None]  # JSON scalars are TOML
+    return load_config(SynthConfig, config, [*overrides, *given])

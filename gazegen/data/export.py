@@ -40,7 +40,8 @@ from gazegen.config import ExportConfig, NormalisationConfig
 from gazegen.data.export_formats import (EXPORT_FORMAT, TMP_SUFFIX, GazeHubWriter, Identity, RowBatch, XGazeWriter,
                                          finish_gazehub, finish_xgaze, remove, write_text_atomic)
 from gazegen.data.images import resize_image, resize_nearest
-from gazegen.data.parquet import decode_depth_png, decode_png, depth_scale_of, resolve_shards
+from gazegen.data.parquet import resolve_shards
+from gazegen.data.schema import decode_depth_png, decode_png, depth_scale_of
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError
 

@@ -215,7 +215,8 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
     """
     import pyarrow.parquet as pq
 
-    from gazegen.data.parquet import decode_png, resolve_shards
+    from gazegen.data.parquet import resolve_shards
+    from gazegen.data.schema import decode_png
 
     fs, paths = resolve_shards(str(source))
     tiles: list[np.ndarray] = []

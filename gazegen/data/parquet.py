@@ -1,38 +1,19 @@
 """Read synthesized gaze data: Parquet shards streamed as a torch ``IterableDataset``.
 
-The shards are written by ``pipelines/`` (schema in ``pipelines/schema.py``); the constants
-they share with this reader live here, because ``gazegen/`` never imports ``pipelines/``.
-
-Row layout (one row per rendered image)
----------------------------------------
-``image``, ``depth``, ``alpha``  ``struct<bytes: binary, path: string>`` PNGs (the Hugging Face
-    ``datasets`` Image layout). ``image`` is 8-bit RGB. ``depth`` is a 16-bit grayscale PNG:
-    ``value = round(depth_mm * DEPTH_SCALE)``, z-depth along the camera axis in millimetres of
-    the normalised camera, 0 = no surface, 65535 = at or beyond ``DEPTH_MAX_MM``. ``alpha`` is
-    an 8-bit grayscale PNG, ``value = round(alpha * 255)``.
-``gaze``, ``head_pose``  (pitch, yaw) radians in the rendered (normalised) camera frame.
-``gaze_head``  (pitch, yaw) radians of the gaze in the head frame (the model's condition).
-``view_offset``  (pitch, yaw) radians by which the camera was turned from the source's camera.
-    Angles follow gazegen/geometry.py: vector = (-cos p sin y, -sin p, -cos p cos y).
-``camera``  EG3D's 25 numbers (cam2world 4x4 row-major, then intrinsics / image size).
-All labels are float32 fixed-size lists. Provenance: ``source_id``, ``source_path``,
-``gaze_index``, ``view_index``, ``checkpoint_hash``, ``seed``, ``row_id``.
-
-The depth scale is also written into each file's schema metadata (key ``gazegen``); the reader
-takes it from there and falls back to ``DEPTH_SCALE``.
+The row layout, the PNG decoders and the depth scale are gazegen/data/schema.py's (the one
+declaration the writers in ``pipelines/`` use too); this module finds the shards and streams them.
+The depth scale is read from each file's schema metadata (``depth_scale_of``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -41,57 +22,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from gazegen.data.images import to_model_range
+from gazegen.data.schema import IMAGE_COLUMNS, LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png, depth_scale_of
 
 T = TypeVar("T")
 
-DEPTH_SCALE = 10.0  # 16-bit depth PNG units per millimetre: 0.1 mm steps
-DEPTH_MAX_VALUE = 65535  # the largest 16-bit value; also "at or beyond DEPTH_MAX_MM"
-DEPTH_MAX_MM = DEPTH_MAX_VALUE / DEPTH_SCALE  # 6553.5 mm
-ALPHA_SCALE = 255.0  # 8-bit alpha PNG units per unit of coverage
-IMAGE_COLUMNS = ("image", "depth", "alpha")  # PNG structs, Hugging Face Image layout
-LABEL_WIDTHS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}
-METADATA_KEY = b"gazegen"  # schema metadata: JSON with the depth scale and format version
-FORMAT_NAME = "gazegen-synthesis"
-FORMAT_VERSION = 1
 SHARD_GLOB = "shard-*.parquet"  # data files; nothing else in an output folder matches it
-
-
-# --------------------------------------------------------------------------- PNG decoding
-
-
-def _imdecode(data: bytes, flags: int) -> np.ndarray:
-    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-    if array is None:
-        raise ValueError("not a decodable PNG")
-    return array
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W, 3) uint8 RGB (OpenCV decodes BGR; converted here)."""
-    array = _imdecode(data, cv2.IMREAD_COLOR)
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-
-
-def decode_depth_png(data: bytes, scale: float = DEPTH_SCALE) -> np.ndarray:
-    """16-bit depth PNG -> (H, W) float32 millimetres; 0 where there is no surface."""
-    array = _imdecode(data, cv2.IMREAD_UNCHANGED)
-    if array.dtype != np.uint16 or array.ndim != 2:
-        raise ValueError(f"depth PNG must be 16-bit single-channel, got {array.dtype} {array.shape}")
-    return array.astype(np.float32) / np.float32(scale)
-
-
-def decode_alpha_png(data: bytes) -> np.ndarray:
-    """8-bit alpha PNG -> (H, W) float32 coverage in [0, 1]."""
-    array = _imdecode(data, cv2.IMREAD_UNCHANGED)
-    if array.dtype != np.uint8 or array.ndim != 2:
-        raise ValueError(f"alpha PNG must be 8-bit single-channel, got {array.dtype} {array.shape}")
-    return array.astype(np.float32) / np.float32(ALPHA_SCALE)
-
-
-def depth_scale_of(schema: pa.Schema) -> float:
-    """The depth scale recorded in a shard's schema metadata (``DEPTH_SCALE`` if absent)."""
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    return float(json.loads(raw).get("depth_scale", DEPTH_SCALE)) if raw else DEPTH_SCALE
 
 
 # --------------------------------------------------------------------------- shard discovery
@@ -268,21 +203,4 @@ def _label_matrix(column: pa.Array, width: int) -> np.ndarray:
     return values.reshape(len(column), width)
 
 
-__all__ = [
-    "ALPHA_SCALE",
-    "DEPTH_MAX_MM",
-    "DEPTH_MAX_VALUE",
-    "DEPTH_SCALE",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "GazeParquetDataset",
-    "IMAGE_COLUMNS",
-    "LABEL_WIDTHS",
-    "METADATA_KEY",
-    "SHARD_GLOB",
-    "decode_alpha_png",
-    "decode_depth_png",
-    "decode_png",
-    "depth_scale_of",
-    "resolve_shards",
-]
+__all__ = ["SHARD_GLOB", "GazeParquetDataset", "resolve_shards", "shuffle_buffered"]

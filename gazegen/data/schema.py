@@ -1,7 +1,23 @@
-"""The one declaration of a synthesized row: Arrow schema, Hugging Face features, PNG encoders.
+"""The one declaration of a synthesized row: columns, label widths, PNG encodings, row ids, tables.
 
-One row per rendered image (column meanings in gazegen/data/parquet.py, which also holds the
-constants shared with the reader: ``gazegen/`` never imports ``pipelines/``).
+Written by pipelines/ (the render actor, the shard writer, the manifest and the dataset card) and
+read by gazegen/data/parquet.py and gazegen/data/export.py; it lives in the library because
+``gazegen/`` never imports ``pipelines/``.
+
+Row layout (one row per rendered image)
+---------------------------------------
+``image``, ``depth``, ``alpha``  ``struct<bytes: binary, path: string>`` PNGs (the Hugging Face
+    ``datasets`` Image layout). ``image`` is 8-bit RGB. ``depth`` is a 16-bit grayscale PNG:
+    ``value = round(depth_mm * DEPTH_SCALE)``, z-depth along the camera axis in millimetres of
+    the normalised camera, 0 = no surface, 65535 = at or beyond ``DEPTH_MAX_MM``. ``alpha`` is
+    an 8-bit grayscale PNG, ``value = round(alpha * 255)``.
+``gaze``, ``head_pose``  (pitch, yaw) radians in the rendered (normalised) camera frame.
+``gaze_head``  (pitch, yaw) radians of the gaze in the head frame (the model's condition).
+``view_offset``  (pitch, yaw) radians by which the camera was turned from the source's camera.
+    Angles follow gazegen/geometry.py: vector = (-cos p sin y, -sin p, -cos p cos y).
+``camera``  EG3D's 25 numbers (cam2world 4x4 row-major, then intrinsics / image size).
+All labels are float32 fixed-size lists. Provenance: ``source_id``, ``source_path``,
+``gaze_index``, ``view_index``, ``checkpoint_hash``, ``seed``, ``row_id``.
 
 Hugging Face compatibility: ``image``, ``depth`` and ``alpha`` are ``struct<bytes: binary,
 path: string>`` in that field order (``datasets.Image``'s storage type; ``large_binary`` or
@@ -9,11 +25,8 @@ another order would load as plain dicts). The schema metadata key ``huggingface`
 ``{"info": {"features": ...}}``, the JSON ``datasets.Features.to_dict()`` writes; labels are
 declared as ``Sequence(Value("float32"), length=n)``, which datasets 2.x to 5.x all read (5.x
 turns it into ``List``). ``datasets`` is not needed to write; the tests check that it decodes.
-``path`` is left null: the bytes travel with the file.
-
-Encodings: ``image`` 8-bit RGB PNG; ``depth`` 16-bit PNG, ``value = round(depth_mm *
-DEPTH_SCALE)``, 0 = no surface (non-finite or <= 0 depth), saturating at 65535; ``alpha`` 8-bit
-PNG, ``round(alpha * 255)``. The scale is also in the schema metadata key ``gazegen``.
+``path`` is left null: the bytes travel with the file. The depth scale and the format version
+are also in the schema metadata key ``gazegen`` (``depth_scale_of`` reads it back).
 
 Row id: ``f"{source_id}-{gaze_index:04d}-{view_index:04d}"``, unique and stable because the
 source ids are unique and the grid is fixed by the run's settings (the manifest checks both).
@@ -29,19 +42,15 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from gazegen.data.parquet import (
-    ALPHA_SCALE,
-    DEPTH_MAX_VALUE,
-    DEPTH_SCALE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    IMAGE_COLUMNS,
-    LABEL_WIDTHS,
-    METADATA_KEY,
-    decode_alpha_png,
-    decode_depth_png,
-    decode_png,
-)
+DEPTH_SCALE = 10.0  # 16-bit depth PNG units per millimetre: 0.1 mm steps
+DEPTH_MAX_VALUE = 65535  # the largest 16-bit value; also "at or beyond DEPTH_MAX_MM"
+DEPTH_MAX_MM = DEPTH_MAX_VALUE / DEPTH_SCALE  # 6553.5 mm
+ALPHA_SCALE = 255.0  # 8-bit alpha PNG units per unit of coverage
+IMAGE_COLUMNS = ("image", "depth", "alpha")  # PNG structs, Hugging Face Image layout
+LABEL_WIDTHS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}  # float32 per row
+METADATA_KEY = b"gazegen"  # schema metadata: JSON with the depth scale and format version
+FORMAT_NAME = "gazegen-synthesis"
+FORMAT_VERSION = 1
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Image storage
 ROW_ID_FORMAT = "{source_id}-{gaze_index:04d}-{view_index:04d}"
@@ -102,7 +111,7 @@ def row_id(source_id: str, gaze_index: int, view_index: int) -> str:
     return ROW_ID_FORMAT.format(source_id=source_id, gaze_index=gaze_index, view_index=view_index)
 
 
-# --------------------------------------------------------------------------- PNG encoding
+# --------------------------------------------------------------------------- PNG encoding and decoding
 
 
 def _imencode(array: np.ndarray, compression: int) -> bytes:
@@ -146,6 +155,41 @@ def encode_alpha_png(alpha: np.ndarray, compression: int = 1) -> bytes:
     else:
         values = np.rint(np.clip(np.nan_to_num(alpha.astype(np.float64)), 0.0, 1.0) * ALPHA_SCALE).astype(np.uint8)
     return _imencode(np.ascontiguousarray(values), compression)
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray:
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if array is None:
+        raise ValueError("not a decodable PNG")
+    return array
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 RGB (OpenCV decodes BGR; converted here)."""
+    array = _imdecode(data, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+
+
+def decode_depth_png(data: bytes, scale: float = DEPTH_SCALE) -> np.ndarray:
+    """16-bit depth PNG -> (H, W) float32 millimetres; 0 where there is no surface."""
+    array = _imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array.dtype != np.uint16 or array.ndim != 2:
+        raise ValueError(f"depth PNG must be 16-bit single-channel, got {array.dtype} {array.shape}")
+    return array.astype(np.float32) / np.float32(scale)
+
+
+def decode_alpha_png(data: bytes) -> np.ndarray:
+    """8-bit alpha PNG -> (H, W) float32 coverage in [0, 1]."""
+    array = _imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array.dtype != np.uint8 or array.ndim != 2:
+        raise ValueError(f"alpha PNG must be 8-bit single-channel, got {array.dtype} {array.shape}")
+    return array.astype(np.float32) / np.float32(ALPHA_SCALE)
+
+
+def depth_scale_of(schema: pa.Schema) -> float:
+    """The depth scale recorded in a shard's schema metadata (``DEPTH_SCALE`` if absent)."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return float(json.loads(raw).get("depth_scale", DEPTH_SCALE)) if raw else DEPTH_SCALE
 
 
 # --------------------------------------------------------------------------- tables
@@ -229,10 +273,19 @@ def errors_table(records: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 
 __all__ = [
+    "ALPHA_SCALE",
+    "DEPTH_MAX_MM",
+    "DEPTH_MAX_VALUE",
+    "DEPTH_SCALE",
     "ERRORS_SCHEMA",
     "FEATURES",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
     "GAZEGEN_METADATA",
+    "IMAGE_COLUMNS",
     "IMAGE_TYPE",
+    "LABEL_WIDTHS",
+    "METADATA_KEY",
     "ROW_COLUMNS",
     "ROW_ID_FORMAT",
     "ROW_SCHEMA",
@@ -240,6 +293,7 @@ __all__ = [
     "decode_alpha_png",
     "decode_depth_png",
     "decode_png",
+    "depth_scale_of",
     "depth_to_uint16",
     "encode_alpha_png",
     "encode_depth_png",

@@ -1,0 +1,87 @@
+"""The driver-side plan of a synthesis run: everything decided before Ray starts.
+
+``plan_run`` reads the checkpoint's config and hash, resolves the normalised camera, lists the
+sorted sources and cuts them into shards (whole sources, ``rows_per_shard // rows per source``
+each); ``RunPlan.settings`` is what the manifest compares on restart; ``stage_settings`` are the
+decode and render stages' settings (pipelines/inputs.py, pipelines/render_actor.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gazegen.checkpoint import CONFIG_FILE, CheckpointError, checkpoint_hash, checkpoint_normalisation, read_model_config
+from gazegen.config import GridSpec, ModelConfig, NormalisationConfig, SynthConfig
+from gazegen.data.schema import FORMAT_VERSION
+from gazegen.pipelines.grid import rows_per_source
+from gazegen.pipelines.inputs import DecodeSettings, SourceRecord, input_root, list_sources
+from gazegen.pipelines.render_actor import RenderSettings
+from gazegen.pipelines.shards import ShardSpec, plan_shards
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run is, decided on the driver before Ray starts."""
+
+    cfg: SynthConfig
+    spec: GridSpec
+    checkpoint: str  # absolute path
+    checkpoint_hash: str
+    model: ModelConfig
+    normalisation: NormalisationConfig  # at the model's output resolution
+    root: str  # the INPUTS root (source ids are relative to it; Parquet path cells must lie inside it)
+    records: tuple[SourceRecord, ...]  # sorted by id
+    rows_per_source: int
+    shards: tuple[ShardSpec, ...]
+
+    @property
+    def sources_per_shard(self) -> int:
+        return len(self.shards[0].inputs) if self.shards else 1
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that changes the rows, compared key by key on restart."""
+        grid = ("grid", "pitch", "yaw", "view_pitch", "view_yaw")  # recorded as written: "pitch,yaw,view", "-30:30:5"
+        keep = ("sample", "seed", "crop", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")
+        return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | {
+            "normalisation": asdict(self.normalisation), "format_version": FORMAT_VERSION,
+            "image_resolution": self.model.image_resolution, "output_resolution": self.model.output_resolution,
+        }  # fmt: skip
+
+
+def resolve_normalisation(cfg: SynthConfig, checkpoint: str | Path, model: ModelConfig) -> NormalisationConfig:
+    """``cfg.normalisation``, else the checkpoint's ``metadata.normalisation``, at the output size;
+    CheckpointError when neither is there (the framing and the depth scale would be guesses)."""
+    norm = cfg.normalisation or checkpoint_normalisation(checkpoint)
+    if norm is None:
+        raise CheckpointError(
+            f"{Path(checkpoint) / CONFIG_FILE}: records no normalisation (metadata.normalisation); set the training store's "
+            "with --set normalisation.focal=F --set normalisation.distance_mm=D --set normalisation.resolution=S "
+            "(e.g. LiveGaze's 512 px store: 1600, 950, 512), or the [normalisation] table of a --config preset"
+        )  # fmt: skip
+    return norm.at_resolution(model.output_resolution)
+
+
+def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig) -> RunPlan:
+    """The run's plan: model, normalisation, sorted sources, rows per source and the shards."""
+    spec = cfg.grid_spec
+    model = read_model_config(checkpoint)
+    records = tuple(list_sources(inputs, cfg.image_column))
+    per_source = rows_per_source(spec)
+    shards = plan_shards([r.source_id for r in records], max(1, cfg.rows_per_shard // per_source))
+    return RunPlan(cfg, spec, str(Path(checkpoint).resolve()), checkpoint_hash(checkpoint), model,
+                   resolve_normalisation(cfg, checkpoint, model), str(input_root(inputs)), records, per_source, tuple(shards))  # fmt: skip
+
+
+def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0) -> tuple[DecodeSettings, RenderSettings]:
+    """The decode and render stages' settings of ``run``, with the render stage's device and torch threads."""
+    cfg = run.cfg
+    render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
+                            run.checkpoint_hash, device, threads)  # fmt: skip
+    decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
+                            cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds())  # fmt: skip
+    return decode, render
+
+
+__all__ = ["RunPlan", "plan_run", "resolve_normalisation", "stage_settings"]
