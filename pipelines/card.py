@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +19,7 @@ from gazegen import geometry
 from gazegen.data.label_plots import ShardLabels
 from gazegen.data.parquet import SHARD_GLOB
 from gazegen.data.schema import DEPTH_SCALE, FEATURES, ROW_ID_FORMAT
-
-if TYPE_CHECKING:
-    from gazegen.pipelines.manifest import RunManifest
+from gazegen.pipelines.run_manifest import RunManifest
 
 CARD_NAME = "README.md"
 HISTOGRAMS_NAME = "label_histograms.png"

@@ -75,7 +75,8 @@ from pathlib import Path
 from gazegen.config import SynthConfig
 from gazegen.errors import GazegenError
 from gazegen.pipelines.graph import render_pending
-from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
+from gazegen.pipelines.manifest import check_or_create, finalize
+from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.render_actor import RenderActor
 from gazegen.pipelines.shards import OutputDir, completed_shards

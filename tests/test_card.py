@@ -14,7 +14,8 @@ from gazegen.cli import app
 from gazegen.data.label_plots import label_figure, read_labels
 from gazegen.data import schema
 from gazegen.pipelines.card import HISTOGRAMS_NAME
-from gazegen.pipelines.manifest import RunManifest, check_or_create, finalize
+from gazegen.pipelines.manifest import check_or_create, finalize
+from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.shards import ShardWriter, plan_shards
 
 SIZE, PER_SOURCE = 8, 6

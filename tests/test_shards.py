@@ -25,12 +25,12 @@ from gazegen.data import schema
 from gazegen.pipelines.manifest import (
     ERRORS_NAME,
     IncompleteRunError,
-    RunManifest,
     RunMismatchError,
     check_or_create,
     finalize,
     read_manifest,
 )
+from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.shards import OutputDir, ShardSpec, ShardWriter, completed_shards, plan_shards
 
 GAZES, VIEWS, SIZE = 2, 3, 16
