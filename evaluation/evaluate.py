@@ -51,15 +51,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gazegen.config import EvaluateConfig
+from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
+from gazegen.config import EvaluateConfig, FinetuneConfig
 from gazegen.data.images import resize_tensor, to_model_range
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
-from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
-from gazegen.metrics.scores import FIDMetric, LPIPSMetric, psnr, ssim
-from gazegen.metrics.estimator import GazeEstimate
-from gazegen.models.livegaze import LiveGaze
+from gazegen.evaluation.estimator import check_store_camera, store_files
+from gazegen.evaluation.probes import run_probes
 from gazegen.evaluation.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
+from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
+from gazegen.metrics.estimator import GazeEstimate, GazeEstimator
+from gazegen.metrics.scores import FIDMetric, LPIPSMetric, psnr, ssim
+from gazegen.models.livegaze import LiveGaze
+from gazegen.train.finetune import finetune_config, finetune_model
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +248,6 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     ``resolution``: side at which images are compared (default: the first method's output side,
     else the store's). ``estimator`` None: gaze and head errors are reported n/a with ``estimator_note``.
     """
-    from gazegen.evaluation.estimator import store_files  # the store's split, as the estimator reads it
 
     device = torch.device(device)
     files = store_files(data, cfg.split)
@@ -344,8 +347,6 @@ def constant_prediction(gaze: np.ndarray, head: np.ndarray, subjects: np.ndarray
 def default_finetune(checkpoint: str | Path | None, epochs: int) -> Finetune:
     """train/finetune.py's personalised fine-tuning as a ``Finetune``: the training run's settings
     (from the checkpoint's metadata, else TrainConfig's defaults), ``epochs`` epochs per subject."""
-    from gazegen.config import FinetuneConfig
-    from gazegen.train.finetune import finetune_config, finetune_model
 
     train_cfg = finetune_config(Path(checkpoint) if checkpoint else None, FinetuneConfig(epochs=epochs), None)
     return lambda model, samples, n: finetune_model(model, samples, n, train_cfg=train_cfg)
@@ -359,9 +360,6 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     ``estimator``: a reference-estimator checkpoint (evaluation/estimator.py); without one the gaze and
     head errors are n/a. ``model`` replaces loading ``checkpoint`` (the path is still reported).
     """
-    from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
-    from gazegen.metrics.estimator import GazeEstimator
-    from gazegen.evaluation.estimator import check_store_camera
 
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
@@ -386,8 +384,6 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
                             estimator_note="no estimator checkpoint given (--estimator)")
     if judge is not None and cfg.probes:
-        from gazegen.evaluation.estimator import store_files
-        from gazegen.evaluation.probes import run_probes
 
         files = store_files(data, cfg.split)
         report.probes = run_probes(model, files[: cfg.max_subjects] if cfg.max_subjects else files, judge, device)
