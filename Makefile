@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/gazegen data synth-heads $(DEMO)/heads --subjects 6 --resolution 128 --views 9 --gazes 64 \
 		--set test_subjects=1 --set rig.max_yaw_deg=30 --set rig.max_pitch_deg=20
 	$(BIN)/gazegen data inspect $(DEMO)/heads --sheet $(DEMO)/heads_sheet.png
-	rm -rf $(DEMO)/run $(DEMO)/synth  # a fresh run each time; the heads are remade identically, the estimator is reused
+	rm -rf $(DEMO)/run $(DEMO)/synth  # a fresh run each time; the heads are remade identically
 	@echo "demo: learning the gaze path on top of the shipped reconstruction prior weights/demo-prior (its MODEL_CARD.md)"
 	$(BIN)/gazegen train --config configs/train/demo.toml --data $(DEMO)/heads --out $(DEMO)/run --max-steps $(DEMO_STEPS)
 	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
@@ -36,10 +36,10 @@ demo: setup
 	@echo "      $(BIN)/python benchmarks/downstream.py --checkpoint $(DEMO)/run --out $(DEMO)/downstream"
 	@echo "      export the shards for ETH-XGaze / GazeHub trainers: $(BIN)/gazegen export $(DEMO)/synth DEST --format xgaze|gazehub"
 	@echo "demo: redirection benchmark of the held-out subject (benchmarks/redirection.py), judged by the reference"
-	@echo "      estimator $(DEMO)/estimator (trained on its own procedural store the first time, then reused);"
+	@echo "      estimator weights/demo-estimator (shipped; its MODEL_CARD.md says how it was made);"
 	@echo "      rows: the model, copy-the-source, a perfect render at the neural side, the ground truth, the constant;"
 	@echo "      then the gaze sweep ($(DEMO)/redirection/sweep.png) and the swap test; the last line is the verdict"
-	$(BIN)/python benchmarks/redirection.py --store $(DEMO)/heads --estimator $(DEMO)/estimator --out $(DEMO)/redirection \
+	$(BIN)/python benchmarks/redirection.py --store $(DEMO)/heads --estimator weights/demo-estimator --out $(DEMO)/redirection \
 		--checkpoint $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS))
 
 clean:

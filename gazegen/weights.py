@@ -281,7 +281,7 @@ def shipped_report(root: Path = SHIPPED_DIR) -> list[WeightStatus]:
         else:
             status = "ok" if sha256_file(folder / "model.safetensors") == found.group(1) else "bad sha256"
         rows.append(WeightStatus(folder.name, "model.safetensors", status, folder / "model.safetensors",
-                                 f"gazegen checkpoint (init / --checkpoint), card: {card}", "made by this repository"))
+                                 f"gazegen checkpoint, card: {card}", "made by this repository"))
     return rows
 
 
