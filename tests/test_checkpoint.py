@@ -20,23 +20,18 @@ from gazegen.checkpoint import (
     read_model_config,
     save_pretrained,
 )
-from gazegen.config import CONFIG_DIR, EstimatorNetConfig, ModelConfig, NormalisationConfig, load_config
+from gazegen.config import EstimatorNetConfig, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
 from gazegen.metrics.estimator import GazeEstimator
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR
 
-TINY = CONFIG_DIR / "model" / "tiny.toml"
+from test_model import TINY, build  # noqa: E402  (the tiny LiveGaze, seeded)
 
 
 @pytest.fixture(scope="module")
 def cfg() -> ModelConfig:
     return load_config(ModelConfig, TINY)
-
-
-def build(cfg: ModelConfig, seed: int = 0) -> LiveGaze:
-    torch.manual_seed(seed)
-    return LiveGaze(cfg).eval()
 
 
 def run(model: LiveGaze):
