@@ -61,6 +61,7 @@ ROTATED_CAMERAS = frozenset({3, 6, 13})  # mounted upside down (the release's no
 # ETH-XGaze's face centre in its face model's frame (mm): the mean of the eye-corner centre and the
 # nose-wing centre, derived from face_model.txt rows 20, 23, 26, 29 and 15, 19 (the example's).
 XGAZE_FACE_CENTRE_MM = np.array([-0.0166, -10.2915, 27.2761])
+UNDISTORT = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9)  # iterate to convergence, whatever the lens
 EYES = (slice(36, 42), slice(42, 48))  # 68-point contours: the subject's right eye, then the left
 NOSE_TIP, MOUTH_CORNERS = 30, (48, 54)
 
@@ -178,7 +179,8 @@ class XGazeRawReader(PhotoSubjectReader):
         k = calibration.camera_matrix
         landmarks = row.landmarks
         if calibration.distorted:  # the crop is sampled through the lens; the landmarks moved to match
-            landmarks = cv2.undistortPoints(landmarks.reshape(-1, 1, 2), k, calibration.distortion, P=k)[:, 0]
+            landmarks = cv2.undistortPointsIter(landmarks.reshape(-1, 1, 2), k, calibration.distortion, None, k,
+                                                UNDISTORT)[:, 0]
         face = normalise_with_pose(self._image(row), HeadPose(row.rotation, row.face_centre, 0.0), k,
                                    self.normalisation, five_points(landmarks),
                                    calibration.distortion if calibration.distorted else None)
