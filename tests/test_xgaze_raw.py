@@ -135,7 +135,7 @@ def test_prepare_builds_a_multiview_store(release, tmp_path):
             # the right eye centre seen by the normalised camera: K_norm S R X
             scale = norm.distance_mm / np.linalg.norm(centre)
             p = np.array([[norm.focal, 0, RES / 2], [0, norm.focal, RES / 2], [0, 0, 1]]) @ np.diag([1, 1, scale]) @ rot @ eye
-            np.testing.assert_allclose(marks[36:42].mean(0), p[:2] / p[2], atol=0.3)
+            np.testing.assert_allclose(marks[36:42].mean(0), p[:2] / p[2], atol=0.02)
             assert x.face_mask[RES // 2, RES // 2] == 1 and x.left_eye_mask.sum() > 0 and x.right_eye_mask.sum() > 0
             # the face in the crop is the truth photo's own (turned and undistorted right)
             face = x.face_mask.astype(bool)
