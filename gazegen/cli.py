@@ -72,11 +72,11 @@ def synth_heads(
 
 @data_app.command("prepare")
 def prepare(
-    src: Path = typer.Argument(..., help="ETH-XGaze / GazeNeRF h5 file or folder of them, or an MPIIFaceGaze release."),
+    src: Path = typer.Argument(..., help="ETH-XGaze / GazeNeRF h5 file or folder of them, ETH-XGaze's raw release, or an MPIIFaceGaze / ColumbiaGaze release."),
     out: Path = typer.Argument(..., help="Training store to create."),
     resolution: int = typer.Option(512, help="Output image side (the paper: 512)."),
 ) -> None:
-    """Convert published ETH-XGaze or GazeNeRF h5 files (or MPIIFaceGaze, normalised) into a training store."""
+    """Convert published ETH-XGaze or GazeNeRF h5 files (or ETH-XGaze raw, MPIIFaceGaze, ColumbiaGaze, normalised) into a training store."""
     from gazegen.data.prepare import prepare_store
 
     with _reported():

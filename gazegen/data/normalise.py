@@ -139,9 +139,13 @@ def normalise_face(image: np.ndarray, landmarks: np.ndarray, camera_matrix: np.n
 
 
 def normalise_with_pose(image: np.ndarray, pose: HeadPose, camera_matrix: np.ndarray, norm: NormalisationConfig,
-                        landmarks: np.ndarray) -> NormalisedFace:
+                        landmarks: np.ndarray, distortion: np.ndarray | None = None) -> NormalisedFace:
     """Warp the face whose head pose in the photo's camera is known (``pose.translation``: its
-    face centre) to the normalised camera `norm`; `landmarks` (P, 2) photo pixels are carried along."""
+    face centre) to the normalised camera `norm`; `landmarks` (P, 2) photo pixels are carried along.
+
+    `distortion`: the photo's lens distortion (OpenCV coefficients), when it has one: the crop is
+    then sampled through it, and `landmarks` must already be undistorted (``cv2.undistortPoints``
+    with ``P=camera_matrix``); the warp, labels and landmarks are those of the distortion-free camera."""
     rot = normalising_rotation(pose.translation, pose.rotation)
     distance = float(np.linalg.norm(pose.translation))
     scale = np.diag([1.0, 1.0, norm.distance_mm / distance])
@@ -150,13 +154,14 @@ def normalise_with_pose(image: np.ndarray, pose: HeadPose, camera_matrix: np.nda
     # photo pixels per normalised pixel at the face: shrink a much larger photo with area
     # averaging first (a perspective warp alone would alias)
     magnification = norm.focal * distance / (camera_matrix[0, 0] * norm.distance_mm)
-    crop = _warp(image, warp, norm.resolution, magnification)
+    crop = _warp(image, warp, norm.resolution, magnification, camera_matrix, distortion)
     marks = cv2.perspectiveTransform(np.asarray(landmarks, np.float64).reshape(-1, 1, 2), warp)[:, 0]
     head_rotation = rot @ pose.rotation
     return NormalisedFace(crop, rot, warp, rotation_to_head_pose(head_rotation), head_rotation, marks, pose)
 
 
-def _warp(image: np.ndarray, warp: np.ndarray, side: int, magnification: float) -> np.ndarray:
+def _warp(image: np.ndarray, warp: np.ndarray, side: int, magnification: float, camera_matrix: np.ndarray,
+          distortion: np.ndarray | None) -> np.ndarray:
     source, pre = image, np.eye(3)
     if magnification < 0.5:
         f = 2.0 * magnification
@@ -164,8 +169,17 @@ def _warp(image: np.ndarray, warp: np.ndarray, side: int, magnification: float) 
         source = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         fx, fy = size[0] / image.shape[1], size[1] / image.shape[0]
         pre = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])  # resize's pixel map
-    return cv2.warpPerspective(source, warp @ np.linalg.inv(pre), (side, side), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if distortion is None:
+        return cv2.warpPerspective(source, warp @ np.linalg.inv(pre), (side, side), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    # each crop pixel -> its distortion-free photo pixel -> its ray -> through the lens -> the source
+    crop = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 1, 2).astype(np.float64)
+    photo = cv2.perspectiveTransform(crop, np.linalg.inv(warp))[:, 0]  # (side * side, 2)
+    rays = np.concatenate([(photo - camera_matrix[:2, 2]) / np.diag(camera_matrix)[:2], np.ones((len(photo), 1))], 1)
+    lens, _ = cv2.projectPoints(rays, np.zeros(3), np.zeros(3), camera_matrix, np.asarray(distortion, np.float64))
+    pixels = lens[:, 0] @ pre[:2, :2].T + pre[:2, 2]
+    grid = pixels.reshape(side, side, 2).astype(np.float32)
+    return cv2.remap(source, grid, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def gaze_to_normalised(gaze: np.ndarray, face_mat_norm: np.ndarray) -> np.ndarray:

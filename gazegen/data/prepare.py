@@ -1,7 +1,10 @@
 """`gazegen data prepare SRC OUT`: published gaze h5 files (or a store) -> a training store.
 
-SRC may also be an MPIIFaceGaze release (``pXX/pXX.txt`` folders, gazegen/data/mpiifacegaze.py)
-or ColumbiaGaze's raw photos (``0001/0001_2m_-15P_10V_-5H.jpg``, gazegen/data/columbia.py):
+SRC may also be ETH-XGaze's raw multi-view release (``calibration/cam_calibration/camNN.xml``,
+``data/annotation_train/subjectNNNN.csv``, gazegen/data/xgaze_raw.py): its images are normalised
+from the annotated head poses to the store's camera, every subject a train subject with its frame
+and camera indices (a multi-view store). SRC may also be an MPIIFaceGaze release (``pXX/pXX.txt``
+folders, gazegen/data/mpiifacegaze.py) or ColumbiaGaze's raw photos (``0001/0001_2m_-15P_10V_-5H.jpg``, gazegen/data/columbia.py):
 their images are normalised (from the annotated head poses; from detected landmarks) to the
 store's normalised camera (``source_normalisation``, default LiveGaze's, at the output
 resolution) and every person becomes a test subject, for the cross-dataset protocol.
@@ -42,6 +45,7 @@ from gazegen.data.images import resize_image, resize_nearest
 from gazegen.data.splits import present_files, store_splits
 from gazegen.data.store import STORE_FORMAT, SubjectWriter, write_split
 from gazegen.data.xgaze import DataError, SubjectReader, file_component, open_subject
+from gazegen.data.xgaze_raw import XGazeRawReader, annotation_files
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +165,11 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     start = time.perf_counter()
     src, out = Path(src), Path(out)
     store_camera = (source_normalisation or NormalisationConfig()).at_resolution(resolution)
-    persons, columbia = person_folders(src), subject_folders(src)
-    if persons:  # an MPIIFaceGaze release: every person is a test subject, normalised to the store's camera
+    raw, persons, columbia = annotation_files(src), person_folders(src), subject_folders(src)
+    if raw:  # ETH-XGaze's raw release: every subject trains, normalised to the store's camera
+        found = SubjectFiles(tuple(("train", p) for p in raw))
+        open_source = lambda path: XGazeRawReader(path, store_camera, chunk)  # noqa: E731
+    elif persons:  # an MPIIFaceGaze release: every person is a test subject, normalised to the store's camera
         found = SubjectFiles(tuple(("test", p) for p in persons))
         open_source = lambda path: MpiiFaceGazeReader(path, store_camera, chunk)  # noqa: E731
     elif columbia:  # ColumbiaGaze's raw photos: likewise, normalised from detected landmarks
@@ -174,7 +181,7 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     if found.problems:
         raise DataError("\n".join(found.problems))
     if not found.files:
-        raise DataError(f"{src}: no .h5 subject files (nor MPIIFaceGaze pXX/pXX.txt or ColumbiaGaze subject folders) found")
+        raise DataError(f"{src}: no .h5 subject files (nor an ETH-XGaze raw release, MPIIFaceGaze pXX/pXX.txt or ColumbiaGaze subject folders) found")
     for p in found.unlisted:
         log.warning("%s: not listed in the split file; not converted", p)
 
