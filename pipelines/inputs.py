@@ -49,7 +49,7 @@ from gazegen.data.images import resize_image
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.grid import pose_problem
-from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, decode_image, max_file_bytes, read_regular_file, resolve_inside
+from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, check_rotation, decode_image, max_file_bytes, read_regular_file, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 H5_SUFFIXES = (".h5", ".hdf5")
 PARQUET_SUFFIXES = (".parquet",)
 INDEX_FORMAT = "{path}#{index:06d}"
+IDENTITY = np.eye(3)
+IDENTITY.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class DecodedSource:
     image: np.ndarray | None  # (S, S, 3) uint8 RGB at the model's input size; None on failure
     head_pose: np.ndarray  # (2,) pitch/yaw radians, normalised camera frame ((0, 0) for photos)
     gaze_head: np.ndarray | None  # (2,) pitch/yaw radians, head frame; None: unknown
+    face_mat_norm: np.ndarray = IDENTITY  # (3, 3) the photo's camera -> the normalised camera (identity: already normalised)
     stage: str = ""  # "list", "decode" or "crop" on failure
     reason: str = ""
 
@@ -215,7 +218,7 @@ def _detector() -> MtcnnDetector:
 
 
 def _failed(stage: str, reason: str) -> DecodedSource:
-    return DecodedSource(None, np.zeros(2), None, stage, reason)
+    return DecodedSource(None, np.zeros(2), None, IDENTITY, stage, reason)
 
 
 def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
@@ -223,7 +226,8 @@ def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
     result = crop_faces(image, _detector(), cfg, settings.crop)  # type: ignore[arg-type]
     if not result.ok:
         return _failed("crop", result.reason)
-    return DecodedSource(result.image, result.head_pose, None)
+    rotation = IDENTITY if result.normalised is None else result.normalised.face_mat_norm
+    return DecodedSource(result.image, result.head_pose, None, rotation)
 
 
 def _labelled(image: np.ndarray, head_pose: object, gaze_head: object | None) -> DecodedSource:
@@ -254,7 +258,8 @@ def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[
         def read(record: SourceRecord) -> DecodedSource:
             sample = reader[record.index]
             decoded = _labelled(sample.image, sample.head_pose, sample.gaze_head)  # labels checked before the zoom
-            return DecodedSource(renormalise(sample.image, sample.normalisation, target), decoded.head_pose, decoded.gaze_head)
+            rotation = IDENTITY if sample.face_mat_norm is None else check_rotation(sample.face_mat_norm)
+            return DecodedSource(renormalise(sample.image, sample.normalisation, target), decoded.head_pose, decoded.gaze_head, rotation)
 
         return _each(records, read)
 
@@ -360,6 +365,7 @@ def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> dict
         "head_pose": np.stack([d.head_pose for d in decoded]).astype(np.float64),
         "gaze_head": np.stack([d.gaze_head if d.gaze_head is not None else np.zeros(2) for d in decoded]).astype(np.float64),
         "gaze_known": np.array([d.gaze_head is not None for d in decoded]),
+        "face_mat_norm": np.stack([d.face_mat_norm for d in decoded]).astype(np.float64),
     }
 
 
