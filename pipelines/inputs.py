@@ -79,7 +79,7 @@ class DecodedSource:
     image: np.ndarray | None  # (S, S, 3) uint8 RGB at the model's input size; None on failure
     head_pose: np.ndarray  # (2,) pitch/yaw radians, normalised camera frame ((0, 0) for photos)
     gaze_head: np.ndarray | None  # (2,) pitch/yaw radians, head frame; None: unknown
-    face_mat_norm: np.ndarray = IDENTITY  # (3, 3) the photo's camera -> the normalised camera (identity: already normalised)
+    face_mat_norm: np.ndarray  # (3, 3) the photo's camera -> the normalised camera (identity: already normalised)
     stage: str = ""  # "list", "decode" or "crop" on failure
     reason: str = ""
 
@@ -232,7 +232,7 @@ def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
 
 def _labelled(image: np.ndarray, head_pose: object, gaze_head: object | None) -> DecodedSource:
     pose, gaze = check_labels(head_pose, gaze_head)
-    return DecodedSource(image, pose, gaze)
+    return DecodedSource(image, pose, gaze, IDENTITY)  # a labelled crop is already normalised
 
 
 def _each(records: Sequence[SourceRecord], read: Callable[[SourceRecord], DecodedSource]) -> list[DecodedSource]:
