@@ -133,3 +133,36 @@ def test_h5_sources_carry_the_stores_rotation_or_the_identity(tmp_path):
     np.testing.assert_array_equal(decoded["with.h5#000001"].face_mat_norm, np.eye(3))
     assert not decoded["with.h5#000002"].ok and "face_mat_norm: not a rotation" in decoded["with.h5#000002"].reason
     np.testing.assert_array_equal(decoded["without.h5#000000"].face_mat_norm, np.eye(3))  # already normalised: identity
+
+
+def _two_heads(folder) -> None:
+    """``two.png``: a large procedural head on the left and a smaller one on the right of a grey
+    canvas; ``one.png``: a single head."""
+    heads = [photograph_head(sample_identity(np.random.default_rng(s)), rotation_from_pose(0.0, y, 0.0), np.array([0.0, 0.0, 600.0]), 320, 700.0).image
+             for s, y in ((11, 0.2), (12, -0.2))]  # fmt: skip
+    canvas = np.full((480, 1000, 3), 120, np.uint8)
+    canvas[80:400, 60:380] = heads[0]
+    small = cv2.resize(heads[1], (200, 200), interpolation=cv2.INTER_AREA)
+    canvas[140:340, 700:900] = small
+    cv2.imwrite(str(folder / "two.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "one.png"), cv2.cvtColor(heads[0], cv2.COLOR_RGB2BGR))
+
+
+def test_all_faces_of_a_photo_are_sources_largest_first(tmp_path):
+    _two_heads(tmp_path)
+    assert [r.source_id for r in list_sources(tmp_path)] == ["one.png", "two.png"]  # "largest": today's ids
+    records = list_sources(tmp_path, faces="all")
+    assert [(r.source_id, r.index) for r in records] == [("one.png", -1), ("two.png#face00", 0), ("two.png#face01", 1)]
+    settings = DecodeSettings(64, NORM, "always")
+    one, first, second = decode_sources(records, settings)
+    assert one.ok and first.ok and second.ok, (one.reason, first.reason, second.reason)
+    # face00 is the large head on the left, face01 the small one on the right: the normalised
+    # camera's forward axis (face_mat_norm's last row, in the photo's camera) points at each
+    assert first.face_mat_norm[2, 0] < -0.1 and second.face_mat_norm[2, 0] > 0.1
+    (largest,) = decode_sources(list_sources(tmp_path / "two.png"), settings)  # "largest" takes face00
+    np.testing.assert_array_equal(largest.image, first.image)
+    np.testing.assert_array_equal(largest.face_mat_norm, first.face_mat_norm)
+    assert not np.array_equal(first.image, second.image)
+    # a face the listing saw but the decode does not is its own error row, naming the face
+    (gone,) = decode_sources([records[0].__class__("two.png#face02", records[1].path, "image", 2)], settings)
+    assert not gone.ok and gone.stage == "crop" and "face 2 not found" in gone.reason
