@@ -34,6 +34,8 @@ _MEANINGS = {
     "gaze_head": "gaze in the head frame: the model's condition, the same for every view of a gaze",
     "view_offset": "how far the camera was turned from the source's camera",
     "camera": "EG3D camera of the rendered image",
+    "source_head_pose": "head pose of the source face in its own normalised camera, before the view turn",
+    "face_mat_norm": "rotation from the source photo's camera into the source's normalised camera (ETH-XGaze's name)",
     "row_id": f"stable id {ROW_ID_FORMAT}",
     "source_id": "id of the source face: its input file (+ `#row` for h5 / Parquet inputs)",
     "source_path": "the input the source came from",
@@ -56,6 +58,11 @@ _LABELS = {
     "camera": ("EG3D: world = the head (origin at the face centre, x to the subject's left, y up, z out of the face)",
                "renderer world units; intrinsics / image size", "cam2world 4x4 row-major (16), then intrinsics 3x3 (9)",
                "camera axes OpenCV (x right, y down, z towards the face); principal point 0.5"),
+    "source_head_pose": ("the source's normalised camera (the rendered camera before the view turn)", "radians", "(pitch, yaw)",
+                         "head_pose = source_head_pose + view_offset, yaw wrapped into [-pi, pi); the same in every row of a source"),
+    "face_mat_norm": ("the source photo's camera -> the source's normalised camera", "rotation matrix", "3x3 row-major (9)",
+                      "vector_normalised = R @ vector_photo; identity for inputs that were already normalised crops; "
+                      "`gaze_in_photo(row)` maps a row's gaze into the photo's camera"),
 }
 
 
@@ -148,6 +155,7 @@ df = pl.read_parquet("OUT/{SHARD_GLOB}", columns=["gaze", "head_pose", "row_id"]
 from datasets import load_dataset
 ds = load_dataset("parquet", data_files="OUT/{SHARD_GLOB}", split="train")
 from gazegen.data.parquet import GazeParquetDataset   # torch IterableDataset
+from gazegen.data.parquet import gaze_in_photo        # a row's gaze in its source photo's camera
 ```
 
 For ETH-XGaze trainers: `gazegen export OUT DEST --format xgaze` (one h5 per identity, the

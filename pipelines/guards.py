@@ -13,7 +13,7 @@ actor or the shard writer, and a rerun meets the same inputs with the same outco
   pixels (1.2 GB as RGB). Pillow refuses headers past ``PILLOW_MAX_PIXELS`` (~179 Mpx) itself,
   which bounds ``max_pixels``; images under ``MIN_IMAGE_SIDE`` on a side are refused too.
 * Labels: (pitch, yaw) pairs of finite radians, |pitch| <= pi/2 and |yaw| <= pi (a value past
-  those is most likely in degrees).
+  those is most likely in degrees); a store's ``face_mat_norm``, a finite 3x3 rotation.
 * Time: ``call_with_timeout`` runs a read in a daemon thread and gives up after a while; the
   thread is abandoned (Python cannot stop it) and ends with its worker process.
 """
@@ -131,6 +131,16 @@ def pitch_yaw(value: object, name: str) -> np.ndarray:
 def check_labels(head_pose: object, gaze_head: object | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(head_pose, gaze_head or None) as checked (2,) radians arrays."""
     return pitch_yaw(head_pose, "head_pose"), None if gaze_head is None else pitch_yaw(gaze_head, "gaze_head")
+
+
+def check_rotation(matrix: object, name: str = "face_mat_norm") -> np.ndarray:
+    """A (3, 3) float64 rotation (orthonormal to 1e-3, determinant +1), else InputError naming ``name``."""
+    r = np.asarray(matrix, np.float64)
+    if r.shape != (3, 3) or not np.isfinite(r).all():
+        raise InputError(f"{name}: expected a finite 3x3 rotation, got shape {r.shape}")
+    if not np.allclose(r @ r.T, np.eye(3), atol=1e-3) or np.linalg.det(r) < 0:
+        raise InputError(f"{name}: not a rotation (R R^T != I or det < 0)")
+    return r
 
 
 def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:

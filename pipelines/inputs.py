@@ -4,8 +4,15 @@ INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of f
 
 images   ``.jpg .jpeg .png .bmp .webp``: one source each. Photos are detected, aligned and
          cropped like the training data (``--crop auto|always|never``, gazegen/data/faces.py):
-         normalised from their landmarks, with the head pose solvePnP gives (passed-through
-         crops: frontal, (0, 0)); the gaze is unknown.
+         normalised from their landmarks, with the head pose solvePnP gives and the normalising
+         rotation (passed-through crops: frontal, (0, 0), the identity); the gaze is unknown.
+         ``faces = "largest"`` (the default) crops the largest face. ``faces = "all"`` detects
+         the faces of every image while listing (MTCNN on the driver: one pass per image, again
+         at each restart's listing; the shard plan needs the sources before anything is decoded)
+         and makes an image with two or more faces one source per face, ``photo.jpg#face00``,
+         ``#face01``, ... largest first (gazegen/data/faces.py ``crop_each_face``; ``face00`` is
+         the face "largest" takes); an image with one face or none keeps its plain id and is read
+         as with "largest". The faces of one image are decoded together, detected once.
 h5       ``.h5 .hdf5`` in any layout gazegen/data/xgaze.py reads (training store, ETH-XGaze,
          GazeNeRF): one source per row, with its head pose and head-frame gaze. A patch taken
          with another normalised camera than the model's is re-zoomed to the model's framing
@@ -44,12 +51,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gazegen.config import CropConfig, NormalisationConfig
-from gazegen.data.faces import crop_faces
+from gazegen.data.faces import CropResult, crop_each_face, crop_faces
 from gazegen.data.images import resize_image
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.grid import pose_problem
-from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, decode_image, max_file_bytes, read_regular_file, resolve_inside
+from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, check_rotation, decode_image, max_file_bytes, read_regular_file, resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 H5_SUFFIXES = (".h5", ".hdf5")
 PARQUET_SUFFIXES = (".parquet",)
 INDEX_FORMAT = "{path}#{index:06d}"
+FACE_FORMAT = "{path}#face{index:02d}"  # faces = "all": crop_each_face's face ids
+IDENTITY = np.eye(3)
+IDENTITY.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ class SourceRecord:
     source_id: str  # stable id (module docstring)
     path: str  # absolute path of the file
     kind: str  # "image", "h5" or "parquet"
-    index: int = -1  # row within an h5 / Parquet file; -1 for images
+    index: int = -1  # row within an h5 / Parquet file; face within an image (faces = "all"); -1: the image's largest face
     error: str = ""  # set when the file could not be opened while listing
 
 
@@ -77,6 +87,7 @@ class DecodedSource:
     image: np.ndarray | None  # (S, S, 3) uint8 RGB at the model's input size; None on failure
     head_pose: np.ndarray  # (2,) pitch/yaw radians, normalised camera frame ((0, 0) for photos)
     gaze_head: np.ndarray | None  # (2,) pitch/yaw radians, head frame; None: unknown
+    face_mat_norm: np.ndarray  # (3, 3) the photo's camera -> the normalised camera (identity: already normalised)
     stage: str = ""  # "list", "decode" or "crop" on failure
     reason: str = ""
 
@@ -155,9 +166,26 @@ def _rows(path: Path, kind: str, image_column: str) -> int:
         return file.metadata.num_rows
 
 
-def list_sources(inputs: str | os.PathLike[str], image_column: str = "image") -> list[SourceRecord]:
-    """Every source of INPUTS, sorted by id. Raises FileNotFoundError when INPUTS names nothing
-    and ValueError when it holds no file of a known kind."""
+def _image_records(path: Path, rel: str, faces: str, max_pixels: int) -> list[SourceRecord]:
+    """An image's sources: one, or with ``faces == "all"`` one per face when it holds two or more."""
+    if faces == "largest":
+        return [SourceRecord(rel, str(path), "image")]
+    try:
+        found = len(_detector().detect(decode_image(read_regular_file(path, max_file_bytes(max_pixels)), max_pixels)))
+    except Exception as error:  # an unreadable image is one error row, as when it is decoded
+        return [SourceRecord(rel, str(path), "image", error=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")]
+    if found < 2:
+        return [SourceRecord(rel, str(path), "image")]
+    return [SourceRecord(FACE_FORMAT.format(path=rel, index=k), str(path), "image", k) for k in range(found)]
+
+
+def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", faces: str = "largest",
+                 max_pixels: int = 36_000_000) -> list[SourceRecord]:
+    """Every source of INPUTS, sorted by id. ``faces``: "largest" or "all" (module docstring;
+    ``max_pixels`` guards the images "all" reads). Raises FileNotFoundError when INPUTS names
+    nothing and ValueError when it holds no file of a known kind."""
+    if faces not in ("largest", "all"):
+        raise ValueError(f"faces {faces!r}: expected 'largest' or 'all'")
     root, files = _root_and_files(str(inputs))
     records: list[SourceRecord] = []
     skipped = 0
@@ -168,7 +196,7 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image") ->
             continue
         rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
         if kind == "image":
-            records.append(SourceRecord(rel, str(path), kind))
+            records += _image_records(path, rel, faces, max_pixels)
             continue
         try:
             n = _rows(path, kind, image_column)
@@ -215,20 +243,27 @@ def _detector() -> MtcnnDetector:
 
 
 def _failed(stage: str, reason: str) -> DecodedSource:
-    return DecodedSource(None, np.zeros(2), None, stage, reason)
+    return DecodedSource(None, np.zeros(2), None, IDENTITY, stage, reason)
+
+
+def _crop_config(settings: DecodeSettings) -> CropConfig:
+    return CropConfig(resolution=settings.resolution, normalisation=settings.normalisation)
+
+
+def _cropped(result: CropResult) -> DecodedSource:
+    if not result.ok:
+        return _failed("crop", result.reason)
+    rotation = IDENTITY if result.normalised is None else result.normalised.face_mat_norm
+    return DecodedSource(result.image, result.head_pose, None, rotation)
 
 
 def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
-    cfg = CropConfig(resolution=settings.resolution, normalisation=settings.normalisation)
-    result = crop_faces(image, _detector(), cfg, settings.crop)  # type: ignore[arg-type]
-    if not result.ok:
-        return _failed("crop", result.reason)
-    return DecodedSource(result.image, result.head_pose, None)
+    return _cropped(crop_faces(image, _detector(), _crop_config(settings), settings.crop))  # type: ignore[arg-type]
 
 
 def _labelled(image: np.ndarray, head_pose: object, gaze_head: object | None) -> DecodedSource:
     pose, gaze = check_labels(head_pose, gaze_head)
-    return DecodedSource(image, pose, gaze)
+    return DecodedSource(image, pose, gaze, IDENTITY)  # a labelled crop is already normalised
 
 
 def _each(records: Sequence[SourceRecord], read: Callable[[SourceRecord], DecodedSource]) -> list[DecodedSource]:
@@ -243,8 +278,21 @@ def _each(records: Sequence[SourceRecord], read: Callable[[SourceRecord], Decode
 
 
 def _read_images(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
+    """One image's records: its largest face (index -1), or its faces by index (faces = "all"),
+    the image read and its faces detected once."""
     limit = max_file_bytes(settings.max_pixels)
-    return _each(records, lambda r: _photo(decode_image(read_regular_file(r.path, limit), settings.max_pixels), settings))
+    image = cache(lambda: decode_image(read_regular_file(records[0].path, limit), settings.max_pixels))
+    faces = cache(lambda: [r for _, r in crop_each_face(image(), _detector(), _crop_config(settings)) if r.status != "no_face"])
+
+    def read(record: SourceRecord) -> DecodedSource:
+        if record.index < 0:
+            return _photo(image(), settings)
+        found = faces()  # largest first, as when listed
+        if record.index >= len(found):
+            return _failed("crop", f"face {record.index} not found: the image now shows {len(found)} faces (listing saw more)")
+        return _cropped(found[record.index])
+
+    return _each(records, read)
 
 
 def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
@@ -254,7 +302,8 @@ def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[
         def read(record: SourceRecord) -> DecodedSource:
             sample = reader[record.index]
             decoded = _labelled(sample.image, sample.head_pose, sample.gaze_head)  # labels checked before the zoom
-            return DecodedSource(renormalise(sample.image, sample.normalisation, target), decoded.head_pose, decoded.gaze_head)
+            rotation = IDENTITY if sample.face_mat_norm is None else check_rotation(sample.face_mat_norm)
+            return DecodedSource(renormalise(sample.image, sample.normalisation, target), decoded.head_pose, decoded.gaze_head, rotation)
 
         return _each(records, read)
 
@@ -326,7 +375,7 @@ def decode_sources(records: Sequence[SourceRecord], settings: DecodeSettings, re
         if record.error:
             out[i] = _failed("list", record.error)
         else:
-            groups[(record.kind, record.path if record.kind != "image" else str(i))].append(i)
+            groups[(record.kind, record.path)].append(i)  # an image's faces too
     for (kind, _), indices in groups.items():
         chunks = [indices] if len(indices) > 1 else []
         chunks += [[i] for i in indices]  # fallback, one at a time
@@ -360,6 +409,7 @@ def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> dict
         "head_pose": np.stack([d.head_pose for d in decoded]).astype(np.float64),
         "gaze_head": np.stack([d.gaze_head if d.gaze_head is not None else np.zeros(2) for d in decoded]).astype(np.float64),
         "gaze_known": np.array([d.gaze_head is not None for d in decoded]),
+        "face_mat_norm": np.stack([d.face_mat_norm for d in decoded]).astype(np.float64),
     }
 
 

@@ -43,7 +43,7 @@ class RunPlan:
     def settings(self) -> dict[str, Any]:
         """Everything that changes the rows, compared key by key on restart."""
         grid = ("grid", "pitch", "yaw", "view_pitch", "view_yaw")  # recorded as written: "pitch,yaw,view", "-30:30:5"
-        keep = ("sample", "seed", "crop", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")
+        keep = ("sample", "seed", "crop", "faces", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")
         return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | {
             "normalisation": asdict(self.normalisation), "format_version": FORMAT_VERSION,
             "image_resolution": self.model.image_resolution, "output_resolution": self.model.output_resolution,
@@ -67,7 +67,7 @@ def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig) -> Ru
     """The run's plan: model, normalisation, sorted sources, rows per source and the shards."""
     spec = cfg.grid_spec
     model = read_model_config(checkpoint)
-    records = tuple(list_sources(inputs, cfg.image_column))
+    records = tuple(list_sources(inputs, cfg.image_column, cfg.faces, cfg.max_pixels))
     per_source = rows_per_source(spec)
     shards = plan_shards([r.source_id for r in records], max(1, cfg.rows_per_shard // per_source))
     return RunPlan(cfg, spec, str(Path(checkpoint).resolve()), checkpoint_hash(checkpoint), model,

@@ -9,6 +9,8 @@ Labels (gazegen/geometry.py): for a source with head pose h and a view offset o 
 head pose is h + o, the camera ``head_pose_to_camera(h + o, normalisation)``, the gaze in the
 camera ``gaze_head_to_camera(gaze_head, head_pose_to_rotation(h + o))``. Depth is z-depth in
 world units times ``mm_per_world_unit(normalisation)``: millimetres of the normalised camera.
+Every row of a source also carries h as ``source_head_pose`` and the source's ``face_mat_norm``
+(its photo's camera -> its normalised camera; gazegen/data/schema.py).
 
 Records flow between the Ray stages as dicts of numpy arrays, one entry per output row or
 per failed source (``status`` "error", with ``stage`` and ``reason``; its arrays are zeros).
@@ -83,8 +85,9 @@ class SourceRenderer:
         return cls(load_checkpoint(checkpoint, device=settings.device), settings)
 
     @torch.inference_mode()
-    def render(self, source_id: str, image: np.ndarray, head_pose: np.ndarray, gaze_head: np.ndarray | None) -> RenderedSource:
-        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None -> every grid row."""
+    def render(self, source_id: str, image: np.ndarray, head_pose: np.ndarray, gaze_head: np.ndarray | None,
+               face_mat_norm: np.ndarray) -> RenderedSource:
+        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None, face_mat_norm (3, 3) -> every grid row."""
         s, b = self.settings, self.settings.batch_size
         plan = plan_source(s.spec, source_id, gaze_head)
         problem = pose_problem(head_pose, (float(plan.views[:, 0].min()), float(plan.views[:, 0].max())))
@@ -98,6 +101,8 @@ class SourceRenderer:
             "gaze": geometry.gaze_head_to_camera(gaze_head_rows, geometry.head_pose_to_rotation(poses[view_of])),
             "head_pose": poses[view_of], "gaze_head": gaze_head_rows, "view_offset": plan.views[view_of],
             "camera": cameras[view_of],
+            "source_head_pose": np.broadcast_to(np.asarray(head_pose, np.float64), (len(view_of), 2)),
+            "face_mat_norm": np.broadcast_to(np.asarray(face_mat_norm, np.float64).reshape(9), (len(view_of), 9)),
         }  # fmt: skip
         x = to_model_range(torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None])
         source_camera = geometry.head_pose_to_camera(np.asarray(head_pose, np.float64)[None], s.normalisation)  # (1, 25)
@@ -168,7 +173,7 @@ class RenderActor:
 
     Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
-    ``gaze_known``); outputs are the records above, source after source.
+    ``gaze_known``, ``face_mat_norm``); outputs are the records above, source after source.
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
@@ -185,7 +190,8 @@ class RenderActor:
                 continue
             try:
                 gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
-                rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze)
+                rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
+                                            batch["face_mat_norm"][i])
             except Exception as error:  # one source's failure is an error row; the actor goes on
                 log.exception("render failed for %s", meta["source_id"])
                 yield error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)

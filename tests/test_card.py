@@ -28,7 +28,8 @@ def labels_of(k: int) -> dict[str, np.ndarray]:
     gaze_head, view = rng.uniform(-0.5, 0.5, (PER_SOURCE, 2)), rng.uniform(-0.3, 0.3, (PER_SOURCE, 2))
     head = view + rng.uniform(-0.2, 0.2, 2)
     gaze = geometry.gaze_head_to_camera(gaze_head, geometry.head_pose_to_rotation(head))
-    return {"gaze": gaze, "head_pose": head, "gaze_head": gaze_head, "view_offset": view}
+    return {"gaze": gaze, "head_pose": head, "gaze_head": gaze_head, "view_offset": view, "source_head_pose": head - view,
+            "face_mat_norm": np.tile(np.eye(3).ravel(), (PER_SOURCE, 1))}
 
 
 @pytest.fixture(scope="module")

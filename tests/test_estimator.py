@@ -51,6 +51,7 @@ def shards(store, tmp_path_factory) -> Path:
                 "alpha": [schema.encode_alpha_png(np.ones(s.image.shape[:2], bool)) for s in samples],
                 "gaze": np.stack([s.gaze for s in samples]), "head_pose": np.stack([s.head_pose for s in samples]),
                 "gaze_head": np.stack([s.gaze_head for s in samples]), "view_offset": np.zeros((n, 2)),
+                "source_head_pose": np.stack([s.head_pose for s in samples]), "face_mat_norm": np.tile(np.eye(3).ravel(), (n, 1)),
                 "camera": np.stack([s.camera for s in samples]), "source_id": [reader.subject] * n,
                 "source_path": [spec.inputs[0]] * n, "gaze_index": [s.frame_index for s in samples],
                 "view_index": [s.cam_index for s in samples], "checkpoint_hash": ["0" * 64] * n, "seed": [0] * n,

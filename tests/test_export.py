@@ -69,6 +69,8 @@ def fake_rows(source: str, k: int) -> dict[str, list]:
             cols["head_pose"].append(head_pose)
             cols["gaze_head"].append(gaze_head)
             cols["view_offset"].append(np.zeros(2))
+            cols["source_head_pose"].append(head_pose)
+            cols["face_mat_norm"].append(np.eye(3).ravel())
             cols["camera"].append(geometry.head_pose_to_camera(head_pose, NORM))
             for key, value in (("source_id", source), ("source_path", f"/in/{source.split('#')[0]}"), ("gaze_index", g),
                                ("view_index", v), ("checkpoint_hash", "ab" * 32), ("seed", 0)):

@@ -46,6 +46,8 @@ def write_shards(out: Path, sources: int, per_shard: int, views: int = 5) -> lis
                     "head_pose": np.stack([gaze_of(k) / 2 for k in ks]),
                     "gaze_head": np.stack([-gaze_of(k) for k in ks]),
                     "view_offset": np.zeros((views, 2)),
+                    "source_head_pose": np.stack([gaze_of(k) / 2 for k in ks]),
+                    "face_mat_norm": np.tile(np.eye(3).ravel(), (views, 1)),
                     "camera": np.tile(np.arange(25.0), (views, 1)),
                     "source_id": [source] * views, "source_path": [f"/data/{source}.png"] * views,
                     "gaze_index": [0] * views, "view_index": list(range(views)),

@@ -49,7 +49,9 @@ def fake_image(source: str, g: int, v: int) -> np.ndarray:
 def fake_labels(source: str, g: int, v: int) -> dict[str, np.ndarray]:
     k = int(source_id(source)[-2:])
     base = np.array([0.01 * k + 0.1 * g, -0.02 * k + 0.05 * v], np.float32)
-    return {"gaze": base, "head_pose": base / 3, "gaze_head": base * 2, "view_offset": np.array([0.1 * v, -0.1 * v], np.float32)}
+    view = np.array([0.1 * v, -0.1 * v], np.float32)
+    return {"gaze": base, "head_pose": base / 3, "gaze_head": base * 2, "view_offset": view, "source_head_pose": base / 3 - view,
+            "face_mat_norm": np.eye(3, dtype=np.float32).ravel()}
 
 
 def fake_columns(inputs: tuple[str, ...]) -> dict[str, list]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_pretrained
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config, load_synth_config
+from gazegen.data.parquet import gaze_in_photo
 from gazegen.data.schema import LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
@@ -212,6 +213,9 @@ def test_rows_labels_errors_and_readers(first_run, photos):
         np.testing.assert_allclose(row["camera"], geometry.head_pose_to_camera(head_pose, NORM), atol=1e-5)
         gaze = geometry.gaze_head_to_camera(gaze_head, geometry.head_pose_to_rotation(head_pose))
         np.testing.assert_allclose(row["gaze"], gaze, atol=1e-6)
+        assert row["source_head_pose"] == [0.0, 0.0]  # the source's own pose, whatever the view
+        assert row["face_mat_norm"] == np.eye(3).ravel().tolist()  # a passed-through crop: already normalised
+        np.testing.assert_allclose(gaze_in_photo(row), gaze_head, atol=1e-6)  # frontal source, identity: the head-frame gaze
         assert row["source_path"] == str(photos / "crop.png")
         assert row["seed"] == 0 and len(row["checkpoint_hash"]) == 64
 

@@ -40,6 +40,8 @@ class SynthConfig:
     sample: int = bounded(0, 0)  # 0: the full grid; N: N random (gaze, view) pairs per source
     seed: int = bounded(0, 0)  # seeds the --sample draws; written in every row
     crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
+    faces: str = "largest"  # image files: largest | all (each face of a photo with several its own source, id photo.jpg#face00 ...,
+    # largest first; detected while listing on the driver: pipelines/inputs.py)
     image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
     normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's (refused if it has none)
     max_pixels: int = bounded(36_000_000, 1, 178_956_970)  # images declaring more pixels are error rows (checked from the header)
@@ -61,6 +63,10 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.crop not in ("auto", "always", "never"):
             raise ConfigError(f"crop {self.crop!r}: expected 'auto', 'always' or 'never'")
+        if self.faces not in ("largest", "all"):
+            raise ConfigError(f"faces {self.faces!r}: expected 'largest' or 'all'")
+        if self.faces == "all" and self.crop == "never":
+            raise ConfigError("faces 'all' detects faces; crop 'never' takes inputs as crops without detecting: use crop auto or always")
 
     @property
     def grid_spec(self) -> GridSpec:

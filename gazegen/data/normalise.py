@@ -188,8 +188,10 @@ def gaze_to_normalised(gaze: np.ndarray, face_mat_norm: np.ndarray) -> np.ndarra
 
 
 def gaze_to_photo(gaze: np.ndarray, face_mat_norm: np.ndarray) -> np.ndarray:
-    """(..., 2) pitch/yaw in the normalised camera (a row's ``gaze``) -> (..., 2) in the photo's camera."""
-    return vector_to_pitchyaw((face_mat_norm.T @ pitchyaw_to_vector(np.asarray(gaze, np.float64))[..., None])[..., 0])
+    """(..., 2) pitch/yaw in the normalised camera -> (..., 2) in the photo's camera; `face_mat_norm`
+    (3, 3) or (..., 3, 3). A synthesized row's gaze: gazegen/data/parquet.py ``gaze_in_photo``."""
+    back = np.swapaxes(np.asarray(face_mat_norm, np.float64), -1, -2)  # R^T
+    return vector_to_pitchyaw((back @ pitchyaw_to_vector(np.asarray(gaze, np.float64))[..., None])[..., 0])
 
 
 def rotation_angle_deg(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""Read synthesized gaze data: Parquet shards streamed as a torch ``IterableDataset``.
+"""Read synthesized gaze data: Parquet shards streamed as a torch ``IterableDataset``, and a
+row's gaze taken back into its source photo's camera (``gaze_in_photo``).
 
 The row layout, the PNG decoders and the depth scale are gazegen/data/schema.py's (the one
 declaration the writers in ``pipelines/`` use too); this module finds the shards and streams them.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import posixpath
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,7 +22,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gazegen import geometry
 from gazegen.data.images import to_model_range
+from gazegen.data.normalise import gaze_to_photo
 from gazegen.data.schema import IMAGE_COLUMNS, LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png, depth_scale_of
 
 T = TypeVar("T")
@@ -87,6 +90,8 @@ class GazeParquetDataset(IterableDataset):
         ``image``      (3, H, W) float32 RGB in [-1, 1], or uint8 (3, H, W) with ``uint8=True``
         ``gaze``, ``head_pose``, ``gaze_head``, ``view_offset``  (2,) float32 pitch/yaw radians
         ``camera``     (25,) float32
+        ``source_head_pose``  (2,) float32 pitch/yaw radians, the source's own normalised camera
+        ``face_mat_norm``  (3, 3) float32, the source photo's camera -> its normalised camera
         ``row_id``, ``source_id``  str
         ``depth``      (1, H, W) float32 millimetres, 0 = no surface (with ``depth=True``)
         ``alpha``      (1, H, W) float32 in [0, 1] (with ``alpha=True``)
@@ -133,7 +138,7 @@ class GazeParquetDataset(IterableDataset):
 
     @property
     def columns(self) -> list[str]:
-        names = ["image", "gaze", "head_pose", "gaze_head", "view_offset", "camera", "row_id", "source_id"]
+        names = ["image", *LABEL_WIDTHS, "row_id", "source_id"]
         return names + ["depth"] * self.depth + ["alpha"] * self.alpha
 
     def _open(self, path: str) -> pq.ParquetFile:
@@ -158,6 +163,7 @@ class GazeParquetDataset(IterableDataset):
             source_ids = batch.column("source_id").to_pylist()
             for i in range(batch.num_rows):
                 item: dict[str, Any] = {name: torch.from_numpy(labels[name][i].copy()) for name in labels}
+                item["face_mat_norm"] = item["face_mat_norm"].reshape(3, 3)
                 item["image"] = self._image(pngs["image"][i])
                 item["row_id"], item["source_id"] = row_ids[i], source_ids[i]
                 if self.depth:
@@ -179,6 +185,39 @@ class GazeParquetDataset(IterableDataset):
             yield from rows
             return
         yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
+
+
+def gaze_in_photo(row: Mapping[str, Any] | np.ndarray, face_mat_norm: np.ndarray | None = None) -> np.ndarray:
+    """(pitch, yaw) radians of a row's gaze in the source photo's camera (float64).
+
+    ``row``: a row or a batch of rows as a mapping holding ``gaze``, ``head_pose``,
+    ``source_head_pose`` and ``face_mat_norm`` (a ``GazeParquetDataset`` item or batch, a dict of
+    polars / pandas / ``datasets`` columns; (2,) or (N, 2), and (9,), (3, 3), (N, 9) or (N, 3, 3)).
+    The gaze is turned from the rendered camera back to the source's normalised camera (undoing
+    ``view_offset``: into the head frame with R_head(``head_pose``), out with
+    R_head(``source_head_pose``)), then into the photo's camera with ``face_mat_norm`` transposed
+    (gazegen/data/normalise.py ``gaze_to_photo``). Or ``row`` is (..., 2) gazes already in the
+    source's normalised camera (rows whose ``view_offset`` is (0, 0)) and ``face_mat_norm`` their
+    (3, 3) or (9,) rotation. A step whose rotation is exactly the identity (no view turn, an
+    already normalised source) is skipped, so such gazes come back unchanged to the bit.
+    """
+    if isinstance(row, Mapping):
+        if face_mat_norm is not None:
+            raise ValueError("gaze_in_photo: a row mapping carries its own face_mat_norm; pass it alone")
+        gaze, head, source = (np.asarray(row[k], np.float64) for k in ("gaze", "head_pose", "source_head_pose"))
+        turned = geometry.gaze_head_to_camera(geometry.gaze_camera_to_head(gaze, geometry.head_pose_to_rotation(head)),
+                                              geometry.head_pose_to_rotation(source))  # fmt: skip
+        gaze = np.where((head == source).all(-1, keepdims=True), gaze, turned)
+        face_mat_norm = row["face_mat_norm"]
+    elif face_mat_norm is None:
+        raise ValueError("gaze_in_photo: a gaze array needs its face_mat_norm")
+    gaze = np.asarray(gaze if isinstance(row, Mapping) else row, np.float64)
+    rotation = np.asarray(face_mat_norm, np.float64)
+    rotation = rotation.reshape(*rotation.shape[:-1], 3, 3) if rotation.shape[-1] == 9 else rotation
+    if rotation.shape[-2:] != (3, 3):
+        raise ValueError(f"gaze_in_photo: face_mat_norm must be (..., 3, 3) or (..., 9), got {np.shape(face_mat_norm)}")
+    identity = (rotation == np.eye(3)).all((-2, -1))[..., None]
+    return np.where(identity, gaze, gaze_to_photo(gaze, rotation))
 
 
 def shuffle_buffered(rows: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
@@ -203,4 +242,4 @@ def _label_matrix(column: pa.Array, width: int) -> np.ndarray:
     return values.reshape(len(column), width)
 
 
-__all__ = ["SHARD_GLOB", "GazeParquetDataset", "resolve_shards", "shuffle_buffered"]
+__all__ = ["SHARD_GLOB", "GazeParquetDataset", "gaze_in_photo", "resolve_shards", "shuffle_buffered"]

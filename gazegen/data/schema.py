@@ -16,6 +16,15 @@ Row layout (one row per rendered image)
 ``view_offset``  (pitch, yaw) radians by which the camera was turned from the source's camera.
     Angles follow gazegen/geometry.py: vector = (-cos p sin y, -sin p, -cos p cos y).
 ``camera``  EG3D's 25 numbers (cam2world 4x4 row-major, then intrinsics / image size).
+``source_head_pose``  (pitch, yaw) radians: the source's head pose in its own normalised camera
+    (the camera the source was cropped to, before any view turn). ``head_pose`` is the rendered
+    image's, ``source_head_pose + view_offset`` with the yaw wrapped into [-pi, pi), so the two
+    are equal only for ``view_offset`` (0, 0); the same for every row of a source.
+``face_mat_norm``  9 numbers, a 3x3 rotation row-major (ETH-XGaze's name): the source photo's
+    camera -> the source's normalised camera, ``vector_norm = face_mat_norm @ vector_photo``.
+    The identity for sources that were already normalised (plain or passed-through crops,
+    Parquet crops, h5 stores that carry none). gazegen/data/parquet.py ``gaze_in_photo`` maps a
+    row's gaze back into the photo's camera with it.
 All labels are float32 fixed-size lists. Provenance: ``source_id``, ``source_path``,
 ``gaze_index``, ``view_index``, ``checkpoint_hash``, ``seed``, ``row_id``.
 
@@ -47,10 +56,11 @@ DEPTH_MAX_VALUE = 65535  # the largest 16-bit value; also "at or beyond DEPTH_MA
 DEPTH_MAX_MM = DEPTH_MAX_VALUE / DEPTH_SCALE  # 6553.5 mm
 ALPHA_SCALE = 255.0  # 8-bit alpha PNG units per unit of coverage
 IMAGE_COLUMNS = ("image", "depth", "alpha")  # PNG structs, Hugging Face Image layout
-LABEL_WIDTHS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25}  # float32 per row
+LABEL_WIDTHS = {"gaze": 2, "head_pose": 2, "gaze_head": 2, "view_offset": 2, "camera": 25,
+                "source_head_pose": 2, "face_mat_norm": 9}  # float32 per row
 METADATA_KEY = b"gazegen"  # schema metadata: JSON with the depth scale and format version
 FORMAT_NAME = "gazegen-synthesis"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: source_head_pose and face_mat_norm columns
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets.Image storage
 ROW_ID_FORMAT = "{source_id}-{gaze_index:04d}-{view_index:04d}"
