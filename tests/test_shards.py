@@ -275,16 +275,23 @@ def test_pyarrow_filesystems(tmp_path, kind):
 
 
 def test_real_kill_then_restart(tmp_path):
-    """kill -9 a writing process mid-shard, run the same command again: every row exactly once."""
+    """kill -9 a writing process mid-shard, run the same command again: every row exactly once.
+
+    No race: the child parks itself (sleeps until killed) when it encodes a row while shard 0 is complete and
+    shard 1 is open, so the state the test kills in lasts until the kill, however loaded the machine.
+    """
     out = tmp_path / "out"
-    slow = (
-        "import sys, time; sys.path.insert(0, 'tests'); import test_shards as t; "
-        "encode = t.schema.encode_png; t.schema.encode_png = lambda a: (time.sleep(0.02), encode(a))[1]; "
-        f"t.run({str(out)!r})"
+    parked = (
+        "import sys, time; from pathlib import Path; sys.path.insert(0, 'tests'); import test_shards as t; "
+        f"out = Path({str(out)!r}); encode = t.schema.encode_png; "
+        "mid_shard = lambda: (out / 'shard-00000_stats.json').exists() and any((out / '_tmp').glob('shard-00001.parquet.*')); "
+        "park = lambda: [time.sleep(1) for _ in iter(int, 1)]; "
+        "t.schema.encode_png = lambda a: park() if mid_shard() else encode(a); "
+        "t.run(str(out))"
     )
-    process = subprocess.Popen([sys.executable, "-c", slow], cwd=Path(__file__).parents[1])
+    process = subprocess.Popen([sys.executable, "-c", parked], cwd=Path(__file__).parents[1])
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a hang guard only: the child waits at the kill point
         while not ((out / "shard-00000_stats.json").exists() and any((out / "_tmp").glob("shard-00001.parquet.*"))):
             assert process.poll() is None and time.monotonic() < deadline, "writer ended before it could be killed"
             time.sleep(0.01)
