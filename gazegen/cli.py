@@ -196,6 +196,7 @@ def synthesize(
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (default: a private local Ray)."),
     rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per Parquet shard (whole sources)."),
     crop: Optional[str] = typer.Option(None, help="Photos: auto | always | never face detection and alignment."),
+    faces: Optional[str] = typer.Option(None, help="Photos with several faces: largest | all (each its own source, photo.jpg#face00 ...)."),
     config: Optional[Path] = typer.Option(None, help="TOML preset (configs/synth/*.toml)."),
     overrides: Optional[list[str]] = SetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a different earlier run in OUT and start afresh."),
@@ -207,7 +208,8 @@ def synthesize(
     from gazegen.pipelines.synthesis import run_synthesis
 
     flags = {"grid": grid, "pitch": pitch, "yaw": yaw, "view_pitch": view_pitch, "view_yaw": view_yaw, "sample": sample,
-             "seed": seed, "batch_size": batch_size, "num_gpus": num_gpus, "rows_per_shard": rows_per_shard, "crop": crop}  # fmt: skip
+             "seed": seed, "batch_size": batch_size, "num_gpus": num_gpus, "rows_per_shard": rows_per_shard, "crop": crop,
+             "faces": faces}  # fmt: skip
     try:
         cfg = load_synth_config(config, overrides or (), **flags)
         result = run_synthesis(checkpoint, inputs, out, cfg, address=address, overwrite=overwrite, command=sys.argv)

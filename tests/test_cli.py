@@ -92,3 +92,13 @@ def test_a_bad_checkpoint_file_fails_with_the_file_named(tmp_path):
     result = runner.invoke(app, ["estimator", "eval", str(tmp_path / "ckpt"), str(tmp_path / "data")])
     assert result.exit_code == 2
     assert f"error: {tmp_path / 'ckpt' / 'config.json'}: not valid JSON" in result.output
+
+
+def test_synthesize_faces_option_is_checked_before_any_work(tmp_path):
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(tmp_path / "out"),
+                                 "--faces", "some"])
+    assert result.exit_code == 2 and "faces" in result.output and "largest" in result.output
+    assert not (tmp_path / "out").exists()
+    from gazegen.config import load_synth_config
+
+    assert load_synth_config(None, (), faces="all").faces == "all"  # the flag reaches the config as --set would
