@@ -22,7 +22,7 @@ from gazegen.pipelines.guards import InputError
 from gazegen.pipelines.manifest import IncompleteRunError, RunMismatchError
 from gazegen.pipelines.synthesis import IncompleteShardsError
 from gazegen.train.depth_prior import DepthPriorError
-from gazegen.train.trainer import TrainingError
+from gazegen.train.errors import TrainingError
 from gazegen.weights import MissingWeightsError, WeightsChecksumError
 
 runner = CliRunner()

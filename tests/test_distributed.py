@@ -10,7 +10,7 @@ import torch
 from gazegen.checkpoint import load_checkpoint, load_train_state
 from gazegen.config import RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
-from gazegen.train.trainer import TrainingError
+from gazegen.train.errors import TrainingError
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth
 from gazegen.train.losses import LiveGazeLoss, masked_l1_loss
 from gazegen.train.subjects import read_subject
-from gazegen.train.trainer import TrainingError, build_optimizer, checkpoint_dirs, forward_backward, run_training
+from gazegen.train.errors import TrainingError
+from gazegen.train.optim import build_optimizer
+from gazegen.train.trainer import checkpoint_dirs, forward_backward, run_training
 
 FAST = ["model=model/tiny.toml", "loss.perceptual=false", "optim.lr_encoder=2e-3", "optim.lr_renderer=2e-3",
         "optim.lr_gaze=2e-3", "data.val_samples=4", "data.workers=0", "log_every=1", "tensorboard=false"]

@@ -20,7 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gazegen.config import TrainConfig
-from gazegen.train.trainer import TrainingError, TrainResult
+from gazegen.train.errors import TrainingError
+from gazegen.train.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"

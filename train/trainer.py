@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
-import random
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,28 +35,23 @@ from torch import nn
 from tqdm import tqdm
 
 from gazegen.checkpoint import load_checkpoint, load_train_state, save_pretrained
-from gazegen.config import ModelConfig, OptimConfig, TrainConfig, to_dict
+from gazegen.config import ModelConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
-from gazegen.errors import GazegenError
 from gazegen.live3d import load_live3d
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
 from gazegen.train.data import TripletBatchSampler, TripletDataset, Triplets, TripletSizes, fixed_batches, make_loader
 from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
+from gazegen.train.errors import TrainingError
+from gazegen.train.interrupt import Interrupt
 from gazegen.train.logging import RunLog
 from gazegen.train.losses import LiveGazeLoss, LossOutput
+from gazegen.train.optim import FROZEN, build_optimizer, build_scheduler
+from gazegen.train.rng import rng_state, set_rng_state
 from gazegen.train.subjects import common_normalisation, read_subject, split_subjects
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
-# Parameter groups by top-level module; the split of Live3D's checkpoint (encoder / renderer) plus LiveGaze's gaze modules.
-PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting"), "renderer": ("decoder", "superres"),
-         "gaze": ("gaze_encoder", "gaze_fusion")}
-FROZEN = {"gaze": (), "reconstruction": ("gaze",)}  # parts each stage leaves as they start
-
-
-class TrainingError(GazegenError, RuntimeError):
-    """Training cannot start or go on; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -90,34 +81,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def build_optimizer(model: LiveGaze, optim: OptimConfig, frozen: tuple[str, ...] = ()) -> torch.optim.AdamW:
-    """AdamW with the groups of ``PARTS``, named, each at its configured rate; the ``frozen`` parts get no gradient."""
-    lrs = {"encoder": optim.lr_encoder, "renderer": optim.lr_renderer, "gaze": optim.lr_gaze}
-    groups = {part: [] for part in PARTS if part not in frozen}
-    for name, param in model.named_parameters():
-        part = next((p for p, prefixes in PARTS.items() if name.split(".")[0] in prefixes), None)
-        if part is None:
-            raise TrainingError(f"parameter {name} belongs to no optimiser group; add its module to trainer.PARTS")
-        param.requires_grad_(part not in frozen)
-        if part not in frozen:
-            groups[part].append(param)
-    return torch.optim.AdamW([{"params": ps, "lr": lrs[p], "name": p} for p, ps in groups.items() if ps],
-                             betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant or cosine to ``min_lr_ratio`` at ``total_steps``."""
-    def factor(step: int) -> float:
-        if step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        if optim.decay == "constant":
-            return 1.0
-        progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def initialise(model: LiveGaze, init: str) -> str:
@@ -156,27 +119,7 @@ def latest_checkpoint(run: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-# --------------------------------------------------------------------------- RNG and collectives
-
-
-def _rng_state(device: torch.device) -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.empty(0, dtype=torch.uint8),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "python": list(random.getstate()[1]),
-    }
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"].numel():
-        torch.cuda.set_rng_state(state["cuda"], device)
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((3, tuple(state["python"]), None))
+# --------------------------------------------------------------------------- collectives
 
 
 def _distributed(ctx: DistContext) -> bool:
@@ -196,28 +139,6 @@ def _mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         dist.all_reduce(values)
         values = values / ctx.world_size
     return values
-
-
-class _Interrupt:
-    """Ctrl-C asks for a checkpoint at the end of the current step; a second Ctrl-C aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested, self._old = False, None
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True  # the loop records it; a signal handler only sets the flag and says so
-        logging.getLogger("gazegen.train").warning("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to abort without one)")
-
-    def __enter__(self) -> _Interrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -331,7 +252,7 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig, items: int, run: Path, *, m
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         rngs = state["rng"]
-        _set_rng_state(rngs[context.rank % len(rngs)], device)
+        set_rng_state(rngs[context.rank % len(rngs)], device)
     else:
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, context.rank]).generate_state(1)[0]))
     net = context.wrap_model(model) if context.wrap_model else model
@@ -385,7 +306,7 @@ class _Loop:
     def save(self, at: int) -> None:
         """A checkpoint of step ``at`` with every rank's RNG (a collective: every rank calls it); old ones pruned."""
         st, cfg = self.st, self.cfg
-        rng = _gather(_rng_state(st.device), self.context)
+        rng = _gather(rng_state(st.device), self.context)
         if self.main:
             state = {"step": at, "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(), "rng": rng,
                      "world_size": self.context.world_size, "steps_per_epoch": st.steps_per_epoch}
@@ -437,7 +358,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
     batches = iter(loader)
     progress = tqdm(total=st.stop, initial=st.step, desc="train", disable=not main, dynamic_ncols=True)
     try:
-        with _Interrupt() as interrupt:
+        with Interrupt() as interrupt:
             while st.step < st.stop:
                 if interrupt.requested:
                     status = "interrupted"
