@@ -172,7 +172,7 @@ def gaze_sweep(model: LiveGaze, subjects: list[list[Sample]], estimator: Estimat
     gazes = sweep_gazes(steps, max_deg)
     size = model.cfg.output_resolution
     read, requested, eyes, rest, first = [], [], [], [], None
-    pupils: dict[str, list[np.ndarray]] = {"model": [], "data": [], "data_gaze": []}
+    model_offsets, data_offsets, data_gaze = [], [], []  # pupil offsets (N, 2) and the data's gazes (N, 2)
     for samples in subjects:
         source = samples[0]
         cameras = np.repeat(source.camera[None], len(gazes), 0)
@@ -181,19 +181,21 @@ def gaze_sweep(model: LiveGaze, subjects: list[list[Sample]], estimator: Estimat
         read.append(_read(estimator, out, device))
         requested.append(gaze_head_to_camera(gazes.astype(np.float64), head_pose_to_rotation(source.head_pose.astype(np.float64))))
         eye_mask = resize_nearest(source.eye_mask.astype(np.uint8), size)
-        pupils["model"].append(np.stack([pupil_offset(image, eye_mask) for image in _uint8(out)]))
+        model_offsets.append(np.stack([pupil_offset(image, eye_mask) for image in _uint8(out)]))
         same_camera = [s for s in samples if s.cam_index == source.cam_index]
-        pupils["data"].append(np.stack([pupil_offset(s.image, s.eye_mask) for s in same_camera]))
-        pupils["data_gaze"].append(np.stack([s.gaze for s in same_camera]).astype(np.float64))
+        data_offsets.append(np.stack([pupil_offset(s.image, s.eye_mask) for s in same_camera]))
+        data_gaze.append(np.stack([s.gaze for s in same_camera]).astype(np.float64))
         regions = Regions.of([source], size, eyelid_mm)
-        deviation = (to_unit(out) - to_unit(out).mean(0, keepdim=True)).abs()  # (K, 3, S, S)
+        unit = to_unit(out)
+        deviation = (unit - unit.mean(0, keepdim=True)).abs()  # (K, 3, S, S)
         eyes.append(region_means(deviation, regions.eyes.expand(len(gazes), -1, -1, -1)))
         rest.append(region_means(deviation, regions.rest.expand(len(gazes), -1, -1, -1)))
     following = Following.of(np.concatenate(read), np.concatenate(requested))
-    model_pupils = offsets_vs_gaze(np.concatenate(pupils["model"]), np.concatenate(requested))
-    data_pupils = offsets_vs_gaze(np.concatenate(pupils["data"]), np.concatenate(pupils["data_gaze"]))
-    pupil_following = PupilFollowing(*(pearson(offsets[:, axis], gaze[:, 1 - axis])
-                                       for offsets, gaze in (model_pupils, data_pupils) for axis in (0, 1)))
+    model_kept, model_req = offsets_vs_gaze(np.concatenate(model_offsets), np.concatenate(requested))
+    data_kept, data_req = offsets_vs_gaze(np.concatenate(data_offsets), np.concatenate(data_gaze))
+    pupil_following = PupilFollowing(  # pupil x against yaw, pupil y against pitch
+        model_yaw=pearson(model_kept[:, 0], model_req[:, 1]), model_pitch=pearson(model_kept[:, 1], model_req[:, 0]),
+        data_yaw=pearson(data_kept[:, 0], data_req[:, 1]), data_pitch=pearson(data_kept[:, 1], data_req[:, 0]))
     result = SweepResult(following, float(np.mean(eyes)), float(np.mean(rest)), pupil_following, len(gazes), len(subjects))
     return result, first[0], first[1]
 
