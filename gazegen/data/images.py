@@ -33,7 +33,8 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] (clamped) -> float32 in [0, 1]."""
+    """float in [-1, 1] (clamped) -> float32 in [0, 1], for pictures and change maps. Scores use
+    gazegen.metrics.scores.to_unit instead: unclamped and float64, so a metric sees what the model output."""
     return (x.float().clamp(-1, 1) + 1) / 2
 
 
