@@ -282,10 +282,10 @@ def test_real_kill_then_restart(tmp_path):
     """
     out = tmp_path / "out"
     parked = (
-        "import sys, time; from pathlib import Path; sys.path.insert(0, 'tests'); import test_shards as t; "
+        "import sys, threading; from pathlib import Path; sys.path.insert(0, 'tests'); import test_shards as t; "
         f"out = Path({str(out)!r}); encode = t.schema.encode_png; "
         "mid_shard = lambda: (out / 'shard-00000_stats.json').exists() and any((out / '_tmp').glob('shard-00001.parquet.*')); "
-        "park = lambda: [time.sleep(1) for _ in iter(int, 1)]; "
+        "park = lambda: threading.Event().wait(); "  # blocks until the kill
         "t.schema.encode_png = lambda a: park() if mid_shard() else encode(a); "
         "t.run(str(out))"
     )
