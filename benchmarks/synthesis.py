@@ -98,7 +98,7 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
                 triplanes = model.redirect(features, gazes[start : start + batch])  # once per gaze
                 for t in triplanes.split(1):
                     for view in range(0, len(plan.views), batch):
-                        model.render(t, cameras[view : view + batch])  # the views of one gaze, batched
+                        model.render(t, cameras[view : view + batch], source=features)  # the views of one gaze, batched
 
     @torch.inference_mode()
     def full() -> None:  # one whole forward per output image, in the same batches

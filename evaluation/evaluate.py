@@ -156,7 +156,7 @@ class LiveGazeMethod:
         features = m.encode(image, source_camera)  # E_h, E_l
         _sync(dev)
         t1 = time.perf_counter()
-        out = m.render(m.redirect(features, gaze_head), camera)  # fusion + E_tri, then G and super-resolution
+        out = m.render(m.redirect(features, gaze_head), camera, source=features)  # fusion + E_tri, then G and super-resolution
         _sync(dev)
         t2 = time.perf_counter()
         return Redirected(out.image.clamp(-1, 1).cpu(), out.depth.cpu(), out.alpha.cpu(), t1 - t0, t2 - t1)

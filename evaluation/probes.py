@@ -156,7 +156,8 @@ def _redirect(model: LiveGaze, sources: list[Sample], gaze_head: np.ndarray, cam
         source_camera = torch.from_numpy(np.stack([s.camera for s in src])).float().to(device)
         features = model.encode(image, source_camera)
         triplane = model.redirect(features, torch.from_numpy(gaze_head[start:stop]).to(device))
-        outs.append(model.render(triplane, torch.from_numpy(cameras[start:stop]).float().to(device)).image.cpu())
+        cams = torch.from_numpy(cameras[start:stop]).float().to(device)
+        outs.append(model.render(triplane, cams, source=features).image.cpu())
     return torch.cat(outs)
 
 

@@ -167,7 +167,7 @@ def _stage_macs(model: LiveGaze, image: torch.Tensor, gaze: torch.Tensor, camera
     macs = {
         "encode": _macs(lambda: model.encode(image, source)),
         "redirect": _macs(lambda: model.redirect(features, gaze)),
-        "render": _macs(lambda: model.render(triplane, cameras)),
+        "render": _macs(lambda: model.render(triplane, cameras, source=features)),
     }
     return {**macs, "total": sum(macs.values())}
 

@@ -116,7 +116,7 @@ class SourceRenderer:
             for chunk in np.array_split(rows, -(-len(rows) // b)) if len(rows) else []:
                 g = gaze_of[chunk] - start
                 triplane = triplanes[g[0] : g[0] + 1] if (g == g[0]).all() else triplanes[torch.from_numpy(g).to(self.device)]
-                out = self.model.render(triplane, cams[torch.from_numpy(view_of[chunk]).to(self.device)])
+                out = self.model.render(triplane, cams[torch.from_numpy(view_of[chunk]).to(self.device)], source=features)
                 parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
         order = np.argsort(np.concatenate([c for c, _ in parts]))
         image, depth, alpha = (np.concatenate([a[k] for _, a in parts])[order] for k in range(3))

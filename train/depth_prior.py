@@ -194,11 +194,12 @@ def teacher_depth(teacher: LiveGaze, subject: SubjectRows, reader, rows: np.ndar
         image = image_tensor(reader[frontal].image, size)[None].to(device)  # (1, 3, S, S)
         gaze = torch.as_tensor(lab.gaze_head[frontal], dtype=torch.float32, device=device)[None]  # (1, 2): I_gt's gaze
         source_camera = torch.as_tensor(lab.camera[frontal], dtype=torch.float32, device=device)[None]  # (1, 25)
-        triplane = teacher.redirect(teacher.encode(image, source_camera), gaze)  # (1, 3, C, P, P), once per frame
+        features = teacher.encode(image, source_camera)
+        triplane = teacher.redirect(features, gaze)  # (1, 3, C, P, P), once per frame
         for start in range(0, len(at), batch):
             chunk = at[start : start + batch]
             cameras = torch.as_tensor(lab.camera[rows[chunk]], dtype=torch.float32, device=device)  # (k, 25)
-            rendered = teacher.render(triplane, cameras)
+            rendered = teacher.render(triplane, cameras, source=features)
             depth = rendered.depth[:, 0].float() * subject.mm_per_unit  # (k, R, R) millimetres
             depth = torch.where(rendered.alpha[:, 0] >= min_alpha, depth, torch.zeros_like(depth))
             out[chunk] = depth.cpu().numpy()

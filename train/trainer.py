@@ -52,6 +52,7 @@ from gazegen.train.subjects import common_normalisation, read_subject, split_sub
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
+GROWN = ("pixels.",)  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def load_grown(model: LiveGaze, state: dict[str, torch.Tensor], path: Path) -> list[str]:
+    """Load ``state`` into ``model``, which may have branches the checkpoint lacks (``GROWN``); returns those branches.
+
+    A grown branch starts as a no-op (its output layer is zero), so the model renders what the
+    checkpoint rendered: a prior trained without pixel features continues with them.
+    """
+    try:
+        found = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape: another architecture
+        raise TrainingError(f"{path}: its weights do not fit this model ({error})") from error
+    foreign = [k for k in found.missing_keys if not k.startswith(GROWN)] + list(found.unexpected_keys)
+    if foreign:
+        raise TrainingError(f"{path}: its weights do not fit this model: {', '.join(foreign[:5])} "
+                            f"({len(foreign)} tensors missing or unexpected)")
+    return sorted({k.split(".")[0] for k in found.missing_keys})
+
+
 def initialise(model: LiveGaze, init: str) -> str:
     """Fill ``model`` from ``init`` ("" random, "live3d", a Live3D .pt or a gazegen checkpoint); says what it did."""
     if not init:
@@ -91,8 +109,8 @@ def initialise(model: LiveGaze, init: str) -> str:
     if not path.exists() and not path.is_absolute() and (SHIPPED_DIR.parent / path).exists():
         path = SHIPPED_DIR.parent / path  # a shipped checkpoint named from the repository root (weights/...)
     if path.is_dir():
-        model.load_state_dict(load_checkpoint(path).state_dict(), strict=True)
-        return f"initialised from checkpoint {path}"
+        added = load_grown(model, load_checkpoint(path).state_dict(), path)
+        return f"initialised from checkpoint {path}" + (f" (new, starting as no-ops: {', '.join(added)})" if added else "")
     if not path.is_file():
         raise TrainingError(f"{path}: init not found (init: '', 'live3d', a Live3D .pt or a gazegen checkpoint folder)")
     found = load_live3d(path, model)

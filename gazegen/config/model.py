@@ -88,6 +88,11 @@ class ModelConfig:
     lift_samples: int = bounded(0, 0, 64)  # 0: E_tri's output is read as the 3 planes (Live3D); K: lifted through the source camera, K reads per texel
     lift_channels: int = bounded(16, 1, 1024)  # with lifting: channels of E_tri's image-aligned output
     lift_hidden: int = bounded(32, 1, 4096)  # with lifting: width of each plane's mixing convs
+    # pixel-aligned source features (gazegen/models/pixel_features.py): a from-scratch option, off for Live3D's layout
+    pixel_channels: int = bounded(0, 0, 256)  # 0: off; C: each sample point also reads C source features + RGB
+    pixel_hidden: int = bounded(16, 1, 1024)  # width of the branch's first conv
+    pixel_eye_centre: tuple[float, float, float] = (0.088, 0.0, 0.0)  # world units; its x-mirror is the other eye
+    pixel_eye_radius: float = bounded(0.06, 0.0, 1.0)  # points this close to an eye centre read no source pixels
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
     style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)

@@ -6,10 +6,11 @@
 Three stages, so that a synthesis grid pays for each only as often as it must:
 
 * ``encode(image, camera)``: once per source image -> ``SourceFeatures`` (F_h, F_geo; the source
-  camera, needed by models that lift E_tri's output through it, ``ModelConfig.lift_samples``);
+  camera, needed by models that lift E_tri's output through it, ``ModelConfig.lift_samples``, or
+  read the source's pixels per sample point, ``ModelConfig.pixel_channels``);
 * ``redirect(features, gaze_head)``: once per gaze -> triplane T_g (B, 3, C, P, P);
-* ``render(triplane, cameras)``: once per view; a triplane of batch 1 serves any number of
-  cameras -> ``LiveGazeOutput``.
+* ``render(triplane, cameras, source=features)``: once per view; a triplane of batch 1 serves any
+  number of cameras -> ``LiveGazeOutput``. ``source`` is needed by models with pixel features.
 
 ``forward(image, gaze_head, cameras, source_camera)`` chains the three. Conventions (DESIGN.md): images are
 float NCHW RGB in [-1, 1]; ``gaze_head`` is (B, 2) pitch/yaw radians in the head frame;
@@ -19,6 +20,7 @@ gazegen/rendering/) is stateless apart from the decoder MLP held here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,7 @@ from gazegen.config import ModelConfig
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
+from gazegen.models.pixel_features import PixelFeatures, SourcePixels
 from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.superres import SuperResolution
 from gazegen.models.triplane_head import GeometryTerms, TriplaneHead
@@ -46,6 +49,7 @@ class SourceFeatures:
     tri_geometry: GeometryTerms  # E_tri's F_geo-only terms (triplane_head.py), computed once per source
     camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
     image: torch.Tensor | None = None  # (B, 3, P, P) the source image at the planes' side (models with plane lifting)
+    pixels: SourcePixels | None = None  # the source's pixel-aligned feature map (models with pixel features)
 
 
 @dataclass(frozen=True)
@@ -111,34 +115,42 @@ class LiveGaze(nn.Module):
                          r.box_warp, plane_axes(cfg.eg3d_plane_axes))
             if cfg.lift_samples else None
         )
+        self.pixels = (
+            PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, cfg.pixel_eye_centre, cfg.pixel_eye_radius)
+            if cfg.pixel_channels else None
+        )
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
         )
         initialise_from_scratch_(  # variance-preserving (models/init.py); the super-resolution keeps StyleGAN2's
             [self.high_encoder, self.low_encoder, self.gaze_encoder, self.gaze_fusion, self.triplane_head,
-             *([self.lifting] if self.lifting is not None else [])],
+             *(m for m in (self.lifting, self.pixels) if m is not None)],
             self.decoder,
             keep=(self.gaze_fusion.proj_out,),
         )
+        if self.pixels is not None:
+            self.pixels.reset_output_()  # adds nothing at the start (pixel_features.py)
 
     def encode(self, image: torch.Tensor, camera: torch.Tensor | None = None) -> SourceFeatures:
         """Source images (B, 3, S_in, S_in) in [-1, 1] -> F_h and F_geo, each (B, C, S_in/2, S_in/2).
 
-        ``camera`` (B, 25): the source images' cameras, required when the model lifts through them.
+        ``camera`` (B, 25): the source images' cameras, required when the model lifts through them
+        or reads the source's pixels.
         """
         s = self.cfg.image_resolution
         _check_shape("image", image, (None, 3, s, s))
-        if self.lifting is not None:
+        if self.lifting is not None or self.pixels is not None:
             if camera is None:
-                raise ValueError("this model lifts its triplane through the source camera (lift_samples > 0): "
+                raise ValueError("this model projects into the source camera (lift_samples or pixel_channels > 0): "
                                  "pass the source images' cameras (B, 25) to encode")
             _check_shape("source camera", camera, (image.shape[0], 25))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
         high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
+        pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C + 3, S, S) and the cameras
         return SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
-                              camera=camera, image=small)
+                              camera=camera, image=small, pixels=pixels)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -156,13 +168,20 @@ class LiveGaze(nn.Module):
         return out.reshape(b, 3, self.cfg.render.plane_channels, *out.shape[-2:])  # Live3D: read plane-major
 
     def render(
-        self, triplane: torch.Tensor, cameras: torch.Tensor, *, generator: torch.Generator | None = None
+        self, triplane: torch.Tensor, cameras: torch.Tensor, *, source: SourceFeatures | None = None,
+        generator: torch.Generator | None = None,
     ) -> LiveGazeOutput:
         """Triplanes (B or 1, 3, C, P, P) seen by cameras (B, 25) -> LiveGazeOutput of B views.
 
-        Samples along rays are jittered (with ``generator``) in training mode only.
+        ``source``: ``encode``'s features of the triplanes' sources (batch B or 1), required by a
+        model with pixel features. Samples along rays are jittered (with ``generator``) in training mode only.
         """
         _check_shape("cameras", cameras, (None, 25))
+        point_term = None
+        if self.pixels is not None:
+            if source is None or source.pixels is None:
+                raise ValueError("this model reads the source's pixels (pixel_channels > 0): pass render(..., source=features)")
+            point_term = functools.partial(self.pixels.read, source.pixels)  # points (B, N, 3) -> (B, N, C_plane)
         rendered = render_triplane(
             triplane,
             self.decoder,
@@ -171,6 +190,7 @@ class LiveGaze(nn.Module):
             generator=generator,
             training=self.training,
             eg3d_compatible=self.cfg.eg3d_plane_axes,
+            point_term=point_term,
         )
         return LiveGazeOutput(
             image=self.superres(rendered.features),
@@ -192,4 +212,4 @@ class LiveGaze(nn.Module):
         """Source images (B, 3, S, S) seen by ``source_camera`` (B, 25), gazes (B, 2), cameras (B, 25) -> the views (Fig. 2)."""
         features = self.encode(image, source_camera)  # E_h(I_s), E_l(I_s)
         triplane = self.redirect(features, gaze_head)  # E_tri(CrossAttention(F_h, E_g(g)), F_geo)
-        return self.render(triplane, cameras, generator=generator)  # G(T_g, c) and super-resolution
+        return self.render(triplane, cameras, source=features, generator=generator)  # G(T_g, c) and super-resolution

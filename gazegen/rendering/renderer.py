@@ -18,7 +18,8 @@ its depth (the expected stopping distance of a ray that hardly stops) is the coa
 
 A field is any callable from world points (B, N, 3) to ``FieldOutput``; ``TriplaneField`` is
 the one the network uses (PlaneTexels.mean_at + TriplaneDecoder.decode: the planes are read once
-per point, their mean formed in the same pass), tests inject analytic ones.
+per point, their mean formed in the same pass; a model with pixel-aligned source features adds its
+per-point term to that mean), tests inject analytic ones.
 
 Outputs (``RenderOutput``):
   features  (B, F, R, R)  composited features mapped to [-1, 1] as ``2 * x - 1`` on every
@@ -54,6 +55,7 @@ from gazegen.rendering.rays import Rays, camera_rays
 from gazegen.rendering.triplane import PlaneTexels
 
 Field = Callable[[torch.Tensor], FieldOutput]  # world points (B, N, 3) -> FieldOutput (B, N, F) / (B, N, 1)
+PointTerm = Callable[[torch.Tensor], torch.Tensor]  # world points (B, N, 3) -> (B, N, C) added to the plane features
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,13 @@ class TriplaneField:
 
     texels: PlaneTexels  # the planes (B or 1, 3, C, P, P), channel-last
     decoder: TriplaneDecoder
+    point_term: PointTerm | None = None  # added to the planes' mean before the decoder (models/pixel_features.py)
 
     def __call__(self, points: torch.Tensor) -> FieldOutput:
-        return self.decoder.decode(self.texels.mean_at(points))  # (B, N, C) mean plane features -> FieldOutput
+        features = self.texels.mean_at(points)  # (B, N, C) mean plane features
+        if self.point_term is not None:
+            features = features + self.point_term(points)
+        return self.decoder.decode(features)
 
 
 @dataclass(frozen=True)
@@ -232,14 +238,17 @@ def render_triplane(
     training: bool = False,
     eg3d_compatible: bool = False,
     return_weights: bool = False,
+    point_term: PointTerm | None = None,
 ) -> RenderOutput:
     """Render triplanes (B or 1, 3, C, P, P) through ``decoder`` for cameras (B, 25).
 
     A triplane of batch 1 is shared by all B cameras (one face, many views) without copying.
     ``eg3d_compatible`` reads the planes with EG3D's projection (triplane.py) for weights trained
-    with it (EG3D, Live3D). ``training`` jitters the samples with ``generator``.
+    with it (EG3D, Live3D). ``training`` jitters the samples with ``generator``. ``point_term``
+    adds a per-point feature to the planes' mean (the source's pixels, models/pixel_features.py).
     """
-    field = TriplaneField(texels=PlaneTexels.from_planes(planes, cfg.box_warp, eg3d_compatible), decoder=decoder)
+    texels = PlaneTexels.from_planes(planes, cfg.box_warp, eg3d_compatible)
+    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term)
     return render_field(
         field, cameras, cfg, resolution=resolution, generator=generator, training=training, return_weights=return_weights
     )
