@@ -35,8 +35,15 @@ from gazegen.geometry import head_pose_to_rotation, pitchyaw_to_vector, rotation
 # right eye, left eye, nose tip, right and left mouth corners) in the head frame, millimetres,
 # with the origin at ETH-XGaze's face centre (the midpoint of the eye-corner centre and the
 # nose-base centre, which the normalised camera looks at). Derived from ETH-XGaze's generic 3D
-# face model (face_model.txt, 68-point indices minus 17): eye centres = means of the six eye
-# contour points, nose tip = point 30, mouth corners = points 48 and 54, then made symmetric.
+# face model (face_model.txt, row = 68-point index minus 16, as the release's
+# normalization_example.py indexes it): eye centres = means of the six eye contour points, nose
+# tip = point 30, mouth corners = points 48 and 54, then made symmetric. MTCNN's own points differ
+# a little: on real faces (scikit-image's LFW subset) its median frontal layout puts the nose 0.59
+# eye distances below the eyes (this model: 0.63) and the mouth corners 0.85 eye distances apart
+# (0.66): its nose sits ~3 mm higher and its corners ~5 mm further out. The model keeps
+# ETH-XGaze's points: a nose raised to MTCNN's median moves the pitch of every face ~6 degrees
+# down and of the procedural heads' the wrong way (benchmarks/faces.py), and 5 points cannot tell
+# a nose's height from a pitch.
 FACE_MODEL_MM = np.array(
     [
         [-31.4, -24.1, 2.4],  # right eye centre (image left in a frontal photo)
