@@ -41,9 +41,9 @@ from gazegen.geometry import head_pose_to_rotation, pitchyaw_to_vector, rotation
 # a little: on real faces (scikit-image's LFW subset) its median frontal layout puts the nose 0.59
 # eye distances below the eyes (this model: 0.63) and the mouth corners 0.85 eye distances apart
 # (0.66): its nose sits ~3 mm higher and its corners ~5 mm further out. The model keeps
-# ETH-XGaze's points: a nose raised to MTCNN's median moves the pitch of every face ~6 degrees
-# down and of the procedural heads' the wrong way (benchmarks/faces.py), and 5 points cannot tell
-# a nose's height from a pitch.
+# ETH-XGaze's points: a nose raised to MTCNN's median turns every pitch ~6 degrees down (LFW's
+# median +12 -> +6) but raises the procedural heads' error (median 7 -> 10 degrees), and five
+# points cannot tell a nose's height from a pitch.
 FACE_MODEL_MM = np.array(
     [
         [-31.4, -24.1, 2.4],  # right eye centre (image left in a frontal photo)
