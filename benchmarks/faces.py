@@ -8,10 +8,18 @@
    into scikit-image's coffee photo stretched to the size, and the same photo without a face
    (the worst case: every turned copy is searched). The pasted head is an eighth of the width wide.
 2. Head-pose error on procedural heads seen through the rig's cameras (its 18 head poses, pitch
-   +-30 and yaw +-60 degrees), photographed off-centre at 600 mm by a 320 px camera: the angle
-   between the true and the recovered head rotation, from the exact projected landmarks (the
-   generic face's misfit alone) and from the detected ones, with the procedural heads' mean face
-   and with ETH-XGaze's human face (gazegen/data/normalise.py).
+   +-30 and yaw +-60 degrees, roll +-10), photographed off-centre at 600 mm by a 320 px camera of
+   known focal: the angle between the true and the recovered head rotation, from the exact
+   projected landmarks or the detected ones, with each head's own five 3-D points or ETH-XGaze's
+   human face (gazegen/data/normalise.py, the photo path's model):
+       exact/own       the solver alone (0 when it is right)
+       exact/human     the generic face's misfit to these heads
+       detected/own    the detector's landmark error alone
+       detected/human  the photo path
+   Then the head pose (pitch, yaw, degrees; focal = the longer side) of real portraits that ship
+   with installed packages (scikit-image's astronaut, matplotlib's Grace Hopper, scikit-image's
+   cameraman) and of the 100 faces of scikit-image's LFW subset (25 px, upscaled 4x: frontal
+   news photos, so their pitch should centre near 0).
 3. The fraction of faces found on a made set: the astronaut pasted small (face 40-80 px wide) into
    1920x1080 and 4000x3000 canvases, turned by random rolls, stored turned with an EXIF
    orientation, in grey, and three faces of different sizes in one image. (OpenCV's Haar
@@ -39,8 +47,8 @@ from gazegen.config import CropConfig, NormalisationConfig, RigConfig
 from gazegen.data.faces import crop_faces, read_image
 from gazegen.data.heads import rig_head_poses, sample_identity
 from gazegen.data.mtcnn import MtcnnDetector
-from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, rotation_angle_deg
-from gazegen.data.photo_heads import mean_head_model_mm, photograph_head, rotation_from_pose
+from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
+from gazegen.data.photo_heads import head_landmarks_mm, photograph_head, rotation_from_pose
 
 FACE = (slice(40, 200), slice(160, 290))  # the astronaut's head in the 512 px image
 EYES = np.array([[204.0, 101.0], [246.5, 103.0]]) - [160, 40]  # her eye centres in FACE (measured by hand)
@@ -87,28 +95,54 @@ def speed(detector: MtcnnDetector, repeats: int) -> None:
 def head_pose(detector: MtcnnDetector, identities: int) -> None:
     print(f"\n2. head-pose error on procedural heads: {identities} identities x the rig's 18 poses, 320 px, f 700 px, 600 mm")
     rng = np.random.default_rng(0)
-    mean_model = mean_head_model_mm()
-    rows = {k: [] for k in ("exact/mean", "exact/human", "detected/mean", "detected/human")}
+    rows: dict[str, list[float]] = {k: [] for k in ("exact/own", "exact/human", "detected/own", "detected/human")}
     found = total = 0
     for i in range(identities):
         identity = sample_identity(np.random.default_rng(1000 + i))
+        marks, centre = head_landmarks_mm(identity)
+        models = {"own": marks - centre, "human": FACE_MODEL_MM}
         for pitch, yaw in rig_head_poses(RigConfig()):
             rot = rotation_from_pose(pitch, yaw, np.radians(rng.uniform(-10, 10)))
             photo = photograph_head(identity, rot, np.array([rng.uniform(-40, 40), rng.uniform(-30, 30), 600.0]), 320, 700.0)
-            total += 1
-            for name, model in (("mean", mean_model), ("human", FACE_MODEL_MM)):
-                rows[f"exact/{name}"].append(rotation_angle_deg(estimate_head_pose(photo.landmarks, photo.camera_matrix, model).rotation, rot))
             faces = detector.detect(photo.image)
-            if not faces:
-                continue
-            found += 1
-            for name, model in (("mean", mean_model), ("human", FACE_MODEL_MM)):
-                pose = estimate_head_pose(np.array(faces[0].landmarks), photo.camera_matrix, model)
-                rows[f"detected/{name}"].append(rotation_angle_deg(pose.rotation, rot))
+            total += 1
+            found += bool(faces)
+            for source, points in (("exact", photo.landmarks), ("detected", np.array(faces[0].landmarks) if faces else None)):
+                for name, model in models.items():
+                    if points is not None:
+                        pose = estimate_head_pose(points, photo.camera_matrix, model)
+                        rows[f"{source}/{name}"].append(rotation_angle_deg(pose.rotation, rot))
     print(f"   found {found}/{total} heads")
     for key, errors in rows.items():
         e = np.array(errors)
-        print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  90th pct {np.percentile(e, 90):5.1f}  (n={len(e)})")
+        print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
+              f"90th pct {np.percentile(e, 90):5.1f}  max {e.max():5.1f}  (n={len(e)})")
+    real_poses(detector)
+
+
+def real_poses(detector: MtcnnDetector) -> None:
+    """Head poses of real photos: the portraits one by one, the LFW subset as a distribution."""
+    from matplotlib import cbook
+
+    portraits = {"astronaut": data.astronaut(), "grace_hopper": read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)),
+                 "cameraman": np.repeat(data.camera()[..., None], 3, -1)}  # fmt: skip
+    line = "   real photos, (pitch, yaw) degrees:"
+    for name, image in portraits.items():
+        faces = detector.detect(image)
+        k = photo_camera_matrix(image.shape[1], image.shape[0])
+        pose = np.degrees(estimate_head_pose(np.array(faces[0].landmarks), k).pitchyaw) if faces else None
+        line += f"  {name} " + ("no face" if pose is None else f"({pose[0]:+.0f}, {pose[1]:+.0f})")
+    print(line)
+    poses = []
+    for face in data.lfw_subset()[:100]:  # the first 100 are faces
+        image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
+        image = cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE)
+        found = detector.detect(image)
+        if found:
+            poses.append(np.degrees(estimate_head_pose(np.array(found[0].landmarks), photo_camera_matrix(160, 160)).pitchyaw))
+    p = np.array(poses)
+    print(f"   LFW subset: {len(p)}/100 faces found; pitch median {np.median(p[:, 0]):+.1f}, |pitch| 90th pct "
+          f"{np.percentile(np.abs(p[:, 0]), 90):.1f} max {np.abs(p[:, 0]).max():.1f}; |yaw| 90th pct {np.percentile(np.abs(p[:, 1]), 90):.1f}")
 
 
 def exif_jpeg(image_rgb: np.ndarray, orientation: int) -> bytes:

@@ -36,7 +36,7 @@ def _items(run: RunPlan, todo: Sequence[ShardSpec]) -> list[dict[str, Any]]:
     by_id = {r.source_id: r for r in run.records}
     return [
         {"shard_id": spec.shard_id, "source_id": sid, "source_path": by_id[sid].path, "kind": by_id[sid].kind,
-         "index": by_id[sid].index, "error": by_id[sid].error}
+         "index": by_id[sid].index, "face": by_id[sid].face, "error": by_id[sid].error}
         for spec in todo for sid in spec.inputs
     ]  # fmt: skip
 

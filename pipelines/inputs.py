@@ -20,7 +20,9 @@ h5       ``.h5 .hdf5`` in any layout gazegen/data/xgaze.py reads (training store
 parquet  ``.parquet`` with an image column (bytes, or a Hugging Face ``{bytes, path}`` struct):
          one source per row. Rows with ``head_pose`` (and optionally ``gaze_head``) columns are
          taken as normalised crops in the model's framing (e.g. gazegen's own output); rows
-         without are handled as photos.
+         without are handled as photos, and with ``faces = "all"`` a photo row with two or more
+         faces is one source per face, ``data.parquet#000012#face00``, ... as for image files
+         (a row whose image cannot be read while listing keeps its plain id: its read reports why).
 
 Source ids are the file's path relative to the INPUTS root (the folder; the non-magic prefix of
 a glob; the parent of a single file), posix separators, plus ``#000012`` (the row, zero-padded
@@ -76,7 +78,8 @@ class SourceRecord:
     source_id: str  # stable id (module docstring)
     path: str  # absolute path of the file
     kind: str  # "image", "h5" or "parquet"
-    index: int = -1  # row within an h5 / Parquet file; face within an image (faces = "all"); -1: the image's largest face
+    index: int = -1  # row within an h5 / Parquet file; -1 for an image file
+    face: int = -1  # the face within the image or row (faces = "all", largest first); -1: its largest face
     error: str = ""  # set when the file could not be opened while listing
 
 
@@ -176,14 +179,47 @@ def _image_records(path: Path, rel: str, faces: str, max_pixels: int) -> list[So
         return [SourceRecord(rel, str(path), "image", error=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")]
     if found < 2:
         return [SourceRecord(rel, str(path), "image")]
-    return [SourceRecord(FACE_FORMAT.format(path=rel, index=k), str(path), "image", k) for k in range(found)]
+    return [SourceRecord(FACE_FORMAT.format(path=rel, index=k), str(path), "image", face=k) for k in range(found)]
+
+
+def _parquet_records(path: Path, rel: str, rows: int, faces: str, image_column: str, root: Path,
+                     max_pixels: int) -> list[SourceRecord]:
+    """A Parquet file's sources: one per row, or with ``faces == "all"`` one per face of each
+    photo row (no ``head_pose``) that holds two or more faces (module docstring)."""
+    plain = [SourceRecord(INDEX_FORMAT.format(path=rel, index=i), str(path), "parquet", i) for i in range(rows)]
+    if faces == "largest":
+        return plain
+    records: list[SourceRecord] = []
+    with pq.ParquetFile(path) as file:
+        columns = [image_column] + [c for c in ("head_pose",) if c in file.schema_arrow.names]
+        row = 0
+        for group in range(file.num_row_groups):
+            table = file.read_row_group(group, columns=columns, use_threads=False)
+            for cells in table.to_pylist():
+                found = 1 if cells.get("head_pose") is not None else _faces_in_cell(cells[image_column], path, root, max_pixels)
+                if found < 2:
+                    records.append(plain[row])
+                else:
+                    records += [SourceRecord(FACE_FORMAT.format(path=plain[row].source_id, index=k), str(path), "parquet", row, k)
+                                for k in range(found)]
+                row += 1
+    return records
+
+
+def _faces_in_cell(cell: object, path: Path, root: Path, max_pixels: int) -> int:
+    """How many faces the photo in a Parquet image cell shows; 0 when it cannot be read."""
+    try:
+        image = decode_image(_image_bytes(cell, path.parent, str(root), max_pixels), max_pixels)
+    except InputError:
+        return 0
+    return len(_detector().detect(image))
 
 
 def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", faces: str = "largest",
                  max_pixels: int = 36_000_000) -> list[SourceRecord]:
     """Every source of INPUTS, sorted by id. ``faces``: "largest" or "all" (module docstring;
-    ``max_pixels`` guards the images "all" reads). Raises FileNotFoundError when INPUTS names
-    nothing and ValueError when it holds no file of a known kind."""
+    ``max_pixels`` guards the images and Parquet cells "all" reads). Raises FileNotFoundError
+    when INPUTS names nothing and ValueError when it holds no file of a known kind."""
     if faces not in ("largest", "all"):
         raise ValueError(f"faces {faces!r}: expected 'largest' or 'all'")
     root, files = _root_and_files(str(inputs))
@@ -200,6 +236,9 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", fa
             continue
         try:
             n = _rows(path, kind, image_column)
+            if kind == "parquet":
+                records += _parquet_records(path, rel, n, faces, image_column, root, max_pixels)
+                continue
         except Exception as error:  # an unreadable file is one error row, not a failed run
             records.append(SourceRecord(rel, str(path), kind, error=f"{type(error).__name__}: {error}"))
             continue
@@ -277,20 +316,27 @@ def _each(records: Sequence[SourceRecord], read: Callable[[SourceRecord], Decode
     return out
 
 
+def _faces(image: np.ndarray, settings: DecodeSettings) -> list[CropResult]:
+    """Every face of a photo cropped, largest first, as when listed (faces = "all")."""
+    return [r for _, r in crop_each_face(image, _detector(), _crop_config(settings)) if r.status != "no_face"]
+
+
+def _face(found: list[CropResult], face: int) -> DecodedSource:
+    """Face number `face` of a photo's `_faces`, or the error row of a face the listing saw but this read does not."""
+    if face >= len(found):
+        return _failed("crop", f"face {face} not found: the image now shows {len(found)} faces (listing saw more)")
+    return _cropped(found[face])
+
+
 def _read_images(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
-    """One image's records: its largest face (index -1), or its faces by index (faces = "all"),
+    """One image's records: its largest face (face -1), or its faces by number (faces = "all"),
     the image read and its faces detected once."""
     limit = max_file_bytes(settings.max_pixels)
     image = cache(lambda: decode_image(read_regular_file(records[0].path, limit), settings.max_pixels))
-    faces = cache(lambda: [r for _, r in crop_each_face(image(), _detector(), _crop_config(settings)) if r.status != "no_face"])
+    faces = cache(lambda: _faces(image(), settings))
 
     def read(record: SourceRecord) -> DecodedSource:
-        if record.index < 0:
-            return _photo(image(), settings)
-        found = faces()  # largest first, as when listed
-        if record.index >= len(found):
-            return _failed("crop", f"face {record.index} not found: the image now shows {len(found)} faces (listing saw more)")
-        return _cropped(found[record.index])
+        return _photo(image(), settings) if record.face < 0 else _face(faces(), record.face)
 
     return _each(records, read)
 
@@ -308,14 +354,13 @@ def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[
         return _each(records, read)
 
 
-def _image_bytes(value: object, base: Path, settings: DecodeSettings) -> bytes:
+def _image_bytes(value: object, base: Path, root: str, max_pixels: int) -> bytes:
     """An image cell (bytes, or a {bytes, path} struct) -> bytes; a path is read only when it is a
-    regular file inside the input root."""
+    regular file inside `root` (the input root; "": `base`, the Parquet file's folder)."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if not data and path:
-            root = Path(settings.root) if settings.root else base
-            data = read_regular_file(resolve_inside(str(path), base, root), max_file_bytes(settings.max_pixels))
+            data = read_regular_file(resolve_inside(str(path), base, Path(root) if root else base), max_file_bytes(max_pixels))
         value = data
     if not isinstance(value, (bytes, bytearray)) or not value:
         raise InputError("the image cell holds no bytes")
@@ -331,16 +376,22 @@ def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> 
         table = pa.concat_tables([file.read_row_group(g, columns=columns, use_threads=False) for g in groups])
         offsets = {g: int(sum(file.metadata.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
     target = settings.normalisation.at_resolution(settings.resolution)
+    row_faces: dict[int, list[CropResult]] = {}  # a row's faces, detected once for all its records
 
     def read(record: SourceRecord) -> DecodedSource:
         g = int(np.searchsorted(starts, record.index, side="right") - 1)
         row = {c: table.column(c)[offsets[g] + record.index - int(starts[g])].as_py() for c in columns}
         try:
-            image = decode_image(_image_bytes(row[settings.image_column], Path(record.path).parent, settings), settings.max_pixels)
+            data = _image_bytes(row[settings.image_column], Path(record.path).parent, settings.root, settings.max_pixels)
+            image = decode_image(data, settings.max_pixels)
         except InputError as error:
             raise InputError(f"row {record.index}: {error}") from None
         if row.get("head_pose") is None:
-            return _photo(image, settings)
+            if record.face < 0:
+                return _photo(image, settings)
+            if record.index not in row_faces:
+                row_faces[record.index] = _faces(image, settings)
+            return _face(row_faces[record.index], record.face)
         if image.shape[0] != image.shape[1]:
             raise InputError(f"row {record.index}: a labelled crop must be square, not {image.shape[1]} x {image.shape[0]}")
         return _labelled(resize_image(image, target.resolution), row["head_pose"], row.get("gaze_head"))
@@ -398,7 +449,7 @@ def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> dict
     ``CARRIED`` columns kept and ``status``/``stage``/``reason`` set (the render actor's input)."""
     n = len(batch["source_id"])
     records = [SourceRecord(str(batch["source_id"][i]), str(batch["source_path"][i]), str(batch["kind"][i]),
-                            int(batch["index"][i]), str(batch["error"][i])) for i in range(n)]  # fmt: skip
+                            int(batch["index"][i]), int(batch["face"][i]), str(batch["error"][i])) for i in range(n)]  # fmt: skip
     decoded = decode_sources(records, settings)
     blank = np.zeros((settings.resolution, settings.resolution, 3), np.uint8)
     return {k: batch[k] for k in CARRIED} | {

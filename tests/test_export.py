@@ -49,8 +49,12 @@ def vector(pitchyaw: np.ndarray) -> np.ndarray:
 
 
 def fake_rows(source: str, k: int) -> dict[str, list]:
-    """GAZES x VIEWS rows of one source: smooth images (a JPEG keeps them), consistent labels."""
+    """GAZES x VIEWS rows of one source: smooth images (a JPEG keeps them), consistent labels; the
+    source is a photo (its own normalising rotation) seen under view turns (head_pose differs from
+    source_head_pose)."""
     rng = np.random.default_rng(k)
+    source_head_pose = rng.uniform(-0.3, 0.3, 2)
+    photo_to_norm = geometry.rotation_y(np.array(rng.uniform(-0.4, 0.4))) @ geometry.rotation_x(np.array(rng.uniform(-0.3, 0.3)))
     cols: dict[str, list] = {name: [] for name in schema.ROW_COLUMNS if name != "row_id"}
     ramp = np.linspace(0, 60, SIZE, dtype=np.float32)[None, :, None]
     for g in range(GAZES):
@@ -68,9 +72,9 @@ def fake_rows(source: str, k: int) -> dict[str, list]:
             cols["gaze"].append(gaze)
             cols["head_pose"].append(head_pose)
             cols["gaze_head"].append(gaze_head)
-            cols["view_offset"].append(np.zeros(2))
-            cols["source_head_pose"].append(head_pose)
-            cols["face_mat_norm"].append(np.eye(3).ravel())
+            cols["view_offset"].append(head_pose - source_head_pose)
+            cols["source_head_pose"].append(source_head_pose)
+            cols["face_mat_norm"].append(photo_to_norm.ravel())
             cols["camera"].append(geometry.head_pose_to_camera(head_pose, NORM))
             for key, value in (("source_id", source), ("source_path", f"/in/{source.split('#')[0]}"), ("gaze_index", g),
                                ("view_index", v), ("checkpoint_hash", "ab" * 32), ("seed", 0)):
@@ -139,13 +143,28 @@ def gazehub_items(dest: Path, split: str) -> list[dict]:
     return items
 
 
-def check_rotation(mat: np.ndarray, row: dict) -> None:
-    """face_mat_norm: a rotation taking the head-frame gaze to the camera-frame gaze; its forward
+def _is_rotation(mat: np.ndarray) -> bool:
+    return np.allclose(mat @ mat.T, np.eye(3), atol=1e-5) and np.isclose(np.linalg.det(mat), 1.0, atol=1e-5)
+
+
+def check_head_rotation(mat: np.ndarray, row: dict) -> None:
+    """head_rotation: a rotation taking the head-frame gaze to the camera-frame gaze; its forward
     direction R @ (0, 0, -1) is the head pose."""
-    assert np.allclose(mat @ mat.T, np.eye(3), atol=1e-5) and np.isclose(np.linalg.det(mat), 1.0, atol=1e-5)
+    assert _is_rotation(mat)
     assert np.allclose(mat @ vector(np.array(row["gaze_head"])), vector(np.array(row["gaze"])), atol=1e-5)
     forward = mat @ np.array([0.0, 0.0, -1.0])
     assert np.allclose([np.arcsin(-forward[1]), np.arctan2(-forward[0], -forward[2])], row["head_pose"], atol=1e-5)
+
+
+def check_mat_norm(mat: np.ndarray, row: dict) -> None:
+    """face_mat_norm, ETH-XGaze's meaning: the capture (source photo) camera -> this image's
+    normalised camera. The gaze in the photo's camera, in closed form from the source's labels
+    (the head-frame gaze seen by the source's normalised camera, taken back by the shard's
+    rotation), goes to this image's gaze."""
+    assert _is_rotation(mat)
+    source_norm = geometry.head_pose_to_rotation(np.array(row["source_head_pose"])) @ vector(np.array(row["gaze_head"]))
+    in_photo = np.array(row["face_mat_norm"]).reshape(3, 3).T @ source_norm
+    assert np.allclose(mat @ in_photo, vector(np.array(row["gaze"])), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- ETH-XGaze
@@ -167,7 +186,8 @@ def check_xgaze(dest: Path, expected: dict[str, dict], test: tuple[str, ...] = (
                 assert f["face_patch"].dtype == np.uint8 and f["face_patch"].shape == (n, SIZE, SIZE, 3)
                 for k in ("face_gaze", "face_head_pose"):
                     assert f[k].dtype == np.float32 and f[k].shape == (n, 2)
-                assert f["face_mat_norm"].dtype == np.float32 and f["face_mat_norm"].shape == (n, 3, 3)
+                for k in ("face_mat_norm", "head_rotation"):
+                    assert f[k].dtype == np.float32 and f[k].shape == (n, 3, 3)
                 for k in ("cam_index", "frame_index"):
                     assert f[k].shape == (n, 1) and np.issubdtype(f[k].dtype, np.integer)
                 row_ids = [r.decode() for r in f["row_id"][...]]
@@ -180,7 +200,8 @@ def check_xgaze(dest: Path, expected: dict[str, dict], test: tuple[str, ...] = (
                     assert np.array_equal(image, row["rgb"])  # BGR stored, RGB after the baseline's flip
                     assert np.array_equal(gaze, np.float32(row["gaze"]))
                     assert np.array_equal(f["face_head_pose"][i], np.float32(row["head_pose"]))
-                    check_rotation(f["face_mat_norm"][i].astype(np.float64), row)
+                    check_mat_norm(f["face_mat_norm"][i].astype(np.float64), row)
+                    check_head_rotation(f["head_rotation"][i].astype(np.float64), row)
                     assert f["cam_index"][i, 0] == row["view_index"]
                     frames.setdefault((row["source_id"], row["gaze_index"]), set()).add(int(f["frame_index"][i, 0]))
                     depth = f["depth"][i]
@@ -231,7 +252,7 @@ def test_gazehub_export_reads_as_gazetr_does(run, tmp_path, image_format):
         assert np.array_equal(np.float32(item["gaze"]), np.float32(row["gaze"]))  # 9 digits: float32 exactly
         assert np.array_equal(np.float32(item["head"]), np.float32(row["head_pose"]))
         assert item["cam"] == row["view_index"]
-        check_rotation(item["normmat"], row)
+        check_mat_norm(item["normmat"], row)
     per_identity = (tmp_path / "g" / "Label" / "train" / "subject0000.label").read_text().splitlines()
     assert len(per_identity) == 1 + 2 * GAZES * VIEWS
 

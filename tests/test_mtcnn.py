@@ -15,8 +15,8 @@ from gazegen.config import CropConfig, DetectorConfig, NormalisationConfig
 from gazegen.data.faces import FaceDetection, crop_each_face, crop_faces, read_image
 from gazegen.data.heads import sample_identity
 from gazegen.data.mtcnn import MtcnnDetector, nms, plausible_layout
-from gazegen.data.normalise import estimate_head_pose, rotation_angle_deg
-from gazegen.data.photo_heads import mean_head_model_mm, photograph_head, rotation_from_pose
+from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
+from gazegen.data.photo_heads import photograph_head, rotation_from_pose
 
 data = pytest.importorskip("skimage.data")
 torch.set_num_threads(1)
@@ -133,8 +133,25 @@ def test_photo_crop_is_normalised_with_a_head_pose(detector, astronaut):
     assert abs(left[1] - right[1]) < 2.0
     expected = cfg.normalisation.at_resolution(128).focal * 62.8 / 600.0  # the generic face's eye distance, px
     assert np.hypot(*(left - right)) == pytest.approx(expected, rel=0.2)
-    assert abs(np.degrees(result.head_pose[1])) < 15  # a portrait facing the camera: small yaw
+    # a portrait facing the camera, seen from the normalised camera that looks up at her face (above
+    # the photo's centre): measured pitch 13 degrees; the smile no longer reads as pitch (was -39)
+    assert abs(np.degrees(result.head_pose[1])) < 10 and 0 < np.degrees(result.head_pose[0]) < 18
     assert face.source.reprojection_px < 0.2 * np.hypot(*(left - right))  # the generic face fits the five points
+
+
+def test_head_pose_of_real_portraits():
+    """Two real portraits that ship with installed packages face the camera: scikit-image's
+    astronaut (smiling, which once read as a head pitched down 55 degrees) and matplotlib's
+    Grace Hopper. Measured: (-2, -4) and (7, 1) degrees (pitch, yaw), focal = the longer side."""
+    from matplotlib import cbook
+
+    from gazegen.data.faces import read_image
+
+    detector = MtcnnDetector()
+    for image in (data.astronaut(), read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))):
+        (face,) = detector.detect(image)
+        pose = estimate_head_pose(np.array(face.landmarks), photo_camera_matrix(image.shape[1], image.shape[0]))
+        assert np.abs(np.degrees(pose.pitchyaw)).max() < 12.0, np.degrees(pose.pitchyaw)
 
 
 def test_bad_photos_are_error_results(detector, astronaut):
@@ -154,10 +171,10 @@ def test_bad_photos_are_error_results(detector, astronaut):
 
 def test_procedural_heads(detector):
     """Procedural heads at known poses (pitch +-20, yaw +-30, roll +-20 degrees): every face is
-    found, its eyes near the projected eye centres, the head pose from its landmarks and the
-    procedural population's mean face within ~10 degrees (five detected points: see the report)."""
+    found, its eyes near the projected eye centres, and the head pose from its landmarks and the
+    generic human face (the photo path's model, not fitted to these heads) within the measured
+    error of five detected points (median 8, max 15 degrees here; benchmarks/faces.py)."""
     rng = np.random.default_rng(1)
-    model = mean_head_model_mm()
     errors = []
     for i in range(6):
         identity = sample_identity(np.random.default_rng(100 + i))
@@ -168,8 +185,8 @@ def test_procedural_heads(detector):
         marks = np.array(found[0].landmarks)
         ipd = np.linalg.norm(photo.landmarks[1] - photo.landmarks[0])
         assert np.linalg.norm(marks[:2] - photo.landmarks[:2], axis=1).max() < 0.2 * ipd
-        errors.append(rotation_angle_deg(estimate_head_pose(marks, photo.camera_matrix, model).rotation, rot))
-    assert np.median(errors) < 12.0, errors
+        errors.append(rotation_angle_deg(estimate_head_pose(marks, photo.camera_matrix, FACE_MODEL_MM).rotation, rot))
+    assert np.median(errors) < 10.0 and max(errors) < 18.0, errors
 
 
 def test_nms_and_layout_checks():

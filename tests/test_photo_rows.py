@@ -8,8 +8,12 @@ centre, its eyes on a known target, so its gaze in the photo's camera is known i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -72,8 +76,8 @@ def test_every_views_gaze_maps_back_to_the_photos_gaze(renderer, pose, centre):
 def test_photo_decoded_from_a_file_carries_its_rotation(renderer, tmp_path):
     """The whole decode path (MTCNN, the generic human face model): the decoded source carries
     the normalising rotation, and the gaze taken back into the photo is off the truth by no more
-    than the head-pose estimate is off the true head rotation. That estimate is ~15 degrees off
-    here: the human face model does not fit the procedural heads' proportions (tests/test_normalise.py)."""
+    than the head-pose estimate is off the true head rotation. That estimate is 11 degrees off
+    here (five detected landmarks, the human face model and a guessed focal length: benchmarks/faces.py)."""
     _, photo, _, gaze_head, truth = _head(5, (5, -15, 10), (30, -10, 600))
     cv2.imwrite(str(tmp_path / "head.png"), cv2.cvtColor(photo.image, cv2.COLOR_RGB2BGR))
     records = list_sources(tmp_path)
@@ -84,7 +88,7 @@ def test_photo_decoded_from_a_file_carries_its_rotation(renderer, tmp_path):
     assert rotation_angle_deg(rot, np.eye(3)) > 1.0  # an off-centre face: not the identity
     estimated = rot.T @ geometry.head_pose_to_rotation(decoded.head_pose)  # the head rotation the rows imply, photo camera
     pose_error = rotation_angle_deg(estimated, photo.head_rotation)
-    assert pose_error < 20.0
+    assert pose_error < 14.0
     rows = renderer.render("head.png", decoded.image, decoded.head_pose, gaze_head, rot)
     errors = geometry.angular_error(gaze_in_photo(rows.labels), np.tile(truth, (6, 1)))
     assert errors.max() <= pose_error + 0.01, (errors, pose_error)
@@ -152,7 +156,7 @@ def test_all_faces_of_a_photo_are_sources_largest_first(tmp_path):
     _two_heads(tmp_path)
     assert [r.source_id for r in list_sources(tmp_path)] == ["one.png", "two.png"]  # "largest": today's ids
     records = list_sources(tmp_path, faces="all")
-    assert [(r.source_id, r.index) for r in records] == [("one.png", -1), ("two.png#face00", 0), ("two.png#face01", 1)]
+    assert [(r.source_id, r.face) for r in records] == [("one.png", -1), ("two.png#face00", 0), ("two.png#face01", 1)]
     settings = DecodeSettings(64, NORM, "always")
     one, first, second = decode_sources(records, settings)
     assert one.ok and first.ok and second.ok, (one.reason, first.reason, second.reason)
@@ -164,5 +168,38 @@ def test_all_faces_of_a_photo_are_sources_largest_first(tmp_path):
     np.testing.assert_array_equal(largest.face_mat_norm, first.face_mat_norm)
     assert not np.array_equal(first.image, second.image)
     # a face the listing saw but the decode does not is its own error row, naming the face
-    (gone,) = decode_sources([records[0].__class__("two.png#face02", records[1].path, "image", 2)], settings)
+    (gone,) = decode_sources([replace(records[1], source_id="two.png#face02", face=2)], settings)
+    assert not gone.ok and gone.stage == "crop" and "face 2 not found" in gone.reason
+
+
+def test_all_faces_of_a_parquet_photo_row_are_sources_largest_first(tmp_path):
+    """The Parquet twin of the file case: a row whose photo shows two faces is two sources,
+    ``<row id>#face00`` (the face "largest" takes) and ``#face01``; a row with one face, a
+    labelled crop and a row that cannot be read keep their plain row ids."""
+    _two_heads(tmp_path)
+    png = {name: (tmp_path / name).read_bytes() for name in ("one.png", "two.png")}
+    crop = cv2.imencode(".png", np.full((64, 64, 3), 90, np.uint8))[1].tobytes()
+    table = pa.table({"image": [png["one.png"], png["two.png"], crop, b"not an image"],
+                      "head_pose": [None, None, [0.1, -0.2], None]})  # fmt: skip
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    pq.write_table(table, folder / "photos.parquet", row_group_size=2)  # the two-face row and the crop in different groups
+    records = list_sources(folder, faces="all")
+    assert [(r.source_id, r.index, r.face) for r in records] == [
+        ("photos.parquet#000000", 0, -1), ("photos.parquet#000001#face00", 1, 0), ("photos.parquet#000001#face01", 1, 1),
+        ("photos.parquet#000002", 2, -1), ("photos.parquet#000003", 3, -1)]  # fmt: skip
+    assert [r.source_id for r in list_sources(folder)] == [f"photos.parquet#{i:06d}" for i in range(4)]  # "largest": one per row
+    settings = DecodeSettings(64, NORM, "always")
+    one, first, second, labelled, bad = decode_sources(records, settings)
+    assert one.ok and first.ok and second.ok and labelled.ok, (one.reason, first.reason, second.reason, labelled.reason)
+    assert not bad.ok and "row 3" in bad.reason
+    # the same faces as the image file's: face00 the large head on the left, face01 the small one on the right
+    files = dict(zip([r.source_id for r in list_sources(tmp_path, faces="all")], decode_sources(list_sources(tmp_path, faces="all"), settings)))
+    for decoded, name in ((first, "two.png#face00"), (second, "two.png#face01")):
+        np.testing.assert_array_equal(decoded.image, files[name].image)
+        np.testing.assert_array_equal(decoded.face_mat_norm, files[name].face_mat_norm)
+    assert first.face_mat_norm[2, 0] < -0.1 and second.face_mat_norm[2, 0] > 0.1
+    (largest,) = decode_sources([r for r in list_sources(folder) if r.index == 1], settings)
+    np.testing.assert_array_equal(largest.image, first.image)
+    (gone,) = decode_sources([replace(records[1], source_id="photos.parquet#000001#face02", face=2)], settings)
     assert not gone.ok and gone.stage == "crop" and "face 2 not found" in gone.reason

@@ -74,7 +74,8 @@ def test_bad_labels_fail_their_own_source_only(tmp_path):
     records = list_sources(tmp_path)
     batch = {"shard_id": np.zeros(len(records), int), "source_id": np.array([r.source_id for r in records]),
              "source_path": np.array([r.path for r in records]), "kind": np.array([r.kind for r in records]),
-             "index": np.array([r.index for r in records]), "error": np.array([r.error for r in records])}  # fmt: skip
+             "index": np.array([r.index for r in records]), "face": np.array([r.face for r in records]),
+             "error": np.array([r.error for r in records])}  # fmt: skip
     out = decode_batch(batch, SETTINGS)
     assert out["status"].tolist() == ["ok", "error", "error", "error", "ok", "error", "ok"]
     assert out["head_pose"].shape == (7, 2) and out["image"].shape == (7, 64, 64, 3)

@@ -51,7 +51,7 @@ STATE_FILE = "_export.json"
 MANIFEST_FILE = "_manifest.json"  # written by pipelines/manifest.py
 OUTPUTS = ("train", "test", "Image", "Label", SPLIT_FILE, STATE_FILE)  # what an export writes in DEST
 INDEX_COLUMNS = ["source_id", "gaze_index", "view_index"]
-DATA_COLUMNS = ["image", "gaze", "head_pose", "gaze_head", "camera", "row_id", *INDEX_COLUMNS]
+DATA_COLUMNS = ["image", "gaze", "head_pose", "gaze_head", "camera", "source_head_pose", "face_mat_norm", "row_id", *INDEX_COLUMNS]
 
 
 class ExportError(DataError):
@@ -245,7 +245,9 @@ def decode_rows(table: pa.Table, path: str, frames: dict[tuple[str, int], int], 
     return RowBatch(
         image=np.stack(images), depth=np.stack(depths) if depths else None,
         gaze=_labels(table, "gaze", 2), head_pose=_labels(table, "head_pose", 2), gaze_head=_labels(table, "gaze_head", 2),
-        camera=_labels(table, "camera", 25), frame_index=np.array([frames[(s, g)] for s, g in zip(sids, gazes)], dtype=np.int64),
+        camera=_labels(table, "camera", 25), source_head_pose=_labels(table, "source_head_pose", 2),
+        source_mat_norm=_labels(table, "face_mat_norm", 9).reshape(-1, 3, 3),
+        frame_index=np.array([frames[(s, g)] for s, g in zip(sids, gazes)], dtype=np.int64),
         cam_index=table["view_index"].to_numpy().astype(np.int64), row_id=row_ids,
     )  # fmt: skip
 

@@ -8,17 +8,23 @@ names) and ``DEST/<split>/subjectXXXX.h5``, read with ``h5py.File(..., "r", swmr
     face_patch       (N, H, W, 3) uint8 BGR
     face_gaze        (N, 2) float32 gaze (pitch, yaw) radians, normalised camera
     face_head_pose   (N, 2) float32 head pose (pitch, yaw) radians, normalised camera
-    face_mat_norm    (N, 3, 3) float32 rotation from the head frame into the normalised camera
+    face_mat_norm    (N, 3, 3) float32 rotation from the capture camera into the normalised one
     frame_index      (N, 1) int32 one (source, gaze) pair of the identity; its views share it
     cam_index        (N, 1) int32 the view of the synthesis grid (0-based)
 and gazegen's store keys beside them, so gazegen's own readers open the files as a training
-store: ``pitchyaw_head`` (gaze in the head frame), ``camera`` (N, 25), ``depth`` (N, H, W) float32
-mm, the store attributes (``format``, normalisation) and ``row_id`` (provenance).
+store: ``pitchyaw_head`` (gaze in the head frame), ``head_rotation`` (N, 3, 3) float32, ``camera``
+(N, 25), ``depth`` (N, H, W) float32 mm, the store attributes (``format``, normalisation) and
+``row_id`` (provenance).
 
-``face_mat_norm``: ETH-XGaze's is the rotation from the capture camera into the normalised one
-(``g_norm = R @ g_capture``). A rendered image has no capture camera; its place is taken by the
-head frame, so ``face_mat_norm @ vector(pitchyaw_head) = vector(face_gaze)`` and ``R.T`` turns a
-prediction back into the head frame. It carries no roll (gazegen/geometry.py ``R_head``).
+``face_mat_norm`` keeps ETH-XGaze's meaning, ``g_norm = face_mat_norm @ g_capture``: the capture
+camera of a rendered image is its source's photo camera, so it is the shards' ``face_mat_norm``
+(photo -> the source's normalised camera) followed by the view turn (the source's normalised
+camera -> this image's): ``R_head(face_head_pose) @ R_head(source_head_pose).T @ face_mat_norm``;
+``face_mat_norm.T`` takes a prediction back into the photo's camera (as gazegen/data/parquet.py
+``gaze_in_photo`` does for a row), and it is the identity for a source that was already a
+normalised crop seen without a view turn. ``head_rotation`` is ``R_head(face_head_pose)``, the
+head frame -> this image's normalised camera (no roll, gazegen/geometry.py), so
+``head_rotation @ vector(pitchyaw_head) = vector(face_gaze)``.
 
 GazeHub (``gazehub``), the layout of Cheng et al.'s benchmark as GazeTR and L2CS-Net read it:
 ``DEST/Image/<split>/subjectXXXX/000000.jpg`` (BGR as cv2 writes it) and one space-separated
@@ -31,7 +37,9 @@ label file per identity, ``DEST/Label/<split>/subjectXXXX.label``, joined at the
 ``pitch,yaw`` in radians (the values of ``face_gaze`` / ``face_head_pose``, pitch first, as
 GazeHub's ETH-XGaze conversion copies them from the h5 files); ``origin`` is the
 row id (percent-encoded, so it holds no space); ``normmat`` is ``face_mat_norm``'s 9 numbers,
-row-major, comma-separated. Test-split files keep the gaze column (the labels are known).
+row-major, comma-separated (the GazeHub readers, GazeTR's ``Decode_ETH`` among them, read columns by
+position: ``face gaze head origin`` first, the normalisation matrix seventh). Test-split files keep
+the gaze column (the labels are known).
 
 Every output is written under a temporary name and renamed when complete: an h5 file, a
 GazeHub image folder then its label file (which alone marks the identity done).
@@ -79,14 +87,23 @@ class RowBatch:
     head_pose: np.ndarray  # (N, 2) float32 pitch/yaw, normalised camera
     gaze_head: np.ndarray  # (N, 2) float32 pitch/yaw, head frame
     camera: np.ndarray  # (N, 25) float32 EG3D camera
+    source_head_pose: np.ndarray  # (N, 2) float32 pitch/yaw, the source's normalised camera (before the view turn)
+    source_mat_norm: np.ndarray  # (N, 3, 3) float32 the source photo's camera -> the source's normalised camera
     frame_index: np.ndarray  # (N,) int64
     cam_index: np.ndarray  # (N,) int64
     row_id: list[str]
 
     @property
-    def mat_norm(self) -> np.ndarray:
-        """(N, 3, 3) float32 rotation from the head frame into the normalised camera (module docstring)."""
+    def head_rotation(self) -> np.ndarray:
+        """(N, 3, 3) float32 R_head: the head frame -> each image's normalised camera (module docstring)."""
         return geometry.head_pose_to_rotation(self.head_pose.astype(np.float64)).astype(np.float32)
+
+    @property
+    def face_mat_norm(self) -> np.ndarray:
+        """(N, 3, 3) float32 the source photo's camera -> each image's normalised camera (module docstring)."""
+        turn = geometry.head_pose_to_rotation(self.head_pose.astype(np.float64)) @ np.swapaxes(
+            geometry.head_pose_to_rotation(self.source_head_pose.astype(np.float64)), -1, -2)  # source camera -> this one
+        return (turn @ self.source_mat_norm.astype(np.float64)).astype(np.float32)
 
 
 def remove(path: Path) -> None:
@@ -131,7 +148,7 @@ class XGazeWriter:
 
     def _append(self, key: str, value: np.ndarray) -> None:
         if key not in self._file:
-            image = value.ndim >= 3 and key != "face_mat_norm"
+            image = key in ("face_patch", "depth")
             # images and depth: one row per chunk, deflate (built into every HDF5); labels: 256 rows a chunk
             self._file.create_dataset(key, shape=(0, *value.shape[1:]), maxshape=(None, *value.shape[1:]), dtype=value.dtype,
                                       chunks=(1 if image else 256, *value.shape[1:]), compression="gzip" if image else None,
@@ -145,10 +162,11 @@ class XGazeWriter:
             "face_patch": np.ascontiguousarray(batch.image[..., ::-1]),  # RGB -> BGR
             "face_gaze": batch.gaze.astype(np.float32),
             "face_head_pose": batch.head_pose.astype(np.float32),
-            "face_mat_norm": batch.mat_norm,
+            "face_mat_norm": batch.face_mat_norm,
             "frame_index": batch.frame_index.astype(np.int32)[:, None],
             "cam_index": (batch.cam_index + CAM_INDEX_BASE).astype(np.int32)[:, None],
             "pitchyaw_head": batch.gaze_head.astype(np.float32),
+            "head_rotation": batch.head_rotation,
             "camera": batch.camera.astype(np.float32),
             "row_id": np.array(batch.row_id, dtype=h5py.string_dtype()),
         }
@@ -203,7 +221,7 @@ class GazeHubWriter:
         return cls.final_path(dest, identity).is_file()
 
     def write(self, batch: RowBatch) -> None:
-        mats = batch.mat_norm.reshape(-1, 9)
+        mats = batch.face_mat_norm.reshape(-1, 9)
         for i, row_id in enumerate(batch.row_id):
             name = f"{len(self._lines) - 1:06d}.{self.cfg.image_format}"
             if not cv2.imwrite(str(self._tmp / name), np.ascontiguousarray(batch.image[i, ..., ::-1]), self._params):

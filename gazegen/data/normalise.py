@@ -25,17 +25,25 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.optimize import least_squares
 
 from gazegen.config import NormalisationConfig, PhotoCameraConfig
 from gazegen.errors import GazegenError
-from gazegen.geometry import pitchyaw_to_vector, rotation_to_head_pose, vector_to_pitchyaw
+from gazegen.geometry import head_pose_to_rotation, pitchyaw_to_vector, rotation_to_head_pose, rotation_z, vector_to_pitchyaw
 
 # The generic face: the five MTCNN landmarks (gazegen/data/mtcnn.py LANDMARKS: the subject's
 # right eye, left eye, nose tip, right and left mouth corners) in the head frame, millimetres,
 # with the origin at ETH-XGaze's face centre (the midpoint of the eye-corner centre and the
 # nose-base centre, which the normalised camera looks at). Derived from ETH-XGaze's generic 3D
-# face model (face_model.txt, 68-point indices minus 17): eye centres = means of the six eye
-# contour points, nose tip = point 30, mouth corners = points 48 and 54, then made symmetric.
+# face model (face_model.txt, row = 68-point index minus 16, as the release's
+# normalization_example.py indexes it): eye centres = means of the six eye contour points, nose
+# tip = point 30, mouth corners = points 48 and 54, then made symmetric. MTCNN's own points differ
+# a little: on real faces (scikit-image's LFW subset) its median frontal layout puts the nose 0.59
+# eye distances below the eyes (this model: 0.63) and the mouth corners 0.85 eye distances apart
+# (0.66): its nose sits ~3 mm higher and its corners ~5 mm further out. The model keeps
+# ETH-XGaze's points: a nose raised to MTCNN's median turns every pitch ~6 degrees down (LFW's
+# median +12 -> +6) but raises the procedural heads' error (median 7 -> 10 degrees), and five
+# points cannot tell a nose's height from a pitch.
 FACE_MODEL_MM = np.array(
     [
         [-31.4, -24.1, 2.4],  # right eye centre (image left in a frontal photo)
@@ -46,6 +54,13 @@ FACE_MODEL_MM = np.array(
     ]
 )
 FACE_CENTRE_MM = np.zeros(3)  # the face centre in the model's frame
+# How far each landmark (the order above) strays from the generic face, along and across the eye
+# line, relative to the eyes: the mouth corners' height changes with the expression (a smile
+# lifts them) and from face to face; weighted down, the pitch follows the nose's parallax
+# instead of the eye-to-mouth span (measured in benchmarks/faces.py: on a smiling photo the
+# span alone reads as a head pitched down by 40-55 degrees).
+LANDMARK_SPREAD = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 3.0], [1.0, 3.0]])
+PITCH_STARTS_DEG = (-30.0, 0.0, 30.0)  # extra starts of the head-pose fit (it may have two minima)
 
 
 def face_model(eye_above_centre_mm: float) -> np.ndarray:
@@ -93,25 +108,57 @@ def photo_camera_matrix(width: int, height: int, cfg: PhotoCameraConfig = PhotoC
 
 
 def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: np.ndarray = FACE_MODEL_MM) -> HeadPose:
-    """Head pose from (5, 2) pixel landmarks and the (5, 3) mm model points they show.
+    """Head pose from (5, 2) pixel landmarks (gazegen/data/mtcnn.py LANDMARKS order) and the (5, 3) mm model points they show.
 
-    SQPnP (a globally optimal solver) then Levenberg-Marquardt refinement; no lens distortion.
+    Five points fix the pitch badly: near frontal it shows in the nose's parallax against the
+    eyes (first order) and in how short the eye-to-mouth span looks (second order, and the span
+    changes with a smile). The fit therefore weighs each landmark's error along and across the
+    eye line by `LANDMARK_SPREAD` (the mouth corners' height counts little), and, because such a
+    fit can have two minima (a face pitched up or down by a similar amount), starts from SQPnP's
+    solution and from the head pitched `PITCH_STARTS_DEG`, keeping the best. No lens distortion.
     Raises `NormalisationError` when no pose puts the face in front of the camera.
     """
-    image_points = np.asarray(landmarks, np.float64).reshape(-1, 1, 2)
-    object_points = np.asarray(model, np.float64).reshape(-1, 1, 3)
+    image_points = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    object_points = np.asarray(model, np.float64).reshape(-1, 3)
     k = np.asarray(camera_matrix, np.float64)
     try:
-        ok, rvec, tvec = cv2.solvePnP(object_points, image_points, k, None, flags=cv2.SOLVEPNP_SQPNP)
+        ok, rvec, tvec = cv2.solvePnP(object_points[:, None], image_points[:, None], k, None, flags=cv2.SOLVEPNP_SQPNP)
     except cv2.error as e:  # e.g. all landmarks on one point
         raise NormalisationError(f"solvePnP failed on these landmarks ({e.err})") from None
     if not ok or tvec[2, 0] <= 0:
         raise NormalisationError("solvePnP found no head pose in front of the camera for these landmarks")
-    rvec, tvec = cv2.solvePnPRefineLM(object_points, image_points, k, None, rvec, tvec)
-    projected, _ = cv2.projectPoints(object_points, rvec, tvec, k, None)
-    rms = float(np.sqrt(np.mean(np.sum((projected - image_points) ** 2, -1))))
-    rotation = cv2.Rodrigues(rvec)[0]
-    return HeadPose(rotation, rotation @ FACE_CENTRE_MM + tvec[:, 0], rms)
+    rotation, translation = _weighted_fit(image_points, object_points, k, cv2.Rodrigues(rvec)[0], tvec[:, 0])
+    if translation[2] <= 0:
+        raise NormalisationError("no head pose in front of the camera fits these landmarks")
+    rms = float(np.sqrt(np.mean(np.sum((_project(object_points, rotation, translation, k) - image_points) ** 2, -1))))
+    return HeadPose(rotation, rotation @ FACE_CENTRE_MM + translation, rms)
+
+
+def _project(points: np.ndarray, rotation: np.ndarray, translation: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(P, 3) model points -> (P, 2) pixels of a pinhole camera `k` (no distortion)."""
+    cam = points @ rotation.T + translation  # (P, 3)
+    return cam[:, :2] / cam[:, 2:] * np.diag(k)[:2] + k[:2, 2]
+
+
+def _weighted_fit(image_points: np.ndarray, object_points: np.ndarray, k: np.ndarray, rotation: np.ndarray,
+                  translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (rotation, translation) minimising the landmark errors, each split along and across the
+    eye line and divided by `LANDMARK_SPREAD`, from several starts (`estimate_head_pose`)."""
+    across = image_points[1] - image_points[0]  # the image-left eye to the image-right eye
+    across = across / max(float(np.linalg.norm(across)), 1e-9)
+    frame = np.stack([across, [-across[1], across[0]]])  # (2, 2) rows: along, across the eye line
+    spread = LANDMARK_SPREAD if len(image_points) == len(LANDMARK_SPREAD) else np.ones_like(image_points)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        error = _project(object_points, cv2.Rodrigues(x[:3])[0], x[3:], k) - image_points  # (P, 2)
+        return (error @ frame.T / spread).ravel()
+
+    yaw = rotation_to_head_pose(rotation)[1]
+    roll = rotation_z(np.array(math.atan2(across[1], across[0])))
+    starts = [rotation] + [head_pose_to_rotation(np.array([math.radians(p), yaw])) @ roll for p in PITCH_STARTS_DEG]
+    fits = [least_squares(residuals, np.concatenate([cv2.Rodrigues(r)[0][:, 0], translation]), method="lm") for r in starts]
+    best = min(fits, key=lambda f: f.cost).x
+    return cv2.Rodrigues(best[:3])[0], best[3:]
 
 
 def normalising_rotation(face_centre: np.ndarray, head_rotation: np.ndarray) -> np.ndarray:
