@@ -12,6 +12,13 @@ Parameter names: ``net.0.weight`` (hidden, C), ``net.0.bias`` (hidden,), ``net.2
 (lr_multiplier 1) stores its weight unscaled and multiplies it by ``1 / sqrt(in_features)`` at
 run time, so an EG3D/Live3D ``net.k.weight`` maps onto ours as ``weight / sqrt(in_features)``;
 biases map unchanged.
+
+Without autograd (rendering, synthesis) ``decode`` runs the same formula in place on its own
+buffers: softplus as ``log(1 + exp(x))`` (``softplus_``: two fast vectorised passes instead of
+torch's ``log1p``-based kernel, measured 1.7x faster on this CPU; within 1.2e-7 of
+``F.softplus``: 1.2e-7 at x <= 0, one ulp of the result above, in float32), and the widened sigmoid
+without temporaries. Under autograd it runs
+``net`` as written, so gradients are torch's own.
 """
 
 from __future__ import annotations
@@ -19,11 +26,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gazegen.config import RenderConfig
 
 SIGMOID_MARGIN = 0.001  # EG3D / MipNeRF: sigmoid(x) * (1 + 2m) - m
+SOFTPLUS_CLAMP = 80.0  # softplus_: exp is taken of at most this (exp(88.7) overflows float32)
+
+
+def softplus_(x: torch.Tensor) -> torch.Tensor:
+    """softplus(x) = log(1 + exp(x)) in place on ``x`` (no autograd), returned.
+
+    ``exp`` of x clamped to ``SOFTPLUS_CLAMP``, then the maximum with x itself: log(1 + e^x) >= x,
+    so above the clamp the result is x (as torch's softplus, which returns x above 20). Below
+    about -17, 1 + e^x rounds to 1 and the result to 0 instead of e^x < 6e-8 (float32).
+    """
+    y = x.clamp(max=SOFTPLUS_CLAMP).exp_().add_(1).log_()
+    return torch.maximum(y, x, out=x)
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,11 @@ class TriplaneDecoder(nn.Module):
 
     def decode(self, mean_features: torch.Tensor) -> FieldOutput:
         """Plane features already averaged over the 3 planes (B, N, C) (triplane.PlaneTexels.mean_at) -> FieldOutput."""
-        x = self.net(mean_features)  # (B, N, C) -> (B, N, 1 + F)
-        features = torch.sigmoid(x[..., 1:]) * (1 + 2 * SIGMOID_MARGIN) - SIGMOID_MARGIN
+        if torch.is_grad_enabled():
+            x = self.net(mean_features)  # (B, N, C) -> (B, N, 1 + F)
+            features = torch.sigmoid(x[..., 1:]) * (1 + 2 * SIGMOID_MARGIN) - SIGMOID_MARGIN
+        else:  # the same formula in place (module docstring)
+            first, _, second = self.net
+            x = F.linear(softplus_(F.linear(mean_features, first.weight, first.bias)), second.weight, second.bias)
+            features = torch.sigmoid(x[..., 1:]).mul_(1 + 2 * SIGMOID_MARGIN).sub_(SIGMOID_MARGIN)
         return FieldOutput(features=features, density_raw=x[..., :1])
