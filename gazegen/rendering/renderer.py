@@ -65,12 +65,13 @@ class TriplaneField:
     texels: PlaneTexels  # the planes (B or 1, 3, C, P, P), channel-last
     decoder: TriplaneDecoder
     point_term: PointTerm | None = None  # added to the planes' mean before the decoder (models/pixel_features.py)
+    decode_rows: int = 0  # points the decoder runs at once without autograd (RenderConfig.decode_rows; 0: all)
 
     def __call__(self, points: torch.Tensor) -> FieldOutput:
         features = self.texels.mean_at(points)  # (B, N, C) mean plane features
         if self.point_term is not None:
             features = features + self.point_term(points)
-        return self.decoder.decode(features)
+        return self.decoder.decode(features, self.decode_rows)
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ def render_triplane(
     adds a per-point feature to the planes' mean (the source's pixels, models/pixel_features.py).
     """
     texels = PlaneTexels.from_planes(planes, cfg.box_warp, eg3d_compatible)
-    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term)
+    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term, decode_rows=cfg.decode_rows)
     return render_field(
         field, cameras, cfg, resolution=resolution, generator=generator, training=training, return_weights=return_weights
     )
