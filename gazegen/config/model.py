@@ -29,10 +29,10 @@ class RenderConfig:
     white_background: bool = False  # composite onto white instead of black
     chunk_rays: int = bounded(1024, 1)  # rays decoded at once: samples of a chunk stay in cache (fastest on CPU, measured)
     empty_opacity: float = bounded(1e-3, 0.0, 1.0)  # rays of coarse opacity <= this get no fine samples (0: all refined)
-    decode_rows: int = bounded(4096, 0)  # without autograd the decoder MLP runs on this many points at a time, so its hidden layer stays in cache (0: all at once)
+    block_points: int = bounded(8192, 0)  # without autograd, points read and decoded at a time so their intermediates stay in cache (0: all at once)
 
 
-RENDER_RUNTIME = ("chunk_rays", "empty_opacity", "decode_rows")  # how rays are batched and skipped: no weight depends on them
+RENDER_RUNTIME = ("chunk_rays", "empty_opacity", "block_points")  # how rays are batched and skipped: no weight depends on them
 
 
 def with_runtime_render(cfg: ModelConfig, runtime: ModelConfig) -> ModelConfig:

@@ -65,13 +65,28 @@ class TriplaneField:
     texels: PlaneTexels  # the planes (B or 1, 3, C, P, P), channel-last
     decoder: TriplaneDecoder
     point_term: PointTerm | None = None  # added to the planes' mean before the decoder (models/pixel_features.py)
-    decode_rows: int = 0  # points the decoder runs at once without autograd (RenderConfig.decode_rows; 0: all)
+    block_points: int = 0  # without autograd, points read and decoded at a time (RenderConfig.block_points; 0: all)
 
     def __call__(self, points: torch.Tensor) -> FieldOutput:
-        features = self.texels.mean_at(points)  # (B, N, C) mean plane features
+        b, n, _ = points.shape
+        step = max(1, self.block_points // b) if self.block_points > 0 and not torch.is_grad_enabled() else n
+        if step >= n:
+            return self._read(points)
+        first = self._read(points[:, :step])
+        features = first.features.new_empty(b, n, first.features.shape[-1])  # (B, N, F)
+        density_raw = first.density_raw.new_empty(b, n, 1)  # (B, N, 1)
+        features[:, :step], density_raw[:, :step] = first.features, first.density_raw
+        for lo in range(step, n, step):
+            block = self._read(points[:, lo : lo + step])
+            features[:, lo : lo + step], density_raw[:, lo : lo + step] = block.features, block.density_raw
+        return FieldOutput(features=features, density_raw=density_raw)
+
+    def _read(self, points: torch.Tensor) -> FieldOutput:
+        """Points (B, n, 3) -> FieldOutput, all at once."""
+        features = self.texels.mean_at(points)  # (B, n, C) mean plane features
         if self.point_term is not None:
             features = features + self.point_term(points)
-        return self.decoder.decode(features, self.decode_rows)
+        return self.decoder.decode(features)
 
 
 @dataclass(frozen=True)
@@ -249,7 +264,7 @@ def render_triplane(
     adds a per-point feature to the planes' mean (the source's pixels, models/pixel_features.py).
     """
     texels = PlaneTexels.from_planes(planes, cfg.box_warp, eg3d_compatible)
-    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term, decode_rows=cfg.decode_rows)
+    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term, block_points=cfg.block_points)
     return render_field(
         field, cameras, cfg, resolution=resolution, generator=generator, training=training, return_weights=return_weights
     )
