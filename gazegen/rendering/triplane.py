@@ -87,9 +87,11 @@ def sample_planes(
 
 
 def bilinear_taps(
-    points: torch.Tensor, box_warp: float, resolution: int, eg3d_compatible: bool = False
+    points: torch.Tensor, box_warp: float, resolution: int, eg3d_compatible: bool = False,
+    index_dtype: torch.dtype = torch.long,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """World points (N, 3) -> texel indices (N, 12) into a plane-major list of bordered planes, and weights (N, 12).
+    """World points (N, 3) -> texel indices (N, 12) (``index_dtype``) into a plane-major list of bordered planes,
+    and weights (N, 12).
 
     The list holds each plane with a zero border (``bordered_planes``: P + 3 texels a side, texel
     (i, j) at (i + 1, j + 1)). Tap (k, t) of a point is corner t of its bilinear cell on plane k,
@@ -105,17 +107,17 @@ def bilinear_taps(
     texel = (points.t() * (p / box_warp)).add_(p / 2 - 0.5).clamp_(-1.0, float(p))  # (3, N) texel coordinate per world axis
     low = texel.floor()
     frac = texel.sub_(low)  # (3, N) weight of the upper neighbour
-    low = low.long()
+    low = low.to(index_dtype)
     u_rows = torch.tensor([u for u, _ in axes], device=points.device)  # world axis of each plane's columns
     v_rows = torch.tensor([v for _, v in axes], device=points.device)  # ... and of its rows
-    start = torch.arange(3, device=points.device)[:, None] * (side * side) + (side + 1)  # (3, 1) texel (0, 0) of each plane
+    start = torch.arange(3, device=points.device, dtype=index_dtype)[:, None] * (side * side) + (side + 1)  # (3, 1) texel (0, 0) of each plane
     base = (low * side).index_select(0, v_rows).add_(low.index_select(0, u_rows)).add_(start)  # (3, N) corner (low, low)
     upper = [frac / 3, frac]  # (3, N) each: weights of the upper neighbour on rows (with the mean's 1/3) and columns
     lower = [(1 - frac).div_(3), 1 - frac]
     rows = [w.index_select(0, v_rows) for w in (lower[0], upper[0])]  # (3, N) row weights of each plane: low, high
     columns = [w.index_select(0, u_rows) for w in (lower[1], upper[1])]
     n = points.shape[0]
-    index = torch.empty(n, 3, 4, dtype=torch.long, device=points.device)  # (N, plane, tap)
+    index = torch.empty(n, 3, 4, dtype=index_dtype, device=points.device)  # (N, plane, tap)
     weight = torch.empty(n, 3, 4, dtype=points.dtype, device=points.device)
     index_taps, weight_taps = index.permute(2, 1, 0), weight.permute(2, 1, 0)  # (tap, plane, N) views, written in place
     for r in range(2):
@@ -171,9 +173,12 @@ class PlaneTexels:
             raise ValueError(f"planes batch {bp} does not match points batch {b} (nor is it 1)")
         if self.texels is None:
             return self._grid_sampled_mean(points)
-        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, p, self.eg3d_compatible)
+        rows = self.texels.shape[0]
+        index_dtype = torch.int32 if rows < 2**31 else torch.long  # int32: half the index traffic (measured ~10% faster)
+        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, p, self.eg3d_compatible, index_dtype)
         if bp > 1:  # point set i reads triplane i
-            index = index + (torch.arange(b, device=points.device) * (3 * (p + BORDER) ** 2)).repeat_interleave(n)[:, None]
+            first_rows = torch.arange(b, device=points.device, dtype=index_dtype) * (rows // bp)  # (B,)
+            index = index + first_rows.repeat_interleave(n)[:, None]
         out = _PlaneMean.apply(self.planes, self.texels, index, weight.to(self.texels.dtype), points.detach(), self)
         return out.reshape(b, n, -1)  # (B, N, C)
 
