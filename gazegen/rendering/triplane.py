@@ -21,18 +21,19 @@ with EG3D's code (EG3D, Live3D) learned their third plane that way; ``EG3D_PLANE
 
 The renderer reads the planes once per point with ``PlaneTexels.mean_at`` and gets their mean
 directly as (B, N, C), never the (B, 3, N, C) of ``sample_planes``; the same numbers as
-``sample_planes(...).mean(1)`` up to float rounding (tests/test_rendering.py). Two ways, by size:
+``sample_planes(...).mean(1)`` up to float rounding (tests/test_rendering.py). Two ways:
 
-* planes that fit in cache (one plane of at most ``TEXEL_ROWS_ABOVE_BYTES``): ``grid_sample`` on
-  each plane in turn, summed in place;
-* larger planes (`base`: 32 x 256^2 floats, 8 MB a plane): the four bilinear taps of each plane
-  become 12 (texel, weight) pairs per point, 1/3 folded into the weights, and one
-  ``embedding_bag`` sums the weighted texel rows of a channel-last copy of the planes with a zero
-  border (so a tap off the plane reads zeros without a test of its own), so a tap
-  reads one contiguous row of C values instead of C values a plane apart.
+* texel rows (every read without autograd, and large planes under it; `base`: 32 x 256^2
+  floats, 8 MB a plane): the four bilinear taps of each plane become 12 (texel, weight) pairs per
+  point, 1/3 folded into the weights, and one ``embedding_bag`` sums the weighted texel rows of a
+  channel-last copy of the planes with a zero border (so a tap off the plane reads zeros without a
+  test of its own): a tap reads one contiguous row of C values instead of C values a plane apart;
+* small planes that need gradients (one plane of at most ``TEXEL_ROWS_ABOVE_BYTES``, e.g. the
+  demo preset in training): ``grid_sample`` on each plane in turn, summed in place.
 
-Measured on this project's CPU (one thread, (C, P, points)): (8, 32, 6144) grid_sample 0.6 ms,
-texel rows 5.0 ms; (16, 64, 24576) 17 ms vs 31 ms; (32, 256, 98304) 365 ms vs 235 ms.
+Measured on this project's CPU (one thread): texel rows against grid_sample per plane, without
+autograd, render_peer's tiny setting (32 x 64^2 planes) 12.2 vs 16.1 ms and base 656 vs 1289 ms;
+a demo training step (16 x 64^2 planes, batch 4) 900 vs 873 ms, hence grid_sample there.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 AxisPair = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-TEXEL_ROWS_ABOVE_BYTES = 1 << 20  # planes larger than this (per plane) are read as channel-last texel rows
+TEXEL_ROWS_ABOVE_BYTES = 1 << 20  # under autograd, planes larger than this (per plane) are read as texel rows
 BORDER = 3  # texel rows: zero texels added along each side of a plane, 1 before its first row/column and 2 after its last
 
 X, Y, Z = 0, 1, 2
@@ -152,12 +153,14 @@ class PlaneTexels:
     def from_planes(
         cls, planes: torch.Tensor, box_warp: float, eg3d_compatible: bool = False, texel_rows: bool | None = None
     ) -> PlaneTexels:
-        """``texel_rows``: read texel rows (True) or grid_sample each plane (False); None: by size (module docstring)."""
+        """``texel_rows``: read texel rows (True) or grid_sample each plane (False); None: texel rows unless the planes
+        need gradients and are small (module docstring)."""
         bp, n_planes, c, h, w = planes.shape
         if n_planes != 3 or h != w:
             raise ValueError(f"expected square planes of shape (B, 3, C, P, P), got {tuple(planes.shape)}")
         if texel_rows is None:
-            texel_rows = c * h * w * planes.element_size() > TEXEL_ROWS_ABOVE_BYTES
+            needs_grad = planes.requires_grad and torch.is_grad_enabled()
+            texel_rows = not needs_grad or c * h * w * planes.element_size() > TEXEL_ROWS_ABOVE_BYTES
         texels = bordered_texels(planes.detach()) if texel_rows else None
         return cls(planes=planes, texels=texels, box_warp=box_warp, eg3d_compatible=eg3d_compatible)
 
