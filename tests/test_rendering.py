@@ -11,7 +11,7 @@ import torch
 
 from gazegen import geometry as g
 from gazegen.config import NormalisationConfig, RenderConfig
-from gazegen.rendering.compositing import composite, density_activation
+from gazegen.rendering.compositing import composite, density_activation, weighted_features
 from gazegen.rendering.decoder import SOFTPLUS_CLAMP, FieldOutput, TriplaneDecoder, linear_bound, softplus_
 from gazegen.rendering.ray_sampler import importance_depths, merge_order, sample_pdf, smooth_weights, stratified_depths
 from gazegen.rendering.rays import camera_rays
@@ -239,6 +239,15 @@ def test_uniform_density_closed_forms():
     torch.testing.assert_close(out.features, 0.6 * out.opacity[..., None].expand(-1, -1, 2), rtol=0, atol=1e-12)
     white = composite(features, raw, depths, density_bias=bias, white_background=True)
     torch.testing.assert_close(white.features, out.features + 1 - out.opacity[..., None], rtol=0, atol=1e-12)
+
+
+def test_weighted_features_in_the_weights_dtype():
+    """bfloat16 features (a decoder under autocast) are summed in the float32 weights' precision: an exact sum here."""
+    weights = torch.tensor([[[0.25, 0.5, 0.125]]])  # (1, 1, 3) float32
+    features = torch.tensor([[[[1.0, -2.0], [0.5, 4.0], [8.0, 0.25]]]], dtype=torch.bfloat16)  # (1, 1, 3, 2)
+    out = weighted_features(weights, features)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[[0.25 + 0.25 + 1.0, -0.5 + 2.0 + 0.03125]]]), rtol=0, atol=0)
 
 
 def test_uniform_density_expected_depth_continuous_limit():
