@@ -172,6 +172,19 @@ def test_decoder_without_autograd_equals_the_module(scale):
     assert fast.features.shape == (2, 50, 4) and fast.density_raw.shape == (2, 50, 1)
 
 
+def test_decoder_gradients_match_finite_differences():
+    """decode under autograd (features sliced after the sigmoid) against finite differences, float64."""
+    torch.manual_seed(13)
+    decoder = TriplaneDecoder(4, 6, 3).double()
+    mean = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = decoder.decode(x)
+        return out.features, out.density_raw
+
+    assert torch.autograd.gradcheck(outputs, (mean,), eps=1e-6, atol=1e-8)
+
+
 def test_decoder_names_and_formula():
     torch.manual_seed(0)
     decoder = TriplaneDecoder(in_channels=6, hidden=8, feature_channels=5)
