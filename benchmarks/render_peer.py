@@ -22,7 +22,9 @@ high inside a ball of radius 0.25 at the origin and about 0 outside it (sigma ~ 
 a share of background rays as in a face crop (printed). EG3D's work does not depend on the scene.
 
 Per setting and scene it prints seconds per image (median of ``--repeats``, the two renderers
-alternated), the ratio EG3D / gazegen, and the peak memory of one render of each: on CPU the
+alternated), the ratio EG3D / gazegen, on CPU also the medians of the process's CPU time per call
+and their ratio (with one torch thread, the work done, less sensitive than the wall clock to
+other processes on a shared machine), and the peak memory of one render of each: on CPU the
 process's peak resident set during the call (VmHWM, reset through /proc/self/clear_refs) and its
 rise over the resident set before the call; on CUDA ``max_memory_allocated``. Run with one
 torch thread (``--threads``) under ``nice`` on a shared machine; the load average is printed.
@@ -142,12 +144,13 @@ def peak_of(fn: Callable[[], object], device: torch.device) -> Peak:
     return Peak(peak, peak - before)
 
 
-def seconds(fn: Callable[[], object], device: torch.device) -> float:
+def seconds(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one call (CPU seconds: what the call itself used, whatever else runs)."""
     sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def compare(setting: str, kind: str, eg3d_classes, device: torch.device, repeats: int) -> None:
@@ -179,9 +182,11 @@ def compare(setting: str, kind: str, eg3d_classes, device: torch.device, repeats
             times_eg3d.append(seconds(run_eg3d, device))
             times_ours.append(seconds(run_ours, device))
         peak_eg3d, peak_ours = peak_of(run_eg3d, device), peak_of(run_ours, device)
-    t_eg3d, t_ours = statistics.median(times_eg3d), statistics.median(times_ours)
+    t_eg3d, t_ours = (statistics.median(t[0] for t in times) for times in (times_eg3d, times_ours))
+    cpu_eg3d, cpu_ours = (statistics.median(t[1] for t in times) for times in (times_eg3d, times_ours))
+    cpu = f" (CPU time {cpu_eg3d * 1e3:.0f} / {cpu_ours * 1e3:.0f} ms: {cpu_eg3d / cpu_ours:.2f}x)" if device.type == "cpu" else ""
     print(f"{setting:4s} {kind:6s} | EG3D {t_eg3d * 1e3:9.1f} ms | gazegen {t_ours * 1e3:9.1f} ms | "
-          f"ratio {t_eg3d / t_ours:5.2f}x | peak MB EG3D {peak_eg3d.peak_mb:7.0f} (+{peak_eg3d.rise_mb:.0f}) "
+          f"ratio {t_eg3d / t_ours:5.2f}x{cpu} | peak MB EG3D {peak_eg3d.peak_mb:7.0f} (+{peak_eg3d.rise_mb:.0f}) "
           f"gazegen {peak_ours.peak_mb:7.0f} (+{peak_ours.rise_mb:.0f}) | mean alpha EG3D {alpha_eg3d.mean():.3f} "
           f"gazegen {alpha_ours.mean():.3f} | background rays {background:.2f}", flush=True)
 

@@ -10,7 +10,12 @@
 * parameters and MACs per image of each stage (``FlopCounterMode`` flops / 2 at batch 1:
   convolutions, matmuls and attention; grid sampling and elementwise work are not counted);
 * the grid ratio: one source x G gazes x V views through encode once / redirect per gaze /
-  render per view, against G*V full forwards, both in chunks of at most ``batch`` (wall clock).
+  render per view, against G*V full forwards, both in chunks of at most ``batch`` (wall clock),
+  and the staged grid's images per second.
+
+The issue-19 figures for a GPU are four runs of ``gazegen bench --preset configs/model/base.toml
+--device cuda``: plain, ``--dtype bf16``, ``--compile`` and both (``ms_per_image.render`` at
+batch 1, ``grid.images_per_s``, ``peak_memory_mb``).
 
 ``dtype="bf16"`` (or ``"fp16"`` on CUDA) runs under ``torch.autocast``; ``compile=True`` wraps
 each stage in ``torch.compile`` (give it ``warmup`` >= 3: Inductor keeps compiling kernels and
@@ -141,7 +146,8 @@ def _grid_ratio(
         staged(), full()
     runs = [(_median_seconds(staged, device, 1, 0), _median_seconds(full, device, 1, 0)) for _ in range(repeats)]
     staged_s, full_s = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)  # interleaved runs
-    return {"gazes": gazes, "views": views, "staged_s": staged_s, "full_s": full_s, "ratio": full_s / staged_s}
+    return {"gazes": gazes, "views": views, "staged_s": staged_s, "full_s": full_s, "ratio": full_s / staged_s,
+            "images_per_s": gazes * views / staged_s}
 
 
 def _stage_seconds(

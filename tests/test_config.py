@@ -66,9 +66,9 @@ def test_a_resumed_checkpoint_takes_the_configs_ray_batching_but_keeps_its_archi
     from gazegen.config.model import RENDER_RUNTIME, with_runtime_render
 
     tiny = load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")
-    saved = replace(tiny, render=replace(tiny.render, chunk_rays=65536, empty_opacity=0.0, plane_channels=8))
-    today = replace(tiny, render=replace(tiny.render, chunk_rays=1024, empty_opacity=0.01))
+    saved = replace(tiny, render=replace(tiny.render, chunk_rays=65536, empty_opacity=0.0, block_points=0, plane_channels=8))
+    today = replace(tiny, render=replace(tiny.render, chunk_rays=1024, empty_opacity=0.01, block_points=512))
     merged = with_runtime_render(saved, today)
-    assert (merged.render.chunk_rays, merged.render.empty_opacity) == (1024, 0.01)
+    assert (merged.render.chunk_rays, merged.render.empty_opacity, merged.render.block_points) == (1024, 0.01, 512)
     assert merged.render.plane_channels == 8 and merged.image_resolution == saved.image_resolution
-    assert set(RENDER_RUNTIME) == {"chunk_rays", "empty_opacity"}
+    assert set(RENDER_RUNTIME) == {"chunk_rays", "empty_opacity", "block_points"}

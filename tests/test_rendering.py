@@ -11,8 +11,8 @@ import torch
 
 from gazegen import geometry as g
 from gazegen.config import NormalisationConfig, RenderConfig
-from gazegen.rendering.compositing import composite, density_activation
-from gazegen.rendering.decoder import FieldOutput, TriplaneDecoder
+from gazegen.rendering.compositing import composite, density_activation, weighted_features
+from gazegen.rendering.decoder import SOFTPLUS_CLAMP, FieldOutput, TriplaneDecoder, linear_bound, softplus_
 from gazegen.rendering.ray_sampler import importance_depths, merge_order, sample_pdf, smooth_weights, stratified_depths
 from gazegen.rendering.rays import camera_rays
 from gazegen.rendering.renderer import render_field, render_triplane
@@ -126,6 +126,65 @@ def test_planes_batch_pairs_and_broadcast():
     torch.testing.assert_close(shared, sample_planes(planes[:1].expand(2, -1, -1, -1, -1), points, 1.0), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bounded", [False, True])
+def test_softplus_in_place_equals_the_closed_form(bounded):
+    """softplus_ against numpy's log(1 + e^x) (np.logaddexp(0, x)), in float64 and float32, over and above its clamp."""
+    top = SOFTPLUS_CLAMP if bounded else 1000.0
+    x = np.concatenate([np.linspace(-60.0, top, 20001), [0.0, top]])
+    exact = np.logaddexp(0.0, x)  # (M,)
+    for dtype, atol, rtol in ((torch.float64, 1e-15, 1e-15), (torch.float32, 1.2e-7, 1.2e-7)):
+        got = softplus_(torch.tensor(x, dtype=dtype), bounded).double().numpy()
+        np.testing.assert_allclose(got, exact, rtol=rtol, atol=atol)
+    assert exact.max() > (900 if not bounded else 79)  # the clamp's side is exercised when unbounded
+
+
+def test_linear_bound_bounds_the_layer():
+    gen = torch.Generator().manual_seed(11)
+    layer = torch.nn.Linear(5, 7).double()
+    x = torch.randn(3, 40, 5, dtype=torch.float64, generator=gen) * 4
+    bound = linear_bound(layer, x)
+    with torch.no_grad():
+        reached = layer(x).abs().max()
+    assert reached <= bound
+    worst = x.abs().amax() * torch.sign(layer.weight[0]) * torch.sign(layer.bias[0])  # (5,) the bound's worst case for row 0
+    with torch.no_grad():
+        assert torch.isclose(layer(worst).abs()[0], (layer.bias[0].abs() + layer.weight[0].abs().sum() * x.abs().amax()))
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: the first layer's bound exceeds SOFTPLUS_CLAMP (clamped path)
+def test_decoder_without_autograd_equals_the_module(scale):
+    """decode's in-place path (no autograd) against running ``net`` under autograd, both in float64."""
+    torch.manual_seed(12)
+    decoder = TriplaneDecoder(6, 9, 4).double()
+    mean = torch.randn(2, 50, 6, dtype=torch.float64) * scale
+    bounded = bool(linear_bound(decoder.net[0], mean) <= SOFTPLUS_CLAMP)
+    assert bounded == (scale == 1.0)
+    with torch.no_grad():
+        fast = decoder.decode(mean)
+    plain = decoder.decode(mean.clone().requires_grad_(True))  # grad enabled: the module as written
+    with torch.no_grad():
+        hidden_max = decoder.net[0](mean).max()
+    # torch's softplus returns x itself above 20, off by log(1 + e^-x) <= e^-20 = 2.1e-9 (softplus_ is not)
+    atol = 1e-13 if hidden_max < 20 else 1e-9
+    assert (hidden_max < 20) == (scale == 1.0)
+    torch.testing.assert_close(fast.features, plain.features.detach(), rtol=0, atol=atol)
+    torch.testing.assert_close(fast.density_raw, plain.density_raw.detach(), rtol=0, atol=atol * 10)
+    assert fast.features.shape == (2, 50, 4) and fast.density_raw.shape == (2, 50, 1)
+
+
+def test_decoder_gradients_match_finite_differences():
+    """decode under autograd (features sliced after the sigmoid) against finite differences, float64."""
+    torch.manual_seed(13)
+    decoder = TriplaneDecoder(4, 6, 3).double()
+    mean = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = decoder.decode(x)
+        return out.features, out.density_raw
+
+    assert torch.autograd.gradcheck(outputs, (mean,), eps=1e-6, atol=1e-8)
+
+
 def test_decoder_names_and_formula():
     torch.manual_seed(0)
     decoder = TriplaneDecoder(in_channels=6, hidden=8, feature_channels=5)
@@ -193,6 +252,15 @@ def test_uniform_density_closed_forms():
     torch.testing.assert_close(out.features, 0.6 * out.opacity[..., None].expand(-1, -1, 2), rtol=0, atol=1e-12)
     white = composite(features, raw, depths, density_bias=bias, white_background=True)
     torch.testing.assert_close(white.features, out.features + 1 - out.opacity[..., None], rtol=0, atol=1e-12)
+
+
+def test_weighted_features_in_the_weights_dtype():
+    """bfloat16 features (a decoder under autocast) are summed in the float32 weights' precision: an exact sum here."""
+    weights = torch.tensor([[[0.25, 0.5, 0.125]]])  # (1, 1, 3) float32
+    features = torch.tensor([[[[1.0, -2.0], [0.5, 4.0], [8.0, 0.25]]]], dtype=torch.bfloat16)  # (1, 1, 3, 2)
+    out = weighted_features(weights, features)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[[0.25 + 0.25 + 1.0, -0.5 + 2.0 + 0.03125]]]), rtol=0, atol=0)
 
 
 def test_uniform_density_expected_depth_continuous_limit():
@@ -385,6 +453,25 @@ def test_chunked_equals_unchunked(training):
             for c in (cfg, small)
         ]
     assert_same_render(*runs)
+
+
+@pytest.mark.parametrize("shared_planes", [True, False])
+def test_blocked_field_equals_the_whole(shared_planes):
+    """block_points (field read in blocks without autograd) changes nothing, also with a per-point term."""
+    cfg, planes, decoder, cams = tiny_setup(8)
+    planes, decoder, cams = planes.double(), decoder.double(), cams.double()
+    if not shared_planes:
+        planes = planes.expand(3, -1, -1, -1, -1) * torch.tensor([1.0, 0.5, -1.0], dtype=torch.float64)[:, None, None, None, None]
+
+    def term(points: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> (B, N, C): a smooth per-point feature
+        return torch.sin(3 * points).sum(-1, keepdim=True).expand(-1, -1, cfg.plane_channels)
+
+    with torch.no_grad():
+        runs = [render_triplane(planes, decoder, cams, dataclasses.replace(cfg, block_points=k), return_weights=True,
+                                point_term=term) for k in (0, 7, 100, 10**6)]
+    for run in runs[1:]:
+        assert_same_render(runs[0], run, atol=1e-12)
+    assert runs[0].features.std() > 0.01 and 0.05 < runs[0].alpha.mean() < 0.95  # a non-trivial field
 
 
 def test_training_jitters_and_gradients_flow():

@@ -27,11 +27,12 @@ class RenderConfig:
     feature_channels: int = bounded(32, 3, 256)  # decoder output features; the first 3 are RGB
     density_bias: float = -1.0  # sigma = softplus(raw + density_bias) (EG3D: -1)
     white_background: bool = False  # composite onto white instead of black
-    chunk_rays: int = bounded(1024, 1)  # rays decoded at once: samples of a chunk stay in cache (fastest on CPU, measured)
+    chunk_rays: int = bounded(1024, 1)  # rays rendered at once without autograd: bounds memory (512-4096 measured alike on CPU)
     empty_opacity: float = bounded(1e-3, 0.0, 1.0)  # rays of coarse opacity <= this get no fine samples (0: all refined)
+    block_points: int = bounded(8192, 0)  # without autograd, points read and decoded at a time so their intermediates stay in cache (CPU, measured; 0: all at once, e.g. on a GPU)
 
 
-RENDER_RUNTIME = ("chunk_rays", "empty_opacity")  # how rays are batched and skipped: no weight depends on them
+RENDER_RUNTIME = ("chunk_rays", "empty_opacity", "block_points")  # how rays are batched and skipped: no weight depends on them
 
 
 def with_runtime_render(cfg: ModelConfig, runtime: ModelConfig) -> ModelConfig:

@@ -85,8 +85,12 @@ def march(density_raw: torch.Tensor, depths: torch.Tensor, *, density_bias: floa
 
 
 def weighted_features(sample_weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """Sum over samples of weight (B, N, S) x features (B, N, S, F) -> (B, N, F); the samples' order is irrelevant."""
-    return torch.einsum("...s,...sf->...f", sample_weights, features)
+    """Sum over samples of weight (B, N, S) x features (B, N, S, F) -> (B, N, F); the samples' order is irrelevant.
+
+    In the weights' dtype: under autocast the decoder's features may come in a lower precision
+    than the weights (float32 from ``march``), and einsum does not cast them itself.
+    """
+    return torch.einsum("...s,...sf->...f", sample_weights, features.to(sample_weights.dtype))
 
 
 def composite(

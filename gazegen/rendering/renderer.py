@@ -30,8 +30,10 @@ Outputs (``RenderOutput``):
   alpha     (B, 1, R, R)  opacity, the sum of the weights along the ray, in [0, 1].
 
 Without autograd, rays are processed in chunks of at most ``cfg.chunk_rays`` rays in all
-(``chunk_rays // B`` per camera, at least 1): small enough that a chunk's samples stay in cache,
-and a bound on memory (inference at 512 px). Under autograd every chunk's graph would be kept
+(``chunk_rays // B`` per camera, at least 1): a bound on memory (inference at 512 px), and
+``TriplaneField`` reads and decodes a chunk's points ``cfg.block_points`` at a time, so that a
+block's texel taps, plane mean and 64-wide hidden layer stay in the core's cache (base, one CPU
+thread: 8192 points measured fastest among 4096-16384 and the whole chunk, ~5% over the latter). Under autograd every chunk's graph would be kept
 anyway, and many small chunks measured slower (demo training step: 0.61 steps/s at 1024 rays,
 0.70 in one chunk), so all rays go at once, as in EG3D. All random numbers (stratified jitter and the fine pass's CDF levels) are drawn for all
 rays before chunking, and the empty-space test is per ray, so chunking never changes the result;
@@ -65,9 +67,25 @@ class TriplaneField:
     texels: PlaneTexels  # the planes (B or 1, 3, C, P, P), channel-last
     decoder: TriplaneDecoder
     point_term: PointTerm | None = None  # added to the planes' mean before the decoder (models/pixel_features.py)
+    block_points: int = 0  # without autograd, points read and decoded at a time (RenderConfig.block_points; 0: all)
 
     def __call__(self, points: torch.Tensor) -> FieldOutput:
-        features = self.texels.mean_at(points)  # (B, N, C) mean plane features
+        b, n, _ = points.shape
+        step = max(1, self.block_points // b) if self.block_points > 0 and not torch.is_grad_enabled() else n
+        if step >= n:
+            return self._read(points)
+        first = self._read(points[:, :step])
+        features = first.features.new_empty(b, n, first.features.shape[-1])  # (B, N, F)
+        density_raw = first.density_raw.new_empty(b, n, 1)  # (B, N, 1)
+        features[:, :step], density_raw[:, :step] = first.features, first.density_raw
+        for lo in range(step, n, step):
+            block = self._read(points[:, lo : lo + step])
+            features[:, lo : lo + step], density_raw[:, lo : lo + step] = block.features, block.density_raw
+        return FieldOutput(features=features, density_raw=density_raw)
+
+    def _read(self, points: torch.Tensor) -> FieldOutput:
+        """Points (B, n, 3) -> FieldOutput, all at once."""
+        features = self.texels.mean_at(points)  # (B, n, C) mean plane features
         if self.point_term is not None:
             features = features + self.point_term(points)
         return self.decoder.decode(features)
@@ -248,7 +266,7 @@ def render_triplane(
     adds a per-point feature to the planes' mean (the source's pixels, models/pixel_features.py).
     """
     texels = PlaneTexels.from_planes(planes, cfg.box_warp, eg3d_compatible)
-    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term)
+    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term, block_points=cfg.block_points)
     return render_field(
         field, cameras, cfg, resolution=resolution, generator=generator, training=training, return_weights=return_weights
     )

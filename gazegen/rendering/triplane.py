@@ -21,17 +21,19 @@ with EG3D's code (EG3D, Live3D) learned their third plane that way; ``EG3D_PLANE
 
 The renderer reads the planes once per point with ``PlaneTexels.mean_at`` and gets their mean
 directly as (B, N, C), never the (B, 3, N, C) of ``sample_planes``; the same numbers as
-``sample_planes(...).mean(1)`` up to float rounding (tests/test_rendering.py). Two ways, by size:
+``sample_planes(...).mean(1)`` up to float rounding (tests/test_rendering.py). Two ways:
 
-* planes that fit in cache (one plane of at most ``TEXEL_ROWS_ABOVE_BYTES``): ``grid_sample`` on
-  each plane in turn, summed in place;
-* larger planes (`base`: 32 x 256^2 floats, 8 MB a plane): the four bilinear taps of each plane
-  become 12 (texel, weight) pairs per point, 1/3 folded into the weights, and one
-  ``embedding_bag`` sums the weighted texel rows of a channel-last copy of the planes, so a tap
-  reads one contiguous row of C values instead of C values a plane apart.
+* texel rows (every read without autograd, and large planes under it; `base`: 32 x 256^2
+  floats, 8 MB a plane): the four bilinear taps of each plane become 12 (texel, weight) pairs per
+  point, 1/3 folded into the weights, and one ``embedding_bag`` sums the weighted texel rows of a
+  channel-last copy of the planes with a zero border (so a tap off the plane reads zeros without a
+  test of its own): a tap reads one contiguous row of C values instead of C values a plane apart;
+* small planes that need gradients (one plane of at most ``TEXEL_ROWS_ABOVE_BYTES``, e.g. the
+  demo preset in training): ``grid_sample`` on each plane in turn, summed in place.
 
-Measured on this project's CPU (one thread, (C, P, points)): (8, 32, 6144) grid_sample 0.6 ms,
-texel rows 5.0 ms; (16, 64, 24576) 17 ms vs 31 ms; (32, 256, 98304) 365 ms vs 235 ms.
+Measured on this project's CPU (one thread): texel rows against grid_sample per plane, without
+autograd, render_peer's tiny setting (32 x 64^2 planes) 12.2 vs 16.1 ms and base 656 vs 1289 ms;
+a demo training step (16 x 64^2 planes, batch 4) 900 vs 873 ms, hence grid_sample there.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ import torch
 import torch.nn.functional as F
 
 AxisPair = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-TEXEL_ROWS_ABOVE_BYTES = 1 << 20  # planes larger than this (per plane) are read as channel-last texel rows
+TEXEL_ROWS_ABOVE_BYTES = 1 << 20  # under autograd, planes larger than this (per plane) are read as texel rows
+BORDER = 3  # texel rows: zero texels added along each side of a plane, 1 before its first row/column and 2 after its last
 
 X, Y, Z = 0, 1, 2
 PLANE_AXES: AxisPair = ((X, Y), (X, Z), (Z, Y))  # (u, v) world axes of planes 0, 1, 2
@@ -84,56 +87,65 @@ def sample_planes(
     return out.reshape(b, 3, c, n).permute(0, 1, 3, 2)  # (B, 3, N, C)
 
 
-def _axis_taps(coord: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Texel coordinates (3, N) along one axis -> [(texel, weight)] of its two neighbours, each (3, N).
-
-    A neighbour outside [0, size) weighs 0 (zero padding); its texel is clamped so it stays valid.
-    """
-    low = coord.floor()
-    frac = coord - low  # (3, N)
-    low = low.long()
-    first = torch.where((low >= 0) & (low < size), 1 - frac, 0.0)  # texel low lies on the plane
-    second = torch.where((low >= -1) & (low < size - 1), frac, 0.0)  # texel low + 1 does
-    return [(low.clamp(0, size - 1), first), ((low + 1).clamp_(0, size - 1), second)]
-
-
 def bilinear_taps(
-    points: torch.Tensor, box_warp: float, resolution: int, eg3d_compatible: bool = False
+    points: torch.Tensor, box_warp: float, resolution: int, eg3d_compatible: bool = False,
+    index_dtype: torch.dtype = torch.long,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """World points (N, 3) -> texel indices (N, 12) into a plane-major (3 * P * P) texel list, and weights (N, 12).
+    """World points (N, 3) -> texel indices (N, 12) (``index_dtype``) into a plane-major list of bordered planes,
+    and weights (N, 12).
 
-    Tap (k, t) of a point is corner t of its bilinear cell on plane k, weighted by its bilinear
-    weight / 3, or 0 where the corner lies outside the plane (``grid_sample``'s zero padding with
-    ``align_corners=False``); its index is then clamped into the plane, so it is always valid.
-    The work runs on (3, N) rows, points innermost: broadcasting over tiny trailing dimensions
-    measured ~30x slower per element.
+    The list holds each plane with a zero border (``bordered_planes``: P + 3 texels a side, texel
+    (i, j) at (i + 1, j + 1)). Tap (k, t) of a point is corner t of its bilinear cell on plane k,
+    weighted by its bilinear weight / 3. A texel coordinate is clamped to [-1, P] first: a cell
+    with a corner off the plane then reads the border's zeros there (``grid_sample``'s zero
+    padding with ``align_corners=False``), and a point beyond the plane reads only zeros, so no
+    tap needs a test of its own. The three world axes are worked out once and shared by the
+    planes that use them; all work runs on rows of N points (broadcasting over tiny trailing
+    dimensions measured ~30x slower per element).
     """
-    p = resolution
+    p, side = resolution, resolution + BORDER
     axes = plane_axes(eg3d_compatible)
-    texel = (points * (p / box_warp) + (p / 2 - 0.5)).t()  # (3, N) continuous texel coordinate along each world axis
-    rows = torch.tensor([a for a, _ in axes] + [b for _, b in axes], device=points.device)  # u0 u1 u2 v0 v1 v2
-    u, v = texel.index_select(0, rows).split(3, 0)  # (3, N) column and row coordinate on each plane
-    start = torch.arange(3, device=points.device)[:, None] * (p * p)  # (3, 1) first texel of each plane
+    texel = (points.t() * (p / box_warp)).add_(p / 2 - 0.5).clamp_(-1.0, float(p))  # (3, N) texel coordinate per world axis
+    low = texel.floor()
+    frac = texel.sub_(low)  # (3, N) weight of the upper neighbour
+    low = low.to(index_dtype)
+    u_rows = torch.tensor([u for u, _ in axes], device=points.device)  # world axis of each plane's columns
+    v_rows = torch.tensor([v for _, v in axes], device=points.device)  # ... and of its rows
+    start = torch.arange(3, device=points.device, dtype=index_dtype)[:, None] * (side * side) + (side + 1)  # (3, 1) texel (0, 0) of each plane
+    base = (low * side).index_select(0, v_rows).add_(low.index_select(0, u_rows)).add_(start)  # (3, N) corner (low, low)
+    upper = [frac / 3, frac]  # (3, N) each: weights of the upper neighbour on rows (with the mean's 1/3) and columns
+    lower = [(1 - frac).div_(3), 1 - frac]
+    rows = [w.index_select(0, v_rows) for w in (lower[0], upper[0])]  # (3, N) row weights of each plane: low, high
+    columns = [w.index_select(0, u_rows) for w in (lower[1], upper[1])]
     n = points.shape[0]
-    index = torch.empty(n, 3, 4, dtype=torch.long, device=points.device)  # (N, plane, tap)
+    index = torch.empty(n, 3, 4, dtype=index_dtype, device=points.device)  # (N, plane, tap)
     weight = torch.empty(n, 3, 4, dtype=points.dtype, device=points.device)
     index_taps, weight_taps = index.permute(2, 1, 0), weight.permute(2, 1, 0)  # (tap, plane, N) views, written in place
-    columns = _axis_taps(u, p)
-    for r, (row, row_weight) in enumerate(_axis_taps(v, p)):
-        row_start = start + row * p  # (3, N)
-        row_weight = row_weight / 3  # the mean over planes
-        for c, (col, col_weight) in enumerate(columns):
-            torch.add(row_start, col, out=index_taps[2 * r + c])
-            torch.mul(row_weight, col_weight, out=weight_taps[2 * r + c])
+    for r in range(2):
+        for c in range(2):
+            torch.add(base, r * side + c, out=index_taps[2 * r + c])
+            torch.mul(rows[r], columns[c], out=weight_taps[2 * r + c])
     return index.reshape(n, 12), weight.reshape(n, 12)
+
+
+def bordered_texels(planes: torch.Tensor) -> torch.Tensor:
+    """Planes (Bp, 3, C, P, P) -> channel-last texel rows (Bp * 3 * (P + 3)^2, C) with a zero border (``BORDER``).
+
+    Texel (i, j) of plane k of triplane b is row ((b * 3 + k) * (P + 3) + i + 1) * (P + 3) + j + 1.
+    """
+    bp, _, c, p, _ = planes.shape
+    side = p + BORDER
+    rows = planes.new_zeros(bp, 3, side, side, c)
+    rows[:, :, 1 : p + 1, 1 : p + 1] = planes.permute(0, 1, 3, 4, 2)
+    return rows.reshape(bp * 3 * side * side, c)
 
 
 @dataclass(frozen=True)
 class PlaneTexels:
-    """Triplanes (Bp, 3, C, P, P) and their channel-last texel rows (Bp * 3 * P * P, C), read by ``mean_at``."""
+    """Triplanes (Bp, 3, C, P, P) and their channel-last texel rows (bordered_texels), read by ``mean_at``."""
 
     planes: torch.Tensor  # (Bp, 3, C, P, P) as given: gradients flow to it
-    texels: torch.Tensor | None  # (Bp * 3 * P * P, C) a detached channel-last copy (large planes), else None
+    texels: torch.Tensor | None  # (Bp * 3 * (P + 3)^2, C) detached channel-last bordered copy (large planes), else None
     box_warp: float
     eg3d_compatible: bool = False
 
@@ -141,13 +153,15 @@ class PlaneTexels:
     def from_planes(
         cls, planes: torch.Tensor, box_warp: float, eg3d_compatible: bool = False, texel_rows: bool | None = None
     ) -> PlaneTexels:
-        """``texel_rows``: read texel rows (True) or grid_sample each plane (False); None: by size (module docstring)."""
+        """``texel_rows``: read texel rows (True) or grid_sample each plane (False); None: texel rows unless the planes
+        need gradients and are small (module docstring)."""
         bp, n_planes, c, h, w = planes.shape
         if n_planes != 3 or h != w:
             raise ValueError(f"expected square planes of shape (B, 3, C, P, P), got {tuple(planes.shape)}")
         if texel_rows is None:
-            texel_rows = c * h * w * planes.element_size() > TEXEL_ROWS_ABOVE_BYTES
-        texels = planes.detach().permute(0, 1, 3, 4, 2).reshape(bp * 3 * h * w, c) if texel_rows else None
+            needs_grad = planes.requires_grad and torch.is_grad_enabled()
+            texel_rows = not needs_grad or c * h * w * planes.element_size() > TEXEL_ROWS_ABOVE_BYTES
+        texels = bordered_texels(planes.detach()) if texel_rows else None
         return cls(planes=planes, texels=texels, box_warp=box_warp, eg3d_compatible=eg3d_compatible)
 
     def mean_at(self, points: torch.Tensor) -> torch.Tensor:
@@ -162,9 +176,12 @@ class PlaneTexels:
             raise ValueError(f"planes batch {bp} does not match points batch {b} (nor is it 1)")
         if self.texels is None:
             return self._grid_sampled_mean(points)
-        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, p, self.eg3d_compatible)
+        rows = self.texels.shape[0]
+        index_dtype = torch.int32 if rows < 2**31 else torch.long  # int32: half the index traffic (measured ~10% faster)
+        index, weight = bilinear_taps(points.reshape(b * n, 3), self.box_warp, p, self.eg3d_compatible, index_dtype)
         if bp > 1:  # point set i reads triplane i
-            index = index + (torch.arange(b, device=points.device) * (3 * p * p)).repeat_interleave(n)[:, None]
+            first_rows = torch.arange(b, device=points.device, dtype=index_dtype) * (rows // bp)  # (B,)
+            index = index + first_rows.repeat_interleave(n)[:, None]
         out = _PlaneMean.apply(self.planes, self.texels, index, weight.to(self.texels.dtype), points.detach(), self)
         return out.reshape(b, n, -1)  # (B, N, C)
 
