@@ -71,23 +71,23 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderAct
         ds = ds.map_batches(decode_batch, fn_kwargs={"settings": decode}, batch_size=SOURCES_PER_TASK, num_cpus=1, **retries)
         if blocks > MAX_INPUT_BLOCKS:  # a crash must cost at most SOURCES_PER_TASK sources per task
             ds = ds.repartition(target_num_rows_per_block=SOURCES_PER_TASK)
-        ds = ds.map_batches(
+        return ds.map_batches(
             actor, fn_constructor_kwargs={"checkpoint": run.checkpoint, "settings": render}, batch_size=SOURCES_PER_TASK,
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT), num_cpus=1,
             num_gpus=1 if gpus else 0, max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
         )  # fmt: skip
-        return ds.map_batches(encode_records, fn_kwargs={"compression": cfg.png_compression}, batch_size=None, num_cpus=1, **retries)
 
 
 def local_records(run: RunPlan, todo: Sequence[ShardSpec], device: str = "cpu", threads: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The graph's records computed in this process, one source at a time, without Ray: the same
-    stage functions in sequence (the benchmark's bare loop, and the tests' reference)."""
+    stage functions in sequence, PNGs encoded in turn on this thread (the benchmark's bare loop,
+    and the tests' reference)."""
     decode, render = stage_settings(run, device, threads)
     actor = RenderActor(run.checkpoint, render)
     for item in _items(run, todo):
         batch = decode_batch({k: np.array([v]) for k, v in item.items()}, decode)
-        for records in actor(batch):
-            yield encode_records(records, run.cfg.png_compression)
+        for records in actor.source_records(batch, 0):
+            yield encode_records(records, render.png_compression)
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0) -> tuple
     """The decode and render stages' settings of ``run``, with the render stage's device and torch threads."""
     cfg = run.cfg
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
-                            run.checkpoint_hash, device, threads)  # fmt: skip
+                            run.checkpoint_hash, device, threads, cfg.png_compression)  # fmt: skip
     decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
                             cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds())  # fmt: skip
     return decode, render

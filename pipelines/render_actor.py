@@ -1,4 +1,4 @@
-"""The model stage of synthesis: one source in, all its grid rows out (and their PNGs).
+"""The model stage of synthesis: one source in, all its grid rows out, PNG-encoded.
 
 ``SourceRenderer`` holds a LiveGaze and renders one source's grid the staged way: ``encode``
 once, ``redirect`` once per gaze (``batch_size`` gazes per call), ``render`` each gaze's views
@@ -12,10 +12,12 @@ world units times ``mm_per_world_unit(normalisation)``: millimetres of the norma
 Every row of a source also carries h as ``source_head_pose`` and the source's ``face_mat_norm``
 (its photo's camera -> its normalised camera; gazegen/data/schema.py).
 
-Records flow between the Ray stages as dicts of numpy arrays, one entry per output row or
-per failed source (``status`` "error", with ``stage`` and ``reason``; its arrays are zeros).
-A source's rows are rendered completely before the first is emitted, so an exception on a
-source yields one error record and no rows (never a partial source).
+Records are dicts of numpy arrays, one entry per output row or per failed source (``status``
+"error", with ``stage`` and ``reason``; its arrays are zeros). ``RenderActor`` emits them with
+their PNGs already encoded (``encode_records``): the rendered arrays never leave its process (an
+object-store hop and a stage of CPU tasks fewer), and a thread encodes one source's PNGs while
+the next source renders. A source's rows are rendered completely before the first is emitted,
+so an exception on a source yields one error record and no rows (never a partial source).
 
 Faults (a crash, a hang) are injected by the tests, which pass a subclass as synthesis's
 ``actor`` parameter; this module has no fault hook.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,7 @@ class RenderSettings:
     checkpoint_hash: str = ""
     device: str = "cpu"
     threads: int = 0  # torch threads (0: leave torch's default)
+    png_compression: int = 1  # zlib level of the PNGs
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,9 @@ class RenderActor:
 
     Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
-    ``gaze_known``, ``face_mat_norm``); outputs are the records above, source after source.
+    ``gaze_known``, ``face_mat_norm``); outputs are the records above with their PNGs encoded,
+    source after source. The PNGs of a source are encoded on a thread (OpenCV and zlib release
+    the GIL) while the next source of the batch renders.
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
@@ -181,22 +187,35 @@ class RenderActor:
         cfg = self.renderer.model.cfg
         self.image_side = cfg.output_resolution
         self.depth_side = cfg.output_resolution if settings.depth_full_resolution else cfg.render.neural_resolution
+        self.compression = settings.png_compression
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="png")  # its thread starts on the first source
+
+    def source_records(self, batch: dict[str, np.ndarray], i: int) -> list[dict[str, np.ndarray]]:
+        """Source ``i`` of ``batch`` as records of arrays (not yet encoded): its rows, or one error record."""
+        meta = {k: batch[k][i] for k in CARRIED}
+        if batch["status"][i] != "ok":
+            return [error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)]
+        try:
+            gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
+            rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
+                                        batch["face_mat_norm"][i])  # fmt: skip
+        except Exception as error:  # one source's failure is an error row; the actor goes on
+            log.exception("render failed for %s", meta["source_id"])
+            return [error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)]
+        return list(row_records(meta, rows))
+
+    def _encoded(self, records: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        return [encode_records(r, self.compression) for r in records]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        pending: Future[list[dict[str, np.ndarray]]] | None = None  # the previous source's PNGs, being encoded
         for i in range(len(batch["source_id"])):
-            meta = {k: batch[k][i] for k in CARRIED}
-            if batch["status"][i] != "ok":
-                yield error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)
-                continue
-            try:
-                gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
-                rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
-                                            batch["face_mat_norm"][i])
-            except Exception as error:  # one source's failure is an error row; the actor goes on
-                log.exception("render failed for %s", meta["source_id"])
-                yield error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)
-                continue
-            yield from row_records(meta, rows)
+            encoding = self.encoder.submit(self._encoded, self.source_records(batch, i))
+            if pending is not None:
+                yield from pending.result()
+            pending = encoding
+        if pending is not None:
+            yield from pending.result()
 
 
 def encode_records(batch: dict[str, np.ndarray], compression: int = 1) -> dict[str, np.ndarray]:
