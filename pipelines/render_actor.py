@@ -15,8 +15,8 @@ Every row of a source also carries h as ``source_head_pose`` and the source's ``
 Records are dicts of numpy arrays, one entry per output row or per failed source (``status``
 "error", with ``stage`` and ``reason``; its arrays are zeros). ``RenderActor`` emits them with
 their PNGs already encoded (``encode_records``): the rendered arrays never leave its process (an
-object-store hop and a stage of CPU tasks fewer), and a thread encodes one source's PNGs while
-the next source renders. A source's rows are rendered completely before the first is emitted,
+object-store hop and a stage of CPU tasks fewer), and a thread encodes each batch of rows while
+the model renders the next. A source's rows are rendered completely before the first is emitted,
 so an exception on a source yields one error record and no rows (never a partial source).
 
 Faults (a crash, a hang) are injected by the tests, which pass a subclass as synthesis's
@@ -26,7 +26,7 @@ Faults (a crash, a hang) are injected by the tests, which pass a subclass as syn
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,9 @@ from gazegen.pipelines.inputs import CARRIED
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
+PNG_COLUMNS = ("image", "depth", "alpha")
+
+ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]  # (rows, image, depth, alpha) of a few rows
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,11 @@ class SourceRenderer:
 
     @torch.inference_mode()
     def render(self, source_id: str, image: np.ndarray, head_pose: np.ndarray, gaze_head: np.ndarray | None,
-               face_mat_norm: np.ndarray) -> RenderedSource:
-        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None, face_mat_norm (3, 3) -> every grid row."""
+               face_mat_norm: np.ndarray, on_chunk: ChunkHook | None = None) -> RenderedSource:
+        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None, face_mat_norm (3, 3) -> every grid row.
+
+        ``on_chunk(rows, image, depth, alpha)``, if given, sees each batch of rows as soon as it is
+        rendered (row indices, then the arrays of ``RenderedSource``): the actor encodes them meanwhile."""
         s, b = self.settings, self.settings.batch_size
         plan = plan_source(s.spec, source_id, gaze_head)
         problem = pose_problem(head_pose, (float(plan.views[:, 0].min()), float(plan.views[:, 0].max())))
@@ -122,6 +128,8 @@ class SourceRenderer:
                 triplane = triplanes[g[0] : g[0] + 1] if (g == g[0]).all() else triplanes[torch.from_numpy(g).to(self.device)]
                 out = self.model.render(triplane, cams[torch.from_numpy(view_of[chunk]).to(self.device)], source=features)
                 parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
+                if on_chunk is not None:
+                    on_chunk(chunk, *parts[-1][1])
         order = np.argsort(np.concatenate([c for c, _ in parts]))
         image, depth, alpha = (np.concatenate([a[k] for _, a in parts])[order] for k in range(3))
         return RenderedSource(
@@ -178,8 +186,8 @@ class RenderActor:
     Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
     ``gaze_known``, ``face_mat_norm``); outputs are the records above with their PNGs encoded,
-    source after source. The PNGs of a source are encoded on a thread (OpenCV and zlib release
-    the GIL) while the next source of the batch renders.
+    source after source. A thread encodes each batch of rows as soon as it is rendered (OpenCV
+    and zlib release the GIL), beside the model rendering the next batch.
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
@@ -188,47 +196,64 @@ class RenderActor:
         self.image_side = cfg.output_resolution
         self.depth_side = cfg.output_resolution if settings.depth_full_resolution else cfg.render.neural_resolution
         self.compression = settings.png_compression
-        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="png")  # its thread starts on the first source
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="png")  # its thread starts on the first rows
 
-    def source_records(self, batch: dict[str, np.ndarray], i: int) -> list[dict[str, np.ndarray]]:
-        """Source ``i`` of ``batch`` as records of arrays (not yet encoded): its rows, or one error record."""
+    def source_records(self, batch: dict[str, np.ndarray], i: int, on_chunk: ChunkHook | None = None) -> list[dict[str, np.ndarray]]:
+        """Source ``i`` of ``batch`` as records of arrays (not yet encoded): its rows, or one error
+        record; ``on_chunk``: ``SourceRenderer.render``'s."""
         meta = {k: batch[k][i] for k in CARRIED}
         if batch["status"][i] != "ok":
             return [error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)]
         try:
             gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
             rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
-                                        batch["face_mat_norm"][i])  # fmt: skip
+                                        batch["face_mat_norm"][i], on_chunk)  # fmt: skip
         except Exception as error:  # one source's failure is an error row; the actor goes on
             log.exception("render failed for %s", meta["source_id"])
             return [error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)]
         return list(row_records(meta, rows))
 
-    def _encoded(self, records: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-        return [encode_records(r, self.compression) for r in records]
-
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        pending: Future[list[dict[str, np.ndarray]]] | None = None  # the previous source's PNGs, being encoded
         for i in range(len(batch["source_id"])):
-            encoding = self.encoder.submit(self._encoded, self.source_records(batch, i))
-            if pending is not None:
-                yield from pending.result()
-            pending = encoding
-        if pending is not None:
-            yield from pending.result()
+            chunks: list[tuple[np.ndarray, Future[tuple[np.ndarray, ...]]]] = []  # (rows, their PNGs being encoded)
+
+            def encode(rows: np.ndarray, *arrays: np.ndarray) -> None:
+                chunks.append((rows, self.encoder.submit(encode_pngs, *arrays, self.compression)))
+
+            records = self.source_records(batch, i, encode)
+            if records[0]["status"][0] != "ok":
+                yield encode_records(records[0], self.compression)
+                continue
+            pngs = {k: np.empty(sum(len(r) for r, _ in chunks), dtype=object) for k in PNG_COLUMNS}  # (R,) bytes, row order
+            for rows, encoding in chunks:
+                for k, column in zip(PNG_COLUMNS, encoding.result()):
+                    pngs[k][rows] = column
+            start = 0
+            for record in records:  # consecutive rows in row order
+                stop = start + len(record["source_id"])
+                yield record | {k: v[start:stop] for k, v in pngs.items()}
+                start = stop
+
+
+def encode_pngs(image: np.ndarray, depth: np.ndarray, alpha: np.ndarray, compression: int = 1) -> tuple[np.ndarray, ...]:
+    """(B, S, S, 3) uint8 RGB, (B, D, D) uint16 depth values, (B, D, D) uint8 alpha -> three (B,) object arrays of PNG bytes."""
+    # the uint16 values go back to millimetres exactly (v / scale * scale rounds to v)
+    return (
+        np.array([encode_png(a, compression) for a in image], dtype=object),
+        np.array([encode_depth_png(a / DEPTH_SCALE, compression) for a in depth.astype(np.float64)], dtype=object),
+        np.array([encode_alpha_png(a, compression) for a in alpha], dtype=object),
+    )
 
 
 def encode_records(batch: dict[str, np.ndarray], compression: int = 1) -> dict[str, np.ndarray]:
     """Records with arrays -> records with PNG bytes in ``image``, ``depth``, ``alpha`` (b"" for errors)."""
     ok = batch["status"] == "ok"
     out = dict(batch)
-    out["image"] = np.array([encode_png(a, compression) if o else b"" for a, o in zip(batch["image"], ok)], dtype=object)
-    # the uint16 values go back to millimetres exactly (v / scale * scale rounds to v)
-    out["depth"] = np.array(
-        [encode_depth_png(a / DEPTH_SCALE, compression) if o else b"" for a, o in zip(batch["depth"].astype(np.float64), ok)], dtype=object
-    )
-    out["alpha"] = np.array([encode_alpha_png(a, compression) if o else b"" for a, o in zip(batch["alpha"], ok)], dtype=object)
+    for k, pngs in zip(PNG_COLUMNS, encode_pngs(batch["image"][ok], batch["depth"][ok], batch["alpha"][ok], compression)):
+        out[k] = np.full(len(ok), b"", dtype=object)
+        out[k][ok] = pngs
     return out
 
 
-__all__ = ["RenderActor", "RenderSettings", "RenderedSource", "SourceRenderer", "encode_records", "error_record", "row_records"]
+__all__ = ["RenderActor", "RenderSettings", "RenderedSource", "SourceRenderer", "encode_pngs", "encode_records", "error_record",
+           "row_records"]
