@@ -63,6 +63,7 @@ class RenderSettings:
     device: str = "cpu"
     threads: int = 0  # torch threads (0: leave torch's default)
     png_compression: int = 1  # zlib level of the PNGs
+    png_threads: int = 1  # the actor's PNG-encoding threads
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,8 @@ class RenderActor:
     Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
     ``gaze_known``, ``face_mat_norm``); outputs are the records above with their PNGs encoded,
-    source after source. A thread encodes each batch of rows as soon as it is rendered (OpenCV
-    and zlib release the GIL), beside the model rendering the next batch.
+    source after source. Threads (``png_threads``) encode each batch of rows as soon as it is
+    rendered (OpenCV and zlib release the GIL), beside the model rendering the next batch.
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
@@ -196,7 +197,7 @@ class RenderActor:
         self.image_side = cfg.output_resolution
         self.depth_side = cfg.output_resolution if settings.depth_full_resolution else cfg.render.neural_resolution
         self.compression = settings.png_compression
-        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="png")  # its thread starts on the first rows
+        self.encoder = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png")  # threads start on the first rows
 
     def source_records(self, batch: dict[str, np.ndarray], i: int, on_chunk: ChunkHook | None = None) -> list[dict[str, np.ndarray]]:
         """Source ``i`` of ``batch`` as records of arrays (not yet encoded): its rows, or one error

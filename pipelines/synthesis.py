@@ -7,9 +7,9 @@ of ``SOURCES_PER_TASK`` = 2 sources from end to end, made on the driver up to
     from_items ─ decode + crop (CPU tasks, a block each; pipelines/inputs.py)
                ─ RenderActor (actor pool: one per GPU with num_gpus=1, or CPU actors;
                  checkpoint loaded once; per source: encode once, redirect once per gaze,
-                 render all views in batches; a block per task, ``TASKS_IN_FLIGHT`` = 2 tasks
+                 render all views in batches, each batch PNG-encoded on a thread of the actor
+                 while the next renders; a block per task, ``TASKS_IN_FLIGHT`` = 2 tasks
                  queued per actor; pipelines/render_actor.py)
-               ─ PNG encoding (CPU tasks)
                ─ driver: ShardRouter (pipelines/router.py) -> one ShardWriter per shard (pipelines/shards.py)
 
 Ray schedules; gazegen names, writes and completes shards. The driver plans the shards from
