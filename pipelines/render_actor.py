@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -217,11 +218,7 @@ class RenderActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(batch["source_id"])):
             chunks: list[tuple[np.ndarray, Future[tuple[np.ndarray, ...]]]] = []  # (rows, their PNGs being encoded)
-
-            def encode(rows: np.ndarray, *arrays: np.ndarray) -> None:
-                chunks.append((rows, self.encoder.submit(encode_pngs, *arrays, self.compression)))
-
-            records = self.source_records(batch, i, encode)
+            records = self.source_records(batch, i, partial(self._encode_soon, chunks))
             if records[0]["status"][0] != "ok":
                 yield encode_records(records[0], self.compression)
                 continue
@@ -234,6 +231,10 @@ class RenderActor:
                 stop = start + len(record["source_id"])
                 yield record | {k: v[start:stop] for k, v in pngs.items()}
                 start = stop
+
+    def _encode_soon(self, chunks: list, rows: np.ndarray, image: np.ndarray, depth: np.ndarray, alpha: np.ndarray) -> None:
+        """``SourceRenderer.render``'s ``on_chunk``: the rows' PNGs go to the encoding threads."""
+        chunks.append((rows, self.encoder.submit(encode_pngs, image, depth, alpha, self.compression)))
 
 
 def encode_pngs(image: np.ndarray, depth: np.ndarray, alpha: np.ndarray, compression: int = 1) -> tuple[np.ndarray, ...]:
