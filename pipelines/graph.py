@@ -63,14 +63,14 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderAct
     import ray
 
     cfg = run.cfg
-    available = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    available = int(resources.get("GPU", 0))
     if cfg.num_gpus > available:
         raise ConfigError(f"num_gpus = {cfg.num_gpus} (--num-gpus): the Ray cluster has {available} GPUs")
     gpus = available if cfg.num_gpus < 0 else cfg.num_gpus
     actors = gpus or cfg.cpu_actors
     threads = 0 if gpus else cfg.cpu_threads or default_cpu_threads(actors)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads, png_threads(gpus, cpus))
+    decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads, png_threads(gpus, int(resources.get("CPU", 1))))
     items = _items(run, todo)
     retries = {"max_retries": cfg.max_task_retries}
     with warnings.catch_warnings():  # Ray 2.60 deprecates **ray_remote_args but names no bounded-retry option yet
