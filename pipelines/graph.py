@@ -49,19 +49,28 @@ def default_cpu_threads(actors: int, cpus: int | None = None) -> int:
     return max(1, ((cpus or os.cpu_count() or 1) - 1) // actors)
 
 
+def png_threads(gpus: int, cpus: int) -> int:
+    """PNG-encoding threads per render actor: 1 beside a CPU actor (``gpus`` = 0: the core the
+    model leaves); beside a GPU actor, the cluster's ``cpus`` less one shared among the GPUs
+    (decoding runs beside them): one thread encodes ~30 rows/s at 512 px (its three PNGs, ~35 ms),
+    fewer than a GPU renders."""
+    return default_cpu_threads(gpus, cpus) if gpus else 1
+
+
 def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderActor] = RenderActor) -> Any:
     """The lazy Ray Dataset of the pending shards' records (pipelines/synthesis.py draws it); ``actor``:
     the render stage's class (tests pass a subclass that crashes or waits)."""
     import ray
 
     cfg = run.cfg
-    available = int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    available = int(resources.get("GPU", 0))
     if cfg.num_gpus > available:
         raise ConfigError(f"num_gpus = {cfg.num_gpus} (--num-gpus): the Ray cluster has {available} GPUs")
     gpus = available if cfg.num_gpus < 0 else cfg.num_gpus
     actors = gpus or cfg.cpu_actors
     threads = 0 if gpus else cfg.cpu_threads or default_cpu_threads(actors)
-    decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads)
+    decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads, png_threads(gpus, int(resources.get("CPU", 1))))
     items = _items(run, todo)
     retries = {"max_retries": cfg.max_task_retries}
     with warnings.catch_warnings():  # Ray 2.60 deprecates **ray_remote_args but names no bounded-retry option yet
@@ -71,23 +80,23 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderAct
         ds = ds.map_batches(decode_batch, fn_kwargs={"settings": decode}, batch_size=SOURCES_PER_TASK, num_cpus=1, **retries)
         if blocks > MAX_INPUT_BLOCKS:  # a crash must cost at most SOURCES_PER_TASK sources per task
             ds = ds.repartition(target_num_rows_per_block=SOURCES_PER_TASK)
-        ds = ds.map_batches(
+        return ds.map_batches(
             actor, fn_constructor_kwargs={"checkpoint": run.checkpoint, "settings": render}, batch_size=SOURCES_PER_TASK,
             compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT), num_cpus=1,
             num_gpus=1 if gpus else 0, max_restarts=cfg.max_restarts, max_task_retries=cfg.max_task_retries,
         )  # fmt: skip
-        return ds.map_batches(encode_records, fn_kwargs={"compression": cfg.png_compression}, batch_size=None, num_cpus=1, **retries)
 
 
 def local_records(run: RunPlan, todo: Sequence[ShardSpec], device: str = "cpu", threads: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """The graph's records computed in this process, one source at a time, without Ray: the same
-    stage functions in sequence (the benchmark's bare loop, and the tests' reference)."""
+    stage functions in sequence, PNGs encoded in turn on this thread (the benchmark's bare loop,
+    and the tests' reference)."""
     decode, render = stage_settings(run, device, threads)
     actor = RenderActor(run.checkpoint, render)
     for item in _items(run, todo):
         batch = decode_batch({k: np.array([v]) for k, v in item.items()}, decode)
-        for records in actor(batch):
-            yield encode_records(records, run.cfg.png_compression)
+        for records in actor.source_records(batch, 0):
+            yield encode_records(records, render.png_compression)
 
 
 @contextlib.contextmanager
@@ -140,4 +149,4 @@ def render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], addr
 
 
 __all__ = ["MAX_INPUT_BLOCKS", "SOURCES_PER_TASK", "TASKS_IN_FLIGHT", "build_dataset", "default_cpu_threads",
-           "local_records", "ray_cluster", "render_pending"]  # fmt: skip
+           "local_records", "png_threads", "ray_cluster", "render_pending"]  # fmt: skip

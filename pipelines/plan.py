@@ -74,11 +74,12 @@ def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig) -> Ru
                    resolve_normalisation(cfg, checkpoint, model), str(input_root(inputs)), records, per_source, tuple(shards))  # fmt: skip
 
 
-def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0) -> tuple[DecodeSettings, RenderSettings]:
-    """The decode and render stages' settings of ``run``, with the render stage's device and torch threads."""
+def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0, png_threads: int = 1) -> tuple[DecodeSettings, RenderSettings]:
+    """The decode and render stages' settings of ``run``, with the render stage's device, torch
+    threads and PNG-encoding threads."""
     cfg = run.cfg
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
-                            run.checkpoint_hash, device, threads)  # fmt: skip
+                            run.checkpoint_hash, device, threads, cfg.png_compression, png_threads)  # fmt: skip
     decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
                             cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds())  # fmt: skip
     return decode, render

@@ -1,4 +1,4 @@
-"""The model stage of synthesis: one source in, all its grid rows out (and their PNGs).
+"""The model stage of synthesis: one source in, all its grid rows out, PNG-encoded.
 
 ``SourceRenderer`` holds a LiveGaze and renders one source's grid the staged way: ``encode``
 once, ``redirect`` once per gaze (``batch_size`` gazes per call), ``render`` each gaze's views
@@ -12,10 +12,12 @@ world units times ``mm_per_world_unit(normalisation)``: millimetres of the norma
 Every row of a source also carries h as ``source_head_pose`` and the source's ``face_mat_norm``
 (its photo's camera -> its normalised camera; gazegen/data/schema.py).
 
-Records flow between the Ray stages as dicts of numpy arrays, one entry per output row or
-per failed source (``status`` "error", with ``stage`` and ``reason``; its arrays are zeros).
-A source's rows are rendered completely before the first is emitted, so an exception on a
-source yields one error record and no rows (never a partial source).
+Records are dicts of numpy arrays, one entry per output row or per failed source (``status``
+"error", with ``stage`` and ``reason``; its arrays are zeros). ``RenderActor`` emits them with
+their PNGs already encoded (``encode_records``): the rendered arrays never leave its process (an
+object-store hop and a stage of CPU tasks fewer), and a thread encodes each batch of rows while
+the model renders the next. A source's rows are rendered completely before the first is emitted,
+so an exception on a source yields one error record and no rows (never a partial source).
 
 Faults (a crash, a hang) are injected by the tests, which pass a subclass as synthesis's
 ``actor`` parameter; this module has no fault hook.
@@ -24,8 +26,10 @@ Faults (a crash, a hang) are injected by the tests, which pass a subclass as syn
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,9 @@ from gazegen.pipelines.inputs import CARRIED
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
+PNG_COLUMNS = ("image", "depth", "alpha")
+
+ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]  # (rows, image, depth, alpha) of a few rows
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class RenderSettings:
     checkpoint_hash: str = ""
     device: str = "cpu"
     threads: int = 0  # torch threads (0: leave torch's default)
+    png_compression: int = 1  # zlib level of the PNGs
+    png_threads: int = 1  # the actor's PNG-encoding threads
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,11 @@ class SourceRenderer:
 
     @torch.inference_mode()
     def render(self, source_id: str, image: np.ndarray, head_pose: np.ndarray, gaze_head: np.ndarray | None,
-               face_mat_norm: np.ndarray) -> RenderedSource:
-        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None, face_mat_norm (3, 3) -> every grid row."""
+               face_mat_norm: np.ndarray, on_chunk: ChunkHook | None = None) -> RenderedSource:
+        """image (S, S, 3) uint8 RGB, head pose (2,), gaze_head (2,) or None, face_mat_norm (3, 3) -> every grid row.
+
+        ``on_chunk(rows, image, depth, alpha)``, if given, sees each batch of rows as soon as it is
+        rendered (row indices, then the arrays of ``RenderedSource``): the actor encodes them meanwhile."""
         s, b = self.settings, self.settings.batch_size
         plan = plan_source(s.spec, source_id, gaze_head)
         problem = pose_problem(head_pose, (float(plan.views[:, 0].min()), float(plan.views[:, 0].max())))
@@ -118,6 +130,8 @@ class SourceRenderer:
                 triplane = triplanes[g[0] : g[0] + 1] if (g == g[0]).all() else triplanes[torch.from_numpy(g).to(self.device)]
                 out = self.model.render(triplane, cams[torch.from_numpy(view_of[chunk]).to(self.device)], source=features)
                 parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
+                if on_chunk is not None:
+                    on_chunk(chunk, *parts[-1][1])
         order = np.argsort(np.concatenate([c for c, _ in parts]))
         image, depth, alpha = (np.concatenate([a[k] for _, a in parts])[order] for k in range(3))
         return RenderedSource(
@@ -173,7 +187,9 @@ class RenderActor:
 
     Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
-    ``gaze_known``, ``face_mat_norm``); outputs are the records above, source after source.
+    ``gaze_known``, ``face_mat_norm``); outputs are the records above with their PNGs encoded,
+    source after source. Threads (``png_threads``) encode each batch of rows as soon as it is
+    rendered (OpenCV and zlib release the GIL), beside the model rendering the next batch.
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
@@ -181,35 +197,65 @@ class RenderActor:
         cfg = self.renderer.model.cfg
         self.image_side = cfg.output_resolution
         self.depth_side = cfg.output_resolution if settings.depth_full_resolution else cfg.render.neural_resolution
+        self.compression = settings.png_compression
+        self.encoder = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png")  # threads start on the first rows
+
+    def source_records(self, batch: dict[str, np.ndarray], i: int, on_chunk: ChunkHook | None = None) -> list[dict[str, np.ndarray]]:
+        """Source ``i`` of ``batch`` as records of arrays (not yet encoded): its rows, or one error
+        record; ``on_chunk``: ``SourceRenderer.render``'s."""
+        meta = {k: batch[k][i] for k in CARRIED}
+        if batch["status"][i] != "ok":
+            return [error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)]
+        try:
+            gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
+            rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
+                                        batch["face_mat_norm"][i], on_chunk)  # fmt: skip
+        except Exception as error:  # one source's failure is an error row; the actor goes on
+            log.exception("render failed for %s", meta["source_id"])
+            return [error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)]
+        return list(row_records(meta, rows))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(batch["source_id"])):
-            meta = {k: batch[k][i] for k in CARRIED}
-            if batch["status"][i] != "ok":
-                yield error_record(meta, str(batch["stage"][i]), str(batch["reason"][i]), self.image_side, self.depth_side)
+            chunks: list[tuple[np.ndarray, Future[tuple[np.ndarray, ...]]]] = []  # (rows, their PNGs being encoded)
+            records = self.source_records(batch, i, partial(self._encode_soon, chunks))
+            if records[0]["status"][0] != "ok":
+                yield encode_records(records[0], self.compression)
                 continue
-            try:
-                gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
-                rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
-                                            batch["face_mat_norm"][i])
-            except Exception as error:  # one source's failure is an error row; the actor goes on
-                log.exception("render failed for %s", meta["source_id"])
-                yield error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)
-                continue
-            yield from row_records(meta, rows)
+            pngs = {k: np.empty(sum(len(r) for r, _ in chunks), dtype=object) for k in PNG_COLUMNS}  # (R,) bytes, row order
+            for rows, encoding in chunks:
+                for k, column in zip(PNG_COLUMNS, encoding.result()):
+                    pngs[k][rows] = column
+            start = 0
+            for record in records:  # consecutive rows in row order
+                stop = start + len(record["source_id"])
+                yield record | {k: v[start:stop] for k, v in pngs.items()}
+                start = stop
+
+    def _encode_soon(self, chunks: list, rows: np.ndarray, image: np.ndarray, depth: np.ndarray, alpha: np.ndarray) -> None:
+        """``SourceRenderer.render``'s ``on_chunk``: the rows' PNGs go to the encoding threads."""
+        chunks.append((rows, self.encoder.submit(encode_pngs, image, depth, alpha, self.compression)))
+
+
+def encode_pngs(image: np.ndarray, depth: np.ndarray, alpha: np.ndarray, compression: int = 1) -> tuple[np.ndarray, ...]:
+    """(B, S, S, 3) uint8 RGB, (B, D, D) uint16 depth values, (B, D, D) uint8 alpha -> three (B,) object arrays of PNG bytes."""
+    # the uint16 values go back to millimetres exactly (v / scale * scale rounds to v)
+    return (
+        np.array([encode_png(a, compression) for a in image], dtype=object),
+        np.array([encode_depth_png(a / DEPTH_SCALE, compression) for a in depth.astype(np.float64)], dtype=object),
+        np.array([encode_alpha_png(a, compression) for a in alpha], dtype=object),
+    )
 
 
 def encode_records(batch: dict[str, np.ndarray], compression: int = 1) -> dict[str, np.ndarray]:
     """Records with arrays -> records with PNG bytes in ``image``, ``depth``, ``alpha`` (b"" for errors)."""
     ok = batch["status"] == "ok"
     out = dict(batch)
-    out["image"] = np.array([encode_png(a, compression) if o else b"" for a, o in zip(batch["image"], ok)], dtype=object)
-    # the uint16 values go back to millimetres exactly (v / scale * scale rounds to v)
-    out["depth"] = np.array(
-        [encode_depth_png(a / DEPTH_SCALE, compression) if o else b"" for a, o in zip(batch["depth"].astype(np.float64), ok)], dtype=object
-    )
-    out["alpha"] = np.array([encode_alpha_png(a, compression) if o else b"" for a, o in zip(batch["alpha"], ok)], dtype=object)
+    for k, pngs in zip(PNG_COLUMNS, encode_pngs(batch["image"][ok], batch["depth"][ok], batch["alpha"][ok], compression)):
+        out[k] = np.full(len(ok), b"", dtype=object)
+        out[k][ok] = pngs
     return out
 
 
-__all__ = ["RenderActor", "RenderSettings", "RenderedSource", "SourceRenderer", "encode_records", "error_record", "row_records"]
+__all__ = ["RenderActor", "RenderSettings", "RenderedSource", "SourceRenderer", "encode_pngs", "encode_records", "error_record",
+           "row_records"]

@@ -7,9 +7,9 @@ of ``SOURCES_PER_TASK`` = 2 sources from end to end, made on the driver up to
     from_items ─ decode + crop (CPU tasks, a block each; pipelines/inputs.py)
                ─ RenderActor (actor pool: one per GPU with num_gpus=1, or CPU actors;
                  checkpoint loaded once; per source: encode once, redirect once per gaze,
-                 render all views in batches; a block per task, ``TASKS_IN_FLIGHT`` = 2 tasks
+                 render all views in batches, each batch PNG-encoded on a thread of the actor
+                 while the next renders; a block per task, ``TASKS_IN_FLIGHT`` = 2 tasks
                  queued per actor; pipelines/render_actor.py)
-               ─ PNG encoding (CPU tasks)
                ─ driver: ShardRouter (pipelines/router.py) -> one ShardWriter per shard (pipelines/shards.py)
 
 Ray schedules; gazegen names, writes and completes shards. The driver plans the shards from
@@ -24,14 +24,23 @@ the workers instead.
 
 Where the time goes (CPU, 2 cores, 1 CPU actor; benchmarks/synthesis.py): the actor holds one
 core with ``default_cpu_threads`` = the cores less one = 1 torch thread (two threads next to the
-decode / PNG / driver work, or any other process, thrash: 3-20x slower); decoding (~3-10 ms a
-source), PNG encoding (0.4-1 ms an image, its three PNGs, at 64-128 px) and the driver's routing and writing run on
-the other core, overlapped with the model. Ray Data dispatches a new actor task 30-110 ms after
-the last one ended, so with one source per task and one task in flight the actor idled 11% of
-the time (demo model, ~0.3 s a source) and a separate repartition step cost a task per decode
-block; with two tasks in flight it is busy > 99.9% of the span. What remains is fixed: ray.init
-(3-8 s), worker processes importing torch and the actor loading the checkpoint (first render
-~8-13 s after ray.init).
+decode / PNG / driver work, or any other process, thrash: 3-20x slower); its PNG thread (0.3-0.5
+ms an image, its three PNGs, at 64 px), decoding (~3-10 ms a source) and the driver's routing and
+writing run on the other core, overlapped with the model. Ray Data dispatches a
+new actor task 30-110 ms after the last one ended, so with one source per task and one task in
+flight the actor idled 11% of the time (demo model, ~0.3 s a source) and a separate repartition
+step cost a task per decode block; with two tasks in flight it is busy > 99.9% of the span.
+Encoding in the actor instead of a stage of CPU tasks (measured on the tiny preset, 100 sources
+of 125 rows, quiet machine): the same wall clock (the actor's span grows ~1 s of 27, the encode
+stage's tail goes), ~2-4 CPU-s less (no arrays through the object store, no encode tasks), and
+the first rows reach the driver ~6 s after ray.init instead of 15-24 s, so shards close as the
+run goes (at 512 px the arrays would be ~1.5 MB a row through the object store). What remains
+is fixed: ray.init (2-4 s), the actor's worker importing ray.data, torch and gazegen (~4.4 s on
+a quiet machine, 7-8 s when the cores are shared: the decode worker and Ray Data's three helper
+actors start at the same time). A run costs ~45 CPU-s where the bare loop costs ~30: Ray's own
+processes ~4, Ray Data's helper actors ~3, the decode worker ~4 (mostly imports), the driver ~5
+(imports included), so on a machine whose second core is taken by something else the pipeline
+falls behind the bare loop (ratio 0.6-0.7 at a load average of 5 on 2 cores, 0.85-0.9 at 1).
 
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete

@@ -1,0 +1,52 @@
+"""The render actor's stage settings and its encoded output (no Ray): PNG threads, and the
+actor's records equal to the arrays encoded afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gazegen.checkpoint import save_pretrained
+from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, load_config, load_synth_config
+from gazegen.data.schema import DEPTH_SCALE, decode_alpha_png, decode_depth_png, decode_png
+from gazegen.models.livegaze import LiveGaze
+from gazegen.pipelines.graph import png_threads
+from gazegen.pipelines.render_actor import RenderActor, RenderSettings, encode_records
+
+NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)
+
+
+def test_png_threads_one_beside_a_cpu_actor_the_spare_cores_beside_gpus():
+    assert [png_threads(0, 2), png_threads(0, 64), png_threads(1, 16), png_threads(4, 16), png_threads(8, 8)] == [1, 1, 15, 3, 1]
+
+
+def test_the_actor_emits_each_source_encoded_as_its_arrays_encode(tmp_path):
+    """The actor encodes a source's rows on its threads batch by batch as they render (here 2
+    threads and batches of 4 rows, so batches may finish out of order); its records must be the
+    source's records of arrays encoded afterwards, and the PNGs must read back to those arrays.
+    (A random tiny model barely reacts to the gaze: the 3 views make the rows differ.)"""
+    torch.manual_seed(0)
+    checkpoint = save_pretrained(tmp_path / "tiny", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), normalisation=NORM)
+    spec = load_synth_config(None, grid="pitch,yaw,view", pitch="-10:10:2", yaw="-20:20:3", view_pitch="0:0:1", view_yaw="-15:15:3").grid_spec
+    actor = RenderActor(str(checkpoint), RenderSettings(spec, NORM, batch_size=4, depth_min_alpha=0.0, threads=1, png_threads=2))
+    rng = np.random.default_rng(0)
+    batch = {
+        "shard_id": np.array([0, 0, 0]), "source_id": np.array(["a", "b", "c"]), "source_path": np.array(["/a", "/b", "/c"]),
+        "status": np.array(["ok", "error", "ok"]), "stage": np.array(["", "decode", ""]), "reason": np.array(["", "bad", ""]),
+        "image": rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8), "head_pose": np.array([[0.0, 0.0], [0.0, 0.0], [0.1, -0.2]]),
+        "gaze_head": np.zeros((3, 2)), "gaze_known": np.array([False, False, True]), "face_mat_norm": np.stack([np.eye(3)] * 3),
+    }  # fmt: skip
+    emitted = list(actor(batch))
+    arrays = [r for i in range(3) for r in actor.source_records(batch, i)]
+    assert [len(r["source_id"]) for r in emitted] == [18, 1, 18]  # 2 x 3 gazes x 3 views; one error row
+    assert len({png for png in emitted[0]["image"]}) == 3  # a row per view, distinct
+    for got, raw in zip(emitted, arrays, strict=True):
+        expected = encode_records(raw)
+        assert got.keys() == expected.keys()
+        for k in got:
+            assert got[k].dtype == expected[k].dtype and got[k].tolist() == expected[k].tolist(), k
+        for i in np.flatnonzero(raw["status"] == "ok"):
+            np.testing.assert_array_equal(decode_png(got["image"][i]), raw["image"][i])
+            np.testing.assert_array_equal(np.rint(decode_depth_png(got["depth"][i]) * DEPTH_SCALE), raw["depth"][i])
+            np.testing.assert_array_equal(np.rint(decode_alpha_png(got["alpha"][i]) * 255), raw["alpha"][i])
+    assert emitted[1]["status"].tolist() == ["error"] and emitted[1]["image"].tolist() == [b""]
