@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO ?= demo_out
-DEMO_STEPS ?= 300
+DEMO_STEPS ?= 150
 
 .PHONY: setup test demo clean
 
@@ -23,7 +23,7 @@ demo: setup
 		--set test_subjects=1 --set rig.max_yaw_deg=30 --set rig.max_pitch_deg=20
 	$(BIN)/gazegen data inspect $(DEMO)/heads --sheet $(DEMO)/heads_sheet.png
 	rm -rf $(DEMO)/run $(DEMO)/synth  # a fresh run each time; the heads are remade identically
-	@echo "demo: learning the gaze path on top of the shipped reconstruction prior weights/demo-prior (its MODEL_CARD.md)"
+	@echo "demo: fine-tuning the shipped LiveGaze weights/demo-livegaze (its MODEL_CARD.md; made from weights/demo-prior) on these heads"
 	$(BIN)/gazegen train --config configs/train/demo.toml --data $(DEMO)/heads --out $(DEMO)/run --max-steps $(DEMO_STEPS)
 	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
 		--config configs/synth/demo.toml --sample 4
