@@ -21,7 +21,7 @@ EYE = (0.088, 0.0, 0.0)
 
 
 def column_reader(eye_radius: float = 0.0) -> PixelFeatures:
-    """A branch whose output channel 0 is the source's red channel (map = [1 feature, R, G, B])."""
+    """A branch whose output channel 0 is the source's red channel (its features are [1 feature, R, G, B])."""
     branch = PixelFeatures(1, 2, 2, EYE, eye_radius).double()
     with torch.no_grad():
         branch.proj.weight.zero_()
@@ -51,7 +51,7 @@ def test_a_point_on_a_pixels_ray_reads_that_pixel(pose_deg):
     """The oracle is the ray of each pixel centre (rendering/rays.py): any point on it reads that pixel's value."""
     camera = cameras(pose_deg)
     branch = column_reader()
-    source = SourcePixels(map=torch.cat([torch.zeros(1, 1, S, S, dtype=torch.float64), column_ramp()], 1), camera=camera)
+    source = branch(column_ramp(), camera)
     rays = camera_rays(camera, S)  # (1, S*S, 3) through the pixel centres, row-major
     for t in (2.4, 2.7, 3.1):
         points = rays.origins + t * rays.directions  # (1, S*S, 3)
@@ -64,7 +64,7 @@ def test_points_near_either_eye_read_nothing():
     r = 0.06
     branch = column_reader(eye_radius=r)
     camera = cameras((0.0, 0.0))
-    source = SourcePixels(map=torch.ones(1, 4, S, S, dtype=torch.float64), camera=camera)
+    source = SourcePixels(map=torch.ones(1, 2, S, S, dtype=torch.float64), camera=camera)  # as read: through proj
     for eye in (torch.tensor(EYE), torch.tensor(EYE) * torch.tensor([-1.0, 1.0, 1.0])):
         out = torch.tensor([0.0, 0.6, 0.8])  # a unit direction away from the eye
         distances = torch.tensor([0.0, 0.5 * r, r, 1.1 * r, 1.25 * r, 1.4 * r, 1.5 * r, 2.0 * r])
@@ -77,10 +77,10 @@ def test_points_near_either_eye_read_nothing():
 def test_one_source_serves_many_point_sets():
     branch = column_reader()
     camera = cameras((5.0, 10.0))
-    image = torch.cat([torch.zeros(1, 1, S, S, dtype=torch.float64), column_ramp()], 1)
+    source = branch(column_ramp(), camera)
     points = torch.rand(3, 50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
-    shared = branch.read(SourcePixels(map=image, camera=camera), points)  # (3, 50, 2)
-    each = branch.read(SourcePixels(map=image.expand(3, -1, -1, -1), camera=camera.expand(3, -1)), points)
+    shared = branch.read(source, points)  # (3, 50, 2)
+    each = branch.read(SourcePixels(map=source.map.expand(3, -1, -1, -1), camera=camera.expand(3, -1)), points)
     torch.testing.assert_close(shared, each)
 
 

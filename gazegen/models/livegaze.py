@@ -148,7 +148,7 @@ class LiveGaze(nn.Module):
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
         high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
-        pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C + 3, S, S) and the cameras
+        pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C_plane, S, S) and the cameras
         return SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
                               camera=camera, image=small, pixels=pixels)
 

@@ -10,8 +10,9 @@ branch lets each point look at the source directly:
     point p (world) -> projected with the source camera -> bilinear read of the map (zeros outside)
                     -> Linear(C + 3, C_plane) x eye weight                   (C_plane,)
 
-(The Linear's weight is applied to the map before the read, which is the same thing since bilinear
-reads are linear, and reads C_plane channels per point instead of C + 3.)
+(The Linear's weight is applied to the map once per source, in ``forward``, before any read: the
+same thing, since bilinear reads are linear, and each point then reads C_plane channels instead of
+C + 3, with no per-render work on the map.)
 
 The result is added to the triplane's mean feature at p before the decoder (renderer.py's
 ``TriplaneField``). The Linear starts at zero, so a model that gains this branch renders exactly
@@ -43,7 +44,7 @@ EYE_FALLOFF = 0.5  # the eye weight rises from 0 at eye_radius to 1 at (1 + EYE_
 class SourcePixels:
     """What the branch keeps of B (or 1) source images: their feature map and cameras."""
 
-    map: torch.Tensor  # (B, C + 3, S, S) features and the image itself
+    map: torch.Tensor  # (B, C_plane, S, S) the features and the image itself through proj's weight (no bias)
     camera: torch.Tensor  # (B, 25) the source cameras
 
 
@@ -68,7 +69,8 @@ class PixelFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor, camera: torch.Tensor) -> SourcePixels:
         """Source images (B, 3, S, S) in [-1, 1] and their cameras (B, 25) -> ``SourcePixels``."""
-        return SourcePixels(map=torch.cat([self.encoder(image), image], 1), camera=camera)
+        features = torch.cat([self.encoder(image), image], 1)  # (B, C + 3, S, S)
+        return SourcePixels(map=F.conv2d(features, self.proj.weight[:, :, None, None]), camera=camera)  # (B, C_plane, S, S)
 
     def eye_weight(self, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> weights (B, N, 1): 0 inside either eye's ball, 1 beyond 1.5 radii."""
@@ -86,7 +88,5 @@ class PixelFeatures(nn.Module):
             return self.read(source, points.reshape(1, b * n, 3)).reshape(b, n, -1)
         uv = project(points, source.camera.to(points.dtype), 1)  # (B, N, 2) in [0, 1] across the image
         grid = (2 * uv - 1)[:, None].to(source.map.dtype)  # (B, 1, N, 2): grid_sample's [-1, 1], pixel edges
-        # proj's weight applied to the map before the read (bilinear reads are linear): C_plane channels read, not C + 3
-        projected = F.conv2d(source.map, self.proj.weight[:, :, None, None])  # (B, C_plane, S, S)
-        read = F.grid_sample(projected, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C_plane, 1, N)
+        read = F.grid_sample(source.map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C_plane, 1, N)
         return (read[:, :, 0].transpose(1, 2) + self.proj.bias) * self.eye_weight(points)  # (B, N, C_plane)
