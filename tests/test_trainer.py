@@ -106,6 +106,19 @@ def test_a_run_folder_is_not_overwritten_and_resume_keeps_the_architecture(store
         run_training(cfg, store, tmp_path / "empty", resume=True)
 
 
+def test_training_on_the_cpu_flushes_subnormal_floats(store, tmp_path):
+    """A trained field's transmittance falls below float32's smallest normal (1.2e-38); the trainer flushes such
+    values to zero, which the CPU otherwise computes slowly (benchmarks/train_step.py)."""
+    subnormal = torch.tensor([1e-39])  # float32: below 2**-126, so stored as a subnormal
+    torch.set_flush_denormal(False)
+    assert (subnormal * 2).item() == pytest.approx(2e-39, rel=1e-3)
+    try:
+        run_training(config("max_steps=1", "val_every=0", "device=cpu"), store, tmp_path / "run")
+        assert (subnormal * 2).item() == 0.0  # read as zero: flushed
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = TripletDataset.__getitem__

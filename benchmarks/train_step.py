@@ -1,0 +1,132 @@
+"""Where a training step's time goes, and what flushing subnormal floats buys: demo preset, CPU.
+
+    python benchmarks/train_step.py                                  # from the shipped weights (how the project trains)
+    python benchmarks/train_step.py --init ""                        # from a random initialisation
+    python benchmarks/train_step.py --store data/prior --repeats 5
+
+The trainer's own step (train/trainer.py ``forward_backward``, then AdamW) on fixed batches of a
+small procedural store, the model and optimiser reset to the same state before every timed block,
+so each block does the same arithmetic. Two settings alternate within one run:
+
+  subnormals kept     torch.set_flush_denormal(False): the CPU's default, and the trainer's before it set it
+  subnormals flushed  torch.set_flush_denormal(True): what the trainer now sets on CPU
+
+A trained field is opaque, so the transmittance behind its surface (exp of minus the optical depth)
+and the softplus of very negative raw densities fall below float32's smallest normal value
+(1.2e-38), where the CPU computes in microcode; a random field is translucent and has none. Prints
+the median seconds per step of each setting and their ratio, and for the flushed setting the split
+into forward (with the loss), backward and optimiser. One torch thread unless ``--threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig, load_config
+from gazegen.data.heads import synthesize_store
+from gazegen.data.splits import store_splits
+from gazegen.models.livegaze import LiveGaze
+from gazegen.train.data import TripletDataset, Triplets, TripletSizes
+from gazegen.train.depth_prior import DatasetDepth
+from gazegen.train.optim import FROZEN, build_optimizer
+from gazegen.train.subjects import read_subject
+from gazegen.train.trainer import build_loss, forward_backward, initialise
+
+STORE = SynthHeadsConfig(subjects=2, resolution=128, gazes=8, test_subjects=1, rig=RigConfig(views=9))
+SETTINGS = {"subnormals kept": False, "subnormals flushed": True}
+
+
+def batches(store: Path, cfg: TrainConfig, count: int) -> list[Triplets]:
+    """``count`` fixed training batches of the store's first training subject(s)."""
+    subjects = [read_subject(p) for p in store_splits(store).split("train")[:2]]
+    model_cfg = cfg.model_config()
+    dataset = TripletDataset(subjects, TripletSizes.for_model(model_cfg), DatasetDepth(), seed=cfg.seed)
+    b = cfg.batch_size
+    return [Triplets.cat([dataset[(0, i * b + j)] for j in range(b)]) for i in range(count)]
+
+
+class StepTimer:
+    """The trainer's step on a model and optimiser that every timed block restarts from the same state."""
+
+    def __init__(self, cfg: TrainConfig, init: str):
+        self.model = LiveGaze(cfg.model_config())
+        print(initialise(self.model, init))
+        self.model.train()
+        self.loss_fn = build_loss(cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim, FROZEN[cfg.stage])
+        self.grad_clip = cfg.optim.grad_clip
+        self.start = (copy.deepcopy(self.model.state_dict()), None)
+
+    def reset(self) -> None:
+        self.model.load_state_dict(self.start[0])
+        if self.start[1] is not None:
+            self.optimizer.load_state_dict(self.start[1])
+
+    def step(self, batch: Triplets) -> tuple[float, float, float]:
+        """Seconds of forward + loss, backward (with clipping), and the optimiser's update."""
+        t0 = time.perf_counter()
+        out = self.model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
+        terms = self.loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
+                             batch.depth_valid, out.image_raw, out.alpha)
+        t1 = time.perf_counter()
+        terms.total.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.grad_clip)
+        t2 = time.perf_counter()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    def warm_up(self, batch: Triplets) -> None:
+        """One untimed step (allocations, the optimiser's moments), then that state is where every block starts."""
+        self.step(batch)
+        self.start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(CONFIG_DIR / "train" / "demo.toml"), help="training config (batch, losses)")
+    parser.add_argument("--init", default="weights/demo-livegaze", help='weights to start from ("": random)')
+    parser.add_argument("--store", type=Path, help="a procedural store (default: a small one made in a temporary folder)")
+    parser.add_argument("--steps", type=int, default=4, help="steps per timed block (distinct batches)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed blocks per setting, alternated")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(TrainConfig, args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store or synthesize_store(Path(tmp) / "store", STORE)
+        fixed = batches(store, cfg, args.steps + 1)
+    timer = StepTimer(cfg, args.init)
+    timer.warm_up(fixed[0])
+    seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    parts: list[tuple[float, float, float]] = []
+    for _ in range(args.repeats):
+        for name, flush in SETTINGS.items():
+            torch.set_flush_denormal(flush)
+            timer.reset()
+            block = [timer.step(b) for b in fixed[1:]]
+            seconds[name].append(sum(sum(s) for s in block) / len(block))
+            if flush:
+                parts.extend(block)
+    torch.set_flush_denormal(False)
+    load = os.getloadavg()[0]
+    print(f"demo-preset training step ({args.config}, batch {cfg.batch_size}, init {args.init or 'random'}), "
+          f"{args.threads} thread(s), median of {args.repeats} blocks of {args.steps} steps; load average {load:.2f}")
+    for name, values in seconds.items():
+        print(f"  {name:20s} {statistics.median(values) * 1e3:7.1f} ms/step  ({', '.join(f'{v * 1e3:.0f}' for v in values)})")
+    kept, flushed = (statistics.median(seconds[n]) for n in SETTINGS)
+    print(f"  steps per second, flushed / kept: {kept / flushed:.2f}x")
+    forward, backward, update = (statistics.median(p[i] for p in parts) * 1e3 for i in range(3))
+    print(f"  flushed, per step: forward + loss {forward:.1f} ms, backward {backward:.1f} ms, optimiser {update:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
