@@ -11,7 +11,7 @@ initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sourc
   Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
   start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways.
 * ``grid``: model time of sources' grids rendered the staged way (encode once per source,
-  redirect once per gaze, render the views of each gaze in batches), as the actor does, against
+  redirect once per gaze, render the rows in batches: ``SourceRenderer.grid_outputs``, the actor's own calls), against
   one full forward per output image in batches of the same size.
 
 Like with like: the bare loop and the render actor run the same number of torch threads,
@@ -49,7 +49,8 @@ from gazegen.models.livegaze import LiveGaze
 from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.shards import OutputDir
 from gazegen.pipelines.graph import default_cpu_threads, local_records
-from gazegen.pipelines.plan import plan_run
+from gazegen.pipelines.plan import plan_run, stage_settings
+from gazegen.pipelines.render_actor import SourceRenderer
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import run_synthesis
 
@@ -88,17 +89,16 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
         source = torch.from_numpy(geometry.head_pose_to_camera(head[None], run.normalisation)).float().to(device)
         return torch.from_numpy(plan.gazes).float().to(device), torch.from_numpy(cameras).float().to(device), x, source
 
+    renderer = SourceRenderer(model, stage_settings(run, device)[1])
+
     @torch.inference_mode()
-    def staged() -> None:  # what SourceRenderer.render does, model calls only
+    def staged() -> None:  # SourceRenderer.render's model calls, without its labels and array conversion
         for k, image in enumerate(images):
             plan = plan_source(run.spec, f"s{k}", None)
             gazes, cameras, x, source = tensors(plan, image)
             features = model.encode(x, source)  # once per source
-            for start in range(0, len(plan.gazes), batch):
-                triplanes = model.redirect(features, gazes[start : start + batch])  # once per gaze
-                for t in triplanes.split(1):
-                    for view in range(0, len(plan.views), batch):
-                        model.render(t, cameras[view : view + batch], source=features)  # the views of one gaze, batched
+            for _ in renderer.grid_outputs(features, gazes, cameras, plan.pairs[:, 0], plan.pairs[:, 1]):
+                pass
 
     @torch.inference_mode()
     def full() -> None:  # one whole forward per output image, in the same batches
