@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gazegen.metrics import scores as metrics
 from gazegen.checkpoint import load_checkpoint
@@ -100,8 +101,10 @@ def flat_eyes(dataset: TripletDataset, pairs_: list[tuple[int, int, int]], size:
 
 @torch.no_grad()
 def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list, auto: list = (),
-          view: list = ()) -> dict[str, float]:
-    """The metrics of (a) and (b) of ``model``, or of the baselines "copy" and "flat" (copy with flat eyes)."""
+          view: list = (), neural: int = 64) -> dict[str, float]:
+    """The metrics of (a) to (d) of ``model``, or of the baselines "copy", "flat" (copy with flat eyes) and
+    "perfect" (the target area-shrunk to the ``neural`` px of a neural render, then bicubic back: a flawless
+    neural render plain-upsampled, the ceiling of a render that the super-resolution only interpolates)."""
     values: dict[str, list[float]] = {}
     add = lambda key, v: values.setdefault(key, []).extend(torch.as_tensor(v, dtype=torch.float64).reshape(-1).tolist())  # noqa: E731
 
@@ -111,6 +114,9 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list,
             return flat_eyes(dataset, chosen, size), None
         if model == "copy":
             return resize_tensor(batch.source, size), None
+        if model == "perfect":
+            low = F.interpolate(batch.target, size=(neural, neural), mode="area")
+            return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1), None
         out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         return out.image.clamp(-1, 1), out.depth
 
@@ -201,8 +207,12 @@ def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
     auto = [(k, r, r) for k, _, r in pairs(dataset, per_subject, True, 0, same_frame=True)]
     view = pairs(dataset, per_subject, False, 0, same_frame=True)
     ours, copy = score(model, dataset, [], [], auto, view), score("copy", dataset, [], [], auto, view)
+    side = model.cfg.render.neural_resolution
+    perfect = score("perfect", dataset, [], [], auto, [], neural=side)
     print(f"{checkpoint} on {', '.join(s.subject for s in test)} of {store} ({len(auto)} + {len(view)} pairs)")
-    print(f"(c) autoencoding, face PSNR: {ours['c/psnr_face']:.2f} dB (eyes {ours['c/psnr_eyes']:.2f} dB)")
+    print(f"(c) autoencoding, face PSNR: {ours['c/psnr_face']:.2f} dB (eyes {ours['c/psnr_eyes']:.2f} dB); a perfect "
+          f"{side} px render, bicubic to {model.cfg.output_resolution} px: {perfect['c/psnr_face']:.2f} dB "
+          f"(eyes {perfect['c/psnr_eyes']:.2f} dB)")
     print(f"(d) novel view (same gaze, another camera), face PSNR: {ours['d/psnr_face']:.2f} dB vs copy-the-source "
           f"{copy['d/psnr_face']:.2f} dB ({ours['d/psnr_face'] - copy['d/psnr_face']:+.2f} dB); depth L1 "
           f"{ours['d/depth_l1_mm']:.1f} mm")
