@@ -67,8 +67,10 @@ def test_a_resumed_checkpoint_takes_the_configs_ray_batching_but_keeps_its_archi
 
     tiny = load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")
     saved = replace(tiny, render=replace(tiny.render, chunk_rays=65536, empty_opacity=0.0, block_points=0, plane_channels=8))
-    today = replace(tiny, render=replace(tiny.render, chunk_rays=1024, empty_opacity=0.01, block_points=512))
+    today = replace(tiny, render=replace(tiny.render, chunk_rays=1024, empty_opacity=0.01, block_points=512,
+                                         source_background=True))
     merged = with_runtime_render(saved, today)
-    assert (merged.render.chunk_rays, merged.render.empty_opacity, merged.render.block_points) == (1024, 0.01, 512)
+    r = merged.render
+    assert (r.chunk_rays, r.empty_opacity, r.block_points, r.source_background) == (1024, 0.01, 512, True)
     assert merged.render.plane_channels == 8 and merged.image_resolution == saved.image_resolution
-    assert set(RENDER_RUNTIME) == {"chunk_rays", "empty_opacity", "block_points"}
+    assert set(RENDER_RUNTIME) == {"chunk_rays", "empty_opacity", "block_points", "source_background"}

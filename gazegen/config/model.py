@@ -30,9 +30,10 @@ class RenderConfig:
     chunk_rays: int = bounded(1024, 1)  # rays rendered at once without autograd: bounds memory (512-4096 measured alike on CPU)
     empty_opacity: float = bounded(1e-3, 0.0, 1.0)  # rays of coarse opacity <= this get no fine samples (0: all refined)
     block_points: int = bounded(8192, 0)  # without autograd, points read and decoded at a time so their intermediates stay in cache (CPU, measured; 0: all at once, e.g. on a GPU)
+    source_background: bool = False  # composite every view onto the source's background, its head filled (models/background.py; needs the source camera)
 
 
-RENDER_RUNTIME = ("chunk_rays", "empty_opacity", "block_points")  # how rays are batched and skipped: no weight depends on them
+RENDER_RUNTIME = ("chunk_rays", "empty_opacity", "block_points", "source_background")  # how rays are batched and skipped, what the head is composited onto: no weight depends on them
 
 
 def with_runtime_render(cfg: ModelConfig, runtime: ModelConfig) -> ModelConfig:

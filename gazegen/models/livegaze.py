@@ -10,7 +10,9 @@ Three stages, so that a synthesis grid pays for each only as often as it must:
   read the source's pixels per sample point, ``ModelConfig.pixel_channels``);
 * ``redirect(features, gaze_head)``: once per gaze -> triplane T_g (B, 3, C, P, P);
 * ``render(triplane, cameras, source=features)``: once per view; a triplane of batch 1 serves any
-  number of cameras -> ``LiveGazeOutput``. ``source`` is needed by models with pixel features.
+  number of cameras -> ``LiveGazeOutput``. ``source`` is needed by models with pixel features, and
+  with ``render.source_background`` it holds the plate every view is composited onto (the source's
+  background, its head filled; gazegen/models/background.py), made once by ``encode``.
 
 ``forward(image, gaze_head, cameras, source_camera)`` chains the three. Conventions (DESIGN.md): images are
 float NCHW RGB in [-1, 1]; ``gaze_head`` is (B, 2) pitch/yaw radians in the head frame;
@@ -21,13 +23,14 @@ gazegen/rendering/) is stateless apart from the decoder MLP held here.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gazegen.config import ModelConfig
+from gazegen.models.background import background_plate, composite
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
@@ -36,7 +39,7 @@ from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.superres import SuperResolution
 from gazegen.models.triplane_head import GeometryTerms, TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
-from gazegen.rendering.renderer import render_triplane
+from gazegen.rendering.renderer import RenderOutput, render_triplane
 from gazegen.rendering.triplane import plane_axes
 
 
@@ -50,6 +53,7 @@ class SourceFeatures:
     camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
     image: torch.Tensor | None = None  # (B, 3, P, P) the source image at the planes' side (models with plane lifting)
     pixels: SourcePixels | None = None  # the source's pixel-aligned feature map (models with pixel features)
+    plate: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source's background, its head filled (render.source_background)
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,28 @@ class LiveGaze(nn.Module):
         high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
         pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C_plane, S, S) and the cameras
-        return SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
-                              camera=camera, image=small, pixels=pixels)
+        features = SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
+                                  camera=camera, image=small, pixels=pixels)
+        if self.cfg.render.source_background and not self.training:
+            # not in training: the losses cover the head, and the plate changes only what the render leaves
+            # transparent (the background, the silhouette's soft edge); making it costs 13% of a demo step
+            features = replace(features, plate=self._plate(image, features))
+        return features
+
+    @torch.no_grad()
+    def _plate(self, image: torch.Tensor, features: SourceFeatures) -> torch.Tensor:
+        """The sources' background plates (B, 3, S_out, S_out): the head where the model renders it from the source
+        camera, for the gaze straight ahead (the silhouette hardly depends on the gaze; a fixed gaze keeps ``encode``
+        independent of the grid), filled in (models/background.py)."""
+        if features.camera is None:
+            raise ValueError("render.source_background finds the source's head by rendering it from the source camera: "
+                             "pass the source images' cameras (B, 25) to encode")
+        triplane = self.redirect(features, image.new_zeros(image.shape[0], 2))  # (B, 3, C, P, P)
+        alpha = self._volume(triplane, features.camera, features, None, training=False, coarse=True).alpha  # (B, 1, R/2, R/2)
+        side = self.cfg.output_resolution
+        if image.shape[-1] != side:
+            image = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        return background_plate(image, alpha)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -174,30 +198,44 @@ class LiveGaze(nn.Module):
         """Triplanes (B or 1, 3, C, P, P) seen by cameras (B, 25) -> LiveGazeOutput of B views.
 
         ``source``: ``encode``'s features of the triplanes' sources (batch B or 1), required by a
-        model with pixel features. Samples along rays are jittered (with ``generator``) in training mode only.
+        model with pixel features; the views are composited onto its plate when it has one. Samples along rays are jittered (with ``generator``) in training mode only.
         """
         _check_shape("cameras", cameras, (None, 25))
+        rendered = self._volume(triplane, cameras, source, generator, training=self.training)
+        image = self.superres(rendered.features)  # (B, 3, S_out, S_out)
+        if source is not None and source.plate is not None:
+            image = composite(image, rendered.alpha, source.plate)  # the source's background behind the head
+        return LiveGazeOutput(
+            image=image,
+            image_raw=rendered.rgb,
+            depth=rendered.depth,
+            alpha=rendered.alpha,
+            triplane=triplane,
+        )
+
+    def _volume(self, triplane: torch.Tensor, cameras: torch.Tensor, source: SourceFeatures | None,
+                generator: torch.Generator | None, *, training: bool, coarse: bool = False) -> RenderOutput:
+        """The neural (volume) rendering G(T_g, c) of triplanes (B or 1, ...) for cameras (B, 25), before super-resolution.
+
+        ``coarse``: half the neural side and the coarse samples only (1/8 of the samples: a silhouette, for the plate).
+        """
+        cfg = self.cfg.render
+        if coarse:
+            cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2), samples_fine=0)
         point_term = None
         if self.pixels is not None:
             if source is None or source.pixels is None:
                 raise ValueError("this model reads the source's pixels (pixel_channels > 0): pass render(..., source=features)")
             point_term = functools.partial(self.pixels.read, source.pixels)  # points (B, N, 3) -> (B, N, C_plane)
-        rendered = render_triplane(
+        return render_triplane(
             triplane,
             self.decoder,
             cameras,
-            self.cfg.render,
+            cfg,
             generator=generator,
-            training=self.training,
+            training=training,
             eg3d_compatible=self.cfg.eg3d_plane_axes,
             point_term=point_term,
-        )
-        return LiveGazeOutput(
-            image=self.superres(rendered.features),
-            image_raw=rendered.rgb,
-            depth=rendered.depth,
-            alpha=rendered.alpha,
-            triplane=triplane,
         )
 
     def forward(
