@@ -52,7 +52,7 @@ from gazegen.train.subjects import common_normalisation, read_subject, split_sub
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
-GROWN = ("pixels.",)  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py)
+GROWN = ("pixels.", "detail.")  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py, source_detail.py)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class ModelConfig:
     pixel_hidden: int = bounded(16, 1, 1024)  # width of the branch's first conv
     pixel_eye_centre: tuple[float, float, float] = (0.088, 0.0, 0.0)  # world units; its x-mirror is the other eye
     pixel_eye_radius: float = bounded(0.06, 0.0, 1.0)  # points this close to an eye centre read no source pixels
+    detail_hidden: int = bounded(0, 0, 1024)  # 0: off; H: the output adds the source warped into the view by the rendered depth (models/source_detail.py), except near the eyes
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
     style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)

@@ -36,6 +36,7 @@ from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
 from gazegen.models.pixel_features import PixelFeatures, SourcePixels
 from gazegen.models.plane_lifting import PlaneLifting
+from gazegen.models.source_detail import SourceDetail
 from gazegen.models.superres import SuperResolution
 from gazegen.models.triplane_head import GeometryTerms, TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
@@ -53,6 +54,7 @@ class SourceFeatures:
     camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
     image: torch.Tensor | None = None  # (B, 3, P, P) the source image at the planes' side (models with plane lifting)
     pixels: SourcePixels | None = None  # the source's pixel-aligned feature map (models with pixel features)
+    picture: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source image at the output side (models with source detail)
     plate: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source's background, its head filled (render.source_background)
 
 
@@ -123,18 +125,20 @@ class LiveGaze(nn.Module):
             PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, cfg.pixel_eye_centre, cfg.pixel_eye_radius)
             if cfg.pixel_channels else None
         )
+        self.detail = SourceDetail(cfg.detail_hidden, cfg.pixel_eye_centre, cfg.pixel_eye_radius) if cfg.detail_hidden else None
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
         )
         initialise_from_scratch_(  # variance-preserving (models/init.py); the super-resolution keeps StyleGAN2's
             [self.high_encoder, self.low_encoder, self.gaze_encoder, self.gaze_fusion, self.triplane_head,
-             *(m for m in (self.lifting, self.pixels) if m is not None)],
+             *(m for m in (self.lifting, self.pixels, self.detail) if m is not None)],
             self.decoder,
             keep=(self.gaze_fusion.proj_out,),
         )
-        if self.pixels is not None:
-            self.pixels.reset_output_()  # adds nothing at the start (pixel_features.py)
+        for branch in (self.pixels, self.detail):
+            if branch is not None:
+                branch.reset_output_()  # adds nothing at the start (pixel_features.py, source_detail.py)
 
     def encode(self, image: torch.Tensor, camera: torch.Tensor | None = None) -> SourceFeatures:
         """Source images (B, 3, S_in, S_in) in [-1, 1] -> F_h and F_geo, each (B, C, S_in/2, S_in/2).
@@ -144,37 +148,43 @@ class LiveGaze(nn.Module):
         """
         s = self.cfg.image_resolution
         _check_shape("image", image, (None, 3, s, s))
-        if self.lifting is not None or self.pixels is not None:
+        if self.lifting is not None or self.pixels is not None or self.detail is not None:
             if camera is None:
-                raise ValueError("this model projects into the source camera (lift_samples or pixel_channels > 0): "
-                                 "pass the source images' cameras (B, 25) to encode")
+                raise ValueError("this model projects into the source camera (lift_samples, pixel_channels or "
+                                 "detail_hidden > 0): pass the source images' cameras (B, 25) to encode")
             _check_shape("source camera", camera, (image.shape[0], 25))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
         high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
         pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C_plane, S, S) and the cameras
+        plate_needed = self.cfg.render.source_background and not self.training
+        picture = self._at_output_side(image) if self.detail is not None or plate_needed else None
         features = SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
-                                  camera=camera, image=small, pixels=pixels)
-        if self.cfg.render.source_background and not self.training:
+                                  camera=camera, image=small, pixels=pixels, picture=picture)
+        if plate_needed:
             # not in training: the losses cover the head, and the plate changes only what the render leaves
             # transparent (the background, the silhouette's soft edge); making it costs 13% of a demo step
-            features = replace(features, plate=self._plate(image, features))
+            features = replace(features, plate=self._plate(features))
         return features
 
+    def _at_output_side(self, image: torch.Tensor) -> torch.Tensor:
+        side = self.cfg.output_resolution
+        if image.shape[-1] == side:
+            return image
+        return F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
     @torch.no_grad()
-    def _plate(self, image: torch.Tensor, features: SourceFeatures) -> torch.Tensor:
+    def _plate(self, features: SourceFeatures) -> torch.Tensor:
         """The sources' background plates (B, 3, S_out, S_out): the head where the model renders it from the source
         camera, for the gaze straight ahead (the silhouette hardly depends on the gaze; a fixed gaze keeps ``encode``
         independent of the grid), filled in (models/background.py)."""
         if features.camera is None:
             raise ValueError("render.source_background finds the source's head by rendering it from the source camera: "
                              "pass the source images' cameras (B, 25) to encode")
-        triplane = self.redirect(features, image.new_zeros(image.shape[0], 2))  # (B, 3, C, P, P)
+        picture = features.picture  # (B, 3, S_out, S_out)
+        triplane = self.redirect(features, picture.new_zeros(picture.shape[0], 2))  # (B, 3, C, P, P)
         alpha = self._volume(triplane, features.camera, features, None, training=False, coarse=True).alpha  # (B, 1, R/2, R/2)
-        side = self.cfg.output_resolution
-        if image.shape[-1] != side:
-            image = F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-        return background_plate(image, alpha)
+        return background_plate(picture, alpha)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -203,6 +213,10 @@ class LiveGaze(nn.Module):
         _check_shape("cameras", cameras, (None, 25))
         rendered = self._volume(triplane, cameras, source, generator, training=self.training)
         image = self.superres(rendered.features)  # (B, 3, S_out, S_out)
+        if self.detail is not None:
+            if source is None or source.picture is None:
+                raise ValueError("this model reads the source's detail (detail_hidden > 0): pass render(..., source=features)")
+            image = self.detail(image, rendered.depth, rendered.alpha, cameras, source.picture, source.camera)
         if source is not None and source.plate is not None:
             image = composite(image, rendered.alpha, source.plate)  # the source's background behind the head
         return LiveGazeOutput(

@@ -40,6 +40,17 @@ from gazegen.models.encoders import LEAKY_SLOPE
 EYE_FALLOFF = 0.5  # the eye weight rises from 0 at eye_radius to 1 at (1 + EYE_FALLOFF) * eye_radius
 
 
+def eye_weight(points: torch.Tensor, eyes: torch.Tensor, radius: float) -> torch.Tensor:
+    """World points (B, N, 3), eye centres (2, 3) -> weights (B, N, 1): 0 within ``radius`` of either eye, rising
+    linearly to 1 at (1 + EYE_FALLOFF) x ``radius``; all 1 when ``radius`` is 0."""
+    if radius <= 0:
+        return points.new_ones(*points.shape[:-1], 1)
+    centres = eyes[None].expand(points.shape[0], -1, -1)  # (B, 2, 3)
+    distance = torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, 2), exact
+    nearest = distance.amin(-1, keepdim=True)  # (B, N, 1)
+    return ((nearest - radius) / (EYE_FALLOFF * radius)).clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class SourcePixels:
     """What the branch keeps of B (or 1) source images: their feature map and cameras."""
@@ -74,12 +85,7 @@ class PixelFeatures(nn.Module):
 
     def eye_weight(self, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> weights (B, N, 1): 0 inside either eye's ball, 1 beyond 1.5 radii."""
-        if self.eye_radius <= 0:
-            return points.new_ones(*points.shape[:-1], 1)
-        eyes = self.eyes.to(points.dtype)[None].expand(points.shape[0], -1, -1)  # (B, 2, 3)
-        distance = torch.cdist(points, eyes, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, 2), exact
-        nearest = distance.amin(-1, keepdim=True)  # (B, N, 1)
-        return ((nearest - self.eye_radius) / (EYE_FALLOFF * self.eye_radius)).clamp(0, 1)
+        return eye_weight(points, self.eyes.to(points.dtype), self.eye_radius)
 
     def read(self, source: SourcePixels, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> (B, N, C_plane). Sources of batch 1 serve every B."""
