@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
-from gazegen.models.background import HEAD_ALPHA, MARGIN_PX, background_plate, composite, fill_holes
+from gazegen.models.background import HEAD_ALPHA, MARGIN_PX, OPAQUE, background_plate, composite, fill_holes
 from gazegen.models.livegaze import LiveGaze
 
 
@@ -46,7 +46,8 @@ def test_composite_is_the_view_where_opaque_and_the_plate_where_clear():
     image, plate = torch.full((1, 3, 8, 8), 0.5), torch.full((1, 3, 8, 8), -1.0)
     assert torch.equal(composite(image, torch.ones(1, 1, 4, 4), plate), image)
     assert torch.equal(composite(image, torch.zeros(1, 1, 4, 4), plate), plate)
-    quarter = composite(image, torch.full((1, 1, 4, 4), 0.25), plate)
+    assert torch.equal(composite(image, torch.full((1, 1, 4, 4), OPAQUE), plate), image)  # half opaque: the head's
+    quarter = composite(image, torch.full((1, 1, 4, 4), OPAQUE / 4), plate)  # a linear blend below
     assert torch.allclose(quarter, torch.full_like(image, 0.25 * 0.5 + 0.75 * -1.0))
 
 
