@@ -26,7 +26,8 @@ HISTOGRAMS_NAME = "label_histograms.png"
 
 _SIGN = "(0, 0) looks straight into the camera; pitch > 0 up, yaw > 0 towards the image's left (the subject's right)"
 _MEANINGS = {
-    "image": "the rendered face, 8-bit RGB PNG",
+    "image": "the rendered face, 8-bit RGB PNG; with `render.source_background` (the demo) composited by `alpha` onto "
+             "the source's own background, the source's head filled in",
     "depth": f"z-depth along the camera axis, 16-bit PNG, millimetres x {DEPTH_SCALE:g}; 0 = no surface",
     "alpha": "coverage of the rendered head, 8-bit PNG, alpha x 255",
     "gaze": "gaze of the rendered image: what a gaze estimator learns",
