@@ -1,29 +1,35 @@
 """Where a training step's time goes, and what flushing subnormal floats buys: demo preset, CPU.
 
     python benchmarks/train_step.py                                  # from the shipped weights (how the project trains)
+    python benchmarks/train_step.py --threads 2                      # the demo's setting on a 2-core machine
     python benchmarks/train_step.py --init ""                        # from a random initialisation
-    python benchmarks/train_step.py --store data/prior --repeats 5
 
-The trainer's own step (train/trainer.py ``forward_backward``, then AdamW) on fixed batches of a
+The trainer's step (forward, the paper's losses, backward, clipping, AdamW: train/trainer.py's
+``forward_backward`` and update, timed in parts) on fixed batches of a
 small procedural store, the model and optimiser reset to the same state before every timed block,
-so each block does the same arithmetic. Two settings alternate within one run:
+so each block does the same arithmetic. Two settings alternate within one run, each block in a
+fresh process (OpenMP's threads take the floating-point mode of the thread that starts them, so
+the mode is set first, as the trainer does):
 
-  subnormals kept     torch.set_flush_denormal(False): the CPU's default, and the trainer's before it set it
-  subnormals flushed  torch.set_flush_denormal(True): what the trainer now sets on CPU
+  subnormals kept     the CPU's default, and the trainer's before it flushed them
+  subnormals flushed  torch.set_flush_denormal(True): what the trainer sets on CPU
 
 A trained field is opaque, so the transmittance behind its surface (exp of minus the optical depth)
 and the softplus of very negative raw densities fall below float32's smallest normal value
 (1.2e-38), where the CPU computes in microcode; a random field is translucent and has none. Prints
 the median seconds per step of each setting and their ratio, and for the flushed setting the split
-into forward (with the loss), backward and optimiser. One torch thread unless ``--threads``.
+into forward (with the loss), backward and optimiser.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +44,7 @@ from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth
 from gazegen.train.optim import FROZEN, build_optimizer
 from gazegen.train.subjects import read_subject
-from gazegen.train.trainer import build_loss, forward_backward, initialise
+from gazegen.train.trainer import build_loss, initialise
 
 STORE = SynthHeadsConfig(subjects=2, resolution=128, gazes=8, test_subjects=1, rig=RigConfig(views=9))
 SETTINGS = {"subnormals kept": False, "subnormals flushed": True}
@@ -58,7 +64,7 @@ class StepTimer:
 
     def __init__(self, cfg: TrainConfig, init: str):
         self.model = LiveGaze(cfg.model_config())
-        print(initialise(self.model, init))
+        initialise(self.model, init)
         self.model.train()
         self.loss_fn = build_loss(cfg)
         self.optimizer = build_optimizer(self.model, cfg.optim, FROZEN[cfg.stage])
@@ -90,6 +96,26 @@ class StepTimer:
         self.start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
 
 
+def block(args: argparse.Namespace, store: Path, flush: bool) -> list[tuple[float, float, float]]:
+    """One timed block in this process: the floating-point mode first, then the model, a warm-up step, the steps."""
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(flush)  # before any parallel region: OpenMP's threads inherit it
+    cfg = load_config(TrainConfig, args.config)
+    fixed = batches(store, cfg, args.steps + 1)
+    timer = StepTimer(cfg, args.init)
+    timer.warm_up(fixed[0])
+    timer.reset()
+    return [timer.step(b) for b in fixed[1:]]
+
+
+def run_block(args: argparse.Namespace, store: Path, flush: bool) -> list[tuple[float, float, float]]:
+    """``block`` in a fresh Python process; its (forward, backward, update) seconds per step."""
+    command = [sys.executable, __file__, "--block", "flushed" if flush else "kept", "--store", str(store),
+               "--config", str(args.config), "--init", args.init, "--steps", str(args.steps), "--threads", str(args.threads)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return [tuple(step) for step in json.loads(out.strip().splitlines()[-1])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(CONFIG_DIR / "train" / "demo.toml"), help="training config (batch, losses)")
@@ -98,28 +124,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per timed block (distinct batches)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per setting, alternated")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--block", choices=("kept", "flushed"), help=argparse.SUPPRESS)  # one block, as a child process
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = load_config(TrainConfig, args.config)
+    if args.block:
+        print(json.dumps(block(args, args.store, args.block == "flushed")))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or synthesize_store(Path(tmp) / "store", STORE)
-        fixed = batches(store, cfg, args.steps + 1)
-    timer = StepTimer(cfg, args.init)
-    timer.warm_up(fixed[0])
-    seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    parts: list[tuple[float, float, float]] = []
-    for _ in range(args.repeats):
-        for name, flush in SETTINGS.items():
-            torch.set_flush_denormal(flush)
-            timer.reset()
-            block = [timer.step(b) for b in fixed[1:]]
-            seconds[name].append(sum(sum(s) for s in block) / len(block))
-            if flush:
-                parts.extend(block)
-    torch.set_flush_denormal(False)
-    load = os.getloadavg()[0]
-    print(f"demo-preset training step ({args.config}, batch {cfg.batch_size}, init {args.init or 'random'}), "
-          f"{args.threads} thread(s), median of {args.repeats} blocks of {args.steps} steps; load average {load:.2f}")
+        seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
+        parts: list[tuple[float, float, float]] = []
+        for _ in range(args.repeats):
+            for name, flush in SETTINGS.items():
+                steps = run_block(args, store, flush)
+                seconds[name].append(sum(sum(s) for s in steps) / len(steps))
+                if flush:
+                    parts.extend(steps)
+    batch = load_config(TrainConfig, args.config).batch_size
+    print(f"demo-preset training step ({args.config}, batch {batch}, init {args.init or 'random'}), {args.threads} "
+          f"thread(s), median of {args.repeats} blocks of {args.steps} steps; load average {os.getloadavg()[0]:.2f}")
     for name, values in seconds.items():
         print(f"  {name:20s} {statistics.median(values) * 1e3:7.1f} ms/step  ({', '.join(f'{v * 1e3:.0f}' for v in values)})")
     kept, flushed = (statistics.median(seconds[n]) for n in SETTINGS)
