@@ -252,7 +252,9 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig, items: int, run: Path, *, m
         # A trained field is opaque: transmittance exp(-optical depth) behind the surface and the
         # softplus of very negative raw densities fall below 1.2e-38, and the CPU computes on such
         # subnormal floats in microcode. Flushing them to zero changes no result above 1e-38 and made
-        # a demo training step from the shipped weights 1.5-1.6x faster (benchmarks/train_step.py).
+        # a demo training step from the shipped weights 1.3-1.4x faster (benchmarks/train_step.py), a
+        # training run on the prior's store 1.65x. Set before the first parallel region: OpenMP's threads
+        # take the floating-point mode of the thread that starts them.
         torch.set_flush_denormal(True)
     newest = _check_run(run, resume)
     loss_fn = build_loss(cfg).to(device)
