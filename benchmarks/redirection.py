@@ -34,26 +34,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: train/ is a top-level package of the repo
+from gazegen.checkpoint import CONFIG_FILE, load_checkpoint, load_pretrained, read_header
+from gazegen.config import EstimatorConfig, EvaluateConfig, ModelConfig, SynthHeadsConfig, load_config
+from gazegen.data.heads import synthesize_store
+from gazegen.data.xgaze import open_subject
+from gazegen.metrics.estimator import GazeEstimator
+from gazegen.models.livegaze import LiveGaze
+from gazegen.evaluation.estimator import check_store_camera, store_files, train_estimator
+from gazegen.evaluation.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation
+from gazegen.evaluation.probes import run_probes
+from gazegen.evaluation.report import probes_markdown, table1, verdict, write_report
+from gazegen.train.trainer import latest_checkpoint
 
-from gazegen.checkpoint import CONFIG_FILE, load_checkpoint, load_pretrained, read_header  # noqa: E402
-from gazegen.config import EstimatorConfig, EvaluateConfig, ModelConfig, SynthHeadsConfig, load_config  # noqa: E402
-from gazegen.data.heads import synthesize_store  # noqa: E402
-from gazegen.data.xgaze import open_subject  # noqa: E402
-from gazegen.metrics.estimator import GazeEstimator  # noqa: E402
-from gazegen.models.livegaze import LiveGaze  # noqa: E402
-from gazegen.evaluation.estimator import check_store_camera, store_files, train_estimator  # noqa: E402
-from gazegen.evaluation.evaluate import CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, run_evaluation  # noqa: E402
-from gazegen.evaluation.probes import run_probes  # noqa: E402
-from gazegen.evaluation.report import probes_markdown, table1, verdict, write_report  # noqa: E402
-from gazegen.train.trainer import latest_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("redirection")
 ESTIMATOR_SEED = 1_000_003  # identities of the estimator's store: another draw than any demo store's
