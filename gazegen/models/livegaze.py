@@ -208,7 +208,8 @@ class LiveGaze(nn.Module):
         """Triplanes (B or 1, 3, C, P, P) seen by cameras (B, 25) -> LiveGazeOutput of B views.
 
         ``source``: ``encode``'s features of the triplanes' sources (batch B or 1), required by a
-        model with pixel features; the views are composited onto its plate when it has one. Samples along rays are jittered (with ``generator``) in training mode only.
+        model with pixel features or source detail; the views are composited onto its plate when it
+        has one. Samples along rays are jittered (with ``generator``) in training mode only.
         """
         _check_shape("cameras", cameras, (None, 25))
         rendered = self._volume(triplane, cameras, source, generator, training=self.training)
