@@ -5,11 +5,11 @@
     python benchmarks/train_step.py --init ""                        # from a random initialisation
 
 The trainer's step (forward, the paper's losses, backward, clipping, AdamW: train/trainer.py's
-``forward_backward`` and update, timed in parts) on fixed batches of a
-small procedural store, the model and optimiser reset to the same state before every timed block,
-so each block does the same arithmetic. Two settings alternate within one run, each block in a
-fresh process (OpenMP's threads take the floating-point mode of the thread that starts them, so
-the mode is set first, as the trainer does):
+``forward_backward`` and update, timed in parts) on fixed batches of a small procedural store,
+every timed block starting from the same model and optimiser state, so each does the same
+arithmetic. Two settings alternate within one run, each block in a fresh process (OpenMP's
+threads take the floating-point mode of the thread that starts them, so the mode is set first,
+as the trainer does):
 
   subnormals kept     the CPU's default, and the trainer's before it flushed them
   subnormals flushed  torch.set_flush_denormal(True): what the trainer sets on CPU
@@ -24,7 +24,6 @@ into forward (with the loss), backward and optimiser.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -60,21 +59,16 @@ def batches(store: Path, cfg: TrainConfig, count: int) -> list[Triplets]:
 
 
 class StepTimer:
-    """The trainer's step on a model and optimiser that every timed block restarts from the same state."""
+    """The trainer's step, timed in parts; every process builds the same model (seeded, then ``init``)."""
 
     def __init__(self, cfg: TrainConfig, init: str):
+        torch.manual_seed(cfg.seed)
         self.model = LiveGaze(cfg.model_config())
         initialise(self.model, init)
         self.model.train()
         self.loss_fn = build_loss(cfg)
         self.optimizer = build_optimizer(self.model, cfg.optim, FROZEN[cfg.stage])
         self.grad_clip = cfg.optim.grad_clip
-        self.start = (copy.deepcopy(self.model.state_dict()), None)
-
-    def reset(self) -> None:
-        self.model.load_state_dict(self.start[0])
-        if self.start[1] is not None:
-            self.optimizer.load_state_dict(self.start[1])
 
     def step(self, batch: Triplets) -> tuple[float, float, float]:
         """Seconds of forward + loss, backward (with clipping), and the optimiser's update."""
@@ -90,21 +84,16 @@ class StepTimer:
         self.optimizer.zero_grad(set_to_none=True)
         return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-    def warm_up(self, batch: Triplets) -> None:
-        """One untimed step (allocations, the optimiser's moments), then that state is where every block starts."""
-        self.step(batch)
-        self.start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
-
 
 def block(args: argparse.Namespace, store: Path, flush: bool) -> list[tuple[float, float, float]]:
-    """One timed block in this process: the floating-point mode first, then the model, a warm-up step, the steps."""
+    """One timed block in this process: the floating-point mode first, then the model, an untimed warm-up step
+    (allocations, the optimiser's moments), the timed steps. Every block does the same arithmetic."""
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(flush)  # before any parallel region: OpenMP's threads inherit it
     cfg = load_config(TrainConfig, args.config)
     fixed = batches(store, cfg, args.steps + 1)
     timer = StepTimer(cfg, args.init)
-    timer.warm_up(fixed[0])
-    timer.reset()
+    timer.step(fixed[0])
     return [timer.step(b) for b in fixed[1:]]
 
 
