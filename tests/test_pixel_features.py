@@ -1,5 +1,5 @@
 """Pixel-aligned source features (gazegen/models/pixel_features.py): where each point reads, the eyes left out,
-and a model that gains the branch renders what it rendered before."""
+and a model that gains the branch (or source detail, the other grown branch) renders what it rendered before."""
 
 import dataclasses
 from pathlib import Path
@@ -84,13 +84,21 @@ def test_one_source_serves_many_point_sets():
     torch.testing.assert_close(shared, each)
 
 
-def test_a_model_gains_the_branch_without_changing_what_it_renders():
-    """A checkpoint without pixel features loads into a model with them (the new branch named) and renders the same."""
+# The branches a model may gain beyond its init checkpoint (train/trainer.GROWN), each with its zero-initialised
+# output layer: pixel-aligned features (this module) and source detail (models/source_detail.py).
+BRANCHES = {"pixels": ({"pixel_channels": 4}, lambda m: m.pixels.proj),
+            "detail": ({"detail_hidden": 4}, lambda m: m.detail.mix[-1])}
+
+
+@pytest.mark.parametrize("branch", sorted(BRANCHES))
+def test_a_model_gains_the_branch_without_changing_what_it_renders(branch):
+    """A checkpoint without the branch loads into a model with it (the new branch named) and renders the same."""
+    changes, output = BRANCHES[branch]
     torch.manual_seed(0)
     before = LiveGaze(tiny()).eval()
     torch.manual_seed(1)
-    after = LiveGaze(tiny(pixel_channels=4)).eval()
-    assert load_grown(after, before.state_dict(), Path("prior")) == ["pixels"]
+    after = LiveGaze(tiny(**changes)).eval()
+    assert load_grown(after, before.state_dict(), Path("prior")) == [branch]
     s = before.cfg.image_resolution
     image = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(2)) * 2 - 1
     source, target = cameras((0.0, 0.0), (5.0, -10.0)).float(), cameras((-5.0, 20.0), (0.0, 0.0)).float()
@@ -100,7 +108,7 @@ def test_a_model_gains_the_branch_without_changing_what_it_renders():
     for name in ("image", "image_raw", "depth", "alpha"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     with torch.no_grad():  # and the branch does reach the render once its output is not zero
-        after.pixels.proj.bias.fill_(0.5)
+        output(after).bias.fill_(0.5)
         assert not torch.equal(after(image, gaze, target, source).image, a.image)
 
 
@@ -115,11 +123,13 @@ def test_weights_of_another_architecture_are_refused_naming_the_file():
         load_grown(LiveGaze(tiny(pixel_channels=4, sr_channels=(8,))), wider.state_dict(), Path("runs/y"))
 
 
-def test_render_needs_the_source_and_one_source_serves_many_views():
+@pytest.mark.parametrize("branch", sorted(BRANCHES))
+def test_render_needs_the_source_and_one_source_serves_many_views(branch):
+    changes, output = BRANCHES[branch]
     torch.manual_seed(0)
-    model = LiveGaze(tiny(pixel_channels=4)).eval()
+    model = LiveGaze(tiny(**changes)).eval()
     with torch.no_grad():
-        model.pixels.proj.weight.normal_(0, 0.5)
+        output(model).weight.normal_(0, 0.5)
     s = model.cfg.image_resolution
     image = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(3)) * 2 - 1
     views = cameras((0.0, 0.0), (5.0, 15.0), (-5.0, -20.0)).float()
