@@ -40,6 +40,12 @@ from gazegen.models.encoders import LEAKY_SLOPE
 EYE_FALLOFF = 0.5  # the eye weight rises from 0 at eye_radius to 1 at (1 + EYE_FALLOFF) * eye_radius
 
 
+def eye_centres(eye_centre: tuple[float, float, float]) -> torch.Tensor:
+    """One eye's centre (world units) -> both eyes' (2, 3): it and its mirror in x."""
+    x, y, z = eye_centre
+    return torch.tensor([[x, y, z], [-x, y, z]])
+
+
 def eye_weight(points: torch.Tensor, eyes: torch.Tensor, radius: float) -> torch.Tensor:
     """World points (B, N, 3), eye centres (2, 3) -> weights (B, N, 1): 0 within ``radius`` of either eye, rising
     linearly to 1 at (1 + EYE_FALLOFF) x ``radius``; all 1 when ``radius`` is 0."""
@@ -70,8 +76,7 @@ class PixelFeatures(nn.Module):
             nn.Conv2d(3, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE), nn.Conv2d(hidden, channels, 3, padding=1)
         )
         self.proj = nn.Linear(channels + 3, plane_channels)
-        x, y, z = eye_centre
-        self.register_buffer("eyes", torch.tensor([[x, y, z], [-x, y, z]]), persistent=False)  # (2, 3) world units
+        self.register_buffer("eyes", eye_centres(eye_centre), persistent=False)  # (2, 3) world units
 
     def reset_output_(self) -> None:
         """Zero the output layer: the branch adds nothing until it learns to (called after the model's init)."""

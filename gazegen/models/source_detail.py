@@ -25,7 +25,7 @@ from torch import nn
 
 from gazegen.geometry import project
 from gazegen.models.encoders import LEAKY_SLOPE
-from gazegen.models.pixel_features import eye_weight
+from gazegen.models.pixel_features import eye_centres, eye_weight
 from gazegen.rendering.rays import camera_rays
 
 
@@ -37,8 +37,7 @@ class SourceDetail(nn.Module):
         self.eye_radius = eye_radius
         self.mix = nn.Sequential(nn.Conv2d(7, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE),
                                  nn.Conv2d(hidden, 3, 3, padding=1))
-        x, y, z = eye_centre
-        self.register_buffer("eyes", torch.tensor([[x, y, z], [-x, y, z]]), persistent=False)  # (2, 3) world units
+        self.register_buffer("eyes", eye_centres(eye_centre), persistent=False)  # (2, 3) world units
 
     def reset_output_(self) -> None:
         """Zero the last conv: the branch adds nothing until it learns to (called after the model's init)."""
