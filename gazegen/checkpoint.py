@@ -198,14 +198,20 @@ def _check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str,
             )
 
 
+def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors by name, on the CPU, without building a network (to fill another architecture)."""
+    path = _require(Path(directory) / WEIGHTS_FILE)
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises SafetensorError (no common base) for every malformed file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
 def load_pretrained(directory: str | Path, cls: type[Network], *, device: str | torch.device = "cpu") -> Network:
     """Rebuild ``cls`` from a checkpoint's config.json and load its weights strictly (eval mode)."""
     cfg = read_header(directory, cls).config
-    path = _require(Path(directory) / WEIGHTS_FILE)
-    try:
-        state = load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises SafetensorError (no common base) for every malformed file
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    state = load_state(directory)
+    path = Path(directory) / WEIGHTS_FILE
     model = cls(cfg)
     _check_state(path, state, model.state_dict(), "the model built from config.json")
     model.load_state_dict(state, strict=True)

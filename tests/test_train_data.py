@@ -248,3 +248,25 @@ def test_reconstruction_pairs_share_the_targets_frame_and_include_autoencoding(d
             np.testing.assert_array_equal(lab.gaze_head[source], lab.gaze_head[target])
             cameras_drawn.add(bool(lab.cam_index[source] == lab.cam_index[target]))
     assert cameras_drawn == {True, False}  # ... from its own camera (autoencoding) and from others
+
+
+def test_a_same_camera_share_takes_that_share_of_sources_in_place(dataset):
+    """same_camera = p: a draw is in place (I_gt's camera, another frame) with probability p, else as the paper."""
+    draws = []
+    for p in (0.0, 0.3, 1.0):
+        mixed = TripletDataset(dataset.subjects, SIZES, DatasetDepth(), seed=3, same_camera=p)
+        in_place = []
+        for epoch in range(40):
+            for index in range(len(mixed)):
+                k, source, target, _ = mixed.draw(epoch, index)
+                lab = mixed.subjects[k].labels
+                assert lab.frame_index[source] != lab.frame_index[target]  # always another gaze
+                in_place.append(bool(lab.cam_index[source] == lab.cam_index[target]))
+        draws.append(np.mean(in_place))
+    n = 40 * len(dataset)
+    assert draws[0] == 0.0 and draws[2] == 1.0
+    assert abs(draws[1] - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n)  # binomial: 4 standard deviations
+    # with no share, the draws are those of a dataset built without the option
+    plain = [dataset.draw(e, i) for e in range(3) for i in range(len(dataset))]
+    none = TripletDataset(dataset.subjects, SIZES, DatasetDepth(), seed=3, same_camera=0.0)
+    assert [none.draw(e, i) for e in range(3) for i in range(len(dataset))] == plain

@@ -8,7 +8,9 @@ A triplet is three images of one subject:
           in that frame; the teacher depth prior renders it at I_gt's camera
 
 With ``same_frame`` (the reconstruction stage) I_s is instead any camera of I_gt's own frame, I_gt's
-camera included: the same gaze, seen from another view or from the same one (autoencoding).
+camera included: the same gaze, seen from another view or from the same one (autoencoding). With
+``same_camera`` = p (the gaze stage), an item instead takes, with probability p, a source of another
+frame through I_gt's own camera, when its subject has one: redirection in place.
 
 Every target row is I_gt once per epoch. The source of item ``i`` in epoch ``e`` is drawn from a
 generator seeded by (seed, e, i) only, so a batch does not depend on the worker that loads it, on
@@ -100,9 +102,9 @@ class TripletDataset(Dataset):
     """Triplets over subjects; item ``(epoch, i)``: target row i (flat over subjects) with its source drawn for epoch."""
 
     def __init__(self, subjects: Sequence[SubjectRows], sizes: TripletSizes, depth: DepthSource, seed: int = 0,
-                 same_frame: bool = False):
+                 same_frame: bool = False, same_camera: float = 0.0):
         self.subjects = list(subjects)
-        self.sizes, self.depth, self.seed, self.same_frame = sizes, depth, seed, same_frame
+        self.sizes, self.depth, self.seed, self.same_frame, self.same_camera = sizes, depth, seed, same_frame, same_camera
         counts = [len(s.targets) for s in self.subjects]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for s in self.subjects:
@@ -140,12 +142,16 @@ class TripletDataset(Dataset):
         """Target rows whose frame has no source row."""
         return s.targets[~np.isin(s.labels.frame_index[s.targets], s.labels.frame_index[s.sources])]
 
-    def _source_candidates(self, s: SubjectRows, target: int) -> np.ndarray:
+    def _source_candidates(self, s: SubjectRows, target: int, in_place: bool) -> np.ndarray:
+        """Rows I_s may be for ``target``; ``in_place``: through its own camera, when the subject has such a row."""
         lab = s.labels
         same_frame = lab.frame_index[s.sources] == lab.frame_index[target]
         if self.same_frame:
             return s.sources[same_frame]
-        return s.sources[~same_frame & (lab.cam_index[s.sources] != lab.cam_index[target])]
+        same_camera = lab.cam_index[s.sources] == lab.cam_index[target]
+        if in_place and np.any(~same_frame & same_camera):
+            return s.sources[~same_frame & same_camera]
+        return s.sources[~same_frame & ~same_camera]
 
     def locate(self, index: int) -> tuple[int, int]:
         """Flat index -> (subject index, target row)."""
@@ -156,7 +162,8 @@ class TripletDataset(Dataset):
         """(subject index, I_s row, I_gt row, I_f row) of item ``index`` in ``epoch``: a function of (seed, epoch, index)."""
         k, target = self.locate(index)
         s = self.subjects[k]
-        candidates = self._source_candidates(s, target)
+        in_place = self.same_camera > 0 and np.random.default_rng([self.seed, epoch, index, 1]).random() < self.same_camera
+        candidates = self._source_candidates(s, target, in_place)
         source = int(candidates[np.random.default_rng([self.seed, epoch, index]).integers(len(candidates))])
         return k, source, target, s.frontal_row(int(s.labels.frame_index[target]))
 

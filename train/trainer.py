@@ -20,6 +20,7 @@ each rank loads its share of the global batch; rank 0 validates, logs and writes
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from gazegen.checkpoint import load_checkpoint, load_train_state, save_pretrained
+from gazegen.checkpoint import load_checkpoint, load_state, load_train_state, read_header, save_pretrained
 from gazegen.config import ModelConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
 from gazegen.live3d import load_live3d
@@ -109,7 +110,8 @@ def initialise(model: LiveGaze, init: str) -> str:
     if not path.exists() and not path.is_absolute() and (SHIPPED_DIR.parent / path).exists():
         path = SHIPPED_DIR.parent / path  # a shipped checkpoint named from the repository root (weights/...)
     if path.is_dir():
-        added = load_grown(model, load_checkpoint(path).state_dict(), path)
+        read_header(path, LiveGaze)  # a LiveGaze checkpoint of a format this version reads
+        added = load_grown(model, load_state(path), path)
         return f"initialised from checkpoint {path}" + (f" (new, starting as no-ops: {', '.join(added)})" if added else "")
     if not path.is_file():
         raise TrainingError(f"{path}: init not found (init: '', 'live3d', a Live3D .pt or a gazegen checkpoint folder)")
@@ -197,8 +199,9 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
     depth = depth_source(cfg.depth_prior, out, enabled=use_depth)
     sizes = TripletSizes.for_model(model_cfg)
     same_frame = cfg.stage == "reconstruction"
-    train_set = TripletDataset(train, sizes, depth, seed=cfg.seed, same_frame=same_frame)
-    val_set = TripletDataset(val, sizes, depth, seed=cfg.seed, same_frame=same_frame) if val else None
+    dataset = functools.partial(TripletDataset, sizes=sizes, depth=depth, seed=cfg.seed, same_frame=same_frame,
+                                same_camera=cfg.data.same_camera)
+    train_set, val_set = dataset(train), dataset(val) if val else None
     return fit(cfg, model_cfg, train_set, val_set, out, max_steps=max_steps, resume=resume, init=cfg.init,
                context=context, metadata={"data": str(data), "normalisation": to_dict(common_normalisation(train + val))})
 

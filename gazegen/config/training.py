@@ -50,7 +50,9 @@ class TrainDataConfig:
 
     Every image of a training subject is the target I_gt once per epoch; its source I_s is drawn
     from the same subject with another frame (gaze) and another camera; I_f is the frontal camera
-    (head pose nearest (0, 0)) of I_gt's frame.
+    (head pose nearest (0, 0)) of I_gt's frame. With ``same_camera`` > 0, that share of the triplets
+    (drawn per item) take I_s from I_gt's own camera instead: redirection in place, where the source
+    seen through its own camera is exact outside the eyes (the paper: always another camera).
     """
 
     val_subjects: int = bounded(1, 0)  # subjects of the store's train split held out for validation (whole subjects)
@@ -59,6 +61,7 @@ class TrainDataConfig:
     workers: int = bounded(2, 0, 64)  # DataLoader worker processes (0: load in the training process)
     prefetch: int = bounded(2, 1, 64)  # batches loaded ahead by each worker
     val_samples: int = bounded(16, 1)  # fixed validation triplets scored at every validation
+    same_camera: float = bounded(0.0, 0.0, 1.0)  # stage "gaze": share of triplets whose I_s is I_gt's own camera (another frame)
 
 
 @dataclass(frozen=True)
