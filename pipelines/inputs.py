@@ -1,35 +1,20 @@
-"""Synthesis inputs: list them as sources with stable ids, then read each as a model-ready face.
+"""Synthesis inputs, read: each source pipelines/sources.py listed becomes a model-ready face, or an error row.
 
-INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of file count:
+By kind (pipelines/sources.py lists them):
 
-images   ``.jpg .jpeg .png .bmp .webp``: one source each. Photos are detected, aligned and
-         cropped like the training data (``--crop auto|always|never``, gazegen/data/faces.py):
-         normalised from their landmarks, with the head pose solvePnP gives and the normalising
-         rotation (passed-through crops: frontal, (0, 0), the identity); the gaze is unknown.
-         ``faces = "largest"`` (the default) crops the largest face. ``faces = "all"`` detects
-         the faces of every image while listing (MTCNN on the driver: one pass per image, again
-         at each restart's listing; the shard plan needs the sources before anything is decoded)
-         and makes an image with two or more faces one source per face, ``photo.jpg#face00``,
-         ``#face01``, ... largest first (gazegen/data/faces.py ``crop_each_face``; ``face00`` is
-         the face "largest" takes); an image with one face or none keeps its plain id and is read
-         as with "largest". The faces of one image are decoded together, detected once.
-h5       ``.h5 .hdf5`` in any layout gazegen/data/xgaze.py reads (training store, ETH-XGaze,
-         GazeNeRF): one source per row, with its head pose and head-frame gaze. A patch taken
-         with another normalised camera than the model's is re-zoomed to the model's framing
-         (``renormalise``); its labels do not change.
-parquet  ``.parquet`` with an image column (bytes, or a Hugging Face ``{bytes, path}`` struct):
-         one source per row. Rows with ``head_pose`` (and optionally ``gaze_head``) columns are
-         taken as normalised crops in the model's framing (e.g. gazegen's own output); rows
-         without are handled as photos, and with ``faces = "all"`` a photo row with two or more
-         faces is one source per face, ``data.parquet#000012#face00``, ... as for image files
-         (a row whose image cannot be read while listing keeps its plain id: its read reports why).
+images   Photos are detected, aligned and cropped like the training data (``--crop
+         auto|always|never``, gazegen/data/faces.py): normalised from their landmarks, with the
+         head pose solvePnP gives and the normalising rotation (passed-through crops: frontal,
+         (0, 0), the identity); the gaze is unknown. A source without a face number takes the
+         largest face; with one (faces = "all") the image's faces are detected once and cropped
+         largest first, as when listed.
+h5       A row with its head pose and head-frame gaze. A patch taken with another normalised
+         camera than the model's is re-zoomed to the model's framing (``renormalise``); its labels
+         do not change.
+parquet  Rows with ``head_pose`` (and optionally ``gaze_head``) are normalised crops in the
+         model's framing (e.g. gazegen's own output); rows without are read as photos.
 
-Source ids are the file's path relative to the INPUTS root (the folder; the non-magic prefix of
-a glob; the parent of a single file), posix separators, plus ``#000012`` (the row, zero-padded
-to six digits) for rows of h5 and Parquet files. They are unique and do not depend on the
-machine, so shards cut from the sorted ids are the same on every restart. A file that cannot be
-opened while listing (or is no regular file: a FIFO, a device) becomes one source carrying its
-error; reading a source never raises: failures come back as ``DecodedSource`` with ``stage`` and
+Reading a source never raises: failures come back as ``DecodedSource`` with ``stage`` and
 ``reason`` set (the errors table). What a source must pass to be read (regular files, the pixel cap
 checked from the header, path cells inside the input root, labels that are finite (pitch, yaw)
 radians, a time limit) is pipelines/guards.py; a source with a head pitch the grid's view pitch
@@ -38,9 +23,6 @@ offsets would carry past 90 degrees fails here too (gazegen/config/grid.py, pipe
 
 from __future__ import annotations
 
-import glob
-import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,32 +37,13 @@ import pyarrow.parquet as pq
 from gazegen.config import CropConfig, NormalisationConfig
 from gazegen.data.faces import CropResult, crop_each_face, crop_faces
 from gazegen.data.images import resize_image
-from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.grid import pose_problem
-from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, check_rotation, decode_image, max_file_bytes, read_regular_file, resolve_inside
+from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, check_rotation, decode_image, max_file_bytes, read_regular_file
+from gazegen.pipelines.sources import SourceRecord, detector, image_bytes
 
-log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-H5_SUFFIXES = (".h5", ".hdf5")
-PARQUET_SUFFIXES = (".parquet",)
-INDEX_FORMAT = "{path}#{index:06d}"
-FACE_FORMAT = "{path}#face{index:02d}"  # faces = "all": crop_each_face's face ids
 IDENTITY = np.eye(3)
 IDENTITY.flags.writeable = False
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    """One source face: a whole image file, or one row of an h5 or Parquet file."""
-
-    source_id: str  # stable id (module docstring)
-    path: str  # absolute path of the file
-    kind: str  # "image", "h5" or "parquet"
-    index: int = -1  # row within an h5 / Parquet file; -1 for an image file
-    face: int = -1  # the face within the image or row (faces = "all", largest first); -1: its largest face
-    error: str = ""  # set when the file could not be opened while listing
 
 
 @dataclass(frozen=True)
@@ -99,7 +62,7 @@ class DecodedSource:
         return self.image is not None
 
 
-Reader = Callable[[Sequence["SourceRecord"], "DecodeSettings"], list["DecodedSource"]]  # one file's records, read together
+Reader = Callable[[Sequence[SourceRecord], "DecodeSettings"], list["DecodedSource"]]  # one file's records, read together
 
 
 @dataclass(frozen=True)
@@ -112,145 +75,6 @@ class DecodeSettings:
     timeout_s: float = 60.0  # a source (or a file's group of sources) still reading after this is an error
     root: str = ""  # Parquet path cells must lie inside it ("": the Parquet file's folder)
     view_pitch: tuple[float, float] = (0.0, 0.0)  # the grid's view pitch offsets, radians (GridSpec.view_pitch_bounds)
-
-
-# --------------------------------------------------------------------------- listing
-
-
-def _absolute(path: Path) -> Path:
-    """Absolute and normalised, links not followed: a symlink keeps its own name (and id)."""
-    return Path(os.path.abspath(path))
-
-
-def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
-    if glob.has_magic(inputs):
-        prefix = []
-        for part in Path(inputs).parts:
-            if glob.has_magic(part):
-                break
-            prefix.append(part)
-        root = Path(*prefix) if prefix else Path(".")
-        return _absolute(root), [_absolute(Path(p)) for p in glob.glob(inputs, recursive=True) if not os.path.isdir(p)]
-    path = Path(inputs)
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if not p.is_dir() and not any(q.startswith(".") for q in p.relative_to(path).parts)]
-        return _absolute(path), [_absolute(p) for p in files]
-    if path.exists():
-        return _absolute(path.parent), [_absolute(path)]
-    raise FileNotFoundError(f"{inputs}: no such file, folder or matching glob")
-
-
-def _kind(path: Path) -> str | None:
-    suffix = path.suffix.lower()
-    for kind, suffixes in (("image", IMAGE_SUFFIXES), ("h5", H5_SUFFIXES), ("parquet", PARQUET_SUFFIXES)):
-        if suffix in suffixes:
-            return kind
-    return None
-
-
-def input_root(inputs: str | os.PathLike[str]) -> Path:
-    """The folder source ids are relative to (module docstring); Parquet path cells must lie inside it."""
-    return _root_and_files(str(inputs))[0]
-
-
-def _regular(path: Path) -> None:
-    if not path.is_file():  # follows symlinks; never opens (a FIFO would block)
-        raise InputError(f"{path}: not a regular file (a FIFO, device, socket or dangling link is never read)")
-
-
-def _rows(path: Path, kind: str, image_column: str) -> int:
-    _regular(path)
-    if kind == "h5":
-        with open_subject(path, strict=False) as reader:
-            return len(reader)
-    with pq.ParquetFile(path) as file:
-        if image_column not in file.schema_arrow.names:
-            raise ValueError(f"no column {image_column!r} (columns: {', '.join(file.schema_arrow.names)})")
-        return file.metadata.num_rows
-
-
-def _image_records(path: Path, rel: str, faces: str, max_pixels: int) -> list[SourceRecord]:
-    """An image's sources: one, or with ``faces == "all"`` one per face when it holds two or more."""
-    if faces == "largest":
-        return [SourceRecord(rel, str(path), "image")]
-    try:
-        found = len(_detector().detect(decode_image(read_regular_file(path, max_file_bytes(max_pixels)), max_pixels)))
-    except Exception as error:  # an unreadable image is one error row, as when it is decoded
-        return [SourceRecord(rel, str(path), "image", error=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")]
-    if found < 2:
-        return [SourceRecord(rel, str(path), "image")]
-    return [SourceRecord(FACE_FORMAT.format(path=rel, index=k), str(path), "image", face=k) for k in range(found)]
-
-
-def _parquet_records(path: Path, rel: str, rows: int, faces: str, image_column: str, root: Path,
-                     max_pixels: int) -> list[SourceRecord]:
-    """A Parquet file's sources: one per row, or with ``faces == "all"`` one per face of each
-    photo row (no ``head_pose``) that holds two or more faces (module docstring)."""
-    plain = [SourceRecord(INDEX_FORMAT.format(path=rel, index=i), str(path), "parquet", i) for i in range(rows)]
-    if faces == "largest":
-        return plain
-    records: list[SourceRecord] = []
-    with pq.ParquetFile(path) as file:
-        columns = [image_column] + [c for c in ("head_pose",) if c in file.schema_arrow.names]
-        row = 0
-        for group in range(file.num_row_groups):
-            table = file.read_row_group(group, columns=columns, use_threads=False)
-            for cells in table.to_pylist():
-                found = 1 if cells.get("head_pose") is not None else _faces_in_cell(cells[image_column], path, root, max_pixels)
-                if found < 2:
-                    records.append(plain[row])
-                else:
-                    records += [SourceRecord(FACE_FORMAT.format(path=plain[row].source_id, index=k), str(path), "parquet", row, k)
-                                for k in range(found)]
-                row += 1
-    return records
-
-
-def _faces_in_cell(cell: object, path: Path, root: Path, max_pixels: int) -> int:
-    """How many faces the photo in a Parquet image cell shows; 0 when it cannot be read."""
-    try:
-        image = decode_image(_image_bytes(cell, path.parent, str(root), max_pixels), max_pixels)
-    except InputError:
-        return 0
-    return len(_detector().detect(image))
-
-
-def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", faces: str = "largest",
-                 max_pixels: int = 36_000_000) -> list[SourceRecord]:
-    """Every source of INPUTS, sorted by id. ``faces``: "largest" or "all" (module docstring;
-    ``max_pixels`` guards the images and Parquet cells "all" reads). Raises FileNotFoundError
-    when INPUTS names nothing and ValueError when it holds no file of a known kind."""
-    if faces not in ("largest", "all"):
-        raise ValueError(f"faces {faces!r}: expected 'largest' or 'all'")
-    root, files = _root_and_files(str(inputs))
-    records: list[SourceRecord] = []
-    skipped = 0
-    for path in sorted(files):
-        kind = _kind(path)
-        if kind is None:
-            skipped += 1
-            continue
-        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
-        if kind == "image":
-            records += _image_records(path, rel, faces, max_pixels)
-            continue
-        try:
-            n = _rows(path, kind, image_column)
-            if kind == "parquet":
-                records += _parquet_records(path, rel, n, faces, image_column, root, max_pixels)
-                continue
-        except Exception as error:  # an unreadable file is one error row, not a failed run
-            records.append(SourceRecord(rel, str(path), kind, error=f"{type(error).__name__}: {error}"))
-            continue
-        records += [SourceRecord(INDEX_FORMAT.format(path=rel, index=i), str(path), kind, i) for i in range(n)]
-    if skipped:
-        log.info("%s: %d files of other kinds skipped", inputs, skipped)
-    if not records:
-        raise InputError(f"{inputs}: no images ({', '.join(IMAGE_SUFFIXES)}), h5 or Parquet files found")
-    return sorted(records, key=lambda r: r.source_id)
-
-
-# --------------------------------------------------------------------------- reading
 
 
 def renormalise(image: np.ndarray, source: NormalisationConfig, target: NormalisationConfig) -> np.ndarray:
@@ -276,11 +100,6 @@ def renormalise(image: np.ndarray, source: NormalisationConfig, target: Normalis
 
 
 
-@cache
-def _detector() -> MtcnnDetector:
-    return MtcnnDetector()  # one per worker process
-
-
 def _failed(stage: str, reason: str) -> DecodedSource:
     return DecodedSource(None, np.zeros(2), None, IDENTITY, stage, reason)
 
@@ -297,7 +116,7 @@ def _cropped(result: CropResult) -> DecodedSource:
 
 
 def _photo(image: np.ndarray, settings: DecodeSettings) -> DecodedSource:
-    return _cropped(crop_faces(image, _detector(), _crop_config(settings), settings.crop))  # type: ignore[arg-type]
+    return _cropped(crop_faces(image, detector(), _crop_config(settings), settings.crop))  # type: ignore[arg-type]
 
 
 def _labelled(image: np.ndarray, head_pose: object, gaze_head: object | None) -> DecodedSource:
@@ -318,7 +137,7 @@ def _each(records: Sequence[SourceRecord], read: Callable[[SourceRecord], Decode
 
 def _faces(image: np.ndarray, settings: DecodeSettings) -> list[CropResult]:
     """Every face of a photo cropped, largest first, as when listed (faces = "all")."""
-    return [r for _, r in crop_each_face(image, _detector(), _crop_config(settings)) if r.status != "no_face"]
+    return [r for _, r in crop_each_face(image, detector(), _crop_config(settings)) if r.status != "no_face"]
 
 
 def _face(found: list[CropResult], face: int) -> DecodedSource:
@@ -354,19 +173,6 @@ def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[
         return _each(records, read)
 
 
-def _image_bytes(value: object, base: Path, root: str, max_pixels: int) -> bytes:
-    """An image cell (bytes, or a {bytes, path} struct) -> bytes; a path is read only when it is a
-    regular file inside `root` (the input root; "": `base`, the Parquet file's folder)."""
-    if isinstance(value, dict):
-        data, path = value.get("bytes"), value.get("path")
-        if not data and path:
-            data = read_regular_file(resolve_inside(str(path), base, Path(root) if root else base), max_file_bytes(max_pixels))
-        value = data
-    if not isinstance(value, (bytes, bytearray)) or not value:
-        raise InputError("the image cell holds no bytes")
-    return bytes(value)
-
-
 def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[DecodedSource]:
     with pq.ParquetFile(records[0].path) as file:
         names = file.schema_arrow.names
@@ -382,7 +188,7 @@ def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> 
         g = int(np.searchsorted(starts, record.index, side="right") - 1)
         row = {c: table.column(c)[offsets[g] + record.index - int(starts[g])].as_py() for c in columns}
         try:
-            data = _image_bytes(row[settings.image_column], Path(record.path).parent, settings.root, settings.max_pixels)
+            data = image_bytes(row[settings.image_column], Path(record.path).parent, settings.root, settings.max_pixels)
             image = decode_image(data, settings.max_pixels)
         except InputError as error:
             raise InputError(f"row {record.index}: {error}") from None
@@ -468,10 +274,7 @@ __all__ = [
     "CARRIED",
     "DecodeSettings",
     "DecodedSource",
-    "SourceRecord",
     "decode_batch",
     "decode_sources",
-    "input_root",
-    "list_sources",
     "renormalise",
 ]

@@ -16,7 +16,8 @@ from gazegen.checkpoint import CONFIG_FILE, CheckpointError, checkpoint_hash, ch
 from gazegen.config import GridSpec, ModelConfig, NormalisationConfig, SynthConfig
 from gazegen.data.schema import FORMAT_VERSION
 from gazegen.pipelines.grid import rows_per_source
-from gazegen.pipelines.inputs import DecodeSettings, SourceRecord, input_root, list_sources
+from gazegen.pipelines.inputs import DecodeSettings
+from gazegen.pipelines.sources import SourceRecord, input_root, list_sources
 from gazegen.pipelines.render_actor import RenderSettings
 from gazegen.pipelines.shards import ShardSpec, plan_shards
 

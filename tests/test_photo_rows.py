@@ -27,7 +27,8 @@ from gazegen.data.photo_heads import head_landmarks_mm, photograph_head, rotatio
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
-from gazegen.pipelines.inputs import DecodeSettings, decode_sources, list_sources
+from gazegen.pipelines.inputs import DecodeSettings, decode_sources
+from gazegen.pipelines.sources import list_sources
 from gazegen.pipelines.render_actor import RenderSettings, SourceRenderer
 
 torch.set_num_threads(1)

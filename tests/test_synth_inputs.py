@@ -19,7 +19,8 @@ from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.pipelines.guards import InputError, call_with_timeout, decode_image, pitch_yaw, read_regular_file, resolve_inside
-from gazegen.pipelines.inputs import READERS, DecodeSettings, decode_batch, decode_sources, list_sources
+from gazegen.pipelines.inputs import READERS, DecodeSettings, decode_batch, decode_sources
+from gazegen.pipelines.sources import list_sources
 
 NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)
 SETTINGS = DecodeSettings(64, NORM, "never")

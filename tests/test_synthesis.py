@@ -32,7 +32,8 @@ from gazegen.data.schema import LABEL_WIDTHS, decode_alpha_png, decode_depth_png
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.models.livegaze import LiveGaze
-from gazegen.pipelines.inputs import DecodeSettings, decode_sources, list_sources, renormalise
+from gazegen.pipelines.inputs import DecodeSettings, decode_sources, renormalise
+from gazegen.pipelines.sources import list_sources
 from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
 from gazegen.pipelines.render_actor import RenderedSource, encode_records, row_records
 from gazegen.pipelines.shards import OutputDir

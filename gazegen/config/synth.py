@@ -41,7 +41,7 @@ class SynthConfig:
     seed: int = bounded(0, 0)  # seeds the --sample draws; written in every row
     crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
     faces: str = "largest"  # photos (files, Parquet rows): largest | all (each face of a photo with several its own source, id photo.jpg#face00 ...,
-    # largest first; detected while listing on the driver: pipelines/inputs.py)
+    # largest first; detected while listing on the driver: pipelines/sources.py)
     image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
     normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's (refused if it has none)
     max_pixels: int = bounded(36_000_000, 1, 178_956_970)  # images declaring more pixels are error rows (checked from the header)
