@@ -44,6 +44,7 @@ from gazegen.checkpoint import load_checkpoint
 from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
+from gazegen.rendering.rays import camera_rays
 from gazegen.data.xgaze import open_subject
 from gazegen.data.images import image_tensor, mask_tensor, resize_tensor
 from gazegen.data.splits import store_splits
@@ -99,6 +100,15 @@ def flat_eyes(dataset: TripletDataset, pairs_: list[tuple[int, int, int]], size:
     return torch.stack(out)
 
 
+def in_volume(depth: torch.Tensor, cameras: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """Where the surface of a z-depth map (B, 1, R, R) seen by cameras (B, 25) lies inside the triplane's cube
+    (|x|, |y|, |z| <= box_warp / 2, the only space the model can shape): (B, 1, R, R) bool."""
+    b, side = depth.shape[0], depth.shape[-1]
+    rays = camera_rays(cameras.to(depth.dtype), side)  # (B, R*R, 3) origins and directions, (B, R*R, 1)
+    points = rays.origins + (depth.reshape(b, -1, 1) / rays.z_per_t) * rays.directions  # (B, R*R, 3) world
+    return (points.abs().amax(-1) <= box_warp / 2).reshape(b, 1, side, side)
+
+
 @torch.no_grad()
 def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list, auto: list = (),
           view: list = (), neural: int = 64) -> dict[str, float]:
@@ -134,6 +144,9 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list,
                 add("b/ssim_eyes", [eye_crop_ssim(image[i], batch.target[i], batch.eye_mask[i]) for i in range(len(batch))])
             if name in "bd" and depth is not None:
                 add(f"{name}/depth_l1_mm", depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit))
+                inside = batch.depth_valid & in_volume(batch.depth_prior, batch.camera, model.cfg.render.box_warp)
+                add(f"{name}/depth_l1_mm_in_volume", depth_l1_mm(depth, batch.depth_prior, inside, batch.mm_per_unit))
+                add(f"{name}/depth_share_in_volume", inside.flatten(1).sum(1) / batch.depth_valid.flatten(1).sum(1))
     return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
 
 
@@ -215,7 +228,9 @@ def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
           f"(eyes {perfect['c/psnr_eyes']:.2f} dB)")
     print(f"(d) novel view (same gaze, another camera), face PSNR: {ours['d/psnr_face']:.2f} dB vs copy-the-source "
           f"{copy['d/psnr_face']:.2f} dB ({ours['d/psnr_face'] - copy['d/psnr_face']:+.2f} dB); depth L1 "
-          f"{ours['d/depth_l1_mm']:.1f} mm")
+          f"{ours['d/depth_l1_mm']:.1f} mm ({ours['d/depth_l1_mm_in_volume']:.1f} mm where the true surface lies inside "
+          f"the triplane's cube, {100 * ours['d/depth_share_in_volume']:.0f}% of the pixels with depth: beyond it, "
+          "mostly shoulders, the model can shape nothing)")
 
 
 if __name__ == "__main__":
