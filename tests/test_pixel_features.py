@@ -20,9 +20,9 @@ S = 16  # source image side
 EYE = (0.088, 0.0, 0.0)
 
 
-def column_reader(eye_radius: float = 0.0) -> PixelFeatures:
+def column_reader(eye_radius: float = 0.0, eye_falloff: float = 0.5) -> PixelFeatures:
     """A branch whose output channel 0 is the source's red channel (its features are [1 feature, R, G, B])."""
-    branch = PixelFeatures(1, 2, 2, EYE, eye_radius).double()
+    branch = PixelFeatures(1, 2, 2, EYE, eye_radius, eye_falloff).double()
     with torch.no_grad():
         branch.proj.weight.zero_()
         branch.proj.bias.zero_()
@@ -59,17 +59,18 @@ def test_a_point_on_a_pixels_ray_reads_that_pixel(pose_deg):
         torch.testing.assert_close(read, column_ramp()[0, 0], atol=1e-9, rtol=0)
 
 
-def test_points_near_either_eye_read_nothing():
-    """Weight 0 within the radius of either eye centre, rising linearly to 1 at 1.5 radii (the closed form)."""
+@pytest.mark.parametrize("falloff", [0.5, 0.2])
+def test_points_near_either_eye_read_nothing(falloff):
+    """Weight 0 within the radius of either eye centre, rising linearly to 1 at (1 + falloff) radii (the closed form)."""
     r = 0.06
-    branch = column_reader(eye_radius=r)
+    branch = column_reader(eye_radius=r, eye_falloff=falloff)
     camera = cameras((0.0, 0.0))
     source = SourcePixels(map=torch.ones(1, 2, S, S, dtype=torch.float64), camera=camera)  # as read: through proj
     for eye in (torch.tensor(EYE), torch.tensor(EYE) * torch.tensor([-1.0, 1.0, 1.0])):
         out = torch.tensor([0.0, 0.6, 0.8])  # a unit direction away from the eye
         distances = torch.tensor([0.0, 0.5 * r, r, 1.1 * r, 1.25 * r, 1.4 * r, 1.5 * r, 2.0 * r])
         points = (eye[None] + distances[:, None] * out[None]).double()[None]  # (1, 8, 3)
-        want = ((distances - r) / (0.5 * r)).clamp(0, 1).double()
+        want = ((distances - r) / (falloff * r)).clamp(0, 1).double()
         read = branch.read(source, points)[0, :, 0]  # the map is 1 everywhere in view: the read is the weight
         torch.testing.assert_close(read, want, atol=1e-6, rtol=0)  # the eye centre is stored in float32
 

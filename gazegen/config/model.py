@@ -95,6 +95,7 @@ class ModelConfig:
     pixel_hidden: int = bounded(16, 1, 1024)  # width of the branch's first conv
     pixel_eye_centre: tuple[float, float, float] = (0.088, 0.0, 0.0)  # world units; its x-mirror is the other eye
     pixel_eye_radius: float = bounded(0.06, 0.0, 1.0)  # points this close to an eye centre read no source pixels
+    pixel_eye_falloff: float = bounded(0.5, 0.01, 10.0)  # the read then rises linearly to full at (1 + this) x the radius
     detail_hidden: int = bounded(0, 0, 1024)  # 0: off; H: the output adds the source warped into the view by the rendered depth (models/source_detail.py), except near the eyes
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n

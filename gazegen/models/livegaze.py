@@ -122,10 +122,12 @@ class LiveGaze(nn.Module):
             if cfg.lift_samples else None
         )
         self.pixels = (
-            PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, cfg.pixel_eye_centre, cfg.pixel_eye_radius)
+            PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, cfg.pixel_eye_centre, cfg.pixel_eye_radius,
+                          cfg.pixel_eye_falloff)
             if cfg.pixel_channels else None
         )
-        self.detail = SourceDetail(cfg.detail_hidden, cfg.pixel_eye_centre, cfg.pixel_eye_radius) if cfg.detail_hidden else None
+        self.detail = (SourceDetail(cfg.detail_hidden, cfg.pixel_eye_centre, cfg.pixel_eye_radius, cfg.pixel_eye_falloff)
+                       if cfg.detail_hidden else None)
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias

@@ -20,7 +20,7 @@ what it rendered without it: a prior trained without the branch loads and contin
 
 **The eyes come from the triplane, never from the source.** A point within ``eye_radius`` of either
 eye centre (``eye_centre`` and its mirror in x, world units) reads nothing: weight 0, rising
-linearly to 1 at 1.5x the radius, so there is no seam. Otherwise the source's own eyes would be
+linearly to 1 at (1 + ``eye_falloff``) x the radius (1.5x by default), so there is no seam. Otherwise the source's own eyes would be
 copied into every redirected view, and the gaze path (which acts on the triplane) would have to
 learn to fight them. Occlusion is ignored: a point behind the face reads the pixel of the surface
 in front of it, as in PixelNeRF, and the density decides what is seen.
@@ -37,7 +37,6 @@ from torch import nn
 from gazegen.geometry import project
 from gazegen.models.encoders import LEAKY_SLOPE
 
-EYE_FALLOFF = 0.5  # the eye weight rises from 0 at eye_radius to 1 at (1 + EYE_FALLOFF) * eye_radius
 
 
 def eye_centres(eye_centre: tuple[float, float, float]) -> torch.Tensor:
@@ -46,15 +45,15 @@ def eye_centres(eye_centre: tuple[float, float, float]) -> torch.Tensor:
     return torch.tensor([[x, y, z], [-x, y, z]])
 
 
-def eye_weight(points: torch.Tensor, eyes: torch.Tensor, radius: float) -> torch.Tensor:
+def eye_weight(points: torch.Tensor, eyes: torch.Tensor, radius: float, falloff: float) -> torch.Tensor:
     """World points (B, N, 3), eye centres (2, 3) -> weights (B, N, 1): 0 within ``radius`` of either eye, rising
-    linearly to 1 at (1 + EYE_FALLOFF) x ``radius``; all 1 when ``radius`` is 0."""
+    linearly to 1 at (1 + ``falloff``) x ``radius``; all 1 when ``radius`` is 0."""
     if radius <= 0:
         return points.new_ones(*points.shape[:-1], 1)
     centres = eyes[None].expand(points.shape[0], -1, -1)  # (B, 2, 3)
     distance = torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, 2), exact
     nearest = distance.amin(-1, keepdim=True)  # (B, N, 1)
-    return ((nearest - radius) / (EYE_FALLOFF * radius)).clamp(0, 1)
+    return ((nearest - radius) / (falloff * radius)).clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,9 @@ class PixelFeatures(nn.Module):
     """Source images and cameras -> ``SourcePixels``; ``read`` gives each world point its (B, N, C_plane) term."""
 
     def __init__(self, channels: int, hidden: int, plane_channels: int, eye_centre: tuple[float, float, float],
-                 eye_radius: float) -> None:
+                 eye_radius: float, eye_falloff: float = 0.5) -> None:
         super().__init__()
-        self.eye_radius = eye_radius
+        self.eye_radius, self.eye_falloff = eye_radius, eye_falloff
         self.encoder = nn.Sequential(
             nn.Conv2d(3, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE), nn.Conv2d(hidden, channels, 3, padding=1)
         )
@@ -89,8 +88,8 @@ class PixelFeatures(nn.Module):
         return SourcePixels(map=F.conv2d(features, self.proj.weight[:, :, None, None]), camera=camera)  # (B, C_plane, S, S)
 
     def eye_weight(self, points: torch.Tensor) -> torch.Tensor:
-        """World points (B, N, 3) -> weights (B, N, 1): 0 inside either eye's ball, 1 beyond 1.5 radii."""
-        return eye_weight(points, self.eyes.to(points.dtype), self.eye_radius)
+        """World points (B, N, 3) -> weights (B, N, 1): 0 inside either eye's ball, 1 beyond (1 + falloff) radii."""
+        return eye_weight(points, self.eyes.to(points.dtype), self.eye_radius, self.eye_falloff)
 
     def read(self, source: SourcePixels, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> (B, N, C_plane). Sources of batch 1 serve every B."""
