@@ -11,7 +11,7 @@ import torch
 from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
 from gazegen.models.livegaze import LiveGaze
-from gazegen.models.pixel_features import PixelFeatures, SourcePixels
+from gazegen.models.pixel_features import EyeZone, PixelFeatures, SourcePixels
 from gazegen.rendering.rays import camera_rays
 from gazegen.train.errors import TrainingError
 from gazegen.train.trainer import load_grown
@@ -22,7 +22,7 @@ EYE = (0.088, 0.0, 0.0)
 
 def column_reader(eye_radius: float = 0.0, eye_falloff: float = 0.5) -> PixelFeatures:
     """A branch whose output channel 0 is the source's red channel (its features are [1 feature, R, G, B])."""
-    branch = PixelFeatures(1, 2, 2, EYE, eye_radius, eye_falloff).double()
+    branch = PixelFeatures(1, 2, 2, EyeZone(EYE, eye_radius, eye_falloff)).double()
     with torch.no_grad():
         branch.proj.weight.zero_()
         branch.proj.bias.zero_()

@@ -7,6 +7,7 @@ import torch
 
 from gazegen.config import NormalisationConfig
 from gazegen.geometry import head_pose_to_camera
+from gazegen.models.pixel_features import EyeZone
 from gazegen.models.source_detail import SourceDetail, turn
 from gazegen.rendering.rays import camera_rays
 
@@ -25,7 +26,7 @@ def test_seen_from_the_source_camera_the_warp_is_the_source_itself_at_any_depth(
     side, r = 32, 8
     source = torch.rand(1, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     depth = 2.4 + 0.6 * torch.rand(1, 1, r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    branch = SourceDetail(4, EYE, eye_radius=0.0).double()
+    branch = SourceDetail(4, EyeZone(EYE, 0.0)).double()
     warped, weight, turn = branch.warp(depth, torch.ones(1, 1, r, r, dtype=torch.float64), camera, source, camera)
     torch.testing.assert_close(warped, source, rtol=0, atol=1e-9)
     assert torch.equal(weight, torch.ones_like(weight))
@@ -36,7 +37,7 @@ def test_pixels_whose_surface_lies_at_an_eye_read_nothing():
     camera = cameras((0.0, 0.0))
     side = 32
     rays = camera_rays(camera, side)
-    branch = SourceDetail(4, EYE, eye_radius=0.06).double()
+    branch = SourceDetail(4, EyeZone(EYE, 0.06)).double()
     points_depth = torch.full((1, 1, side, side), 2.7, dtype=torch.float64)  # the frontal camera's distance: the eyes' plane
     _, weight, _ = branch.warp(points_depth, torch.ones_like(points_depth), camera,
                             torch.zeros(1, 3, side, side, dtype=torch.float64), camera)
@@ -65,7 +66,7 @@ def test_a_full_share_through_the_source_camera_renders_the_source_itself():
     source (the warp's identity above) wherever the weight is 1, and the render where it is 0 (the eyes)."""
     camera = cameras((5.0, -10.0))
     side = 32
-    branch = SourceDetail(4, EYE, eye_radius=0.06).double()
+    branch = SourceDetail(4, EyeZone(EYE, 0.06)).double()
     branch.reset_output_()
     with torch.no_grad():
         branch.blend.bias.fill_(40.0)  # tanh(40) = 1 in float64 to 1e-30

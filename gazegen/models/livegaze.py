@@ -34,7 +34,7 @@ from gazegen.models.background import background_plate, composite
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
-from gazegen.models.pixel_features import PixelFeatures, SourcePixels
+from gazegen.models.pixel_features import EyeZone, PixelFeatures, SourcePixels
 from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.source_detail import SourceDetail
 from gazegen.models.superres import SuperResolution
@@ -121,13 +121,9 @@ class LiveGaze(nn.Module):
                          r.box_warp, plane_axes(cfg.eg3d_plane_axes))
             if cfg.lift_samples else None
         )
-        self.pixels = (
-            PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, cfg.pixel_eye_centre, cfg.pixel_eye_radius,
-                          cfg.pixel_eye_falloff)
-            if cfg.pixel_channels else None
-        )
-        self.detail = (SourceDetail(cfg.detail_hidden, cfg.pixel_eye_centre, cfg.pixel_eye_radius, cfg.pixel_eye_falloff)
-                       if cfg.detail_hidden else None)
+        eyes = EyeZone(cfg.pixel_eye_centre, cfg.pixel_eye_radius, cfg.pixel_eye_falloff)  # never read from the source
+        self.pixels = PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, eyes) if cfg.pixel_channels else None
+        self.detail = SourceDetail(cfg.detail_hidden, eyes) if cfg.detail_hidden else None
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias

@@ -18,12 +18,12 @@ The result is added to the triplane's mean feature at p before the decoder (rend
 ``TriplaneField``). The Linear starts at zero, so a model that gains this branch renders exactly
 what it rendered without it: a prior trained without the branch loads and continues from there.
 
-**The eyes come from the triplane, never from the source.** A point within ``eye_radius`` of either
+**The eyes come from the triplane, never from the source.** A point within the radius of either
 eye centre (``eye_centre`` and its mirror in x, world units) reads nothing: weight 0, rising
-linearly to 1 at (1 + ``eye_falloff``) x the radius (1.5x by default), so there is no seam. Otherwise the source's own eyes would be
-copied into every redirected view, and the gaze path (which acts on the triplane) would have to
-learn to fight them. Occlusion is ignored: a point behind the face reads the pixel of the surface
-in front of it, as in PixelNeRF, and the density decides what is seen.
+linearly to 1 at (1 + its falloff) x the radius (``EyeZone``), so there is no seam. Otherwise the
+source's own eyes would be copied into every redirected view, and the gaze path (which acts on the
+triplane) would have to learn to fight them. Occlusion is ignored: a point behind the face reads
+the pixel of the surface in front of it, as in PixelNeRF, and the density decides what is seen.
 """
 
 from __future__ import annotations
@@ -38,22 +38,25 @@ from gazegen.geometry import project
 from gazegen.models.encoders import LEAKY_SLOPE
 
 
+class EyeZone(nn.Module):
+    """Where the source is never read, as weights: 0 within ``radius`` of either eye centre (``centre`` and its
+    mirror in x, world units), rising linearly to 1 at (1 + ``falloff``) x ``radius``; all 1 when ``radius`` is 0.
+    Shared by the pixel features and the source detail (models/source_detail.py)."""
 
-def eye_centres(eye_centre: tuple[float, float, float]) -> torch.Tensor:
-    """One eye's centre (world units) -> both eyes' (2, 3): it and its mirror in x."""
-    x, y, z = eye_centre
-    return torch.tensor([[x, y, z], [-x, y, z]])
+    def __init__(self, centre: tuple[float, float, float], radius: float, falloff: float = 0.5) -> None:
+        super().__init__()
+        self.radius, self.falloff = radius, falloff
+        x, y, z = centre
+        self.register_buffer("centres", torch.tensor([[x, y, z], [-x, y, z]]), persistent=False)  # (2, 3) world units
 
-
-def eye_weight(points: torch.Tensor, eyes: torch.Tensor, radius: float, falloff: float) -> torch.Tensor:
-    """World points (B, N, 3), eye centres (2, 3) -> weights (B, N, 1): 0 within ``radius`` of either eye, rising
-    linearly to 1 at (1 + ``falloff``) x ``radius``; all 1 when ``radius`` is 0."""
-    if radius <= 0:
-        return points.new_ones(*points.shape[:-1], 1)
-    centres = eyes[None].expand(points.shape[0], -1, -1)  # (B, 2, 3)
-    distance = torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, 2), exact
-    nearest = distance.amin(-1, keepdim=True)  # (B, N, 1)
-    return ((nearest - radius) / (falloff * radius)).clamp(0, 1)
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """World points (B, N, 3) -> weights (B, N, 1)."""
+        if self.radius <= 0:
+            return points.new_ones(*points.shape[:-1], 1)
+        centres = self.centres.to(points.dtype)[None].expand(points.shape[0], -1, -1)  # (B, 2, 3)
+        distance = torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist")  # (B, N, 2), exact
+        nearest = distance.amin(-1, keepdim=True)  # (B, N, 1)
+        return ((nearest - self.radius) / (self.falloff * self.radius)).clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -67,15 +70,13 @@ class SourcePixels:
 class PixelFeatures(nn.Module):
     """Source images and cameras -> ``SourcePixels``; ``read`` gives each world point its (B, N, C_plane) term."""
 
-    def __init__(self, channels: int, hidden: int, plane_channels: int, eye_centre: tuple[float, float, float],
-                 eye_radius: float, eye_falloff: float = 0.5) -> None:
+    def __init__(self, channels: int, hidden: int, plane_channels: int, eyes: EyeZone) -> None:
         super().__init__()
-        self.eye_radius, self.eye_falloff = eye_radius, eye_falloff
+        self.eyes = eyes
         self.encoder = nn.Sequential(
             nn.Conv2d(3, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE), nn.Conv2d(hidden, channels, 3, padding=1)
         )
         self.proj = nn.Linear(channels + 3, plane_channels)
-        self.register_buffer("eyes", eye_centres(eye_centre), persistent=False)  # (2, 3) world units
 
     def reset_output_(self) -> None:
         """Zero the output layer: the branch adds nothing until it learns to (called after the model's init)."""
@@ -87,10 +88,6 @@ class PixelFeatures(nn.Module):
         features = torch.cat([self.encoder(image), image], 1)  # (B, C + 3, S, S)
         return SourcePixels(map=F.conv2d(features, self.proj.weight[:, :, None, None]), camera=camera)  # (B, C_plane, S, S)
 
-    def eye_weight(self, points: torch.Tensor) -> torch.Tensor:
-        """World points (B, N, 3) -> weights (B, N, 1): 0 inside either eye's ball, 1 beyond (1 + falloff) radii."""
-        return eye_weight(points, self.eyes.to(points.dtype), self.eye_radius, self.eye_falloff)
-
     def read(self, source: SourcePixels, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> (B, N, C_plane). Sources of batch 1 serve every B."""
         b, n, _ = points.shape
@@ -99,4 +96,4 @@ class PixelFeatures(nn.Module):
         uv = project(points, source.camera.to(points.dtype), 1)  # (B, N, 2) in [0, 1] across the image
         grid = (2 * uv - 1)[:, None].to(source.map.dtype)  # (B, 1, N, 2): grid_sample's [-1, 1], pixel edges
         read = F.grid_sample(source.map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C_plane, 1, N)
-        return (read[:, :, 0].transpose(1, 2) + self.proj.bias) * self.eye_weight(points)  # (B, N, C_plane)
+        return (read[:, :, 0].transpose(1, 2) + self.proj.bias) * self.eyes(points)  # (B, N, C_plane)

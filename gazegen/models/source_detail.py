@@ -19,7 +19,7 @@ part of it) renders what it rendered without it, and learns where the warped sou
 turn says how far the read can be trusted: through the source's own camera (v = 0) the read is the
 source itself whatever the depth, and a depth error moves the read in proportion to v (image-based
 rendering weighs its source views by the same angle). As for the pixel features, points near either eye
-read nothing (w = 0 within ``eye_radius``), so the gaze stays the triplane's; occlusion is ignored
+read nothing (w = 0 within the ``EyeZone``'s radius), so the gaze stays the triplane's; occlusion is ignored
 (a point hidden from the source reads the surface in front of it), and the conv sees the image
 and the weight to judge the read.
 """
@@ -34,23 +34,21 @@ from torch import nn
 
 from gazegen.geometry import project, split_camera
 from gazegen.models.encoders import LEAKY_SLOPE
-from gazegen.models.pixel_features import eye_centres, eye_weight
+from gazegen.models.pixel_features import EyeZone
 from gazegen.rendering.rays import camera_rays
 
 
 class SourceDetail(nn.Module):
     """(image, depth, alpha, cameras) of B views and their source (image, camera) -> the image with source detail."""
 
-    def __init__(self, hidden: int, eye_centre: tuple[float, float, float], eye_radius: float,
-                 eye_falloff: float = 0.5) -> None:
+    def __init__(self, hidden: int, eyes: EyeZone) -> None:
         super().__init__()
-        self.eye_radius, self.eye_falloff = eye_radius, eye_falloff
+        self.eyes = eyes
         # [image, warped * w, w] -> hidden -> 3; the turn v joins before the activation (mix[0](x) + turn(v))
         self.mix = nn.Sequential(nn.Conv2d(7, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE),
                                  nn.Conv2d(hidden, 3, 3, padding=1))
         self.turn = nn.Conv2d(1, hidden, 1, bias=False)
         self.blend = nn.Conv2d(hidden, 1, 3, padding=1)  # hidden -> the share's logit
-        self.register_buffer("eyes", eye_centres(eye_centre), persistent=False)  # (2, 3) world units
 
     def reset_output_(self) -> None:
         """Zero the output convs and the turn's: the branch adds nothing until it learns to (called after the model's init)."""
@@ -74,7 +72,7 @@ class SourceDetail(nn.Module):
         warped = F.grid_sample(source.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                                align_corners=False)  # (B, 3, S, S)
         a = F.interpolate(alpha, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)  # (B, 1, S, S)
-        eyes = eye_weight(points, self.eyes.to(points.dtype), self.eye_radius, self.eye_falloff).reshape(b, 1, side, side)
+        eyes = self.eyes(points).reshape(b, 1, side, side)
         return warped, a * eyes.to(a.dtype), turn(points.detach(), rays.directions, source_camera).to(source.dtype)
 
     def forward(self, image: torch.Tensor, depth: torch.Tensor, alpha: torch.Tensor, cameras: torch.Tensor,
