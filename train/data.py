@@ -149,8 +149,9 @@ class TripletDataset(Dataset):
         if self.same_frame:
             return s.sources[same_frame]
         same_camera = lab.cam_index[s.sources] == lab.cam_index[target]
-        if in_place and np.any(~same_frame & same_camera):
-            return s.sources[~same_frame & same_camera]
+        through_own_camera = ~same_frame & same_camera
+        if in_place and through_own_camera.any():
+            return s.sources[through_own_camera]
         return s.sources[~same_frame & ~same_camera]
 
     def locate(self, index: int) -> tuple[int, int]:
