@@ -54,7 +54,8 @@ def read_labels(source: str | Sequence[str], filesystem: pafs.FileSystem | None 
 
 
 def _hist(ax, values_deg: np.ndarray, title: str, colour: str) -> None:
-    ax.hist(values_deg, bins=36, color=colour, edgecolor="white", linewidth=0.3)
+    counts, edges = np.histogram(values_deg, bins=36)
+    ax.stairs(counts, edges, fill=True, color=colour)  # one artist (``hist`` makes one patch per bar: 4x slower to draw)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("degrees", fontsize=8)
     ax.set_ylabel("images", fontsize=8)
@@ -75,8 +76,8 @@ def label_figure(labels: ShardLabels, title: str = "") -> Figure:
     """The six panels of the module docstring, 12 x 7 inches."""
     if not len(labels):
         raise ValueError("no rows: nothing to plot")
-    fig = Figure(figsize=(12, 7), layout="constrained")
-    axes = fig.subplots(2, 3)
+    fig = Figure(figsize=(12, 7))  # a fixed layout: constrained layout took half of a run's final second
+    axes = fig.subplots(2, 3, gridspec_kw={"left": 0.05, "right": 0.98, "bottom": 0.08, "top": 0.9, "wspace": 0.28, "hspace": 0.4})
     gaze, head, view = (np.degrees(a.astype(np.float64)) for a in (labels.gaze, labels.head_pose, labels.view_offset))
     _hist(axes[0, 0], gaze[:, 0], "gaze pitch (camera frame; + looks up)", "tab:red")
     _hist(axes[0, 1], gaze[:, 1], "gaze yaw (camera frame; + looks to the image's left)", "tab:red")
