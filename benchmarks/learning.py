@@ -46,7 +46,8 @@ from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
 from gazegen.rendering.rays import camera_rays
 from gazegen.data.xgaze import open_subject
-from gazegen.data.images import image_tensor, mask_tensor, resize_tensor
+from gazegen.data.images import image_tensor, mask_tensor
+from gazegen.imaging import resize_tensor
 from gazegen.data.splits import store_splits
 from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth

@@ -53,7 +53,8 @@ import torch.nn.functional as F
 
 from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
 from gazegen.config import EvaluateConfig, FinetuneConfig
-from gazegen.data.images import resize_tensor, to_model_range
+from gazegen.data.images import to_model_range
+from gazegen.imaging import resize_tensor
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
 from gazegen.evaluation.estimator import check_store_camera, store_files

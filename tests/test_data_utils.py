@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from gazegen.data.images import (from_model_range, image_tensor, mask_tensor, resize_area, resize_image, resize_nearest,
-                                 resize_tensor, to_model_range, to_unit)
+                                 to_model_range, to_unit)
 from gazegen.data.splits import store_splits
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError
+from gazegen.imaging import resize_tensor
 
 ALL = torch.arange(256, dtype=torch.uint8)
 

@@ -25,7 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gazegen.metrics import scores as metrics
-from gazegen.data.images import resize_tensor, to_unit
+from gazegen.data.images import to_unit
+from gazegen.imaging import resize_tensor
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train.data import Triplets
 from gazegen.train.losses import LiveGazeLoss

@@ -11,7 +11,8 @@ is already ``size``):
     resize_image    pictures: cv2 INTER_AREA to shrink, INTER_CUBIC to grow
     resize_area     INTER_AREA both ways: thumbnails and the estimator's inputs, read as they were
     resize_nearest  labels (masks, depth, part ids): INTER_NEAREST, no value is invented
-    resize_tensor   float NCHW tensors (model outputs): bilinear, antialiased
+
+and ``gazegen.imaging.resize_tensor`` for float NCHW tensors (model outputs), which the models use too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -62,13 +62,6 @@ def resize_nearest(label: np.ndarray, size: int) -> np.ndarray:
     if _is_size(label, size):
         return label
     return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
-
-
-def resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) float -> (B, C, size, size): bilinear, antialiased when shrinking."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def image_tensor(image: np.ndarray, size: int) -> torch.Tensor:

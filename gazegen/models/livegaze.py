@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gazegen.config import ModelConfig
+from gazegen.imaging import resize_tensor
 from gazegen.models.background import background_plate, composite
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
@@ -158,7 +159,7 @@ class LiveGaze(nn.Module):
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
         pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C_plane, S, S) and the cameras
         plate_needed = self.cfg.render.source_background and not self.training
-        picture = self._at_output_side(image) if self.detail is not None or plate_needed else None
+        picture = resize_tensor(image, self.cfg.output_resolution) if self.detail is not None or plate_needed else None
         features = SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
                                   camera=camera, image=small, pixels=pixels, picture=picture)
         occlusion = self.cfg.occlusion_margin > 0
@@ -172,12 +173,6 @@ class LiveGaze(nn.Module):
             pixels = replace(pixels, depth=depth) if occlusion and pixels is not None else pixels  # reads weigh it from now on
             features = replace(features, plate=plate, depth=depth, pixels=pixels)
         return features
-
-    def _at_output_side(self, image: torch.Tensor) -> torch.Tensor:
-        side = self.cfg.output_resolution
-        if image.shape[-1] == side:
-            return image
-        return F.interpolate(image, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
 
     @torch.no_grad()
     def _source_view(self, features: SourceFeatures, fine: bool) -> RenderOutput:
