@@ -97,9 +97,6 @@ class ModelConfig:
     pixel_eye_radius: float = bounded(0.06, 0.0, 1.0)  # points this close to an eye centre read no source pixels
     pixel_eye_falloff: float = bounded(0.5, 0.01, 10.0)  # the read then rises linearly to full at (1 + this) x the radius
     detail_hidden: int = bounded(0, 0, 1024)  # 0: off; H: the output adds the source warped into the view by the rendered depth (models/source_detail.py), except near the eyes
-    # 0: the pixel features' and the source detail's reads ignore occlusion; m world units: a read fades where its point
-    # lies over m behind what the source camera sees there, and is gone at 2m (models/occlusion.py)
-    occlusion_margin: float = bounded(0.0, 0.0, 1.0)
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
     style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)
@@ -122,8 +119,6 @@ class ModelConfig:
             (tri % 4 or tri % self.tri_heads, f"tri_embed_dim {tri} must be a multiple of 4 and of tri_heads"),
             (self.high_channels % self.fusion_heads != 0, "high_channels must be a multiple of fusion_heads"),
             (min(sizes) < 1, "backbone_channels, backbone_blocks, aspp_rates, tri_channels, sr_channels must be >= 1"),
-            (self.occlusion_margin > 0 and not (self.pixel_channels or self.detail_hidden),
-             "occlusion_margin weighs the reads of the source: it needs pixel_channels or detail_hidden > 0"),
         ]
         for bad, message in problems:
             if bad:

@@ -57,7 +57,6 @@ class SourceFeatures:
     pixels: SourcePixels | None = None  # the source's pixel-aligned feature map (models with pixel features)
     picture: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source image at the output side (models with source detail)
     plate: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source's background, its head filled (render.source_background)
-    depth: torch.Tensor | None = None  # (B, 1, R/2, R/2) z-depth of the head seen by the source camera, world units (occlusion_margin)
 
 
 @dataclass(frozen=True)
@@ -124,9 +123,8 @@ class LiveGaze(nn.Module):
             if cfg.lift_samples else None
         )
         eyes = EyeZone(cfg.pixel_eye_centre, cfg.pixel_eye_radius, cfg.pixel_eye_falloff)  # never read from the source
-        self.pixels = (PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, eyes, cfg.occlusion_margin)
-                       if cfg.pixel_channels else None)
-        self.detail = SourceDetail(cfg.detail_hidden, eyes, cfg.occlusion_margin) if cfg.detail_hidden else None
+        self.pixels = PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, eyes) if cfg.pixel_channels else None
+        self.detail = SourceDetail(cfg.detail_hidden, eyes) if cfg.detail_hidden else None
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
@@ -162,30 +160,24 @@ class LiveGaze(nn.Module):
         picture = resize_tensor(image, self.cfg.output_resolution) if self.detail is not None or plate_needed else None
         features = SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
                                   camera=camera, image=small, pixels=pixels, picture=picture)
-        occlusion = self.cfg.occlusion_margin > 0
-        if plate_needed or occlusion:
-            # the plate is not made in training: the losses cover the head, and the plate changes only what the render
-            # leaves transparent (the background, the silhouette's soft edge); making it costs 13% of a demo step
-            seen = self._source_view(features, fine=occlusion)  # (B, 1, R/2, R/2) maps
-            plate = background_plate(picture, seen.alpha) if plate_needed else None
-            far = torch.full_like(seen.depth, 2 * self.cfg.render.ray_end)  # where the source camera sees no head
-            depth = torch.where(seen.alpha > 0.5, seen.depth, far) if occlusion else None  # (B, 1, R/2, R/2)
-            pixels = replace(pixels, depth=depth) if occlusion and pixels is not None else pixels  # reads weigh it from now on
-            features = replace(features, plate=plate, depth=depth, pixels=pixels)
+        if plate_needed:
+            # not in training: the losses cover the head, and the plate changes only what the render leaves
+            # transparent (the background, the silhouette's soft edge); making it costs 13% of a demo step
+            features = replace(features, plate=self._plate(features))
         return features
 
     @torch.no_grad()
-    def _source_view(self, features: SourceFeatures, fine: bool) -> RenderOutput:
-        """The sources' heads rendered from their own cameras at half the neural side, for the gaze straight ahead (the
-        silhouette and the surface hardly depend on the gaze; a fixed gaze keeps ``encode`` independent of the grid):
-        for the plate (its alpha: where the head is, models/background.py) and occlusion (its depth). ``fine``: with
-        the fine samples (a depth map), else the coarse ones only (1/8 of a view's samples: a silhouette)."""
+    def _plate(self, features: SourceFeatures) -> torch.Tensor:
+        """The sources' background plates (B, 3, S_out, S_out): the head where the model renders it from the source
+        camera, for the gaze straight ahead (the silhouette hardly depends on the gaze; a fixed gaze keeps ``encode``
+        independent of the grid), filled in (models/background.py)."""
         if features.camera is None:
-            raise ValueError("render.source_background and occlusion_margin render the head from the source camera: "
+            raise ValueError("render.source_background finds the source's head by rendering it from the source camera: "
                              "pass the source images' cameras (B, 25) to encode")
-        camera = features.camera  # (B, 25)
-        triplane = self.redirect(features, camera.new_zeros(camera.shape[0], 2))  # (B, 3, C, P, P)
-        return self._volume(triplane, camera, features, None, training=False, half=True, fine=fine)
+        picture = features.picture  # (B, 3, S_out, S_out)
+        triplane = self.redirect(features, picture.new_zeros(picture.shape[0], 2))  # (B, 3, C, P, P)
+        alpha = self._volume(triplane, features.camera, features, None, training=False, coarse=True).alpha  # (B, 1, R/2, R/2)
+        return background_plate(picture, alpha)
 
     def redirect(self, features: SourceFeatures, gaze_head: torch.Tensor) -> torch.Tensor:
         """Features of B or 1 sources and gazes (B, 2) in the head frame -> triplanes (B, 3, C, P, P).
@@ -218,7 +210,7 @@ class LiveGaze(nn.Module):
         if self.detail is not None:
             if source is None or source.picture is None:
                 raise ValueError("this model reads the source's detail (detail_hidden > 0): pass render(..., source=features)")
-            image = self.detail(image, rendered.depth, rendered.alpha, cameras, source.picture, source.camera, source.depth)
+            image = self.detail(image, rendered.depth, rendered.alpha, cameras, source.picture, source.camera)
         if source is not None and source.plate is not None:
             image = composite(image, rendered.alpha, source.plate)  # the source's background behind the head
         return LiveGazeOutput(
@@ -230,16 +222,14 @@ class LiveGaze(nn.Module):
         )
 
     def _volume(self, triplane: torch.Tensor, cameras: torch.Tensor, source: SourceFeatures | None,
-                generator: torch.Generator | None, *, training: bool, half: bool = False, fine: bool = True) -> RenderOutput:
+                generator: torch.Generator | None, *, training: bool, coarse: bool = False) -> RenderOutput:
         """The neural (volume) rendering G(T_g, c) of triplanes (B or 1, ...) for cameras (B, 25), before super-resolution.
 
-        ``half``: at half the neural side; ``fine``: with the fine samples (without: the coarse ones only).
+        ``coarse``: half the neural side and the coarse samples only (1/8 of the samples: a silhouette, for the plate).
         """
         cfg = self.cfg.render
-        if half:
-            cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2))
-        if not fine:
-            cfg = replace(cfg, samples_fine=0)
+        if coarse:
+            cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2), samples_fine=0)
         point_term = None
         if self.pixels is not None:
             if source is None or source.pixels is None:

@@ -22,10 +22,8 @@ what it rendered without it: a prior trained without the branch loads and contin
 eye centre (``eye_centre`` and its mirror in x, world units) reads nothing: weight 0, rising
 linearly to 1 at (1 + its falloff) x the radius (``EyeZone``), so there is no seam. Otherwise the
 source's own eyes would be copied into every redirected view, and the gaze path (which acts on the
-triplane) would have to learn to fight them. With ``ModelConfig.occlusion_margin`` > 0 a point hidden
-from the source camera reads nothing either (models/occlusion.py, once ``LiveGaze.encode`` has rendered
-the source's depth); with 0 it reads the pixel of the surface in front of it, as in PixelNeRF, and the
-density decides what is seen.
+triplane) would have to learn to fight them. Occlusion is ignored: a point behind the face reads
+the pixel of the surface in front of it, as in PixelNeRF, and the density decides what is seen.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from torch import nn
 
 from gazegen.geometry import project
 from gazegen.models.encoders import LEAKY_SLOPE
-from gazegen.models.occlusion import visibility
 
 
 class EyeZone(nn.Module):
@@ -68,15 +65,14 @@ class SourcePixels:
 
     map: torch.Tensor  # (B, C_plane, S, S) the features and the image itself through proj's weight (no bias)
     camera: torch.Tensor  # (B, 25) the source cameras
-    depth: torch.Tensor | None = None  # (B, 1, R, R) the z-depth the source cameras see (with occlusion; None: not yet rendered)
 
 
 class PixelFeatures(nn.Module):
     """Source images and cameras -> ``SourcePixels``; ``read`` gives each world point its (B, N, C_plane) term."""
 
-    def __init__(self, channels: int, hidden: int, plane_channels: int, eyes: EyeZone, occlusion: float = 0.0) -> None:
+    def __init__(self, channels: int, hidden: int, plane_channels: int, eyes: EyeZone) -> None:
         super().__init__()
-        self.eyes, self.occlusion = eyes, occlusion  # occlusion: the margin, world units (0: ignored)
+        self.eyes = eyes
         self.encoder = nn.Sequential(
             nn.Conv2d(3, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE), nn.Conv2d(hidden, channels, 3, padding=1)
         )
@@ -100,7 +96,4 @@ class PixelFeatures(nn.Module):
         uv = project(points, source.camera.to(points.dtype), 1)  # (B, N, 2) in [0, 1] across the image
         grid = (2 * uv - 1)[:, None].to(source.map.dtype)  # (B, 1, N, 2): grid_sample's [-1, 1], pixel edges
         read = F.grid_sample(source.map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C_plane, 1, N)
-        weight = self.eyes(points)  # (B, N, 1)
-        if self.occlusion > 0 and source.depth is not None:
-            weight = weight * visibility(points.detach(), source.camera, source.depth, self.occlusion)
-        return (read[:, :, 0].transpose(1, 2) + self.proj.bias) * weight  # (B, N, C_plane)
+        return (read[:, :, 0].transpose(1, 2) + self.proj.bias) * self.eyes(points)  # (B, N, C_plane)

@@ -7,7 +7,7 @@ the face's detail at full resolution, and the render says where each output pixe
 
     output pixel (S x S) -> its ray at the rendered depth (bilinear to S) -> a world point p
     p -> projected with the source camera -> bilinear read of the source image     warped (B, 3, S, S)
-    weight = opacity (bilinear to S) x eye weight(p) x visibility(p)               w (B, 1, S, S)
+    weight = opacity (bilinear to S) x eye weight(p)                               w (B, 1, S, S)
     turn = sin of the angle at p between the view's ray and the source camera's    v (B, 1, S, S)
     h = LeakyReLU(conv3x3([image, warped * w, w]) + conv1x1(v))                    (B, H, S, S)
     share = tanh(conv3x3(h)) x w                                                   (B, 1, S, S)
@@ -19,10 +19,9 @@ part of it) renders what it rendered without it, and learns where the warped sou
 turn says how far the read can be trusted: through the source's own camera (v = 0) the read is the
 source itself whatever the depth, and a depth error moves the read in proportion to v (image-based
 rendering weighs its source views by the same angle). As for the pixel features, points near either eye
-read nothing (w = 0 within the ``EyeZone``'s radius), so the gaze stays the triplane's.
-
-Occlusion (``ModelConfig.occlusion_margin`` > 0): a point hidden from the source camera reads nothing
-(models/occlusion.py); with 0 it reads the surface in front of it, as models trained before the option did.
+read nothing (w = 0 within the ``EyeZone``'s radius), so the gaze stays the triplane's; occlusion is ignored
+(a point hidden from the source reads the surface in front of it), and the conv sees the image
+and the weight to judge the read.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from torch import nn
 
 from gazegen.geometry import project, split_camera
 from gazegen.models.encoders import LEAKY_SLOPE
-from gazegen.models.occlusion import visibility
 from gazegen.models.pixel_features import EyeZone
 from gazegen.rendering.rays import camera_rays
 
@@ -43,9 +41,9 @@ from gazegen.rendering.rays import camera_rays
 class SourceDetail(nn.Module):
     """(image, depth, alpha, cameras) of B views and their source (image, camera) -> the image with source detail."""
 
-    def __init__(self, hidden: int, eyes: EyeZone, occlusion: float = 0.0) -> None:
+    def __init__(self, hidden: int, eyes: EyeZone) -> None:
         super().__init__()
-        self.eyes, self.occlusion = eyes, occlusion  # occlusion: the margin m, world units (0: ignored)
+        self.eyes = eyes
         # [image, warped * w, w] -> hidden -> 3; the turn v joins before the activation (mix[0](x) + turn(v))
         self.mix = nn.Sequential(nn.Conv2d(7, hidden, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE),
                                  nn.Conv2d(hidden, 3, 3, padding=1))
@@ -60,11 +58,10 @@ class SourceDetail(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def warp(self, depth: torch.Tensor, alpha: torch.Tensor, cameras: torch.Tensor, source: torch.Tensor,
-             source_camera: torch.Tensor, source_depth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rendered z-depth and opacity (B, 1, R, R) of cameras (B, 25); sources (B or 1, 3, S, S), their cameras
-        (B or 1, 25) and, with occlusion, their own z-depth maps (B or 1, 1, R', R') -> the source read where each
-        output pixel's surface projects (B, 3, S, S), its weight and the turn between the two cameras' rays there
-        (B, 1, S, S) each."""
+             source_camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rendered z-depth and opacity (B, 1, R, R) of cameras (B, 25); sources (B or 1, 3, S, S) and their cameras
+        (B or 1, 25) -> the source read where each output pixel's surface projects (B, 3, S, S), its weight and the
+        turn between the two cameras' rays there (B, 1, S, S) each."""
         b, side = depth.shape[0], source.shape[-1]
         rays = camera_rays(cameras, side)  # (B, S*S, 3) origins and directions, (B, S*S, 1) z per unit distance
         z = F.interpolate(depth, size=(side, side), mode="bilinear", align_corners=False).reshape(b, -1, 1)  # (B, S*S, 1)
@@ -75,18 +72,13 @@ class SourceDetail(nn.Module):
         warped = F.grid_sample(source.expand(b, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                                align_corners=False)  # (B, 3, S, S)
         a = F.interpolate(alpha, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)  # (B, 1, S, S)
-        weight = a * self.eyes(points).reshape(b, 1, side, side).to(a.dtype)
-        if self.occlusion > 0:
-            if source_depth is None:
-                raise ValueError("this model's source detail weighs occlusion (occlusion_margin > 0): pass the source's depth map")
-            seen = visibility(points.detach(), source_camera, source_depth.expand(b, -1, -1, -1), self.occlusion)  # (B, S*S, 1)
-            weight = weight * seen.reshape(b, 1, side, side).to(a.dtype)
-        return warped, weight, turn(points.detach(), rays.directions, source_camera).to(source.dtype)
+        eyes = self.eyes(points).reshape(b, 1, side, side)
+        return warped, a * eyes.to(a.dtype), turn(points.detach(), rays.directions, source_camera).to(source.dtype)
 
     def forward(self, image: torch.Tensor, depth: torch.Tensor, alpha: torch.Tensor, cameras: torch.Tensor,
-                source: torch.Tensor, source_camera: torch.Tensor, source_depth: torch.Tensor | None = None) -> torch.Tensor:
+                source: torch.Tensor, source_camera: torch.Tensor) -> torch.Tensor:
         """Views (B, 3, S, S) with their depth, opacity (B, 1, R, R) and cameras (B, 25) -> (B, 3, S, S)."""
-        warped, weight, v = self.warp(depth, alpha, cameras, source, source_camera, source_depth)
+        warped, weight, v = self.warp(depth, alpha, cameras, source, source_camera)
         read, act, out = self.mix
         h = act(read(torch.cat([image, warped * weight, weight], 1)) + self.turn(v))  # (B, H, S, S)
         share = torch.tanh(self.blend(h)) * weight  # (B, 1, S, S)
