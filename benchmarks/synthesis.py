@@ -9,7 +9,10 @@ initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sourc
   render, PNG encoding, shard writing; ``gazegen.pipelines.graph.local_records``): images/s.
 * ``ray``: ``run_synthesis`` into a fresh output, images/s over its whole wall clock (planning,
   Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
-  start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways.
+  start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways. The two
+  alternate ``--rounds`` times (bare, Ray, bare, Ray, ...; each Ray round a fresh session) and the
+  median ratio is reported with every round's: a shared machine's speed drifts by 10-30% over
+  minutes, which one bare run followed by one Ray run reads as the pipeline's cost.
 * ``grid``: model time of sources' grids rendered the staged way (encode once per source,
   redirect once per gaze, render the rows in batches: ``SourceRenderer.grid_outputs``, the actor's own calls), against
   one full forward per output image in batches of the same size.
@@ -140,6 +143,7 @@ def main() -> None:
                         help="torch threads of the bare loop and of the CPU actor (0: the pipeline's default, the cores less one)")
     parser.add_argument("--grid-sources", type=int, default=2, help="sources timed for the grid gain")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the grid gain (median)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternated bare and Ray runs (the median ratio is reported)")
     parser.add_argument("--grid-only", action="store_true", help="only the grid gain (e.g. for the base preset on CPU)")
     parser.add_argument("--work", type=Path, help="folder for inputs and outputs (default: a temporary one, removed at the end)")
     args = parser.parse_args()
@@ -172,27 +176,38 @@ def measure(args: argparse.Namespace, work: Path, threads: int) -> dict:
         grid = grid_gain(checkpoint, inputs, options, args.device, args.grid_sources, args.repeats)
         return {"model": str(args.checkpoint or args.preset), "device": args.device, "threads": threads, "grid": grid,
                 "loadavg": [load_before, os.getloadavg()]}  # fmt: skip
-    bare = bare_loop(checkpoint, inputs, work / "bare", options, args.device, threads)
+    import ray
 
+    rounds = []
+    for k in range(args.rounds):
+        bare = bare_loop(checkpoint, inputs, work / f"bare{k}", options, args.device, threads)
+        ray_figures = ray_run(checkpoint, inputs, work / f"ray{k}", load_synth_config(None, overrides, **options))
+        rounds.append({"bare": bare, "ray": ray_figures, "ratio": ray_figures["images_per_s"] / bare["images_per_s"],
+                       "ratio_after_init": ray_figures["images_per_s_after_init"] / bare["images_per_s"]})  # fmt: skip
+    figures = {
+        "model": str(args.checkpoint or args.preset), "device": args.device, "cpu_count": os.cpu_count(), "threads": threads,
+        "torch": torch.__version__, "ray_version": ray.__version__, "sources": rounds[0]["ray"]["sources"],
+        "batch_size": args.batch_size, "rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
+        "ratio_after_init": statistics.median(r["ratio_after_init"] for r in rounds),
+        "grid": grid_gain(checkpoint, inputs, options, args.device, args.grid_sources, args.repeats),
+    }  # fmt: skip
+    return figures | {"loadavg": [load_before, os.getloadavg()]}
+
+
+def ray_run(checkpoint: Path, inputs: Path, out: Path, cfg) -> dict:
+    """``run_synthesis`` in a fresh Ray session: images/s with and without ``ray.init``."""
     import ray
 
     start = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - start
-    result = run_synthesis(checkpoint, inputs, str(work / "ray"), load_synth_config(None, overrides, **options), overwrite=True, progress=False)
-    ray.shutdown()
-    ray_figures = {"rows": result.rows_written, "ray_init_s": init_s, "pipeline_s": result.seconds,
-                   "images_per_s": result.rows_written / (init_s + result.seconds),
-                   "images_per_s_after_init": result.rows_written / result.seconds}  # fmt: skip
-    figures = {
-        "model": str(args.checkpoint or args.preset), "device": args.device, "cpu_count": os.cpu_count(), "threads": threads,
-        "torch": torch.__version__, "ray_version": ray.__version__, "sources": result.sources, "batch_size": args.batch_size,
-        "bare": bare, "ray": ray_figures,
-        "ratio": ray_figures["images_per_s"] / bare["images_per_s"],
-        "ratio_after_init": ray_figures["images_per_s_after_init"] / bare["images_per_s"],
-        "grid": grid_gain(checkpoint, inputs, options, args.device, args.grid_sources, args.repeats),
-    }  # fmt: skip
-    return figures | {"loadavg": [load_before, os.getloadavg()]}
+    try:
+        result = run_synthesis(checkpoint, inputs, str(out), cfg, overwrite=True, progress=False)
+    finally:
+        ray.shutdown()
+    return {"sources": result.sources, "rows": result.rows_written, "ray_init_s": init_s, "pipeline_s": result.seconds,
+            "images_per_s": result.rows_written / (init_s + result.seconds),
+            "images_per_s_after_init": result.rows_written / result.seconds}  # fmt: skip
 
 
 if __name__ == "__main__":
