@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--grid-only", action="store_true", help="only the grid gain (e.g. for the base preset on CPU)")
     parser.add_argument("--work", type=Path, help="folder for inputs and outputs (default: a temporary one, removed at the end)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     threads = args.threads or default_cpu_threads(1)
     torch.set_num_threads(threads)
