@@ -106,8 +106,7 @@ class MtcnnDetector:
         boxes = np.concatenate([middle - half, middle + half], 1)  # (K, 4)
         crops = _crops(image, boxes, 48)  # (K, 48, 48, 3)
         self.onet.setInput(_to_net(np.concatenate([crops, crops[:, :, ::-1]])))
-        marks = self.onet.forward("dense_6")  # (2K, 10) x then y of each landmark, fractions of the crop
-        fractions = np.stack([marks[:, :5], marks[:, 5:]], -1)  # (2K, 5, 2)
+        fractions = _landmark_fractions(self.onet.forward("dense_6"))  # (2K, 5, 2) of each crop
         k = len(boxes)
         mirrored = fractions[k:, list(MIRRORED)] * [-1.0, 1.0] + [1.0, 0.0]  # back to the unmirrored crop
         fractions = np.concatenate([fractions[:k], mirrored]).reshape(2, k, 5, 2)  # (plain, mirrored), box, landmark
@@ -167,7 +166,7 @@ class MtcnnDetector:
         keep = prob[:, 1] > self.cfg.thresholds[2]
         boxes, reg, marks = np.concatenate([boxes[keep, :4], prob[keep, 1:2]], 1), reg[keep], marks[keep]
         size = boxes[:, 2:4] - boxes[:, 0:2]  # (M, 2) width, height
-        points = boxes[:, None, 0:2] + np.stack([marks[:, :5], marks[:, 5:]], -1) * size[:, None]  # (M, 5, 2)
+        points = boxes[:, None, 0:2] + _landmark_fractions(marks) * size[:, None]  # (M, 5, 2)
         boxes = _regress(boxes, reg)
         pick = nms(boxes, 0.7, by_min=True)
         return [(boxes[i], points[i]) for i in pick]
@@ -207,6 +206,11 @@ def _crops(image: np.ndarray, boxes: np.ndarray, side: int) -> np.ndarray:
         interpolation = cv2.INTER_AREA if bw > side else cv2.INTER_LINEAR
         out[i] = cv2.resize(patch, (side, side), interpolation=interpolation)
     return out
+
+
+def _landmark_fractions(marks: np.ndarray) -> np.ndarray:
+    """O-Net's (N, 10) landmark output, the five x then the five y -> (N, 5, 2) (x, y) fractions of each crop."""
+    return np.stack([marks[:, :5], marks[:, 5:]], -1)
 
 
 def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
