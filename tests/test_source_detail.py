@@ -27,10 +27,10 @@ def test_seen_from_the_source_camera_the_warp_is_the_source_itself_at_any_depth(
     source = torch.rand(1, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     depth = 2.4 + 0.6 * torch.rand(1, 1, r, r, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     branch = SourceDetail(4, EyeZone(EYE, 0.0)).double()
-    warped, weight, turn = branch.warp(depth, torch.ones(1, 1, r, r, dtype=torch.float64), camera, source, camera)
+    warped, weight, v = branch.warp(depth, torch.ones(1, 1, r, r, dtype=torch.float64), camera, source, camera)
     torch.testing.assert_close(warped, source, rtol=0, atol=1e-9)
     assert torch.equal(weight, torch.ones_like(weight))
-    torch.testing.assert_close(turn, torch.zeros_like(turn), rtol=0, atol=1e-9)  # the source's own rays: no turn
+    torch.testing.assert_close(v, torch.zeros_like(v), rtol=0, atol=1e-9)  # the source's own rays: no turn
 
 
 def test_pixels_whose_surface_lies_at_an_eye_read_nothing():
