@@ -74,8 +74,7 @@ class StepTimer:
         """Seconds of forward + loss, backward (with clipping), and the optimiser's update."""
         t0 = time.perf_counter()
         out = self.model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
-        terms = self.loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
-                             batch.depth_valid, out.image_raw, out.alpha)
+        terms = self.loss_fn.on_batch(out, batch)
         t1 = time.perf_counter()
         terms.total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.grad_clip)

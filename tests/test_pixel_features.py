@@ -86,9 +86,11 @@ def test_one_source_serves_many_point_sets():
 
 
 # The branches a model may gain beyond its init checkpoint (train/trainer.GROWN), each with its zero-initialised
-# output layer: pixel-aligned features (this module) and source detail (models/source_detail.py).
+# output layer: pixel-aligned features (this module), source detail (models/source_detail.py) and the source's
+# surface bands (models/source_surface.py).
 BRANCHES = {"pixels": ({"pixel_channels": 4}, lambda m: m.pixels.proj),
-            "detail": ({"detail_hidden": 4}, lambda m: m.detail.mix[-1])}
+            "detail": ({"detail_hidden": 4}, lambda m: m.detail.mix[-1]),
+            "surface": ({"surface_bands": 4}, lambda m: m.surface.proj)}
 
 
 @pytest.mark.parametrize("branch", sorted(BRANCHES))

@@ -89,6 +89,15 @@ def test_a_triplet_carries_the_rows_it_names(dataset):
                            ("source_gaze_head", source, "gaze_head"), ("source_camera", source, "camera"),
                            ("frontal_camera", frontal, "camera")):
         np.testing.assert_array_equal(getattr(t, name)[0].numpy(), getattr(lab, key)[row])
+    # each depth is its own row's: the source's is the target depth of the triplet whose target is the source
+    mm = dataset.subjects[k].mm_per_unit
+    for depth, valid, sample in ((t.depth_prior, t.depth_valid, tgt), (t.source_depth, t.source_depth_valid, src)):
+        world, ok = depth_to_world(sample.depth, dataset.subjects[k].normalisation, 16)
+        torch.testing.assert_close(depth[0, 0], torch.from_numpy(world))
+        np.testing.assert_array_equal(valid[0, 0].numpy(), ok)
+        assert ok.any() and 800 < float(depth[valid].mean()) * mm < 1100  # mm: the head sits 950 mm from the camera
+    other = dataset.load(k, source, source)
+    assert torch.equal(other.depth_prior, t.source_depth) and not torch.equal(t.source_depth, t.depth_prior)
 
 
 def test_draws_depend_on_seed_epoch_and_index_only(store, dataset):

@@ -59,6 +59,8 @@ class Triplets:
     eye_mask: torch.Tensor  # (B, 1, S_out, S_out) I_gt's eyes (both) {0, 1}
     depth_prior: torch.Tensor  # (B, 1, R, R) D_gt, world units, 0 where invalid
     depth_valid: torch.Tensor  # (B, 1, R, R) bool
+    source_depth: torch.Tensor  # (B, 1, R, R) I_s's depth prior, world units, 0 where invalid
+    source_depth_valid: torch.Tensor  # (B, 1, R, R) bool
     gaze_head: torch.Tensor  # (B, 2) I_gt's gaze in the head frame: the condition g
     gaze: torch.Tensor  # (B, 2) I_gt's gaze in its camera frame
     camera: torch.Tensor  # (B, 25) I_gt's camera c
@@ -190,8 +192,8 @@ class TripletDataset(Dataset):
         frontal = s.frontal_row(int(lab.frame_index[target])) if frontal is None else frontal
         reader = self._reader(s)
         src, tgt, fro = reader[source], reader[target], reader[frontal]
-        depth_mm = self.depth.read(s, target, tgt)
-        prior, valid = depth_to_world(depth_mm, s.normalisation, sz.depth)
+        prior, valid = depth_to_world(self.depth.read(s, target, tgt), s.normalisation, sz.depth)
+        source_prior, source_valid = depth_to_world(self.depth.read(s, source, src), s.normalisation, sz.depth)
         f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))[None]  # noqa: E731
         return Triplets(
             source=image_tensor(src.image, sz.input)[None],
@@ -201,6 +203,8 @@ class TripletDataset(Dataset):
             eye_mask=mask_tensor(tgt.eye_mask, sz.output)[None] if tgt.eye_mask is not None else torch.zeros(1, 1, sz.output, sz.output),
             depth_prior=torch.from_numpy(prior)[None, None],
             depth_valid=torch.from_numpy(valid)[None, None],
+            source_depth=torch.from_numpy(source_prior)[None, None],
+            source_depth_valid=torch.from_numpy(source_valid)[None, None],
             gaze_head=f32(lab.gaze_head[target]), gaze=f32(lab.gaze[target]), camera=f32(lab.camera[target]),
             source_gaze_head=f32(lab.gaze_head[source]), source_camera=f32(lab.camera[source]),
             frontal_camera=f32(lab.camera[frontal]),

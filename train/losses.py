@@ -4,6 +4,7 @@
     L_R = w_f * L_Rf + w_e * L_Re                                     (eq. 7; 1, 2)
     L_Rf, L_Re = masked L1 of I_g - I_gt over the face / eye mask     (eq. 8, 9)
     L_D = L1 of D_g - D_gt over the pixels where the prior is valid   (eq. 10)
+          (+ alpha_weight * silhouette + source_depth_weight * L1 of the predicted source depth: not in the paper)
     L_P = sum_i mean |phi_i(I_g) - phi_i(I_gt)|, phi_i VGG16 layers   (eq. 11: L1, per-layer mean)
 
 Conventions:
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,10 @@ from torch import nn
 
 from gazegen.config import LossConfig
 from gazegen.metrics.scores import masked_mean
+
+if TYPE_CHECKING:
+    from gazegen.models.livegaze import LiveGazeOutput
+    from gazegen.train.data import Triplets
 
 FeatureExtractor = Callable[[torch.Tensor], Mapping[str, torch.Tensor] | Sequence[torch.Tensor]]
 
@@ -133,6 +139,9 @@ class LiveGazeLoss(nn.Module):
         depth_valid: torch.Tensor | None = None,  # (B, [1,] H', W') where D_gt is valid
         image_raw: torch.Tensor | None = None,  # (B, 3, R, R) the neural rendering's RGB, for raw_weight
         alpha: torch.Tensor | None = None,  # (B, 1, R, R) the neural rendering's opacity, for alpha_weight
+        source_depth: torch.Tensor | None = None,  # (B, 1, P, P) the model's predicted source depth (surface bands)
+        source_depth_prior: torch.Tensor | None = None,  # (B, 1, R', R') the source's depth prior
+        source_depth_valid: torch.Tensor | None = None,  # (B, 1, R', R') where it is valid
     ) -> LossOutput:
         cfg = self.config
         zero = image.new_zeros((), dtype=torch.float32)
@@ -148,6 +157,9 @@ class LiveGazeLoss(nn.Module):
             depth_term = depth_loss(depth, depth_prior, depth_valid)
             if cfg.alpha_weight > 0 and alpha is not None:  # opaque where the prior has a surface, clear elsewhere
                 depth_term = depth_term + cfg.alpha_weight * silhouette_loss(alpha, depth_prior, depth_valid)
+            if cfg.source_depth_weight > 0 and source_depth is not None and source_depth_prior is not None:
+                depth_term = depth_term + cfg.source_depth_weight * depth_loss(source_depth, source_depth_prior,
+                                                                               source_depth_valid)
         elif cfg.depth_weight > 0:
             raise ValueError("the depth loss needs `depth` and `depth_prior`; set loss.depth_weight = 0 to train without one")
         else:
@@ -157,3 +169,9 @@ class LiveGazeLoss(nn.Module):
             cfg.reconstruction_weight * reconstruction + cfg.depth_weight * depth_term + cfg.perceptual_weight * perceptual
         )  # eq. 6
         return LossOutput(total, reconstruction, face, eyes, depth_term, perceptual)
+
+    def on_batch(self, out: LiveGazeOutput, batch: Triplets) -> LossOutput:
+        """The objective of the model's output ``out`` for the triplets ``batch`` it was run on."""
+        return self(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
+                    batch.depth_valid, out.image_raw, out.alpha, source_depth=out.source_depth,
+                    source_depth_prior=batch.source_depth, source_depth_valid=batch.source_depth_valid)

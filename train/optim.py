@@ -11,7 +11,7 @@ from gazegen.models.livegaze import LiveGaze
 from gazegen.train.errors import TrainingError
 
 # Parameter groups by top-level module; the split of Live3D's checkpoint (encoder / renderer) plus LiveGaze's gaze modules.
-PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting", "pixels"), "renderer": ("decoder", "superres", "detail"),
+PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting", "pixels", "surface"), "renderer": ("decoder", "superres", "detail"),
          "gaze": ("gaze_encoder", "gaze_fusion")}
 FROZEN = {"gaze": (), "reconstruction": ("gaze",)}  # parts each stage leaves as they start
 

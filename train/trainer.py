@@ -53,7 +53,7 @@ from gazegen.train.subjects import common_normalisation, read_subject, split_sub
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
-GROWN = ("pixels.", "detail.")  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py, source_detail.py)
+GROWN = ("pixels.", "detail.", "surface.")  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py, source_detail.py, source_surface.py)
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,7 @@ def forward_backward(net: nn.Module, batch: Triplets, loss_fn: LiveGazeLoss, gra
     """
     with autocast():
         out = net(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
-        terms = loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
-                        batch.depth_valid, out.image_raw, out.alpha)
+        terms = loss_fn.on_batch(out, batch)
     terms.total.backward()
     params = [p for p in net.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)

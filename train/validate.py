@@ -72,8 +72,7 @@ def validate(model: LiveGaze, batches: Iterable[Triplets], loss_fn: LiveGazeLoss
             batch = batch.to(device)
             with autocast or contextlib.nullcontext():
                 out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
-                terms = loss_fn(out.image, batch.target, batch.face_mask, batch.eye_mask, out.depth, batch.depth_prior,
-                                batch.depth_valid)
+                terms = loss_fn.on_batch(out, batch)  # the training objective, every term
             for key, value in terms.scalars().items():
                 losses.setdefault(key, []).append(value * len(batch))
             image = out.image.float().clamp(-1, 1)

@@ -97,6 +97,10 @@ class ModelConfig:
     pixel_eye_radius: float = bounded(0.06, 0.0, 1.0)  # points this close to an eye centre read no source pixels
     pixel_eye_falloff: float = bounded(0.5, 0.01, 10.0)  # the read then rises linearly to full at (1 + this) x the radius
     detail_hidden: int = bounded(0, 0, 1024)  # 0: off; H: the output adds the source warped into the view by the rendered depth (models/source_detail.py), except near the eyes
+    # the source's visible surface (gazegen/models/source_surface.py): a from-scratch option, off for Live3D's layout
+    surface_bands: int = bounded(0, 0, 64)  # 0: off; K (>= 2): each point reads K bands of its signed depth behind the source's predicted surface
+    surface_reach: float = bounded(0.2, 1e-3, 1.0)  # world units: the bands' centres span [-reach, reach]
+    surface_hidden: int = bounded(32, 1, 1024)  # width of the depth head's first conv (on F_geo)
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
     style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)
@@ -119,6 +123,7 @@ class ModelConfig:
             (tri % 4 or tri % self.tri_heads, f"tri_embed_dim {tri} must be a multiple of 4 and of tri_heads"),
             (self.high_channels % self.fusion_heads != 0, "high_channels must be a multiple of fusion_heads"),
             (min(sizes) < 1, "backbone_channels, backbone_blocks, aspp_rates, tri_channels, sr_channels must be >= 1"),
+            (self.surface_bands == 1, "surface_bands: 0 (off) or at least 2 bands to span [-surface_reach, surface_reach]"),
         ]
         for bad, message in problems:
             if bad:

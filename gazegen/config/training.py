@@ -31,6 +31,9 @@ class LossConfig:
     # not in the paper (0 = off): L1 of the rendered opacity against the depth prior's surface region, added to the
     # depth term: the silhouette, which the depth L1 alone (valid pixels only) never asks for
     alpha_weight: float = bounded(0.0, 0.0)
+    # not in the paper: L1 of a model's predicted source depth (models with surface bands, gazegen/models/source_surface.py)
+    # against the source's own depth prior, added to the depth term; the stand-in for E_geo's distillation
+    source_depth_weight: float = bounded(1.0, 0.0)
     perceptual: bool = True  # False: no L_P and VGG16 is never loaded (CPU tests, runs without the weights)
     # VGG16 ReLU outputs compared by L_P (the paper does not name them; these are Johnson et al.'s [19]
     # relu1_2..relu4_3). Known names: relu{1,2}_{1,2}, relu{3,4,5}_{1,2,3}.

@@ -7,10 +7,12 @@ Three stages, so that a synthesis grid pays for each only as often as it must:
 
 * ``encode(image, camera)``: once per source image -> ``SourceFeatures`` (F_h, F_geo; the source
   camera, needed by models that lift E_tri's output through it, ``ModelConfig.lift_samples``, or
-  read the source's pixels per sample point, ``ModelConfig.pixel_channels``);
+  read the source's pixels or its predicted surface per sample point, ``ModelConfig.pixel_channels``,
+  ``ModelConfig.surface_bands``);
 * ``redirect(features, gaze_head)``: once per gaze -> triplane T_g (B, 3, C, P, P);
 * ``render(triplane, cameras, source=features)``: once per view; a triplane of batch 1 serves any
-  number of cameras -> ``LiveGazeOutput``. ``source`` is needed by models with pixel features, and
+  number of cameras -> ``LiveGazeOutput``. ``source`` is needed by models with pixel features or
+  surface bands, and
   with ``render.source_background`` it holds the plate every view is composited onto (the source's
   background, its head filled; gazegen/models/background.py), made once by ``encode``.
 
@@ -38,6 +40,7 @@ from gazegen.models.init import initialise_from_scratch_
 from gazegen.models.pixel_features import EyeZone, PixelFeatures, SourcePixels
 from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.source_detail import SourceDetail
+from gazegen.models.source_surface import SourceSurface, SurfaceBands
 from gazegen.models.superres import SuperResolution
 from gazegen.models.triplane_head import GeometryTerms, TriplaneHead
 from gazegen.rendering.decoder import TriplaneDecoder
@@ -55,6 +58,7 @@ class SourceFeatures:
     camera: torch.Tensor | None = None  # (B, 25) the source cameras (models with plane lifting)
     image: torch.Tensor | None = None  # (B, 3, P, P) the source image at the planes' side (models with plane lifting)
     pixels: SourcePixels | None = None  # the source's pixel-aligned feature map (models with pixel features)
+    surface: SourceSurface | None = None  # the source's predicted z-depth map (models with surface bands)
     picture: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source image at the output side (models with source detail)
     plate: torch.Tensor | None = None  # (B, 3, S_out, S_out) the source's background, its head filled (render.source_background)
 
@@ -68,6 +72,12 @@ class LiveGazeOutput:
     depth: torch.Tensor  # (B, 1, R, R) z-depth along the camera axis, world units
     alpha: torch.Tensor  # (B, 1, R, R) opacity in [0, 1]
     triplane: torch.Tensor  # (B or 1, 3, C, P, P) the triplane the views were rendered from
+    source_depth: torch.Tensor | None = None  # (B or 1, 1, P, P) the sources' predicted z-depth, world units (surface bands)
+
+
+def _summed(terms: list, points: torch.Tensor) -> torch.Tensor:
+    """The sum of several per-point terms at world points (B, N, 3): (B, N, C_plane)."""
+    return sum(term(points) for term in terms)
 
 
 def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int | None, ...]) -> None:
@@ -125,19 +135,21 @@ class LiveGaze(nn.Module):
         eyes = EyeZone(cfg.pixel_eye_centre, cfg.pixel_eye_radius, cfg.pixel_eye_falloff)  # never read from the source
         self.pixels = PixelFeatures(cfg.pixel_channels, cfg.pixel_hidden, r.plane_channels, eyes) if cfg.pixel_channels else None
         self.detail = SourceDetail(cfg.detail_hidden, eyes) if cfg.detail_hidden else None
+        self.surface = (SurfaceBands(cfg.geo_channels, cfg.surface_hidden, cfg.surface_bands, cfg.surface_reach, r.plane_channels)
+                        if cfg.surface_bands else None)
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
         )
         initialise_from_scratch_(  # variance-preserving (models/init.py); the super-resolution keeps StyleGAN2's
             [self.high_encoder, self.low_encoder, self.gaze_encoder, self.gaze_fusion, self.triplane_head,
-             *(m for m in (self.lifting, self.pixels, self.detail) if m is not None)],
+             *(m for m in (self.lifting, self.pixels, self.detail, self.surface) if m is not None)],
             self.decoder,
             keep=(self.gaze_fusion.proj_out,),
         )
-        for branch in (self.pixels, self.detail):
+        for branch in (self.pixels, self.detail, self.surface):
             if branch is not None:
-                branch.reset_output_()  # adds nothing at the start (pixel_features.py, source_detail.py)
+                branch.reset_output_()  # adds nothing at the start (pixel_features.py, source_detail.py, source_surface.py)
 
     def encode(self, image: torch.Tensor, camera: torch.Tensor | None = None) -> SourceFeatures:
         """Source images (B, 3, S_in, S_in) in [-1, 1] -> F_h and F_geo, each (B, C, S_in/2, S_in/2).
@@ -147,19 +159,20 @@ class LiveGaze(nn.Module):
         """
         s = self.cfg.image_resolution
         _check_shape("image", image, (None, 3, s, s))
-        if self.lifting is not None or self.pixels is not None or self.detail is not None:
+        if any(m is not None for m in (self.lifting, self.pixels, self.detail, self.surface)):
             if camera is None:
-                raise ValueError("this model projects into the source camera (lift_samples, pixel_channels or "
-                                 "detail_hidden > 0): pass the source images' cameras (B, 25) to encode")
+                raise ValueError("this model projects into the source camera (lift_samples, pixel_channels, detail_hidden "
+                                 "or surface_bands > 0): pass the source images' cameras (B, 25) to encode")
             _check_shape("source camera", camera, (image.shape[0], 25))
         x = append_pixel_coordinates(image) if self.cfg.coord_channels else image  # (B, 5 or 3, S, S)
         high, geometry = self.high_encoder(x), self.low_encoder(x)  # (B, C_h, P, P), (B, C_geo, P, P)
         small = F.avg_pool2d(image, 2) if self.lifting is not None else None  # (B, 3, S/2, S/2): lifted beside E_tri's output
         pixels = self.pixels(image, camera) if self.pixels is not None else None  # (B, C_plane, S, S) and the cameras
+        surface = self.surface(geometry, camera) if self.surface is not None else None  # (B, 1, P, P) and the cameras
         plate_needed = self.cfg.render.source_background and not self.training
         picture = resize_tensor(image, self.cfg.output_resolution) if self.detail is not None or plate_needed else None
         features = SourceFeatures(high=high, geometry=geometry, tri_geometry=self.triplane_head.geometry_terms(geometry),
-                                  camera=camera, image=small, pixels=pixels, picture=picture)
+                                  camera=camera, image=small, pixels=pixels, surface=surface, picture=picture)
         if plate_needed:
             # not in training: the losses cover the head, and the plate changes only what the render leaves
             # transparent (the background, the silhouette's soft edge); making it costs 13% of a demo step
@@ -219,6 +232,7 @@ class LiveGaze(nn.Module):
             depth=rendered.depth,
             alpha=rendered.alpha,
             triplane=triplane,
+            source_depth=source.surface.depth if source is not None and source.surface is not None else None,
         )
 
     def _volume(self, triplane: torch.Tensor, cameras: torch.Tensor, source: SourceFeatures | None,
@@ -230,11 +244,16 @@ class LiveGaze(nn.Module):
         cfg = self.cfg.render
         if coarse:
             cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2), samples_fine=0)
-        point_term = None
+        terms = []  # points (B, N, 3) -> (B, N, C_plane), summed
         if self.pixels is not None:
             if source is None or source.pixels is None:
                 raise ValueError("this model reads the source's pixels (pixel_channels > 0): pass render(..., source=features)")
-            point_term = functools.partial(self.pixels.read, source.pixels)  # points (B, N, 3) -> (B, N, C_plane)
+            terms.append(functools.partial(self.pixels.read, source.pixels))
+        if self.surface is not None:
+            if source is None or source.surface is None:
+                raise ValueError("this model reads the source's surface (surface_bands > 0): pass render(..., source=features)")
+            terms.append(functools.partial(self.surface.read, source.surface))
+        point_term = terms[0] if len(terms) == 1 else functools.partial(_summed, terms) if terms else None
         return render_triplane(
             triplane,
             self.decoder,
