@@ -12,9 +12,9 @@ Three stages, so that a synthesis grid pays for each only as often as it must:
 * ``redirect(features, gaze_head)``: once per gaze -> triplane T_g (B, 3, C, P, P);
 * ``render(triplane, cameras, source=features)``: once per view; a triplane of batch 1 serves any
   number of cameras -> ``LiveGazeOutput``. ``source`` is needed by models with pixel features or
-  surface bands, and
-  with ``render.source_background`` it holds the plate every view is composited onto (the source's
-  background, its head filled; gazegen/models/background.py), made once by ``encode``.
+  surface bands, and with ``render.source_background`` it holds the plate every view is
+  composited onto (the source's background, its head filled; gazegen/models/background.py),
+  made once by ``encode``.
 
 ``forward(image, gaze_head, cameras, source_camera)`` chains the three. Conventions (DESIGN.md): images are
 float NCHW RGB in [-1, 1]; ``gaze_head`` is (B, 2) pitch/yaw radians in the head frame;
