@@ -26,7 +26,7 @@ demo: setup
 	@echo "demo: fine-tuning the shipped LiveGaze weights/demo-livegaze (its MODEL_CARD.md; made from weights/demo-prior) on these heads"
 	$(BIN)/gazegen train --config configs/train/demo.toml --data $(DEMO)/heads --out $(DEMO)/run --max-steps $(DEMO_STEPS)
 	$(BIN)/gazegen synthesize $(DEMO)/run/checkpoints/step_$(shell printf %07d $(DEMO_STEPS)) $(DEMO)/heads/test $(DEMO)/synth \
-		--config configs/synth/demo.toml --sample 4
+		--config configs/synth/demo.toml --sample 2
 	$(BIN)/gazegen data sheet $(DEMO)/synth $(DEMO)/synth_sheet.png
 	@echo "demo: heads contact sheet $(DEMO)/heads_sheet.png; training run $(DEMO)/run: loss curve $(DEMO)/run/loss_curve.png,"
 	@echo "      validation grid (source, target, prediction, depth) $(DEMO)/run/val/step_$(shell printf %07d $(DEMO_STEPS)).png;"
