@@ -100,23 +100,18 @@ def test_a_model_learns_its_sources_depth(tmp_path):
     plane through the head centre where it starts (measured 24.2 -> 15.1 mm), and the rendered output reports it."""
     from gazegen.config import RigConfig, SynthHeadsConfig, TrainConfig, load_config
     from gazegen.data.heads import synthesize_store
-    from gazegen.data.splits import store_splits
     from gazegen.models.livegaze import LiveGaze
-    from gazegen.train.data import TripletDataset, Triplets, TripletSizes
-    from gazegen.train.depth_prior import DatasetDepth
     from gazegen.train.optim import build_optimizer
-    from gazegen.train.subjects import read_subject
     from gazegen.train.trainer import forward_backward
     from gazegen.train.validate import depth_l1_mm
+    from small_sets import own_camera_batch
 
     heads = SynthHeadsConfig(subjects=2, test_subjects=0, resolution=64, gazes=1, seed=4, rig=RigConfig(views=2))
     store = synthesize_store(tmp_path / "heads", heads, workers=1)
     cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false",
                                           "model_overrides=['surface_bands=4', 'lift_samples=4', 'eg3d_plane_axes=false']"])
     model_cfg = cfg.model_config()
-    subjects = [read_subject(p) for p in store_splits(store).split("train")]
-    data = TripletDataset(subjects, TripletSizes.for_model(model_cfg), DatasetDepth(), same_frame=True)
-    batch = Triplets.cat([data.load(k, r, r) for k, s in enumerate(subjects) for r in s.targets])  # 4 images
+    batch = own_camera_batch(store, model_cfg)  # 4 images
     torch.manual_seed(0)
     model = LiveGaze(model_cfg).train()
     loss_fn = LiveGazeLoss(cfg.loss)

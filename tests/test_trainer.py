@@ -21,6 +21,7 @@ from gazegen.train.subjects import read_subject
 from gazegen.train.errors import TrainingError
 from gazegen.train.optim import build_optimizer
 from gazegen.train.trainer import checkpoint_dirs, forward_backward, run_training
+from small_sets import own_camera_batch
 
 FAST = ["model=model/tiny.toml", "loss.perceptual=false", "optim.lr_encoder=2e-3", "optim.lr_renderer=2e-3",
         "optim.lr_gaze=2e-3", "data.val_samples=4", "data.workers=0", "log_every=1", "tensorboard=false"]
@@ -202,9 +203,7 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
     cfg = config("stage=reconstruction", "loss.raw_weight=1", "loss.alpha_weight=1")
     model_cfg = dataclasses.replace(cfg.model_config(), lift_samples=8, eg3d_plane_axes=False, coord_channels=False,
                                     aspp_dropout=0.0, pixel_channels=4)
-    subjects = [read_subject(p) for p in store_splits(store).split("train")]
-    data = TripletDataset(subjects, TripletSizes.for_model(model_cfg), DatasetDepth(), same_frame=True)
-    batch = Triplets.cat([data.load(k, r, r) for k, s in enumerate(subjects) for r in s.targets])  # 4 images
+    batch = own_camera_batch(store, model_cfg)  # 4 images
     torch.manual_seed(0)
     model = LiveGaze(model_cfg).train()
     loss_fn = LiveGazeLoss(cfg.loss)
