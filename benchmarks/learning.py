@@ -14,7 +14,9 @@
    (b) new gaze and new camera: PSNR and SSIM of the face and the eye regions, depth L1 (mm)
        against the store's exact depth;
    (c) autoencoding: the source itself, same image and camera: face PSNR (the prior's first bar);
-   (d) novel view: the same frame (gaze) from another camera: face PSNR beside copy's, depth L1.
+   (d) novel view: the same frame (gaze) from another camera: face PSNR beside copy's, depth L1 beside the
+       mean head's (``--checkpoint``: the per-camera median depth of the store's training subjects, no image;
+       evaluation/depth_baseline.py).
    ``--checkpoint CKPT --store STORE`` scores one checkpoint (e.g. the shipped prior) without training.
    Regions: PSNR over the target's mask; face SSIM on both images with everything outside the
    target's face mask black; eye SSIM on the bounding box of the target's eye mask (padded to at
@@ -49,6 +51,7 @@ from gazegen.data.xgaze import open_subject
 from gazegen.data.images import image_tensor, mask_tensor
 from gazegen.imaging import resize_tensor
 from gazegen.data.splits import store_splits
+from gazegen.evaluation.depth_baseline import mean_head_depth
 from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth
 from gazegen.train.subjects import read_subject
@@ -151,6 +154,21 @@ def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list,
     return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
 
 
+@torch.no_grad()
+def score_mean_head(dataset: TripletDataset, view: list, head: torch.Tensor, box_warp: float) -> dict[str, float]:
+    """(d)'s depth L1 of the mean head ``head`` (V, 1, R, R), each target's camera index's map, over the pixels the model
+    is scored on, and where the true surface is inside the cube."""
+    values: dict[str, list[float]] = {"depth": [], "inside": []}
+    for start in range(0, len(view), 8):
+        chosen = view[start : start + 8]
+        batch = Triplets.cat([dataset.load(*p) for p in chosen])
+        depth = head[[int(dataset.subjects[k].labels.cam_index[t]) for k, _, t in chosen]]  # (B, 1, R, R)
+        inside = batch.depth_valid & in_volume(batch.depth_prior, batch.camera, box_warp)
+        values["depth"] += depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit).tolist()
+        values["inside"] += depth_l1_mm(depth, batch.depth_prior, inside, batch.mm_per_unit).tolist()
+    return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/gazegen-learning"), help="store/ and run/ go here")
@@ -223,6 +241,9 @@ def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
     ours, copy = score(model, dataset, [], [], auto, view), score("copy", dataset, [], [], auto, view)
     side = model.cfg.render.neural_resolution
     perfect = score("perfect", dataset, [], [], auto, [], neural=side)
+    train = [read_subject(p) for p in store_splits(store).split("train")]
+    head = mean_head_depth(TripletDataset(train, TripletSizes.for_model(model.cfg), DatasetDepth(), seed=0))
+    mean = score_mean_head(dataset, view, head, model.cfg.render.box_warp)
     print(f"{checkpoint} on {', '.join(s.subject for s in test)} of {store} ({len(auto)} + {len(view)} pairs)")
     print(f"(c) autoencoding, face PSNR: {ours['c/psnr_face']:.2f} dB (eyes {ours['c/psnr_eyes']:.2f} dB); a perfect "
           f"{side} px render, bicubic to {model.cfg.output_resolution} px: {perfect['c/psnr_face']:.2f} dB "
@@ -232,6 +253,8 @@ def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
           f"{ours['d/depth_l1_mm']:.1f} mm ({ours['d/depth_l1_mm_in_volume']:.1f} mm where the true surface lies inside "
           f"the triplane's cube, {100 * ours['d/depth_share_in_volume']:.0f}% of the pixels with depth: beyond it, "
           "mostly shoulders, the model can shape nothing)")
+    print(f"    the mean head (per camera, the median depth of the store's {len(train)} training subjects, no image): "
+          f"{mean['depth']:.1f} mm ({mean['inside']:.1f} mm inside the cube): a model below it reads the head in front of it")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and a model that gains the branch (or source detail, the other grown branch) ren
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -86,11 +87,13 @@ def test_one_source_serves_many_point_sets():
 
 
 # The branches a model may gain beyond its init checkpoint (train/trainer.GROWN), each with its zero-initialised
-# output layer: pixel-aligned features (this module), source detail (models/source_detail.py) and the source's
-# surface bands (models/source_surface.py).
+# output layer: pixel-aligned features (this module), source detail (models/source_detail.py), the source's
+# surface bands (models/source_surface.py) and the mean planes (models/mean_planes.py; one tensor, both its "weight"
+# and its "bias").
 BRANCHES = {"pixels": ({"pixel_channels": 4}, lambda m: m.pixels.proj),
             "detail": ({"detail_hidden": 4}, lambda m: m.detail.mix[-1]),
-            "surface": ({"surface_bands": 4}, lambda m: m.surface.proj)}
+            "surface": ({"surface_bands": 4}, lambda m: m.surface.proj),
+            "mean": ({"mean_planes": True}, lambda m: SimpleNamespace(weight=m.mean.planes, bias=m.mean.planes))}
 
 
 @pytest.mark.parametrize("branch", sorted(BRANCHES))
@@ -126,7 +129,7 @@ def test_weights_of_another_architecture_are_refused_naming_the_file():
         load_grown(LiveGaze(tiny(pixel_channels=4, sr_channels=(8,))), wider.state_dict(), Path("runs/y"))
 
 
-@pytest.mark.parametrize("branch", sorted(BRANCHES))
+@pytest.mark.parametrize("branch", ["detail", "pixels", "surface"])  # the branches that read the source at render time
 def test_render_needs_the_source_and_one_source_serves_many_views(branch):
     changes, output = BRANCHES[branch]
     torch.manual_seed(0)
@@ -146,3 +149,23 @@ def test_render_needs_the_source_and_one_source_serves_many_views(branch):
     for name in ("image", "depth", "alpha"):
         torch.testing.assert_close(getattr(together, name), torch.cat([getattr(o, name) for o in single]),
                                    rtol=1e-5, atol=1e-5)
+
+
+# Grown branches that learn at their own rate (train/optim.py PARTS): the optimiser group, its rate key, the module.
+RATES = {"surface": ({"surface_bands": 3, "lift_samples": 2}, "lr_surface", lambda m: m.surface),
+         "mean_planes": ({"mean_planes": True}, "lr_mean_planes", lambda m: m.mean)}
+
+
+@pytest.mark.parametrize("group", sorted(RATES))
+def test_a_grown_branch_learns_at_its_own_rate(group):
+    """Every parameter of the branch, and only those, in its own optimiser group at its own rate."""
+    from gazegen.config import OptimConfig
+    from gazegen.train.optim import build_optimizer
+
+    changes, key, module = RATES[group]
+    model = LiveGaze(tiny(**changes))
+    optim = load_config(OptimConfig, None, ["lr_encoder=1e-4", "lr_renderer=2e-4", "lr_gaze=3e-4", f"{key}=7e-3"])
+    groups = {g["name"]: g for g in build_optimizer(model, optim).param_groups}
+    assert groups[group]["lr"] == 7e-3
+    assert {id(p) for p in groups[group]["params"]} == {id(p) for p in module(model).parameters()}
+    assert all(g["lr"] != 7e-3 for name, g in groups.items() if name != group)

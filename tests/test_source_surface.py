@@ -134,19 +134,3 @@ def test_a_model_learns_its_sources_depth(tmp_path):
     assert out.source_depth.shape == (4, 1, 32, 32)
     print(f"source depth L1: plane {plane:.1f} mm -> {learned:.1f} mm")
     assert learned < 0.75 * plane
-
-
-def test_the_branch_learns_at_its_own_rate():
-    """Every parameter of the branch, and only those, in the optimiser group "surface" at optim.lr_surface."""
-    from gazegen.config import CONFIG_DIR, ModelConfig, OptimConfig, load_config
-    from gazegen.models.livegaze import LiveGaze
-    from gazegen.train.optim import build_optimizer
-
-    cfg = load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml", ["surface_bands=3", "lift_samples=2",
-                                                                         "eg3d_plane_axes=false"])
-    model = LiveGaze(cfg)
-    optim = load_config(OptimConfig, None, ["lr_encoder=1e-4", "lr_renderer=2e-4", "lr_gaze=3e-4", "lr_surface=7e-3"])
-    groups = {g["name"]: g for g in build_optimizer(model, optim).param_groups}
-    assert groups["surface"]["lr"] == 7e-3
-    assert {id(p) for p in groups["surface"]["params"]} == {id(p) for p in model.surface.parameters()}
-    assert all(g["lr"] != 7e-3 for name, g in groups.items() if name != "surface")

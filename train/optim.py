@@ -10,16 +10,17 @@ from gazegen.config import OptimConfig
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train.errors import TrainingError
 
-# Parameter groups by top-level module: the split of Live3D's checkpoint (encoder / renderer), LiveGaze's gaze modules and
-# the source-surface branch (new on a trained model, it learns at its own rate).
+# Parameter groups by top-level module: the split of Live3D's checkpoint (encoder / renderer), LiveGaze's gaze modules,
+# the source-surface branch and the mean planes (new on a trained model, each learns at its own rate).
 PARTS = {"encoder": ("high_encoder", "low_encoder", "triplane_head", "lifting", "pixels"), "renderer": ("decoder", "superres", "detail"),
-         "gaze": ("gaze_encoder", "gaze_fusion"), "surface": ("surface",)}
+         "gaze": ("gaze_encoder", "gaze_fusion"), "surface": ("surface",), "mean_planes": ("mean",)}
 FROZEN = {"gaze": (), "reconstruction": ("gaze",)}  # parts each stage leaves as they start
 
 
 def build_optimizer(model: LiveGaze, optim: OptimConfig, frozen: tuple[str, ...] = ()) -> torch.optim.AdamW:
     """AdamW with the groups of ``PARTS``, named, each at its configured rate; the ``frozen`` parts get no gradient."""
-    lrs = {"encoder": optim.lr_encoder, "renderer": optim.lr_renderer, "gaze": optim.lr_gaze, "surface": optim.lr_surface}
+    lrs = {"encoder": optim.lr_encoder, "renderer": optim.lr_renderer, "gaze": optim.lr_gaze, "surface": optim.lr_surface,
+           "mean_planes": optim.lr_mean_planes}
     groups = {part: [] for part in PARTS if part not in frozen}
     for name, param in model.named_parameters():
         part = next((p for p, prefixes in PARTS.items() if name.split(".")[0] in prefixes), None)

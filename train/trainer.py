@@ -53,7 +53,7 @@ from gazegen.train.subjects import common_normalisation, read_subject, split_sub
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
-GROWN = ("pixels.", "detail.", "surface.")  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py, source_detail.py, source_surface.py)
+GROWN = ("pixels.", "detail.", "surface.", "mean.")  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py, source_detail.py, source_surface.py, mean_planes.py)
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,9 @@ class ModelConfig:
     surface_bands: int = bounded(0, 0, 64)  # 0: off; K (>= 2): each point reads K bands of its signed depth behind the source's predicted surface
     surface_reach: float = bounded(0.2, 1e-3, 1.0)  # world units: the bands' centres span [-reach, reach]
     surface_hidden: int = bounded(32, 1, 1024)  # width of the depth head's first conv (on F_geo)
+    # the mean planes (gazegen/models/mean_planes.py): a from-scratch option, off for Live3D's layout
+    mean_planes: bool = False  # a learned triplane, the same for every source, read at every point beside the source's planes
+    mean_planes_margin: int = bounded(0, 0, 1024)  # texels the mean planes reach beyond the source planes' cube on each side
     # super-resolution
     sr_channels: tuple[int, ...] = (256, 128)  # one x2 block per entry: output = neural render x 2^n
     style_dim: int = bounded(512, 1, 4096)  # width of the learned constant style (EG3D's w)

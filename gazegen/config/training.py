@@ -102,6 +102,7 @@ class OptimConfig:
     lr_renderer: float = bounded(1e-5, 0.0, 1.0)  # rendering part (paper: 1e-5)
     lr_gaze: float = bounded(1e-5, 0.0, 1.0)  # gaze encoder and cross-attention (paper: encoding part's 1e-5)
     lr_surface: float = bounded(1e-4, 0.0, 1.0)  # the source-surface branch (not in the paper; models/source_surface.py)
+    lr_mean_planes: float = bounded(3e-2, 0.0, 1.0)  # the mean planes' free texels, fitted alone at 0.1-0.3 (not in the paper; models/mean_planes.py)
     weight_decay: float = bounded(0.01, 0.0, 1.0)  # AdamW's decoupled decay (paper: not stated; torch's default)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW (torch's default)
     eps: float = bounded(1e-8, 0.0, 1.0)

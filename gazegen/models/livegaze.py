@@ -37,6 +37,7 @@ from gazegen.models.background import background_plate, composite
 from gazegen.models.encoders import HighFrequencyEncoder, LowFrequencyEncoder, append_pixel_coordinates
 from gazegen.models.gaze_fusion import GazeCrossAttention, GazeEncoder
 from gazegen.models.init import initialise_from_scratch_
+from gazegen.models.mean_planes import MeanPlanes
 from gazegen.models.pixel_features import EyeZone, PixelFeatures, SourcePixels
 from gazegen.models.plane_lifting import PlaneLifting
 from gazegen.models.source_detail import SourceDetail
@@ -137,6 +138,8 @@ class LiveGaze(nn.Module):
         self.detail = SourceDetail(cfg.detail_hidden, eyes) if cfg.detail_hidden else None
         self.surface = (SurfaceBands(cfg.geo_channels, cfg.surface_hidden, cfg.surface_bands, cfg.surface_reach, r.plane_channels)
                         if cfg.surface_bands else None)
+        self.mean = (MeanPlanes(r.plane_channels, r.plane_resolution, r.box_warp, cfg.mean_planes_margin, cfg.eg3d_plane_axes)
+                     if cfg.mean_planes else None)
         self.decoder = TriplaneDecoder.from_config(cfg.render)
         self.superres = SuperResolution(
             cfg.render.feature_channels, cfg.sr_channels, cfg.style_dim, cfg.output_resolution, cfg.sr_antialias
@@ -244,7 +247,7 @@ class LiveGaze(nn.Module):
         cfg = self.cfg.render
         if coarse:
             cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2), samples_fine=0)
-        terms = []  # points (B, N, 3) -> (B, N, C_plane), summed
+        terms = [self.mean.read] if self.mean is not None else []  # points (B, N, 3) -> (B, N, C_plane), summed
         if self.pixels is not None:
             if source is None or source.pixels is None:
                 raise ValueError("this model reads the source's pixels (pixel_channels > 0): pass render(..., source=features)")

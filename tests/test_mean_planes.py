@@ -1,0 +1,91 @@
+"""The mean planes (gazegen/models/mean_planes.py) and the mean-head depth baseline (gazegen/evaluation/depth_baseline.py).
+
+Growing the planes onto a checkpoint and their optimiser group: tests/test_pixel_features.py (BRANCHES, RATES)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, RigConfig, SynthHeadsConfig, load_config
+from gazegen.data.heads import synthesize_store
+from gazegen.evaluation.depth_baseline import mean_head_depth, median_by_camera
+from gazegen.geometry import head_pose_to_camera
+from gazegen.models.livegaze import LiveGaze
+from gazegen.models.mean_planes import MeanPlanes
+from gazegen.train.data import TripletDataset, TripletSizes
+from gazegen.train.depth_prior import DatasetDepth
+from gazegen.train.subjects import read_subject
+
+
+def test_inside_the_cube_the_mean_planes_are_added_to_every_sources_planes():
+    """A model with M renders source planes T as a model without M renders T + M's centre, for every source and view;
+    M's margin (zero here) is where the source planes' zero padding was."""
+    margin = 2
+    base = dataclasses.replace(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"), eg3d_plane_axes=False)
+    torch.manual_seed(0)
+    with_mean = LiveGaze(dataclasses.replace(base, mean_planes=True, mean_planes_margin=margin)).eval()
+    without = LiveGaze(base).eval()
+    without.load_state_dict({k: v for k, v in with_mean.state_dict().items() if not k.startswith("mean.")})
+    p = base.render.plane_resolution
+    centre = torch.randn(3, base.render.plane_channels, p, p, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with_mean.mean.planes.zero_()[:, :, margin:-margin, margin:-margin] = centre
+    assert with_mean.mean.planes.shape[-1] == p + 2 * margin
+    planes = torch.randn(2, 3, base.render.plane_channels, p, p, generator=torch.Generator().manual_seed(2))
+    views = head_pose_to_camera(torch.tensor([[0.0, 0.0], [0.2, -0.3]], dtype=torch.float64), NormalisationConfig()).float()
+    with torch.no_grad():
+        a, b = with_mean.render(planes, views), without.render(planes + centre, views)
+    for name in ("image", "depth", "alpha"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)
+
+
+def test_beyond_the_cube_a_point_reads_the_margin_texels_of_its_three_planes():
+    """Margin 2 around 4 texels over a unit cube: 8 texels of 0.25 over [-1, 1]; texel j's centre is 0.25 j - 0.875.
+    The point (0.625, -0.875, 0.875), beyond the cube, sits on texel centres: XY reads (row 0, col 6), XZ (row 7,
+    col 6), ZY (row 0, col 7) (gazegen/rendering/triplane.py: plane k reads its (u, v) = (column, row) axes)."""
+    mean = MeanPlanes(channels=2, resolution=4, box_warp=1.0, margin=2)
+    assert mean.extent == 2.0
+    with torch.no_grad():
+        mean.planes.copy_(torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0)))
+    m = mean.planes.detach()
+    read = mean.read(torch.tensor([[[0.625, -0.875, 0.875]]]))  # (1, 1, 2)
+    expected = (m[0, :, 0, 6] + m[1, :, 7, 6] + m[2, :, 0, 7]) / 3
+    torch.testing.assert_close(read[0, 0], expected)
+    beyond = mean.read(torch.tensor([[[1.2, 0.0, 0.0]]]))  # past the margin too: zeros on XY and XZ, ZY at (z, y) = 0
+    torch.testing.assert_close(beyond[0, 0], m[2, :, 3:5, 3:5].mean((1, 2)) / 3)
+
+
+def test_the_median_by_camera_ignores_invalid_pixels_and_fills_what_no_map_has():
+    nan = float("nan")
+    depth = torch.tensor([[1.0, 5.0], [2.0, 6.0], [9.0, nan], [4.0, 7.0], [3.0, 8.0]]).reshape(5, 1, 1, 2)
+    valid = ~torch.isnan(depth)
+    valid[2, 0, 0, 0] = False  # camera 0's third map: 9 is not valid
+    cams = torch.tensor([0, 0, 0, 1, 1])
+    out = median_by_camera(torch.nan_to_num(depth), valid, cams, views=2)  # (2, 1, 1, 2)
+    # camera 0: pixel 0 has {1, 2} (torch's median of an even count is the lower one), pixel 1 {5, 6};
+    # camera 1: {3, 4} and {7, 8}
+    assert out.flatten().tolist() == [1.0, 5.0, 3.0, 7.0]
+    valid[:3, 0, 0, 1] = False  # camera 0 never sees pixel 1: it takes the median of all camera 0's values ({1, 2})
+    assert median_by_camera(torch.nan_to_num(depth), valid, cams, views=2)[0].flatten().tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="camera 2"):
+        median_by_camera(torch.nan_to_num(depth), valid, cams, views=3)
+
+
+def test_the_mean_head_of_one_subject_is_that_subjects_depth(tmp_path):
+    """With one subject and one row per camera, each camera's median is that row's own depth (where valid)."""
+    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=2, seed=3, rig=RigConfig(views=2))
+    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    subject = read_subject(next(store.glob("*/*.h5")))
+    data = TripletDataset([subject], TripletSizes(64, 64, 32), DatasetDepth())
+    head = mean_head_depth(data, per_camera=1)  # (2, 1, 32, 32)
+    assert head.shape == (2, 1, 32, 32)
+    for cam in range(2):
+        row = int(np.flatnonzero(subject.labels.cam_index == cam)[0])
+        item = data.load(0, row, row)
+        valid = item.depth_valid[0]
+        assert valid.float().mean() > 0.2  # the head fills a good part of the frame
+        assert torch.equal(head[cam][valid], item.depth_prior[0][valid])
