@@ -1,4 +1,4 @@
-"""The mean planes (gazegen/models/mean_planes.py) and the mean-head depth baseline (gazegen/evaluation/depth_baseline.py).
+"""The mean planes (gazegen/models/mean_planes.py) and the mean-head depth baseline (evaluation/depth_baseline.py).
 
 Growing the planes onto a checkpoint and their optimiser group: tests/test_pixel_features.py (BRANCHES, RATES)."""
 

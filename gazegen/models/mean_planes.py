@@ -7,7 +7,7 @@ convolutional. The decoder sees no coordinate. So no part of the field knew wher
 the shape every head shares had to be rebuilt from each image. It was not: the demo prior's
 held-out depth error was 6.9 mm, while the per-camera median depth of its training heads, one
 fixed map per camera and no image at all, reads 4.3 mm on the same pixels (``benchmarks/learning.py``,
-"mean head"; gazegen/evaluation/depth_baseline.py).
+"mean head"; evaluation/depth_baseline.py).
 
     world point p (B, N, 3) -> bilinear read of M (3, C, P + 2m, P + 2m), mean over its 3 planes -> (B, N, C)
 
