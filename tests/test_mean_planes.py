@@ -52,10 +52,12 @@ def test_beyond_the_cube_a_point_reads_the_margin_texels_of_its_three_planes():
     with torch.no_grad():
         mean.planes.copy_(torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0)))
     m = mean.planes.detach()
-    read = mean.read(torch.tensor([[[0.625, -0.875, 0.875]]]))  # (1, 1, 2)
+    point = torch.tensor([[[0.625, -0.875, 0.875]]])
     expected = (m[0, :, 0, 6] + m[1, :, 7, 6] + m[2, :, 0, 7]) / 3
-    torch.testing.assert_close(read[0, 0], expected)
-    beyond = mean.read(torch.tensor([[[1.2, 0.0, 0.0]]]))  # past the margin too: zeros on XY and XZ, ZY at (z, y) = 0
+    torch.testing.assert_close(mean.texels().mean_at(point)[0, 0], expected)  # in training: grid_sample per plane
+    with torch.no_grad():  # rendering: texel rows
+        torch.testing.assert_close(mean.texels().mean_at(point)[0, 0], expected)
+    beyond = mean.texels().mean_at(torch.tensor([[[1.2, 0.0, 0.0]]]))  # past the margin too: zeros on XY and XZ, ZY at (z, y) = 0
     torch.testing.assert_close(beyond[0, 0], m[2, :, 3:5, 3:5].mean((1, 2)) / 3)
 
 

@@ -247,7 +247,9 @@ class LiveGaze(nn.Module):
         cfg = self.cfg.render
         if coarse:
             cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2), samples_fine=0)
-        terms = [self.mean.read] if self.mean is not None else []  # points (B, N, 3) -> (B, N, C_plane), summed
+        terms = []  # points (B, N, 3) -> (B, N, C_plane), summed
+        if self.mean is not None:
+            terms.append(self.mean.texels(triplane.dtype).mean_at)
         if self.pixels is not None:
             if source is None or source.pixels is None:
                 raise ValueError("this model reads the source's pixels (pixel_channels > 0): pass render(..., source=features)")

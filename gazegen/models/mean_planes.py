@@ -40,7 +40,8 @@ class MeanPlanes(nn.Module):
         self.extent = box_warp * side / resolution  # world units: the same texel size as the source planes
         self.eg3d_compatible = eg3d_compatible
 
-    def read(self, points: torch.Tensor) -> torch.Tensor:
-        """World points (B, N, 3) -> the mean over the 3 planes of their bilinear features (B, N, C); zeros beyond."""
-        planes = self.planes[None].to(points.dtype)  # (1, 3, C, S, S): one triplane serves every point set
-        return PlaneTexels.from_planes(planes, self.extent, self.eg3d_compatible).mean_at(points)
+    def texels(self, dtype: torch.dtype = torch.float32) -> PlaneTexels:
+        """The planes as one triplane (1, 3, C, S, S) that serves every point set; its ``mean_at`` maps world points
+        (B, N, 3) to the mean over the 3 planes of their bilinear features (B, N, C), zeros beyond. Make it once per
+        render: without gradients it holds a channel-last copy of the planes (rendering/triplane.py)."""
+        return PlaneTexels.from_planes(self.planes[None].to(dtype), self.extent, self.eg3d_compatible)
