@@ -36,7 +36,7 @@ def median_by_camera(depth: torch.Tensor, valid: torch.Tensor, cams: torch.Tenso
 
 
 def mean_head_depth(dataset: TripletDataset, per_camera: int = 2) -> torch.Tensor:
-    """The mean head of ``dataset``'s subjects (B, 1, R, R) per camera index: ``per_camera`` rows of each camera of
+    """The mean head of ``dataset``'s subjects (V, 1, R, R), one map per camera index: ``per_camera`` rows of each camera of
     each subject, at the dataset's depth side, in world units."""
     depth, valid, cams = [], [], []
     for k, subject in enumerate(dataset.subjects):
