@@ -252,7 +252,7 @@ def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
           f"{copy['d/psnr_face']:.2f} dB ({ours['d/psnr_face'] - copy['d/psnr_face']:+.2f} dB); depth L1 "
           f"{ours['d/depth_l1_mm']:.1f} mm ({ours['d/depth_l1_mm_in_volume']:.1f} mm where the true surface lies inside "
           f"the triplane's cube, {100 * ours['d/depth_share_in_volume']:.0f}% of the pixels with depth: beyond it, "
-          "mostly shoulders, the source's planes read zeros: only a model's mean planes reach there)")
+          "mostly shoulders, the source's planes read zeros; mean planes, where a model has them, reach there)")
     print(f"    the mean head (per camera, the median depth of the store's {len(train)} training subjects, no image): "
           f"{mean['depth']:.1f} mm ({mean['inside']:.1f} mm inside the cube): a model below it reads the head in front of it")
 
