@@ -16,7 +16,10 @@
    (c) autoencoding: the source itself, same image and camera: face PSNR (the prior's first bar);
    (d) novel view: the same frame (gaze) from another camera: face PSNR beside copy's, depth L1 beside the
        mean head's (``--checkpoint``: the per-camera median depth of the store's training subjects, no image;
-       evaluation/depth_baseline.py).
+       evaluation/depth_baseline.py) on the same pixels: all with a true depth, those inside the triplane's cube,
+       and those where the render keeps a depth (alpha >= 0.5, as ``gazegen synthesize`` writes depth: a render
+       that misses a silhouette-edge pixel writes no depth there, but its opacity-normalised depth, scored on all
+       pixels, is that of the faint density the ray met, often far behind the head).
    ``--checkpoint CKPT --store STORE`` scores one checkpoint (e.g. the shipped prior) without training.
    Regions: PSNR over the target's mask; face SSIM on both images with everything outside the
    target's face mask black; eye SSIM on the bounding box of the target's eye mask (padded to at
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 
 from gazegen.metrics import scores as metrics
 from gazegen.checkpoint import load_checkpoint
-from gazegen.config import CONFIG_DIR, RigConfig, SynthHeadsConfig, TrainConfig, load_config
+from gazegen.config import CONFIG_DIR, RigConfig, SynthConfig, SynthHeadsConfig, TrainConfig, load_config
 from gazegen.data.heads import synthesize_store
 from gazegen.models.livegaze import LiveGaze
 from gazegen.rendering.rays import camera_rays
@@ -113,59 +116,62 @@ def in_volume(depth: torch.Tensor, cameras: torch.Tensor, box_warp: float) -> to
     return (points.abs().amax(-1) <= box_warp / 2).reshape(b, 1, side, side)
 
 
+def depth_regions(batch: Triplets, alpha: torch.Tensor, box_warp: float, min_alpha: float) -> dict[str, torch.Tensor]:
+    """The pixels (B, 1, R, R) bool a depth is scored on: every pixel with a true depth (""); those whose true surface
+    is inside the triplane's cube ("_in_volume"); those where the render keeps a depth ("_kept": its alpha at least
+    ``min_alpha``, as ``gazegen synthesize`` writes depth, SynthConfig.depth_min_alpha)."""
+    valid = batch.depth_valid
+    return {"": valid, "_in_volume": valid & in_volume(batch.depth_prior, batch.camera, box_warp),
+            "_kept": valid & (alpha >= min_alpha)}
+
+
 @torch.no_grad()
 def score(model: LiveGaze | str, dataset: TripletDataset, same: list, new: list, auto: list = (),
-          view: list = (), neural: int = 64) -> dict[str, float]:
+          view: list = (), neural: int = 64, head: torch.Tensor | None = None) -> dict[str, float]:
     """The metrics of (a) to (d) of ``model``, or of the baselines "copy", "flat" (copy with flat eyes) and
     "perfect" (the target area-shrunk to the ``neural`` px of a neural render, then bicubic back: a flawless
-    neural render plain-upsampled, the ceiling of a render that the super-resolution only interpolates)."""
+    neural render plain-upsampled, the ceiling of a render that the super-resolution only interpolates).
+
+    ``head``: the mean head (V, 1, R, R) (evaluation/depth_baseline.py), scored in (d) on the model's own pixels
+    of each region (``d/mean_head_l1_mm*``)."""
     values: dict[str, list[float]] = {}
     add = lambda key, v: values.setdefault(key, []).extend(torch.as_tensor(v, dtype=torch.float64).reshape(-1).tolist())  # noqa: E731
+    min_alpha = SynthConfig().depth_min_alpha
 
-    def predict(batch: Triplets, chosen: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(batch: Triplets, chosen: list) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         size = batch.target.shape[-1]
         if model == "flat":
-            return flat_eyes(dataset, chosen, size), None
+            return flat_eyes(dataset, chosen, size), None, None
         if model == "copy":
-            return resize_tensor(batch.source, size), None
+            return resize_tensor(batch.source, size), None, None
         if model == "perfect":
             low = F.interpolate(batch.target, size=(neural, neural), mode="area")
-            return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1), None
+            return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1), None, None
         out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
-        return out.image.clamp(-1, 1), out.depth
+        return out.image.clamp(-1, 1), out.depth, out.alpha
 
     for name, chosen in (("a", same), ("b", new), ("c", auto), ("d", view)):
         if model == "flat" and name in "cd":
             continue
         for start in range(0, len(chosen), 8):
             batch = Triplets.cat([dataset.load(*p) for p in chosen[start : start + 8]])
-            image, depth = predict(batch, chosen[start : start + 8])
+            image, depth, alpha = predict(batch, chosen[start : start + 8])
             add(f"{name}/psnr_eyes", metrics.masked_psnr(image, batch.target, batch.eye_mask))
             add(f"{name}/psnr_face", metrics.masked_psnr(image, batch.target, batch.face_mask))
             if name == "b":
                 black = lambda x: torch.where(batch.face_mask > 0.5, x, torch.full_like(x, -1.0))  # noqa: E731
                 add("b/ssim_face", metrics.ssim(black(image), black(batch.target)))
                 add("b/ssim_eyes", [eye_crop_ssim(image[i], batch.target[i], batch.eye_mask[i]) for i in range(len(batch))])
-            if name in "bd" and depth is not None:
-                add(f"{name}/depth_l1_mm", depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit))
-                inside = batch.depth_valid & in_volume(batch.depth_prior, batch.camera, model.cfg.render.box_warp)
-                add(f"{name}/depth_l1_mm_in_volume", depth_l1_mm(depth, batch.depth_prior, inside, batch.mm_per_unit))
-                add(f"{name}/depth_share_in_volume", inside.flatten(1).sum(1) / batch.depth_valid.flatten(1).sum(1))
-    return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
-
-
-@torch.no_grad()
-def score_mean_head(dataset: TripletDataset, view: list, head: torch.Tensor, box_warp: float) -> dict[str, float]:
-    """(d)'s depth L1 of the mean head ``head`` (V, 1, R, R), each target's camera index's map, over the pixels the model
-    is scored on, and where the true surface is inside the cube."""
-    values: dict[str, list[float]] = {"depth": [], "inside": []}
-    for start in range(0, len(view), 8):
-        chosen = view[start : start + 8]
-        batch = Triplets.cat([dataset.load(*p) for p in chosen])
-        depth = head[[int(dataset.subjects[k].labels.cam_index[t]) for k, _, t in chosen]]  # (B, 1, R, R)
-        inside = batch.depth_valid & in_volume(batch.depth_prior, batch.camera, box_warp)
-        values["depth"] += depth_l1_mm(depth, batch.depth_prior, batch.depth_valid, batch.mm_per_unit).tolist()
-        values["inside"] += depth_l1_mm(depth, batch.depth_prior, inside, batch.mm_per_unit).tolist()
+            if name not in "bd" or depth is None:
+                continue
+            cams = [int(dataset.subjects[k].labels.cam_index[t]) for k, _, t in chosen[start : start + 8]]
+            valid_count = batch.depth_valid.flatten(1).sum(1)
+            for region, mask in depth_regions(batch, alpha, model.cfg.render.box_warp, min_alpha).items():
+                add(f"{name}/depth_l1_mm{region}", depth_l1_mm(depth, batch.depth_prior, mask, batch.mm_per_unit))
+                if region:
+                    add(f"{name}/depth_share{region}", mask.flatten(1).sum(1) / valid_count)
+                if name == "d" and head is not None:
+                    add(f"d/mean_head_l1_mm{region}", depth_l1_mm(head[cams], batch.depth_prior, mask, batch.mm_per_unit))
     return {k: metrics.summarise(torch.tensor(v)).value for k, v in values.items()}
 
 
@@ -238,23 +244,27 @@ def score_checkpoint(checkpoint: Path, store: Path, per_subject: int) -> None:
     dataset = TripletDataset(test, TripletSizes.for_model(model.cfg), DatasetDepth(), seed=0)
     auto = [(k, r, r) for k, _, r in pairs(dataset, per_subject, True, 0, same_frame=True)]
     view = pairs(dataset, per_subject, False, 0, same_frame=True)
-    ours, copy = score(model, dataset, [], [], auto, view), score("copy", dataset, [], [], auto, view)
-    side = model.cfg.render.neural_resolution
-    perfect = score("perfect", dataset, [], [], auto, [], neural=side)
     train = [read_subject(p) for p in store_splits(store).split("train")]
     head = mean_head_depth(TripletDataset(train, TripletSizes.for_model(model.cfg), DatasetDepth(), seed=0))
-    mean = score_mean_head(dataset, view, head, model.cfg.render.box_warp)
+    ours, copy = score(model, dataset, [], [], auto, view, head=head), score("copy", dataset, [], [], auto, view)
+    side = model.cfg.render.neural_resolution
+    perfect = score("perfect", dataset, [], [], auto, [], neural=side)
     print(f"{checkpoint} on {', '.join(s.subject for s in test)} of {store} ({len(auto)} + {len(view)} pairs)")
     print(f"(c) autoencoding, face PSNR: {ours['c/psnr_face']:.2f} dB (eyes {ours['c/psnr_eyes']:.2f} dB); a perfect "
           f"{side} px render, bicubic to {model.cfg.output_resolution} px: {perfect['c/psnr_face']:.2f} dB "
           f"(eyes {perfect['c/psnr_eyes']:.2f} dB)")
     print(f"(d) novel view (same gaze, another camera), face PSNR: {ours['d/psnr_face']:.2f} dB vs copy-the-source "
-          f"{copy['d/psnr_face']:.2f} dB ({ours['d/psnr_face'] - copy['d/psnr_face']:+.2f} dB); depth L1 "
-          f"{ours['d/depth_l1_mm']:.1f} mm ({ours['d/depth_l1_mm_in_volume']:.1f} mm where the true surface lies inside "
-          f"the triplane's cube, {100 * ours['d/depth_share_in_volume']:.0f}% of the pixels with depth: beyond it, "
-          "mostly shoulders, the source's planes read zeros; mean planes, where a model has them, reach there)")
-    print(f"    the mean head (per camera, the median depth of the store's {len(train)} training subjects, no image): "
-          f"{mean['depth']:.1f} mm ({mean['inside']:.1f} mm inside the cube): a model below it reads the head in front of it")
+          f"{copy['d/psnr_face']:.2f} dB ({ours['d/psnr_face'] - copy['d/psnr_face']:+.2f} dB)")
+    print(f"    depth L1, the model vs the mean head (per camera, the median depth of the store's {len(train)} training "
+          "subjects, no image: a model below it reads the head in front of it):")
+    for region, what in (("", "all"),
+                         ("_in_volume", "where the true surface lies inside the triplane's cube; beyond it, mostly "
+                                        "shoulders, only the mean planes and pixel features reach"),
+                         ("_kept", f"where the render keeps a depth (alpha >= {SynthConfig().depth_min_alpha}, as "
+                                   "`gazegen synthesize` writes it)")):
+        share = f"{100 * ours['d/depth_share' + region]:.1f}%" if region else "100%"
+        print(f"      {ours['d/depth_l1_mm' + region]:5.2f} vs {ours['d/mean_head_l1_mm' + region]:5.2f} mm  {share:>6} of "
+              f"them: {what}")
 
 
 if __name__ == "__main__":
