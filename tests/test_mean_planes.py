@@ -91,3 +91,64 @@ def test_the_mean_head_of_one_subject_is_that_subjects_depth(tmp_path):
         valid = item.depth_valid[0]
         assert valid.float().mean() > 0.2  # the head fills a good part of the frame
         assert torch.equal(head[cam][valid], item.depth_prior[0][valid])
+
+
+def _tiny_with_mean(margin: int) -> LiveGaze:
+    base = load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")
+    torch.manual_seed(0)
+    return LiveGaze(dataclasses.replace(base, mean_planes=True, mean_planes_margin=margin))
+
+
+def test_empty_margin_loss_is_the_mean_density_of_the_shell():
+    """With every decoder weight zero and the density output's bias b, every point's raw density is b: the loss is
+    softplus(b + density_bias) exactly, whatever the points; a model without mean planes is refused."""
+    from gazegen.train.losses import empty_margin_loss
+
+    model = _tiny_with_mean(4)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.zero_()
+        model.decoder.net[2].bias[0] = 2.0
+    expected = np.log1p(np.exp(2.0 + model.cfg.render.density_bias))
+    assert float(empty_margin_loss(model, 256).detach()) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="mean planes"):
+        empty_margin_loss(LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), 16)
+
+
+def test_shell_points_lie_between_the_cubes_uniformly():
+    """Every point lies beyond the inner cube and within the outer one; uniform in the shell, the share of points
+    beyond half-side a is (outer^3 - a^3) / (outer^3 - inner^3) (closed form, 4 sigma of the binomial)."""
+    from gazegen.train.losses import shell_points
+
+    torch.manual_seed(0)
+    inner, outer, n = 0.5, 0.6875, 20000
+    pts = shell_points(n, inner, outer)
+    side = pts.abs().amax(-1)
+    assert len(pts) > 0.95 * n and len(pts) <= n
+    assert bool((side > inner).all()) and bool((side <= outer).all())
+    a = 0.6
+    share = (outer**3 - a**3) / (outer**3 - inner**3)
+    assert abs(float((side > a).float().mean()) - share) < 4 * np.sqrt(share * (1 - share) / len(pts))
+
+
+def test_margin_weight_adds_the_weighted_term_to_the_total(tmp_path):
+    """forward_backward with loss.margin_weight w: the total is the objective without it plus w x the logged term."""
+    from gazegen.config import TrainConfig
+    from gazegen.train.losses import LiveGazeLoss
+    from gazegen.train.trainer import forward_backward
+    from small_sets import own_camera_batch
+
+    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=1, seed=5, rig=RigConfig(views=2))
+    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    totals = {}
+    for w in (0.0, 0.5):
+        cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false", f"loss.margin_weight={w}",
+                                              "model_overrides=['mean_planes=true', 'mean_planes_margin=4']"])
+        batch = own_camera_batch(store, cfg.model_config())
+        model = _tiny_with_mean(4).train()
+        torch.manual_seed(3)
+        terms = forward_backward(model, batch, LiveGazeLoss(cfg.loss), 0.0)[0]
+        totals[w] = {k: float(v.detach()) for k, v in vars(terms).items()}
+    assert totals[0.0]["margin"] == 0.0
+    assert totals[0.5]["margin"] > 0.0
+    assert totals[0.5]["total"] == pytest.approx(totals[0.0]["total"] + 0.5 * totals[0.5]["margin"], rel=1e-5)

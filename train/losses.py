@@ -27,7 +27,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,9 +36,10 @@ from torch import nn
 
 from gazegen.config import LossConfig
 from gazegen.metrics.scores import masked_mean
+from gazegen.rendering.compositing import density_activation
 
 if TYPE_CHECKING:
-    from gazegen.models.livegaze import LiveGazeOutput
+    from gazegen.models.livegaze import LiveGaze, LiveGazeOutput
     from gazegen.train.data import Triplets
 
 FeatureExtractor = Callable[[torch.Tensor], Mapping[str, torch.Tensor] | Sequence[torch.Tensor]]
@@ -54,6 +55,7 @@ class LossOutput:
     eyes: torch.Tensor  # L_Re
     depth: torch.Tensor  # L_D
     perceptual: torch.Tensor  # L_P (0 when disabled)
+    margin: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # empty_margin_loss (0 when off)
 
     def scalars(self) -> dict[str, float]:
         """Plain floats for logging, keyed ``loss/<term>``."""
@@ -84,6 +86,33 @@ def depth_loss(depth: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor | N
         den = F.interpolate(v, size=depth.shape[-2:], mode="area")
         prior, valid = num / den.clamp_min(1e-12), den >= 0.5
     return masked_l1_loss(depth, prior.detach(), valid)
+
+
+def empty_margin_loss(model: LiveGaze, points: int) -> torch.Tensor:
+    """Mean density (sigma, per world unit) of the mean planes alone at ``points`` uniform random points of their
+    margin, beyond the source planes' cube and within the mean planes' reach (models/mean_planes.py): ().
+
+    No camera of the demo's rig sees most of that shell: the sides of the head at eye height lie outside every one of
+    its frames, so no image, depth or silhouette term reaches the margin texels there. Read together with the other
+    planes' texels of the head, they rendered opaque floaters in views turned past the rig. This prior says the
+    shell is empty; where cameras do see it (the shoulders below the cube) the data terms outweigh it. Points are
+    drawn from torch's global generator, which checkpoints save and resume restores.
+    """
+    if model.mean is None:
+        raise ValueError("loss.margin_weight > 0 needs a model with mean planes (model_overrides: mean_planes=true)")
+    shell = shell_points(points, model.cfg.render.box_warp / 2, model.mean.extent / 2, model.mean.planes.device)
+    raw = model.decoder.decode(model.mean.texels(model.mean.planes.dtype).mean_at(shell[None])).density_raw  # (1, n, 1)
+    return density_activation(raw.float(), model.cfg.render.density_bias).mean()
+
+
+def shell_points(n: int, inner: float, outer: float, device: torch.device | None = None) -> torch.Tensor:
+    """About ``n`` uniform random points (m, 3), m <= n, between the cubes of half-sides ``inner`` < ``outer``.
+
+    Rejection from the outer cube: 2n + 64 draws keep n in expectation once the shell holds over half its volume
+    (the demo's 12-texel margin: 62%); fewer are returned, never more.
+    """
+    drawn = (torch.rand(2 * n + 64, 3, device=device) * 2 - 1) * outer  # (2n + 64, 3)
+    return drawn[drawn.abs().amax(-1) > inner][:n]
 
 
 def silhouette_loss(alpha: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
 from gazegen.train.errors import TrainingError
 from gazegen.train.interrupt import Interrupt
 from gazegen.train.logging import RunLog
-from gazegen.train.losses import LiveGazeLoss, LossOutput
+from gazegen.train.losses import LiveGazeLoss, LossOutput, empty_margin_loss
 from gazegen.train.optim import FROZEN, build_optimizer, build_scheduler
 from gazegen.train.rng import rng_state, set_rng_state
 from gazegen.train.subjects import common_normalisation, read_subject, split_subjects
@@ -174,6 +174,9 @@ def forward_backward(net: nn.Module, batch: Triplets, loss_fn: LiveGazeLoss, gra
     with autocast():
         out = net(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         terms = loss_fn.on_batch(out, batch)
+        if loss_fn.config.margin_weight > 0:
+            margin = empty_margin_loss(getattr(net, "module", net), loss_fn.config.margin_points)
+            terms = replace(terms, margin=margin, total=terms.total + loss_fn.config.margin_weight * margin)
     terms.total.backward()
     params = [p for p in net.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
