@@ -95,7 +95,8 @@ def test_total_is_the_weighted_sum_and_gradients_flow():
     out.total.backward()
     assert image.grad.abs().sum() > 0 and depth.grad.abs().sum() > 0
     assert prior.grad is None  # the prior is a target, not optimised
-    assert set(out.scalars()) == {f"loss/{k}" for k in ("total", "reconstruction", "face", "eyes", "depth", "perceptual")}
+    assert set(out.scalars()) == {f"loss/{k}" for k in ("total", "reconstruction", "face", "eyes", "depth", "perceptual", "margin")}
+    assert out.margin.item() == 0.0  # the mean planes' margin term is the trainer's (loss.margin_weight), not this loss's
 
     cfg = LossConfig(reconstruction_weight=0.5, depth_weight=3.0, perceptual_weight=0.0, face_weight=2.0, eye_weight=5.0)
     out = LiveGazeLoss(cfg, extractor=Pool2())(image, target, face, eyes, depth, prior)
