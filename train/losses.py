@@ -27,7 +27,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -55,7 +55,7 @@ class LossOutput:
     eyes: torch.Tensor  # L_Re
     depth: torch.Tensor  # L_D
     perceptual: torch.Tensor  # L_P (0 when disabled)
-    margin: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # empty_margin_loss (0 when off)
+    margin: torch.Tensor  # empty_margin_loss, added by the trainer (0 when loss.margin_weight is 0)
 
     def scalars(self) -> dict[str, float]:
         """Plain floats for logging, keyed ``loss/<term>``."""
@@ -197,7 +197,7 @@ class LiveGazeLoss(nn.Module):
         total = (
             cfg.reconstruction_weight * reconstruction + cfg.depth_weight * depth_term + cfg.perceptual_weight * perceptual
         )  # eq. 6
-        return LossOutput(total, reconstruction, face, eyes, depth_term, perceptual)
+        return LossOutput(total, reconstruction, face, eyes, depth_term, perceptual, margin=zero)
 
     def on_batch(self, out: LiveGazeOutput, batch: Triplets) -> LossOutput:
         """The objective of the model's output ``out`` for the triplets ``batch`` it was run on."""
