@@ -18,6 +18,8 @@ def main() -> None:
     parser.add_argument("--gazes", type=int, default=4, help="G of the one-source x G gazes x V views grid")
     parser.add_argument("--views", type=int, default=4, help="V of the grid")
     parser.add_argument("--grid-repeats", type=int, default=3, help="timed runs of the grid comparison (median)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="override a preset key, e.g. render.chunk_rays=1024 (repeatable)")
     args = parser.parse_args()
     result = bench_model(
         args.preset,
@@ -29,6 +31,7 @@ def main() -> None:
         warmup=args.warmup,
         grid=(args.gazes, args.views),
         grid_repeats=args.grid_repeats,
+        overrides=args.overrides,
     )
     print(json.dumps(result, indent=2))
 

@@ -14,7 +14,7 @@ initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sourc
   median ratio is reported with every round's: a shared machine's speed drifts by 10-30% over
   minutes, which one bare run followed by one Ray run reads as the pipeline's cost.
 * ``grid``: model time of sources' grids rendered the staged way (encode once per source,
-  redirect once per gaze, render the rows in batches: ``SourceRenderer.grid_outputs``, the actor's own calls), against
+  redirect once per gaze, render the rows in batches: ``staged_grid``, the actor's own calls), against
   one full forward per output image in batches of the same size.
 
 Like with like: the bare loop and the render actor run the same number of torch threads,
@@ -49,11 +49,11 @@ from gazegen.checkpoint import load_checkpoint, save_pretrained
 from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config, load_synth_config
 from gazegen.data.images import to_model_range
 from gazegen.models.livegaze import LiveGaze
+from gazegen.models.staged_grid import staged_grid
 from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.shards import OutputDir
 from gazegen.pipelines.graph import default_cpu_threads, local_records
-from gazegen.pipelines.plan import plan_run, stage_settings
-from gazegen.pipelines.render_actor import SourceRenderer
+from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import run_synthesis
 
@@ -92,15 +92,13 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
         source = torch.from_numpy(geometry.head_pose_to_camera(head[None], run.normalisation)).float().to(device)
         return torch.from_numpy(plan.gazes).float().to(device), torch.from_numpy(cameras).float().to(device), x, source
 
-    renderer = SourceRenderer(model, stage_settings(run, device)[1])
-
     @torch.inference_mode()
     def staged() -> None:  # SourceRenderer.render's model calls, without its labels and array conversion
         for k, image in enumerate(images):
             plan = plan_source(run.spec, f"s{k}", None)
             gazes, cameras, x, source = tensors(plan, image)
             features = model.encode(x, source)  # once per source
-            for _ in renderer.grid_outputs(features, gazes, cameras, plan.pairs[:, 0], plan.pairs[:, 1]):
+            for _ in staged_grid(model, features, gazes, cameras, plan.pairs[:, 0], plan.pairs[:, 1], batch):
                 pass
 
     @torch.inference_mode()

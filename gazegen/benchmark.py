@@ -10,8 +10,8 @@
 * parameters and MACs per image of each stage (``FlopCounterMode`` flops / 2 at batch 1:
   convolutions, matmuls and attention; grid sampling and elementwise work are not counted);
 * the grid ratio: one source x G gazes x V views through encode once / redirect per gaze /
-  render per view, against G*V full forwards, both in chunks of at most ``batch`` (wall clock),
-  and the staged grid's images per second.
+  render per row (gazegen/models/staged_grid.py, synthesis's own calls), against G*V full
+  forwards, both ``batch`` images per call (wall clock), and the staged grid's images per second.
 
 The issue-19 figures for a GPU are four runs of ``gazegen bench --preset configs/model/base.toml
 --device cuda``: plain, ``--dtype bf16``, ``--compile`` and both (``ms_per_image.render`` at
@@ -29,14 +29,16 @@ import contextlib
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
 from gazegen.models.livegaze import LiveGaze
+from gazegen.models.staged_grid import staged_grid
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STAGE_MODULES = {
@@ -120,19 +122,18 @@ def _grid_ratio(
     warmup: int,
     seed: int,
 ) -> dict[str, float]:
-    """Seconds for one source x G gazes x V views, staged vs G*V full forwards, and their ratio."""
+    """Seconds for one source x G gazes x V views, staged (``staged_grid``, as synthesis runs it) vs G*V full
+    forwards, both ``batch`` images per call, and their ratio."""
     gazes, views = grid
     image, _, _ = _inputs(cfg, 1, device, seed)
     _, gaze, _ = _inputs(cfg, gazes, device, seed + 1)
     _, _, cameras = _inputs(cfg, views, device, seed + 2)
+    gaze_of, view_of = np.repeat(np.arange(gazes), views), np.tile(np.arange(views), gazes)  # (G*V,) row -> gaze, view
 
     def staged() -> None:
         features = stages["encode"](image)
-        for part in _chunks(gazes, batch):
-            triplanes = stages["redirect"](features, gaze[part])
-            for t in triplanes.split(1):
-                for view in _chunks(views, batch):
-                    stages["render"](t, cameras[view])
+        for _ in staged_grid((stages["redirect"], stages["render"]), features, gaze, cameras, gaze_of, view_of, batch):
+            pass
 
     pairs_gaze = gaze.repeat_interleave(views, 0)  # (G*V, 2): gaze g for views 0 .. V-1
     pairs_cameras = cameras.repeat(gazes, 1)  # (G*V, 25)
@@ -160,7 +161,7 @@ def _stage_seconds(
     return {
         "encode": _median_seconds(lambda: stages["encode"](image), device, repeats, warmup),
         "redirect": _median_seconds(lambda: stages["redirect"](features, gaze), device, repeats, warmup),
-        "render": _median_seconds(lambda: stages["render"](triplane, cameras), device, repeats, warmup),
+        "render": _median_seconds(lambda: stages["render"](triplane, cameras, source=features), device, repeats, warmup),
         "total": _median_seconds(lambda: stages["forward"](image, gaze, cameras), device, repeats, warmup),
     }
 
@@ -197,12 +198,15 @@ def bench_model(
     grid: tuple[int, int] = (4, 4),
     grid_repeats: int = 3,
     seed: int = 0,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Measure a preset's network on ``device``; returns plain data (JSON-able), see the module docstring."""
+    """Measure a preset's network on ``device``; returns plain data (JSON-able), see the module docstring.
+
+    ``overrides``: ``key.sub=value`` changes to the preset (e.g. ``render.chunk_rays=1024``)."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     dev = torch.device(device)
-    cfg = load_config(ModelConfig, preset_path)
+    cfg = load_config(ModelConfig, preset_path, overrides)
     torch.manual_seed(seed)
     model = LiveGaze(cfg).eval().requires_grad_(False).to(dev)  # inference only (and FlopCounterMode needs it)
     wrap = torch.compile if compile else (lambda fn: fn)
@@ -224,6 +228,7 @@ def bench_model(
         grid_result = _grid_ratio(stages, cfg, dev, batch, grid, grid_repeats, warmup, seed=seed + 10)
     return {
         "preset": str(preset_path),
+        "overrides": list(overrides),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "dtype": dtype,
         "compile": compile,

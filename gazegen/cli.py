@@ -165,6 +165,7 @@ def bench(
     dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
     repeats: int = typer.Option(5, min=1, help="Timed runs per figure (the median is reported)."),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here."),
+    overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Speed of the model: ms per image per stage, latency, throughput, memory, MACs, grid ratio (JSON)."""
     import json
@@ -172,7 +173,8 @@ def bench(
     from gazegen.benchmark import bench_model
 
     with _reported():
-        result = bench_model(preset, device, batch, compile=compile, dtype=dtype, repeats=repeats, warmup=3 if compile else 1)
+        result = bench_model(preset, device, batch, compile=compile, dtype=dtype, repeats=repeats, warmup=3 if compile else 1,
+                             overrides=overrides or ())
     text = json.dumps(result, indent=2)
     typer.echo(text)
     if out is not None:

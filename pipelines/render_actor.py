@@ -41,7 +41,8 @@ from gazegen.checkpoint import load_checkpoint
 from gazegen.config import GridSpec, NormalisationConfig
 from gazegen.data.images import from_model_range, to_model_range
 from gazegen.data.schema import DEPTH_SCALE, LABEL_WIDTHS, depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
-from gazegen.models.livegaze import LiveGaze, LiveGazeOutput, SourceFeatures
+from gazegen.models.livegaze import LiveGaze
+from gazegen.models.staged_grid import staged_grid
 from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses
 from gazegen.pipelines.inputs import CARRIED
 
@@ -122,7 +123,7 @@ class SourceRenderer:
         gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
         cams = torch.from_numpy(cameras).float().to(self.device)  # (V, 25)
         parts: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
-        for chunk, out in self.grid_outputs(features, gazes, cams, gaze_of, view_of):
+        for chunk, out in staged_grid(self.model, features, gazes, cams, gaze_of, view_of, self.settings.batch_size):
             parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
             if on_chunk is not None:
                 on_chunk(chunk, *parts[-1][1])
@@ -132,24 +133,6 @@ class SourceRenderer:
             image=image, depth=depth, alpha=alpha, labels={k: np.asarray(v, np.float32) for k, v in labels.items()},
             gaze_index=gaze_of.astype(np.int32), view_index=view_of.astype(np.int32),
         )  # fmt: skip
-
-    def grid_outputs(self, features: SourceFeatures, gazes: torch.Tensor, cameras: torch.Tensor, gaze_of: np.ndarray,
-                     view_of: np.ndarray) -> Iterator[tuple[np.ndarray, LiveGazeOutput]]:
-        """The model calls of one source's grid: rows (gaze_of[i], view_of[i]) of gazes (G, 2) and cameras (V, 25).
-
-        ``redirect`` once per gaze, ``batch_size`` gazes per call; then their rows in chunks of
-        ``batch_size``, each one ``render`` (the chunk's triplanes gathered when it spans gazes).
-        Yields (row indices, the chunk's output) in that order.
-        """
-        b = self.settings.batch_size
-        for start in range(0, len(gazes), b):
-            triplanes = self.model.redirect(features, gazes[start : start + b])  # (b, 3, C, P, P), once per gaze
-            rows = np.flatnonzero((gaze_of >= start) & (gaze_of < start + b))
-            for chunk in np.array_split(rows, -(-len(rows) // b)) if len(rows) else []:
-                g = gaze_of[chunk] - start
-                triplane = triplanes[g[0] : g[0] + 1] if (g == g[0]).all() else triplanes[torch.from_numpy(g).to(self.device)]
-                yield chunk, self.model.render(triplane, cameras[torch.from_numpy(view_of[chunk]).to(self.device)],
-                                               source=features)
 
     def _to_arrays(self, image: torch.Tensor, depth: torch.Tensor, alpha: torch.Tensor) -> tuple[np.ndarray, ...]:
         """(B, 3, S, S) [-1, 1], (B, 1, R, R) world units, (B, 1, R, R) -> uint8 / uint16 / uint8 arrays."""

@@ -1,0 +1,41 @@
+"""One source's grid of (gaze, view) rows through LiveGaze's three stages, each run only as often as it must.
+
+``encode`` has run once for the source (its ``SourceFeatures``); ``staged_grid`` then runs
+``redirect`` once per gaze, ``batch`` gazes per call, and ``render`` once per row, ``batch`` rows
+per call: a call's rows may span several gazes, whose triplanes are gathered, so every render
+call but the last of each gaze block is full whatever the number of views. The synthesis actor
+(pipelines/render_actor.py) and the grid figure of ``gazegen bench`` (gazegen/benchmark.py) both
+run it, so the benchmark times what synthesis does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from gazegen.models.livegaze import LiveGaze, LiveGazeOutput, SourceFeatures
+
+Redirect = Callable[[SourceFeatures, torch.Tensor], torch.Tensor]  # LiveGaze.redirect, or a compiled copy
+Render = Callable[..., LiveGazeOutput]  # LiveGaze.render (triplanes, cameras, source=features), or a compiled copy
+
+
+def staged_grid(
+    model: LiveGaze | tuple[Redirect, Render], features: SourceFeatures, gazes: torch.Tensor, cameras: torch.Tensor,
+    gaze_of: np.ndarray, view_of: np.ndarray, batch: int,
+) -> Iterator[tuple[np.ndarray, LiveGazeOutput]]:
+    """Rows (gaze_of[i], view_of[i]) of gazes (G, 2) and cameras (V, 25) of one source's features (batch 1).
+
+    ``model``: the LiveGaze, or its (redirect, render) stages as callables (``gazegen bench --compile``'s).
+    Yields (row indices, their output), gaze block by gaze block; rows of no gaze are skipped.
+    """
+    redirect, render = (model.redirect, model.render) if isinstance(model, LiveGaze) else model
+    device = gazes.device
+    for start in range(0, len(gazes), batch):
+        triplanes = redirect(features, gazes[start : start + batch])  # (b, 3, C, P, P), once per gaze
+        rows = np.flatnonzero((gaze_of >= start) & (gaze_of < start + batch))
+        for chunk in np.array_split(rows, -(-len(rows) // batch)) if len(rows) else []:
+            g = gaze_of[chunk] - start
+            triplane = triplanes[g[0] : g[0] + 1] if (g == g[0]).all() else triplanes[torch.from_numpy(g).to(device)]
+            yield chunk, render(triplane, cameras[torch.from_numpy(view_of[chunk]).to(device)], source=features)
