@@ -27,9 +27,9 @@ class RenderConfig:
     feature_channels: int = bounded(32, 3, 256)  # decoder output features; the first 3 are RGB
     density_bias: float = -1.0  # sigma = softplus(raw + density_bias) (EG3D: -1)
     white_background: bool = False  # composite onto white instead of black
-    chunk_rays: int = bounded(1024, 1)  # rays rendered at once without autograd: bounds memory (512-4096 measured alike on CPU)
+    chunk_rays: int = bounded(1024, 1)  # rays rendered at once without autograd: bounds memory (base: 512-4096 measured alike on CPU; small presets want 8192, configs/model/demo.toml)
     empty_opacity: float = bounded(1e-3, 0.0, 1.0)  # rays of coarse opacity <= this get no fine samples (0: all refined)
-    block_points: int = bounded(8192, 0)  # without autograd, points read and decoded at a time so their intermediates stay in cache (CPU, measured; 0: all at once, e.g. on a GPU)
+    block_points: int = bounded(8192, 0)  # without autograd, points read and decoded at a time so their intermediates stay in cache (base on CPU, measured; small presets want 65536, per-op overhead; 0: all at once, e.g. on a GPU)
     source_background: bool = False  # composite every view onto the source's background, its head filled (models/background.py; needs the source camera)
 
 
