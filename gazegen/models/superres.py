@@ -67,14 +67,18 @@ class ModulatedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """leaky_relu(conv(x) + bias) * gain, computed as leaky_relu(conv'(x) + bias * gain) with the gain folded into
+        the weight (leaky_relu(g z) = g leaky_relu(z) for g > 0) and the bias into the last conv: one pass over the
+        output instead of three (the same up to float rounding)."""
         w = self.weight * self.affine(style)[None, :, None, None]  # (C_out, C_in, 3, 3) modulated
-        w = w * torch.rsqrt(w.square().sum((1, 2, 3), keepdim=True) + DEMOD_EPS)  # demodulated
+        w = w * (torch.rsqrt(w.square().sum((1, 2, 3), keepdim=True) + DEMOD_EPS) * LRELU_GAIN)  # demodulated, gain
+        bias = self.bias * LRELU_GAIN
         if self.up:
             x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)  # (B, C_out, 2H+1, 2W+1)
-            x = F.conv2d(x, fir_kernel(x.shape[1], x), padding=1, groups=x.shape[1])  # (B, C_out, 2H, 2W)
+            x = F.conv2d(x, fir_kernel(x.shape[1], x), bias, padding=1, groups=x.shape[1])  # (B, C_out, 2H, 2W)
         else:
-            x = F.conv2d(x, w, padding=1)  # (B, C_out, H, W)
-        return F.leaky_relu(x + self.bias[None, :, None, None], LRELU_SLOPE) * LRELU_GAIN
+            x = F.conv2d(x, w, bias, padding=1)  # (B, C_out, H, W)
+        return F.leaky_relu(x, LRELU_SLOPE, inplace=not torch.is_grad_enabled())
 
 
 class ToRGB(nn.Module):
@@ -88,7 +92,7 @@ class ToRGB(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         w = self.weight * self.affine(style)[None, :, None, None]  # (3, C_in, 1, 1)
-        return F.conv2d(x, w) + self.bias[None, :, None, None]  # (B, 3, H, W)
+        return F.conv2d(x, w, self.bias)  # (B, 3, H, W)
 
 
 class SuperResBlock(nn.Module):
@@ -102,7 +106,7 @@ class SuperResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, image: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv1(self.conv0(x, style), style)
-        return x, upsample2d(image) + self.torgb(x, style)
+        return x, upsample2d(image).add_(self.torgb(x, style))
 
 
 class SuperResolution(nn.Module):
