@@ -16,8 +16,7 @@ biases map unchanged.
 Without autograd (rendering, synthesis) ``decode`` runs the same formula in place on its own
 buffers: matrix products with the bias added in place, softplus as exp, +1 and log in place
 (``softplus_``; torch's kernel is log1p-based, and on large tensors measured 1.7x slower), the
-clamp against overflow skipped when ``linear_bound`` shows the first layer's outputs cannot reach
-it, and the widened sigmoid on the contiguous output. Within 1.2e-7 of ``F.softplus`` where x <= 0
+clamp against overflow skipped when no output of the first layer reaches it, and the widened sigmoid on the contiguous output. Within 1.2e-7 of ``F.softplus`` where x <= 0
 and one ulp of the result above (float32); torch's own returns x above 20, off by up to e^-20.
 Under autograd it runs ``net`` as written, so gradients are torch's own.
 """
@@ -35,25 +34,19 @@ SIGMOID_MARGIN = 0.001  # EG3D / MipNeRF: sigmoid(x) * (1 + 2m) - m
 SOFTPLUS_CLAMP = 80.0  # softplus_: exp is taken of at most this (exp(88.7) overflows float32)
 
 
-def softplus_(x: torch.Tensor, bounded: bool = False) -> torch.Tensor:
+def softplus_(x: torch.Tensor) -> torch.Tensor:
     """softplus(x) = log(1 + exp(x)) in place on ``x`` (no autograd), returned.
 
-    ``exp`` of x clamped to ``SOFTPLUS_CLAMP``, then the maximum with x itself: log(1 + e^x) >= x,
-    so above the clamp the result is x (as torch's softplus, which returns x above 20).
-    ``bounded``: the caller knows x <= ``SOFTPLUS_CLAMP`` everywhere, so neither is needed (two
-    passes fewer). Below about -17, 1 + e^x rounds to 1 and the result to 0 instead of e^x < 6e-8
-    (float32).
+    When some x exceeds ``SOFTPLUS_CLAMP`` (one read pass tells), ``exp`` is taken of x clamped to it,
+    then the maximum with x itself: log(1 + e^x) >= x, so above the clamp the result is x (as torch's
+    softplus, which returns x above 20); otherwise neither is needed (two passes and a temporary
+    fewer: the usual case). Below about -17, 1 + e^x rounds to 1 and the result to 0 instead of
+    e^x < 6e-8 (float32).
     """
-    if bounded:
+    if bool(x.amax() <= SOFTPLUS_CLAMP):  # False for a NaN too: the clamped path keeps it
         return x.exp_().add_(1).log_()
     y = torch.clamp_max(x, SOFTPLUS_CLAMP).exp_().add_(1).log_()  # clamp_max: x.clamp(max=) measured 3x slower
     return torch.maximum(y, x, out=x)
-
-
-def linear_bound(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A bound on |layer(x)| over all of x (..., in): max_j |b_j| + ||W_j||_1 max|x| (a 0-d tensor; NaN if x has any)."""
-    low, high = torch.aminmax(x)  # one pass over x, no temporary
-    return (layer.bias.abs() + layer.weight.abs().sum(1) * torch.maximum(-low, high)).amax()
 
 
 def _affine(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -98,8 +91,7 @@ class TriplaneDecoder(nn.Module):
             features = torch.sigmoid(x)[..., 1:] * (1 + 2 * SIGMOID_MARGIN) - SIGMOID_MARGIN  # contiguous: 1.4x faster
         else:  # the same formula in place (module docstring)
             first, _, second = self.net
-            bounded = bool(linear_bound(first, mean_features) <= SOFTPLUS_CLAMP)  # the usual case: no clamp needed
-            hidden = softplus_(_affine(mean_features, first), bounded)  # (B, N, hidden)
+            hidden = softplus_(_affine(mean_features, first))  # (B, N, hidden)
             x = _affine(hidden, second)  # (B, N, 1 + F)
             density_raw = x[..., :1].clone()
             features = x.sigmoid_().mul_(1 + 2 * SIGMOID_MARGIN).sub_(SIGMOID_MARGIN)[..., 1:]  # contiguous x: fast passes
