@@ -78,3 +78,24 @@ def test_a_full_share_through_the_source_camera_renders_the_source_itself():
     _, weight, _ = branch.warp(depth, opaque, camera, source, camera)
     torch.testing.assert_close(out, weight * source + (1 - weight) * render, rtol=0, atol=1e-9)
     assert (weight == 0).any() and (weight == 1).any()
+
+
+def test_the_output_is_the_module_docstrings_formula():
+    """h = LeakyReLU(conv3x3([image, warped * w, w]) + conv1x1(v)); output = image + tanh(conv3x3(h)) w (warped - image)
+    + conv3x3(h), written with torch's convs, every weight random (the turn's 1x1 conv included)."""
+    torch.manual_seed(3)
+    side, r = 16, 8
+    branch = SourceDetail(4, EyeZone(EYE, 0.06)).double()
+    for p in branch.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    image = torch.rand(2, 3, side, side, dtype=torch.float64) * 2 - 1
+    source = torch.rand(1, 3, side, side, dtype=torch.float64) * 2 - 1
+    depth = 2.5 + 0.4 * torch.rand(2, 1, r, r, dtype=torch.float64)
+    alpha = torch.rand(2, 1, r, r, dtype=torch.float64)
+    views, source_camera = cameras((5.0, 20.0), (-10.0, -15.0)), cameras((0.0, 0.0))
+    warped, w, v = branch.warp(depth, alpha, views, source, source_camera)
+    assert v.abs().max() > 0.1  # turned views: the turn's term counts
+    read, act, out = branch.mix
+    h = act(read(torch.cat([image, warped * w, w], 1)) + torch.nn.functional.conv2d(v, branch.turn.weight))
+    expected = image + torch.tanh(branch.blend(h)) * w * (warped - image) + out(h)
+    torch.testing.assert_close(branch(image, depth, alpha, views, source, source_camera), expected, rtol=1e-12, atol=1e-12)

@@ -80,7 +80,8 @@ class SourceDetail(nn.Module):
         """Views (B, 3, S, S) with their depth, opacity (B, 1, R, R) and cameras (B, 25) -> (B, 3, S, S)."""
         warped, weight, v = self.warp(depth, alpha, cameras, source, source_camera)
         read, act, out = self.mix
-        h = act(read(torch.cat([image, warped * weight, weight], 1)) + self.turn(v))  # (B, H, S, S)
+        mixed = read(torch.cat([image, warped * weight, weight], 1))  # (B, H, S, S)
+        h = act(torch.addcmul(mixed, v, self.turn.weight.view(1, -1, 1, 1)))  # + turn(v): the 1x1 conv of one channel
         share = torch.tanh(self.blend(h)) * weight  # (B, 1, S, S)
         return image + share * (warped - image) + out(h)
 
