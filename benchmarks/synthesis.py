@@ -98,7 +98,7 @@ def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, source
             plan = plan_source(run.spec, f"s{k}", None)
             gazes, cameras, x, source = tensors(plan, image)
             features = model.encode(x, source)  # once per source
-            for _ in staged_grid(model, features, gazes, cameras, plan.pairs[:, 0], plan.pairs[:, 1], batch):
+            for _ in staged_grid(model.redirect, model.render, features, gazes, cameras, *plan.pairs.T, batch):
                 pass
 
     @torch.inference_mode()

@@ -132,7 +132,7 @@ def _grid_ratio(
 
     def staged() -> None:
         features = stages["encode"](image)
-        for _ in staged_grid((stages["redirect"], stages["render"]), features, gaze, cameras, gaze_of, view_of, batch):
+        for _ in staged_grid(stages["redirect"], stages["render"], features, gaze, cameras, gaze_of, view_of, batch):
             pass
 
     pairs_gaze = gaze.repeat_interleave(views, 0)  # (G*V, 2): gaze g for views 0 .. V-1

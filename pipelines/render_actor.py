@@ -123,7 +123,8 @@ class SourceRenderer:
         gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
         cams = torch.from_numpy(cameras).float().to(self.device)  # (V, 25)
         parts: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
-        for chunk, out in staged_grid(self.model, features, gazes, cams, gaze_of, view_of, self.settings.batch_size):
+        rows = staged_grid(self.model.redirect, self.model.render, features, gazes, cams, gaze_of, view_of, self.settings.batch_size)
+        for chunk, out in rows:
             parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
             if on_chunk is not None:
                 on_chunk(chunk, *parts[-1][1])

@@ -33,7 +33,7 @@ def test_every_row_equals_a_full_forward():
     seen = []
     with torch.no_grad():
         features = model.encode(image, source)
-        for rows, out in staged_grid(model, features, gazes, cameras, gaze_of, view_of, batch=4):
+        for rows, out in staged_grid(model.redirect, model.render, features, gazes, cameras, gaze_of, view_of, batch=4):
             assert len(rows) <= 4
             seen += rows.tolist()
             for k, row in enumerate(rows):

@@ -15,22 +15,21 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from gazegen.models.livegaze import LiveGaze, LiveGazeOutput, SourceFeatures
+from gazegen.models.livegaze import LiveGazeOutput, SourceFeatures
 
 Redirect = Callable[[SourceFeatures, torch.Tensor], torch.Tensor]  # LiveGaze.redirect, or a compiled copy
 Render = Callable[..., LiveGazeOutput]  # LiveGaze.render (triplanes, cameras, source=features), or a compiled copy
 
 
 def staged_grid(
-    model: LiveGaze | tuple[Redirect, Render], features: SourceFeatures, gazes: torch.Tensor, cameras: torch.Tensor,
+    redirect: Redirect, render: Render, features: SourceFeatures, gazes: torch.Tensor, cameras: torch.Tensor,
     gaze_of: np.ndarray, view_of: np.ndarray, batch: int,
 ) -> Iterator[tuple[np.ndarray, LiveGazeOutput]]:
-    """Rows (gaze_of[i], view_of[i]) of gazes (G, 2) and cameras (V, 25) of one source's features (batch 1).
+    """Rows (gaze_of[i], view_of[i]) of gazes (G, 2) and cameras (V, 25) of one source's features (batch 1),
+    through a LiveGaze's ``redirect`` and ``render`` (or compiled copies: ``gazegen bench --compile``).
 
-    ``model``: the LiveGaze, or its (redirect, render) stages as callables (``gazegen bench --compile``'s).
     Yields (row indices, their output), gaze block by gaze block; rows of no gaze are skipped.
     """
-    redirect, render = (model.redirect, model.render) if isinstance(model, LiveGaze) else model
     device = gazes.device
     for start in range(0, len(gazes), batch):
         triplanes = redirect(features, gazes[start : start + batch])  # (b, 3, C, P, P), once per gaze
