@@ -69,6 +69,11 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderAct
         raise ConfigError(f"num_gpus = {cfg.num_gpus} (--num-gpus): the Ray cluster has {available} GPUs")
     gpus = available if cfg.num_gpus < 0 else cfg.num_gpus
     actors = gpus or cfg.cpu_actors
+    cpus = int(resources.get("CPU", 0))
+    if actors >= cpus:  # each actor holds a CPU for its life: the decode tasks would wait for one forever
+        what = f"{gpus} GPU actor(s)" if gpus else f"cpu_actors = {actors} (--set cpu_actors=N)"
+        raise ConfigError(f"{what}: each render actor reserves 1 of the Ray cluster's {cpus} CPUs, and decoding "
+                          f"needs one more; use at most {max(cpus - 1, 0)} actor(s)")
     threads = 0 if gpus else cfg.cpu_threads or default_cpu_threads(actors)
     decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads, png_threads(gpus, int(resources.get("CPU", 1))))
     items = _items(run, todo)

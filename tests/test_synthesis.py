@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from gazegen import geometry
 from gazegen.checkpoint import load_checkpoint, save_pretrained
-from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ModelConfig, NormalisationConfig, load_config, load_synth_config
+from gazegen.config import (CONFIG_DIR, PUBLISHED_NORMALISATIONS, ConfigError, ModelConfig, NormalisationConfig, load_config,
+                            load_synth_config)
 from gazegen.data.parquet import gaze_in_photo
 from gazegen.data.schema import LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png
 from gazegen.data.sample import Sample
@@ -263,6 +264,14 @@ def test_restart_of_a_finished_run_and_of_a_different_one(first_run, checkpoint,
                       progress=False)  # fmt: skip
     with pytest.raises(RunMismatchError, match="sources_per_shard"):
         run_synthesis(checkpoint, photos, str(out), load_synth_config(None, SETTINGS, rows_per_shard=16, **GRID), progress=False)
+
+
+@pytest.mark.ray
+def test_as_many_cpu_actors_as_cpus_is_refused_not_hung(ray_session, checkpoint, photos, tmp_path):
+    """Each actor reserves a CPU for its life; with none left the decode tasks would wait forever (it hung)."""
+    cfg = load_synth_config(None, [*SETTINGS, "cpu_actors=2"], rows_per_shard=8, **GRID)
+    with pytest.raises(ConfigError, match=r"cpu_actors = 2 .*2 CPUs.*at most 1 actor"):
+        run_synthesis(checkpoint, photos, str(tmp_path / "out"), cfg, progress=False)
 
 
 def local_reference(checkpoint: Path, inputs: Path, out: Path, **options) -> pa.Table:
