@@ -16,8 +16,9 @@ biases map unchanged.
 Without autograd (rendering, synthesis) ``decode`` runs the same formula in place on its own
 buffers: matrix products with the bias added in place, softplus as exp, +1 and log in place
 (``softplus_``; torch's kernel is log1p-based, and on large tensors measured 1.7x slower), the
-clamp against overflow skipped when no output of the first layer reaches it, and the widened sigmoid on the contiguous output. Within 1.2e-7 of ``F.softplus`` where x <= 0
-and one ulp of the result above (float32); torch's own returns x above 20, off by up to e^-20.
+clamp against overflow skipped when no output of the first layer reaches it, and the widened
+sigmoid on the contiguous output. Within 1.2e-7 of ``F.softplus`` where x <= 0 and one ulp of the
+result above (float32); torch's own returns x above 20, off by up to e^-20.
 Under autograd it runs ``net`` as written, so gradients are torch's own.
 """
 
