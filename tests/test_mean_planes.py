@@ -43,6 +43,28 @@ def test_inside_the_cube_the_mean_planes_are_added_to_every_sources_planes():
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)
 
 
+def test_the_render_reads_the_mean_and_source_planes_as_one_and_equals_reading_them_apart():
+    """LiveGaze reads M + T padded by the margin once (MeanPlanes.around); the oracle reads T over its cube and M over
+    its own, apart, and adds the two per point (render_triplane's point_term). M random everywhere, margin included."""
+    from gazegen.rendering.renderer import render_triplane
+
+    base = dataclasses.replace(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"), eg3d_plane_axes=False)
+    torch.manual_seed(0)
+    model = LiveGaze(dataclasses.replace(base, mean_planes=True, mean_planes_margin=3)).eval()
+    with torch.no_grad():
+        model.mean.planes.copy_(torch.randn(model.mean.planes.shape, generator=torch.Generator().manual_seed(1)) * 4)
+        model.decoder.net[2].bias[0] = 3.0  # denser: some rays turn opaque, others stay clear
+    p = base.render.plane_resolution
+    planes = torch.randn(2, 3, base.render.plane_channels, p, p, generator=torch.Generator().manual_seed(2)) * 4
+    views = head_pose_to_camera(torch.tensor([[0.0, 0.0], [0.3, -0.5]], dtype=torch.float64), NormalisationConfig()).float()
+    with torch.no_grad():
+        got = model._volume(planes, views, None, None, training=False)
+        apart = render_triplane(planes, model.decoder, views, base.render, point_term=model.mean.texels().mean_at)
+    assert apart.alpha.max() - apart.alpha.min() > 0.2  # some rays more opaque than others: the planes matter
+    for name in ("features", "depth", "alpha"):
+        torch.testing.assert_close(getattr(got, name), getattr(apart, name), rtol=1e-4, atol=1e-4)
+
+
 def test_beyond_the_cube_a_point_reads_the_margin_texels_of_its_three_planes():
     """Margin 2 around 4 texels over a unit cube: 8 texels of 0.25 over [-1, 1]; texel j's centre is 0.25 j - 0.875.
     The point (0.625, -0.875, 0.875), beyond the cube, sits on texel centres: XY reads (row 0, col 6), XZ (row 7,

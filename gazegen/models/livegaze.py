@@ -247,9 +247,10 @@ class LiveGaze(nn.Module):
         cfg = self.cfg.render
         if coarse:
             cfg = replace(cfg, neural_resolution=max(4, cfg.neural_resolution // 2), samples_fine=0)
+        planes = triplane
+        if self.mean is not None:  # the mean planes and the source's, read as one (mean_planes.py)
+            planes, cfg = self.mean.around(triplane), replace(cfg, box_warp=self.mean.extent)
         terms = []  # points (B, N, 3) -> (B, N, C_plane), summed
-        if self.mean is not None:
-            terms.append(self.mean.texels(triplane.dtype).mean_at)
         if self.pixels is not None:
             if source is None or source.pixels is None:
                 raise ValueError("this model reads the source's pixels (pixel_channels > 0): pass render(..., source=features)")
@@ -260,7 +261,7 @@ class LiveGaze(nn.Module):
             terms.append(functools.partial(self.surface.read, source.surface))
         point_term = terms[0] if len(terms) == 1 else functools.partial(_summed, terms) if terms else None
         return render_triplane(
-            triplane,
+            planes,
             self.decoder,
             cameras,
             cfg,

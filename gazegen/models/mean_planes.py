@@ -11,7 +11,9 @@ fixed map per camera and no image at all, reads 4.3 mm on the same pixels (``ben
 
     world point p (B, N, 3) -> bilinear read of M (3, C, P + 2m, P + 2m), mean over its 3 planes -> (B, N, C)
 
-The read is added to the source's planes' mean at p before the decoder, like the pixel features.
+The read is added to the source's planes' mean at p before the decoder, like the pixel features;
+the renderer gets both in one read (``around``): M's texel grid extends the source planes' by whole
+texels, so M's bilinear read plus T's equals the read of M + T padded with ``margin`` zero texels.
 M has the source planes' texel size and reaches ``margin`` texels beyond their cube on every side:
 inside the cube, adding M's read is adding M's centre to every source's planes; beyond it, where
 the source's planes read zeros, the shoulders and the back of the head still get their common
@@ -24,6 +26,7 @@ texel is one free value, like a fitted triplane's, not a weight shared across an
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gazegen.rendering.triplane import PlaneTexels
@@ -36,6 +39,7 @@ class MeanPlanes(nn.Module):
                  eg3d_compatible: bool = False) -> None:
         super().__init__()
         side = resolution + 2 * margin
+        self.margin = margin
         self.planes = nn.Parameter(torch.zeros(3, channels, side, side))
         self.extent = box_warp * side / resolution  # world units: the same texel size as the source planes
         self.eg3d_compatible = eg3d_compatible
@@ -45,3 +49,8 @@ class MeanPlanes(nn.Module):
         (B, N, 3) to the mean over the 3 planes of their bilinear features (B, N, C), zeros beyond. Make it once per
         render: without gradients it holds a channel-last copy of the planes (rendering/triplane.py)."""
         return PlaneTexels.from_planes(self.planes[None].to(dtype), self.extent, self.eg3d_compatible)
+
+    def around(self, triplane: torch.Tensor) -> torch.Tensor:
+        """Source triplanes (B, 3, C, P, P) -> M + T (B, 3, C, P + 2 margin, P + 2 margin) over ``extent``: read once,
+        the sum of reading M and T apart (T reads zeros beyond its cube, as its zero padding does), up to rounding."""
+        return self.planes[None].to(triplane.dtype) + F.pad(triplane, (self.margin,) * 4)
