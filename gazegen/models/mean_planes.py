@@ -46,8 +46,8 @@ class MeanPlanes(nn.Module):
 
     def texels(self, dtype: torch.dtype = torch.float32) -> PlaneTexels:
         """The planes as one triplane (1, 3, C, S, S) that serves every point set; its ``mean_at`` maps world points
-        (B, N, 3) to the mean over the 3 planes of their bilinear features (B, N, C), zeros beyond. Make it once per
-        render: without gradients it holds a channel-last copy of the planes (rendering/triplane.py)."""
+        (B, N, 3) to the mean over the 3 planes of their bilinear features (B, N, C), zeros beyond: M read alone (the
+        margin loss, train/losses.py; the renderer reads ``around``). Without gradients it holds a channel-last copy."""
         return PlaneTexels.from_planes(self.planes[None].to(dtype), self.extent, self.eg3d_compatible)
 
     def around(self, triplane: torch.Tensor) -> torch.Tensor:
