@@ -137,6 +137,35 @@ def test_empty_margin_loss_is_the_mean_density_of_the_shell():
         empty_margin_loss(LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), 16)
 
 
+def test_empty_margin_loss_with_the_sources_reads_them_beside_the_mean_planes():
+    """margin_sources: at the same shell points, the density of the decoder at the mean of M's three plane reads plus
+    T's (each triplane of the batch, read apart with sample_planes; T reads zeros beyond its own cube on a plane only
+    where one of its two axes leaves it), averaged over points and triplanes."""
+    from gazegen.rendering.compositing import density_activation
+    from gazegen.rendering.triplane import sample_planes
+    from gazegen.train.losses import empty_margin_loss, shell_points
+
+    model = _tiny_with_mean(3)
+    r = model.cfg.render
+    with torch.no_grad():
+        model.mean.planes.copy_(torch.randn(model.mean.planes.shape, generator=torch.Generator().manual_seed(1)))
+    planes = torch.randn(2, 3, r.plane_channels, r.plane_resolution, r.plane_resolution,
+                         generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(5)
+    got = empty_margin_loss(model, 300, planes)
+    torch.manual_seed(5)
+    shell = shell_points(300, r.box_warp / 2, model.mean.extent / 2)[None].expand(2, -1, -1)  # (2, n, 3)
+    axes = model.cfg.eg3d_plane_axes
+    features = (sample_planes(model.mean.planes[None], shell, model.mean.extent, eg3d_compatible=axes).mean(1)
+                + sample_planes(planes, shell, r.box_warp, eg3d_compatible=axes).mean(1))  # (2, n, C)
+    with torch.no_grad():
+        expected = density_activation(model.decoder(features[:, None].expand(-1, 3, -1, -1)).density_raw,
+                                      r.density_bias).mean()
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-4, atol=1e-6)
+    source_part = sample_planes(planes, shell, r.box_warp, eg3d_compatible=axes).mean(1)  # (2, n, C)
+    assert source_part.abs().amax() > 0.1  # beyond the cube the sources' planes still count (a plane whose axes stay in)
+
+
 def test_shell_points_lie_between_the_cubes_uniformly():
     """Every point lies beyond the inner cube and within the outer one; uniform in the shell, the share of points
     beyond half-side a is (outer^3 - a^3) / (outer^3 - inner^3) (closed form, 4 sigma of the binomial)."""
@@ -174,3 +203,30 @@ def test_margin_weight_adds_the_weighted_term_to_the_total(tmp_path):
     assert totals[0.0]["margin"] == 0.0
     assert totals[0.5]["margin"] > 0.0
     assert totals[0.5]["total"] == pytest.approx(totals[0.0]["total"] + 0.5 * totals[0.5]["margin"], rel=1e-5)
+
+
+def test_margin_sources_reads_the_batchs_own_triplanes(tmp_path):
+    """forward_backward with loss.margin_sources: the logged term is empty_margin_loss over the triplanes the forward
+    rendered (LiveGazeOutput.triplane), the same points drawn (the oracle recomputes both from the same seed)."""
+    from gazegen.config import TrainConfig
+    from gazegen.train.losses import LiveGazeLoss, empty_margin_loss
+    from gazegen.train.trainer import forward_backward
+    from small_sets import own_camera_batch
+
+    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=1, seed=5, rig=RigConfig(views=2))
+    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false", "loss.margin_weight=0.5",
+                                          "loss.margin_sources=true", "model_overrides=['mean_planes=true', 'mean_planes_margin=4']"])
+    batch = own_camera_batch(store, cfg.model_config())
+    model = _tiny_with_mean(4).train()
+    torch.manual_seed(3)
+    logged = float(forward_backward(model, batch, LiveGazeLoss(cfg.loss), 0.0)[0].margin)
+    torch.manual_seed(3)  # the forward's jitter, then the shell's points, as in the step
+    with torch.no_grad():
+        out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
+        expected = float(empty_margin_loss(model, cfg.loss.margin_points, out.triplane))
+        torch.manual_seed(3)
+        model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
+        alone = float(empty_margin_loss(model, cfg.loss.margin_points))
+    assert logged == pytest.approx(expected, rel=1e-4)
+    assert logged != pytest.approx(alone, rel=1e-3)

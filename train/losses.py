@@ -36,6 +36,7 @@ from torch import nn
 
 from gazegen.config import LossConfig
 from gazegen.metrics.scores import masked_mean
+from gazegen.rendering.triplane import PlaneTexels
 from gazegen.rendering.compositing import density_activation
 
 if TYPE_CHECKING:
@@ -88,9 +89,13 @@ def depth_loss(depth: torch.Tensor, prior: torch.Tensor, valid: torch.Tensor | N
     return masked_l1_loss(depth, prior.detach(), valid)
 
 
-def empty_margin_loss(model: LiveGaze, points: int) -> torch.Tensor:
-    """Mean density (sigma, per world unit) of the mean planes alone at ``points`` uniform random points of their
-    margin, beyond the source planes' cube and within the mean planes' reach (models/mean_planes.py): ().
+def empty_margin_loss(model: LiveGaze, points: int, triplane: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean density (sigma, per world unit) of the mean planes at ``points`` uniform random points of their margin,
+    beyond the source planes' cube and within the mean planes' reach (models/mean_planes.py): ().
+
+    ``triplane`` (B, 3, C, P, P), the batch's source planes: read with the mean planes as the renderer reads them
+    (``MeanPlanes.around``), so that a source plane whose axes both lie inside the cube (ZY at a point beside the
+    head) counts too; None: the mean planes alone (stage 9 of weights/demo-livegaze).
 
     No camera of the demo's rig sees most of that shell: the sides of the head at eye height lie outside every one of
     its frames, so no image, depth or silhouette term reaches the margin texels there. Read together with the other
@@ -101,7 +106,12 @@ def empty_margin_loss(model: LiveGaze, points: int) -> torch.Tensor:
     if model.mean is None:
         raise ValueError("loss.margin_weight > 0 needs a model with mean planes (model_overrides: mean_planes=true)")
     shell = shell_points(points, model.cfg.render.box_warp / 2, model.mean.extent / 2, model.mean.planes.device)
-    raw = model.decoder.decode(model.mean.texels(model.mean.planes.dtype).mean_at(shell[None])).density_raw  # (1, n, 1)
+    if triplane is None:
+        planes = model.mean.texels(model.mean.planes.dtype)  # (1, 3, C, S, S)
+    else:
+        planes = PlaneTexels.from_planes(model.mean.around(triplane), model.mean.extent, model.cfg.eg3d_plane_axes)
+    sets = shell[None].expand(planes.planes.shape[0], -1, -1)  # (B or 1, n, 3)
+    raw = model.decoder.decode(planes.mean_at(sets)).density_raw  # (B or 1, n, 1)
     return density_activation(raw.float(), model.cfg.render.density_bias).mean()
 
 

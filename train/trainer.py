@@ -175,7 +175,8 @@ def forward_backward(net: nn.Module, batch: Triplets, loss_fn: LiveGazeLoss, gra
         out = net(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
         terms = loss_fn.on_batch(out, batch)
         if loss_fn.config.margin_weight > 0:
-            margin = empty_margin_loss(getattr(net, "module", net), loss_fn.config.margin_points)
+            sources = out.triplane if loss_fn.config.margin_sources else None
+            margin = empty_margin_loss(getattr(net, "module", net), loss_fn.config.margin_points, sources)
             terms = replace(terms, margin=margin, total=terms.total + loss_fn.config.margin_weight * margin)
     terms.total.backward()
     params = [p for p in net.parameters() if p.grad is not None]

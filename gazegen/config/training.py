@@ -34,10 +34,12 @@ class LossConfig:
     # not in the paper: L1 of a model's predicted source depth (models with surface bands, gazegen/models/source_surface.py)
     # against the source's own depth prior, added to the depth term; the stand-in for E_geo's distillation
     source_depth_weight: float = bounded(1.0, 0.0)
-    # not in the paper (0 = off): the mean density of the mean planes alone at random points of their margin beyond
-    # the cube (train/losses.py empty_margin_loss), added to the total: space no camera sees is empty
+    # not in the paper (0 = off): the mean density of the mean planes (with the batch's source planes: margin_sources)
+    # at random points of their margin beyond the cube (train/losses.py empty_margin_loss), added to the total: space
+    # no camera sees is empty
     margin_weight: float = bounded(0.0, 0.0)
     margin_points: int = bounded(4096, 1)  # points drawn per step for it
+    margin_sources: bool = False  # read the batch's source planes there too, as the render does (False: mean planes alone)
     perceptual: bool = True  # False: no L_P and VGG16 is never loaded (CPU tests, runs without the weights)
     # VGG16 ReLU outputs compared by L_P (the paper does not name them; these are Johnson et al.'s [19]
     # relu1_2..relu4_3). Known names: relu{1,2}_{1,2}, relu{3,4,5}_{1,2,3}.
