@@ -220,7 +220,7 @@ def test_margin_sources_reads_the_batchs_own_triplanes(tmp_path):
     batch = own_camera_batch(store, cfg.model_config())
     model = _tiny_with_mean(4).train()
     torch.manual_seed(3)
-    logged = float(forward_backward(model, batch, LiveGazeLoss(cfg.loss), 0.0)[0].margin)
+    logged = float(forward_backward(model, batch, LiveGazeLoss(cfg.loss), 0.0)[0].margin.detach())
     torch.manual_seed(3)  # the forward's jitter, then the shell's points, as in the step
     with torch.no_grad():
         out = model(batch.source, batch.gaze_head, batch.camera, batch.source_camera)
