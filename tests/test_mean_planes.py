@@ -48,9 +48,8 @@ def test_the_render_reads_the_mean_and_source_planes_as_one_and_equals_reading_t
     its own, apart, and adds the two per point (render_triplane's point_term). M random everywhere, margin included."""
     from gazegen.rendering.renderer import render_triplane
 
-    base = dataclasses.replace(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"), eg3d_plane_axes=False)
-    torch.manual_seed(0)
-    model = LiveGaze(dataclasses.replace(base, mean_planes=True, mean_planes_margin=3)).eval()
+    model = _tiny_with_mean(3).eval()
+    base = model.cfg
     with torch.no_grad():
         model.mean.planes.copy_(torch.randn(model.mean.planes.shape, generator=torch.Generator().manual_seed(1)) * 4)
         model.decoder.net[2].bias[0] = 3.0  # denser: some rays turn opaque, others stay clear
@@ -59,7 +58,8 @@ def test_the_render_reads_the_mean_and_source_planes_as_one_and_equals_reading_t
     views = head_pose_to_camera(torch.tensor([[0.0, 0.0], [0.3, -0.5]], dtype=torch.float64), NormalisationConfig()).float()
     with torch.no_grad():
         got = model._volume(planes, views, None, None, training=False)
-        apart = render_triplane(planes, model.decoder, views, base.render, point_term=model.mean.texels().mean_at)
+        apart = render_triplane(planes, model.decoder, views, base.render, eg3d_compatible=base.eg3d_plane_axes,
+                                point_term=model.mean.texels().mean_at)
     assert apart.alpha.max() - apart.alpha.min() > 0.2  # some rays more opaque than others: the planes matter
     for name in ("features", "depth", "alpha"):
         torch.testing.assert_close(getattr(got, name), getattr(apart, name), rtol=1e-4, atol=1e-4)
@@ -182,15 +182,20 @@ def test_shell_points_lie_between_the_cubes_uniformly():
     assert abs(float((side > a).float().mean()) - share) < 4 * np.sqrt(share * (1 - share) / len(pts))
 
 
-def test_margin_weight_adds_the_weighted_term_to_the_total(tmp_path):
+@pytest.fixture(scope="module")
+def one_head(tmp_path_factory):
+    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=1, seed=5, rig=RigConfig(views=2))
+    return synthesize_store(tmp_path_factory.mktemp("margin") / "heads", heads, workers=1)
+
+
+def test_margin_weight_adds_the_weighted_term_to_the_total(one_head):
     """forward_backward with loss.margin_weight w: the total is the objective without it plus w x the logged term."""
     from gazegen.config import TrainConfig
     from gazegen.train.losses import LiveGazeLoss
     from gazegen.train.trainer import forward_backward
     from small_sets import own_camera_batch
 
-    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=1, seed=5, rig=RigConfig(views=2))
-    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    store = one_head
     totals = {}
     for w in (0.0, 0.5):
         cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false", f"loss.margin_weight={w}",
@@ -205,7 +210,7 @@ def test_margin_weight_adds_the_weighted_term_to_the_total(tmp_path):
     assert totals[0.5]["total"] == pytest.approx(totals[0.0]["total"] + 0.5 * totals[0.5]["margin"], rel=1e-5)
 
 
-def test_margin_sources_reads_the_batchs_own_triplanes(tmp_path):
+def test_margin_sources_reads_the_batchs_own_triplanes(one_head):
     """forward_backward with loss.margin_sources: the logged term is empty_margin_loss over the triplanes the forward
     rendered (LiveGazeOutput.triplane), the same points drawn (the oracle recomputes both from the same seed)."""
     from gazegen.config import TrainConfig
@@ -213,8 +218,7 @@ def test_margin_sources_reads_the_batchs_own_triplanes(tmp_path):
     from gazegen.train.trainer import forward_backward
     from small_sets import own_camera_batch
 
-    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=1, seed=5, rig=RigConfig(views=2))
-    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    store = one_head
     cfg = load_config(TrainConfig, None, ["model=model/tiny.toml", "loss.perceptual=false", "loss.margin_weight=0.5",
                                           "loss.margin_sources=true", "model_overrides=['mean_planes=true', 'mean_planes_margin=4']"])
     batch = own_camera_batch(store, cfg.model_config())

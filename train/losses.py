@@ -36,7 +36,6 @@ from torch import nn
 
 from gazegen.config import LossConfig
 from gazegen.metrics.scores import masked_mean
-from gazegen.rendering.triplane import PlaneTexels
 from gazegen.rendering.compositing import density_activation
 
 if TYPE_CHECKING:
@@ -106,11 +105,8 @@ def empty_margin_loss(model: LiveGaze, points: int, triplane: torch.Tensor | Non
     if model.mean is None:
         raise ValueError("loss.margin_weight > 0 needs a model with mean planes (model_overrides: mean_planes=true)")
     shell = shell_points(points, model.cfg.render.box_warp / 2, model.mean.extent / 2, model.mean.planes.device)
-    if triplane is None:
-        planes = model.mean.texels(model.mean.planes.dtype)  # (1, 3, C, S, S)
-    else:
-        planes = PlaneTexels.from_planes(model.mean.around(triplane), model.mean.extent, model.cfg.eg3d_plane_axes)
-    sets = shell[None].expand(planes.planes.shape[0], -1, -1)  # (B or 1, n, 3)
+    planes = model.mean.texels(model.mean.planes.dtype, sources=triplane)  # (1 or B, 3, C, S, S)
+    sets = shell[None].expand(planes.planes.shape[0], -1, -1)  # (1 or B, n, 3)
     raw = model.decoder.decode(planes.mean_at(sets)).density_raw  # (B or 1, n, 1)
     return density_activation(raw.float(), model.cfg.render.density_bias).mean()
 

@@ -44,11 +44,13 @@ class MeanPlanes(nn.Module):
         self.extent = box_warp * side / resolution  # world units: the same texel size as the source planes
         self.eg3d_compatible = eg3d_compatible
 
-    def texels(self, dtype: torch.dtype = torch.float32) -> PlaneTexels:
-        """The planes as one triplane (1, 3, C, S, S) that serves every point set; its ``mean_at`` maps world points
-        (B, N, 3) to the mean over the 3 planes of their bilinear features (B, N, C), zeros beyond: M read alone (the
-        margin loss, train/losses.py; the renderer reads ``around``). Without gradients it holds a channel-last copy."""
-        return PlaneTexels.from_planes(self.planes[None].to(dtype), self.extent, self.eg3d_compatible)
+    def texels(self, dtype: torch.dtype = torch.float32, *, sources: torch.Tensor | None = None) -> PlaneTexels:
+        """M as one triplane (1, 3, C, S, S) that serves every point set, or with ``sources`` (B, 3, C, P, P) added
+        (``around``: (B, 3, C, S, S), in their dtype); its ``mean_at`` maps world points (B, N, 3) to the mean over the
+        3 planes of their bilinear features (B, N, C), zeros beyond. Read by the margin loss (train/losses.py); the
+        renderer reads ``around`` through its own texels. Without gradients it holds a channel-last copy."""
+        planes = self.planes[None].to(dtype) if sources is None else self.around(sources)
+        return PlaneTexels.from_planes(planes, self.extent, self.eg3d_compatible)
 
     def around(self, triplane: torch.Tensor) -> torch.Tensor:
         """Source triplanes (B, 3, C, P, P) -> M + T (B, 3, C, P + 2 margin, P + 2 margin) over ``extent``: read once,
