@@ -75,7 +75,7 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderAct
         raise ConfigError(f"{what}: each render actor reserves 1 of the Ray cluster's {cpus} CPUs, and decoding "
                           f"needs one more; use at most {max(cpus - 1, 0)} actor(s)")
     threads = 0 if gpus else cfg.cpu_threads or default_cpu_threads(actors)
-    decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads, png_threads(gpus, max(cpus, 1)))
+    decode, render = stage_settings(run, "cuda" if gpus else "cpu", threads, png_threads(gpus, cpus))
     items = _items(run, todo)
     retries = {"max_retries": cfg.max_task_retries}
     with warnings.catch_warnings():  # Ray 2.60 deprecates **ray_remote_args but names no bounded-retry option yet
