@@ -13,6 +13,11 @@ initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sourc
   alternate ``--rounds`` times (bare, Ray, bare, Ray, ...; each Ray round a fresh session) and the
   median ratio is reported with every round's: a shared machine's speed drifts by 10-30% over
   minutes, which one bare run followed by one Ray run reads as the pipeline's cost.
+* ``model_s`` in both: the seconds the render stage spent on sources (``RenderActor.source_records``:
+  encode, redirect, render and the arrays' conversion; no PNGs), summed over sources, with its thread's
+  CPU seconds; for Ray also ``first_source_s``, from the pipeline's start (after ``ray.init``) to the
+  actor's first source. So a ratio splits into Ray's fixed start-up and the model's pace in either
+  process (the actor logs each source to a JSON-lines file in the work folder: ``timed_actor``).
 * ``grid``: model time of sources' grids rendered the staged way (encode once per source,
   redirect once per gaze, render the rows in batches: ``staged_grid``, the actor's own calls), against
   one full forward per output image in batches of the same size.
@@ -53,6 +58,7 @@ from gazegen.models.staged_grid import staged_grid
 from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.shards import OutputDir
 from gazegen.pipelines.graph import default_cpu_threads, local_records
+from gazegen.pipelines.render_actor import RenderActor
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import run_synthesis
@@ -65,16 +71,40 @@ def make_inputs(folder: Path, count: int, side: int) -> Path:
     return folder
 
 
+def timed_actor(log: Path) -> type[RenderActor]:
+    """A RenderActor that appends each source's model time to ``log`` (JSON lines: wall-clock start, seconds,
+    thread CPU seconds); defined here, so Ray ships it to the actor by value."""
+
+    class TimedActor(RenderActor):
+        def source_records(self, batch, i, on_chunk=None):
+            start, wall, cpu = time.time(), time.perf_counter(), time.thread_time()
+            records = super().source_records(batch, i, on_chunk)
+            line = {"start": start, "seconds": time.perf_counter() - wall, "cpu_s": time.thread_time() - cpu}
+            with open(log, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            return records
+
+    return TimedActor
+
+
+def model_figures(log: Path, pipeline_start: float) -> dict:
+    """Sum of the logged sources' model seconds and CPU seconds, and the first source's start after ``pipeline_start``."""
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    return {"model_s": sum(x["seconds"] for x in lines), "model_cpu_s": sum(x["cpu_s"] for x in lines),
+            "first_source_s": min(x["start"] for x in lines) - pipeline_start}  # fmt: skip
+
+
 def bare_loop(checkpoint: Path, inputs: Path, out: Path, options: dict, device: str, threads: int) -> dict:
-    start = time.perf_counter()
+    log = out.with_name(out.name + "_model.jsonl")
+    start, wall = time.time(), time.perf_counter()
     run = plan_run(checkpoint, inputs, load_synth_config(None, **options))
     router = ShardRouter(OutputDir.from_uri(str(out)), run.shards, run)
-    for records in local_records(run, run.shards, device, threads):
+    for records in local_records(run, run.shards, device, threads, actor_class=timed_actor(log)):
         router.add(records)
     router.finish(0)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - wall
     rows = sum(s.rows for s in router.closed)
-    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds}
+    return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds} | model_figures(log, start)
 
 
 def grid_gain(checkpoint: Path, inputs: Path, options: dict, device: str, sources: int, repeats: int) -> dict:
@@ -183,12 +213,14 @@ def measure(args: argparse.Namespace, work: Path, threads: int) -> dict:
         bare = bare_loop(checkpoint, inputs, work / f"bare{k}", options, args.device, threads)
         ray_figures = ray_run(checkpoint, inputs, work / f"ray{k}", load_synth_config(None, overrides, **options))
         rounds.append({"bare": bare, "ray": ray_figures, "ratio": ray_figures["images_per_s"] / bare["images_per_s"],
-                       "ratio_after_init": ray_figures["images_per_s_after_init"] / bare["images_per_s"]})  # fmt: skip
+                       "ratio_after_init": ray_figures["images_per_s_after_init"] / bare["images_per_s"],
+                       "model_s_ray_over_bare": ray_figures["model_s"] / bare["model_s"]})  # fmt: skip
     figures = {
         "model": str(args.checkpoint or args.preset), "device": args.device, "cpu_count": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "ray_version": ray.__version__, "sources": rounds[0]["ray"]["sources"],
         "batch_size": args.batch_size, "rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
         "ratio_after_init": statistics.median(r["ratio_after_init"] for r in rounds),
+        "model_s_ray_over_bare": statistics.median(r["model_s_ray_over_bare"] for r in rounds),
         "grid": grid_gain(checkpoint, inputs, options, args.device, args.grid_sources, args.repeats),
     }  # fmt: skip
     return figures | {"loadavg": [load_before, os.getloadavg()]}
@@ -198,16 +230,18 @@ def ray_run(checkpoint: Path, inputs: Path, out: Path, cfg) -> dict:
     """``run_synthesis`` in a fresh Ray session: images/s with and without ``ray.init``."""
     import ray
 
+    log = out.with_name(out.name + "_model.jsonl")
     start = time.perf_counter()
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - start
+    pipeline_start = time.time()
     try:
-        result = run_synthesis(checkpoint, inputs, str(out), cfg, overwrite=True, progress=False)
+        result = run_synthesis(checkpoint, inputs, str(out), cfg, overwrite=True, progress=False, actor=timed_actor(log))
     finally:
         ray.shutdown()
     return {"sources": result.sources, "rows": result.rows_written, "ray_init_s": init_s, "pipeline_s": result.seconds,
             "images_per_s": result.rows_written / (init_s + result.seconds),
-            "images_per_s_after_init": result.rows_written / result.seconds}  # fmt: skip
+            "images_per_s_after_init": result.rows_written / result.seconds} | model_figures(log, pipeline_start)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -92,12 +92,13 @@ def build_dataset(run: RunPlan, todo: Sequence[ShardSpec], actor: type[RenderAct
         )  # fmt: skip
 
 
-def local_records(run: RunPlan, todo: Sequence[ShardSpec], device: str = "cpu", threads: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def local_records(run: RunPlan, todo: Sequence[ShardSpec], device: str = "cpu", threads: int = 0,
+                  actor_class: type[RenderActor] = RenderActor) -> Iterator[dict[str, np.ndarray]]:
     """The graph's records computed in this process, one source at a time, without Ray: the same
     stage functions in sequence, PNGs encoded in turn on this thread (the benchmark's bare loop,
-    and the tests' reference)."""
+    and the tests' reference); ``actor_class``: as ``build_dataset``'s ``actor``."""
     decode, render = stage_settings(run, device, threads)
-    actor = RenderActor(run.checkpoint, render)
+    actor = actor_class(run.checkpoint, render)
     for item in _items(run, todo):
         batch = decode_batch({k: np.array([v]) for k, v in item.items()}, decode)
         for records in actor.source_records(batch, 0):
