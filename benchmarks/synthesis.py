@@ -26,10 +26,11 @@ Like with like: the bare loop and the render actor run the same number of torch 
 ``--threads``, by default what ``gazegen synthesize`` gives a CPU actor (the cores less one, which
 the pipeline's decode / PNG / driver work needs; on 2 cores: 1). The bare loop does everything
 on that one thread in turn; the pipeline overlaps decoding and PNG encoding with the model on the
-remaining core, so on CPU it can beat the bare loop once its fixed start-up (``ray.init``, worker
-processes importing torch, the actor loading the checkpoint: 10-20 s on 2 shared cores) is paid:
-measure a few minutes of work (the default 200 sources of the tiny preset: ~2 min bare on 2
-idle cores). On a shared machine the figures move with the load, reported as ``loadavg`` (1, 5
+remaining core, so on CPU it can beat the bare loop once its fixed start-up is paid (``ray.init``
+2-3 s, then 2.7-3 s to the actor's first source: worker processes importing torch, the actor
+loading the checkpoint; 2 idle cores, session 13): at 100 sources of the tiny preset (~22 s bare)
+that start-up is a fifth of the run. Both loops render with glibc's malloc thresholds fixed
+(pipelines/allocator.py, set by the render actor). On a shared machine the figures move with the load, reported as ``loadavg`` (1, 5
 and 15 minute averages before and after); two torch threads on two busy cores thrash (several
 times slower), which is why the actor defaults to fewer threads than cores.
 """

@@ -34,10 +34,13 @@ Encoding in the actor instead of a stage of CPU tasks (measured on the tiny pres
 of 125 rows, quiet machine): the same wall clock (the actor's span grows ~1 s of 27, the encode
 stage's tail goes), ~2-4 CPU-s less (no arrays through the object store, no encode tasks), and
 the first rows reach the driver ~6 s after ray.init instead of 15-24 s, so shards close as the
-run goes (at 512 px the arrays would be ~1.5 MB a row through the object store). What remains
-is fixed: ray.init (2-4 s), the actor's worker importing ray.data, torch and gazegen (~4.4 s on
-a quiet machine, 7-8 s when the cores are shared: the decode worker and Ray Data's three helper
-actors start at the same time). A run costs ~45 CPU-s where the bare loop costs ~30: Ray's own
+run goes (at 512 px the arrays would be ~1.5 MB a row through the object store). The actor keeps
+the memory it frees (pipelines/allocator.py): in a Ray worker glibc handed the render's large
+tensors back to the OS and faulted them in again, 14,000-21,000 page faults a source, and the
+actor's model time was 1.24-1.30x the bare loop's on the same sources; with fixed thresholds
+1.05-1.10x. What remains is fixed: ray.init (2-3 s), then ~2.7-3 s to the actor's first source
+(Ray Data's start, the actor's worker importing ray.data, torch and gazegen beside the decode
+worker, which needs torch too, and Ray Data's three helper actors). A run costs ~45 CPU-s where the bare loop costs ~30: Ray's own
 processes ~4, Ray Data's helper actors ~3, the decode worker ~4 (mostly imports), the driver ~5
 (imports included), so on a machine whose second core is taken by something else the pipeline
 falls behind the bare loop (ratio 0.6-0.7 at a load average of 5 on 2 cores, 0.85-0.9 at 1).
