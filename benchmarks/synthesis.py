@@ -5,8 +5,10 @@
 Prints JSON. Three figures, measured in one run on the same model (a checkpoint, or a randomly
 initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sources`` noise crops):
 
-* ``bare``: the pipeline's own stage functions called in sequence in this process (decode,
-  render, PNG encoding, shard writing; ``gazegen.pipelines.graph.local_records``): images/s.
+* ``bare``: ``run_synthesis`` without Ray: the run opened (``open_run``: plan, manifest), the
+  pipeline's own stage functions called in sequence in this process (decode, render, PNG encoding,
+  shard writing; ``gazegen.pipelines.graph.local_records``) and the run finalised (errors table,
+  manifest, dataset card): images/s.
 * ``ray``: ``run_synthesis`` into a fresh output, images/s over its whole wall clock (planning,
   Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
   start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways. The two
@@ -57,12 +59,12 @@ from gazegen.data.images import to_model_range
 from gazegen.models.livegaze import LiveGaze
 from gazegen.models.staged_grid import staged_grid
 from gazegen.pipelines.grid import plan_source
-from gazegen.pipelines.shards import OutputDir
 from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.render_actor import RenderActor
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
-from gazegen.pipelines.synthesis import run_synthesis
+from gazegen.pipelines.manifest import finalize
+from gazegen.pipelines.synthesis import open_run, run_synthesis
 
 
 def make_inputs(folder: Path, count: int, side: int) -> Path:
@@ -98,11 +100,12 @@ def model_figures(log: Path, pipeline_start: float) -> dict:
 def bare_loop(checkpoint: Path, inputs: Path, out: Path, options: dict, device: str, threads: int) -> dict:
     log = out.with_name(out.name + "_model.jsonl")
     start, wall = time.time(), time.perf_counter()
-    run = plan_run(checkpoint, inputs, load_synth_config(None, **options))
-    router = ShardRouter(OutputDir.from_uri(str(out)), run.shards, run)
-    for records in local_records(run, run.shards, device, threads, actor_class=timed_actor(log)):
+    run, target, todo = open_run(checkpoint, inputs, out, load_synth_config(None, **options), overwrite=True)
+    router = ShardRouter(target, todo, run)
+    for records in local_records(run, todo, device, threads, actor_class=timed_actor(log)):
         router.add(records)
     router.finish(0)
+    finalize(target, run.shards)  # the manifest, errors table and dataset card, as run_synthesis ends
     seconds = time.perf_counter() - wall
     rows = sum(s.rows for s in router.closed)
     return {"rows": rows, "seconds": seconds, "images_per_s": rows / seconds} | model_figures(log, start)

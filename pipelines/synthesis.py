@@ -89,9 +89,9 @@ from gazegen.errors import GazegenError
 from gazegen.pipelines.graph import render_pending
 from gazegen.pipelines.manifest import check_or_create, finalize
 from gazegen.pipelines.run_manifest import RunManifest
-from gazegen.pipelines.plan import plan_run
+from gazegen.pipelines.plan import RunPlan, plan_run
 from gazegen.pipelines.render_actor import RenderActor
-from gazegen.pipelines.shards import OutputDir, completed_shards
+from gazegen.pipelines.shards import OutputDir, ShardSpec, completed_shards
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,18 @@ class SynthesisResult:
                 f"{self.shards_written} shards, {self.rows_written} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)")  # fmt: skip
 
 
+def open_run(checkpoint: str | Path, inputs: str | Path, out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
+             command: Sequence[str] = ()) -> tuple[RunPlan, OutputDir, list[ShardSpec]]:
+    """Plans the run and opens OUT for it (its manifest checked, or created); returns the plan, OUT and the
+    shards still to write. ``run_synthesis`` renders them on Ray; the benchmark's bare loop, in process."""
+    run = plan_run(checkpoint, inputs, cfg)
+    target = OutputDir.from_uri(os.fspath(out))
+    manifest = RunManifest.create([r.source_id for r in run.records], run.checkpoint_hash, run.settings(),
+                                  run.sources_per_shard, command)  # fmt: skip
+    check_or_create(target, manifest, overwrite=overwrite)
+    return run, target, completed_shards(target, run.shards).todo(run.shards)
+
+
 def run_synthesis(
     checkpoint: str | Path,
     inputs: str | Path,
@@ -139,12 +151,7 @@ def run_synthesis(
     the render stage's class (tests pass a subclass that crashes or waits).
     """
     start = time.monotonic()
-    run = plan_run(checkpoint, inputs, cfg)
-    target = OutputDir.from_uri(os.fspath(out))
-    manifest = RunManifest.create([r.source_id for r in run.records], run.checkpoint_hash, run.settings(),
-                                  run.sources_per_shard, command)  # fmt: skip
-    check_or_create(target, manifest, overwrite=overwrite)
-    todo = completed_shards(target, run.shards).todo(run.shards)
+    run, target, todo = open_run(checkpoint, inputs, out, cfg, overwrite=overwrite, command=command)
     log.info("%s: %d sources, %d rows each, %d shards (%d to write)", out, len(run.records), run.rows_per_source, len(run.shards), len(todo))
     router, problems = render_pending(run, target, todo, address, progress, actor) if todo else (None, [])
     if problems:
@@ -156,4 +163,4 @@ def run_synthesis(
                            len(router.closed) if router else 0, written, seconds, written / seconds if seconds else 0.0)  # fmt: skip
 
 
-__all__ = ["IncompleteShardsError", "SynthesisResult", "run_synthesis"]
+__all__ = ["IncompleteShardsError", "SynthesisResult", "open_run", "run_synthesis"]
