@@ -32,7 +32,7 @@ remaining core, so on CPU it can beat the bare loop once its fixed start-up is p
 2-3 s, then 2.7-3 s to the actor's first source: worker processes importing torch, the actor
 loading the checkpoint; 2 idle cores, session 13): at 100 sources of the tiny preset (~22 s bare)
 that start-up is a fifth of the run. Both loops render with glibc's malloc thresholds fixed
-(pipelines/allocator.py, set by the render actor). On a shared machine the figures move with the load, reported as ``loadavg`` (1, 5
+(gazegen/allocator.py, set by the render actor). On a shared machine the figures move with the load, reported as ``loadavg`` (1, 5
 and 15 minute averages before and after); two torch threads on two busy cores thrash (several
 times slower), which is why the actor defaults to fewer threads than cores.
 """

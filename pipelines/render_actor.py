@@ -43,7 +43,7 @@ from gazegen.data.images import from_model_range, to_model_range
 from gazegen.data.schema import DEPTH_SCALE, LABEL_WIDTHS, depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 from gazegen.models.livegaze import LiveGaze
 from gazegen.models.staged_grid import staged_grid
-from gazegen.pipelines.allocator import keep_freed_memory
+from gazegen.allocator import keep_freed_memory
 from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses
 from gazegen.pipelines.inputs import CARRIED
 
@@ -190,7 +190,7 @@ class RenderActor:
     """
 
     def __init__(self, checkpoint: str, settings: RenderSettings) -> None:
-        keep_freed_memory()  # the process renders from here on: its freed tensors are the next source's (allocator.py)
+        keep_freed_memory()  # the process renders from here on: its freed tensors are the next source's (gazegen/allocator.py)
         self.renderer = SourceRenderer.from_checkpoint(checkpoint, settings)
         cfg = self.renderer.model.cfg
         self.image_side = cfg.output_resolution

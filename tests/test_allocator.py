@@ -1,4 +1,4 @@
-"""pipelines/allocator.py: with its thresholds, a freed large block serves the next request without new pages.
+"""gazegen/allocator.py: with its thresholds, a freed large block serves the next request without new pages.
 
 Run in a fresh interpreter (the setting is process-wide). The process first pins glibc's thresholds
 at 128 KiB, which also stops their adaptation: every 4 MiB array is then a fresh mapping whose
@@ -16,7 +16,7 @@ import pytest
 SCRIPT = """
 import ctypes, json, resource
 import numpy as np
-from gazegen.pipelines.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
+from gazegen.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
 
 def faults(rounds=20):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from gazegen.allocator import keep_freed_memory
 from gazegen.checkpoint import load_checkpoint, load_state, load_train_state, read_header, save_pretrained
 from gazegen.config import ModelConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
@@ -262,6 +263,7 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig, items: int, run: Path, *, m
         # training run on the prior's store 1.65x. Set before the first parallel region: OpenMP's threads
         # take the floating-point mode of the thread that starts them.
         torch.set_flush_denormal(True)
+        keep_freed_memory()  # the step's large tensors reuse the last step's pages (gazegen/allocator.py): ~5% a demo step
     newest = _check_run(run, resume)
     loss_fn = build_loss(cfg).to(device)
     torch.manual_seed(cfg.seed)
