@@ -1,13 +1,15 @@
-"""Keep the memory the render stage frees, instead of handing it back to the OS after every large tensor.
+"""Keep the memory a process frees, instead of handing it back to the OS after every large tensor.
 
 glibc's malloc serves a large request (above ``M_MMAP_THRESHOLD``, 128 KiB at start) with a fresh
 ``mmap`` and returns it on free, and gives the top of its heap back once more than
-``M_TRIM_THRESHOLD`` of it is free. It raises both as it sees large blocks freed, but in a Ray
-actor (several threads, Ray's own allocations) that adaptation measured far short: 10,000-21,000
-minor page faults per source of the tiny preset's 125-row grid, against ~2,500 in a plain
-process, each a fresh zeroed page that the render's elementwise ops then write. Fixed thresholds
-keep the freed blocks for the next source: ~20 faults per source, and 12% less time per source
-(benchmarks/synthesis.py). Other C libraries (macOS, musl) keep their own defaults.
+``M_TRIM_THRESHOLD`` of it is free. It raises both as it sees large blocks freed, but that
+adaptation can fall far short: in a Ray render actor, 14,000-21,000 minor page faults per source of
+the tiny preset's 125-row grid against ~2,500 in a plain process, each a fresh zeroed page that
+the render's elementwise ops then write; a demo training step faulted ~30,000 pages. Fixed
+thresholds keep the freed blocks for the next source or step: ~20 faults per source, 8-13% less
+model time per source in the actor (benchmarks/synthesis.py), a demo training step 1.08x faster
+(benchmarks/train_step.py). Set by the render actor and by the trainer on CPU. Other C libraries
+(macOS, musl) keep their own defaults.
 """
 
 from __future__ import annotations
