@@ -5,7 +5,7 @@ glibc's malloc serves a large request (above ``M_MMAP_THRESHOLD``, 128 KiB at st
 ``M_TRIM_THRESHOLD`` of it is free. It raises both as it sees large blocks freed, but that
 adaptation can fall far short: in a Ray render actor, 14,000-21,000 minor page faults per source of
 the tiny preset's 125-row grid against ~2,500 in a plain process, each a fresh zeroed page that
-the render's elementwise ops then write; a demo training step faulted ~30,000 pages. Fixed
+the render's elementwise ops then write; a demo training step ~23,000 more than with fixed thresholds. Fixed
 thresholds keep the freed blocks for the next source or step: ~20 faults per source, 8-13% less
 model time per source in the actor (benchmarks/synthesis.py), a demo training step 1.08x faster
 (benchmarks/train_step.py). Set by the render actor and by the trainer on CPU. Other C libraries
