@@ -38,7 +38,7 @@ run goes (at 512 px the arrays would be ~1.5 MB a row through the object store).
 the memory it frees (gazegen/allocator.py): in a Ray worker glibc handed the render's large
 tensors back to the OS and faulted them in again, 14,000-21,000 page faults a source, and the
 actor's model time was 1.24-1.30x the bare loop's on the same sources; with fixed thresholds
-1.05-1.10x. What remains is fixed: ray.init (2-3 s), then ~2.7-3 s to the actor's first source
+1.05-1.13x. What remains is fixed: ray.init (2-3 s), then ~2.7-3 s to the actor's first source
 (Ray Data's start, the actor's worker importing ray.data, torch and gazegen beside the decode
 worker, which needs torch too, and Ray Data's three helper actors). A run costs ~45 CPU-s where the bare loop costs ~30: Ray's own
 processes ~4, Ray Data's helper actors ~3, the decode worker ~4 (mostly imports), the driver ~5
