@@ -50,3 +50,10 @@ def test_bench_runs_a_preset_whose_render_reads_the_source():
     assert set(result["ms_per_image"]) == {"encode", "redirect", "render", "total"}
     assert all(v > 0 for v in result["ms_per_image"].values())
     assert result["grid"]["gazes"] == 2 and result["grid"]["views"] == 3 and result["grid"]["ratio"] > 0
+
+
+def test_bench_runs_that_preset_under_bf16_autocast():
+    """`gazegen bench --dtype bf16` on the same model: source detail crossed bf16 ray directions with float32 points
+    (camera math now ignores autocast, gazegen/geometry.py)."""
+    result = bench_model(TINY, batch=2, repeats=1, warmup=0, dtype="bf16", grid=(2, 3), grid_repeats=1, overrides=SOURCE_READING)
+    assert result["dtype"] == "bf16" and all(v > 0 for v in result["ms_per_image"].values())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gazegen.geometry import split_camera
+from gazegen.geometry import full_precision, split_camera
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,13 @@ class Rays:
 
 
 def camera_rays(camera: torch.Tensor, resolution: int) -> Rays:
-    """(B, 25) cameras -> one ray per pixel centre of a ``resolution``-square image."""
+    """(B, 25) cameras -> one ray per pixel centre of a ``resolution``-square image, in the cameras' dtype
+    whatever autocast is on (geometry.full_precision)."""
+    with full_precision(camera):
+        return _camera_rays(camera, resolution)
+
+
+def _camera_rays(camera: torch.Tensor, resolution: int) -> Rays:
     c2w, k = split_camera(camera)  # (B, 4, 4), (B, 3, 3) normalised intrinsics
     centres = (torch.arange(resolution, dtype=camera.dtype, device=camera.device) + 0.5) / resolution
     v, u = torch.meshgrid(centres, centres, indexing="ij")  # (R, R) each, row-major
