@@ -44,7 +44,8 @@ class RunPlan:
     def settings(self) -> dict[str, Any]:
         """Everything that changes the rows, compared key by key on restart."""
         grid = ("grid", "pitch", "yaw", "view_pitch", "view_yaw")  # recorded as written: "pitch,yaw,view", "-30:30:5"
-        keep = ("sample", "seed", "crop", "faces", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")
+        keep = ("sample", "seed", "crop", "faces", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression",
+                "max_pixels", "precision")
         return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | {
             "normalisation": asdict(self.normalisation), "format_version": FORMAT_VERSION,
             "image_resolution": self.model.image_resolution, "output_resolution": self.model.output_resolution,
@@ -80,7 +81,7 @@ def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0, png_thre
     threads and PNG-encoding threads."""
     cfg = run.cfg
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
-                            run.checkpoint_hash, device, threads, cfg.png_compression, png_threads)  # fmt: skip
+                            run.checkpoint_hash, device, threads, cfg.png_compression, png_threads, cfg.precision)  # fmt: skip
     decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
                             cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds())  # fmt: skip
     return decode, render

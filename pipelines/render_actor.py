@@ -67,6 +67,7 @@ class RenderSettings:
     threads: int = 0  # torch threads (0: leave torch's default)
     png_compression: int = 1  # zlib level of the PNGs
     png_threads: int = 1  # the actor's PNG-encoding threads
+    precision: str = "fp32"  # SynthConfig.precision: fp32, or bf16 autocast around the model's calls
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,16 @@ class SourceRenderer:
         }  # fmt: skip
         x = to_model_range(torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None])
         source_camera = geometry.head_pose_to_camera(np.asarray(head_pose, np.float64)[None], s.normalisation)  # (1, 25)
-        features = self.model.encode(x, torch.from_numpy(source_camera).float().to(self.device))  # once per source
         gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
         cams = torch.from_numpy(cameras).float().to(self.device)  # (V, 25)
         parts: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
-        rows = staged_grid(self.model.redirect, self.model.render, features, gazes, cams, gaze_of, view_of, self.settings.batch_size)
-        for chunk, out in rows:
-            parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
-            if on_chunk is not None:
-                on_chunk(chunk, *parts[-1][1])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
+            features = self.model.encode(x, torch.from_numpy(source_camera).float().to(self.device))  # once per source
+            rows = staged_grid(self.model.redirect, self.model.render, features, gazes, cams, gaze_of, view_of, s.batch_size)
+            for chunk, out in rows:
+                parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
+                if on_chunk is not None:
+                    on_chunk(chunk, *parts[-1][1])
         order = np.argsort(np.concatenate([c for c, _ in parts]))
         image, depth, alpha = (np.concatenate([a[k] for _, a in parts])[order] for k in range(3))
         return RenderedSource(
@@ -137,7 +139,8 @@ class SourceRenderer:
         )  # fmt: skip
 
     def _to_arrays(self, image: torch.Tensor, depth: torch.Tensor, alpha: torch.Tensor) -> tuple[np.ndarray, ...]:
-        """(B, 3, S, S) [-1, 1], (B, 1, R, R) world units, (B, 1, R, R) -> uint8 / uint16 / uint8 arrays."""
+        """(B, 3, S, S) [-1, 1], (B, 1, R, R) world units, (B, 1, R, R) -> uint8 / uint16 / uint8 arrays (from float32)."""
+        image, depth, alpha = image.float(), depth.float(), alpha.float()  # bf16 under precision = "bf16"
         if self.settings.depth_full_resolution and depth.shape[-1] != image.shape[-1]:
             size = image.shape[-2:]
             depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)

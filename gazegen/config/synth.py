@@ -15,6 +15,8 @@ from gazegen.config.loader import ConfigError, bounded, load_config
 
 # --------------------------------------------------------------------------- synthesis
 
+PRECISIONS = ("fp32", "bf16")  # SynthConfig.precision
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -49,6 +51,9 @@ class SynthConfig:
     depth_full_resolution: bool = True  # depth and alpha upsampled (bilinear) to the image; False: neural size
     png_compression: int = bounded(1, 0, 9)  # zlib level of the PNGs (1: fast; the bytes change, not the pixels)
     rows_per_shard: int = bounded(1000, 1)  # a shard holds max(1, rows_per_shard // rows per source) sources
+    precision: str = "fp32"  # the model's arithmetic: fp32 | bf16 (autocast: convolutions and matmuls in bfloat16;
+    # camera math, the volume integral and the labels stay float32). bf16 pays where the convolutions dominate: the
+    # base preset on a CPU with AMX, 2.1x (docs/design.md); the rows differ slightly (tests/test_synth_stages.py)
     # execution
     batch_size: int = bounded(16, 1, 4096)  # gazes per redirect and views per render call
     num_gpus: int = bounded(-1, -1)  # GPU actors, one per GPU; -1: every GPU of the cluster; 0: CPU actors
@@ -63,6 +68,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.crop not in ("auto", "always", "never"):
             raise ConfigError(f"crop {self.crop!r}: expected 'auto', 'always' or 'never'")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(map(repr, PRECISIONS))}")
         if self.faces not in ("largest", "all"):
             raise ConfigError(f"faces {self.faces!r}: expected 'largest' or 'all'")
         if self.faces == "all" and self.crop == "never":
