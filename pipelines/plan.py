@@ -44,9 +44,9 @@ class RunPlan:
     def settings(self) -> dict[str, Any]:
         """Everything that changes the rows, compared key by key on restart."""
         grid = ("grid", "pitch", "yaw", "view_pitch", "view_yaw")  # recorded as written: "pitch,yaw,view", "-30:30:5"
-        keep = ("sample", "seed", "crop", "faces", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression",
-                "max_pixels", "precision")
-        return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | {
+        keep = ("sample", "seed", "crop", "faces", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")
+        precision = {} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}  # absent: fp32, as before it existed
+        return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | precision | {
             "normalisation": asdict(self.normalisation), "format_version": FORMAT_VERSION,
             "image_resolution": self.model.image_resolution, "output_resolution": self.model.output_resolution,
         }  # fmt: skip

@@ -3,6 +3,7 @@ actor's records equal to the arrays encoded afterwards."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,9 @@ from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ConfigError, Mo
 from gazegen.data.schema import DEPTH_SCALE, decode_alpha_png, decode_depth_png, decode_png
 from gazegen.models.livegaze import LiveGaze
 from gazegen.pipelines.graph import png_threads
+from gazegen.pipelines.manifest import RunMismatchError
 from gazegen.pipelines.render_actor import RenderActor, RenderSettings, SourceRenderer, encode_records
+from gazegen.pipelines.synthesis import open_run
 
 NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)
 
@@ -84,3 +87,16 @@ def test_bf16_precision_renders_the_rows_close_to_float32_with_the_same_labels(t
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="precision 'fp16'"):
         load_synth_config(None, precision="fp16")
+
+
+def test_precision_is_part_of_the_run(tmp_path):
+    """A run written in float32 does not resume in bf16 (its rows differ); a float32 run records no precision,
+    as runs did before the option existed, so those still resume."""
+    torch.manual_seed(0)
+    checkpoint = save_pretrained(tmp_path / "tiny", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), normalisation=NORM)
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    run, _, _ = open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, crop="never"))
+    assert "precision" not in run.settings()
+    with pytest.raises(RunMismatchError, match="precision"):
+        open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, crop="never", precision="bf16"))
