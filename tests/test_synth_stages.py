@@ -1,5 +1,5 @@
-"""The render actor's stage settings and its encoded output (no Ray): PNG threads, and the
-actor's records equal to the arrays encoded afterwards."""
+"""The render actor's stage settings and its encoded output (no Ray): PNG threads, the actor's
+records equal to the arrays encoded afterwards, and the bf16 precision against float32."""
 
 from __future__ import annotations
 
