@@ -32,9 +32,10 @@ remaining core, so on CPU it can beat the bare loop once its fixed start-up is p
 2-3 s, then 2.7-3 s to the actor's first source: worker processes importing torch, the actor
 loading the checkpoint; 2 idle cores, session 13): at 100 sources of the tiny preset (~22 s bare)
 that start-up is a fifth of the run. Both loops render with glibc's malloc thresholds fixed
-(gazegen/allocator.py, set by the render actor). On a shared machine the figures move with the load, reported as ``loadavg`` (1, 5
-and 15 minute averages before and after); two torch threads on two busy cores thrash (several
-times slower), which is why the actor defaults to fewer threads than cores.
+(gazegen/allocator.py, set by the render actor). On a shared machine the figures move with the
+load, reported as ``loadavg`` (1, 5 and 15 minute averages before and after); two torch threads
+on two busy cores thrash (several times slower), which is why the actor defaults to fewer
+threads than cores.
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config, l
 from gazegen.data.images import to_model_range
 from gazegen.models.livegaze import LiveGaze
 from gazegen.models.staged_grid import staged_grid
-from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.graph import default_cpu_threads, local_records
-from gazegen.pipelines.render_actor import RenderActor
-from gazegen.pipelines.plan import plan_run
-from gazegen.pipelines.router import ShardRouter
+from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.manifest import finalize
+from gazegen.pipelines.plan import plan_run
+from gazegen.pipelines.render_actor import RenderActor
+from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import open_run, run_synthesis
 
 

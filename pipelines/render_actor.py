@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from gazegen import geometry
+from gazegen.allocator import keep_freed_memory
 from gazegen.checkpoint import load_checkpoint
 from gazegen.config import GridSpec, NormalisationConfig
 from gazegen.data.images import from_model_range, to_model_range
 from gazegen.data.schema import DEPTH_SCALE, LABEL_WIDTHS, depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
 from gazegen.models.livegaze import LiveGaze
 from gazegen.models.staged_grid import staged_grid
-from gazegen.allocator import keep_freed_memory
 from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses
 from gazegen.pipelines.inputs import CARRIED
 

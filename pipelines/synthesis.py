@@ -40,10 +40,11 @@ tensors back to the OS and faulted them in again, 14,000-21,000 page faults a so
 actor's model time was 1.24-1.30x the bare loop's on the same sources; with fixed thresholds
 1.05-1.13x. What remains is fixed: ray.init (2-3 s), then ~2.7-3 s to the actor's first source
 (Ray Data's start, the actor's worker importing ray.data, torch and gazegen beside the decode
-worker, which needs torch too, and Ray Data's three helper actors). A run costs ~45 CPU-s where the bare loop costs ~30: Ray's own
-processes ~4, Ray Data's helper actors ~3, the decode worker ~4 (mostly imports), the driver ~5
-(imports included), so on a machine whose second core is taken by something else the pipeline
-falls behind the bare loop (ratio 0.6-0.7 at a load average of 5 on 2 cores, 0.85-0.9 at 1).
+worker, which needs torch too, and Ray Data's three helper actors). A run costs ~45 CPU-s where
+the bare loop costs ~30: Ray's own processes ~4, Ray Data's helper actors ~3, the decode worker
+~4 (mostly imports), the driver ~5 (imports included), so on a machine whose second core is
+taken by something else the pipeline falls behind the bare loop (ratio 0.6-0.7 at a load
+average of 5 on 2 cores, 0.85-0.9 at 1; measured before the allocator change).
 
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete

@@ -7,6 +7,7 @@ import torch
 
 from gazegen import geometry as g
 from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
+from gazegen.rendering.rays import camera_rays
 
 RNG = np.random.default_rng(0)
 
@@ -141,8 +142,6 @@ def test_torch_camera_batched_and_differentiable():
 def test_camera_math_ignores_autocast():
     """Rays and projections under bf16 autocast equal the float32 ones exactly (a bf16 matmul would round the
     rotations to 3 significant digits: directions off by ~1e-3, projections by ~0.1 px at 64 px)."""
-    from gazegen.rendering.rays import camera_rays
-
     cameras = g.head_pose_to_camera(torch.tensor([[0.2, -0.3], [-0.1, 0.4]]), NormalisationConfig()).float()
     points = torch.randn(2, 50, 3, generator=torch.Generator().manual_seed(0)) * 0.3
     plain = camera_rays(cameras, 16), g.project(points, cameras, 64)

@@ -263,7 +263,7 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig, items: int, run: Path, *, m
         # training run on the prior's store 1.65x. Set before the first parallel region: OpenMP's threads
         # take the floating-point mode of the thread that starts them.
         torch.set_flush_denormal(True)
-        keep_freed_memory()  # the step's large tensors reuse the last step's pages (gazegen/allocator.py): ~5% a demo step
+        keep_freed_memory()  # the step's large tensors reuse the last step's pages (gazegen/allocator.py): a demo step 1.08x
     newest = _check_run(run, resume)
     loss_fn = build_loss(cfg).to(device)
     torch.manual_seed(cfg.seed)
