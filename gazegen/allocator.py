@@ -8,8 +8,10 @@ the tiny preset's 125-row grid against ~2,500 in a plain process, each a fresh z
 the render's elementwise ops then write; a demo training step ~23,000 more than with fixed thresholds. Fixed
 thresholds keep the freed blocks for the next source or step: ~20 faults per source, 8-13% less
 model time per source in the actor (benchmarks/synthesis.py), a demo training step 1.08x faster
-(benchmarks/train_step.py). Set by the render actor and by the trainer on CPU. Other C libraries
-(macOS, musl) keep their own defaults.
+(benchmarks/train_step.py), the tiny preset's forward 1.9 -> 1.45 ms per image and the demo's
+54 -> 51.5 ms in `gazegen bench`. The cost is resident memory: blocks are kept rather than
+returned, and the demo bench's peak grew from 693 to 832 MB. Set by the render actor, the trainer
+on CPU and `gazegen bench`. Other C libraries (macOS, musl) keep their own defaults.
 """
 
 from __future__ import annotations
