@@ -3,7 +3,7 @@
 glibc's malloc serves a large request (above ``M_MMAP_THRESHOLD``, 128 KiB at start) with a fresh
 ``mmap`` and returns it on free, and gives the top of its heap back once more than
 ``M_TRIM_THRESHOLD`` of it is free. It raises both as it sees large blocks freed, but that
-adaptation can fall far short: in a Ray render actor, 14,000-21,000 minor page faults per source of
+adaptation can fall far short: in a Ray render actor, 10,000-21,000 minor page faults per source of
 the tiny preset's 125-row grid against ~2,500 in a plain process, each a fresh zeroed page that
 the render's elementwise ops then write; a demo training step ~23,000 more than with fixed thresholds. Fixed
 thresholds keep the freed blocks for the next source or step: ~20 faults per source, 8-13% less

@@ -36,7 +36,7 @@ stage's tail goes), ~2-4 CPU-s less (no arrays through the object store, no enco
 the first rows reach the driver ~6 s after ray.init instead of 15-24 s, so shards close as the
 run goes (at 512 px the arrays would be ~1.5 MB a row through the object store). The actor keeps
 the memory it frees (gazegen/allocator.py): in a Ray worker glibc handed the render's large
-tensors back to the OS and faulted them in again, 14,000-21,000 page faults a source, and the
+tensors back to the OS and faulted them in again, 10,000-21,000 page faults a source, and the
 actor's model time was 1.24-1.30x the bare loop's on the same sources; with fixed thresholds
 1.05-1.13x. What remains is fixed: ray.init (2-3 s), then ~2.7-3 s to the actor's first source
 (Ray Data's start, the actor's worker importing ray.data, torch and gazegen beside the decode
