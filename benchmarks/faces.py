@@ -18,8 +18,9 @@
        detected/human  the photo path
    Then the head pose (pitch, yaw, degrees; focal = the longer side) of real portraits that ship
    with installed packages (scikit-image's astronaut, matplotlib's Grace Hopper, scikit-image's
-   cameraman) and of the 100 faces of scikit-image's LFW subset (25 px, upscaled 4x: frontal
-   news photos, so their pitch should centre near 0).
+   cameraman), the same turned by quarter turns (the pose should turn with the photo: its angle
+   to the upright pose so turned), and of the 100 faces of scikit-image's LFW subset (25 px,
+   upscaled 4x: frontal news photos, so their pitch should centre near 0).
 3. The fraction of faces found on a made set: the astronaut pasted small (face 40-80 px wide) into
    1920x1080 and 4000x3000 canvases, turned by random rolls, stored turned with an EXIF
    orientation, in grey, and three faces of different sizes in one image. (OpenCV's Haar
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 from skimage import data
 
+from gazegen import geometry
 from gazegen.config import CropConfig, NormalisationConfig, RigConfig
 from gazegen.data.faces import crop_faces, read_image
 from gazegen.data.heads import rig_head_poses, sample_identity
@@ -133,6 +135,7 @@ def real_poses(detector: MtcnnDetector) -> None:
         pose = np.degrees(estimate_head_pose(np.array(faces[0].landmarks), k).pitchyaw) if faces else None
         line += f"  {name} " + ("no face" if pose is None else f"({pose[0]:+.0f}, {pose[1]:+.0f})")
     print(line)
+    turned_poses(detector, portraits)
     poses = []
     for face in data.lfw_subset()[:100]:  # the first 100 are faces
         image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
@@ -143,6 +146,25 @@ def real_poses(detector: MtcnnDetector) -> None:
     p = np.array(poses)
     print(f"   LFW subset: {len(p)}/100 faces found; pitch median {np.median(p[:, 0]):+.1f}, |pitch| 90th pct "
           f"{np.percentile(np.abs(p[:, 0]), 90):.1f} max {np.abs(p[:, 0]).max():.1f}; |yaw| 90th pct {np.percentile(np.abs(p[:, 1]), 90):.1f}")
+
+
+def turned_poses(detector: MtcnnDetector, portraits: dict[str, np.ndarray]) -> None:
+    """Each portrait turned by quarter turns (no EXIF): the head pose should turn with the photo,
+    R -> Rz(-90 k) R for k counter-clockwise quarter turns (image y points down)."""
+    errors = []
+    for image in portraits.values():
+        poses = []
+        for k in range(4):
+            turned = np.ascontiguousarray(np.rot90(image, k))
+            faces = detector.detect(turned)
+            camera = photo_camera_matrix(turned.shape[1], turned.shape[0])
+            poses.append(estimate_head_pose(np.array(faces[0].landmarks), camera).rotation if faces else None)
+        for k in range(1, 4):
+            if poses[0] is not None and poses[k] is not None:
+                expected = geometry.rotation_z(np.array(np.radians(-90.0 * k))) @ poses[0]
+                errors.append(rotation_angle_deg(poses[k], expected))
+    print(f"   the portraits turned a quarter, a half and three quarters: {len(errors)}/{3 * len(portraits)} found; "
+          f"head pose against the upright one turned with the photo, degrees: median {np.median(errors):.1f} max {max(errors):.1f}")
 
 
 def exif_jpeg(image_rgb: np.ndarray, orientation: int) -> bytes:

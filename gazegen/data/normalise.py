@@ -114,23 +114,42 @@ def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: 
     changes with a smile). The fit therefore weighs each landmark's error along and across the
     eye line by `LANDMARK_SPREAD` (the mouth corners' height counts little), and, because such a
     fit can have two minima (a face pitched up or down by a similar amount), starts from SQPnP's
-    solution and from the head pitched `PITCH_STARTS_DEG`, keeping the best. No lens distortion.
-    Raises `NormalisationError` when no pose puts the face in front of the camera.
+    solution and from the head pitched `PITCH_STARTS_DEG`, keeping the best. Those starts are
+    pitches of an upright face, so the fit runs on the landmarks turned about the optical axis
+    until the eye line is level (`_level_eye_line`: exactly the camera rolled about its axis), and
+    its pose is turned back: the same face in a photo turned by any angle gets the same head
+    pose, turned with it. No lens distortion. Raises `NormalisationError` when no pose puts the
+    face in front of the camera.
     """
     image_points = np.asarray(landmarks, np.float64).reshape(-1, 2)
     object_points = np.asarray(model, np.float64).reshape(-1, 3)
     k = np.asarray(camera_matrix, np.float64)
+    level_points, turn = _level_eye_line(image_points, k)
     try:
-        ok, rvec, tvec = cv2.solvePnP(object_points[:, None], image_points[:, None], k, None, flags=cv2.SOLVEPNP_SQPNP)
+        ok, rvec, tvec = cv2.solvePnP(object_points[:, None], level_points[:, None], k, None, flags=cv2.SOLVEPNP_SQPNP)
     except cv2.error as e:  # e.g. all landmarks on one point
         raise NormalisationError(f"solvePnP failed on these landmarks ({e.err})") from None
     if not ok or tvec[2, 0] <= 0:
         raise NormalisationError("solvePnP found no head pose in front of the camera for these landmarks")
-    rotation, translation = _weighted_fit(image_points, object_points, k, cv2.Rodrigues(rvec)[0], tvec[:, 0])
+    rotation, translation = _weighted_fit(level_points, object_points, k, cv2.Rodrigues(rvec)[0], tvec[:, 0])
     if translation[2] <= 0:
         raise NormalisationError("no head pose in front of the camera fits these landmarks")
+    rotation, translation = turn @ rotation, turn @ translation  # back to the photo's camera
     rms = float(np.sqrt(np.mean(np.sum((_project(object_points, rotation, translation, k) - image_points) ** 2, -1))))
     return HeadPose(rotation, rotation @ FACE_CENTRE_MM + translation, rms)
+
+
+def _level_eye_line(image_points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 2) pixel landmarks (the first two: the image-left and image-right eye) -> the same
+    landmarks seen by the camera rolled about its optical axis until the eye line is level, and
+    ``turn`` (3, 3), the rotation from that rolled camera's frame to `k`'s: X_cam = turn @ X_level.
+    Works on the rays (K^-1 x), so it is exact for any pinhole `k`."""
+    rays = (image_points - k[:2, 2]) / np.diag(k)[:2]  # (P, 2) x/z, y/z
+    across = rays[1] - rays[0]
+    angle = math.atan2(across[1], across[0])  # the eye line's roll, radians (image y down)
+    turn = rotation_z(np.array(angle))
+    level = rays @ turn[:2, :2]  # each ray turned by -angle: turn^T @ ray (z is unchanged)
+    return level * np.diag(k)[:2] + k[:2, 2], turn
 
 
 def _project(points: np.ndarray, rotation: np.ndarray, translation: np.ndarray, k: np.ndarray) -> np.ndarray:
