@@ -161,7 +161,8 @@ def _project(points: np.ndarray, rotation: np.ndarray, translation: np.ndarray, 
 def _weighted_fit(image_points: np.ndarray, object_points: np.ndarray, k: np.ndarray, rotation: np.ndarray,
                   translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (rotation, translation) minimising the landmark errors, each split along and across the
-    eye line and divided by `LANDMARK_SPREAD`, from several starts (`estimate_head_pose`)."""
+    eye line and divided by `LANDMARK_SPREAD`, from several starts (`estimate_head_pose`); the
+    landmarks' eye line is level (`_level_eye_line`), so the starts are an upright face's."""
     across = image_points[1] - image_points[0]  # the image-left eye to the image-right eye
     across = across / max(float(np.linalg.norm(across)), 1e-9)
     frame = np.stack([across, [-across[1], across[0]]])  # (2, 2) rows: along, across the eye line
@@ -172,8 +173,7 @@ def _weighted_fit(image_points: np.ndarray, object_points: np.ndarray, k: np.nda
         return (error @ frame.T / spread).ravel()
 
     yaw = rotation_to_head_pose(rotation)[1]
-    roll = rotation_z(np.array(math.atan2(across[1], across[0])))
-    starts = [rotation] + [head_pose_to_rotation(np.array([math.radians(p), yaw])) @ roll for p in PITCH_STARTS_DEG]
+    starts = [rotation] + [head_pose_to_rotation(np.array([math.radians(p), yaw])) for p in PITCH_STARTS_DEG]
     from scipy.optimize import least_squares  # here: 0.24 s that every synthesis worker would pay at start-up
 
     fits = [least_squares(residuals, np.concatenate([cv2.Rodrigues(r)[0][:, 0], translation]), method="lm") for r in starts]
