@@ -2,7 +2,7 @@
 
 INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of file count:
 
-images   ``.jpg .jpeg .png .bmp .webp``: one source each. ``faces = "largest"`` (the default)
+images   ``.jpg .jpeg .png .bmp .webp .tif .tiff``: one source each (a TIFF's first page). ``faces = "largest"`` (the default)
          takes the largest face. ``faces = "all"`` detects the faces of every image while
          listing (MTCNN on the driver: one pass per image, again at each restart's listing; the
          shard plan needs the sources before anything is decoded) and makes an image with two or
@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,7 +43,7 @@ from gazegen.pipelines.guards import InputError, decode_image, max_file_bytes, r
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 H5_SUFFIXES = (".h5", ".hdf5")
 PARQUET_SUFFIXES = (".parquet",)
 INDEX_FORMAT = "{path}#{index:06d}"
@@ -186,11 +187,11 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", fa
         raise ValueError(f"faces {faces!r}: expected 'largest' or 'all'")
     root, files = _root_and_files(str(inputs))
     records: list[SourceRecord] = []
-    skipped = 0
+    skipped: Counter[str] = Counter()  # suffix -> files of no kind read here
     for path in sorted(files):
         kind = _kind(path)
         if kind is None:
-            skipped += 1
+            skipped[path.suffix.lower() or "no suffix"] += 1
             continue
         rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
         if kind == "image":
@@ -206,7 +207,8 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", fa
             continue
         records += [SourceRecord(INDEX_FORMAT.format(path=rel, index=i), str(path), kind, i) for i in range(n)]
     if skipped:
-        log.info("%s: %d files of other kinds skipped", inputs, skipped)
+        kinds = ", ".join(f"{suffix} x{n}" for suffix, n in sorted(skipped.items()))
+        log.info("%s: %d files of other kinds skipped (%s)", inputs, sum(skipped.values()), kinds)
     if not records:
         raise InputError(f"{inputs}: no images ({', '.join(IMAGE_SUFFIXES)}), h5 or Parquet files found")
     return sorted(records, key=lambda r: r.source_id)

@@ -83,6 +83,27 @@ def test_bad_labels_fail_their_own_source_only(tmp_path):
     assert [d.reason for d in decode_sources(records, SETTINGS)] == out["reason"].tolist()  # a rerun: the same outcome
 
 
+def test_tiff_photos_are_sources_and_skipped_kinds_are_named(tmp_path, caplog):
+    """TIFF (scanners, microscopes, some cameras) is read like PNG: 8-bit RGB and 16-bit grey pages
+    decode to the pixels written; files of other kinds are skipped with their suffixes named."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "scan.tif")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "grey16.tiff")
+    cv2.imwrite(str(tmp_path / "photo.png"), rgb[..., ::-1])
+    (tmp_path / "iphone.heic").write_bytes(b"not read")
+    (tmp_path / "notes.txt").write_text("a sidecar")
+    with caplog.at_level("INFO", logger="gazegen.pipelines.sources"):
+        records = list_sources(tmp_path)
+    assert [r.source_id for r in records] == ["grey16.tiff", "photo.png", "scan.tif"]
+    assert "2 files of other kinds skipped (.heic x1, .txt x1)" in caplog.text
+    decoded = {r.source_id: decode_image((tmp_path / r.source_id).read_bytes(), 10**6) for r in records}
+    np.testing.assert_array_equal(decoded["scan.tif"], rgb)
+    np.testing.assert_array_equal(decoded["grey16.tiff"], np.repeat(rgb[..., :1], 3, -1))  # 16-bit -> 8-bit: the high byte
+    np.testing.assert_array_equal(decoded["photo.png"], rgb)
+
+
 def test_files_that_are_not_images(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
