@@ -2,8 +2,9 @@
 
 INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of file count:
 
-images   ``.jpg .jpeg .png .bmp .webp .tif .tiff``: one source each (a TIFF's first page). ``faces = "largest"`` (the default)
-         takes the largest face. ``faces = "all"`` detects the faces of every image while
+images   ``.jpg .jpeg .png .bmp .webp .tif .tiff``: one source each (a TIFF's first page).
+         ``faces = "largest"`` (the default) takes the largest face. ``faces = "all"`` detects
+         the faces of every image while
          listing (MTCNN on the driver: one pass per image, again at each restart's listing; the
          shard plan needs the sources before anything is decoded) and makes an image with two or
          more faces one source per face, ``photo.jpg#face00``, ``#face01``, ... largest first
