@@ -4,12 +4,11 @@ INPUTS is a folder (searched recursively), a glob, or one file. Three kinds of f
 
 images   ``.jpg .jpeg .png .bmp .webp .tif .tiff``: one source each (a TIFF's first page).
          ``faces = "largest"`` (the default) takes the largest face. ``faces = "all"`` detects
-         the faces of every image while
-         listing (MTCNN on the driver: one pass per image, again at each restart's listing; the
-         shard plan needs the sources before anything is decoded) and makes an image with two or
-         more faces one source per face, ``photo.jpg#face00``, ``#face01``, ... largest first
-         (gazegen/data/faces.py ``crop_each_face``; ``face00`` is the face "largest" takes); an
-         image with one face or none keeps its plain id.
+         the faces of every image while listing (MTCNN on the driver: one pass per image, again
+         at each restart's listing; the shard plan needs the sources before anything is decoded)
+         and makes an image with two or more faces one source per face, ``photo.jpg#face00``,
+         ``#face01``, ... largest first (gazegen/data/faces.py ``crop_each_face``; ``face00`` is
+         the face "largest" takes); an image with one face or none keeps its plain id.
 h5       ``.h5 .hdf5`` in any layout gazegen/data/xgaze.py reads (training store, ETH-XGaze,
          GazeNeRF): one source per row.
 parquet  ``.parquet`` with an image column (bytes, or a Hugging Face ``{bytes, path}`` struct):
