@@ -20,7 +20,7 @@
    many are read upside down (more than 90 degrees off).
    Then the head pose (pitch, yaw, degrees; focal = the longer side) of real portraits that ship
    with installed packages (scikit-image's astronaut, matplotlib's Grace Hopper, scikit-image's
-   cameraman), the same turned by quarter turns (the pose should turn with the photo: its angle
+   cameraman), the same turned by every 45 degrees (the pose should turn with the photo: its angle
    to the upright pose so turned), and of the 100 faces of scikit-image's LFW subset (25 px,
    upscaled 4x: frontal news photos, so their pitch should centre near 0).
 3. The fraction of faces found on a made set: the astronaut pasted small (face 40-80 px wide) into
@@ -171,22 +171,27 @@ def real_poses(detector: MtcnnDetector) -> None:
 
 
 def turned_poses(detector: MtcnnDetector, portraits: dict[str, np.ndarray]) -> None:
-    """Each portrait turned by quarter turns (no EXIF): the head pose should turn with the photo,
-    R -> Rz(-90 k) R for k counter-clockwise quarter turns (image y points down)."""
+    """Each portrait on a grey square canvas turned by every 45 degrees (no EXIF): the head pose
+    should turn with the photo, R -> Rz(-a) R for a counter-clockwise turn on screen."""
     errors = []
     for image in portraits.values():
-        poses = []
-        for k in range(4):
-            turned = np.ascontiguousarray(np.rot90(image, k))
+        h, w = image.shape[:2]
+        side = int(np.hypot(h, w)) + 2
+        canvas = np.full((side, side, 3), 90, np.uint8)
+        canvas[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = image
+        camera = photo_camera_matrix(side, side)
+        poses = {}
+        for degrees in range(0, 360, 45):
+            turned = cv2.warpAffine(canvas, cv2.getRotationMatrix2D((side / 2, side / 2), degrees, 1.0), (side, side),
+                                    borderValue=(90, 90, 90))
             faces = detector.detect(turned)
-            camera = photo_camera_matrix(turned.shape[1], turned.shape[0])
-            poses.append(estimate_head_pose(np.array(faces[0].landmarks), camera).rotation if faces else None)
-        for k in range(1, 4):
-            if poses[0] is not None and poses[k] is not None:
-                expected = geometry.rotation_z(np.array(np.radians(-90.0 * k))) @ poses[0]
-                errors.append(rotation_angle_deg(poses[k], expected))
-    print(f"   the portraits turned a quarter, a half and three quarters: {len(errors)}/{3 * len(portraits)} found; "
-          f"head pose against the upright one turned with the photo, degrees: median {np.median(errors):.1f} max {max(errors):.1f}")
+            poses[degrees] = estimate_head_pose(np.array(faces[0].landmarks), camera).rotation if faces else None
+        for degrees, pose in poses.items():
+            if degrees and pose is not None and poses[0] is not None:
+                errors.append(rotation_angle_deg(pose, geometry.rotation_z(np.array(np.radians(-degrees))) @ poses[0]))
+    e = np.array(errors)
+    print(f"   the portraits turned by 45, 90, ... 315 degrees: {len(e)}/{7 * len(portraits)} found; head pose against the "
+          f"upright one turned with the photo, degrees: median {np.median(e):.1f}, max {e.max():.1f}; read upside down: {(e > 90).sum()}")
 
 
 def exif_jpeg(image_rgb: np.ndarray, orientation: int) -> bytes:

@@ -4,17 +4,20 @@ procedural heads photographed at known poses."""
 
 from __future__ import annotations
 
+import math
 import struct
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from matplotlib import cbook
 
+from gazegen import geometry
 from gazegen.config import CropConfig, DetectorConfig, NormalisationConfig
 from gazegen.data.faces import FaceDetection, crop_each_face, crop_faces, read_image
 from gazegen.data.heads import sample_identity
-from gazegen.data.mtcnn import MtcnnDetector, nms, plausible_layout
+from gazegen.data.mtcnn import MtcnnDetector, best_of_rereadings, nms, plausible_layout
 from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
 from gazegen.data.photo_heads import photograph_head, rotation_from_pose
 
@@ -206,6 +209,40 @@ def test_a_head_turned_a_quarter_is_not_read_upside_down(detector, identity, pit
     ipd = np.linalg.norm(photo.landmarks[1] - photo.landmarks[0])
     assert np.linalg.norm(np.array(face.landmarks[:2]) - photo.landmarks[:2], axis=1).max() < 0.25 * ipd
     assert rotation_angle_deg(estimate_head_pose(np.array(face.landmarks), photo.camera_matrix, FACE_MODEL_MM).rotation, rot) < 30
+
+
+@pytest.mark.parametrize("degrees", [45, 90, 135, 225, 270, 315])
+def test_a_turned_portrait_keeps_its_head_pose_turned_with_it(detector, degrees):
+    """Matplotlib's Grace Hopper on a square canvas turned by `degrees` about its centre: the face
+    found must be hers the right way up, so her head pose turns with the photo (R -> Rz(-a) R for
+    a counter-clockwise turn on screen). Read upside down, it is 156-173 degrees off: at 45, 225 and
+    315 degrees the copy half a turn from the right one finds her whole head as an upside-down
+    face (a box ~8 times hers, scored 0.92-0.99), which must not outrank her face."""
+    photo = read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    h, w = photo.shape[:2]
+    side = int(math.hypot(h, w)) + 2
+    canvas = np.full((side, side, 3), 90, np.uint8)
+    canvas[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = photo
+    camera = photo_camera_matrix(side, side)
+    upright = estimate_head_pose(np.array(detector.detect(canvas)[0].landmarks), camera).rotation
+    turned = cv2.warpAffine(canvas, cv2.getRotationMatrix2D((side / 2, side / 2), degrees, 1.0), (side, side),
+                            borderValue=(90, 90, 90))
+    (face, *_) = detector.detect(turned)
+    expected = geometry.rotation_z(np.array(math.radians(-degrees))) @ upright
+    assert rotation_angle_deg(estimate_head_pose(np.array(face.landmarks), camera).rotation, expected) < 5.0
+
+
+def test_rereadings_of_one_face_in_two_copies_keep_the_best_scored():
+    def face(x, y, side, score):
+        return FaceDetection((x, y, side, side), left_eye=(0.0, 0.0), right_eye=(0.0, 0.0), score=score)
+
+    right, head = face(100, 100, 50, 0.999), face(80, 60, 140, 0.98)  # the head holds the face: 100% of the smaller box
+    beside = face(300, 100, 50, 0.95)
+    assert best_of_rereadings([(head, 135.0), (right, -45.0), (beside, 135.0)]) == [right, beside]
+    assert best_of_rereadings([(head, 0.0), (right, 0.0)]) == [right, head]  # one copy's faces: left to NMS
+    half = face(125, 100, 50, 0.9)  # overlaps `right` by half of its box: the same face
+    assert best_of_rereadings([(half, 90.0), (right, 0.0)]) == [right]
+    assert best_of_rereadings([(face(126, 100, 50, 0.9), 90.0), (right, 0.0)]) == [right, face(126, 100, 50, 0.9)]
 
 
 def test_nms_and_layout_checks():
