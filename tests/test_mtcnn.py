@@ -211,13 +211,14 @@ def test_a_head_turned_a_quarter_is_not_read_upside_down(detector, identity, pit
     assert rotation_angle_deg(estimate_head_pose(np.array(face.landmarks), photo.camera_matrix, FACE_MODEL_MM).rotation, rot) < 30
 
 
-@pytest.mark.parametrize("degrees", [45, 90, 135, 225, 270, 315])
+@pytest.mark.parametrize("degrees", [45, 90, 135, 180, 225, 270, 315])
 def test_a_turned_portrait_keeps_its_head_pose_turned_with_it(detector, degrees):
     """Matplotlib's Grace Hopper on a square canvas turned by `degrees` about its centre: the face
     found must be hers the right way up, so her head pose turns with the photo (R -> Rz(-a) R for
     a counter-clockwise turn on screen). Read upside down, it is 156-173 degrees off: at 45, 225 and
-    315 degrees the copy half a turn from the right one finds her whole head as an upside-down
-    face (a box ~8 times hers, scored 0.92-0.99), which must not outrank her face."""
+    315 degrees the copy half a turn from the right one takes her whole head for an upside-down
+    face (a box ~8 times hers, scored 0.92-0.99), which must not outrank her face; at 180 the
+    upright copy reads her upside down at 0.997, over `confident`, her face the right way up 0.9999."""
     photo = read_image(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     h, w = photo.shape[:2]
     side = int(math.hypot(h, w)) + 2
@@ -230,6 +231,19 @@ def test_a_turned_portrait_keeps_its_head_pose_turned_with_it(detector, degrees)
     (face, *_) = detector.detect(turned)
     expected = geometry.rotation_z(np.array(math.radians(-degrees))) @ upright
     assert rotation_angle_deg(estimate_head_pose(np.array(face.landmarks), camera).rotation, expected) < 5.0
+
+
+def test_a_face_read_upside_down_in_the_upright_copy_is_turned(detector):
+    """scikit-image's LFW face 31 turned upside down: the upright copy reads it as a face at 0.997
+    (its mouth as eyes), so the roll search ends there; read the other way up it scores higher.
+    The oracle: where its eyes are found in the upright photo, turned with it."""
+    face = data.lfw_subset()[31]
+    image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
+    image = cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE)
+    upright = np.array(detector.detect(image)[0].landmarks[:2])  # (2, 2) the subject's right, left eye
+    (turned, *_) = detector.detect(np.ascontiguousarray(image[::-1, ::-1]))
+    ipd = np.linalg.norm(upright[1] - upright[0])
+    np.testing.assert_allclose(np.array(turned.landmarks[:2]), 159 - upright, atol=0.25 * ipd)  # a half turn: x -> 159 - x
 
 
 def test_rereadings_of_one_face_in_two_copies_keep_the_best_scored():

