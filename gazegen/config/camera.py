@@ -147,10 +147,10 @@ class DetectorConfig:
     every face from `min_face_px` wide up. A face counts when its eye line is within
     `max_roll_deg` of level and it is confirmed on a crop turned level (MTCNN's landmarks go
     astray beyond ~30 degrees of roll). When no face scores `confident`, copies turned by each of
-    `rolls` degrees are searched in that order until one does, then the copy turned half a turn
-    from that one (an upside-down face can score as confident); of overlapping faces from several
-    copies the best-scored is kept. So any roll is found, at up to 1 + len(rolls) times the cost
-    on a photo without a confident face.
+    `rolls` degrees are searched in that order until one does; every face is also read the other
+    way up on a crop around it (an upside-down face can score as confident), and of one face read
+    several ways the best-scored reading is kept. So any roll is found, at up to 1 + len(rolls)
+    times the cost on a photo without a confident face.
     """
 
     min_face_px: int = bounded(32, 12)  # smallest face searched for, pixels of the input image
