@@ -201,8 +201,8 @@ def test_a_head_turned_a_quarter_is_not_read_upside_down(detector, identity, pit
     """Heads of benchmarks/faces.py (identities 1000 and 1002, their poses and centres there) turned a
     quarter clockwise: the copy turned the other quarter, searched first, shows them upside down,
     and MTCNN scores that reading as confident (0.992-0.994, its mouth read as eyes: the head pose
-    170 degrees off), so the right copy (0.9997-1.0) must still be searched. The oracle is the
-    renderer: the eyes where they are drawn, the pose it was given."""
+    170 degrees off), so each face must also be read the other way up (0.9997-1.0 here). The
+    oracle is the renderer: the eyes where they are drawn, the pose it was given."""
     rot = rotation_from_pose(*np.radians([pitch, yaw, roll]))
     photo = photograph_head(sample_identity(np.random.default_rng(identity)), rot, np.array([*centre, 600.0]), 320, 700.0)
     (face, *_) = detector.detect(photo.image)
