@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
 from gazegen.data.sample import Sample
@@ -86,8 +87,6 @@ def test_bad_labels_fail_their_own_source_only(tmp_path):
 def test_tiff_photos_are_sources_and_skipped_kinds_are_named(tmp_path, caplog):
     """TIFF (scanners, microscopes, some cameras) is read like PNG: 8-bit RGB and 16-bit grey pages
     decode to the pixels written; files of other kinds are skipped with their suffixes named."""
-    from PIL import Image
-
     rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "scan.tif")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "grey16.tiff")
