@@ -39,6 +39,7 @@ import os
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -49,10 +50,11 @@ from skimage import data
 from gazegen import geometry
 from gazegen.config import CropConfig, NormalisationConfig, RigConfig
 from gazegen.data.faces import crop_faces, read_image
+from gazegen.data.head_model import Identity
 from gazegen.data.heads import rig_head_poses, sample_identity
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
-from gazegen.data.photo_heads import head_landmarks_mm, photograph_head, rotation_from_pose
+from gazegen.data.photo_heads import HeadPhoto, head_landmarks_mm, photograph_head, rotation_from_pose
 
 FACE = (slice(40, 200), slice(160, 290))  # the astronaut's head in the 512 px image
 EYES = np.array([[204.0, 101.0], [246.5, 103.0]]) - [160, 40]  # her eye centres in FACE (measured by hand)
@@ -96,26 +98,33 @@ def speed(detector: MtcnnDetector, repeats: int) -> None:
               f"(all {1 + len(detector.cfg.rolls)} rolls, {found} found)")
 
 
-def head_pose(detector: MtcnnDetector, identities: int) -> None:
-    print(f"\n2. head-pose error on procedural heads: {identities} identities x the rig's 18 poses, 320 px, f 700 px, 600 mm")
+def rig_photos(identities: int, roll_deg: float) -> Iterator[tuple[Identity, HeadPhoto]]:
+    """Procedural identities 1000, 1001, ... at the rig's 18 head poses, rolled by `roll_deg` +-10
+    degrees, photographed off-centre at 600 mm by a 320 px camera of focal 700 px (the same draws
+    for every `roll_deg`)."""
     rng = np.random.default_rng(0)
-    rows: dict[str, list[float]] = {k: [] for k in ("exact/own", "exact/human", "detected/own", "detected/human")}
-    found = total = 0
     for i in range(identities):
         identity = sample_identity(np.random.default_rng(1000 + i))
+        for pitch, yaw in rig_head_poses(RigConfig()):
+            rot = rotation_from_pose(pitch, yaw, np.radians(roll_deg + rng.uniform(-10, 10)))
+            yield identity, photograph_head(identity, rot, np.array([rng.uniform(-40, 40), rng.uniform(-30, 30), 600.0]), 320, 700.0)
+
+
+def head_pose(detector: MtcnnDetector, identities: int) -> None:
+    print(f"\n2. head-pose error on procedural heads: {identities} identities x the rig's 18 poses, 320 px, f 700 px, 600 mm")
+    rows: dict[str, list[float]] = {k: [] for k in ("exact/own", "exact/human", "detected/own", "detected/human")}
+    found = total = 0
+    for identity, photo in rig_photos(identities, 0.0):
         marks, centre = head_landmarks_mm(identity)
         models = {"own": marks - centre, "human": FACE_MODEL_MM}
-        for pitch, yaw in rig_head_poses(RigConfig()):
-            rot = rotation_from_pose(pitch, yaw, np.radians(rng.uniform(-10, 10)))
-            photo = photograph_head(identity, rot, np.array([rng.uniform(-40, 40), rng.uniform(-30, 30), 600.0]), 320, 700.0)
-            faces = detector.detect(photo.image)
-            total += 1
-            found += bool(faces)
-            for source, points in (("exact", photo.landmarks), ("detected", np.array(faces[0].landmarks) if faces else None)):
-                for name, model in models.items():
-                    if points is not None:
-                        pose = estimate_head_pose(points, photo.camera_matrix, model)
-                        rows[f"{source}/{name}"].append(rotation_angle_deg(pose.rotation, rot))
+        faces = detector.detect(photo.image)
+        total += 1
+        found += bool(faces)
+        for source, points in (("exact", photo.landmarks), ("detected", np.array(faces[0].landmarks) if faces else None)):
+            for name, model in models.items():
+                if points is not None:
+                    pose = estimate_head_pose(points, photo.camera_matrix, model)
+                    rows[f"{source}/{name}"].append(rotation_angle_deg(pose.rotation, photo.head_rotation))
     print(f"   found {found}/{total} heads")
     for key, errors in rows.items():
         e = np.array(errors)
@@ -128,19 +137,15 @@ def head_pose(detector: MtcnnDetector, identities: int) -> None:
 def turned_heads(detector: MtcnnDetector, identities: int) -> None:
     """The same heads and poses turned a quarter either way (roll +-90, +-10): the photo path's error,
     and how many are read upside down (more than 90 degrees off: the mouth taken for the eyes)."""
-    for quarter in (90, -90):
-        rng = np.random.default_rng(0)
+    for quarter in (90.0, -90.0):
         errors = []
-        for i in range(identities):
-            identity = sample_identity(np.random.default_rng(1000 + i))
-            for pitch, yaw in rig_head_poses(RigConfig()):
-                rot = rotation_from_pose(pitch, yaw, np.radians(quarter + rng.uniform(-10, 10)))
-                photo = photograph_head(identity, rot, np.array([rng.uniform(-40, 40), rng.uniform(-30, 30), 600.0]), 320, 700.0)
-                faces = detector.detect(photo.image)
-                if faces:
-                    errors.append(rotation_angle_deg(estimate_head_pose(np.array(faces[0].landmarks), photo.camera_matrix).rotation, rot))
+        for _, photo in rig_photos(identities, quarter):
+            faces = detector.detect(photo.image)
+            if faces:
+                pose = estimate_head_pose(np.array(faces[0].landmarks), photo.camera_matrix)
+                errors.append(rotation_angle_deg(pose.rotation, photo.head_rotation))
         e = np.array(errors)
-        print(f"   turned {quarter:+d}: detected/human median {np.median(e):5.1f}  90th pct {np.percentile(e, 90):5.1f}  "
+        print(f"   turned {quarter:+.0f}: detected/human median {np.median(e):5.1f}  90th pct {np.percentile(e, 90):5.1f}  "
               f"max {e.max():5.1f}  (n={len(e)}); read upside down: {(e > 90).sum()}")
 
 
