@@ -17,6 +17,7 @@ from gazegen import geometry
 from gazegen.config import CropConfig, DetectorConfig, NormalisationConfig
 from gazegen.data.faces import FaceDetection, crop_each_face, crop_faces, read_image
 from gazegen.data.heads import sample_identity
+from gazegen.data import mtcnn
 from gazegen.data.mtcnn import MtcnnDetector, best_of_rereadings, nms, plausible_layout
 from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
 from gazegen.data.photo_heads import photograph_head, rotation_from_pose
@@ -244,6 +245,37 @@ def test_a_face_read_upside_down_in_the_upright_copy_is_turned(detector):
     (turned, *_) = detector.detect(np.ascontiguousarray(image[::-1, ::-1]))
     ipd = np.linalg.norm(upright[1] - upright[0])
     np.testing.assert_allclose(np.array(turned.landmarks[:2]), 159 - upright, atol=0.25 * ipd)  # a half turn: x -> 159 - x
+
+
+def test_a_turned_copy_is_read_only_where_the_photo_lies(detector, astronaut):
+    """P-Net on a copy turned 45 degrees, read in bands cropped to the photo: every cell it computes
+    equals the whole canvas's, every cell it leaves out has its 12 px window wholly off the photo
+    (the turned outline drawn without margin: the geometry, not the banding), and the faces found
+    are the same."""
+    photo = cv2.resize(data.coffee(), (640, 360), interpolation=cv2.INTER_AREA)
+    photo[100:260, 300:430] = astronaut[40:200, 160:290]
+    h, w = photo.shape[:2]
+    for roll in (45.0, -30.0):
+        turned, back = mtcnn._turn(photo, roll, (w / 2, h / 2), 1.0, None)
+        corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+        outline = cv2.transform(corners[None], cv2.invertAffineTransform(back))[0]
+        for scale in (12 / 32, 12 / 32 * 0.709**3):
+            size = (math.ceil(turned.shape[1] * scale), math.ceil(turned.shape[0] * scale))
+            level = cv2.resize(turned, size, interpolation=cv2.INTER_AREA)
+            on_level = mtcnn._outline_mask(outline, size, (size[0] / turned.shape[1], size[1] / turned.shape[0]))
+            (_, whole), (_, banded) = detector._pnet(level, None), detector._pnet(level, on_level)
+            computed = banded > 0
+            np.testing.assert_allclose(banded[computed], whole[computed], atol=1e-4)
+            exact = np.zeros(level.shape[:2], np.uint8)
+            cv2.fillConvexPoly(exact, np.round((outline + 0.5) * np.divide(size, turned.shape[1::-1]) - 0.5).astype(np.int32), 1)
+            for i, j in zip(*np.nonzero(~computed)):  # cell (column i, row j) reads [2i, 2i + 12) x [2j, 2j + 12)
+                assert not exact[2 * j : 2 * j + 12, 2 * i : 2 * i + 12].any(), (roll, scale, i, j)
+            assert scale < 0.3 or (~computed).mean() > 0.2  # the canvas's corners are left out (24-30% of the first level)
+        whole_faces = detector.detect_upright(turned)
+        banded_faces = detector.detect_upright(turned, on_photo=outline)
+        assert len(whole_faces) == len(banded_faces)
+        for (a, _), (b, _) in zip(whole_faces, banded_faces):
+            np.testing.assert_allclose(a, b, atol=1e-3)
 
 
 def test_rereadings_of_one_face_in_two_copies_keep_the_best_scored():

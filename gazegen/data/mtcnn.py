@@ -34,6 +34,8 @@ LEVEL_CROP = 2.0  # side of the crop a face is confirmed on, in face boxes
 HALF_TURN_CROP = 3.0  # side of the crop a face is read the other way up on, in face boxes (an upside-down
 # reading's box is shifted toward the chin)
 LEVEL_FACE_PX = 96  # faces larger than this are confirmed on a copy shrunk to it
+PNET_BAND_CELLS = 16  # rows of P-Net cells per band when only the photo's part of a turned copy is read
+OUTLINE_MARGIN = 2  # pixels the photo's outline is grown by on each level (rounding, the warp's interpolation)
 LEVEL_TOLERANCE_DEG = 12.0  # the confirmed face's eye line must be this level
 # the confirmed face's landmarks: O-Net's mean over these copies of its box, (dx, dy) in box sides and a scale, and
 # their mirror images (test-time augmentation; on 173 procedural heads of benchmarks/faces.py's kind the head pose's
@@ -99,9 +101,13 @@ class MtcnnDetector:
                 if f is not None]
 
     def _detect_turned(self, image: np.ndarray, roll: float) -> list[FaceDetection]:
-        """Detect on a copy turned by `roll` degrees (canvas grown to hold it all) and map back."""
-        turned, back = _turn(image, roll, (image.shape[1] / 2, image.shape[0] / 2), 1.0, None)
-        return [_detection(box, points, back) for box, points in self.detect_upright(turned)]
+        """Detect on a copy turned by `roll` degrees (canvas grown to hold it all) and map back;
+        P-Net reads only the canvas where the photo lies (half of it at 45 degrees)."""
+        h, w = image.shape[:2]
+        turned, back = _turn(image, roll, (w / 2, h / 2), 1.0, None)
+        corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])  # the photo's outline
+        on_photo = None if roll % 90.0 == 0.0 else cv2.transform(corners[None], cv2.invertAffineTransform(back))[0]
+        return [_detection(box, points, back) for box, points in self.detect_upright(turned, on_photo=on_photo)]
 
     def _level(self, image: np.ndarray, face: FaceDetection) -> FaceDetection | None:
         """Detect `face` again on a crop turned so that its eye line is level; None when that does
@@ -143,13 +149,16 @@ class MtcnnDetector:
 
     # ------------------------------------------------------------------ the cascade
 
-    def detect_upright(self, image: np.ndarray, min_face_px: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(box (5,) x0, y0, x1, y1, score; landmarks (5, 2)) of each upright face, in pixels."""
-        boxes = self._propose(image, min_face_px or self.cfg.min_face_px)  # (N, 5)
+    def detect_upright(self, image: np.ndarray, min_face_px: int | None = None,
+                       on_photo: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(box (5,) x0, y0, x1, y1, score; landmarks (5, 2)) of each upright face, in pixels.
+        `on_photo`: (4, 2) the outline of the photo in `image`'s pixels when `image` is a turned
+        copy's canvas: P-Net's windows that lie wholly off it are not computed (None: all are)."""
+        boxes = self._propose(image, min_face_px or self.cfg.min_face_px, on_photo)  # (N, 5)
         boxes = self._refine(image, boxes)
         return [(box, points) for box, points in self._output(image, boxes) if plausible_layout(points, box, self.cfg.max_roll_deg)]
 
-    def _propose(self, image: np.ndarray, min_face_px: int) -> np.ndarray:
+    def _propose(self, image: np.ndarray, min_face_px: int, on_photo: np.ndarray | None = None) -> np.ndarray:
         """P-Net over the pyramid -> (N, 5) square candidate boxes after regression and NMS."""
         h, w = image.shape[:2]
         scale = P_WINDOW / min_face_px
@@ -158,14 +167,14 @@ class MtcnnDetector:
             size = (math.ceil(w * scale), math.ceil(h * scale))
             level = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
             source = level if scale < 1.0 else image  # each level from the previous one: cheap on large photos
-            self.pnet.setInput(_to_net(level[None]))
-            reg, prob = self.pnet.forward(["conv2d_4", "softmax"])  # (1, W', H', 4), (1, W', H', 2)
-            xs, ys = np.nonzero(prob[0, :, :, 1] >= self.cfg.thresholds[0])
+            on_level = None if on_photo is None else _outline_mask(on_photo, size, (size[0] / w, size[1] / h))
+            reg, prob = self._pnet(level, on_level)  # (W', H', 4), (W', H')
+            xs, ys = np.nonzero(prob >= self.cfg.thresholds[0])
             if len(xs):
                 sx, sy = size[0] / w, size[1] / h  # the level's exact scale per axis
                 x0, y0 = P_STRIDE * xs / sx, P_STRIDE * ys / sy
-                cells = np.stack([x0, y0, x0 + P_WINDOW / sx, y0 + P_WINDOW / sy, prob[0, xs, ys, 1]], 1)
-                cells = np.concatenate([cells, reg[0, xs, ys]], 1)  # (n, 9)
+                cells = np.stack([x0, y0, x0 + P_WINDOW / sx, y0 + P_WINDOW / sy, prob[xs, ys]], 1)
+                cells = np.concatenate([cells, reg[xs, ys]], 1)  # (n, 9)
                 found.append(cells[nms(cells[:, :5], 0.5)])
             scale *= self.cfg.scale_step
         if not found:
@@ -173,6 +182,38 @@ class MtcnnDetector:
         cells = np.concatenate(found)
         cells = cells[nms(cells[:, :5], 0.7)]
         return _square(_regress(cells[:, :5], cells[:, 5:9]))
+
+    def _pnet(self, level: np.ndarray, on_level: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net's box offsets (W', H', 4) and face scores (W', H') on one pyramid level (H, W, 3).
+
+        Cell (i, j) reads the level's window [2i, 2i + 12) x [2j, 2j + 12) and nothing else (the
+        pooling pads only past an odd far edge, as the level's own does), so a crop starting at an
+        even pixel gives the level's cells inside it. With `on_level` (H, W), nonzero where the level
+        shows the photo, the level is read in bands of `PNET_BAND_CELLS` rows, each cropped to the
+        columns whose windows reach the photo; the cells left out score 0 (no face)."""
+        if on_level is None or on_level.all():
+            return self._pnet_crop(level)
+        lh, lw = level.shape[:2]
+        cols, rows = math.ceil((lw - 2) / 2) - 4, math.ceil((lh - 2) / 2) - 4  # the level's cells
+        reg, prob = np.zeros((cols, rows, 4), np.float32), np.zeros((cols, rows), np.float32)
+        for r0 in range(0, rows, PNET_BAND_CELLS):
+            r1 = min(rows, r0 + PNET_BAND_CELLS)
+            y0, y1 = 2 * r0, min(lh, 2 * r1 + P_WINDOW - P_STRIDE)  # the band's windows' rows
+            photo = np.flatnonzero(on_level[y0:y1].any(0))
+            if not len(photo):
+                continue
+            x0 = max(0, photo[0] - (P_WINDOW - 1)) // 2 * 2  # even: the crop's cells are the level's
+            x1 = min(lw, photo[-1] + P_WINDOW + (photo[-1] + P_WINDOW - x0) % 2)  # even width unless at the edge
+            band_reg, band_prob = self._pnet_crop(level[y0:y1, x0:x1])  # (W'', r1 - r0, 4), (W'', r1 - r0)
+            c0, c1 = x0 // 2, x0 // 2 + len(band_prob)
+            reg[c0:c1, r0:r1], prob[c0:c1, r0:r1] = band_reg, band_prob
+        return reg, prob
+
+    def _pnet_crop(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P-Net on (H, W, 3) -> box offsets (W', H', 4) and face scores (W', H')."""
+        self.pnet.setInput(_to_net(image[None]))
+        reg, prob = self.pnet.forward(["conv2d_4", "softmax"])  # (1, W', H', 4), (1, W', H', 2)
+        return reg[0], prob[0, :, :, 1]
 
     def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """R-Net on 24 px crops -> (M, 5) boxes that pass, regressed and squared."""
@@ -252,6 +293,15 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     centre = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
     half = (boxes[:, 2:4] - boxes[:, 0:2]).max(1, keepdims=True) / 2
     return np.concatenate([centre - half, centre + half, boxes[:, 4:5]], 1)
+
+
+def _outline_mask(outline: np.ndarray, size: tuple[int, int], scale: tuple[float, float]) -> np.ndarray:
+    """(H, W) uint8 of a pyramid level of `size` (W, H), the image scaled by `scale` (x, y): 1 on and
+    within `OUTLINE_MARGIN` pixels of the (4, 2) convex `outline` given in the image's pixels."""
+    corners = (outline + 0.5) * scale - 0.5  # resize's pixel map
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    cv2.fillConvexPoly(mask, np.round(corners).astype(np.int32), 1)
+    return cv2.dilate(mask, np.ones((2 * OUTLINE_MARGIN + 1,) * 2, np.uint8))
 
 
 def best_of_rereadings(found: list[tuple[FaceDetection, float]]) -> list[FaceDetection]:
