@@ -91,12 +91,8 @@ class MtcnnDetector:
     def _half_turned(self, image: np.ndarray, face: FaceDetection, roll: float) -> list[FaceDetection]:
         """The faces `_level` confirms on a crop around `face` (found in the copy turned by `roll`)
         turned half a turn further: the same face read the other way up, when MTCNN reads it so."""
-        size = max(face.box[2], face.box[3])
-        scale = min(1.0, LEVEL_FACE_PX / size)
-        side = math.ceil(HALF_TURN_CROP * size * scale)
-        centre = (face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2)
-        crop, back = _turn(image, roll + 180.0, centre, scale, side)
-        readings = self.detect_upright(crop, max(P_WINDOW, round(0.5 * size * scale)))
+        crop, back, scale, min_face = _face_crop(image, face, roll + 180.0, HALF_TURN_CROP)
+        readings = self.detect_upright(crop, min_face)
         return [f for f in (self._level(image, _detection(box, points, back, 1.0 / scale)) for box, points in readings)
                 if f is not None]
 
@@ -116,16 +112,12 @@ class MtcnnDetector:
         taken with the face upright, are the ones returned."""
         eye_r, eye_l = np.array(face.landmarks[:2])
         angle = math.degrees(math.atan2(eye_l[1] - eye_r[1], eye_l[0] - eye_r[0]))
-        size = max(face.box[2], face.box[3])
-        scale = min(1.0, LEVEL_FACE_PX / size)  # big faces are confirmed on a smaller copy
-        side = math.ceil(LEVEL_CROP * size * scale)
-        centre = (face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2)
-        crop, back = _turn(image, angle, centre, scale, side)
-        min_face = max(P_WINDOW, round(0.5 * size * scale))
+        crop, back, scale, min_face = _face_crop(image, face, angle, LEVEL_CROP)
         found = [(box, points) for box, points in self.detect_upright(crop, min_face)
                  if plausible_layout(points, box, LEVEL_TOLERANCE_DEG)]
         if not found:
             return None
+        side = crop.shape[1]
         box, _ = min(found, key=lambda f: np.hypot(*((f[0][0:2] + f[0][2:4]) / 2 - side / 2)))
         return _detection(box, self._averaged_landmarks(crop, box), back, size_scale=1.0 / scale)
 
@@ -293,6 +285,18 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     centre = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
     half = (boxes[:, 2:4] - boxes[:, 0:2]).max(1, keepdims=True) / 2
     return np.concatenate([centre - half, centre + half, boxes[:, 4:5]], 1)
+
+
+def _face_crop(image: np.ndarray, face: FaceDetection, angle: float, sides: float
+               ) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """A square crop `sides` face boxes wide about `face`'s box centre, turned by `angle` degrees
+    (big faces on a copy shrunk to `LEVEL_FACE_PX`): (crop, its map back to `image`'s pixels, the
+    shrink, the smallest face to search it for: half the face)."""
+    size = max(face.box[2], face.box[3])
+    scale = min(1.0, LEVEL_FACE_PX / size)
+    centre = (face.box[0] + face.box[2] / 2, face.box[1] + face.box[3] / 2)
+    crop, back = _turn(image, angle, centre, scale, math.ceil(sides * size * scale))
+    return crop, back, scale, max(P_WINDOW, round(0.5 * size * scale))
 
 
 def _outline_mask(outline: np.ndarray, size: tuple[int, int], scale: tuple[float, float]) -> np.ndarray:
