@@ -3,7 +3,7 @@
 ``SourceRenderer`` holds a LiveGaze and renders one source's grid the staged way: ``encode``
 once, ``redirect`` once per gaze (``batch_size`` gazes per call), ``render`` each gaze's views
 (``batch_size`` views per call). It knows nothing of Ray; ``RenderActor`` wraps it as the
-callable class Ray Data turns into an actor pool, and the benchmark's bare loop uses it as is.
+class of the pool's Ray actors (pipelines/dispatch.py), and the benchmark's bare loop uses it as is.
 
 Labels (gazegen/geometry.py): for a source with head pose h and a view offset o the rendered
 head pose is h + o, the camera ``head_pose_to_camera(h + o, normalisation)``, the gaze in the
@@ -183,9 +183,9 @@ def row_records(meta: dict, rows: RenderedSource) -> Iterator[dict[str, np.ndarr
 
 
 class RenderActor:
-    """Ray Data's callable class: loads the checkpoint once, then renders sources one by one.
+    """The render stage, a Ray actor (pipelines/dispatch.py): loads the checkpoint once, then renders sources one by one.
 
-    Input batches hold a few decoded sources (``SOURCES_PER_TASK`` in pipelines/graph.py;
+    Input batches hold decoded sources (one per call on Ray;
     ``CARRIED``, ``status``/``stage``/``reason``, ``image``, ``head_pose``, ``gaze_head``,
     ``gaze_known``, ``face_mat_norm``); outputs are the records above with their PNGs encoded,
     source after source. Threads (``png_threads``) encode each batch of rows as soon as it is
@@ -215,6 +215,10 @@ class RenderActor:
             log.exception("render failed for %s", meta["source_id"])
             return [error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)]
         return list(row_records(meta, rows))
+
+    def records(self, batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Every record of ``batch``, PNGs encoded: the pool's actor method (pipelines/dispatch.py)."""
+        return list(self(batch))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(batch["source_id"])):

@@ -284,9 +284,9 @@ def local_reference(checkpoint: Path, inputs: Path, out: Path, **options) -> pa.
     return read_all(out)
 
 
-FACES_PER_SHARD = 3  # 10 sources of 8 rows: shards [f00-f02] [f03-f05] [f06-f08] [f09]; batches of 2 sources
-GATE = "f04.png"  # the run waits at the third batch [f04, f05]: shard 0 complete, shard 1 holds f03 only
-VICTIM = "f07.png"  # the resumed run's actor dies once on the batch [f06, f07]
+FACES_PER_SHARD = 3  # 10 sources of 8 rows: shards [f00-f02] [f03-f05] [f06-f08] [f09]; one source per actor call
+GATE = "f04.png"  # the run waits at the fifth source: shard 0 complete, shard 1 holds f03 only
+VICTIM = "f07.png"  # the resumed run's actor dies once on this source
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
     that dies once.
 
     The first run is a second driver on the session's cluster (as --address joins one), with an
-    actor that waits at the batch holding ``GATE`` and Ray Data keeping the order of the batches,
+    actor that waits at the source ``GATE`` (one actor runs its calls in the order they were made),
     so when it waits, shard 0 is complete and shard 1 has one of its three sources written: the
     test sees that state, then SIGKILLs the driver. Nothing depends on timing: the test waits for
     the state however long the machine takes (seen to need over 300 s at a load of 140 on 2 cores)."""
@@ -307,7 +307,7 @@ def killed_and_resumed(ray_session, checkpoint, faces, tmp_path_factory):
     code = (
         f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import ray; from synth_faults import gated_actor; "
         "from gazegen.config import load_synth_config; from gazegen.pipelines.synthesis import run_synthesis; "
-        "ray.init(address=%r, log_to_driver=False); ray.data.DataContext.get_current().execution_options.preserve_order = True; "
+        "ray.init(address=%r, log_to_driver=False); "
         f"run_synthesis({str(checkpoint)!r}, {str(faces)!r}, {str(out)!r}, load_synth_config(None, {SETTINGS!r}, "
         f"rows_per_shard={rows_per_shard}, **{GRID!r}), progress=False, actor=gated_actor({GATE!r}, {str(gate)!r}))"
     ) % address
