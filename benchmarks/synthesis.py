@@ -10,7 +10,7 @@ initialised one of ``--preset``) and the same inputs (``--inputs``, or ``--sourc
   shard writing; ``gazegen.pipelines.graph.local_records``) and the run finalised (errors table,
   manifest, dataset card): images/s.
 * ``ray``: ``run_synthesis`` into a fresh output, images/s over its whole wall clock (planning,
-  Ray Data start-up, actors loading the checkpoint, writing, finalising) and over the Ray
+  the Ray pool's start-up, actors loading the checkpoint, writing, finalising) and over the Ray
   start-up excluded (``ray.init`` timed apart); ``ratio`` = ray / bare, both ways. The two
   alternate ``--rounds`` times (bare, Ray, bare, Ray, ...; each Ray round a fresh session) and the
   median ratio is reported with every round's: a shared machine's speed drifts by 10-30% over
@@ -28,10 +28,10 @@ Like with like: the bare loop and the render actor run the same number of torch 
 ``--threads``, by default what ``gazegen synthesize`` gives a CPU actor (the cores less one, which
 the pipeline's decode / PNG / driver work needs; on 2 cores: 1). The bare loop does everything
 on that one thread in turn; the pipeline overlaps decoding and PNG encoding with the model on the
-remaining core, so on CPU it can beat the bare loop once its fixed start-up is paid (``ray.init``
-2-3 s, then 2.7-3 s to the actor's first source: worker processes importing torch, the actor
-loading the checkpoint; 2 idle cores, session 13): at 100 sources of the tiny preset (~22 s bare)
-that start-up is a fifth of the run. Both loops render with glibc's malloc thresholds fixed
+remaining core, so on CPU it beats the bare loop once its fixed start-up is paid (``ray.init``
+2-3 s, then ~1 s to the actor's first source: its worker importing torch and gazegen, loading
+the checkpoint; 2 idle cores, session 15): at 100 sources of the tiny preset (~20 s bare) that
+start-up is about a sixth of the run. Both loops render with glibc's malloc thresholds fixed
 (gazegen/allocator.py, set by the render actor). On a shared machine the figures move with the
 load, reported as ``loadavg`` (1, 5 and 15 minute averages before and after); two torch threads
 on two busy cores thrash (several times slower), which is why the actor defaults to fewer

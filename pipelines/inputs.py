@@ -251,8 +251,9 @@ def decode_sources(records: Sequence[SourceRecord], settings: DecodeSettings, re
 
 
 def decode_batch(batch: dict[str, np.ndarray], settings: DecodeSettings) -> dict[str, np.ndarray]:
-    """The decode + crop stage on a Ray Data batch: input records -> decoded sources, with the
-    ``CARRIED`` columns kept and ``status``/``stage``/``reason`` set (the render actor's input)."""
+    """The decode + crop stage on a batch (on Ray, a task's one source: pipelines/dispatch.py): input
+    records -> decoded sources, with the ``CARRIED`` columns kept and ``status``/``stage``/``reason``
+    set (the render actor's input)."""
     n = len(batch["source_id"])
     records = [SourceRecord(str(batch["source_id"][i]), str(batch["source_path"][i]), str(batch["kind"][i]),
                             int(batch["index"][i]), int(batch["face"][i]), str(batch["error"][i])) for i in range(n)]  # fmt: skip

@@ -1,16 +1,15 @@
 """`gazegen synthesize`: faces re-rendered under a gaze x view grid, written as Parquet shards.
 
-The Ray Data graph (one row per pending source, sorted by id, each tagged with its shard; blocks
-of ``SOURCES_PER_TASK`` = 2 sources from end to end, made on the driver up to
-``MAX_INPUT_BLOCKS`` blocks, split after decoding beyond)::
+The Ray graph (Ray Core tasks and actors; one item per pending source, sorted by id, each tagged
+with its shard; pipelines/dispatch.py)::
 
-    from_items ─ decode + crop (CPU tasks, a block each; pipelines/inputs.py)
-               ─ RenderActor (actor pool: one per GPU with num_gpus=1, or CPU actors;
-                 checkpoint loaded once; per source: encode once, redirect once per gaze,
-                 render all views in batches, each batch PNG-encoded on a thread of the actor
-                 while the next renders; a block per task, ``TASKS_IN_FLIGHT`` = 2 tasks
-                 queued per actor; pipelines/render_actor.py)
-               ─ driver: ShardRouter (pipelines/router.py) -> one ShardWriter per shard (pipelines/shards.py)
+    items ─ decode + crop (a CPU task per source, as many ahead as the cluster has CPUs; pipelines/inputs.py)
+          ─ RenderActor (a fixed pool: one actor per GPU with num_gpus=1, or CPU actors; checkpoint
+            loaded once; a call per source, its decoded image passed through the object store:
+            encode once, redirect once per gaze, render all views in batches, each batch
+            PNG-encoded on a thread of the actor while the next renders; ``TASKS_IN_FLIGHT`` = 2
+            calls queued per actor; pipelines/render_actor.py)
+          ─ driver: ShardRouter (pipelines/router.py) -> one ShardWriter per shard (pipelines/shards.py)
 
 Ray schedules; gazegen names, writes and completes shards. The driver plans the shards from
 the sorted source ids before anything runs, skips complete ones, and routes every record it
@@ -26,42 +25,36 @@ Where the time goes (CPU, 2 cores, 1 CPU actor; benchmarks/synthesis.py): the ac
 core with ``default_cpu_threads`` = the cores less one = 1 torch thread (two threads next to the
 decode / PNG / driver work, or any other process, thrash: 3-20x slower); its PNG thread (0.3-0.5
 ms an image, its three PNGs, at 64 px), decoding (~3-10 ms a source) and the driver's routing and
-writing run on the other core, overlapped with the model. Ray Data dispatches a
-new actor task 30-110 ms after the last one ended, so with one source per task and one task in
-flight the actor idled 11% of the time (demo model, ~0.3 s a source) and a separate repartition
-step cost a task per decode block; with two tasks in flight it is busy > 99.9% of the span.
-Encoding in the actor instead of a stage of CPU tasks (measured on the tiny preset, 100 sources
-of 125 rows, quiet machine): the same wall clock (the actor's span grows ~1 s of 27, the encode
-stage's tail goes), ~2-4 CPU-s less (no arrays through the object store, no encode tasks), and
-the first rows reach the driver ~6 s after ray.init instead of 15-24 s, so shards close as the
-run goes (at 512 px the arrays would be ~1.5 MB a row through the object store). The actor keeps
-the memory it frees (gazegen/allocator.py): in a Ray worker glibc handed the render's large
-tensors back to the OS and faulted them in again, 10,000-21,000 page faults a source, and the
-actor's model time was 1.24-1.30x the bare loop's on the same sources; with fixed thresholds
-1.05-1.13x. What remains is fixed: ray.init (2-3 s), then ~2.7-3 s to the actor's first source
-(Ray Data's start, the actor's worker importing ray.data, torch and gazegen beside the decode
-worker, which needs torch too, and Ray Data's three helper actors). A run costs ~45 CPU-s where
-the bare loop costs ~30: Ray's own processes ~4, Ray Data's helper actors ~3, the decode worker
-~4 (mostly imports), the driver ~5 (imports included), so on a machine whose second core is
-taken by something else the pipeline falls behind the bare loop (ratio 0.6-0.7 at a load
-average of 5 on 2 cores, 0.85-0.9 at 1; measured before the allocator change).
+writing run on the other core, overlapped with the model, so on CPU the pipeline beats the bare
+in-process loop once its fixed start-up is paid: ``ray.init`` (2-3 s: Ray's own processes), then
+~1 s to the actor's first source (its worker importing torch and gazegen, loading the
+checkpoint). Two calls queued per actor keep it busy: the next source is there when the last
+ends. Encoding in the actor rather than in a stage of CPU tasks keeps the rendered arrays in its
+process (at 512 px ~1.5 MB a row through the object store otherwise), and the first rows reach
+the driver within seconds, so shards close as the run goes. The actor keeps the memory it frees
+(gazegen/allocator.py): in a Ray worker glibc handed the render's large tensors back to the OS
+and faulted them in again, 10,000-21,000 page faults a source, and the actor's model time was
+1.24-1.30x the bare loop's on the same sources; with fixed thresholds 1.04-1.07x. Until session
+15 the graph ran on Ray Data: its import in every worker, its three helper actors and its
+executor cost 2-3 s more before the first source and CPU beside the model (Ray/bare 0.83-0.86 at
+100 sources, now 0.96-1.00; pipelines/dispatch.py).
 
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete
-shards. Actors are restarted up to ``max_restarts`` times and a batch whose worker died is
-retried up to ``max_task_retries`` times (Ray Data's defaults are unbounded). An actor that dies
-takes its running and its queued task with it, at most ``SOURCES_PER_TASK * TASKS_IN_FLIGHT`` = 4
-sources: both tasks are retried on the restarted actor, and rows that had already arrived come
-again and are dropped by row id. A batch that still fails is dropped (``max_errored_blocks`` =
-``max_lost_sources``); its sources become error rows ("lost"), unless some of their rows were
-already written, in which case that shard is left incomplete for the next run. So a source that
-kills the actor every time is lost with the other source of its task, and possibly with the
-task queued beside it. Beware: such a source also uses up ``max_restarts`` (its 4 attempts are 4
-deaths with the defaults), and Ray Data does not replace an actor that is out of restarts: the
-tasks still to run then fail at once (lost, or the run stops past ``max_lost_sources``). With one
-task in flight Ray Data 2.60 hung there instead. For a pool to outlive one such source,
-``max_restarts`` must be at least ``max_task_retries + 1``; the default, 40 =
-(``max_task_retries`` + 1) x ``max_lost_sources``, outlives every batch the run may lose.
+shards. Actors are restarted up to ``max_restarts`` times and a call whose actor died (or a decode
+task whose worker died) is retried up to ``max_task_retries`` times (Ray's defaults are
+unbounded). An actor that dies takes its running and its queued call with it, at most
+``TASKS_IN_FLIGHT`` = 2 sources: both are retried on the restarted actor, and rows that had
+already arrived come again and are dropped by row id. A source whose call still fails is lost:
+an error row ("lost"), unless some of its rows were already written, in which case that shard is
+left incomplete for the next run. So a source that kills the actor every time is lost, possibly
+with the source queued behind it, whose retries its deaths may use up too. Beware: such a source
+also uses up ``max_restarts`` (its 4 attempts are 4 deaths with the defaults), and an actor out
+of restarts stays dead: the calls still to make then fail at once. Past ``max_lost_sources``
+lost sources the driver stops the run: the sources not rendered then leave their shards for the
+next run, and the complete ones stay. For a pool to outlive one such source, ``max_restarts``
+must be at least ``max_task_retries + 1``; the default, 40 = (``max_task_retries`` + 1) x
+``max_lost_sources``, outlives every source the run may lose.
 Exceptions on one source are caught in the stages: error rows. Inputs are checked at decode
 (pipelines/guards.py: regular files only, the pixel cap read from the header, Parquet path cells
 inside the INPUTS root, finite (pitch, yaw) radians, a time limit), so nothing bad reaches a
@@ -69,8 +62,8 @@ writer. The normalised camera comes from the checkpoint (``metadata.normalisatio
 config; a checkpoint without one is refused. Every pyarrow file the driver opens is closed, and
 a Ray session it started is shut down, before the command returns.
 
-Where the parts live: the driver-side plan in pipelines/plan.py, the Ray graph and its driver
-loop in pipelines/graph.py, the shard router in pipelines/router.py; this module runs them.
+Where the parts live: the driver-side plan in pipelines/plan.py, the Ray pool in pipelines/dispatch.py,
+the driver loop in pipelines/graph.py, the shard router in pipelines/router.py; this module runs them.
 
 Cluster runs (``address``): CKPT and INPUTS must be readable at the same path on every node;
 OUT is written by the driver only (a local path or any pyarrow filesystem URI).

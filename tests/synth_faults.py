@@ -43,3 +43,17 @@ def crash_once_actor(source_id: str, marker: str) -> type[RenderActor]:
             yield from super().__call__(batch)
 
     return CrashOnceActor
+
+
+def always_crash_actor(source_ids: set[str], folder: str) -> type[RenderActor]:
+    """Exits its process on every call holding one of ``source_ids`` (sources that kill the worker
+    each time), after creating ``folder/<source id>``: which sources reached an actor."""
+
+    class AlwaysCrashActor(RenderActor):
+        def __call__(self, batch):
+            for source_id in {str(s) for s in batch["source_id"]} & source_ids:
+                Path(folder, source_id).touch()
+                os._exit(1)
+            yield from super().__call__(batch)
+
+    return AlwaysCrashActor

@@ -41,8 +41,8 @@ from gazegen.pipelines.shards import OutputDir
 from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
-from gazegen.pipelines.synthesis import run_synthesis
-from synth_faults import GATE_LIMIT_S, crash_once_actor
+from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
+from synth_faults import GATE_LIMIT_S, always_crash_actor, crash_once_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -355,3 +355,33 @@ def test_dead_actor_is_replaced_and_its_batch_retried(killed_and_resumed):
     out, result, _, marker = killed_and_resumed
     assert marker.exists()  # the actor process did exit on the victim's batch
     assert read_all(out).column("source_id").to_pylist().count(VICTIM) == 8 and result.errors == 0
+
+
+@pytest.mark.ray
+def test_a_source_that_kills_its_actor_every_time_is_lost_and_the_rest_written(ray_session, checkpoint, faces, tmp_path):
+    """The last source (nothing queued behind it) kills its actor on every try: after 1 + max_task_retries
+    deaths it is an error row "lost", and every other source is written."""
+    victim = "f09.png"  # alone in the last shard [f09]
+    cfg = load_synth_config(None, [*SETTINGS, "max_task_retries=1", "max_restarts=4", "max_lost_sources=1"],
+                            rows_per_shard=FACES_PER_SHARD * 8, **GRID)  # fmt: skip
+    result = run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, progress=False, actor=always_crash_actor({victim}, str(tmp_path)))
+    assert (tmp_path / victim).exists() and (result.rows, result.errors, result.shards) == (72, 1, 4)
+    (error,) = pq.read_table(tmp_path / "out" / ERRORS_NAME).to_pylist()
+    assert error["source_id"] == victim and error["reason"].startswith("lost: its batch failed 2 times")
+    counts = read_all(tmp_path / "out").group_by("source_id").aggregate([("row_id", "count")]).to_pylist()
+    assert sorted((c["source_id"], c["row_id_count"]) for c in counts) == [(f"f{i:02d}.png", 8) for i in range(9)]
+
+
+@pytest.mark.ray
+def test_past_max_lost_sources_the_run_stops(ray_session, checkpoint, faces, tmp_path):
+    """Every source kills its actor: the first loss (max_lost_sources = 0) stops the run before any
+    source beyond the two first calls reaches an actor; nothing is written, and the error says why."""
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    cfg = load_synth_config(None, [*SETTINGS, "max_task_retries=1", "max_restarts=40", "max_lost_sources=0"],
+                            rows_per_shard=FACES_PER_SHARD * 8, **GRID)  # fmt: skip
+    everyone = {f"f{i:02d}.png" for i in range(10)}
+    with pytest.raises(IncompleteShardsError, match=r"10 sources lost \(more than max_lost_sources=0\)"):
+        run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, progress=False, actor=always_crash_actor(everyone, str(attempts)))
+    assert {p.name for p in attempts.iterdir()} <= {"f00.png", "f01.png"}
+    assert not list((tmp_path / "out").glob("shard-*"))
