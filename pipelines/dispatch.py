@@ -16,11 +16,12 @@ died; an exception in either stage's Python code is an error row already, never 
 Leaving the stream (its end, an exception, the driver giving up) kills the pool's actors and
 cancels what is left, so a session shared with the next run gets its CPUs and GPUs back.
 
-Why Ray Core and not Ray Data (session 15, 2 cores, 100 sources of the tiny preset, the bare loop
-~20 s): the graph has two stages of fixed shape, which tasks and actors express directly; Ray
-Data's own machinery (its import in every worker, three helper actors, its executor's thread)
-cost 1.5-2.5 s of start-up and CPU beside the model, the run's ratio to the bare loop went from
-0.83-0.86 to 0.92-0.98.
+Why Ray Core and not Ray Data: the graph has two stages of fixed shape, which tasks and actors
+express directly. Ray Data's own machinery (its import in every worker, three helper actors, its
+executor's thread) cost 2-3 s before the first source and CPU beside the model: on 2 cores, 100
+sources of the tiny preset (the bare loop ~20 s), the first source came 3-4 s after ``ray.init``
+and Ray/bare was 0.83-0.86; on Ray Core, 1.05-1.10 s and 0.96-1.00
+(``python benchmarks/synthesis.py --sources 100 --rounds 3``, session 15).
 """
 
 from __future__ import annotations

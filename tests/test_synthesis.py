@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -38,6 +39,7 @@ from gazegen.pipelines.sources import list_sources
 from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
 from gazegen.pipelines.render_actor import RenderedSource, encode_records, row_records
 from gazegen.pipelines.shards import OutputDir
+from gazegen.pipelines.dispatch import PoolShape, pool_shape
 from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
@@ -146,6 +148,18 @@ def test_renormalise_is_a_zoom_about_the_principal_point():
     same = NormalisationConfig(focal=3200.0, distance_mm=950.0, resolution=128)  # the same camera at 128 px
     assert renormalise(image, source, same).shape == (128, 128, 3)
     np.testing.assert_array_equal(renormalise(image, source, same), cv2.resize(image, (128, 128), interpolation=cv2.INTER_CUBIC))
+
+
+def test_pool_shape_one_actor_per_gpu_or_cpu_actors_with_a_cpu_left_for_decoding():
+    cfg = load_synth_config(None, SETTINGS)
+    assert pool_shape(cfg, {"CPU": 16.0, "GPU": 4.0}) == PoolShape(actors=4, gpus_per_actor=1, cpus=16)  # num_gpus -1: all
+    assert pool_shape(replace(cfg, num_gpus=2), {"CPU": 16.0, "GPU": 4.0}) == PoolShape(2, 1, 16)
+    assert pool_shape(cfg, {"CPU": 2.0}) == PoolShape(1, 0, 2)
+    assert pool_shape(replace(cfg, num_gpus=0, cpu_actors=3), {"CPU": 8.0, "GPU": 1.0}) == PoolShape(3, 0, 8)
+    with pytest.raises(ConfigError, match="num_gpus = 2 .*has 1 GPUs"):
+        pool_shape(replace(cfg, num_gpus=2), {"CPU": 8.0, "GPU": 1.0})
+    with pytest.raises(ConfigError, match="4 GPU actor.*4 CPUs.*at most 3"):
+        pool_shape(cfg, {"CPU": 4.0, "GPU": 4.0})
 
 
 def test_cpu_actors_leave_a_core_to_the_other_stages():
