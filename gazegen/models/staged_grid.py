@@ -6,6 +6,14 @@ per call: a call's rows may span several gazes, whose triplanes are gathered, so
 call but the last of each gaze block is full whatever the number of views. The synthesis actor
 (pipelines/render_actor.py) and the grid figure of ``gazegen bench`` (gazegen/benchmark.py) both
 run it, so the benchmark times what synthesis does.
+
+What it can gain: with per-image costs e (encode), r (redirect) and v (render), a G gazes x V
+views grid costs e / (G V) + r / V + v a row, against e + r + v for a full forward per row, so the
+render's share bounds the gain. Measured on 2 CPU cores at batch 25 (session 15;
+``python benchmarks/model_speed.py --preset configs/model/tiny.toml --gazes 25 --views 3 --batch 25``):
+tiny e 0.30, r 0.41, v 0.53 ms, so 1.85x at most for 5 x 5 x 3 (measured 1.76x), and 2.3x even
+with a free redirect; 3x would need v <= 0.15 ms. The demo preset (e 16.8, r 11.2, v 20.1 ms):
+2.0x measured. Only a faster render (both paths share it) moves the bound.
 """
 
 from __future__ import annotations
