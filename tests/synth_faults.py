@@ -1,4 +1,4 @@
-"""Faults the synthesis tests inject: render-actor classes passed as ``run_synthesis(actor=...)``.
+"""Render-actor classes the synthesis tests pass as ``run_synthesis(actor=...)``: faults, and one that says who rendered.
 
 The classes are made inside functions, so Ray's cloudpickle ships them by value to the workers
 (nothing here has to be importable there). Production code has no fault hook.
@@ -57,3 +57,14 @@ def always_crash_actor(source_ids: set[str], folder: str) -> type[RenderActor]:
             yield from super().__call__(batch)
 
     return AlwaysCrashActor
+
+
+def pid_actor(folder: str) -> type[RenderActor]:
+    """Renders as usual and creates ``folder/<its process id>``: which processes rendered."""
+
+    class PidActor(RenderActor):
+        def __call__(self, batch):
+            Path(folder, str(os.getpid())).touch()
+            yield from super().__call__(batch)
+
+    return PidActor

@@ -44,7 +44,7 @@ from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
-from synth_faults import GATE_LIMIT_S, always_crash_actor, crash_once_actor
+from synth_faults import GATE_LIMIT_S, always_crash_actor, crash_once_actor, pid_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -283,8 +283,8 @@ def test_restart_of_a_finished_run_and_of_a_different_one(first_run, checkpoint,
 @pytest.mark.ray
 def test_as_many_cpu_actors_as_cpus_is_refused_not_hung(ray_session, checkpoint, photos, tmp_path):
     """Each actor reserves a CPU for its life; with none left the decode tasks would wait forever (it hung)."""
-    cfg = load_synth_config(None, [*SETTINGS, "cpu_actors=2"], rows_per_shard=8, **GRID)
-    with pytest.raises(ConfigError, match=r"cpu_actors = 2 .*2 CPUs.*at most 1 actor"):
+    cfg = load_synth_config(None, [*SETTINGS, "cpu_actors=3"], rows_per_shard=8, **GRID)
+    with pytest.raises(ConfigError, match=r"cpu_actors = 3 .*3 CPUs.*at most 2 actor"):
         run_synthesis(checkpoint, photos, str(tmp_path / "out"), cfg, progress=False)
 
 
@@ -384,6 +384,19 @@ def test_a_source_that_kills_its_actor_every_time_is_lost_and_the_rest_written(r
     assert error["source_id"] == victim and error["reason"].startswith("lost: its batch failed 2 times")
     counts = read_all(tmp_path / "out").group_by("source_id").aggregate([("row_id", "count")]).to_pylist()
     assert sorted((c["source_id"], c["row_id_count"]) for c in counts) == [(f"f{i:02d}.png", 8) for i in range(9)]
+
+
+@pytest.mark.ray
+def test_two_actors_write_the_rows_of_an_in_process_run(ray_session, checkpoint, faces, tmp_path):
+    """Two CPU actors share the sources (the calls of each end in its own order, the two interleave):
+    the shards hold the very rows the bare in-process loop writes."""
+    cfg = load_synth_config(None, [*SETTINGS, "cpu_actors=2"], rows_per_shard=FACES_PER_SHARD * 8, **GRID)
+    (tmp_path / "pids").mkdir()
+    result = run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, progress=False, actor=pid_actor(str(tmp_path / "pids")))
+    assert len(list((tmp_path / "pids").iterdir())) == 2  # both actors rendered
+    assert (result.rows, result.errors, result.shards_written) == (80, 0, 4)
+    assert read_all(tmp_path / "out").equals(local_reference(checkpoint, faces, tmp_path / "reference",
+                                                             rows_per_shard=FACES_PER_SHARD * 8, **GRID))  # fmt: skip
 
 
 @pytest.mark.ray
