@@ -103,7 +103,7 @@ class ShardRouter:
             partial |= {s for s, _ in lost}
         for shard_id, sid in lost:
             if shard_id not in partial:
-                reason = f"lost: its batch failed {self.run.cfg.max_task_retries + 1} times (worker died or task error; see the Ray logs)"
+                reason = f"lost: its worker died {self.run.cfg.max_task_retries + 1} times (decoding or rendering it; see the Ray logs)"
                 self._writer(shard_id).add_error(self.paths[sid], reason, source_id=sid, stage="render")
                 self.remaining[shard_id].discard(sid)
         for shard_id in list(self.remaining):

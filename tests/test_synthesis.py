@@ -381,7 +381,7 @@ def test_a_source_that_kills_its_actor_every_time_is_lost_and_the_rest_written(r
     result = run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, progress=False, actor=always_crash_actor({victim}, str(tmp_path)))
     assert (tmp_path / victim).exists() and (result.rows, result.errors, result.shards) == (72, 1, 4)
     (error,) = pq.read_table(tmp_path / "out" / ERRORS_NAME).to_pylist()
-    assert error["source_id"] == victim and error["reason"].startswith("lost: its batch failed 2 times")
+    assert error["source_id"] == victim and error["reason"].startswith("lost: its worker died 2 times")
     counts = read_all(tmp_path / "out").group_by("source_id").aggregate([("row_id", "count")]).to_pylist()
     assert sorted((c["source_id"], c["row_id_count"]) for c in counts) == [(f"f{i:02d}.png", 8) for i in range(9)]
 

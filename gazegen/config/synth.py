@@ -60,9 +60,9 @@ class SynthConfig:
     cpu_actors: int = bounded(1, 1)  # render actors when there is no GPU (each reserves 1 CPU)
     cpu_threads: int = bounded(0, 0)  # torch threads per CPU actor; 0: (the cores - 1) / cpu_actors, at least 1
     max_restarts: int = bounded(40, 0)  # times a dead render actor is restarted (Ray's default: forever); 40 =
-    # (max_task_retries + 1) x max_lost_sources: the pool outlives every batch it may lose (pipelines/synthesis.py)
-    max_task_retries: int = bounded(3, 0)  # times a batch whose worker died is retried (Ray's default: forever)
-    max_lost_sources: int = bounded(10, 0)  # batches that may fail for good (their sources become error rows)
+    # (max_task_retries + 1) x max_lost_sources: the pool outlives every source it may lose (pipelines/synthesis.py)
+    max_task_retries: int = bounded(3, 0)  # times a source whose worker died is retried (Ray's default: forever)
+    max_lost_sources: int = bounded(10, 0)  # sources that may fail for good (error rows "lost"); past it the run stops
     decode_timeout_s: float = bounded(60.0, 0.001)  # a source still decoding after this is an error row
 
     def __post_init__(self) -> None:
