@@ -11,8 +11,9 @@ goes from the decode worker to the actor through the object store, never through
 
 A call returns its source's records whole (the actor renders a source completely before the first
 row is out anyway): its rows' PNGs, ~60 MB for 125 rows at 512 px, ~1 MB at 64 px, through the
-object store to the driver. ``render_stream`` yields each source's outcome: its records, or the Ray error that lost it (its
-actor died more than ``max_task_retries`` times on it, or its decode worker did). Ray retries a
+object store to the driver. ``render_stream`` yields each source's outcome: its records, or the
+Ray error that lost it (its actor died more than ``max_task_retries`` times on it, or its decode
+worker did). Ray retries a
 call whose actor died on the restarted actor (``max_restarts``), and a decode task whose worker
 died; an exception in either stage's Python code is an error row already, never a Ray error.
 Leaving the stream (its end, an exception, the driver giving up) kills the pool's actors and
@@ -22,13 +23,12 @@ Why Ray Core and not Ray Data: the graph has two stages of fixed shape, which ta
 express directly. Ray Data's own machinery (its import in every worker, three helper actors, its
 executor's thread) cost 2-3 s before the first source and CPU beside the model: on 2 cores, 100
 sources of the tiny preset (the bare loop ~20 s), the first source came 3-4 s after ``ray.init``
-and Ray/bare was 0.83-0.86; on Ray Core, 1.05-1.10 s and 0.96-1.00
+and Ray/bare was 0.79-0.86; on Ray Core, 1.05-1.12 s and 0.96-1.03
 (``python benchmarks/synthesis.py --sources 100 --rounds 3``, session 15).
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,8 +39,6 @@ import numpy as np
 from gazegen.config import ConfigError, SynthConfig
 from gazegen.pipelines.inputs import DecodeSettings, decode_batch
 from gazegen.pipelines.render_actor import RenderActor, RenderSettings
-
-log = logging.getLogger(__name__)
 
 TASKS_IN_FLIGHT = 2  # calls queued per actor: the next source is there when the last one ends
 

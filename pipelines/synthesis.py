@@ -36,8 +36,8 @@ the driver within seconds, so shards close as the run goes. The actor keeps the 
 and faulted them in again, 10,000-21,000 page faults a source, and the actor's model time was
 1.24-1.30x the bare loop's on the same sources; with fixed thresholds 1.04-1.07x. Until session
 15 the graph ran on Ray Data: its import in every worker, its three helper actors and its
-executor cost 2-3 s more before the first source and CPU beside the model (Ray/bare 0.83-0.86 at
-100 sources, now 0.96-1.00; pipelines/dispatch.py).
+executor cost 2-3 s more before the first source and CPU beside the model (Ray/bare 0.79-0.86 at
+100 sources, now 0.96-1.03; pipelines/dispatch.py).
 
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete
