@@ -215,6 +215,9 @@ def synthesize(
     try:
         cfg = load_synth_config(config, overrides or (), **flags)
         result = run_synthesis(checkpoint, inputs, out, cfg, address=address, overwrite=overwrite, command=sys.argv)
+    except KeyboardInterrupt:  # Ctrl-C: complete shards are in place, open ones were dropped (pipelines/synthesis.py)
+        typer.secho(f"interrupted: the complete shards in {out} are kept; the same command renders the rest", err=True)
+        raise typer.Exit(code=130)
     except USER_ERRORS as e:
         _fail(str(e))
     except Exception as e:  # anything else (a Ray failure): its type and first line; the traceback with -v

@@ -102,3 +102,16 @@ def test_synthesize_faces_option_is_checked_before_any_work(tmp_path):
     from gazegen.config import load_synth_config
 
     assert load_synth_config(None, (), faces="all").faces == "all"  # the flag reaches the config as --set would
+
+
+def test_synthesize_interrupted_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt out of the run): exit 130 and the resume hint, not a traceback."""
+    import gazegen.pipelines.synthesis
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gazegen.pipelines.synthesis, "run_synthesis", interrupted)
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 130
+    assert f"interrupted: the complete shards in {tmp_path / 'out'} are kept; the same command renders the rest" in result.output
