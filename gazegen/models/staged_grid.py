@@ -13,7 +13,11 @@ render's share bounds the gain. Measured on 2 CPU cores at batch 25 (session 15;
 ``python benchmarks/model_speed.py --preset configs/model/tiny.toml --gazes 25 --views 3 --batch 25``):
 tiny e 0.30, r 0.41, v 0.53 ms, so 1.85x at most for 5 x 5 x 3 (measured 1.76x), and 2.3x even
 with a free redirect; 3x would need v <= 0.15 ms. The demo preset (e 16.8, r 11.2, v 20.1 ms):
-2.0x measured. Only a faster render (both paths share it) moves the bound.
+2.0x measured. Only a faster render (both paths share it) moves the bound. Counted in MACs
+(``gazegen bench``'s ``gmacs_per_image``) tiny's render is 13% of a forward (0.008 of 0.064
+GMAC), a bound of 3.3x; it takes 43% of the time because its plane gathers and per-sample passes
+run at ~16 GMAC/s where the encoders' convolutions run at ~80. The base preset's MACs (encode 145,
+redirect 344, render 105 GMAC) bound its 5 x 5 x 3 grid at 2.7x whatever the hardware.
 """
 
 from __future__ import annotations
