@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from gazegen.errors import GazegenError
+from gazegen.errors import GazegenError, first_line
 
 app = typer.Typer(help="gazegen: LiveGaze gaze redirection and labelled gaze data.", no_args_is_help=True)
 data_app = typer.Typer(help="Make, convert and inspect training stores.", no_args_is_help=True)
@@ -222,8 +222,7 @@ def synthesize(
         _fail(str(e))
     except Exception as e:  # anything else (a Ray failure): its type and first line; the traceback with -v
         logging.getLogger("gazegen.synthesize").debug("synthesis failed", exc_info=True)
-        first = next((line for line in str(e).splitlines() if line.strip()), "")
-        _fail(f"synthesis failed: {type(e).__name__}: {first}")
+        _fail(f"synthesis failed: {type(e).__name__}: {first_line(e)}")
     typer.echo(result.summary())
 
 

@@ -11,3 +11,9 @@ traceback.
 
 class GazegenError(Exception):
     """A problem with the user's input, data, config or files; the message says which and why."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of ``error``'s message ("" when it has none): one line for a log or
+    the CLI of an error whose message may carry a whole traceback (a Ray error's does)."""
+    return next((line for line in str(error).splitlines() if line.strip()), "")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from gazegen.errors import first_line
 from gazegen.pipelines.dispatch import as_batch, pool_shape, render_stream
 from gazegen.pipelines.inputs import decode_batch
 from gazegen.pipelines.plan import RunPlan, stage_settings
@@ -64,11 +65,6 @@ def local_records(run: RunPlan, todo: Sequence[ShardSpec], device: str = "cpu", 
             yield encode_records(records, render.png_compression)
 
 
-def first_line(error: Exception) -> str:
-    """The first line of ``error``'s message (Ray's carry whole tracebacks), or its type's name."""
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
-
-
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
     """Ray for the run: the session already started in this process, else a new local one
@@ -108,7 +104,7 @@ def render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], addr
                 for item, outcome in stream:
                     if isinstance(outcome, Exception):
                         lost += 1
-                        log.warning("%s: lost (%s)", item["source_id"], first_line(outcome))
+                        log.warning("%s: lost (%s)", item["source_id"], first_line(outcome) or type(outcome).__name__)
                         bar.update(run.rows_per_source)
                         if lost > cfg.max_lost_sources:
                             break
@@ -128,4 +124,4 @@ def render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], addr
     return router, problems
 
 
-__all__ = ["default_cpu_threads", "first_line", "local_records", "png_threads", "ray_cluster", "render_pending"]
+__all__ = ["default_cpu_threads", "local_records", "png_threads", "ray_cluster", "render_pending"]

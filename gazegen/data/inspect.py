@@ -26,6 +26,7 @@ from gazegen import geometry
 from gazegen.data.images import resize_area
 from gazegen.data.prepare import find_subject_files
 from gazegen.data.xgaze import MASKS, STORE, DataError, SubjectReader, open_subject
+from gazegen.errors import first_line
 
 TOLERANCE_DEG = 1.0  # largest accepted disagreement between redundant labels of a store
 ARROW_BGR = (0, 0, 255)  # red
@@ -198,7 +199,7 @@ def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int =
                     band[:, c * thumb:(c + 1) * thumb] = _tile(reader, int(row), thumb)
                 title = f"{split}/{reader.subject}"
         except (DataError, OSError, KeyError) as e:
-            title = f"{file.name}: {str(e).splitlines()[0][-60:]}"
+            title = f"{file.name}: {first_line(e)[-60:]}"
         cv2.putText(band, title, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TITLE_BGR, 1, cv2.LINE_AA)
     sheet_png = Path(sheet_png)
     sheet_png.parent.mkdir(parents=True, exist_ok=True)
