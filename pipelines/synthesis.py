@@ -41,21 +41,19 @@ executor cost 2-3 s more before the first source and CPU beside the model (Ray/b
 
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete
-shards. Actors are restarted up to ``max_restarts`` times and a call whose actor died (or a decode
-task whose worker died) is retried up to ``max_task_retries`` times (Ray's defaults are
-unbounded). An actor that dies takes its running and its queued call with it, at most
-``TASKS_IN_FLIGHT`` = 2 sources: both are retried on the restarted actor, and rows that had
-already arrived come again and are dropped by row id. A source whose call still fails is lost:
-an error row ("lost"), unless some of its rows were already written, in which case that shard is
-left incomplete for the next run. So a source that kills the actor every time is lost (tested);
-the call queued behind it is retried with it (in a trial with 1 and with 3 retries it was never
-lost, but Ray does not promise that a death spares the queued call's retries). Beware: such a source
-also uses up ``max_restarts`` (its 4 attempts are 4 deaths with the defaults), and an actor out
-of restarts stays dead: the calls still to make then fail at once. Past ``max_lost_sources``
-lost sources the driver stops the run: the sources not rendered then leave their shards for the
-next run, and the complete ones stay. For a pool to outlive one such source, ``max_restarts``
-must be at least ``max_task_retries + 1``; the default, 40 = (``max_task_retries`` + 1) x
-``max_lost_sources``, outlives every source the run may lose.
+shards. Actors are restarted up to ``max_restarts`` times, and a decode task whose worker died is
+retried up to ``max_task_retries`` times (Ray's defaults are unbounded). An actor that dies fails
+its running call and the one queued behind it (``TASKS_IN_FLIGHT`` = 2): both are made again on
+the restarted actor, the death charged to the running one only (pipelines/dispatch.py; Ray's own
+retries charge both, and a source that killed the actor every time took the one behind it along,
+tested). A call returns its source's records whole, so a death never leaves a source half
+written. A source charged more than ``max_task_retries`` deaths is lost: an error row ("lost").
+Beware: such a source also uses up ``max_restarts`` (its 4 attempts are 4 deaths with the
+defaults), and an actor out of restarts stays dead: the calls still to make then fail at once.
+Past ``max_lost_sources`` lost sources the driver stops the run: the sources not rendered then
+leave their shards for the next run, and the complete ones stay. For a pool to outlive one such
+source, ``max_restarts`` must be at least ``max_task_retries + 1``; the default, 40 =
+(``max_task_retries`` + 1) x ``max_lost_sources``, outlives every source the run may lose.
 Exceptions on one source are caught in the stages: error rows. Inputs are checked at decode
 (pipelines/guards.py: regular files only, the pixel cap read from the header, Parquet path cells
 inside the INPUTS root, finite (pitch, yaw) radians, a time limit), so nothing bad reaches a
