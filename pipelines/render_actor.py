@@ -17,7 +17,10 @@ Records are dicts of numpy arrays, one entry per output row or per failed source
 their PNGs already encoded (``encode_records``): the rendered arrays never leave its process (an
 object-store hop and a stage of CPU tasks fewer), and a thread encodes each batch of rows while
 the model renders the next. A source's rows are rendered completely before the first is emitted,
-so an exception on a source yields one error record and no rows (never a partial source).
+so an exception on a source yields one error record and no rows (never a partial source), except
+a device error (``torch.AcceleratorError``), which is the device's fault, not the source's: it
+ends the process of a Ray actor (``RenderActor.records``), so that the source is retried on a
+fresh device context, and is raised in the bare in-process loop.
 
 Faults (a crash, a hang) are injected by the tests, which pass a subclass as synthesis's
 ``actor`` parameter; this module has no fault hook.
@@ -26,6 +29,7 @@ Faults (a crash, a hang) are injected by the tests, which pass a subclass as syn
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
 PNG_COLUMNS = ("image", "depth", "alpha")
+DEVICE_FAILED = 70  # the exit status of an actor whose device failed (EX_SOFTWARE): Ray restarts it
 
 ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]  # (rows, image, depth, alpha) of a few rows
 
@@ -211,14 +216,25 @@ class RenderActor:
             gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
             rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
                                         batch["face_mat_norm"][i], on_chunk)  # fmt: skip
+        except torch.AcceleratorError:
+            raise  # the device failed, not the source: every later source would fail too (``records``)
         except Exception as error:  # one source's failure is an error row; the actor goes on
             log.exception("render failed for %s", meta["source_id"])
             return [error_record(meta, "render", f"{type(error).__name__}: {error}", self.image_side, self.depth_side)]
         return list(row_records(meta, rows))
 
     def records(self, batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Every record of ``batch``, PNGs encoded: the pool's actor method (pipelines/dispatch.py)."""
-        return list(self(batch))
+        """Every record of ``batch``, PNGs encoded: the pool's actor method (pipelines/dispatch.py).
+
+        A device error (``torch.AcceleratorError``: an illegal memory access, a device-side assert)
+        leaves the CUDA context unusable, so every later source on this actor would become an error
+        row. The worker exits instead: Ray restarts the actor on a fresh context and the source is
+        made again, charged one death (a source that fails the device every time is lost)."""
+        try:
+            return list(self(batch))
+        except torch.AcceleratorError as error:
+            log.critical("device error on %s (%s): the worker exits so that Ray restarts it", list(batch["source_id"]), error)
+            os._exit(DEVICE_FAILED)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(batch["source_id"])):

@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from gazegen.pipelines.render_actor import RenderActor
 
 GATE_LIMIT_S = 1800.0  # a gate never opened (a broken test) still lets the worker go eventually
@@ -68,3 +70,23 @@ def pid_actor(folder: str) -> type[RenderActor]:
             yield from super().__call__(batch)
 
     return PidActor
+
+
+def device_failure_actor(source_id: str, marker: str) -> type[RenderActor]:
+    """Its device fails (``torch.AcceleratorError``, as CUDA raises an illegal memory access) inside
+    the render of ``source_id``, after creating ``marker``; while ``marker`` exists it renders."""
+
+    class DeviceFailureActor(RenderActor):
+        def __init__(self, checkpoint, settings):
+            super().__init__(checkpoint, settings)
+            render = self.renderer.render
+
+            def failing(source_id_: str, *args, **kwargs):
+                if source_id_ == source_id and not os.path.exists(marker):
+                    Path(marker).touch()
+                    raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+                return render(source_id_, *args, **kwargs)
+
+            self.renderer.render = failing
+
+    return DeviceFailureActor

@@ -44,7 +44,7 @@ from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
-from synth_faults import GATE_LIMIT_S, always_crash_actor, crash_once_actor, pid_actor
+from synth_faults import GATE_LIMIT_S, always_crash_actor, crash_once_actor, device_failure_actor, pid_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -386,6 +386,30 @@ def test_a_source_that_kills_its_actor_every_time_is_lost_and_the_rest_written(r
     counts = read_all(tmp_path / "out").group_by("source_id").aggregate([("row_id", "count")]).to_pylist()
     others = [f"f{i:02d}.png" for i in range(10) if f"f{i:02d}.png" != victim]
     assert sorted((c["source_id"], c["row_id_count"]) for c in counts) == [(source, 8) for source in others]
+
+
+@pytest.mark.ray
+def test_a_device_error_restarts_the_actor_and_its_source_is_made_again(ray_session, checkpoint, faces, tmp_path):
+    """The device fails once (torch.AcceleratorError) in the middle of a source: not an error row (the
+    CUDA context would fail every later source); the actor's worker exits, Ray restarts it, and every
+    source is written, that one too."""
+    marker = tmp_path / "failed"
+    cfg = load_synth_config(None, SETTINGS, rows_per_shard=FACES_PER_SHARD * 8, **GRID)
+    result = run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, progress=False,
+                           actor=device_failure_actor("f01.png", str(marker)))  # fmt: skip
+    assert marker.exists() and (result.rows, result.errors, result.shards) == (80, 0, 4)
+    counts = read_all(tmp_path / "out").group_by("source_id").aggregate([("row_id", "count")]).to_pylist()
+    assert sorted((c["source_id"], c["row_id_count"]) for c in counts) == [(f"f{i:02d}.png", 8) for i in range(10)]
+
+
+def test_a_device_error_stops_the_in_process_loop(checkpoint, faces, tmp_path):
+    """Without Ray the device error is raised (the run stops, resumable), never written as the source's error row."""
+    run = plan_run(checkpoint, faces, load_synth_config(None, SETTINGS, rows_per_shard=FACES_PER_SHARD * 8, **GRID))
+    records = local_records(run, run.shards, actor_class=device_failure_actor("f01.png", str(tmp_path / "failed")))
+    first = next(records)
+    assert first["source_id"][0] == "f00.png" and set(first["status"]) == {"ok"}
+    with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
+        next(records)
 
 
 @pytest.mark.ray
