@@ -5,18 +5,17 @@ render actor (pipelines/render_actor.py) whose argument is that task's result, s
 goes from the decode worker to the actor through the object store, never through the driver::
 
     driver ─ decode task per source (as many as the cluster's CPUs running or done ahead of the actors)
-           ─ render actor call per source (``TASKS_IN_FLIGHT`` queued on each actor; a Ray actor
-             runs its calls in the order they were made)
+           ─ render actor call per source (one in flight per actor, the next sent as soon as the
+             last one ends)
            ─ driver: (item, its records) in the order the calls end -> the shard router
 
 A call returns its source's records whole (the actor renders a source completely before the first
 row is out anyway): its rows' PNGs, ~60 MB for 125 rows at 512 px, ~1 MB at 64 px, through the
 object store to the driver. ``render_stream`` yields each source's outcome: its records, or the
 Ray error that lost it (its actor died more than ``max_task_retries`` times running it, or its
-decode worker did). Ray restarts a dead actor (``max_restarts``) and retries a decode task whose
-worker died; the calls a death fails are made again here, the death charged to the call it was
-running only, never to those queued behind it. An exception in either stage's Python code is an
-error row already, never a Ray error.
+decode worker did). Ray restarts a dead actor (``max_restarts``) and retries the call it was
+running on the restarted one, and retries a decode task whose worker died. An exception in
+either stage's Python code is an error row already, never a Ray error.
 Leaving the stream (its end, an exception, the driver giving up) kills the pool's actors and
 cancels what is left, so a session shared with the next run gets its CPUs and GPUs back.
 
@@ -41,8 +40,6 @@ from gazegen.config import ConfigError, SynthConfig
 from gazegen.pipelines.inputs import DecodeSettings, decode_batch
 from gazegen.pipelines.render_actor import RenderActor, RenderSettings
 
-TASKS_IN_FLIGHT = 2  # calls queued per actor: the next source is there when the last one ends
-
 Item = dict[str, Any]  # one pending source: shard_id, source_id, source_path, kind, index, face, error
 Records = list[dict[str, np.ndarray]]
 
@@ -51,7 +48,7 @@ Records = list[dict[str, np.ndarray]]
 class PoolShape:
     """The render pool a run gets on a cluster of ``cpus`` CPUs: ``actors`` actors of
     ``gpus_per_actor`` GPUs each (0: CPU actors). As many sources as ``cpus`` are decoded ahead of
-    the actors' queues."""
+    the actors."""
 
     actors: int
     gpus_per_actor: int
@@ -61,7 +58,7 @@ class PoolShape:
 def pool_shape(cfg: SynthConfig, resources: dict[str, float]) -> PoolShape:
     """One actor per GPU (``num_gpus`` < 0: every GPU of the cluster), else ``cpu_actors`` CPU
     actors; each holds a CPU for its life, so at least one CPU must be left to decoding. Sources
-    are decoded ahead by as many tasks as the cluster has CPUs, beside those queued on the actors."""
+    are decoded ahead by as many tasks as the cluster has CPUs, beside those the actors are rendering."""
     available, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     if cfg.num_gpus > available:
         raise ConfigError(f"num_gpus = {cfg.num_gpus} (--num-gpus): the Ray cluster has {available} GPUs")
@@ -79,68 +76,52 @@ def as_batch(item: Item) -> dict[str, np.ndarray]:
     return {k: np.array([v]) for k, v in item.items()}
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One source's call on a render actor."""
-
-    item: Item
-    source: Any  # the ref of its decode task's result (kept: a retried call reuses it)
-    actor: int
-    epoch: int  # the actor's charged deaths when the call was made
-    deaths: int = 0  # deaths charged to this source before this call
-
-
 def render_stream(items: Sequence[Item], shape: PoolShape, cfg: SynthConfig, checkpoint: str, decode: DecodeSettings,
                   render: RenderSettings, actor: type[RenderActor] = RenderActor) -> Iterator[tuple[Item, Records | Exception]]:
     """Each of ``items`` rendered on the pool ``shape`` (a running Ray session): ``(item, records)``, or
     ``(item, the Ray error)`` for a source lost, in the order the actors end them.
 
-    An actor's death is charged to the one call it was running: the oldest not yet ended, as a
-    Ray actor runs its calls in order. The calls queued behind it fail with it and are made
-    again uncharged (Ray's own retries would charge every call the death fails, so a source that
-    kills the actor would take the one queued behind it along). A source charged more than
-    ``max_task_retries`` deaths is lost.
+    One call in flight per actor, so a death is charged by Ray's retries to the call it was
+    running only: with a second call queued behind it, Ray failed and charged both, and a source
+    that killed its actor every time took the one behind it along (tested). An actor gets its next
+    call as soon as its last one ends, before the driver fetches and routes the result.
     """
     import ray
 
     decode_task = ray.remote(num_cpus=1, max_retries=cfg.max_task_retries)(decode_batch)
     actor_class = ray.remote(actor).options(num_cpus=1, num_gpus=shape.gpus_per_actor, max_restarts=cfg.max_restarts,
-                                            max_task_retries=0)  # the retries are made here, charged to one call
+                                            max_task_retries=cfg.max_task_retries)  # fmt: skip
     actors = [actor_class.remote(checkpoint, render) for _ in range(shape.actors)]
     waiting = iter(items)
-    decoded: deque[tuple[Item, Any, int]] = deque()  # (item, decode ref, its deaths): retries first, then in item order
-    queues: list[deque[tuple[Any, _Call]]] = [deque() for _ in actors]  # each actor's calls (ref, call) in call order
-    deaths = [0] * len(actors)  # deaths charged to each actor's calls
+    decoded: deque[tuple[Item, Any]] = deque()  # (item, its decode task's result ref), in item order
+    calls: dict[Any, tuple[int, Item]] = {}  # each actor's call in flight: ref -> (actor index, item)
+    idle = deque(range(len(actors)))  # actors without a call
+
+    def feed() -> None:
+        """Decode ahead (as many sources as the cluster has CPUs), and give every idle actor its next source."""
+        while len(decoded) < shape.cpus and (item := next(waiting, None)) is not None:
+            decoded.append((item, decode_task.remote(as_batch(item), decode)))
+        while idle and decoded:
+            k, (item, source) = idle.popleft(), decoded.popleft()
+            calls[actors[k].records.remote(source)] = (k, item)
+
     try:
-        while True:
-            while len(decoded) < shape.cpus and (item := next(waiting, None)) is not None:
-                decoded.append((item, decode_task.remote(as_batch(item), decode), 0))
-            for k, queue in enumerate(queues):
-                while len(queue) < TASKS_IN_FLIGHT and decoded:
-                    item, source, died = decoded.popleft()
-                    queue.append((actors[k].records.remote(source), _Call(item, source, k, deaths[k], died)))
-            heads = {queue[0][0]: k for k, queue in enumerate(queues) if queue}  # each actor's oldest call: ends first
-            if not heads:
-                return
-            (ready,), _ = ray.wait(list(heads), num_returns=1)
-            _, call = queues[heads[ready]].popleft()
+        feed()
+        while calls:
+            (ready,), _ = ray.wait(list(calls), num_returns=1)
+            k, item = calls.pop(ready)
+            idle.append(k)
+            feed()  # the actor's next call goes out before this one's result is fetched
             try:
                 outcome: Records | Exception = ray.get(ready)
-            except ray.exceptions.RayActorError as error:  # the actor died (and is restarted while restarts last)
-                charged = call.epoch == deaths[call.actor]  # it was running: no death since it was made
-                deaths[call.actor] += int(charged)
-                if call.deaths + charged <= cfg.max_task_retries:
-                    decoded.appendleft((call.item, call.source, call.deaths + charged))
-                    continue
+            except ray.exceptions.RayError as error:
                 outcome = error
-            except ray.exceptions.RayError as error:  # its decode task's worker died 1 + max_task_retries times
-                outcome = error
-            yield call.item, outcome
+            yield item, outcome
     finally:
-        for ref in [*(ref for queue in queues for ref, _ in queue), *(ref for _, ref, _ in decoded)]:
+        for ref in [*calls, *(ref for _, ref in decoded)]:
             ray.cancel(ref)
         for handle in actors:
             ray.kill(handle)
 
 
-__all__ = ["TASKS_IN_FLIGHT", "PoolShape", "as_batch", "pool_shape", "render_stream"]
+__all__ = ["PoolShape", "as_batch", "pool_shape", "render_stream"]

@@ -7,8 +7,8 @@ with its shard; pipelines/dispatch.py)::
           ─ RenderActor (a fixed pool: one actor per GPU with num_gpus=1, or CPU actors; checkpoint
             loaded once; a call per source, its decoded image passed through the object store:
             encode once, redirect once per gaze, render all views in batches, each batch
-            PNG-encoded on a thread of the actor while the next renders; ``TASKS_IN_FLIGHT`` = 2
-            calls queued per actor; pipelines/render_actor.py)
+            PNG-encoded on a thread of the actor while the next renders; one call in flight per
+            actor, the next sent as soon as the last ends; pipelines/render_actor.py)
           ─ driver: ShardRouter (pipelines/router.py) -> one ShardWriter per shard (pipelines/shards.py)
 
 Ray schedules; gazegen names, writes and completes shards. The driver plans the shards from
@@ -28,8 +28,8 @@ ms an image, its three PNGs, at 64 px), decoding (~3-10 ms a source) and the dri
 writing run on the other core, overlapped with the model, so on CPU the pipeline beats the bare
 in-process loop once its fixed start-up is paid: ``ray.init`` (2-3 s: Ray's own processes), then
 ~1 s to the actor's first source (its worker importing torch and gazegen, loading the
-checkpoint). Two calls queued per actor keep it busy: the next source is there when the last
-ends. Encoding in the actor rather than in a stage of CPU tasks keeps the rendered arrays in its
+checkpoint). An actor's next call is sent as soon as its last one ends, before the driver
+fetches and routes the result, its decoded source already waiting in the object store. Encoding in the actor rather than in a stage of CPU tasks keeps the rendered arrays in its
 process (at 512 px ~1.5 MB a row through the object store otherwise), and the first rows reach
 the driver within seconds, so shards close as the run goes. The actor keeps the memory it frees
 (gazegen/allocator.py): in a Ray worker glibc handed the render's large tensors back to the OS
@@ -41,13 +41,13 @@ executor cost 2-3 s more before the first source and CPU beside the model (Ray/b
 
 Faults: kill -9 at any point leaves complete shards (valid stats) and temporary files; the same
 command resumes (the manifest must match, pipelines/manifest.py) and rewrites only incomplete
-shards. Actors are restarted up to ``max_restarts`` times, and a decode task whose worker died is
-retried up to ``max_task_retries`` times (Ray's defaults are unbounded). An actor that dies fails
-its running call and the one queued behind it (``TASKS_IN_FLIGHT`` = 2): both are made again on
-the restarted actor, the death charged to the running one only (pipelines/dispatch.py; Ray's own
-retries charge both, and a source that killed the actor every time took the one behind it along,
-tested). A call returns its source's records whole, so a death never leaves a source half
-written. A source charged more than ``max_task_retries`` deaths is lost: an error row ("lost").
+shards. Actors are restarted up to ``max_restarts`` times, and a call whose actor died (or a decode
+task whose worker died) is retried up to ``max_task_retries`` times (Ray's defaults are
+unbounded). An actor has one call in flight, so a death is charged to the source it was
+rendering only (with a second call queued, Ray failed and charged both, and a source that killed
+the actor every time took the one behind it along; tested with the victim first and last). A
+call returns its source's records whole, so a death never leaves a source half written. A source
+whose call still fails is lost: an error row ("lost").
 Beware: such a source also uses up ``max_restarts`` (its 4 attempts are 4 deaths with the
 defaults), and an actor out of restarts stays dead: the calls still to make then fail at once.
 Past ``max_lost_sources`` lost sources the driver stops the run: the sources not rendered then

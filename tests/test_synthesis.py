@@ -428,7 +428,8 @@ def test_two_actors_write_the_rows_of_an_in_process_run(ray_session, checkpoint,
 @pytest.mark.ray
 def test_past_max_lost_sources_the_run_stops(ray_session, checkpoint, faces, tmp_path):
     """Every source kills its actor: the first loss (max_lost_sources = 0) stops the run before any
-    source beyond the two first calls reaches an actor; nothing is written, and the error says why."""
+    source beyond the second (sent as the first one's last try ends) reaches an actor; nothing is
+    written, and the error says why."""
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     cfg = load_synth_config(None, [*SETTINGS, "max_task_retries=1", "max_restarts=40", "max_lost_sources=0"],
