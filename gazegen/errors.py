@@ -17,3 +17,9 @@ def first_line(error: BaseException) -> str:
     """The first non-blank line of ``error``'s message ("" when it has none): one line for a log or
     the CLI of an error whose message may carry a whole traceback (a Ray error's does)."""
     return next((line for line in str(error).splitlines() if line.strip()), "")
+
+
+def last_line(error: BaseException) -> str:
+    """The last non-blank line of ``error``'s message: the cause, for an error that carries a
+    whole traceback (a Ray actor's that failed to start ends with its exception's own line)."""
+    return next((line.strip() for line in reversed(str(error).splitlines()) if line.strip()), "")

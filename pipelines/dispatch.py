@@ -37,11 +37,17 @@ from typing import Any
 import numpy as np
 
 from gazegen.config import ConfigError, SynthConfig
+from gazegen.errors import GazegenError, last_line
 from gazegen.pipelines.inputs import DecodeSettings, decode_batch
 from gazegen.pipelines.render_actor import RenderActor, RenderSettings
 
 Item = dict[str, Any]  # one pending source: shard_id, source_id, source_path, kind, index, face, error
 Records = list[dict[str, np.ndarray]]
+
+
+class RenderPoolError(GazegenError, RuntimeError):
+    """A render actor could not start (a device that fails, a checkpoint a node cannot read): the
+    run stops, its complete shards kept, rather than lose every source as an error row."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ def render_stream(items: Sequence[Item], shape: PoolShape, cfg: SynthConfig, che
     One call in flight per actor, so a death is charged by Ray's retries to the call it was
     running only: with a second call queued behind it, Ray failed and charged both, and a source
     that killed its actor every time took the one behind it along (tested). An actor gets its next
-    call as soon as its last one ends, before the driver fetches and routes the result.
+    call as soon as its last one ends, before the driver fetches and routes the result. Raises
+    ``RenderPoolError`` when an actor cannot start.
     """
     import ray
 
@@ -114,6 +121,11 @@ def render_stream(items: Sequence[Item], shape: PoolShape, cfg: SynthConfig, che
             feed()  # the actor's next call goes out before this one's result is fetched
             try:
                 outcome: Records | Exception = ray.get(ready)
+            except ray.exceptions.RayActorError as error:
+                if error.actor_init_failed:  # not the source's fault: every call of the actor would fail alike
+                    raise RenderPoolError(f"a render actor could not start ({last_line(error)}); the complete shards "
+                                          "are kept: fix the cause and run the same command again") from error
+                outcome = error
             except ray.exceptions.RayError as error:
                 outcome = error
             yield item, outcome
@@ -124,4 +136,4 @@ def render_stream(items: Sequence[Item], shape: PoolShape, cfg: SynthConfig, che
             ray.kill(handle)
 
 
-__all__ = ["PoolShape", "as_batch", "pool_shape", "render_stream"]
+__all__ = ["PoolShape", "RenderPoolError", "as_batch", "pool_shape", "render_stream"]

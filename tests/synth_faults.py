@@ -90,3 +90,13 @@ def device_failure_actor(source_id: str, marker: str) -> type[RenderActor]:
             self.renderer.render = failing
 
     return DeviceFailureActor
+
+
+def broken_actor(message: str) -> type[RenderActor]:
+    """Cannot start: its ``__init__`` raises RuntimeError(message) (a missing GPU, an unreadable checkpoint)."""
+
+    class BrokenActor(RenderActor):
+        def __init__(self, checkpoint, settings):
+            raise RuntimeError(message)
+
+    return BrokenActor

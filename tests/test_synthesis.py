@@ -39,12 +39,12 @@ from gazegen.pipelines.sources import list_sources
 from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, read_manifest
 from gazegen.pipelines.render_actor import RenderedSource, encode_records, row_records
 from gazegen.pipelines.shards import OutputDir
-from gazegen.pipelines.dispatch import PoolShape, pool_shape
+from gazegen.pipelines.dispatch import PoolShape, RenderPoolError, pool_shape
 from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
-from synth_faults import GATE_LIMIT_S, always_crash_actor, crash_once_actor, device_failure_actor, pid_actor
+from synth_faults import GATE_LIMIT_S, always_crash_actor, broken_actor, crash_once_actor, device_failure_actor, pid_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -400,6 +400,21 @@ def test_a_device_error_restarts_the_actor_and_its_source_is_made_again(ray_sess
     assert marker.exists() and (result.rows, result.errors, result.shards) == (80, 0, 4)
     counts = read_all(tmp_path / "out").group_by("source_id").aggregate([("row_id", "count")]).to_pylist()
     assert sorted((c["source_id"], c["row_id_count"]) for c in counts) == [(f"f{i:02d}.png", 8) for i in range(10)]
+
+
+@pytest.mark.ray
+def test_an_actor_that_cannot_start_stops_the_run_and_loses_nothing(ray_session, checkpoint, faces, tmp_path):
+    """The render actor's __init__ fails: the run stops with the cause, no source is written as an
+    error row (they once all were, "lost", and the run ended complete and empty); the same command
+    with a working actor then renders every source."""
+    out = tmp_path / "out"
+    cfg = load_synth_config(None, SETTINGS, rows_per_shard=FACES_PER_SHARD * 8, **GRID)
+    with pytest.raises(RenderPoolError, match=r"could not start \(RuntimeError: CUDA error: no CUDA-capable device"):
+        run_synthesis(checkpoint, faces, str(out), cfg, progress=False,
+                      actor=broken_actor("CUDA error: no CUDA-capable device is detected"))  # fmt: skip
+    assert not list(out.glob("shard-*")) and not (out / ERRORS_NAME).exists()
+    result = run_synthesis(checkpoint, faces, str(out), cfg, progress=False)
+    assert (result.rows, result.errors, result.shards_written) == (80, 0, 4)
 
 
 def test_a_device_error_stops_the_in_process_loop(checkpoint, faces, tmp_path):
