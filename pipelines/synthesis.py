@@ -47,7 +47,11 @@ unbounded). An actor has one call in flight, so a death is charged to the source
 rendering only (with a second call queued, Ray failed and charged both, and a source that killed
 the actor every time took the one behind it along; tested with the victim first and last). A
 call returns its source's records whole, so a death never leaves a source half written. A source
-whose call still fails is lost: an error row ("lost").
+whose call still fails is lost: an error row ("lost"). An actor that cannot start (its
+``__init__`` raised: no GPU on the node, a checkpoint it cannot read) stops the run with that
+cause (``RenderPoolError``): every source would otherwise be lost, and the run end complete
+and empty. A device error while rendering (``torch.AcceleratorError``) ends the actor's worker
+so that Ray restarts it on a fresh CUDA context (pipelines/render_actor.py).
 Beware: such a source also uses up ``max_restarts`` (its 4 attempts are 4 deaths with the
 defaults), and an actor out of restarts stays dead: the calls still to make then fail at once.
 Past ``max_lost_sources`` lost sources the driver stops the run: the sources not rendered then
@@ -139,8 +143,8 @@ def run_synthesis(
     ``address``: the Ray cluster to join (default: a private local Ray). Raises
     ``RunMismatchError`` when OUT holds a different run (``overwrite`` starts afresh),
     ``ValueError`` for settings the cluster cannot meet, ``FileNotFoundError`` for missing inputs,
-    ``CheckpointError`` for a bad checkpoint, and ``IncompleteShardsError`` when shards are left
-    for a restart (the complete ones stay). ``command`` is recorded in the manifest; ``actor`` is
+    ``CheckpointError`` for a bad checkpoint, ``RenderPoolError`` when a render actor cannot start,
+    and ``IncompleteShardsError`` when shards are left for a restart (the complete ones stay). ``command`` is recorded in the manifest; ``actor`` is
     the render stage's class (tests pass a subclass that crashes or waits).
     """
     start = time.monotonic()
