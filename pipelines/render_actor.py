@@ -2,7 +2,7 @@
 
 ``SourceRenderer`` holds a LiveGaze and renders one source's grid the staged way: ``encode``
 once, ``redirect`` once per gaze (``batch_size`` gazes per call), ``render`` each gaze's views
-(``batch_size`` views per call). It knows nothing of Ray; ``RenderActor`` wraps it as the
+(``batch_size`` views per call; halved while the device runs out of memory, ``SourceRenderer._rows``). It knows nothing of Ray; ``RenderActor`` wraps it as the
 class of the pool's Ray actors (pipelines/dispatch.py), and the benchmark's bare loop uses it as is.
 
 Labels (gazegen/geometry.py): for a source with head pose h and a view offset o the rendered
@@ -46,7 +46,8 @@ from gazegen.checkpoint import load_checkpoint
 from gazegen.config import GridSpec, NormalisationConfig
 from gazegen.data.images import from_model_range, to_model_range
 from gazegen.data.schema import DEPTH_SCALE, LABEL_WIDTHS, depth_to_uint16, encode_alpha_png, encode_depth_png, encode_png
-from gazegen.models.livegaze import LiveGaze
+from gazegen.errors import first_line
+from gazegen.models.livegaze import LiveGaze, LiveGazeOutput, SourceFeatures
 from gazegen.models.staged_grid import staged_grid
 from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses
 from gazegen.pipelines.inputs import CARRIED
@@ -94,6 +95,7 @@ class SourceRenderer:
         self.model, self.settings = model.eval().requires_grad_(False), settings
         self.device = next(model.parameters()).device
         self.mm_per_unit = geometry.mm_per_world_unit(settings.normalisation)
+        self.batch_size = settings.batch_size  # halved when the device runs out of memory, kept for the next sources
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, settings: RenderSettings) -> SourceRenderer:
@@ -128,20 +130,42 @@ class SourceRenderer:
         source_camera = geometry.head_pose_to_camera(np.asarray(head_pose, np.float64)[None], s.normalisation)  # (1, 25)
         gazes = torch.from_numpy(plan.gazes).float().to(self.device)  # (G, 2)
         cams = torch.from_numpy(cameras).float().to(self.device)  # (V, 25)
-        parts: list[tuple[np.ndarray, tuple[np.ndarray, ...]]] = []
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
             features = self.model.encode(x, torch.from_numpy(source_camera).float().to(self.device))  # once per source
-            rows = staged_grid(self.model.redirect, self.model.render, features, gazes, cams, gaze_of, view_of, s.batch_size)
-            for chunk, out in rows:
-                parts.append((chunk, self._to_arrays(out.image, out.depth, out.alpha)))
-                if on_chunk is not None:
-                    on_chunk(chunk, *parts[-1][1])
+            parts = self._rows(features, gazes, cams, gaze_of, view_of, on_chunk)
         order = np.argsort(np.concatenate([c for c, _ in parts]))
         image, depth, alpha = (np.concatenate([a[k] for _, a in parts])[order] for k in range(3))
         return RenderedSource(
             image=image, depth=depth, alpha=alpha, labels={k: np.asarray(v, np.float32) for k, v in labels.items()},
             gaze_index=gaze_of.astype(np.int32), view_index=view_of.astype(np.int32),
         )  # fmt: skip
+
+    def _rows(self, features: SourceFeatures, gazes: torch.Tensor, cameras: torch.Tensor, gaze_of: np.ndarray,
+              view_of: np.ndarray, on_chunk: ChunkHook | None) -> list[tuple[np.ndarray, tuple[np.ndarray, ...]]]:
+        """Every row (gaze_of[i], view_of[i]) as (row indices, arrays) chunks of ``batch_size`` rows.
+
+        When the device runs out of memory (``torch.OutOfMemoryError``) the batch is halved, for
+        this source and the next ones, and the rows are made again (``on_chunk`` then sees some rows
+        twice, the later the ones kept); at batch 1 the error is the source's. A batch too large for
+        the GPU would otherwise make every source an error row."""
+        while True:
+            try:
+                return [self._chunk(chunk, out, on_chunk) for chunk, out in staged_grid(
+                    self.model.redirect, self.model.render, features, gazes, cameras, gaze_of, view_of, self.batch_size)]
+            except torch.OutOfMemoryError as error:
+                if self.batch_size == 1:
+                    raise
+                log.warning("out of device memory at batch_size %d (%s): rendering at %d from now on",
+                            self.batch_size, first_line(error), self.batch_size // 2)
+                self.batch_size //= 2
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # the failed attempt's tensors are free once its exception is gone
+
+    def _chunk(self, rows: np.ndarray, out: LiveGazeOutput, on_chunk: ChunkHook | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        arrays = self._to_arrays(out.image, out.depth, out.alpha)
+        if on_chunk is not None:
+            on_chunk(rows, *arrays)
+        return rows, arrays
 
     def _to_arrays(self, image: torch.Tensor, depth: torch.Tensor, alpha: torch.Tensor) -> tuple[np.ndarray, ...]:
         """(B, 3, S, S) [-1, 1], (B, 1, R, R) world units, (B, 1, R, R) -> uint8 / uint16 / uint8 arrays (from float32)."""
@@ -243,8 +267,9 @@ class RenderActor:
             if records[0]["status"][0] != "ok":
                 yield encode_records(records[0], self.compression)
                 continue
-            pngs = {k: np.empty(sum(len(r) for r, _ in chunks), dtype=object) for k in PNG_COLUMNS}  # (R,) bytes, row order
-            for rows, encoding in chunks:
+            total = sum(len(record["source_id"]) for record in records)
+            pngs = {k: np.empty(total, dtype=object) for k in PNG_COLUMNS}  # (R,) bytes, row order
+            for rows, encoding in chunks:  # in the order rendered: rows made again after a halved batch come later
                 for k, column in zip(PNG_COLUMNS, encoding.result()):
                     pngs[k][rows] = column
             start = 0

@@ -3,6 +3,8 @@ records equal to the arrays encoded afterwards, and the bf16 precision against f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -100,3 +102,56 @@ def test_precision_is_part_of_the_run(tmp_path):
     assert "precision" not in run.settings()
     with pytest.raises(RunMismatchError, match="precision"):
         open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, crop="never", precision="bf16"))
+
+
+def _out_of_memory_above(render, most: int, spare_first: bool):
+    """``render`` that raises torch.OutOfMemoryError (as CUDA does) on calls of more than ``most`` cameras,
+    except the very first call when ``spare_first`` (so some rows are already out when it first fails)."""
+    calls = []
+
+    def wrapped(triplane, cameras, **kwargs):
+        calls.append(len(cameras))
+        if len(cameras) > most and not (spare_first and len(calls) == 1):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return render(triplane, cameras, **kwargs)
+
+    return wrapped, calls
+
+
+def test_out_of_device_memory_halves_the_batch_and_renders_every_row(tmp_path):
+    """The device runs out of memory on render calls of more than 4 rows, from the second call on: the
+    batch is halved until it fits (16 -> 8 -> 4) and kept for the next source; the records, PNGs included,
+    are those of an actor started at batch 4, though its PNG threads saw the first call's rows twice."""
+    torch.manual_seed(0)
+    checkpoint = save_pretrained(tmp_path / "tiny", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), normalisation=NORM)
+    spec = load_synth_config(None, grid="pitch,yaw,view", pitch="-10:10:2", yaw="-20:20:3", view_pitch="0:0:1", view_yaw="-15:15:3").grid_spec
+    settings = RenderSettings(spec, NORM, batch_size=16, depth_min_alpha=0.0, threads=1, png_threads=2)
+    rng = np.random.default_rng(1)
+    batch = {
+        "shard_id": np.array([0, 0]), "source_id": np.array(["a", "b"]), "source_path": np.array(["/a", "/b"]),
+        "status": np.array(["ok", "ok"]), "stage": np.array(["", ""]), "reason": np.array(["", ""]),
+        "image": rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), "head_pose": np.array([[0.0, 0.0], [0.1, -0.2]]),
+        "gaze_head": np.zeros((2, 2)), "gaze_known": np.array([False, True]), "face_mat_norm": np.stack([np.eye(3)] * 2),
+    }  # fmt: skip
+    actor = RenderActor(str(checkpoint), settings)
+    model = actor.renderer.model
+    model.render, calls = _out_of_memory_above(model.render, 4, spare_first=True)
+    emitted = list(actor(batch))
+    assert calls[:3] == [9, 9, 6] and max(calls[3:]) == 4 and actor.renderer.batch_size == 4  # 18 rows: 9 + 9, 6 x 3, then 4s
+    expected = list(RenderActor(str(checkpoint), replace(settings, batch_size=4))(batch))
+    assert [len(r["source_id"]) for r in emitted] == [18, 18]
+    for got, want in zip(emitted, expected, strict=True):
+        for k in got:
+            assert got[k].tolist() == want[k].tolist(), k
+
+
+def test_out_of_device_memory_at_batch_1_is_the_sources_error(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = save_pretrained(tmp_path / "tiny", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), normalisation=NORM)
+    spec = load_synth_config(None, grid="pitch,yaw,view", pitch="0:0:1", yaw="0:0:1", view_pitch="0:0:1", view_yaw="-15:15:3").grid_spec
+    renderer = SourceRenderer.from_checkpoint(checkpoint, RenderSettings(spec, NORM, batch_size=2, depth_min_alpha=0.0, threads=1))
+    renderer.model.render, calls = _out_of_memory_above(renderer.model.render, 0, spare_first=False)
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with pytest.raises(torch.OutOfMemoryError):
+        renderer.render("a", image, np.zeros(2), None, np.eye(3))
+    assert calls == [2, 1] and renderer.batch_size == 1
