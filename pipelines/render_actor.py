@@ -2,8 +2,9 @@
 
 ``SourceRenderer`` holds a LiveGaze and renders one source's grid the staged way: ``encode``
 once, ``redirect`` once per gaze (``batch_size`` gazes per call), ``render`` each gaze's views
-(``batch_size`` views per call; halved while the device runs out of memory, ``SourceRenderer._rows``). It knows nothing of Ray; ``RenderActor`` wraps it as the
-class of the pool's Ray actors (pipelines/dispatch.py), and the benchmark's bare loop uses it as is.
+(``batch_size`` views per call; halved while the device runs out of memory). It knows nothing of
+Ray; ``RenderActor`` wraps it as the class of the pool's Ray actors (pipelines/dispatch.py), and
+the benchmark's bare loop uses it as is.
 
 Labels (gazegen/geometry.py): for a source with head pose h and a view offset o the rendered
 head pose is h + o, the camera ``head_pose_to_camera(h + o, normalisation)``, the gaze in the
@@ -162,6 +163,7 @@ class SourceRenderer:
                 torch.cuda.empty_cache()  # the failed attempt's tensors are free once its exception is gone
 
     def _chunk(self, rows: np.ndarray, out: LiveGazeOutput, on_chunk: ChunkHook | None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """One render call's rows as arrays, shown to ``on_chunk`` first."""
         arrays = self._to_arrays(out.image, out.depth, out.alpha)
         if on_chunk is not None:
             on_chunk(rows, *arrays)
