@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 64 * 2**20  # output rows per yielded block: about this many bytes of arrays
 PNG_COLUMNS = ("image", "depth", "alpha")
 DEVICE_FAILED = 70  # the exit status of an actor whose device failed (EX_SOFTWARE): Ray restarts it
+# a device failure (an illegal memory access, a device-side assert): torch >= 2.8 raises AcceleratorError; older
+# versions a plain RuntimeError, which stays the source's error row
+DEVICE_ERRORS: tuple[type[Exception], ...] = tuple(getattr(torch, n) for n in ("AcceleratorError",) if hasattr(torch, n))
 
 ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]  # (rows, image, depth, alpha) of a few rows
 
@@ -242,7 +245,7 @@ class RenderActor:
             gaze = batch["gaze_head"][i] if batch["gaze_known"][i] else None
             rows = self.renderer.render(str(meta["source_id"]), batch["image"][i], batch["head_pose"][i], gaze,
                                         batch["face_mat_norm"][i], on_chunk)  # fmt: skip
-        except torch.AcceleratorError:
+        except DEVICE_ERRORS:
             raise  # the device failed, not the source: every later source would fail too (``records``)
         except Exception as error:  # one source's failure is an error row; the actor goes on
             log.exception("render failed for %s", meta["source_id"])
@@ -258,7 +261,7 @@ class RenderActor:
         made again, charged one death (a source that fails the device every time is lost)."""
         try:
             return list(self(batch))
-        except torch.AcceleratorError as error:
+        except DEVICE_ERRORS as error:
             log.critical("device error on %s (%s): the worker exits so that Ray restarts it", list(batch["source_id"]), error)
             os._exit(DEVICE_FAILED)
 
