@@ -29,8 +29,9 @@ writing run on the other core, overlapped with the model, so on CPU the pipeline
 in-process loop once its fixed start-up is paid: ``ray.init`` (2-3 s: Ray's own processes), then
 ~1 s to the actor's first source (its worker importing torch and gazegen, loading the
 checkpoint). An actor's next call is sent as soon as its last one ends, before the driver
-fetches and routes the result, its decoded source already waiting in the object store. Encoding in the actor rather than in a stage of CPU tasks keeps the rendered arrays in its
-process (at 512 px ~1.5 MB a row through the object store otherwise), and the first rows reach
+fetches and routes the result, its decoded source already waiting in the object store. Encoding
+in the actor rather than in a stage of CPU tasks keeps the rendered arrays in its process (at
+512 px ~1.5 MB a row through the object store otherwise), and the first rows reach
 the driver within seconds, so shards close as the run goes. The actor keeps the memory it frees
 (gazegen/allocator.py): in a Ray worker glibc handed the render's large tensors back to the OS
 and faulted them in again, 10,000-21,000 page faults a source, and the actor's model time was
@@ -47,17 +48,19 @@ unbounded). An actor has one call in flight, so a death is charged to the source
 rendering only (with a second call queued, Ray failed and charged both, and a source that killed
 the actor every time took the one behind it along; tested with the victim first and last). A
 call returns its source's records whole, so a death never leaves a source half written. A source
-whose call still fails is lost: an error row ("lost"). An actor that cannot start (its
-``__init__`` raised: no GPU on the node, a checkpoint it cannot read) stops the run with that
-cause (``RenderPoolError``): every source would otherwise be lost, and the run end complete
-and empty. A device error while rendering (``torch.AcceleratorError``) ends the actor's worker
-so that Ray restarts it on a fresh CUDA context (pipelines/render_actor.py).
-Beware: such a source also uses up ``max_restarts`` (its 4 attempts are 4 deaths with the
-defaults), and an actor out of restarts stays dead: the calls still to make then fail at once.
-Past ``max_lost_sources`` lost sources the driver stops the run: the sources not rendered then
-leave their shards for the next run, and the complete ones stay. For a pool to outlive one such
-source, ``max_restarts`` must be at least ``max_task_retries + 1``; the default, 40 =
-(``max_task_retries`` + 1) x ``max_lost_sources``, outlives every source the run may lose.
+whose call still fails is lost: an error row ("lost"). Beware: such a source also uses up
+``max_restarts`` (its 4 attempts are 4 deaths with the defaults), and an actor out of restarts
+stays dead: the calls still to make then fail at once. Past ``max_lost_sources`` lost sources
+the driver stops the run: the sources not rendered then leave their shards for the next run, and
+the complete ones stay. For a pool to outlive one such source, ``max_restarts`` must be at least
+``max_task_retries + 1``; the default, 40 = (``max_task_retries`` + 1) x ``max_lost_sources``,
+outlives every source the run may lose.
+Faults of the device rather than of a source (pipelines/render_actor.py, dispatch.py): an actor
+that cannot start (its ``__init__`` raised: no GPU on the node, a checkpoint it cannot read)
+stops the run with that cause (``RenderPoolError``), where every source would otherwise be lost
+and the run end complete and empty; a device error while rendering (``torch.AcceleratorError``)
+ends the actor's worker, so that Ray restarts it on a fresh CUDA context and makes the source
+again; out of device memory halves the render batch for this and the next sources.
 Exceptions on one source are caught in the stages: error rows. Inputs are checked at decode
 (pipelines/guards.py: regular files only, the pixel cap read from the header, Parquet path cells
 inside the INPUTS root, finite (pitch, yaw) radians, a time limit), so nothing bad reaches a
@@ -144,8 +147,9 @@ def run_synthesis(
     ``RunMismatchError`` when OUT holds a different run (``overwrite`` starts afresh),
     ``ValueError`` for settings the cluster cannot meet, ``FileNotFoundError`` for missing inputs,
     ``CheckpointError`` for a bad checkpoint, ``RenderPoolError`` when a render actor cannot start,
-    and ``IncompleteShardsError`` when shards are left for a restart (the complete ones stay). ``command`` is recorded in the manifest; ``actor`` is
-    the render stage's class (tests pass a subclass that crashes or waits).
+    and ``IncompleteShardsError`` when shards are left for a restart (the complete ones stay).
+    ``command`` is recorded in the manifest; ``actor`` is the render stage's class (tests pass a
+    subclass that crashes or waits).
     """
     start = time.monotonic()
     run, target, todo = open_run(checkpoint, inputs, out, cfg, overwrite=overwrite, command=command)
