@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -204,6 +205,19 @@ def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises SafetensorError (no common base) for every malformed file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def check_weights(directory: str | Path) -> list[str]:
+    """The names of a checkpoint's tensors, read from its weights file's header alone (no tensor is
+    loaded): a truncated or malformed file raises the ``CheckpointError`` that ``load_state`` would.
+    For a driver that only hands the checkpoint to workers (synthesis), so that a damaged file is
+    reported before any work starts."""
+    path = _require(Path(directory) / WEIGHTS_FILE)
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return list(weights.keys())
+    except Exception as e:  # as load_state
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 

@@ -1,8 +1,8 @@
 """The driver-side plan of a synthesis run: everything decided before Ray starts.
 
-``plan_run`` reads the checkpoint's config and hash, resolves the normalised camera, lists the
-sorted sources and cuts them into shards (whole sources, ``rows_per_shard // rows per source``
-each); ``RunPlan.settings`` is what the manifest compares on restart; ``stage_settings`` are the
+``plan_run`` reads the checkpoint's config, hash and weights header, resolves the normalised
+camera, lists the sorted sources and cuts them into shards (whole sources, ``rows_per_shard //
+rows per source`` each); ``RunPlan.settings`` is what the manifest compares on restart; ``stage_settings`` are the
 decode and render stages' settings (pipelines/inputs.py, pipelines/render_actor.py).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gazegen.checkpoint import CONFIG_FILE, CheckpointError, checkpoint_hash, checkpoint_normalisation, read_model_config
+from gazegen.checkpoint import CONFIG_FILE, CheckpointError, check_weights, checkpoint_hash, checkpoint_normalisation, read_model_config
 from gazegen.config import GridSpec, ModelConfig, NormalisationConfig, SynthConfig
 from gazegen.data.schema import FORMAT_VERSION
 from gazegen.pipelines.grid import rows_per_source
@@ -69,6 +69,7 @@ def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig) -> Ru
     """The run's plan: model, normalisation, sorted sources, rows per source and the shards."""
     spec = cfg.grid_spec
     model = read_model_config(checkpoint)
+    check_weights(checkpoint)  # a damaged weights file is reported here, not by every render actor
     records = tuple(list_sources(inputs, cfg.image_column, cfg.faces, cfg.max_pixels))
     per_source = rows_per_source(spec)
     shards = plan_shards([r.source_id for r in records], max(1, cfg.rows_per_shard // per_source))

@@ -12,6 +12,7 @@ from gazegen.checkpoint import (
     TRAIN_STATE_FILE,
     WEIGHTS_FILE,
     CheckpointError,
+    check_weights,
     checkpoint_normalisation,
     load_checkpoint,
     load_pretrained,
@@ -254,3 +255,14 @@ def test_a_checkpoint_carries_its_normalisation(cfg, tmp_path):
     (path / CONFIG_FILE).write_text(json.dumps(header))
     with pytest.raises(CheckpointError, match=r"config.json: metadata.normalisation: .*distance_mm"):
         checkpoint_normalisation(path)
+
+
+def test_the_weights_header_alone_names_the_tensors_or_the_damage(cfg, tmp_path):
+    """``check_weights`` (synthesis's driver) reads the header only: the model's tensor names, or for a
+    truncated file the CheckpointError that loading would raise."""
+    model = build(cfg)
+    path = save_pretrained(tmp_path / "ckpt", model)
+    assert sorted(check_weights(path)) == sorted(model.state_dict())
+    _truncated_weights(path)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path / WEIGHTS_FILE))}: not a readable safetensors file"):
+        check_weights(path)

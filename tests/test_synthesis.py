@@ -9,6 +9,8 @@ runs the same command again with an actor that dies once.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from gazegen import geometry
-from gazegen.checkpoint import load_checkpoint, save_pretrained
+from gazegen.checkpoint import CheckpointError, load_checkpoint, save_pretrained
 from gazegen.config import (CONFIG_DIR, PUBLISHED_NORMALISATIONS, ConfigError, ModelConfig, NormalisationConfig, load_config,
                             load_synth_config)
 from gazegen.data.parquet import gaze_in_photo
@@ -415,6 +417,20 @@ def test_an_actor_that_cannot_start_stops_the_run_and_loses_nothing(ray_session,
     assert not list(out.glob("shard-*")) and not (out / ERRORS_NAME).exists()
     result = run_synthesis(checkpoint, faces, str(out), cfg, progress=False)
     assert (result.rows, result.errors, result.shards_written) == (80, 0, 4)
+
+
+def test_a_damaged_checkpoint_is_refused_before_anything_is_written(checkpoint, faces, tmp_path):
+    """A truncated weights file is named by the driver's plan (its header alone is read), before Ray
+    starts and before OUT exists, so the fixed checkpoint runs with the same command; before, every
+    render actor failed to start on it."""
+    damaged = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    cfg = load_synth_config(None, SETTINGS, rows_per_shard=FACES_PER_SHARD * 8, **GRID)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))}: not a readable safetensors file"):
+        run_synthesis(damaged, faces, str(tmp_path / "out"), cfg, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_device_error_stops_the_in_process_loop(checkpoint, faces, tmp_path):
