@@ -377,8 +377,9 @@ def test_dead_actor_is_replaced_and_its_batch_retried(killed_and_resumed):
 @pytest.mark.parametrize("victim", ["f00.png", "f09.png"])  # the first (one queued behind it), the last (none)
 def test_a_source_that_kills_its_actor_every_time_is_lost_and_the_rest_written(ray_session, checkpoint, faces, tmp_path, victim):
     """A source kills its actor on every try: after 1 + max_task_retries deaths it is an error row
-    "lost", and every other source is written, the one queued behind it on the actor too (each death
-    is charged to the call it ran; Ray's own retries charged both, and the run lost every source)."""
+    "lost", and every other source is written, the next one on the same actor too (one call in flight:
+    a death is charged to the source being rendered; with a second call queued Ray charged both, and
+    with the victim first the run stopped on the two losses)."""
     cfg = load_synth_config(None, [*SETTINGS, "max_task_retries=1", "max_restarts=4", "max_lost_sources=1"],
                             rows_per_shard=FACES_PER_SHARD * 8, **GRID)  # fmt: skip
     result = run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, progress=False, actor=always_crash_actor({victim}, str(tmp_path)))
