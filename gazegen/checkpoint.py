@@ -32,6 +32,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -48,6 +49,7 @@ WEIGHTS_FILE = "model.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
 
 Network = TypeVar("Network", bound=nn.Module)  # a class with config_class, format_version, cls(cfg) and .cfg
+T = TypeVar("T")  # what a read of the weights file returns
 
 
 class CheckpointError(GazegenError, ValueError):
@@ -199,13 +201,24 @@ def _check_state(path: Path, state: dict[str, torch.Tensor], expected: dict[str,
             )
 
 
-def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors by name, on the CPU, without building a network (to fill another architecture)."""
+def _read_weights(directory: str | Path, read: Callable[[str], T]) -> T:
+    """``read`` of a checkpoint's weights file path; any failure of it is a CheckpointError naming the file
+    (safetensors raises SafetensorError, with no common base, for every malformed file)."""
     path = _require(Path(directory) / WEIGHTS_FILE)
     try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises SafetensorError (no common base) for every malformed file
+        return read(str(path))
+    except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _tensor_names(path: str) -> list[str]:
+    with safe_open(path, framework="pt") as weights:
+        return list(weights.keys())
+
+
+def load_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors by name, on the CPU, without building a network (to fill another architecture)."""
+    return _read_weights(directory, lambda path: load_file(path, device="cpu"))
 
 
 def check_weights(directory: str | Path) -> list[str]:
@@ -213,12 +226,7 @@ def check_weights(directory: str | Path) -> list[str]:
     loaded): a truncated or malformed file raises the ``CheckpointError`` that ``load_state`` would.
     For a driver that only hands the checkpoint to workers (synthesis), so that a damaged file is
     reported before any work starts."""
-    path = _require(Path(directory) / WEIGHTS_FILE)
-    try:
-        with safe_open(str(path), framework="pt") as weights:
-            return list(weights.keys())
-    except Exception as e:  # as load_state
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return _read_weights(directory, _tensor_names)
 
 
 def load_pretrained(directory: str | Path, cls: type[Network], *, device: str | torch.device = "cpu") -> Network:

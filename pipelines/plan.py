@@ -2,8 +2,9 @@
 
 ``plan_run`` reads the checkpoint's config, hash and weights header, resolves the normalised
 camera, lists the sorted sources and cuts them into shards (whole sources, ``rows_per_shard //
-rows per source`` each); ``RunPlan.settings`` is what the manifest compares on restart; ``stage_settings`` are the
-decode and render stages' settings (pipelines/inputs.py, pipelines/render_actor.py).
+rows per source`` each); ``RunPlan.settings`` is what the manifest compares on restart;
+``stage_settings`` are the decode and render stages' settings (pipelines/inputs.py,
+pipelines/render_actor.py).
 """
 
 from __future__ import annotations
