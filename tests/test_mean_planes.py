@@ -22,8 +22,11 @@ from gazegen.train.subjects import read_subject
 
 
 def test_inside_the_cube_the_mean_planes_are_added_to_every_sources_planes():
-    """A model with M renders source planes T as a model without M renders T + M's centre, for every source and view;
-    M's margin (zero here) is where the source planes' zero padding was."""
+    """A model with M renders source planes T as T + M's centre rendered without M, over M's domain (the renderer
+    empties points beyond the planes' outermost texel centres), for every source and view; M's margin (zero here) is
+    where the source planes' zero padding was."""
+    from gazegen.rendering.renderer import render_triplane
+
     margin = 2
     base = dataclasses.replace(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml"), eg3d_plane_axes=False)
     torch.manual_seed(0)
@@ -38,8 +41,9 @@ def test_inside_the_cube_the_mean_planes_are_added_to_every_sources_planes():
     planes = torch.randn(2, 3, base.render.plane_channels, p, p, generator=torch.Generator().manual_seed(2))
     views = head_pose_to_camera(torch.tensor([[0.0, 0.0], [0.2, -0.3]], dtype=torch.float64), NormalisationConfig()).float()
     with torch.no_grad():
-        a, b = with_mean.render(planes, views), without.render(planes + centre, views)
-    for name in ("image", "depth", "alpha"):
+        a = with_mean._volume(planes, views, None, None, training=False)
+        b = render_triplane(planes + centre, without.decoder, views, base.render, half_side=with_mean.mean.texels().half_side)
+    for name in ("features", "depth", "alpha"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-4)
 
 
@@ -59,7 +63,7 @@ def test_the_render_reads_the_mean_and_source_planes_as_one_and_equals_reading_t
     with torch.no_grad():
         got = model._volume(planes, views, None, None, training=False)
         apart = render_triplane(planes, model.decoder, views, base.render, eg3d_compatible=base.eg3d_plane_axes,
-                                point_term=model.mean.texels().mean_at)
+                                point_term=model.mean.texels().mean_at, half_side=model.mean.texels().half_side)
     assert apart.alpha.max() - apart.alpha.min() > 0.2  # some rays more opaque than others: the planes matter
     for name in ("features", "depth", "alpha"):
         torch.testing.assert_close(getattr(got, name), getattr(apart, name), rtol=1e-4, atol=1e-4)

@@ -560,8 +560,12 @@ def test_triplane_render_equals_the_unfused_field_with_gradients():
     planes = planes.double().requires_grad_(True)
     decoder = decoder.double()
 
+    half = cfg.box_warp / 2 * (1 - 1 / cfg.plane_resolution)  # the outermost texel centres: empty beyond
+
     def plain(points: torch.Tensor) -> FieldOutput:
-        return decoder(sample_planes(planes, points, cfg.box_warp, eg3d_compatible=True))
+        out = decoder(sample_planes(planes, points, cfg.box_warp, eg3d_compatible=True))
+        inside = (points.abs() <= half).all(-1, keepdim=True)
+        return FieldOutput(features=out.features, density_raw=torch.where(inside, out.density_raw, -1e4))
 
     runs = []
     for render in (lambda: render_field(plain, cams.double(), cfg, training=True, generator=torch.Generator().manual_seed(1)),
@@ -575,3 +579,30 @@ def test_triplane_render_equals_the_unfused_field_with_gradients():
         torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=0, atol=1e-10, msg=name)
     torch.testing.assert_close(grad_b, grad_a, rtol=0, atol=1e-10)
     assert grad_a.abs().max() > 1e-4
+
+
+def test_a_triplane_field_is_empty_beyond_its_outermost_texel_centres():
+    """Only the side plane ZY holds features, so beside the cube (|x| large) a point still reads a third of them from
+    ZY, and zeros from XY and XZ. The field is the decoder's inside the cube of texel centres (P = 8, box 1: +-7/16)
+    and has no density beyond, on every axis and in the half-texel shell; its features are the decoder's everywhere."""
+    from gazegen.rendering.renderer import EMPTY_RAW, TriplaneField
+
+    torch.manual_seed(0)
+    planes = torch.zeros(1, 3, 4, 8, 8)
+    planes[0, 2] = torch.rand(4, 8, 8) + 1  # ZY only
+    decoder = TriplaneDecoder(4, 8, 3).eval()
+    texels = PlaneTexels.from_planes(planes, box_warp=1.0)
+    assert texels.half_side == 7 / 16
+    inside = [[0.0, 0.1, 0.0], [7 / 16, 0.1, 0.0], [-7 / 16, -7 / 16, 7 / 16], [0.3, 0.2, -0.4]]
+    outside = [[7 / 16 + 1e-4, 0.1, 0.0], [0.49, 0.1, 0.0], [0.6, 0.1, 0.0], [-2.0, 0.1, 0.0], [0.0, 0.1, -0.47],
+               [0.0, 0.45, 0.0]]
+    points = torch.tensor([inside + outside])
+    with torch.no_grad():
+        got = TriplaneField(texels=texels, decoder=decoder)(points)
+        expected = decoder.decode(texels.mean_at(points))
+    n = len(inside)
+    torch.testing.assert_close(got.density_raw[:, :n], expected.density_raw[:, :n], rtol=0, atol=0)
+    assert (got.density_raw[:, n:] == EMPTY_RAW).all()
+    assert (density_activation(got.density_raw[:, n:], -1.0) == 0).all()  # exactly no density
+    assert (density_activation(expected.density_raw[:, n:n + 4], -1.0) > 0.1).all()  # what the partial read gave there
+    torch.testing.assert_close(got.features, expected.features, rtol=0, atol=0)

@@ -21,6 +21,16 @@ the one the network uses (PlaneTexels.mean_at + TriplaneDecoder.decode: the plan
 per point, their mean formed in the same pass; a model with pixel-aligned source features adds its
 per-point term to that mean), tests inject analytic ones.
 
+A triplane field is empty outside its planes' cube, as a scene box is in nerfstudio: the cube of
+the planes' outermost texel centres (``box_warp`` or the mean planes' extent, less half a texel on
+each side), beyond which a bilinear read blends in the zero padding. There a point is off one or
+two planes and reads (partly) zeros from them but the full value of the other: beyond x =
++-box_warp/2 the side plane ZY still gives the face's profile at (z, y), a third of the sum the
+decoder was trained on. The ray range reaches past the cube (EG3D's [2.25, 3.3] at radius 2.7),
+so those partial sums rendered: the demo model, turned 20 degrees from its source, drew specks
+at x = -0.68...-0.69 and z = -0.69 (its mean planes reach +-0.69) in 24 of 72 views each way.
+The decoder's features are kept; only the density is set empty.
+
 Outputs (``RenderOutput``):
   features  (B, F, R, R)  composited features mapped to [-1, 1] as ``2 * x - 1`` on every
                           channel (EG3D), background included; channels-last in memory
@@ -57,6 +67,7 @@ from gazegen.rendering.ray_sampler import importance_depths, merge_order, sample
 from gazegen.rendering.rays import Rays, camera_rays
 from gazegen.rendering.triplane import PlaneTexels
 
+EMPTY_RAW = -1e4  # raw density of a point outside the planes' cube: softplus(EMPTY_RAW + bias) is exactly 0 in float32
 Field = Callable[[torch.Tensor], FieldOutput]  # world points (B, N, 3) -> FieldOutput (B, N, F) / (B, N, 1)
 PointTerm = Callable[[torch.Tensor], torch.Tensor]  # world points (B, N, 3) -> (B, N, C) added to the plane features
 
@@ -69,6 +80,7 @@ class TriplaneField:
     decoder: TriplaneDecoder
     point_term: PointTerm | None = None  # added to the planes' mean before the decoder (models/pixel_features.py)
     block_points: int = 0  # without autograd, points read and decoded at a time (RenderConfig.block_points; 0: all)
+    half_side: float | None = None  # the field's domain, world units: points beyond are empty (None: texels.half_side)
 
     def __call__(self, points: torch.Tensor) -> FieldOutput:
         b, n, _ = points.shape
@@ -85,11 +97,14 @@ class TriplaneField:
         return FieldOutput(features=features, density_raw=density_raw)
 
     def _read(self, points: torch.Tensor) -> FieldOutput:
-        """Points (B, n, 3) -> FieldOutput, all at once."""
+        """Points (B, n, 3) -> FieldOutput, all at once; no density outside the planes' cube."""
         features = self.texels.mean_at(points)  # (B, n, C) mean plane features
         if self.point_term is not None:
             features = features + self.point_term(points)
-        return self.decoder.decode(features)
+        out = self.decoder.decode(features)
+        half_side = self.texels.half_side if self.half_side is None else self.half_side
+        outside = (points.abs() > half_side).any(-1, keepdim=True)  # (B, n, 1)
+        return FieldOutput(features=out.features, density_raw=out.density_raw.masked_fill(outside, EMPTY_RAW))
 
 
 @dataclass(frozen=True)
@@ -258,6 +273,7 @@ def render_triplane(
     eg3d_compatible: bool = False,
     return_weights: bool = False,
     point_term: PointTerm | None = None,
+    half_side: float | None = None,
 ) -> RenderOutput:
     """Render triplanes (B or 1, 3, C, P, P) through ``decoder`` for cameras (B, 25).
 
@@ -265,9 +281,12 @@ def render_triplane(
     ``eg3d_compatible`` reads the planes with EG3D's projection (triplane.py) for weights trained
     with it (EG3D, Live3D). ``training`` jitters the samples with ``generator``. ``point_term``
     adds a per-point feature to the planes' mean (the source's pixels, models/pixel_features.py).
+    ``half_side``: the field is empty beyond the cube [-half_side, half_side]^3 (default: the planes'
+    outermost texel centres, ``PlaneTexels.half_side``).
     """
     texels = PlaneTexels.from_planes(planes, cfg.box_warp, eg3d_compatible)
-    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term, block_points=cfg.block_points)
+    field = TriplaneField(texels=texels, decoder=decoder, point_term=point_term, block_points=cfg.block_points,
+                          half_side=half_side)
     return render_field(
         field, cameras, cfg, resolution=resolution, generator=generator, training=training, return_weights=return_weights
     )

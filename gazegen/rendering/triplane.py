@@ -164,6 +164,13 @@ class PlaneTexels:
         texels = bordered_texels(planes.detach()) if texel_rows else None
         return cls(planes=planes, texels=texels, box_warp=box_warp, eg3d_compatible=eg3d_compatible)
 
+    @property
+    def half_side(self) -> float:
+        """Half the side of the cube of the planes' outermost texel centres, world units: inside it a bilinear read
+        blends the planes' own texels only; beyond, it blends in the zero padding (on one or two planes at a time)."""
+        resolution = self.planes.shape[-1]
+        return self.box_warp / 2 * (resolution - 1) / resolution
+
     def mean_at(self, points: torch.Tensor) -> torch.Tensor:
         """World points (B, N, 3) -> mean over the 3 planes of their bilinear features (B, N, C).
 
