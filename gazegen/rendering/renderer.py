@@ -28,7 +28,8 @@ two planes and reads (partly) zeros from them but the full value of the other: b
 +-box_warp/2 the side plane ZY still gives the face's profile at (z, y), a third of the sum the
 decoder was trained on. The ray range reaches past the cube (EG3D's [2.25, 3.3] at radius 2.7),
 so those partial sums rendered: the demo model, turned 20 degrees from its source, drew specks
-at x = -0.68...-0.69 and z = -0.69 (its mean planes reach +-0.69) in 24 of 72 views each way.
+at |x| = 0.68...0.69 and z = -0.74 (its mean planes reach +-0.69) in 24 of 72 views each way
+(benchmarks/specks.py).
 The decoder's features are kept; only the density is set empty.
 
 Outputs (``RenderOutput``):
