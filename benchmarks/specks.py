@@ -47,7 +47,6 @@ def main() -> None:
     parser.add_argument("--turn", type=float, default=20.0, help="degrees of yaw the views are turned from each source")
     parser.add_argument("--work", type=Path, default=None, help="where the store is made (default: a temporary folder)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, norm = load_checkpoint(args.checkpoint).eval(), checkpoint_normalisation(args.checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
