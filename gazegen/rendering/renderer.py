@@ -104,7 +104,7 @@ class TriplaneField:
             features = features + self.point_term(points)
         out = self.decoder.decode(features)
         half_side = self.texels.half_side if self.half_side is None else self.half_side
-        outside = (points.abs() > half_side).any(-1, keepdim=True)  # (B, n, 1)
+        outside = points.abs().amax(-1, keepdim=True) > half_side  # (B, n, 1): its largest |coordinate| beyond
         return FieldOutput(features=out.features, density_raw=out.density_raw.masked_fill(outside, EMPTY_RAW))
 
 
