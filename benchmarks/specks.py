@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import cv2
-import h5py
 import numpy as np
 import torch
 
@@ -26,6 +25,7 @@ from gazegen.checkpoint import checkpoint_normalisation, load_checkpoint
 from gazegen.config import RigConfig, SynthHeadsConfig
 from gazegen.data.heads import synthesize_store
 from gazegen.data.images import image_tensor
+from gazegen.data.xgaze import iter_samples
 from gazegen.geometry import head_pose_to_camera
 from gazegen.rendering.rays import camera_rays
 
@@ -53,11 +53,11 @@ def main() -> None:
         heads = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=128, gazes=8,
                                  rig=RigConfig(views=9, max_yaw_deg=30.0, max_pitch_deg=20.0))
         store = synthesize_store(work / "heads", heads, workers=1)
-        with h5py.File(next((store / "test").glob("*.h5"))) as f:
-            images, cameras, poses = f["face_patch"][:], f["camera"][:], f["face_head_pose"][:]
-    sources = torch.stack([image_tensor(im[..., ::-1].copy(), model.cfg.image_resolution) for im in images])  # BGR -> RGB
-    source_cameras = torch.from_numpy(cameras).float()
-    print(f"{args.checkpoint}: {len(images)} sources of the held-out subject, opacity > {OPAQUE} at "
+        samples = list(iter_samples(next((store / "test").glob("*.h5"))))
+    sources = torch.stack([image_tensor(s.image, model.cfg.image_resolution) for s in samples])  # (N, 3, S, S)
+    source_cameras = torch.from_numpy(np.stack([s.camera for s in samples])).float()
+    poses = np.stack([s.head_pose for s in samples])  # (N, 2) radians
+    print(f"{args.checkpoint}: {len(samples)} sources of the held-out subject, opacity > {OPAQUE} at "
           f"{model.cfg.render.neural_resolution} px")
     for turn in (-args.turn, 0.0, args.turn):
         views = torch.from_numpy(head_pose_to_camera(poses + np.radians([0.0, turn]), norm)).float()
