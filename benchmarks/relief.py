@@ -14,13 +14,14 @@ its offsets from the eye midpoint along and across the eye line, scaled so that 
 `EYE_SPACING_MM` apart.
 
 The surface, z(x, y) in mm (negative: toward the camera):
-    cheeks  an ellipse across the face: CHEEK_DEPTH * (1 - sqrt(1 - (x / HALF_WIDTH)^2)), flat
-            at CHEEK_DEPTH beyond HALF_WIDTH (the background, ears and hair stay on a back plane);
+    cheeks  an ellipse across the face: CHEEK_DEPTH * (1 - sqrt(1 - (x / HALF_WIDTH)^2)), and
+            CHEEK_DEPTH beyond HALF_WIDTH (what lies beside the face, background, ears and hair,
+            is carried on that back surface);
     profile forehead and chin leaning back: PROFILE_CURVE * (y - PROFILE_CENTRE)^2;
     nose    a ridge of height NOSE_HEIGHT at the nose tip, Gaussian across (NOSE_WIDTH), rising
             smoothly from the eye line to the tip and falling to nothing at NOSE_BASE below it;
-then shifted so that the eye centres lie at z = 0 (the cheeks and profile put them 9 mm behind
-the surface's front there). At the generic face's landmarks (gazegen/data/normalise.py
+then shifted so that the eye centres (on the surface, 9 mm behind its midline at their height)
+lie at z = 0. At the generic face's landmarks (gazegen/data/normalise.py
 FACE_MODEL_MM) it puts the nose tip 26 mm and the mouth corners 5 mm in front of the eyes, as
 that model has them.
 """
@@ -46,7 +47,6 @@ class Relief:
     points: np.ndarray  # (N, 3) mm, one per portrait sample
     colours: np.ndarray  # (N, 3) uint8 RGB
     landmarks: np.ndarray  # (5, 3) mm, the portrait's landmarks on the surface
-    sample_mm: float  # the spacing of the samples, mm
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -101,7 +101,7 @@ def lift(portrait: np.ndarray, landmarks_px: np.ndarray, sample_mm: float = 0.5)
     u, v = np.meshgrid(np.arange(0.0, w - 1, step), np.arange(0.0, h - 1, step))
     colours = cv2.remap(portrait, u.astype(np.float32), v.astype(np.float32), cv2.INTER_LINEAR).reshape(-1, 3)
     points = frame.to_head(np.stack([u.ravel(), v.ravel()], -1))  # (N, 3)
-    return Relief(points=points, colours=colours, landmarks=frame.to_head(landmarks_px), sample_mm=sample_mm)
+    return Relief(points=points, colours=colours, landmarks=frame.to_head(landmarks_px))
 
 
 def photograph(relief: Relief, rotation: np.ndarray, eyes_at_mm: np.ndarray, size: int, focal_px: float
