@@ -5,7 +5,9 @@ face shape) and turning the relief gives photos of a real face's texture whose h
 known exactly, and whose landmarks are known wherever the portrait's are. It is an approximation
 of a head: the surface is generic, nothing hidden in the portrait appears (the far cheek
 stretches instead), so it is used only within moderate turns (yaw +-40, pitch +-20 degrees in
-benchmarks/faces.py).
+benchmarks/faces.py). Its depths are the generic face's, not the person's: the nose stands out
+exactly as far as in ETH-XGaze's generic face, so a head-pose fit that leans on the nose's depth
+does better here than on real heads, whose noses differ (the procedural heads': 24-31 mm).
 
 Frames and units: the head frame is OpenCV's, in mm: x along the portrait's eye line (image left
 to right), y down, z away from the camera; the origin is the midpoint of the eye centres, and the
