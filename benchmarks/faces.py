@@ -148,45 +148,62 @@ def portraits() -> dict[str, np.ndarray]:
 
 
 def relief_poses(detector: MtcnnDetector, out: Path) -> None:
-    """The frontal portraits on a generic face surface (benchmarks/relief.py) turned to known poses, photographed at
-    600 mm by a 320 px camera of focal 700 px: the photo path's error on real faces. The portrait's landmarks are
-    where MTCNN finds them unturned. With ETH-XGaze's human face the head frame differs from the relief's by a fixed
-    turn (the portrait's face is not the model's), so its errors are taken against the true turns applied to the
-    pose that the exact landmarks give unturned."""
-    print("\n   real faces at known poses: portraits on a generic face surface, pitch -20..20 x yaw -40..40 degrees "
-          "(steps 10), 320 px, f 700 px, 600 mm")
+    """Frontal faces on a generic face surface (benchmarks/relief.py) turned to known poses: the photo path's error on
+    real faces. Each face's landmarks are where MTCNN finds them unturned. With ETH-XGaze's human face the head frame
+    differs from the relief's by a fixed turn (the face is not the model's), so its errors are taken against the true
+    turns applied to the pose that the exact landmarks give unturned. The portraits turn through pitch -20..20 x yaw
+    -40..40 (steps of 10) before a 320 px camera of focal 700 px; LFW's faces 0-39 (those the generic face's layout
+    was not taken from, gazegen/data/normalise.py) through pitch -15, 0, 15 x yaw -30, 0, 30 before a 200 px camera
+    of focal 420 px (their eyes ~40 px apart, as in the 160 px images they come from)."""
+    print("\n   real faces at known poses: faces on a generic face surface, turned; 600 mm away")
     tiles, images = [], portraits()
     for name in ("astronaut", "grace_hopper"):
-        image = images[name]
-        relief = lift(image, np.array(detector.detect(image)[0].landmarks))
-        rows: dict[str, list[float]] = {k: [] for k in ("exact/human", "detected/own", "detected/human")}
-        _, marks, k = photograph(relief, np.eye(3), np.array([0.0, 0.0, 600.0]), 320, 700.0)
-        frame = estimate_head_pose(marks, k).rotation  # the human face's frame in the relief's
-        found = total = 0
-        for pitch in range(-20, 21, 10):
-            for yaw in range(-40, 41, 10):
-                turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
-                photo, marks, k = photograph(relief, turn, np.array([0.0, 0.0, 600.0]), 320, 700.0)
-                faces = detector.detect(photo)
-                total += 1
-                rows["exact/human"].append(rotation_angle_deg(estimate_head_pose(marks, k).rotation, turn @ frame))
-                if not faces:
-                    continue
-                found += 1
-                points = np.array(faces[0].landmarks)
-                rows["detected/own"].append(rotation_angle_deg(estimate_head_pose(points, k, relief.landmarks).rotation, turn))
-                rows["detected/human"].append(rotation_angle_deg(estimate_head_pose(points, k).rotation, turn @ frame))
-                if pitch in (-20, 20) and yaw in (-40, 0, 40) or pitch == yaw == 0:
-                    tiles.append(_marked(photo, marks, points))
-        print(f"   {name}: found {found}/{total}")
-        for key, errors in rows.items():
-            e = np.array(errors)
-            print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
-                  f"90th pct {np.percentile(e, 90):5.1f}  max {e.max():5.1f}  (n={len(e)})")
+        rows = _relief_errors(detector, images[name], range(-20, 21, 10), range(-40, 41, 10), 320, 700.0, tiles)
+        _print_rows(f"{name} (pitch -20..20 x yaw -40..40)", rows)
+    rows = {}
+    for image in lfw_faces()[:40]:
+        for key, errors in _relief_errors(detector, image, (-15, 0, 15), (-30, 0, 30), 200, 420.0).items():
+            rows.setdefault(key, []).extend(errors)
+    _print_rows("LFW faces 0-39 (pitch -15, 0, 15 x yaw -30, 0, 30)", rows)
     rows_png = [np.concatenate(tiles[i : i + 7], 1) for i in range(0, len(tiles) - len(tiles) % 7, 7)]
     cv2.imwrite(str(out / "relief_sheet.png"), cv2.cvtColor(np.concatenate(rows_png, 0), cv2.COLOR_RGB2BGR))
     print(f"   sheet: {out / 'relief_sheet.png'} (per portrait: pitch -20 and +20 at yaw -40, 0, +40, and the unturned one; "
           "true landmarks green, MTCNN's red)")
+
+
+def _relief_errors(detector: MtcnnDetector, image: np.ndarray, pitches, yaws, size: int, focal: float,
+                   tiles: list | None = None) -> dict[str, list[float]]:
+    """Rotation errors (degrees) of one face lifted and turned to each (pitch, yaw), by kind; `found` counts 1 per
+    turned photo with a face. Appends marked photos of the corner and the unturned poses to `tiles` if given."""
+    relief = lift(image, np.array(detector.detect(image)[0].landmarks))
+    at = np.array([0.0, 0.0, 600.0])
+    _, marks, k = photograph(relief, np.eye(3), at, size, focal)
+    frame = estimate_head_pose(marks, k).rotation  # the human face's frame in the relief's
+    rows: dict[str, list[float]] = {k: [] for k in ("found", "exact/human", "detected/own", "detected/human")}
+    for pitch in pitches:
+        for yaw in yaws:
+            turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
+            photo, marks, k = photograph(relief, turn, at, size, focal)
+            faces = detector.detect(photo)
+            rows["found"].append(float(bool(faces)))
+            rows["exact/human"].append(rotation_angle_deg(estimate_head_pose(marks, k).rotation, turn @ frame))
+            if not faces:
+                continue
+            points = np.array(faces[0].landmarks)
+            rows["detected/own"].append(rotation_angle_deg(estimate_head_pose(points, k, relief.landmarks).rotation, turn))
+            rows["detected/human"].append(rotation_angle_deg(estimate_head_pose(points, k).rotation, turn @ frame))
+            if tiles is not None and (pitch in (min(pitches), max(pitches)) and yaw in (min(yaws), 0, max(yaws)) or pitch == yaw == 0):
+                tiles.append(_marked(photo, marks, points))
+    return rows
+
+
+def _print_rows(title: str, rows: dict[str, list[float]]) -> None:
+    found = rows.pop("found")
+    print(f"   {title}: found {int(sum(found))}/{len(found)}")
+    for key, errors in rows.items():
+        e = np.array(errors)
+        print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
+              f"90th pct {np.percentile(e, 90):5.1f}  max {e.max():5.1f}  (n={len(e)})")
 
 
 def _marked(photo: np.ndarray, true: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -223,16 +240,24 @@ def real_poses(detector: MtcnnDetector) -> None:
         line += f"  {name} " + ("no face" if pose is None else f"({pose[0]:+.0f}, {pose[1]:+.0f})")
     print(line)
     turned_poses(detector, portraits())
-    poses = []
-    for face in data.lfw_subset()[:100]:  # the first 100 are faces
-        image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
-        image = cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE)
+    poses = {}
+    for i, image in enumerate(lfw_faces()):
         found = detector.detect(image)
         if found:
-            poses.append(np.degrees(estimate_head_pose(np.array(found[0].landmarks), photo_camera_matrix(160, 160)).pitchyaw))
-    p = np.array(poses)
-    print(f"   LFW subset: {len(p)}/100 faces found; pitch median {np.median(p[:, 0]):+.1f}, |pitch| 90th pct "
+            poses[i] = np.degrees(estimate_head_pose(np.array(found[0].landmarks), photo_camera_matrix(160, 160)).pitchyaw)
+    p, held_out = np.array(list(poses.values())), np.array([v for i, v in poses.items() if i < 40])
+    print(f"   LFW subset: {len(p)}/100 faces found; pitch median {np.median(p[:, 0]):+.1f} (faces 0-39, which the generic "
+          f"face's layout was not taken from: {np.median(held_out[:, 0]):+.1f}), |pitch| 90th pct "
           f"{np.percentile(np.abs(p[:, 0]), 90):.1f} max {np.abs(p[:, 0]).max():.1f}; |yaw| 90th pct {np.percentile(np.abs(p[:, 1]), 90):.1f}")
+
+
+def lfw_faces() -> list[np.ndarray]:
+    """scikit-image's LFW subset's first 100 images (faces, 25 px), upscaled 4x and padded: 160 px RGB."""
+    faces = []
+    for face in data.lfw_subset()[:100]:
+        image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
+        faces.append(cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE))
+    return faces
 
 
 def turned_poses(detector: MtcnnDetector, portraits: dict[str, np.ndarray]) -> None:

@@ -23,9 +23,9 @@ The surface, z(x, y) in mm (negative: toward the camera):
     nose    a ridge of height NOSE_HEIGHT at the nose tip, Gaussian across (NOSE_WIDTH), rising
             smoothly from the eye line to the tip and falling to nothing at NOSE_BASE below it;
 then shifted so that the eye centres (on the surface, 9 mm behind its midline at their height)
-lie at z = 0. At the generic face's landmarks (gazegen/data/normalise.py
-FACE_MODEL_MM) it puts the nose tip 26 mm and the mouth corners 5 mm in front of the eyes, as
-that model has them.
+lie at z = 0. At the points of ETH-XGaze's generic face (eye centres 62.8 mm apart, nose tip
+39.6 mm and mouth corners 70.9 mm below them, the corners 41.6 mm apart) it puts the nose tip
+26 mm and the mouth corners 5 mm in front of the eyes, as that face has them.
 """
 
 from __future__ import annotations

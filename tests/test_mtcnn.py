@@ -177,8 +177,10 @@ def test_procedural_heads(detector):
     """Procedural heads at known poses (pitch +-20, yaw +-30, roll +-20 degrees): every face is
     found, its eyes near the projected eye centres, and the head pose from its landmarks and the
     generic human face (the photo path's model, not fitted to these heads) within the measured
-    error of five detected points: median 4.7, max 8.9 degrees here with O-Net's landmarks averaged
-    over shifted, scaled and mirrored crops (one O-Net pass: median 8.3, max 15.4)."""
+    error of five detected points: median 10.2, max 16.4 degrees here. (With ETH-XGaze's own nose and
+    mouth points, which these narrow-mouthed heads share and MTCNN's reading of real faces does not:
+    median 4.7, max 8.9; gazegen/data/normalise.py FACE_MODEL_MM says why the photo path follows
+    real faces.)"""
     rng = np.random.default_rng(1)
     errors = []
     for i in range(6):
@@ -191,7 +193,7 @@ def test_procedural_heads(detector):
         ipd = np.linalg.norm(photo.landmarks[1] - photo.landmarks[0])
         assert np.linalg.norm(marks[:2] - photo.landmarks[:2], axis=1).max() < 0.2 * ipd
         errors.append(rotation_angle_deg(estimate_head_pose(marks, photo.camera_matrix, FACE_MODEL_MM).rotation, rot))
-    assert np.median(errors) < 6.5 and max(errors) < 11.0, errors
+    assert np.median(errors) < 11.0 and max(errors) < 18.0, errors
 
 
 @pytest.mark.parametrize("identity, pitch, yaw, roll, centre", [

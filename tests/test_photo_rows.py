@@ -78,9 +78,10 @@ def test_every_views_gaze_maps_back_to_the_photos_gaze(renderer, pose, centre):
 def test_photo_decoded_from_a_file_carries_its_rotation(renderer, tmp_path):
     """The whole decode path (MTCNN, the generic human face model): the decoded source carries
     the normalising rotation, and the gaze taken back into the photo is off the truth by no more
-    than the head-pose estimate is off the true head rotation. That estimate is 6.6 degrees off
-    here (five detected landmarks, averaged over shifted and mirrored crops; 11 from one O-Net
-    pass), with the human face model and a guessed focal length (benchmarks/faces.py)."""
+    than the head-pose estimate is off the true head rotation. That estimate is 13.5 degrees off
+    here (five detected landmarks, with the generic face laid out as MTCNN reads real faces, which
+    this narrow-mouthed procedural head is not: 6.6 with ETH-XGaze's points), and a guessed focal
+    length (benchmarks/faces.py)."""
     _, photo, _, gaze_head, truth = _head(5, (5, -15, 10), (30, -10, 600))
     cv2.imwrite(str(tmp_path / "head.png"), cv2.cvtColor(photo.image, cv2.COLOR_RGB2BGR))
     records = list_sources(tmp_path)
@@ -91,7 +92,7 @@ def test_photo_decoded_from_a_file_carries_its_rotation(renderer, tmp_path):
     assert rotation_angle_deg(rot, np.eye(3)) > 1.0  # an off-centre face: not the identity
     estimated = rot.T @ geometry.head_pose_to_rotation(decoded.head_pose)  # the head rotation the rows imply, photo camera
     pose_error = rotation_angle_deg(estimated, photo.head_rotation)
-    assert pose_error < 9.0, pose_error
+    assert pose_error < 15.0, pose_error
     rows = renderer.render("head.png", decoded.image, decoded.head_pose, gaze_head, rot)
     errors = geometry.angular_error(gaze_in_photo(rows.labels), np.tile(truth, (6, 1)))
     assert errors.max() <= pose_error + 0.01, (errors, pose_error)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gazegen.data.normalise import FACE_MODEL_MM
 from gazegen.data.photo_heads import rotation_from_pose
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -45,12 +44,12 @@ def test_a_portraits_pixels_map_along_and_across_its_eye_line(relief):
     np.testing.assert_allclose(points[2, :2], [20 * 0.628, -40 * 0.628], atol=1e-9)
 
 
-def test_the_surface_puts_the_generic_faces_landmarks_at_its_depths(relief):
-    """At the generic face's (x, y) the surface gives its nose and mouth depths in front of the eyes (module
-    docstring): within 0.6 mm of FACE_MODEL_MM's 26.4 and 5.2 mm."""
-    model = FACE_MODEL_MM - FACE_MODEL_MM[:2].mean(0)
-    z = relief.surface_depth(model[:, :2], model[2, 1])
-    np.testing.assert_allclose(z - z[:2].mean(), model[:, 2], atol=0.6)
+def test_the_surface_puts_eth_xgazes_generic_face_at_its_depths(relief):
+    """At the points of ETH-XGaze's generic face (eye centres +-31.4 mm, nose tip 39.6 mm and mouth corners +-20.8 mm
+    70.9 mm below them) the surface gives that face's depths in front of the eyes: 26.4 and 5.2 mm, within 0.6."""
+    face = np.array([[-31.4, 0.0], [31.4, 0.0], [0.0, 39.6], [-20.8, 70.9], [20.8, 70.9]])
+    z = relief.surface_depth(face, 39.6)
+    np.testing.assert_allclose(z - z[:2].mean(), [0.0, 0.0, -26.4, -5.2, -5.2], atol=0.6)
 
 
 @pytest.mark.parametrize("pitch, yaw", [(0.0, 0.0), (-20.0, 40.0), (20.0, -40.0), (10.0, 25.0)])

@@ -33,23 +33,27 @@ from gazegen.geometry import head_pose_to_rotation, pitchyaw_to_vector, rotation
 # The generic face: the five MTCNN landmarks (gazegen/data/mtcnn.py LANDMARKS: the subject's
 # right eye, left eye, nose tip, right and left mouth corners) in the head frame, millimetres,
 # with the origin at ETH-XGaze's face centre (the midpoint of the eye-corner centre and the
-# nose-base centre, which the normalised camera looks at). Derived from ETH-XGaze's generic 3D
-# face model (face_model.txt, row = 68-point index minus 16, as the release's
+# nose-base centre, which the normalised camera looks at). Depths and the eyes from ETH-XGaze's
+# generic 3D face model (face_model.txt, row = 68-point index minus 16, as the release's
 # normalization_example.py indexes it): eye centres = means of the six eye contour points, nose
-# tip = point 30, mouth corners = points 48 and 54, then made symmetric. MTCNN's own points differ
-# a little: on real faces (scikit-image's LFW subset) its median frontal layout puts the nose 0.59
-# eye distances below the eyes (this model: 0.63) and the mouth corners 0.85 eye distances apart
-# (0.66): its nose sits ~3 mm higher and its corners ~5 mm further out. The model keeps
-# ETH-XGaze's points: a nose raised to MTCNN's median turns every pitch ~6 degrees down (LFW's
-# median +12 -> +6) but raises the procedural heads' error (median 7 -> 10 degrees), and five
-# points cannot tell a nose's height from a pitch.
+# tip = point 30, mouth corners = points 48 and 54, made symmetric. The nose's and the mouth
+# corners' places across the face are where MTCNN puts them on real faces instead: the median
+# frontal layout of scikit-image's LFW faces 40-99 (eye distance scaled to 62.8 mm, made
+# symmetric): the nose 38.1 mm below the eyes (ETH-XGaze's point 30: 39.6) and the corners 52.4
+# mm apart, 68.5 mm below the eyes (points 48 and 54: 41.6 and 70.9). A pose fit needs the
+# model's points where the detector's points are. Measured with benchmarks/faces.py (median / 90th percentile head-pose error, degrees,
+# ETH-XGaze's points -> these): 40 held-out LFW faces (0-39) lifted onto a generic face surface
+# and turned to 9 known poses, 10.9 / 18.3 -> 8.9 / 16.3; the astronaut and Grace Hopper so turned
+# (45 poses each), 13.6 / 21.9 -> 9.2 / 17.5; the held-out LFW faces' frontal pitch median
+# +13.2 -> +4.1 (news photos, facing the camera). The procedural heads, whose mouths are as
+# narrow as ETH-XGaze's points (41-49 mm), fare worse: 5.7 / 19.5 -> 9.8 / 16.6.
 FACE_MODEL_MM = np.array(
     [
         [-31.4, -24.1, 2.4],  # right eye centre (image left in a frontal photo)
         [31.4, -24.1, 2.4],  # left eye centre
-        [0.0, 15.5, -24.0],  # nose tip (z < 0: toward the camera)
-        [-20.8, 46.8, -2.8],  # right mouth corner
-        [20.8, 46.8, -2.8],  # left mouth corner
+        [0.0, 14.0, -24.0],  # nose tip (z < 0: toward the camera)
+        [-26.2, 44.4, -2.8],  # right mouth corner
+        [26.2, 44.4, -2.8],  # left mouth corner
     ]
 )
 FACE_CENTRE_MM = np.zeros(3)  # the face centre in the model's frame
