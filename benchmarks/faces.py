@@ -24,9 +24,10 @@
    to the upright pose so turned), and of the 100 faces of scikit-image's LFW subset (25 px,
    upscaled 4x: frontal news photos, so their pitch should centre near 0).
    Then real faces at known poses: the astronaut and Grace Hopper lifted onto a generic face
-   surface (benchmarks/relief.py) and turned through pitch -20..20 and yaw -40..40 degrees: the
-   same rows (against the relief's own five points, and ETH-XGaze's human face), and
-   ``relief_sheet.png`` with the true and the detected landmarks.
+   surface (benchmarks/relief.py) and turned through pitch -20..20 and yaw -40..40 degrees, and
+   LFW's faces 0-39 through pitch -15..15 and yaw -30..30: the same rows (against the relief's
+   own five points, and the generic human face), and ``relief_sheet.png`` with the true and the
+   detected landmarks.
 3. The fraction of faces found on a made set: the astronaut pasted small (face 40-80 px wide) into
    1920x1080 and 4000x3000 canvases, turned by random rolls, stored turned with an EXIF
    orientation, in grey, and three faces of different sizes in one image. (OpenCV's Haar

@@ -41,12 +41,14 @@ from gazegen.geometry import head_pose_to_rotation, pitchyaw_to_vector, rotation
 # frontal layout of scikit-image's LFW faces 40-99 (eye distance scaled to 62.8 mm, made
 # symmetric): the nose 38.1 mm below the eyes (ETH-XGaze's point 30: 39.6) and the corners 52.4
 # mm apart, 68.5 mm below the eyes (points 48 and 54: 41.6 and 70.9). A pose fit needs the
-# model's points where the detector's points are. Measured with benchmarks/faces.py (median / 90th percentile head-pose error, degrees,
-# ETH-XGaze's points -> these): 40 held-out LFW faces (0-39) lifted onto a generic face surface
-# and turned to 9 known poses, 10.9 / 18.3 -> 8.9 / 16.3; the astronaut and Grace Hopper so turned
-# (45 poses each), 13.6 / 21.9 -> 9.2 / 17.5; the held-out LFW faces' frontal pitch median
-# +13.2 -> +4.1 (news photos, facing the camera). The procedural heads, whose mouths are as
-# narrow as ETH-XGaze's points (41-49 mm), fare worse: 5.7 / 19.5 -> 9.8 / 16.6.
+# model's points where the detector's points are. Measured with benchmarks/faces.py (median /
+# 90th percentile head-pose error, degrees, ETH-XGaze's points -> these), on real faces lifted
+# onto a generic face surface and turned to known poses: LFW's faces 0-39 (held out; 9 poses
+# each) 10.9 / 18.3 -> 8.9 / 16.3, the astronaut 14.0 / 21.0 -> 9.0 / 15.9, Grace Hopper
+# 12.7 / 23.3 -> 9.9 / 17.8 (45 poses each); the held-out LFW faces' frontal pitch median +13.2
+# -> +4.1 (news photos, facing the camera; all 100: |yaw| 90th percentile 15.5 -> 19.3). The
+# procedural heads, whose mouths are as narrow as ETH-XGaze's points (41-49 mm), fare worse:
+# 5.7 / 19.5 -> 9.8 / 16.6.
 FACE_MODEL_MM = np.array(
     [
         [-31.4, -24.1, 2.4],  # right eye centre (image left in a frontal photo)
