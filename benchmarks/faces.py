@@ -150,7 +150,7 @@ def portraits() -> dict[str, np.ndarray]:
 
 def relief_poses(detector: MtcnnDetector, out: Path) -> None:
     """Frontal faces on a generic face surface (benchmarks/relief.py) turned to known poses: the photo path's error on
-    real faces. Each face's landmarks are where MTCNN finds them unturned. With ETH-XGaze's human face the head frame
+    real faces. Each face's landmarks are where MTCNN finds them unturned. With the generic human face the head frame
     differs from the relief's by a fixed turn (the face is not the model's), so its errors are taken against the true
     turns applied to the pose that the exact landmarks give unturned. The portraits turn through pitch -20..20 x yaw
     -40..40 (steps of 10) before a 320 px camera of focal 700 px; LFW's faces 0-39 (those the generic face's layout
@@ -175,19 +175,24 @@ def relief_poses(detector: MtcnnDetector, out: Path) -> None:
 def _relief_errors(detector: MtcnnDetector, image: np.ndarray, pitches, yaws, size: int, focal: float,
                    tiles: list | None = None) -> dict[str, list[float]]:
     """Rotation errors (degrees) of one face lifted and turned to each (pitch, yaw), by kind; `found` counts 1 per
-    turned photo with a face. Appends marked photos of the corner and the unturned poses to `tiles` if given."""
-    relief = lift(image, np.array(detector.detect(image)[0].landmarks))
+    turned photo with a face (none for a face MTCNN does not find unturned). Appends marked photos of the corner and
+    the unturned poses to `tiles` if given."""
+    rows: dict[str, list[float]] = {kind: [] for kind in ("found", "exact/human", "detected/own", "detected/human")}
+    unturned = detector.detect(image)
+    if not unturned:
+        return rows
+    relief = lift(image, np.array(unturned[0].landmarks))
     at = np.array([0.0, 0.0, 600.0])
     _, marks, k = photograph(relief, np.eye(3), at, size, focal)
     frame = estimate_head_pose(marks, k).rotation  # the human face's frame in the relief's
-    rows: dict[str, list[float]] = {k: [] for k in ("found", "exact/human", "detected/own", "detected/human")}
     for pitch in pitches:
         for yaw in yaws:
             turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
             photo, marks, k = photograph(relief, turn, at, size, focal)
             faces = detector.detect(photo)
             rows["found"].append(float(bool(faces)))
-            rows["exact/human"].append(rotation_angle_deg(estimate_head_pose(marks, k).rotation, turn @ frame))
+            if pitch or yaw:  # unturned, the exact landmarks give the frame itself
+                rows["exact/human"].append(rotation_angle_deg(estimate_head_pose(marks, k).rotation, turn @ frame))
             if not faces:
                 continue
             points = np.array(faces[0].landmarks)
