@@ -238,14 +238,14 @@ def turned_heads(detector: MtcnnDetector, identities: int) -> None:
 
 def real_poses(detector: MtcnnDetector) -> None:
     """Head poses of real photos: the portraits one by one, the LFW subset as a distribution."""
-    line = "   real photos, (pitch, yaw) degrees:"
-    for name, image in portraits().items():
+    line, images = "   real photos, (pitch, yaw) degrees:", portraits()
+    for name, image in images.items():
         faces = detector.detect(image)
         k = photo_camera_matrix(image.shape[1], image.shape[0])
         pose = np.degrees(estimate_head_pose(np.array(faces[0].landmarks), k).pitchyaw) if faces else None
         line += f"  {name} " + ("no face" if pose is None else f"({pose[0]:+.0f}, {pose[1]:+.0f})")
     print(line)
-    turned_poses(detector, portraits())
+    turned_poses(detector, images)
     poses = {}
     for i, image in enumerate(lfw_faces()):
         found = detector.detect(image)

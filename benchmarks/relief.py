@@ -84,9 +84,8 @@ class PortraitFrame:
         axis_x = across / np.linalg.norm(across)
         axes = np.stack([axis_x, [-axis_x[1], axis_x[0]]])  # y: image down, for a level eye line
         middle, mm_per_px = (marks[0] + marks[1]) / 2, EYE_SPACING_MM / float(np.linalg.norm(across))
-        nose_tip_y = float(((marks[2] - middle) @ axes.T * mm_per_px)[1])
-        eyes_z = float(surface_depth((marks[:2] - middle) @ axes.T * mm_per_px, nose_tip_y).mean())
-        return cls(middle, axes, mm_per_px, nose_tip_y, eyes_z)
+        xy = (marks - middle) @ axes.T * mm_per_px  # (5, 2) the landmarks in the head plane, mm
+        return cls(middle, axes, mm_per_px, float(xy[2, 1]), float(surface_depth(xy[:2], float(xy[2, 1])).mean()))
 
     def to_head(self, pixels: np.ndarray) -> np.ndarray:
         """(N, 2) portrait pixels -> (N, 3) mm, their points on the relief (head frame)."""
