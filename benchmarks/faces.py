@@ -16,6 +16,10 @@
        exact/human     the generic face's misfit to these heads
        detected/own    the detector's landmark error alone
        detected/human  the photo path
+       detected/triangulated  with the five points the detector behaves as if it saw on this
+                       head: triangulated from its readings of the head's other photos at the
+                       true poses (benchmarks/triangulate.py). No lower than detected/own: the
+                       detector's error is not a fixed offset that a face model could absorb
    and the photo path's error on the same heads turned a quarter either way (roll +-90), with how
    many are read upside down (more than 90 degrees off).
    Then the head pose (pitch, yaw, degrees; focal = the longer side) of real portraits that ship
@@ -61,6 +65,7 @@ from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
 from gazegen.data.photo_heads import HeadPhoto, head_landmarks_mm, photograph_head, rotation_from_pose
 from relief import lift, photograph
+from triangulate import projection, triangulate
 
 FACE = (slice(40, 200), slice(160, 290))  # the astronaut's head in the 512 px image
 EYES = np.array([[204.0, 101.0], [246.5, 103.0]]) - [160, 40]  # her eye centres in FACE (measured by hand)
@@ -116,9 +121,29 @@ def rig_photos(identities: int, roll_deg: float) -> Iterator[tuple[Identity, Hea
             yield identity, photograph_head(identity, rot, np.array([rng.uniform(-40, 40), rng.uniform(-30, 30), 600.0]), 320, 700.0)
 
 
+Reading = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # landmarks (5, 2) px, K, R, t: X_cam = R X + t
+
+
+def triangulated_errors(readings: list[Reading]) -> list[float]:
+    """One face's detected landmarks in photos at known poses: each photo's pose fitted to the five points triangulated
+    from the face's other photos (leave one out), its error in degrees against the true R. The points are where the
+    detector behaves as if the landmarks were: errors no lower than with the face's true points mean that its error
+    moves with the pose, which no fixed face model absorbs."""
+    errors = []
+    for i, (points, k, rotation, _) in enumerate(readings):
+        others = readings[:i] + readings[i + 1 :]
+        if len(others) < 2:
+            continue
+        views = np.stack([projection(*view[1:]) for view in others])  # (V, 3, 4)
+        model = np.stack([triangulate(views, np.stack([view[0][j] for view in others])) for j in range(5)])  # (5, 3)
+        errors.append(rotation_angle_deg(estimate_head_pose(points, k, model).rotation, rotation))
+    return errors
+
+
 def head_pose(detector: MtcnnDetector, identities: int) -> None:
     print(f"\n2. head-pose error on procedural heads: {identities} identities x the rig's 18 poses, 320 px, f 700 px, 600 mm")
     rows: dict[str, list[float]] = {k: [] for k in ("exact/own", "exact/human", "detected/own", "detected/human")}
+    readings: dict[int, list[Reading]] = {}  # per identity
     found = total = 0
     for identity, photo in rig_photos(identities, 0.0):
         marks, centre = head_landmarks_mm(identity)
@@ -126,15 +151,19 @@ def head_pose(detector: MtcnnDetector, identities: int) -> None:
         faces = detector.detect(photo.image)
         total += 1
         found += bool(faces)
+        if faces:
+            readings.setdefault(id(identity), []).append(
+                (np.array(faces[0].landmarks), photo.camera_matrix, photo.head_rotation, photo.face_centre))
         for source, points in (("exact", photo.landmarks), ("detected", np.array(faces[0].landmarks) if faces else None)):
             for name, model in models.items():
                 if points is not None:
                     pose = estimate_head_pose(points, photo.camera_matrix, model)
                     rows[f"{source}/{name}"].append(rotation_angle_deg(pose.rotation, photo.head_rotation))
+    rows["detected/triangulated"] = [e for face in readings.values() for e in triangulated_errors(face)]
     print(f"   found {found}/{total} heads")
     for key, errors in rows.items():
         e = np.array(errors)
-        print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
+        print(f"   {key:21s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
               f"90th pct {np.percentile(e, 90):5.1f}  max {e.max():5.1f}  (n={len(e)})")
     turned_heads(detector, identities)
     real_poses(detector)
@@ -178,6 +207,7 @@ def _relief_errors(detector: MtcnnDetector, image: np.ndarray, pitches, yaws, si
     turned photo with a face (none for a face MTCNN does not find unturned). Appends marked photos of the corner and
     the unturned poses to `tiles` if given."""
     rows: dict[str, list[float]] = {kind: [] for kind in ("found", "exact/human", "detected/own", "detected/human")}
+    readings: list[Reading] = []
     unturned = detector.detect(image)
     if not unturned:
         return rows
@@ -196,10 +226,12 @@ def _relief_errors(detector: MtcnnDetector, image: np.ndarray, pitches, yaws, si
             if not faces:
                 continue
             points = np.array(faces[0].landmarks)
+            readings.append((points, k, turn, at))
             rows["detected/own"].append(rotation_angle_deg(estimate_head_pose(points, k, relief.landmarks).rotation, turn))
             rows["detected/human"].append(rotation_angle_deg(estimate_head_pose(points, k).rotation, turn @ frame))
             if tiles is not None and (pitch in (min(pitches), max(pitches)) and yaw in (min(yaws), 0, max(yaws)) or pitch == yaw == 0):
                 tiles.append(_marked(photo, marks, points))
+    rows["detected/triangulated"] = triangulated_errors(readings)
     return rows
 
 
@@ -208,7 +240,7 @@ def _print_rows(title: str, rows: dict[str, list[float]]) -> None:
     print(f"   {title}: found {int(sum(found))}/{len(found)}")
     for key, errors in rows.items():
         e = np.array(errors)
-        print(f"   {key:15s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
+        print(f"   {key:21s} rotation error, degrees: median {np.median(e):5.1f}  mean {e.mean():5.1f}  "
               f"90th pct {np.percentile(e, 90):5.1f}  max {e.max():5.1f}  (n={len(e)})")
 
 
