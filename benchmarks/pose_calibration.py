@@ -20,8 +20,8 @@ in this frame to 13.0.)
                    yaw -40..40, steps of 10): no test face is a training face
 
 The model: ridge regression (standardised degree-2 monomials of the 8 inputs) to the correction's rotation vector;
-"gated" keeps the correction only for inputs within `GATE_SD` (Mahalanobis) of the training inputs: the procedural
-heads, beyond LFW's poses and unlike its faces, otherwise get wild corrections. Errors: the angle between the true and
+"gated" keeps the correction only for inputs within `GATE_SD` (Mahalanobis) of the training inputs, so that faces
+and poses unlike the training ones are not extrapolated to. Errors: the angle between the true and
 the corrected rotation, degrees (a lifted face's truth is its turn applied to the pose the exact landmarks give
 unturned, as in faces.py).
 
