@@ -18,8 +18,9 @@
        detected/human  the photo path
        detected/triangulated  with the five points the detector behaves as if it saw on this
                        head: triangulated from its readings of the head's other photos at the
-                       true poses (benchmarks/triangulate.py). No lower than detected/own: the
-                       detector's error is not a fixed offset that a face model could absorb
+                       true poses (benchmarks/triangulate.py). It has come out no lower than
+                       detected/own: the detector's error is not a fixed offset that a face model
+                       could absorb
    and the photo path's error on the same heads turned a quarter either way (roll +-90), with how
    many are read upside down (more than 90 degrees off).
    Then the head pose (pitch, yaw, degrees; focal = the longer side) of real portraits that ship
@@ -143,23 +144,26 @@ def triangulated_errors(readings: list[Reading]) -> list[float]:
 def head_pose(detector: MtcnnDetector, identities: int) -> None:
     print(f"\n2. head-pose error on procedural heads: {identities} identities x the rig's 18 poses, 320 px, f 700 px, 600 mm")
     rows: dict[str, list[float]] = {k: [] for k in ("exact/own", "exact/human", "detected/own", "detected/human")}
-    readings: dict[int, list[Reading]] = {}  # per identity
+    readings: list[list[Reading]] = []  # per identity
     found = total = 0
+    last = None
     for identity, photo in rig_photos(identities, 0.0):
+        if identity is not last:  # the photos come identity by identity
+            readings.append([])
+            last = identity
         marks, centre = head_landmarks_mm(identity)
         models = {"own": marks - centre, "human": FACE_MODEL_MM}
         faces = detector.detect(photo.image)
         total += 1
         found += bool(faces)
         if faces:
-            readings.setdefault(id(identity), []).append(
-                (np.array(faces[0].landmarks), photo.camera_matrix, photo.head_rotation, photo.face_centre))
+            readings[-1].append((np.array(faces[0].landmarks), photo.camera_matrix, photo.head_rotation, photo.face_centre))
         for source, points in (("exact", photo.landmarks), ("detected", np.array(faces[0].landmarks) if faces else None)):
             for name, model in models.items():
                 if points is not None:
                     pose = estimate_head_pose(points, photo.camera_matrix, model)
                     rows[f"{source}/{name}"].append(rotation_angle_deg(pose.rotation, photo.head_rotation))
-    rows["detected/triangulated"] = [e for face in readings.values() for e in triangulated_errors(face)]
+    rows["detected/triangulated"] = [e for face in readings for e in triangulated_errors(face)]
     print(f"   found {found}/{total} heads")
     for key, errors in rows.items():
         e = np.array(errors)
