@@ -175,16 +175,17 @@ official baseline's layout); for GazeHub readers (GazeTR, L2CS-Net): `--format g
 {conventions}
 
 Images are normalised as in ETH-XGaze: a virtual camera at a fixed distance looking at the face
-centre (the run's `normalisation` below), so the face centre is the image centre.
+centre (the run's `normalisation` below), so the face centre is the image centre. A horizontal
+flip of an image negates both yaws. Depth: `depth_mm = png_value / {DEPTH_SCALE:g}`; 0 = no
+surface, 65535 = at or beyond {65535 / DEPTH_SCALE:g} mm; the scale is also in each file's schema
+metadata (`gazegen`).
 
 `gaze_head` and `view_offset` are what the model was asked to render. `source_head_pose` comes
 with h5 and Parquet inputs; for a photo it is estimated, by a generic face fitted to five detected
 landmarks (median error about 9-10° on procedural heads turned in 3-D and on real faces lifted onto
-a generic face and turned: gazegen's `benchmarks/faces.py`; real heads may differ). For photo sources `head_pose` therefore carries that error, and
-`gaze_head` is relative to the estimated head frame. A horizontal
-flip of an image negates both yaws. Depth: `depth_mm = png_value / {DEPTH_SCALE:g}`; 0 = no
-surface, 65535 = at or beyond {65535 / DEPTH_SCALE:g} mm; the scale is also in each file's schema
-metadata (`gazegen`).
+a generic face and turned: gazegen's `benchmarks/faces.py`; real heads may differ). For photo
+sources `head_pose` therefore carries that error, and `gaze_head` is relative to the estimated
+head frame.
 
 ## Label distribution
 
