@@ -154,11 +154,12 @@ def head_pose(detector: MtcnnDetector, identities: int) -> None:
         marks, centre = head_landmarks_mm(identity)
         models = {"own": marks - centre, "human": FACE_MODEL_MM}
         faces = detector.detect(photo.image)
+        detected = np.array(faces[0].landmarks) if faces else None
         total += 1
         found += bool(faces)
         if faces:
-            readings[-1].append((np.array(faces[0].landmarks), photo.camera_matrix, photo.head_rotation, photo.face_centre))
-        for source, points in (("exact", photo.landmarks), ("detected", np.array(faces[0].landmarks) if faces else None)):
+            readings[-1].append((detected, photo.camera_matrix, photo.head_rotation, photo.face_centre))
+        for source, points in (("exact", photo.landmarks), ("detected", detected)):
             for name, model in models.items():
                 if points is not None:
                     pose = estimate_head_pose(points, photo.camera_matrix, model)

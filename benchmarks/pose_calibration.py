@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -48,18 +49,18 @@ from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import _level_eye_line, estimate_head_pose, rotation_angle_deg
 from gazegen.data.photo_heads import photograph_head, rotation_from_pose
 from gazegen.geometry import rotation_to_head_pose
-from relief import lift, photograph
+from relief import Relief, lift, photograph
 
 GATE_SD = 6.0  # inputs farther than this (Mahalanobis) from the training inputs keep the plain fit
 RIDGE = 10.0  # on standardised monomials
+AT = np.array([0.0, 0.0, 600.0])  # where a relief's eye midpoint is photographed, camera frame, mm
 Reading = tuple[np.ndarray, np.ndarray, np.ndarray]  # detected landmarks (5, 2) px, K (3, 3), true rotation (3, 3)
 Correction = Callable[[np.ndarray], np.ndarray]  # inputs (N, 8) -> rotation vectors (N, 3), the face's frame
 
 
-def inputs_and_correction(points: np.ndarray, k: np.ndarray, rotation: np.ndarray | None = None
-                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    """One reading -> (inputs (8,), the correcting rotation vector (3,) when the true `rotation` is given, the fit's
-    rotation in the face's frame (3, 3), ``back`` (3, 3): that frame -> the camera's).
+def face_frame_fit(points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detected landmarks (5, 2) px and K -> (inputs (8,), the photo path's fit in the face's frame (3, 3), ``back``
+    (3, 3): that frame -> the camera's).
 
     The face's frame is the camera turned to look along the eye midpoint's ray, with the eye line level: there a
     photo's roll, scale and the face's place in it change little. Inputs: nose and mouth corners relative to the eye
@@ -75,9 +76,33 @@ def inputs_and_correction(points: np.ndarray, k: np.ndarray, rotation: np.ndarra
     spacing = float(np.linalg.norm(seen[1] - seen[0]))
     back = turn @ look.T
     fit = back.T @ estimate_head_pose(points, k).rotation
-    inputs = np.concatenate([((seen[2:] - seen[:2].mean(0)) / spacing).ravel(), rotation_to_head_pose(fit)])
-    correction = None if rotation is None else cv2.Rodrigues((back.T @ rotation) @ fit.T)[0][:, 0]
-    return inputs, correction, fit, back
+    return np.concatenate([((seen[2:] - seen[:2].mean(0)) / spacing).ravel(), rotation_to_head_pose(fit)]), fit, back
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Readings with the photo path's fit done once (`fitted`): what a calibration sees, and what it must correct."""
+
+    inputs: np.ndarray  # (N, 8) face_frame_fit's inputs
+    fits: np.ndarray  # (N, 3, 3) the fit, each in its face's frame
+    backs: np.ndarray  # (N, 3, 3) face frame -> camera
+    truths: np.ndarray  # (N, 3, 3) the true rotations, camera
+
+    def targets(self) -> np.ndarray:
+        """(N, 3) rotation vectors, face frame: the turn that takes each fit to the truth."""
+        turns = np.swapaxes(self.backs, 1, 2) @ self.truths @ np.swapaxes(self.fits, 1, 2)
+        return np.stack([cv2.Rodrigues(t)[0][:, 0] for t in turns])
+
+    def errors(self, correction: Correction | None) -> np.ndarray:
+        """(N,) degrees between the true rotation and the fit, corrected if a correction is given."""
+        vectors = np.zeros((len(self.inputs), 3)) if correction is None else correction(self.inputs)
+        return np.array([rotation_angle_deg(back @ cv2.Rodrigues(v)[0] @ fit, truth)
+                         for v, fit, back, truth in zip(vectors, self.fits, self.backs, self.truths)])
+
+
+def fitted(readings: list[Reading]) -> Fitted:
+    inputs, fits, backs = zip(*(face_frame_fit(points, k) for points, k, _ in readings))
+    return Fitted(np.stack(inputs), np.stack(fits), np.stack(backs), np.stack([r[2] for r in readings]))
 
 
 def monomials(x: np.ndarray) -> np.ndarray:
@@ -107,35 +132,33 @@ def fit_correction(inputs: np.ndarray, targets: np.ndarray, ridge: float = RIDGE
     return correction
 
 
-def errors(readings: list[Reading], correction: Correction | None) -> np.ndarray:
-    """Degrees between the true rotation and the fit, corrected if a correction is given."""
-    out = []
-    for points, k, rotation in readings:
-        x, _, fit, back = inputs_and_correction(points, k)
-        vector = np.zeros(3) if correction is None else correction(x[None])[0]
-        out.append(rotation_angle_deg(back @ cv2.Rodrigues(vector)[0] @ fit, rotation))
-    return np.array(out)
+def turned_readings(detector: MtcnnDetector, relief: Relief, pitches, yaws, size: int, focal: float
+                    ) -> Iterator[Reading]:
+    """The relief turned to every (pitch, yaw) but the unturned one, 600 mm away, where MTCNN finds it; the truth is
+    the turn (in the relief's frame)."""
+    for pitch in pitches:
+        for yaw in yaws:
+            if pitch or yaw:
+                turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
+                photo, _, k = photograph(relief, turn, AT, size, focal)
+                found = detector.detect(photo)
+                if found:
+                    yield np.array(found[0].landmarks), k, turn
 
 
 def lifted_readings(detector: MtcnnDetector, faces: list[np.ndarray], pitches, yaws, size: int, focal: float
                     ) -> Iterator[Reading]:
-    """Each face lifted and turned to every (pitch, yaw) but the unturned one, where MTCNN finds it."""
-    at = np.array([0.0, 0.0, 600.0])
+    """Each face lifted and turned (`turned_readings`); the truth is the turn applied to the generic face's pose on
+    the exact landmarks unturned, as in faces.py."""
     for image in faces:
         unturned = detector.detect(image)
         if not unturned:
             continue
         relief = lift(image, np.array(unturned[0].landmarks))
-        _, marks, k = photograph(relief, np.eye(3), at, size, focal)
+        _, marks, k = photograph(relief, np.eye(3), AT, size, focal)
         frame = estimate_head_pose(marks, k).rotation  # the generic face's frame in the relief's
-        for pitch in pitches:
-            for yaw in yaws:
-                if pitch or yaw:
-                    turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
-                    photo, _, k = photograph(relief, turn, at, size, focal)
-                    found = detector.detect(photo)
-                    if found:
-                        yield np.array(found[0].landmarks), k, turn @ frame
+        for points, k, turn in turned_readings(detector, relief, pitches, yaws, size, focal):
+            yield points, k, turn @ frame
 
 
 def procedural_readings(detector: MtcnnDetector, identities: int, seed: int = 7, first: int = 2000,
@@ -157,21 +180,12 @@ def procedural_readings(detector: MtcnnDetector, identities: int, seed: int = 7,
 def lifted_procedural_readings(detector: MtcnnDetector, identities: int, first: int = 2000) -> Iterator[Reading]:
     """Procedural identities first.., each photographed frontal, lifted onto the relief and turned through pitch
     -20..20 (10) x yaw -40..40 (20): its truth is the turn (the frontal photo's pose is the identity)."""
-    at = np.array([0.0, 0.0, 600.0])
     for i in range(identities):
-        front = photograph_head(sample_identity(np.random.default_rng(first + i)), np.eye(3), at, 320, 700.0)
+        front = photograph_head(sample_identity(np.random.default_rng(first + i)), np.eye(3), AT, 320, 700.0)
         found = detector.detect(front.image)
-        if not found:
-            continue
-        relief = lift(front.image, np.array(found[0].landmarks))
-        for pitch in range(-20, 21, 10):
-            for yaw in range(-40, 41, 20):
-                if pitch or yaw:
-                    turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
-                    photo, _, k = photograph(relief, turn, at, 320, 700.0)
-                    found = detector.detect(photo)
-                    if found:
-                        yield np.array(found[0].landmarks), k, turn
+        if found:
+            relief = lift(front.image, np.array(found[0].landmarks))
+            yield from turned_readings(detector, relief, range(-20, 21, 10), range(-40, 41, 20), 320, 700.0)
 
 
 def transfer_check(detector: MtcnnDetector, identities: int) -> None:
@@ -183,14 +197,15 @@ def transfer_check(detector: MtcnnDetector, identities: int) -> None:
     test = list(procedural_readings(detector, 10, seed=11, first=3000, max_pitch=20.0, max_yaw=40.0))
     print(f"\ntransfer: procedural identities 2000-{1999 + identities} as training ({len(lifted)} lifted readings, "
           f"{len(solid)} turned in 3-D); test: identities 3000-3009 turned in 3-D, pitch +-20, yaw +-40 ({len(test)})")
+    test_fits = fitted(test)
     for name, train in (("the fit alone", None), ("learned lifted", lifted), ("learned turned in 3-D", solid)):
-        e = errors(test, None if train is None else fit_correction(*training_set(train), gate_sd=GATE_SD))
+        e = test_fits.errors(None if train is None else fit_correction(*training_set(fitted(train)), gate_sd=GATE_SD))
         print(f"   {name:24s} median {np.median(e):5.1f}  90th pct {np.percentile(e, 90):5.1f}  max {e.max():5.1f}")
 
 
-def training_set(readings: list[Reading]) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [inputs_and_correction(points, k, rotation)[:2] for points, k, rotation in readings]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+def training_set(*sets: Fitted) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, 8) and targets (N, 3) of the sets together."""
+    return np.concatenate([f.inputs for f in sets]), np.concatenate([f.targets() for f in sets])
 
 
 def main() -> None:
@@ -204,16 +219,17 @@ def main() -> None:
     faces, people = lfw_faces(), portraits()
     lfw = list(lifted_readings(detector, faces[40:100], range(-20, 21, 10), range(-40, 41, 20), 200, 420.0))
     procedural = list(procedural_readings(detector, args.procedural_identities))
-    tests = {
+    tests = {name: fitted(readings) for name, readings in {
         "procedural heads": [(np.array(f[0].landmarks), p.camera_matrix, p.head_rotation)
                              for _, p in rig_photos(4, 0.0) for f in [detector.detect(p.image)] if f],
         "LFW 0-39 lifted": list(lifted_readings(detector, faces[:40], (-15, 0, 15), (-30, 0, 30), 200, 420.0)),
         "portraits lifted": list(lifted_readings(detector, [people["astronaut"], people["grace_hopper"]],
                                                  range(-20, 21, 10), range(-40, 41, 10), 320, 700.0)),
-    }
+    }.items()}
     print(f"readings: LFW 40-99 {len(lfw)}, procedural {len(procedural)}; tests "
-          + ", ".join(f"{name} {len(r)}" for name, r in tests.items()) + f" ({time.perf_counter() - start:.0f} s)")
-    lfw_set, joint_set = training_set(lfw), training_set(lfw + procedural)
+          + ", ".join(f"{name} {len(f.inputs)}" for name, f in tests.items()) + f" ({time.perf_counter() - start:.0f} s)")
+    lfw_fits = fitted(lfw)
+    lfw_set, joint_set = training_set(lfw_fits), training_set(lfw_fits, fitted(procedural))
     models: dict[str, Correction | None] = {
         "the fit alone (the photo path)": None,
         "lfw": fit_correction(*lfw_set),
@@ -224,7 +240,7 @@ def main() -> None:
     print("head-pose error, degrees: median / 90th pct / max")
     print(f"   {'':32s}" + "".join(f"{name:>22s}" for name in tests))
     for name, model in models.items():
-        cells = [errors(readings, model) for readings in tests.values()]
+        cells = [fits.errors(model) for fits in tests.values()]
         print(f"   {name:32s}" + "".join(f"{np.median(e):10.1f} /{np.percentile(e, 90):5.1f} /{e.max():3.0f}" for e in cells))
     transfer_check(detector, args.transfer_identities)
 

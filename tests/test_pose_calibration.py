@@ -31,11 +31,11 @@ def test_inputs_do_not_change_with_the_photos_roll_or_scale(calibration):
     """The same head seen by the camera rolled 35 degrees about its axis, or through a longer focal: the same rays in
     the level frame, so the same inputs."""
     rotation, position = rotation_from_pose(np.radians(12.0), np.radians(-25.0)), np.array([30.0, -20.0, 600.0])
-    base = calibration.inputs_and_correction(*_photo(rotation, position, 700.0))[0]
+    base = calibration.face_frame_fit(*_photo(rotation, position, 700.0))[0]
     c, s = np.cos(np.radians(35.0)), np.sin(np.radians(35.0))
     roll = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # about the optical axis
-    rolled = calibration.inputs_and_correction(*_photo(roll @ rotation, roll @ position, 700.0))[0]
-    zoomed = calibration.inputs_and_correction(*_photo(rotation, position, 1100.0))[0]
+    rolled = calibration.face_frame_fit(*_photo(roll @ rotation, roll @ position, 700.0))[0]
+    zoomed = calibration.face_frame_fit(*_photo(rotation, position, 1100.0))[0]
     np.testing.assert_allclose(rolled, base, atol=1e-6)
     np.testing.assert_allclose(zoomed, base, atol=1e-6)
     assert np.all(np.abs(base[6:8]) > 0.05)  # the fit's pitch and yaw are among them, not zero
@@ -48,10 +48,11 @@ def test_the_measured_correction_applied_gives_the_true_rotation(calibration):
     points, k = _photo(rotation, position, 700.0)  # rolled 20 degrees: the level frame is not the camera's
     points = points + [[0.0, 0.0], [0.0, 0.0], [3.0, -2.0], [0.0, 1.0], [0.0, 1.0]]
     truth = rotation_from_pose(*np.radians([-10.0, 30.0, 24.0]))
-    _, target, _, _ = calibration.inputs_and_correction(points, k, truth)
+    reading = calibration.fitted([(points, k, truth)])
+    target = reading.targets()
     assert np.degrees(np.linalg.norm(target)) > 2.0
-    assert calibration.errors([(points, k, truth)], lambda x: target[None])[0] < 1e-6
-    assert calibration.errors([(points, k, truth)], None)[0] > 2.0
+    assert reading.errors(lambda x: target)[0] < 1e-6
+    assert reading.errors(None)[0] > 2.0
 
 
 def test_ridge_on_monomials_recovers_a_quadratic(calibration):
