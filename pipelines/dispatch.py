@@ -17,7 +17,12 @@ decode worker did). Ray restarts a dead actor (``max_restarts``) and retries the
 running on the restarted one, and retries a decode task whose worker died. An exception in
 either stage's Python code is an error row already, never a Ray error.
 Leaving the stream (its end, an exception, the driver giving up) kills the pool's actors and
-cancels what is left, so a session shared with the next run gets its CPUs and GPUs back.
+waits for the decodes already sent (one per CPU at most) to end, so that nothing of the run is
+left running: a session shared with the next run gets its CPUs and GPUs back, and nothing of
+this run acts in the next. The pool once cancelled those decodes instead (``ray.cancel``
+interrupts the worker running one); once in the suite (not reproduced in 40 tries since, under
+load or cold), a run started right after one whose actor could not start lost a source, and a
+late cancellation is the suspected cause.
 
 Why Ray Core and not Ray Data: the graph has two stages of fixed shape, which tasks and actors
 express directly. Ray Data's own machinery (its import in every worker, three helper actors, its
@@ -130,10 +135,10 @@ def render_stream(items: Sequence[Item], shape: PoolShape, cfg: SynthConfig, che
                 outcome = error
             yield item, outcome
     finally:
-        for ref in [*calls, *(ref for _, ref in decoded)]:
-            ray.cancel(ref)
         for handle in actors:
-            ray.kill(handle)
+            ray.kill(handle)  # its call in flight fails now; no call waits behind it
+        if left := [*calls, *(ref for _, ref in decoded)]:
+            ray.wait(left, num_returns=len(left), fetch_local=False)  # the run's last decodes end here, not in the next run
 
 
 __all__ = ["PoolShape", "RenderPoolError", "as_batch", "pool_shape", "render_stream"]
