@@ -25,9 +25,11 @@ from gazegen.evaluation.estimator import StoreGazeDataset, evaluate_estimator, f
 HEADS = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=32, gazes=4, seed=11, rig=RigConfig(views=6))
 NET = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1))
 NET_EYES = EstimatorNetConfig(resolution=32, width=16, blocks=(1, 1, 1), eyes=EyePatchConfig(width=8, pixels=(12, 8)))
-# 800 steps: with lighting drawn per subject (not per frame) the gaze must be read from the eyes, not from a
+# 1200 steps: with lighting drawn per subject (not per frame) the gaze must be read from the eyes, not from a
 # frame's lighting; at 150 steps the train-set gaze error was 33 deg (500: 18 deg) against a 51 deg constant.
-TRAIN = EstimatorConfig(net=NET, steps=800, batch_size=16, lr=5e-3, warmup_steps=5, flip=False, shuffle_buffer=64,
+# Seeds 0-5 on an AMD EPYC (no AMX): 800 steps 11.2-14.0 deg, across the 12.8 bar (seed 0, the test's, passed
+# on the Intel machines of earlier sessions and gave 14.0 here); 1200 steps 10.7-11.5; 1600 steps 10.7-10.8.
+TRAIN = EstimatorConfig(net=NET, steps=1200, batch_size=16, lr=5e-3, warmup_steps=5, flip=False, shuffle_buffer=64,
                         log_every=1000, seed=0)
 
 
