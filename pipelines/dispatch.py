@@ -20,9 +20,9 @@ Leaving the stream (its end, an exception, the driver giving up) kills the pool'
 waits for the decodes already sent (one per CPU at most) to end, so that nothing of the run is
 left running: a session shared with the next run gets its CPUs and GPUs back, and nothing of
 this run acts in the next. The pool once cancelled those decodes instead (``ray.cancel``
-interrupts the worker running one); once in the suite (not reproduced in 40 tries since, under
-load or cold), a run started right after one whose actor could not start lost a source, and a
-late cancellation is the suspected cause.
+interrupts the worker running one); then a run started right after one whose actor could not
+start sometimes lost a source (once in CI; twice in six runs of that test after a fresh setup, then
+in none of 47 more, under load or cold), and a late cancellation is the suspected cause.
 
 Why Ray Core and not Ray Data: the graph has two stages of fixed shape, which tasks and actors
 express directly. Ray Data's own machinery (its import in every worker, three helper actors, its
