@@ -22,7 +22,7 @@ left running: a session shared with the next run gets its CPUs and GPUs back, an
 this run acts in the next. The pool once cancelled those decodes instead (``ray.cancel``
 interrupts the worker running one); then a run started right after one whose actor could not
 start sometimes lost a source (once in CI; twice in six runs of that test after a fresh setup, then
-in none of 47 more, under load or cold), and a late cancellation is the suspected cause.
+in none of 42 more, under load or cold), and a late cancellation is the suspected cause.
 
 Why Ray Core and not Ray Data: the graph has two stages of fixed shape, which tasks and actors
 express directly. Ray Data's own machinery (its import in every worker, three helper actors, its
