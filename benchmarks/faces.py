@@ -49,7 +49,8 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -65,7 +66,7 @@ from gazegen.data.heads import rig_head_poses, sample_identity
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import FACE_MODEL_MM, estimate_head_pose, photo_camera_matrix, rotation_angle_deg
 from gazegen.data.photo_heads import HeadPhoto, head_landmarks_mm, photograph_head, rotation_from_pose
-from relief import lift, photograph
+from relief import Relief, lift, photograph
 from triangulate import projection, triangulate
 
 FACE = (slice(40, 200), slice(160, 290))  # the astronaut's head in the 512 px image
@@ -206,6 +207,44 @@ def relief_poses(detector: MtcnnDetector, out: Path) -> None:
           "true landmarks green, MTCNN's red)")
 
 
+RELIEF_AT = np.array([0.0, 0.0, 600.0])  # where a relief's eye midpoint is photographed, camera frame, mm
+
+
+@dataclass(frozen=True)
+class TurnedRelief:
+    """One photo of a relief turned to (pitch, yaw) degrees at `RELIEF_AT`."""
+
+    pitch: float
+    yaw: float
+    turn: np.ndarray  # (3, 3) head frame -> camera: the true rotation in the relief's frame
+    photo: np.ndarray  # (size, size, 3) uint8 RGB
+    marks: np.ndarray  # (5, 2) px, the exact landmarks
+    k: np.ndarray  # (3, 3)
+    detected: np.ndarray | None  # (5, 2) px, MTCNN's landmarks (None: no face found)
+
+
+def lifted(detector: MtcnnDetector, image: np.ndarray, size: int, focal: float) -> tuple[Relief, np.ndarray] | None:
+    """A frontal face lifted onto the generic surface at the landmarks MTCNN finds on it (None: no face), and the
+    generic human face's frame in the relief's: the pose its exact landmarks give unturned before a `size`-square
+    camera of focal `focal` (the head frames differ by that fixed turn, as the face is not the model's)."""
+    unturned = detector.detect(image)
+    if not unturned:
+        return None
+    relief = lift(image, np.array(unturned[0].landmarks))
+    _, marks, k = photograph(relief, np.eye(3), RELIEF_AT, size, focal)
+    return relief, estimate_head_pose(marks, k).rotation
+
+
+def relief_turns(detector: MtcnnDetector, relief: Relief, poses: Iterable[tuple[float, float]], size: int, focal: float
+                 ) -> Iterator[TurnedRelief]:
+    """The relief turned to each (pitch, yaw) of `poses`, degrees, in a `size`-square camera of focal `focal`, and read by MTCNN."""
+    for pitch, yaw in poses:
+        turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
+        photo, marks, k = photograph(relief, turn, RELIEF_AT, size, focal)
+        found = detector.detect(photo)
+        yield TurnedRelief(pitch, yaw, turn, photo, marks, k, np.array(found[0].landmarks) if found else None)
+
+
 def _relief_errors(detector: MtcnnDetector, image: np.ndarray, pitches, yaws, size: int, focal: float,
                    tiles: list | None = None) -> dict[str, list[float]]:
     """Rotation errors (degrees) of one face lifted and turned to each (pitch, yaw), by kind; `found` counts 1 per
@@ -213,29 +252,21 @@ def _relief_errors(detector: MtcnnDetector, image: np.ndarray, pitches, yaws, si
     the unturned poses to `tiles` if given."""
     rows: dict[str, list[float]] = {kind: [] for kind in ("found", "exact/human", "detected/own", "detected/human")}
     readings: list[Reading] = []
-    unturned = detector.detect(image)
-    if not unturned:
+    if (face := lifted(detector, image, size, focal)) is None:
         return rows
-    relief = lift(image, np.array(unturned[0].landmarks))
-    at = np.array([0.0, 0.0, 600.0])
-    _, marks, k = photograph(relief, np.eye(3), at, size, focal)
-    frame = estimate_head_pose(marks, k).rotation  # the human face's frame in the relief's
-    for pitch in pitches:
-        for yaw in yaws:
-            turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
-            photo, marks, k = photograph(relief, turn, at, size, focal)
-            faces = detector.detect(photo)
-            rows["found"].append(float(bool(faces)))
-            if pitch or yaw:  # unturned, the exact landmarks give the frame itself
-                rows["exact/human"].append(rotation_angle_deg(estimate_head_pose(marks, k).rotation, turn @ frame))
-            if not faces:
-                continue
-            points = np.array(faces[0].landmarks)
-            readings.append((points, k, turn, at))
-            rows["detected/own"].append(rotation_angle_deg(estimate_head_pose(points, k, relief.landmarks).rotation, turn))
-            rows["detected/human"].append(rotation_angle_deg(estimate_head_pose(points, k).rotation, turn @ frame))
-            if tiles is not None and (pitch in (min(pitches), max(pitches)) and yaw in (min(yaws), 0, max(yaws)) or pitch == yaw == 0):
-                tiles.append(_marked(photo, marks, points))
+    relief, frame = face
+    for t in relief_turns(detector, relief, [(p, y) for p in pitches for y in yaws], size, focal):
+        rows["found"].append(float(t.detected is not None))
+        if t.pitch or t.yaw:  # unturned, the exact landmarks give the frame itself
+            rows["exact/human"].append(rotation_angle_deg(estimate_head_pose(t.marks, t.k).rotation, t.turn @ frame))
+        if t.detected is None:
+            continue
+        readings.append((t.detected, t.k, t.turn, RELIEF_AT))
+        rows["detected/own"].append(rotation_angle_deg(estimate_head_pose(t.detected, t.k, relief.landmarks).rotation, t.turn))
+        rows["detected/human"].append(rotation_angle_deg(estimate_head_pose(t.detected, t.k).rotation, t.turn @ frame))
+        corner = t.pitch in (min(pitches), max(pitches)) and t.yaw in (min(yaws), 0, max(yaws))
+        if tiles is not None and (corner or t.pitch == t.yaw == 0):
+            tiles.append(_marked(t.photo, t.marks, t.detected))
     rows["detected/triangulated"] = triangulated_errors(readings)
     return rows
 

@@ -43,17 +43,16 @@ import cv2
 import numpy as np
 import torch
 
-from faces import lfw_faces, portraits, rig_photos
+from faces import RELIEF_AT, lfw_faces, lifted, portraits, relief_turns, rig_photos
 from gazegen.data.heads import sample_identity
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import _level_eye_line, estimate_head_pose, rotation_angle_deg
 from gazegen.data.photo_heads import photograph_head, rotation_from_pose
 from gazegen.geometry import rotation_to_head_pose
-from relief import Relief, lift, photograph
+from relief import Relief, lift
 
 GATE_SD = 6.0  # inputs farther than this (Mahalanobis) from the training inputs keep the plain fit
 RIDGE = 10.0  # on standardised monomials
-AT = np.array([0.0, 0.0, 600.0])  # where a relief's eye midpoint is photographed, camera frame, mm
 Reading = tuple[np.ndarray, np.ndarray, np.ndarray]  # detected landmarks (5, 2) px, K (3, 3), true rotation (3, 3)
 Correction = Callable[[np.ndarray], np.ndarray]  # inputs (N, 8) -> rotation vectors (N, 3), the face's frame
 
@@ -134,31 +133,23 @@ def fit_correction(inputs: np.ndarray, targets: np.ndarray, ridge: float = RIDGE
 
 def turned_readings(detector: MtcnnDetector, relief: Relief, pitches, yaws, size: int, focal: float
                     ) -> Iterator[Reading]:
-    """The relief turned to every (pitch, yaw) but the unturned one, 600 mm away, where MTCNN finds it; the truth is
-    the turn (in the relief's frame)."""
-    for pitch in pitches:
-        for yaw in yaws:
-            if pitch or yaw:
-                turn = rotation_from_pose(np.radians(pitch), np.radians(yaw))
-                photo, _, k = photograph(relief, turn, AT, size, focal)
-                found = detector.detect(photo)
-                if found:
-                    yield np.array(found[0].landmarks), k, turn
+    """The relief turned to every (pitch, yaw) but the unturned one (faces.relief_turns), where MTCNN finds it; the
+    truth is the turn (in the relief's frame)."""
+    poses = [(pitch, yaw) for pitch in pitches for yaw in yaws if pitch or yaw]
+    for t in relief_turns(detector, relief, poses, size, focal):
+        if t.detected is not None:
+            yield t.detected, t.k, t.turn
 
 
 def lifted_readings(detector: MtcnnDetector, faces: list[np.ndarray], pitches, yaws, size: int, focal: float
                     ) -> Iterator[Reading]:
-    """Each face lifted and turned (`turned_readings`); the truth is the turn applied to the generic face's pose on
-    the exact landmarks unturned, as in faces.py."""
+    """Each face lifted (faces.lifted) and turned (`turned_readings`); the truth is the turn applied to the generic
+    face's pose on the exact landmarks unturned, as in faces.py."""
     for image in faces:
-        unturned = detector.detect(image)
-        if not unturned:
-            continue
-        relief = lift(image, np.array(unturned[0].landmarks))
-        _, marks, k = photograph(relief, np.eye(3), AT, size, focal)
-        frame = estimate_head_pose(marks, k).rotation  # the generic face's frame in the relief's
-        for points, k, turn in turned_readings(detector, relief, pitches, yaws, size, focal):
-            yield points, k, turn @ frame
+        if (face := lifted(detector, image, size, focal)) is not None:
+            relief, frame = face
+            for points, k, turn in turned_readings(detector, relief, pitches, yaws, size, focal):
+                yield points, k, turn @ frame
 
 
 def procedural_readings(detector: MtcnnDetector, identities: int, seed: int = 7, first: int = 2000,
@@ -181,7 +172,7 @@ def lifted_procedural_readings(detector: MtcnnDetector, identities: int, first: 
     """Procedural identities first.., each photographed frontal, lifted onto the relief and turned through pitch
     -20..20 (10) x yaw -40..40 (20): its truth is the turn (the frontal photo's pose is the identity)."""
     for i in range(identities):
-        front = photograph_head(sample_identity(np.random.default_rng(first + i)), np.eye(3), AT, 320, 700.0)
+        front = photograph_head(sample_identity(np.random.default_rng(first + i)), np.eye(3), RELIEF_AT, 320, 700.0)
         found = detector.detect(front.image)
         if found:
             relief = lift(front.image, np.array(found[0].landmarks))
