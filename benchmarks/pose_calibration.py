@@ -46,7 +46,7 @@ import torch
 from faces import RELIEF_AT, lfw_faces, lifted, portraits, relief_turns, rig_photos
 from gazegen.data.heads import sample_identity
 from gazegen.data.mtcnn import MtcnnDetector
-from gazegen.data.normalise import _level_eye_line, estimate_head_pose, rotation_angle_deg
+from gazegen.data.normalise import estimate_head_pose, level_eye_line, rotation_angle_deg
 from gazegen.data.photo_heads import photograph_head, rotation_from_pose
 from gazegen.geometry import rotation_to_head_pose
 from relief import Relief, lift
@@ -64,7 +64,7 @@ def face_frame_fit(points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.nd
     The face's frame is the camera turned to look along the eye midpoint's ray, with the eye line level: there a
     photo's roll, scale and the face's place in it change little. Inputs: nose and mouth corners relative to the eye
     midpoint in eye distances (6), and the fit's pitch and yaw (2), all in that frame."""
-    level, turn = _level_eye_line(points, k)
+    level, turn = level_eye_line(points, k)
     rays = np.concatenate([(level - k[:2, 2]) / np.diag(k)[:2], np.ones((len(level), 1))], 1)  # (5, 3)
     forward = rays[:2].mean(0) / np.linalg.norm(rays[:2].mean(0))
     down = np.cross(forward, [1.0, 0.0, 0.0])

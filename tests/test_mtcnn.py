@@ -32,6 +32,12 @@ ASTRONAUT_EYES = np.array([[204.0, 101.0], [246.5, 103.0]])
 FACE = (slice(40, 200), slice(160, 290))  # rows, columns of the astronaut's head in the 512 px image
 
 
+def lfw_face(index: int) -> np.ndarray:
+    """scikit-image's LFW face `index` (25 px), upscaled 4x and padded: a 160 px RGB photo."""
+    image = cv2.resize((data.lfw_subset()[index] * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
+    return cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE)
+
+
 @pytest.fixture(scope="module")
 def detector() -> MtcnnDetector:
     return MtcnnDetector()
@@ -200,13 +206,10 @@ def test_frontal_news_photos_read_near_zero_pitch(detector):
     """scikit-image's LFW faces 0-39 (frontal news photos, 25 px, upscaled 4x; not the faces 40-99 the generic face's
     nose and mouth were laid out from) read a median pitch within 7 degrees of level with the generic face
     (measured +4.1; with ETH-XGaze's nose and mouth points, which MTCNN does not read on real faces, +13.2)."""
-    from skimage import data
 
     pitches = []
-    for face in data.lfw_subset()[:40]:
-        image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
-        image = cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE)
-        found = detector.detect(image)
+    for i in range(40):
+        found = detector.detect(lfw_face(i))
         assert found
         pitches.append(math.degrees(estimate_head_pose(np.array(found[0].landmarks), photo_camera_matrix(160, 160)).pitchyaw[0]))
     assert abs(np.median(pitches)) < 7.0, np.median(pitches)
@@ -256,9 +259,7 @@ def test_a_face_read_upside_down_in_the_upright_copy_is_turned(detector):
     """scikit-image's LFW face 31 turned upside down: the upright copy reads it as a face at 0.997
     (its mouth as eyes), so the roll search ends there; read the other way up it scores higher.
     The oracle: where its eyes are found in the upright photo, turned with it."""
-    face = data.lfw_subset()[31]
-    image = cv2.resize((face * 255).astype(np.uint8), (100, 100), interpolation=cv2.INTER_CUBIC)
-    image = cv2.copyMakeBorder(np.repeat(image[..., None], 3, -1), 30, 30, 30, 30, cv2.BORDER_REPLICATE)
+    image = lfw_face(31)
     upright = np.array(detector.detect(image)[0].landmarks[:2])  # (2, 2) the subject's right, left eye
     (turned, *_) = detector.detect(np.ascontiguousarray(image[::-1, ::-1]))
     ipd = np.linalg.norm(upright[1] - upright[0])

@@ -18,7 +18,7 @@ from gazegen import geometry
 from gazegen.config import NormalisationConfig
 from gazegen.data.heads import sample_identity
 from gazegen.data.normalise import (FACE_MODEL_MM, NormalisationError, estimate_head_pose, gaze_to_normalised, gaze_to_photo,
-                                    normalise_face, normalising_rotation, photo_camera_matrix, rotation_angle_deg)
+                                    level_eye_line, normalise_face, normalising_rotation, photo_camera_matrix, rotation_angle_deg)
 from gazegen.data.photo_heads import head_landmarks_mm, mean_head_model_mm, photograph_head, rotation_from_pose
 
 torch.set_num_threads(1)
@@ -66,6 +66,23 @@ def test_generic_model_pose_error_is_a_few_degrees(photos):
     model = mean_head_model_mm()
     errors = [rotation_angle_deg(estimate_head_pose(p.landmarks, p.camera_matrix, model).rotation, p.head_rotation) for _, p in photos]
     assert np.median(errors) < 7.0 and max(errors) < 12.0, errors
+
+
+def test_levelling_the_eye_line_is_rolling_the_camera():
+    """Points whose eyes lie level in a camera, seen by the same camera rolled about its optical axis
+    (X -> Rz(a) X), with an off-centre principal point and unequal focal lengths: levelling the
+    rolled view gives back the unrolled pixels and the roll, whatever the angle."""
+    k = np.array([[610.0, 0.0, 300.0], [0.0, 590.0, 210.0], [0.0, 0.0, 1.0]])
+    points = np.array([[-32.0, -5.0, 640.0], [31.0, -5.0, 640.0], [1.0, 30.0, 615.0], [-24.0, 60.0, 630.0], [26.0, 61.0, 632.0]])
+
+    def pixels(x: np.ndarray) -> np.ndarray:
+        return x[:, :2] / x[:, 2:] * np.diag(k)[:2] + k[:2, 2]
+
+    for degrees in (-170.0, -45.0, 0.0, 20.0, 90.0, 135.0):
+        roll = geometry.rotation_z(np.array(math.radians(degrees)))
+        level, turn = level_eye_line(pixels(points @ roll.T), k)
+        np.testing.assert_allclose(level, pixels(points), atol=1e-9)
+        np.testing.assert_allclose(turn, roll, atol=1e-12)
 
 
 # The five MTCNN landmarks of scikit-image's astronaut (its 512 px photo) as gazegen/data/mtcnn.py finds

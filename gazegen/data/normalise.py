@@ -122,7 +122,7 @@ def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: 
     fit can have two minima (a face pitched up or down by a similar amount), starts from SQPnP's
     solution and from the head pitched `PITCH_STARTS_DEG`, keeping the best. Those starts are
     pitches of an upright face, so the fit runs on the landmarks turned about the optical axis
-    until the eye line is level (`_level_eye_line`: exactly the camera rolled about its axis), and
+    until the eye line is level (`level_eye_line`: exactly the camera rolled about its axis), and
     its pose is turned back: the same face in a photo turned by any angle gets the same head
     pose, turned with it. No lens distortion. Raises `NormalisationError` when no pose puts the
     face in front of the camera.
@@ -130,7 +130,7 @@ def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: 
     image_points = np.asarray(landmarks, np.float64).reshape(-1, 2)
     object_points = np.asarray(model, np.float64).reshape(-1, 3)
     k = np.asarray(camera_matrix, np.float64)
-    level_points, turn = _level_eye_line(image_points, k)
+    level_points, turn = level_eye_line(image_points, k)
     try:
         ok, rvec, tvec = cv2.solvePnP(object_points[:, None], level_points[:, None], k, None, flags=cv2.SOLVEPNP_SQPNP)
     except cv2.error as e:  # e.g. all landmarks on one point
@@ -145,7 +145,7 @@ def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: 
     return HeadPose(rotation, rotation @ FACE_CENTRE_MM + translation, rms)
 
 
-def _level_eye_line(image_points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def level_eye_line(image_points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(P, 2) pixel landmarks (the first two: the image-left and image-right eye) -> the same
     landmarks seen by the camera rolled about its optical axis until the eye line is level, and
     ``turn`` (3, 3), the rotation from that rolled camera's frame to `k`'s: X_cam = turn @ X_level.
@@ -168,7 +168,7 @@ def _weighted_fit(image_points: np.ndarray, object_points: np.ndarray, k: np.nda
                   translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The (rotation, translation) minimising the landmark errors, each split along and across the
     eye line and divided by `LANDMARK_SPREAD`, from several starts (`estimate_head_pose`); the
-    landmarks' eye line is level (`_level_eye_line`), so the starts are an upright face's."""
+    landmarks' eye line is level (`level_eye_line`), so the starts are an upright face's."""
     across = image_points[1] - image_points[0]  # the image-left eye to the image-right eye
     across = across / max(float(np.linalg.norm(across)), 1e-9)
     frame = np.stack([across, [-across[1], across[0]]])  # (2, 2) rows: along, across the eye line
