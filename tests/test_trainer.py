@@ -45,10 +45,12 @@ def best_flat_colour_l1(target: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 def test_a_fixed_batch_is_overfit(store):
-    # Two triplets, tiny, 80 steps. The loss halves, and the eye term goes below the best flat colour: the network
-    # draws irises and pupils rather than averaging the eye region (measured: total 3.28 -> 1.16, eyes 1.19 -> 0.40
-    # against a flat floor of 0.61). At PyTorch's default initialisation the eye term sat at the flat floor for ~80
-    # steps, because the triplane barely depended on the input (gazegen/models/init.py).
+    # Two triplets, tiny, 160 steps. The loss halves, and the eye term goes below the best flat colour: the network
+    # draws irises and pupils rather than averaging the eye region (measured on an AMD EPYC: total 3.01 -> 0.61, eyes
+    # 0.18 against a flat floor of 0.54). At PyTorch's default initialisation the eye term sat at the flat floor for
+    # ~80 steps, because the triplane barely depended on the input (gazegen/models/init.py). 160, not 80, steps: at
+    # 80, 2 of 11 seeds (CPUs round differently, as seeds do) missed a bar (loss ratio up to 0.56, eyes up to 0.90 of
+    # the floor); at 160 the worst of the 11 is 0.37 and 0.43.
     cfg = config()
     model_cfg = cfg.model_config()
     data = TripletDataset([read_subject(p) for p in store_splits(store).split("train")], TripletSizes.for_model(model_cfg),
@@ -59,7 +61,7 @@ def test_a_fixed_batch_is_overfit(store):
     loss_fn = LiveGazeLoss(cfg.loss)
     optimizer = build_optimizer(model, load_config(type(cfg.optim), None, ["lr_encoder=3e-3", "lr_renderer=3e-3", "lr_gaze=3e-3"]))
     first = None
-    for _ in range(80):
+    for _ in range(160):
         terms, grad_norm = forward_backward(model, batch, loss_fn, cfg.optim.grad_clip)
         assert torch.isfinite(grad_norm)
         optimizer.step()
@@ -191,7 +193,9 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
 
     Measured (tiny, lift 8, 4 pixel channels, seed 0, 300 steps, ~45 s): see the asserted bars; without the pixel
     features 19.1 dB; before plane lifting, the silhouette and raw-render terms, the opacity stayed a uniform fog
-    and the face PSNR near 15 dB.
+    and the face PSNR near 15 dB. Trained for 800 steps: at 300 the face PSNR of seeds 0-5 was 20.55-21.05 dB on an
+    AMD EPYC (21.5 at seed 0 on an Intel Xeon), a hair above the bar, and PSNR does not rise steadily with the steps
+    (seed 4: 20.98, 20.81, 20.12, 21.12, 21.53 dB at 300, 400, 500, 600, 800); at 800 the worst seed gives 21.53.
     """
     import dataclasses
 
@@ -208,7 +212,7 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
     model = LiveGaze(model_cfg).train()
     loss_fn = LiveGazeLoss(cfg.loss)
     optimizer = build_optimizer(model, load_config(type(cfg.optim), None, ["lr_encoder=3e-3", "lr_renderer=3e-3"]), ("gaze",))
-    for _ in range(300):
+    for _ in range(800):
         forward_backward(model, batch, loss_fn, cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -224,6 +228,6 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
     change = metrics.masked_mean((out.image - swapped.image).abs().mean(1, keepdim=True), faces).mean()
     data_change = metrics.masked_mean((batch.target - batch.target[swap]).abs().mean(1, keepdim=True), faces).mean()
     print(f"face PSNR {psnr.tolist()}, alpha inside {inside:.3f} outside {outside:.3f}, swap {change:.3f} vs {data_change:.3f}")
-    assert psnr.mean() >= 20.5, psnr  # measured 21.5 dB (the issue's 25 dB bar is for the demo prior, not this test)
-    assert inside > 5 * outside  # a silhouette: measured 0.94 inside the head, 0.013 outside
-    assert change >= 0.6 * data_change  # the output follows its source: measured 0.170 against the faces differing by 0.194
+    assert psnr.mean() >= 20.5, psnr  # measured 22.2 dB (the issue's 25 dB bar is for the demo prior, not this test)
+    assert inside > 5 * outside  # a silhouette: measured 0.98 inside the head, 0.002 outside
+    assert change >= 0.6 * data_change  # the output follows its source: measured 0.180 against the faces differing by 0.194
