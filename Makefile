@@ -20,7 +20,7 @@ test: setup
 
 demo: setup
 	$(BIN)/gazegen data synth-heads $(DEMO)/heads --subjects 6 --resolution 128 --views 9 --gazes 64 \
-		--set test_subjects=1 --set rig.max_yaw_deg=30 --set rig.max_pitch_deg=20
+		--set test_subjects=1 --set rig.max_yaw_deg=30 --set rig.max_pitch_deg=20 --overwrite  # the last demo's, remade
 	$(BIN)/gazegen data inspect $(DEMO)/heads --sheet $(DEMO)/heads_sheet.png
 	rm -rf $(DEMO)/run $(DEMO)/synth  # a fresh run each time; the heads are remade identically
 	@echo "demo: fine-tuning the shipped LiveGaze weights/demo-livegaze (its MODEL_CARD.md; made from weights/demo-prior) on these heads"

@@ -102,7 +102,7 @@ def make_heads(args: argparse.Namespace, resolution: int) -> Path:
     recorded = store / "heads_config.json"
     if not (recorded.is_file() and json.loads(recorded.read_text()) == dataclasses.asdict(cfg)):
         log.info("making the procedural store %s (%d identities, %d held out)", store, cfg.subjects, cfg.test_subjects)
-        synthesize_store(store, cfg)
+        synthesize_store(store, cfg, overwrite=True)  # another config's store, if any, is replaced
         recorded.write_text(json.dumps(dataclasses.asdict(cfg)))
     return store
 

@@ -52,7 +52,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         heads = SynthHeadsConfig(subjects=3, test_subjects=1, resolution=128, gazes=8,
                                  rig=RigConfig(views=9, max_yaw_deg=30.0, max_pitch_deg=20.0))
-        store = synthesize_store(work / "heads", heads, workers=1)
+        store = synthesize_store(work / "heads", heads, workers=1, overwrite=True)  # a --work folder's earlier store, remade
         samples = list(iter_samples(next((store / "test").glob("*.h5"))))
     sources = torch.stack([image_tensor(s.image, model.cfg.image_resolution) for s in samples])  # (N, 3, S, S)
     source_cameras = torch.from_numpy(np.stack([s.camera for s in samples])).float()

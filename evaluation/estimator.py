@@ -40,6 +40,7 @@ from gazegen.data.images import resize_area, to_model_range
 from gazegen.data.splits import store_splits
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
+from gazegen.device import torch_device
 from gazegen.geometry import angular_error
 from gazegen.metrics.estimator import GazeEstimator
 
@@ -247,7 +248,7 @@ def evaluate_estimator(checkpoint: str | Path, data: str | Path, *, split: str =
 
     ``split`` applies to stores with a train_test_split.json; other sources are read whole.
     """
-    model = load_pretrained(checkpoint, GazeEstimator, device=device)
+    model = load_pretrained(checkpoint, GazeEstimator, device=torch_device(device))
     dataset = open_gaze_data(data, split=split, net=model.cfg)
     return error_report(predict(model, _batches(dataset, batch_size, 0), device, max_images), str(data))
 
@@ -294,6 +295,7 @@ def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, 
     store's ``cfg.eval_split`` when it has one; writes the checkpoint to ``out`` and
     ``out/estimator_report.json``. ``model`` continues training a given network.
     """
+    device = torch_device(device)
     torch.manual_seed(cfg.seed)
     model = (model or GazeEstimator(cfg.net)).to(device).train()
     dataset = open_gaze_data(data, split=cfg.split, net=cfg.net, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)

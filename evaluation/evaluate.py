@@ -57,6 +57,7 @@ from gazegen.data.images import to_model_range
 from gazegen.imaging import resize_tensor
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import open_subject
+from gazegen.device import torch_device
 from gazegen.evaluation.estimator import check_store_camera, store_files
 from gazegen.evaluation.probes import run_probes
 from gazegen.evaluation.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
@@ -250,7 +251,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     else the store's). ``estimator`` None: gaze and head errors are reported n/a with ``estimator_note``.
     """
 
-    device = torch.device(device)
+    device = torch_device(device)
     files = store_files(data, cfg.split)
     files = files[: cfg.max_subjects] if cfg.max_subjects else files
     lpips = LPIPSMetric.load(device) if cfg.lpips else LPIPSMetric(None, "LPIPS off (EvaluateConfig.lpips = false)")
@@ -354,14 +355,14 @@ def default_finetune(checkpoint: str | Path | None, epochs: int) -> Finetune:
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
-             estimator: str | Path | None = None, device: str = "cpu", finetune_fn: Finetune | None = None,
+             estimator: str | Path | None = None, device: str | torch.device = "cpu", finetune_fn: Finetune | None = None,
              model: LiveGaze | None = None) -> EvaluationReport:
     """`gazegen evaluate CKPT DATA --out DIR`: writes report.json, report.md and sheet.png to ``out``.
 
     ``estimator``: a reference-estimator checkpoint (evaluation/estimator.py); without one the gaze and
     head errors are n/a. ``model`` replaces loading ``checkpoint`` (the path is still reported).
     """
-
+    device = torch_device(device)
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
     model = model.to(device).eval() if model is not None else load_checkpoint(checkpoint, device=device)

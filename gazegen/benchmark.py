@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gazegen.allocator import keep_freed_memory
 from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, load_config
+from gazegen.device import torch_device
 from gazegen.geometry import head_pose_to_camera
 from gazegen.models.livegaze import LiveGaze
 from gazegen.models.staged_grid import staged_grid
@@ -207,7 +208,7 @@ def bench_model(
     ``overrides``: ``key.sub=value`` changes to the preset (e.g. ``render.chunk_rays=1024``)."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    dev = torch.device(device)
+    dev = torch_device(device)
     cfg = load_config(ModelConfig, preset_path, overrides)
     keep_freed_memory()  # as synthesis's actors and the trainer run (gazegen/allocator.py): tiny forward 1.9 -> 1.4 ms/image
     torch.manual_seed(seed)

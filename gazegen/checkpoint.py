@@ -246,8 +246,12 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
 
 
 def checkpoint_hash(directory: str | Path) -> str:
-    """sha256 of config.json and model.safetensors: the identity of the model weights (train_state.pt
-    and any other file left out)."""
+    """One sha256 over the bytes of config.json and then model.safetensors: the identity of the
+    checkpoint, its config (architecture, format, metadata) as well as its weights (train_state.pt
+    and any other file left out). Synthesis records it in every row and manifest. It is not the
+    sha256 of model.safetensors alone (the one a model card and `gazegen weights` give), and a
+    checkpoint whose config.json changes gets another hash with the same weights; it is kept as it
+    is because the manifests of earlier runs hold it."""
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         with open(Path(directory) / name, "rb") as f:

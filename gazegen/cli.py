@@ -21,6 +21,8 @@ data_app = typer.Typer(help="Make, convert and inspect training stores.", no_arg
 app.add_typer(data_app, name="data")
 
 SetOption = typer.Option(None, "--set", help="Override a config key: --set key.sub=value (repeatable).")
+# How a config path is found (gazegen/config/loader.py find_config): the defaults work from any folder.
+FROM_CONFIGS = "a relative path missing from the working folder is looked up in the repository's configs/"
 
 
 # What a command reports as one line (exit code 2): gazegen's own user errors, and a path that does
@@ -49,38 +51,48 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 @data_app.command("synth-heads")
 def synth_heads(
-    out: Path = typer.Argument(..., help="Store folder to create (train/, test/, train_test_split.json)."),
+    out: Path = typer.Argument(..., help="Store folder to create, new or empty (train/, test/, train_test_split.json)."),
     subjects: Optional[int] = typer.Option(None, help="Number of identities (one h5 each)."),
     resolution: Optional[int] = typer.Option(None, help="Image side in pixels."),
     views: Optional[int] = typer.Option(None, help="Cameras in the rig (ETH-XGaze: 18)."),
     gazes: Optional[int] = typer.Option(None, help="Gaze targets (frames) per subject."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
-    config: Optional[Path] = typer.Option(None, help="TOML preset (configs/data/*.toml)."),
+    config: Optional[Path] = typer.Option(None, help="TOML file of SynthHeadsConfig keys (gazegen/config/camera.py; none ship, "
+                                                     "the defaults and --set cover them)."),
     overrides: Optional[list[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds a store: delete it first (its split file, prepare.json "
+                                   "and train/ test/ *.h5); other files in OUT are kept."),
 ) -> None:
     """Procedural multi-view gaze heads with exact labels, in the ETH-XGaze h5 layout."""
     from gazegen.config import SynthHeadsConfig, load_config
-    from gazegen.data.heads import synthesize_store
+    from gazegen.data.heads import held_out_subjects, synthesize_store
 
     flags = {"subjects": subjects, "resolution": resolution, "rig.views": views, "gazes": gazes, "seed": seed}
     sets = [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     with _reported():
         cfg = load_config(SynthHeadsConfig, config, sets)
-    synthesize_store(out, cfg)
+        synthesize_store(out, cfg, overwrite=overwrite)
     typer.echo(f"wrote {out}")
+    if held_out_subjects(cfg) == cfg.subjects:
+        typer.secho(f"warning: all {cfg.subjects} subject(s) are in the test split and train/ is empty: a store for "
+                    "`evaluate` or `finetune`, not for `train` or `estimator train` (--set test_subjects=0 keeps them in train)",
+                    fg=typer.colors.YELLOW, err=True)
 
 
 @data_app.command("prepare")
 def prepare(
     src: Path = typer.Argument(..., help="ETH-XGaze / GazeNeRF h5 file or folder of them, ETH-XGaze's raw release, or an MPIIFaceGaze / ColumbiaGaze release."),
-    out: Path = typer.Argument(..., help="Training store to create."),
+    out: Path = typer.Argument(..., help="Training store to create, or to resume: a rerun of the same SRC and settings "
+                                         "skips the subjects already converted (OUT/prepare.json records them)."),
     resolution: int = typer.Option(512, help="Output image side (the paper: 512)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds another store (other source or settings): delete it "
+                                   "first (its split file, prepare.json and train/ test/ *.h5); other files in OUT are kept."),
 ) -> None:
     """Convert published ETH-XGaze or GazeNeRF h5 files (or ETH-XGaze raw, MPIIFaceGaze, ColumbiaGaze, normalised) into a training store."""
     from gazegen.data.prepare import prepare_store
 
     with _reported():
-        report = prepare_store(src, out, resolution=resolution)
+        report = prepare_store(src, out, resolution=resolution, overwrite=overwrite)
     typer.echo(report.summary())
 
 
@@ -158,7 +170,7 @@ def weights() -> None:
 
 @app.command("bench")
 def bench(
-    preset: Path = typer.Option(Path("configs/model/tiny.toml"), help="Model preset (configs/model/*.toml)."),
+    preset: Path = typer.Option(Path("configs/model/tiny.toml"), help=f"Model preset (configs/model/*.toml; {FROM_CONFIGS})."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     batch: int = typer.Option(1, min=1, help="Batch size of the throughput and grid runs."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each stage (warm-up grows to 3 runs)."),
@@ -224,6 +236,12 @@ def synthesize(
         logging.getLogger("gazegen.synthesize").debug("synthesis failed", exc_info=True)
         _fail(f"synthesis failed: {type(e).__name__}: {first_line(e)}")
     typer.echo(result.summary())
+    for line in result.failure_report():  # which inputs failed and why, not only how many
+        typer.echo(line, err=True)
+    if result.rows == 0:  # sources were given (an empty INPUTS is refused earlier), and not one made a row
+        failed = "its one source" if result.sources == 1 else f"all {result.sources} sources"
+        typer.secho(f"error: {out}: no rows: {failed} failed (reasons above)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
 
 
 estimator_app = typer.Typer(help="The reference gaze estimator: the judge of redirection and a consumer of the shards.", no_args_is_help=True)
@@ -236,7 +254,7 @@ def estimator_train(
     out: Path = typer.Option(..., help="Checkpoint folder to write."),
     eval_data: Optional[str] = typer.Option(None, "--eval", help="Evaluate on this data after training (default: the store's test split)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
-    config: Optional[Path] = typer.Option(None, help="TOML preset (configs/estimator/*.toml)."),
+    config: Optional[Path] = typer.Option(None, help=f"TOML preset (configs/estimator/*.toml; {FROM_CONFIGS})."),
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Train the compact gaze + head-pose CNN."""
@@ -299,7 +317,7 @@ def evaluate(
 
 @app.command("train")
 def train(
-    config: Path = typer.Option(Path("configs/train/demo.toml"), help="Training preset (configs/train/*.toml)."),
+    config: Path = typer.Option(Path("configs/train/demo.toml"), help=f"Training preset (configs/train/*.toml; {FROM_CONFIGS})."),
     data: Path = typer.Option(..., help="Training store (train_test_split.json + train/*.h5)."),
     out: Path = typer.Option(..., help="Run folder: checkpoints, logs, loss curve, validation grids."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps."),

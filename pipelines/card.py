@@ -20,9 +20,7 @@ from gazegen.data.label_plots import ShardLabels
 from gazegen.data.parquet import SHARD_GLOB
 from gazegen.data.schema import DEPTH_SCALE, FEATURES, ROW_ID_FORMAT
 from gazegen.pipelines.run_manifest import RunManifest
-
-CARD_NAME = "README.md"
-HISTOGRAMS_NAME = "label_histograms.png"
+from gazegen.pipelines.shards import CARD_NAME, HISTOGRAMS_NAME
 
 _SIGN = "(0, 0) looks straight into the camera; pitch > 0 up, yaw > 0 towards the image's left (the subject's right)"
 _MEANINGS = {
@@ -42,7 +40,7 @@ _MEANINGS = {
     "source_path": "the input the source came from",
     "gaze_index": "index into the gaze grid (with --sample: the draw)",
     "view_index": "index into the view grid (with --sample: the draw)",
-    "checkpoint_hash": "identity of the model weights",
+    "checkpoint_hash": "the checkpoint's identity: one sha256 over its config.json and model.safetensors (not the weights file's sha256)",
     "seed": "random seed of the rendering",
 }
 # column: (frame, units, order, sign and zero)
@@ -185,7 +183,11 @@ with h5 and Parquet inputs; for a photo it is estimated, by a generic face fitte
 landmarks (median error about 9-10° on procedural heads turned in 3-D and on real faces lifted onto
 a generic face and turned: gazegen's `benchmarks/faces.py`; real heads may differ). For photo
 sources `head_pose` therefore carries that error, and `gaze_head` is relative to the estimated
-head frame.
+head frame. The model reads a source through the camera its head pose gives, so under view turns
+(a non-zero `view_offset`) a photo source may come out as a doubled (ghosted) face: gazegen's demo
+model superimposes two heads at view offsets of ±20°, and renders one at view offset 0. Check the
+photo sources' rows with a view turn before training on them; a gaze-only grid (`--grid pitch,yaw`)
+avoids the turn.
 
 ## Label distribution
 

@@ -32,6 +32,11 @@ def pose_problem(head_pose: np.ndarray, view_pitch: tuple[float, float]) -> str:
             f"{np.degrees(view_pitch[1]):.1f} deg reaches {np.degrees(worst):.1f} deg (|pitch| must stay < {MAX_PITCH_DEG:g})")  # fmt: skip
 
 
+def turns_views(spec: GridSpec) -> bool:
+    """Whether the grid renders views turned from the source's camera (a non-zero view offset)."""
+    return "view" in spec.axes and any(b != 0.0 for b in (*spec.view_pitch.bounds(), *spec.view_yaw.bounds()))
+
+
 def rendered_poses(head_pose: np.ndarray, views: np.ndarray) -> np.ndarray:
     """(2,) source head pose + (V, 2) view offsets -> (V, 2) rendered head poses, yaw wrapped into [-pi, pi)."""
     poses = np.asarray(head_pose, np.float64)[None] + views  # (V, 2)

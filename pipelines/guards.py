@@ -93,12 +93,24 @@ def image_pixels(data: bytes) -> tuple[int, int] | None:
                 return image.size
     except Image.DecompressionBombError:
         return None
-    except Exception as error:  # Pillow raises UnidentifiedImageError, SyntaxError, OSError, ...
+    except Image.UnidentifiedImageError:  # its message names the in-memory buffer by address, new every run
+        raise InputError(f"not a readable image header (no image format recognised; {len(data)} bytes)") from None
+    except Exception as error:  # Pillow raises SyntaxError, OSError, ...
         raise InputError(f"not a readable image header ({type(error).__name__}: {error}; {len(data)} bytes)") from None
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Image file bytes -> (H, W, 3) uint8 RGB, refused from its header above ``max_pixels``."""
+def decode_image(data: bytes, max_pixels: int, name: str = "") -> np.ndarray:
+    """Image file bytes -> (H, W, 3) uint8 RGB, refused from its header above ``max_pixels``. ``name``
+    (the file) begins the InputError's reason, as ``read_regular_file``'s do."""
+    try:
+        return _decoded(data, max_pixels)
+    except InputError as error:
+        if not name:
+            raise
+        raise InputError(f"{name}: {error}") from None
+
+
+def _decoded(data: bytes, max_pixels: int) -> np.ndarray:
     size = image_pixels(data)
     if size is None:
         raise InputError(f"more than {PILLOW_MAX_PIXELS} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded)")

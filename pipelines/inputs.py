@@ -151,7 +151,7 @@ def _read_images(records: Sequence[SourceRecord], settings: DecodeSettings) -> l
     """One image's records: its largest face (face -1), or its faces by number (faces = "all"),
     the image read and its faces detected once."""
     limit = max_file_bytes(settings.max_pixels)
-    image = cache(lambda: decode_image(read_regular_file(records[0].path, limit), settings.max_pixels))
+    image = cache(lambda: decode_image(read_regular_file(records[0].path, limit), settings.max_pixels, records[0].path))
     faces = cache(lambda: _faces(image(), settings))
 
     def read(record: SourceRecord) -> DecodedSource:
@@ -203,6 +203,35 @@ def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> 
         return _labelled(resize_image(image, target.resolution), row["head_pose"], row.get("gaze_head"))
 
     return _each(records, read)
+
+
+def _unlabelled_rows(path: str) -> np.ndarray:
+    """(rows,) bool: the rows of a Parquet file without a ``head_pose``, read as photos (all of them
+    when it has no such column; none when it cannot be read: its sources are error rows)."""
+    try:
+        with pq.ParquetFile(path) as file:
+            if "head_pose" not in file.schema_arrow.names:
+                return np.ones(file.metadata.num_rows, bool)
+            poses = file.read(columns=["head_pose"], use_threads=False).column("head_pose")
+    except Exception:  # reported when the sources are read
+        return np.zeros(0, bool)
+    return poses.is_null().to_numpy(zero_copy_only=False)
+
+
+def photo_sources(records: Sequence[SourceRecord]) -> list[SourceRecord]:
+    """The records read as photos, whose head pose is estimated from the face rather than known: image
+    files, and Parquet rows without a ``head_pose``; h5 rows and labelled Parquet rows carry theirs."""
+    unlabelled = {path: _unlabelled_rows(path) for path in {r.path for r in records if r.kind == "parquet" and not r.error}}
+
+    def photo(record: SourceRecord) -> bool:
+        if record.error or record.kind == "h5":
+            return False
+        if record.kind == "image":
+            return True
+        rows = unlabelled[record.path]
+        return record.index < len(rows) and bool(rows[record.index])
+
+    return [r for r in records if photo(r)]
 
 
 READERS: dict[str, Reader] = {"image": _read_images, "h5": _read_h5, "parquet": _read_parquet}
@@ -277,5 +306,6 @@ __all__ = [
     "DecodedSource",
     "decode_batch",
     "decode_sources",
+    "photo_sources",
     "renormalise",
 ]

@@ -3,7 +3,8 @@
 A run starts with ``check_or_create``: a fresh OUT gets a manifest (status ``running``) before
 any shard is written; an OUT with a manifest is resumed only when the recorded inputs,
 checkpoint and settings equal the new run's, else it refuses with ``RunMismatchError`` naming
-each difference (``overwrite=True`` removes the old outputs and starts afresh). ``finalize``
+each difference (``overwrite=True`` removes the old outputs and starts afresh); an OUT that holds
+other files and no manifest is refused too (``overwrite`` writes into it anyway). ``finalize``
 checks that every planned shard is complete, merges the shards' errors into
 ``_errors.parquet``, fills the manifest's shard list (rows, checksums) and writes the dataset
 card with its label histograms. Both are idempotent: a restart of a finished run finalizes
@@ -29,20 +30,21 @@ from gazegen.data.label_plots import figure_png, label_figure, read_labels
 from gazegen.data.parquet import SHARD_GLOB
 from gazegen.data.schema import ERRORS_SCHEMA
 from gazegen.errors import GazegenError
-from gazegen.pipelines.card import CARD_NAME, HISTOGRAMS_NAME, dataset_card
+from gazegen.pipelines.card import dataset_card
 from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.shards import (
-    SHARD_ERRORS_DIR,
+    CARD_NAME,
+    ERRORS_NAME,
+    HISTOGRAMS_NAME,
+    MANIFEST_NAME,
     STATS_GLOB,
     TMP_DIR,
     OutputDir,
     ShardSpec,
     completed_shards,
+    run_files,
     utc_now,
 )
-
-MANIFEST_NAME = "_manifest.json"
-ERRORS_NAME = "_errors.parquet"
 
 
 class RunMismatchError(GazegenError, RuntimeError):
@@ -64,18 +66,16 @@ def read_manifest(out: str | OutputDir) -> RunManifest | None:
 def remove_outputs(out: str | OutputDir) -> None:
     """Deletes what a gazegen run writes in OUT (and nothing else); the card only if ours."""
     out = OutputDir.from_uri(out)
-    names = out.list(SHARD_GLOB) + out.list(STATS_GLOB) + [TMP_DIR, SHARD_ERRORS_DIR, ERRORS_NAME]
-    if out.exists(MANIFEST_NAME):
-        names += [CARD_NAME, HISTOGRAMS_NAME, MANIFEST_NAME]  # the manifest last: it is what marks OUT as ours
-    for name in names:
+    for name in run_files(out):  # the manifest last: it is what marks OUT as ours
         out.delete(name)
 
 
 def check_or_create(out: str | OutputDir, manifest: RunManifest, overwrite: bool = False) -> RunManifest:
     """Starts or resumes a run in OUT; returns the manifest now recorded there.
 
-    Raises ``RunMismatchError`` when OUT holds a different run, an unreadable manifest, or
-    shards without a manifest, unless ``overwrite`` (then the old outputs are removed first).
+    Raises ``RunMismatchError`` when OUT holds a different run, an unreadable manifest, shards
+    without a manifest, or other files and no manifest (a folder that is not a run: its README.md
+    would become the card), unless ``overwrite`` (then the old outputs are removed first).
     Resuming clears ``_tmp/`` (call it before any writer starts).
     """
     out = OutputDir.from_uri(out)
@@ -92,6 +92,12 @@ def check_or_create(out: str | OutputDir, manifest: RunManifest, overwrite: bool
             raise RunMismatchError(
                 f"{out} holds shards but no {MANIFEST_NAME} (e.g. {leftovers[0]}): not a run this command can resume; "
                 "pass --overwrite to start afresh or choose another output"
+            )
+        others = [] if overwrite else out.list()
+        if others:  # someone's folder: the run would write its shards, README.md, ... among their files
+            raise RunMismatchError(
+                f"{out} is not empty (e.g. {others[0]}) and holds no gazegen run ({MANIFEST_NAME}): choose a new or empty "
+                f"output folder (--overwrite writes into it anyway, replacing files named like the run's, such as {CARD_NAME})"
             )
         out.write_atomic(MANIFEST_NAME, manifest.to_json().encode())
         return manifest

@@ -9,6 +9,9 @@ pipelines/render_actor.py).
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +19,13 @@ from typing import Any
 from gazegen.checkpoint import CONFIG_FILE, CheckpointError, check_weights, checkpoint_hash, checkpoint_normalisation, read_model_config
 from gazegen.config import GridSpec, ModelConfig, NormalisationConfig, SynthConfig
 from gazegen.data.schema import FORMAT_VERSION
-from gazegen.pipelines.grid import rows_per_source
-from gazegen.pipelines.inputs import DecodeSettings
+from gazegen.pipelines.grid import rows_per_source, turns_views
+from gazegen.pipelines.inputs import DecodeSettings, photo_sources
 from gazegen.pipelines.sources import SourceRecord, input_root, list_sources
 from gazegen.pipelines.render_actor import RenderSettings
 from gazegen.pipelines.shards import ShardSpec, plan_shards
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,36 @@ def resolve_normalisation(cfg: SynthConfig, checkpoint: str | Path, model: Model
     return norm.at_resolution(model.output_resolution)
 
 
-def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig) -> RunPlan:
-    """The run's plan: model, normalisation, sorted sources, rows per source and the shards."""
+def photo_views_warning(records: Sequence[SourceRecord], spec: GridSpec) -> str:
+    """The warning of a run that turns the view of photo sources, "" for any other run.
+
+    A photo's head pose is estimated (median error about 9-10 degrees: README, "Faces in photos"),
+    and the model reads the source through the camera that pose gives; the demo model renders such
+    a source under view offsets of +-20 degrees as two heads superimposed, and at view offset 0 as
+    one. Stores' sources carry their head pose and are not concerned.
+    """
+    if not turns_views(spec):
+        return ""
+    photos = photo_sources(records)
+    if not photos:
+        return ""
+    return (f"{len(photos)} of {len(records)} sources are photos (e.g. {photos[0].source_id}) and the grid turns the view: "
+            "a photo's head pose is estimated (median error about 9-10 degrees), the model reads the source through the "
+            "camera that pose gives, and under view offsets of +-20 degrees the demo model renders such a source as a "
+            "doubled (ghosted) face; at view offset 0 its images are usable. For photos, a gaze-only grid "
+            "(--grid pitch,yaw) is the one to use.")  # fmt: skip
+
+
+def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig, out: str | os.PathLike[str] | None = None) -> RunPlan:
+    """The run's plan: model, normalisation, sorted sources, rows per source and the shards. ``out``:
+    the run's output folder on this machine, whose files are never listed as inputs. Logs a warning
+    (once: a run is planned once) when photo sources meet view turns (``photo_views_warning``)."""
     spec = cfg.grid_spec
     model = read_model_config(checkpoint)
     check_weights(checkpoint)  # a damaged weights file is reported here, not by every render actor
-    records = tuple(list_sources(inputs, cfg.image_column, cfg.faces, cfg.max_pixels))
+    records = tuple(list_sources(inputs, cfg.image_column, cfg.faces, cfg.max_pixels, out))
+    if warning := photo_views_warning(records, spec):
+        log.warning(warning)
     per_source = rows_per_source(spec)
     shards = plan_shards([r.source_id for r in records], max(1, cfg.rows_per_shard // per_source))
     return RunPlan(cfg, spec, str(Path(checkpoint).resolve()), checkpoint_hash(checkpoint), model,
@@ -89,4 +118,4 @@ def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0, png_thre
     return decode, render
 
 
-__all__ = ["RunPlan", "plan_run", "resolve_normalisation", "stage_settings"]
+__all__ = ["RunPlan", "photo_views_warning", "plan_run", "resolve_normalisation", "stage_settings"]

@@ -48,7 +48,7 @@ class RunManifest:
     """The content of ``_manifest.json``."""
 
     inputs: tuple[str, ...]  # sorted input names
-    checkpoint_hash: str  # identity of the model weights
+    checkpoint_hash: str  # one sha256 over config.json and model.safetensors (gazegen/checkpoint.py checkpoint_hash)
     settings: Mapping[str, Any]  # everything that changes the rows; JSON-normalised
     sources_per_shard: int
     command: tuple[str, ...] = ()

@@ -6,7 +6,10 @@ Layout of an output folder OUT (a local path or any pyarrow filesystem URI)::
     shard-00000_stats.json         written last: the shard is complete iff this is valid
     _errors/shard-00000.parquet    bad inputs of the shard, with the reason (always written)
     _tmp/                          files being written; never matched by ``shard-*.parquet``
-    _errors.parquet, _manifest.json, README.md    run-level files (pipelines/manifest.py)
+    _errors.parquet, _manifest.json, README.md, label_histograms.png    run-level files (pipelines/manifest.py)
+
+``run_files`` names them all: what ``--overwrite`` removes; the listing of inputs skips them, but for the
+shards, in any folder holding a run's manifest (pipelines/sources.py).
 
 Shard ``i`` holds the sources ``[i * n, (i + 1) * n)`` of the sorted, de-duplicated inputs, so
 a restart with the same inputs and ``n`` cuts the same shards. Every file is written under a
@@ -38,11 +41,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from gazegen.data.parquet import SHARD_GLOB
 from gazegen.data.schema import IMAGE_COLUMNS, ROW_SCHEMA, conform, errors_table, rows_table
 
 TMP_DIR = "_tmp"
 SHARD_ERRORS_DIR = "_errors"
 STATS_GLOB = "shard-*_stats.json"
+MANIFEST_NAME = "_manifest.json"  # the run-level files (pipelines/manifest.py; the card: pipelines/card.py)
+ERRORS_NAME = "_errors.parquet"
+CARD_NAME = "README.md"
+HISTOGRAMS_NAME = "label_histograms.png"
 ROW_GROUP_SIZE = 100  # rows per Parquet row group (Hugging Face's choice for image datasets)
 
 
@@ -81,6 +89,10 @@ class OutputDir:
 
     def path(self, name: str) -> str:
         return posixpath.join(self.root, name) if self.root else name
+
+    def local_folder(self) -> str | None:
+        """The folder's path on this machine; None on another filesystem (s3://, gs://, mock://)."""
+        return self.root if isinstance(self.fs, pafs.LocalFileSystem) else None
 
     def ensure(self) -> None:
         if self.root:
@@ -127,6 +139,17 @@ class OutputDir:
             self.fs.delete_dir(self.path(name))
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path(name))
+
+
+def run_files(out: str | OutputDir, shards: bool = True) -> list[str]:
+    """The names in OUT that a gazegen run writes, nothing else (``_tmp/`` and ``_errors/`` as folders):
+    its shards (with ``shards``) and their stats, the errors files; with a manifest in OUT also the card,
+    the histograms and the manifest, last (it marks OUT as a run's: another README.md is its owner's)."""
+    out = OutputDir.from_uri(out)
+    names = (out.list(SHARD_GLOB) if shards else []) + out.list(STATS_GLOB) + [TMP_DIR, SHARD_ERRORS_DIR, ERRORS_NAME]
+    if out.exists(MANIFEST_NAME):
+        names += [CARD_NAME, HISTOGRAMS_NAME, MANIFEST_NAME]
+    return names
 
 
 # --------------------------------------------------------------------------- plan

@@ -23,6 +23,12 @@ to six digits) for rows of h5 and Parquet files. They are unique and do not depe
 machine, so shards cut from the sorted ids are the same on every restart. A file that cannot be
 opened while listing (or is no regular file: a FIFO, a device) becomes one source carrying its
 error, reported when it is read.
+
+Never sources: the run's own output folder (OUT may lie inside INPUTS; nothing under it is listed,
+so a rerun meets the inputs of the first run), and, in any folder holding a synthesis run's
+manifest (a previous run's output, given as or under INPUTS), the files that run wrote beside its
+shards (pipelines/shards.py ``run_files``: card, histograms, errors, stats). Its shards stay
+Parquet sources: rows with their labels.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import pyarrow.parquet as pq
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.guards import InputError, decode_image, max_file_bytes, read_regular_file, resolve_inside
+from gazegen.pipelines.shards import MANIFEST_NAME, OutputDir, run_files
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,21 @@ def _root_and_files(inputs: str) -> tuple[Path, list[Path]]:
     raise FileNotFoundError(f"{inputs}: no such file, folder or matching glob")
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (or is it), by name or, links followed, by what it is."""
+    return path.is_relative_to(folder) or Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _run_outputs(files: list[Path]) -> set[Path]:
+    """The files of ``files`` that a synthesis run wrote beside its shards (its manifest, card, histograms,
+    errors, stats and temporary files: pipelines/shards.py ``run_files``), in any folder holding a run's
+    manifest. A run's shards stay sources (Parquet with an image column and labels)."""
+    folders = {f.parent for f in files} | {f.parent.parent for f in files}  # OUT/x, or OUT/_errors/x and OUT/_tmp/x
+    runs = [d for d in folders if (d / MANIFEST_NAME).is_file()]
+    owned = {d / name for d in runs for name in run_files(OutputDir.from_uri(str(d)), shards=False)}
+    return {f for f in files if f in owned or any(p in owned for p in f.parents)}
+
+
 def _kind(path: Path) -> str | None:
     suffix = path.suffix.lower()
     for kind, suffixes in (("image", IMAGE_SUFFIXES), ("h5", H5_SUFFIXES), ("parquet", PARQUET_SUFFIXES)):
@@ -137,7 +159,7 @@ def _image_records(path: Path, rel: str, faces: str, max_pixels: int) -> list[So
     if faces == "largest":
         return [SourceRecord(rel, str(path), "image")]
     try:
-        found = len(detector().detect(decode_image(read_regular_file(path, max_file_bytes(max_pixels)), max_pixels)))
+        found = len(detector().detect(decode_image(read_regular_file(path, max_file_bytes(max_pixels)), max_pixels, str(path))))
     except Exception as error:  # an unreadable image is one error row, as when it is decoded
         return [SourceRecord(rel, str(path), "image", error=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")]
     if found < 2:
@@ -179,13 +201,24 @@ def _faces_in_cell(cell: object, path: Path, root: Path, max_pixels: int) -> int
 
 
 def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", faces: str = "largest",
-                 max_pixels: int = 36_000_000) -> list[SourceRecord]:
+                 max_pixels: int = 36_000_000, out: str | os.PathLike[str] | None = None) -> list[SourceRecord]:
     """Every source of INPUTS, sorted by id. ``faces``: "largest" or "all" (module docstring;
-    ``max_pixels`` guards the images and Parquet cells "all" reads). Raises FileNotFoundError
-    when INPUTS names nothing and ValueError when it holds no file of a known kind."""
+    ``max_pixels`` guards the images and Parquet cells "all" reads). ``out``: the run's output
+    folder, whose files are never inputs (OUT may lie inside INPUTS; INPUTS inside OUT is refused).
+    Raises FileNotFoundError when INPUTS names nothing and ValueError when it holds no file of a known kind."""
     if faces not in ("largest", "all"):
         raise ValueError(f"faces {faces!r}: expected 'largest' or 'all'")
     root, files = _root_and_files(str(inputs))
+    if out is not None:
+        out = _absolute(Path(out))
+        if _inside(root, out):
+            raise InputError(f"{inputs}: the inputs lie in the output folder {out}, whose files are never read as inputs; "
+                             "write the run to another folder (a new subfolder of INPUTS is fine)")  # fmt: skip
+        files = [f for f in files if not _inside(f, out)]
+    outputs = _run_outputs(files)
+    if outputs:
+        log.info("%s: %d files a synthesis run wrote beside its shards skipped (e.g. %s)", inputs, len(outputs), min(outputs))
+        files = [f for f in files if f not in outputs]
     records: list[SourceRecord] = []
     skipped: Counter[str] = Counter()  # suffix -> files of no kind read here
     for path in sorted(files):

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ from pathlib import Path
 from gazegen.config import SynthConfig
 from gazegen.errors import GazegenError
 from gazegen.pipelines.graph import render_pending
-from gazegen.pipelines.manifest import check_or_create, finalize
+from gazegen.pipelines.manifest import ERRORS_NAME, check_or_create, finalize, read_shard_errors
 from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.plan import RunPlan, plan_run
 from gazegen.pipelines.render_actor import RenderActor
@@ -98,6 +99,9 @@ log = logging.getLogger(__name__)
 
 class IncompleteShardsError(GazegenError, RuntimeError):
     """Some shards could not be completed in this run; the same command resumes them."""
+
+
+SHOWN_FAILURES = 10  # failed sources a result names; every one is in the errors file
 
 
 @dataclass(frozen=True)
@@ -111,18 +115,37 @@ class SynthesisResult:
     rows_written: int  # by this invocation
     seconds: float  # wall clock of this invocation's pipeline (Ray start-up included)
     images_per_s: float  # rows_written / seconds
+    errors_file: str = ""  # every failed source with its reason (_errors.parquet)
+    failures: tuple[str, ...] = ()  # the first SHOWN_FAILURES failed sources by id, "file: reason"
 
     def summary(self) -> str:
         return (f"{self.out}: {self.sources} sources, {self.rows} rows, {self.errors} errors, {self.shards} shards; this run: "
                 f"{self.shards_written} shards, {self.rows_written} images in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)")  # fmt: skip
+
+    def failure_report(self) -> list[str]:
+        """Lines naming the failed sources and why (the first ``SHOWN_FAILURES``) and where all of them are;
+        [] when none failed. A count alone leaves the user to open the errors file to learn which."""
+        if not self.errors:
+            return []
+        more = [f"  ... and {self.errors - len(self.failures)} more"] if self.errors > len(self.failures) else []
+        head = f"{self.errors} source{'s' if self.errors > 1 else ''} failed (all, with the reasons, in {self.errors_file}):"
+        return [head, *(f"  {f}" for f in self.failures), *more]
+
+
+def failure_line(row: dict[str, str]) -> str:
+    """An error row as "file: reason": its file with the source's row or face (``#000012``), the reason
+    without the file's path when it already begins with it."""
+    path, source_id = row["source_path"], row["source_id"]
+    within = source_id[source_id.index("#"):] if "#" in source_id else ""
+    return f"{path}{within}: {row['reason'].removeprefix(f'{path}: ')}"
 
 
 def open_run(checkpoint: str | Path, inputs: str | Path, out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
              command: Sequence[str] = ()) -> tuple[RunPlan, OutputDir, list[ShardSpec]]:
     """Plans the run and opens OUT for it (its manifest checked, or created); returns the plan, OUT and the
     shards still to write. ``run_synthesis`` renders them on Ray; the benchmark's bare loop, in process."""
-    run = plan_run(checkpoint, inputs, cfg)
     target = OutputDir.from_uri(os.fspath(out))
+    run = plan_run(checkpoint, inputs, cfg, target.local_folder())  # OUT may lie inside INPUTS: never listed
     manifest = RunManifest.create([r.source_id for r in run.records], run.checkpoint_hash, run.settings(),
                                   run.sources_per_shard, command)  # fmt: skip
     check_or_create(target, manifest, overwrite=overwrite)
@@ -160,8 +183,10 @@ def run_synthesis(
     final = finalize(target, run.shards)
     seconds = time.monotonic() - start
     written = sum(s.rows for s in router.closed) if router else 0
+    failed = read_shard_errors(target, run.shards).sort_by("source_id").slice(0, SHOWN_FAILURES).to_pylist()  # as listed, not as they came
     return SynthesisResult(str(target), len(run.records), final.rows, final.errors, len(final.shards),
-                           len(router.closed) if router else 0, written, seconds, written / seconds if seconds else 0.0)  # fmt: skip
+                           len(router.closed) if router else 0, written, seconds, written / seconds if seconds else 0.0,
+                           posixpath.join(str(target), ERRORS_NAME), tuple(failure_line(row) for row in failed))  # fmt: skip
 
 
-__all__ = ["IncompleteShardsError", "SynthesisResult", "open_run", "run_synthesis"]
+__all__ = ["SHOWN_FAILURES", "IncompleteShardsError", "SynthesisResult", "failure_line", "open_run", "run_synthesis"]

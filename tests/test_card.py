@@ -87,6 +87,8 @@ def test_card_states_conventions_shows_histograms_and_works_a_row(run):
         assert "(pitch, yaw)" in line or "cam2world" in line
     assert "yaw > 0 towards the image's left" in card and "(-cos p sin y, -sin p, -cos p cos y)" in card
     assert "for a photo it is estimated" in card  # a photo's head-pose labels are not exact: the card says so
+    text = " ".join(card.split())  # and what that does to a photo under a view turn, and how to avoid it
+    assert "a photo source may come out as a doubled (ghosted) face" in text and "(`--grid pitch,yaw`) avoids the turn" in text
     gaze, head = expected("gaze")[0].astype(np.float64), expected("head_pose")[0]
     assert f"Row `{schema.row_id('src0', 0, 0)}`" in card
     assert f"({np.degrees(gaze[0]):+.1f}°, {np.degrees(gaze[1]):+.1f}°)" in card

@@ -13,6 +13,7 @@ from gazegen.checkpoint import (
     WEIGHTS_FILE,
     CheckpointError,
     check_weights,
+    checkpoint_hash,
     checkpoint_normalisation,
     load_checkpoint,
     load_pretrained,
@@ -266,3 +267,21 @@ def test_the_weights_header_alone_names_the_tensors_or_the_damage(cfg, tmp_path)
     _truncated_weights(path)
     with pytest.raises(CheckpointError, match=f"^{re.escape(str(path / WEIGHTS_FILE))}: not a readable safetensors file"):
         check_weights(path)
+
+
+def test_checkpoint_hash_covers_the_config_and_the_weights_as_the_cards_say(saved, tmp_path):
+    """One sha256 over config.json then model.safetensors (hashlib on the two files' bytes, the
+    oracle): not the weights file's sha256, and it moves with the config alone. The shipped cards
+    that give it give the value the function computes."""
+    import hashlib
+
+    config, weights = ((tmp_path / "ckpt" / name).read_bytes() for name in (CONFIG_FILE, WEIGHTS_FILE))
+    assert checkpoint_hash(tmp_path / "ckpt") == hashlib.sha256(config + weights).hexdigest()
+    assert checkpoint_hash(tmp_path / "ckpt") != hashlib.sha256(weights).hexdigest()
+    (tmp_path / "ckpt" / CONFIG_FILE).write_bytes(config + b"\n")
+    assert checkpoint_hash(tmp_path / "ckpt") == hashlib.sha256(config + b"\n" + weights).hexdigest()
+    cards = {card.parent.name: re.search(r"checkpoint_hash: `([0-9a-f]{64})`", card.read_text())
+             for card in sorted(SHIPPED_DIR.glob("*/MODEL_CARD.md"))}
+    given = {name: found.group(1) for name, found in cards.items() if found}
+    assert {"demo-prior", "demo-livegaze"} <= set(given)
+    assert given == {name: checkpoint_hash(SHIPPED_DIR / name) for name in given}

@@ -104,6 +104,40 @@ def test_synthesize_faces_option_is_checked_before_any_work(tmp_path):
     assert load_synth_config(None, (), faces="all").faces == "all"  # the flag reaches the config as --set would
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--grid", "pitch,yaw,foo"], "command line: --grid: 'pitch,yaw,foo': axes must be a comma list of pitch, yaw, view"),
+    (["--pitch", "-10:10:1"], "command line: --pitch: -10:10:1: count must be >= 1"),
+    (["--crop", "sometimes"], "command line: crop 'sometimes': expected 'auto', 'always' or 'never'"),
+    (["--faces", "some"], "command line: faces 'some': expected 'largest' or 'all'"),
+    (["--set", "sampel=3"], "command line: top level: unknown key(s) sampel"),
+    (["--set", "pitch=10:0:2"], "command line: pitch: 10:0:2: start must not exceed stop"),  # --set names the key
+    (["--grid", "view,view"], "command line: --grid: 'view,view': view named more than once"),
+    (["--pitch", "0:0:2"], "command line: --pitch: 0:0:2: its 2 values repeat"),
+    (["--grid", "yaw", "--pitch", "-10:10:3", "--yaw", "-10:10:2", "--view-yaw", "-20:20:3"],
+     "command line: --pitch -10:10:3, --view-yaw -20:20:3: --grid yaw does not sweep pitch or view"),
+])  # fmt: skip
+def test_synthesize_option_errors_blame_the_command_line_not_defaults(tmp_path, args, message):
+    """A value typed on the command line is reported as the command line's (by its option's name when typed as one),
+    before any work; never as "defaults"."""
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    assert f"error: {message}" in result.output and "defaults" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_errors_name_the_file_or_the_command_line(tmp_path):
+    preset = tmp_path / "synth.toml"
+    preset.write_text('crop = "sometimes"\n')
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(tmp_path / "out"), "--config", str(preset)])
+    assert result.exit_code == 2 and f"error: {preset}: crop 'sometimes'" in result.output  # the file's own value
+    preset.write_text('crop = "never"\n')  # a file that is fine alone, made wrong by an option
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(tmp_path / "out"), "--config", str(preset),
+                                 "--faces", "all"])  # fmt: skip
+    assert result.exit_code == 2 and "error: command line: faces 'all' detects faces; crop 'never'" in result.output
+    result = runner.invoke(app, ["export", str(tmp_path / "run"), str(tmp_path / "dest"), "--format", "hdf"])
+    assert result.exit_code == 2 and "error: command line: " in result.output and "defaults" not in result.output
+
+
 def test_synthesize_interrupted_says_how_to_resume(tmp_path, monkeypatch):
     """Ctrl-C (KeyboardInterrupt out of the run): exit 130 and the resume hint, not a traceback."""
     import gazegen.pipelines.synthesis

@@ -328,3 +328,16 @@ def test_command_line(run, tmp_path):
     assert f"gazehub export of {len(expected)} images, 3 identities (1 train, 2 test)" in result.output
     result = CliRunner().invoke(app, ["export", str(out), str(tmp_path / "x"), "--format", "tfrecord"])
     assert result.exit_code == 2 and "export format 'tfrecord': expected one of xgaze, gazehub" in result.output
+
+
+def test_command_line_names_a_missing_run_folder(tmp_path):
+    """Once "error: <parent>/_manifest.json: a synthesis run's manifest is needed", the folder itself dropped."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "nope"), str(tmp_path / "xg")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        f"error: {tmp_path / 'nope'}: no such file or folder; a finished synthesis output folder is needed to export"]
+    assert not (tmp_path / "xg").exists()

@@ -3,13 +3,16 @@
 import numpy as np
 import pytest
 
-from gazegen.config import ConfigError, GridAxes, GridSpec, PitchRange, YawRange, load_synth_config
-from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses, rows_per_source
+from gazegen.config import CONFIG_DIR, ConfigError, GridAxes, GridSpec, PitchRange, YawRange, load_synth_config
+from gazegen.config.synth import RANGE_AXES
+from gazegen.pipelines.grid import plan_source, pose_problem, rendered_poses, rows_per_source, turns_views
+
+RANGES = {"pitch": "-30:30:3", "yaw": "-40:40:2", "view_pitch": "0:10:2", "view_yaw": "-20:20:3"}
 
 
 def spec(axes="pitch,yaw,view", sample=0, seed=0):
-    grid = {"grid": axes, "pitch": "-30:30:3", "yaw": "-40:40:2", "view_pitch": "0:10:2", "view_yaw": "-20:20:3"}
-    return load_synth_config(None, sample=sample, seed=seed, **grid).grid_spec
+    swept = {k: v for k, v in RANGES.items() if RANGE_AXES[k] in axes.split(",")}  # a range of an axis not swept is refused
+    return load_synth_config(None, grid=axes, sample=sample, seed=seed, **swept).grid_spec
 
 
 def test_range_values_in_radians_both_ends_included():
@@ -29,9 +32,10 @@ def test_range_values_in_radians_both_ends_included():
      ("pitch", "-10:10:2.5", "expected start:stop:count")],
 )  # fmt: skip
 def test_a_bad_range_is_a_config_error_naming_its_key_at_load(key, text, why):
-    with pytest.raises(ConfigError, match=f"{key}: .*{why}"):
+    option = "--" + key.replace("_", "-")  # the typed flag is named as the user typed it
+    with pytest.raises(ConfigError, match=f"^command line: {option}: .*{why}"):
         load_synth_config(None, **{key: text})
-    with pytest.raises(ConfigError, match=f"{key}: .*{why}"):  # --set and TOML keys are checked the same way
+    with pytest.raises(ConfigError, match=f"^command line: {key}: .*{why}"):  # --set and TOML keys are checked the same way
         load_synth_config(None, [f"{key}={text!r}".replace("'", '"')])
 
 
@@ -100,11 +104,11 @@ def test_sampled_grid_is_deterministic_per_source_and_within_range():
 def test_ranges_are_bounded():
     with pytest.raises(ConfigError, match=r"pitch: -90:10:3: degrees must lie in \(-90, 90\)"):
         load_synth_config(None, pitch="-90:10:3")
-    with pytest.raises(ConfigError, match="view_pitch"):
+    with pytest.raises(ConfigError, match="--view-pitch"):
         load_synth_config(None, view_pitch="0:95:2")
     with pytest.raises(ConfigError, match=r"yaw: .*\[-180, 180\]"):
         load_synth_config(None, yaw="-200:0:2")
-    with pytest.raises(ConfigError, match="view_yaw"):
+    with pytest.raises(ConfigError, match="--view-yaw"):
         load_synth_config(None, view_yaw="nan:0:2")
     wide = GridSpec(GridAxes(("view",)), PitchRange(0.0, 0.0, 1), YawRange(-180.0, 180.0, 3), PitchRange(-89.9, 10.0, 2),
                     YawRange(-180.0, 180.0, 2))  # fmt: skip
@@ -113,8 +117,46 @@ def test_ranges_are_bounded():
 
 
 def test_ranges_are_recorded_as_written():
-    cfg = load_synth_config(None, grid="pitch, yaw", pitch="-7.5:7.5:3", view_yaw="-30:30:5")
-    assert (str(cfg.grid), str(cfg.pitch), str(cfg.view_yaw)) == ("pitch,yaw", "-7.5:7.5:3", "-30:30:5")
+    cfg = load_synth_config(None, grid="pitch, yaw,view", pitch="-7.5:7.5:3", view_yaw="-30:30:5")
+    assert (str(cfg.grid), str(cfg.pitch), str(cfg.view_yaw)) == ("pitch,yaw,view", "-7.5:7.5:3", "-30:30:5")
+
+
+def test_an_axis_named_twice_and_a_range_whose_values_repeat_are_refused():
+    """`--grid view,view` and `--pitch 0:0:2` (two steps from 0 to 0) would render the same rows twice."""
+    with pytest.raises(ConfigError, match=r"^command line: --grid: 'view,view': view named more than once"):
+        load_synth_config(None, grid="view,view")
+    with pytest.raises(ValueError, match="pitch, view named more than once"):
+        GridAxes.from_text("pitch,view,yaw,view,pitch")
+    with pytest.raises(ConfigError, match=r"^command line: --pitch: 0:0:2: its 2 values repeat"):
+        load_synth_config(None, pitch="0:0:2")
+    with pytest.raises(ConfigError, match=r"^command line: view_yaw: 5:5:3: its 3 values repeat"):
+        load_synth_config(None, ["view_yaw='5:5:3'"])
+    for good in ("0:0:1", "-1e-3:1e-3:3", "-30:30:61"):  # one value; distinct values however close
+        values = np.degrees(PitchRange.from_text(good).values())
+        assert len(np.unique(values)) == len(values) == int(good.split(":")[2])
+
+
+def test_a_range_typed_for_an_axis_the_grid_does_not_sweep_is_refused():
+    """`--grid yaw --pitch ... --view-yaw ...` would drop --pitch and --view-yaw without a word."""
+    with pytest.raises(ConfigError) as refused:
+        load_synth_config(None, grid="yaw", pitch="-10:10:3", yaw="-10:10:2", view_yaw="-20:20:3")
+    assert str(refused.value) == ("command line: --pitch -10:10:3, --view-yaw -20:20:3: --grid yaw does not sweep pitch or view, "
+                                  "so these options would be ignored: add the axes to --grid or leave the options out")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^command line: --set view_pitch=\"0:10:2\": --grid pitch does not sweep view, so this option"):
+        load_synth_config(None, ['view_pitch="0:10:2"'], grid="pitch")
+    with pytest.raises(ConfigError, match=r"^command line: --yaw -5:5:2: the grid 'pitch' does not sweep yaw"):
+        load_synth_config(None, ["grid='pitch'"], yaw="-5:5:2")
+    # a preset's ranges may cover the axes its user leaves out; so may the defaults
+    cfg = load_synth_config(CONFIG_DIR / "synth" / "demo.toml", grid="yaw", yaw="-10:10:2")
+    assert str(cfg.grid) == "yaw" and str(cfg.pitch) == "-20:20:3"
+    assert str(load_synth_config(None, grid="pitch,view", pitch="-5:5:2", view_pitch="0:10:2").grid) == "pitch,view"
+
+
+def test_turns_views_means_a_non_zero_view_offset():
+    assert turns_views(spec()) and turns_views(spec("view"))
+    assert not turns_views(spec("pitch,yaw"))
+    assert not turns_views(load_synth_config(None, grid="pitch,view", view_yaw="0:0:1").grid_spec)  # view swept, offsets 0
+    assert turns_views(load_synth_config(None, grid="view", view_pitch="0:10:2", view_yaw="0:0:1").grid_spec)
 
 
 def test_head_pitch_plus_view_pitch_stays_inside_90_degrees_and_yaw_wraps():

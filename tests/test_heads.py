@@ -19,7 +19,7 @@ import pytest
 
 from gazegen import geometry as g
 from gazegen.config import GazeRangeConfig, NormalisationConfig, RigConfig, SynthHeadsConfig
-from gazegen.data.heads import rig_head_poses, subject_plan, synthesize_store
+from gazegen.data.heads import held_out_subjects, rig_head_poses, subject_plan, synthesize_store
 
 SMALL = SynthHeadsConfig(subjects=3, resolution=64, gazes=2, seed=7, rig=RigConfig(views=3))
 ZOOM = SynthHeadsConfig(
@@ -200,6 +200,66 @@ def test_cli_writes_a_store(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cli" / "train_test_split.json").read_text()) == {"train": [], "test": ["subject0000.h5"]}
     assert read(tmp_path / "cli" / "test" / "subject0000.h5")["face_patch"].shape == (2, 32, 32, 3)
+    # one subject and test_subjects' default 1: a test-only store (evaluate, finetune), said, not silent
+    assert "warning: all 1 subject(s) are in the test split and train/ is empty" in result.output
+
+
+def synth_heads_cli(out: Path, *args: str):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    return CliRunner().invoke(app, ["data", "synth-heads", str(out), "--resolution", "32", "--views", "2", "--gazes", "1", *args])
+
+
+def store_contents(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_split_counts():
+    count = lambda subjects, test: held_out_subjects(dataclasses.replace(SMALL, subjects=subjects, test_subjects=test))  # noqa: E731
+    assert [count(1, 0), count(1, 1), count(1, 3), count(2, 1), count(2, 2), count(5, 2), count(5, 0)] == [0, 1, 1, 1, 1, 2, 0]
+
+
+def test_an_existing_store_is_refused_and_replaced_only_with_overwrite(tmp_path):
+    """A second synth-heads into a store once rewrote its split and left the old subject files
+    beside the new ones (two datasets in one store). Now: refused, nothing touched; with
+    --overwrite the old store's files go, the user's own file stays, and the new store is exactly
+    a fresh one's."""
+    out = tmp_path / "store"
+    synthesize_store(out, dataclasses.replace(SMALL, subjects=3, test_subjects=1, resolution=32, gazes=1,
+                                              rig=RigConfig(views=2)), workers=1)  # fmt: skip
+    (out / "notes.txt").write_text("the user's own")
+    (out / "train" / "subject0009.h5.tmp").write_bytes(b"an unfinished file")
+    before = store_contents(out)
+    result = synth_heads_cli(out, "--subjects", "1", "--seed", "9", "--set", "test_subjects=0")
+    assert result.exit_code == 2
+    assert [l for l in result.output.splitlines() if l.strip()] == [
+        f"error: {out}: exists and is not empty; choose a new folder, or pass --overwrite to replace the store in it"]
+    assert store_contents(out) == before
+
+    result = synth_heads_cli(out, "--subjects", "1", "--seed", "9", "--set", "test_subjects=0", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(store_contents(out)) == ["notes.txt", "train/subject0000.h5", "train_test_split.json"]
+    assert (out / "notes.txt").read_text() == "the user's own" and not (out / "test").exists()
+    assert json.loads((out / "train_test_split.json").read_text()) == {"train": ["subject0000.h5"], "test": []}
+    fresh = synthesize_store(tmp_path / "fresh", SynthHeadsConfig(subjects=1, test_subjects=0, resolution=32, gazes=1, seed=9,
+                                                                 rig=RigConfig(views=2)), workers=1)  # fmt: skip
+    assert_same_file(out / "train" / "subject0000.h5", fresh / "train" / "subject0000.h5")
+    from gazegen.data.inspect import inspect_store
+
+    assert inspect_store(out).problems == ()
+
+
+def test_an_empty_folder_is_used_and_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert synth_heads_cli(tmp_path / "empty", "--subjects", "1").exit_code == 0
+    (tmp_path / "file").write_text("not a folder")
+    for out, why in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "store", f"cannot be made: {tmp_path / 'file'} is a file")):
+        result = synth_heads_cli(out, "--subjects", "1", "--overwrite")
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert [l for l in result.output.splitlines() if l.strip()] == [f"error: {out}: {why}, not a folder; give a store folder to create"]
+    assert (tmp_path / "file").read_text() == "not a folder"
 
 
 # --------------------------------------------------------------------------- pixels against closed forms

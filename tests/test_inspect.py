@@ -149,3 +149,16 @@ def test_cli_inspect_exit_codes(tmp_path):
         f["face_head_pose"][0] = np.nan
     result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path)])
     assert result.exit_code == 1 and "NaN" in result.output
+
+
+def test_cli_sheet_of_a_missing_path_names_it_in_one_line(tmp_path):
+    """Once a bare pyarrow "[Errno 2] Failed to open local file"; now gazegen's own line, nothing written."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    for shards, why in ((tmp_path / "nope", "no such file or folder"), (tmp_path / "nope" / "shard-*.parquet", f"no such folder {tmp_path / 'nope'}")):
+        result = CliRunner().invoke(app, ["data", "sheet", str(shards), str(tmp_path / "x.png")])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {shards}: {why}"]
+    assert not (tmp_path / "x.png").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -121,8 +122,14 @@ def test_resolve_shards_sources(tmp_path):
     assert resolve_shards(str(tmp_path / "shard-*.parquet"))[1] == expected
     assert resolve_shards(list(reversed(expected)))[1] == expected
     assert resolve_shards(tmp_path.as_uri())[1] == expected
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no shards found"):
         resolve_shards(str(tmp_path / "nothing-*.parquet"))
+    missing = str(tmp_path / "gone")  # named as given, whatever the item
+    for item, why in ((missing, "no such file or folder"), (f"{missing}/shard-*.parquet", f"no such folder {missing}"),
+                      ([expected[0], f"{missing}/shard-00000.parquet"], "no such file or folder")):
+        target = item[-1] if isinstance(item, list) else item
+        with pytest.raises(FileNotFoundError, match=f"^{re.escape(target)}: {re.escape(why)}$"):
+            resolve_shards(item)
 
 
 def test_reader_imports_neither_ray_nor_pipelines():

@@ -134,6 +134,35 @@ def test_a_known_rotation_and_bad_arguments():
         gaze_in_photo(np.zeros(2), np.eye(4))
 
 
+def test_pandas_columns_as_to_pandas_reads_them(tmp_path):
+    """A shard read with pyarrow then ``to_pandas()``: its list columns are object arrays of per-row
+    arrays (once "setting an array element with a sequence"). The whole frame's columns, a row's,
+    and a bare gaze column give what the same float32 numbers give as numeric arrays; row 0 (no view
+    turn, the photo camera a quarter turn about y) is also checked against its closed form."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(4)
+    n = 5
+    quarter = geometry.rotation_y(np.array(np.pi / 2))
+    head = rng.uniform(-0.4, 0.4, (n, 2)).astype(np.float32)
+    source = np.where(np.arange(n)[:, None] == 0, head, rng.uniform(-0.4, 0.4, (n, 2))).astype(np.float32)
+    mats = np.stack([quarter] + [rotation_from_pose(*rng.uniform(-0.3, 0.3, 3)) for _ in range(n - 1)]).reshape(n, 9)
+    gaze = rng.uniform(-0.3, 0.3, (n, 2)).astype(np.float32)
+    gaze[0] = 0.0  # straight ahead
+    numeric = {"gaze": gaze, "head_pose": head, "source_head_pose": source, "face_mat_norm": mats.astype(np.float32)}
+    table = pa.table({k: pa.array(list(v), pa.list_(pa.float32(), v.shape[1])) for k, v in numeric.items()})
+    pq.write_table(table, tmp_path / "shard-00000.parquet")
+    pdf = pq.read_table(tmp_path / "shard-00000.parquet").to_pandas()
+    assert pdf["gaze"].dtype == object  # the case: a column of arrays
+    expected = gaze_in_photo(numeric)
+    np.testing.assert_array_equal(gaze_in_photo({c: pdf[c] for c in pdf.columns}), expected)
+    np.testing.assert_array_equal(gaze_in_photo({c: pdf[c].iloc[3] for c in pdf.columns}), expected[3])
+    np.testing.assert_array_equal(gaze_in_photo(pdf["gaze"], pdf["face_mat_norm"]), gaze_in_photo(numeric["gaze"], numeric["face_mat_norm"]))
+    np.testing.assert_allclose(geometry.pitchyaw_to_vector(expected[0]), quarter.T @ geometry.pitchyaw_to_vector(np.zeros(2)), atol=1e-6)
+    ragged = pd.Series([np.zeros(2), np.zeros(3)], dtype=object)
+    with pytest.raises(ValueError, match="not rows of equal-length numbers"):
+        gaze_in_photo(ragged, np.eye(3))
+
+
 def _store(path, mats: list) -> None:
     norm = NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=32)
     with SubjectWriter(path, norm, "subject0000") as writer:

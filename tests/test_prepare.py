@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -94,8 +95,75 @@ def test_rerun_skips_complete_subjects_and_redoes_the_rest(tmp_path):
         assert len(reader) == 4
     again = prepare_store(tmp_path / "src", tmp_path / "out", **kw)
     assert again.written == () and len(again.skipped) == 2 and again.images == 0
-    with pytest.raises(DataError, match=r"subject0000\.h5: exists at 32 px.*64 px"):
+    with pytest.raises(DataError, match=r"out: was prepared at resolution 32, this run's is 64; a rerun resumes only the same"):
         prepare_store(tmp_path / "src", tmp_path / "out", **{**kw, "resolution": 64})
+    record = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert record == {"format": "gazegen-prepare", "version": 1, "source": str((tmp_path / "src").resolve()), "kind": "h5",
+                      "resolution": 32, "source_normalisation": dataclasses.asdict(NORM32),
+                      "subjects": {"train/subject0000.h5": {"source": "train/subject0000.h5", "rows": 4},
+                                   "train/subject0001.h5": {"source": "train/subject0001.h5", "rows": 4}}}  # fmt: skip
+
+
+def folder_contents(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_store_of_another_source_is_refused_and_replaced_only_with_overwrite(tmp_path):
+    """The audit's case: OUT prepared from one source, then `prepare` of another into it once said
+    "2 already complete" and kept the first's test/subject0002.h5 beside the new files. Now the
+    record tells them apart: refused, OUT untouched; --overwrite leaves the new source's store only."""
+    official_tree(tmp_path / "a", subjects=(0, 1), test=(2,))
+    official_tree(tmp_path / "b", subjects=(0, 1), test=())
+    kw = dict(resolution=32, source_normalisation=NORM32, progress=False)
+    prepare_store(tmp_path / "a", tmp_path / "out", **kw)
+    (tmp_path / "out" / "notes.txt").write_text("the user's own")
+    before = folder_contents(tmp_path / "out")
+    with pytest.raises(DataError) as info:
+        prepare_store(tmp_path / "b", tmp_path / "out", **kw)
+    assert str(info.value) == (f"{tmp_path / 'out'}: was prepared from the source {(tmp_path / 'a').resolve()}, this run's is "
+                               f"{(tmp_path / 'b').resolve()}; with test/subject0002.h5 from test/subject0002.h5 (4 rows), this "
+                               "run's source has no such subject; a rerun resumes only the same conversion: choose another "
+                               "OUT, or pass --overwrite to replace the store in it")  # fmt: skip
+    assert folder_contents(tmp_path / "out") == before
+    report = prepare_store(tmp_path / "b", tmp_path / "out", overwrite=True, **kw)
+    assert report.written == ("train/subject0000.h5", "train/subject0001.h5") and report.skipped == ()
+    assert sorted(folder_contents(tmp_path / "out")) == ["notes.txt", "prepare.json", "train/subject0000.h5",
+                                                         "train/subject0001.h5", "train_test_split.json"]
+    assert json.loads((tmp_path / "out" / "train_test_split.json").read_text()) == {
+        "train": ["subject0000.h5", "subject0001.h5"], "test": []}
+    from gazegen.data.inspect import inspect_store
+
+    assert inspect_store(tmp_path / "out").problems == ()
+    assert prepare_store(tmp_path / "b", tmp_path / "out", **kw).skipped == ("train/subject0000.h5", "train/subject0001.h5")
+
+
+def test_a_changed_source_or_a_store_without_a_record_is_refused(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0, 1), test=())
+    kw = dict(resolution=32, source_normalisation=NORM32, progress=False)
+    prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    make_official(tmp_path / "src" / "train" / "subject0001.h5", n=6, seed=9)  # the same path, other data
+    with pytest.raises(DataError, match=r"out: was prepared with train/subject0001\.h5 from train/subject0001\.h5 \(4 rows\), "
+                                        r"this run's source gives it from train/subject0001\.h5 \(6 rows\);"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    farther = dataclasses.replace(NORM32, distance_mm=700.0)
+    with pytest.raises(DataError, match=r"out: was prepared with source normalisation \{.*'distance_mm': 600\.0.*\}, "
+                                        r"this run's is \{.*'distance_mm': 700\.0"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **{**kw, "source_normalisation": farther})
+    (tmp_path / "out" / "prepare.json").unlink()  # a store made otherwise (synth-heads, by hand, an older gazegen)
+    with pytest.raises(DataError, match=r"out: holds a store with no prepare\.json"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a store")  # a folder holding no store is fine
+    assert len(prepare_store(tmp_path / "src", tmp_path / "other", **kw).written) == 2
+
+
+def test_a_store_is_never_written_over_its_own_source(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0,), test=())
+    before = folder_contents(tmp_path / "src")
+    for out in (tmp_path / "src", tmp_path):
+        with pytest.raises(DataError, match="holds the source"):
+            prepare_store(tmp_path / "src", out, resolution=32, source_normalisation=NORM32, progress=False, overwrite=True)
+    assert folder_contents(tmp_path / "src") == before
 
 
 def test_bad_source_raises_and_keeps_finished_subjects(tmp_path):
@@ -176,3 +244,12 @@ def test_cli_prepare_uses_the_published_normalisation_and_reports_errors(tmp_pat
     make_official(tmp_path / "bad" / "subject0005.h5", n=2, res=224, face_head_pose=np.zeros((2, 3)))
     result = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "bad"), str(tmp_path / "out2")])
     assert result.exit_code == 2 and "subject0005.h5: key 'face_head_pose' has shape (2, 3)" in result.output
+    make_official(tmp_path / "other" / "subject0007.h5", n=2, res=224)
+    args = ["data", "prepare", str(tmp_path / "other"), str(tmp_path / "out"), "--resolution", "32"]
+    result = CliRunner().invoke(app, args)  # another source into OUT: one line naming OUT, exit 2
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = [l for l in result.output.splitlines() if l.strip()]
+    assert line.startswith(f"error: {tmp_path / 'out'}: was prepared from the source {(tmp_path / 'src').resolve()}")
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["subject0007.h5"]

@@ -16,11 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
+from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig, load_synth_config
+from gazegen.data import schema
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
 from gazegen.pipelines.guards import InputError, call_with_timeout, decode_image, pitch_yaw, read_regular_file, resolve_inside
-from gazegen.pipelines.inputs import READERS, DecodeSettings, decode_batch, decode_sources
+from gazegen.pipelines.inputs import READERS, DecodeSettings, decode_batch, decode_sources, photo_sources
+from gazegen.pipelines.manifest import check_or_create, finalize
+from gazegen.pipelines.plan import photo_views_warning
+from gazegen.pipelines.run_manifest import RunManifest
+from gazegen.pipelines.shards import ShardWriter, plan_shards, run_files
 from gazegen.pipelines.sources import list_sources
 
 NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)
@@ -194,3 +199,106 @@ def test_guards_directly():
     assert decode_image(png_bytes(np.zeros((32, 48, 3), np.uint8)), 2000).shape == (32, 48, 3)
     with pytest.raises(ZeroDivisionError):  # a reader's own exception comes back to the caller
         call_with_timeout(lambda: 1 / 0, 5.0)
+
+
+# --------------------------------------------------------------------------- what is never an input
+
+
+def write_run(out: Path, sources: list[str]) -> None:
+    """A finished synthesis run in ``out``, written by the run's own writers: one row per source but the
+    first, which failed (so the run has shards, their stats and errors, the errors file, card, histograms)."""
+    plan = plan_shards(sources, 1)
+    check_or_create(str(out), RunManifest.create(sources, "ab" * 32, {}, 1))
+    png = schema.encode_png(np.zeros((32, 32, 3), np.uint8))
+    for spec in plan:
+        with ShardWriter(str(out), spec) as writer:
+            source = spec.inputs[0]
+            if spec.shard_id == 0:
+                writer.add_error(f"/photos/{source}", "empty file", source_id=source, stage="decode")
+                continue
+            labels = {name: np.zeros((1, width)) for name, width in schema.LABEL_WIDTHS.items()}
+            writer.write({"image": [png], "depth": [schema.encode_depth_png(np.full((32, 32), 900.0))],
+                          "alpha": [schema.encode_alpha_png(np.ones((32, 32)))], **labels, "source_id": [source],
+                          "source_path": [f"/photos/{source}"], "gaze_index": [0], "view_index": [0],
+                          "checkpoint_hash": ["ab" * 32], "seed": [0]})  # fmt: skip
+    finalize(str(out), plan)
+
+
+def test_the_run_output_folder_is_never_an_input(tmp_path):
+    """OUT inside INPUTS: a rerun must list what the first run listed, not the run's own shards, errors and card."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(folder / name), np.zeros((64, 64, 3), np.uint8))
+    before = [r.source_id for r in list_sources(folder, out=folder / "synth")]
+    write_run(folder / "synth", ["a.png", "b.png"])
+    (folder / "synth" / "_tmp").mkdir()
+    (folder / "synth" / "_tmp" / "shard-00001.parquet.0123abcd").write_bytes(b"PAR1 partial")  # a killed run's file
+    assert {"README.md", "label_histograms.png", "_errors.parquet", "_manifest.json"} <= {p.name for p in (folder / "synth").iterdir()}
+    assert [r.source_id for r in list_sources(folder, out=folder / "synth")] == before == ["a.png", "b.png"]
+    (tmp_path / "link").symlink_to(folder / "synth")
+    glob = str(folder / "**" / "*.*")  # a glob reaching into OUT, and OUT named through a link to it
+    assert [r.source_id for r in list_sources(glob, out=tmp_path / "link")] == before
+    with pytest.raises(InputError, match=f"the inputs lie in the output folder {folder}, whose files are never read as inputs; "
+                                         "write the run to another folder"):
+        list_sources(folder, out=folder)  # OUT = INPUTS: there would be nothing left to read
+    with pytest.raises(InputError, match="the inputs lie in the output folder"):
+        list_sources(folder / "synth" / "_errors", out=folder / "synth")
+
+
+def test_an_earlier_runs_folder_gives_its_shards_not_its_errors_card_or_histograms(tmp_path, caplog):
+    """A run's shards are Parquet sources (labelled crops); what it wrote beside them (pipelines/shards.py run_files)
+    is not: no error rows for _errors.parquet, _errors/shard-*.parquet or label_histograms.png."""
+    run = tmp_path / "old"
+    write_run(run, ["a.png", "b.png", "c.png"])
+    beside = run_files(str(run), shards=False)
+    assert set(beside) >= {"_errors", "_errors.parquet", "README.md", "label_histograms.png", "_manifest.json", "shard-00001_stats.json"}
+    with caplog.at_level("INFO", logger="gazegen.pipelines.sources"):
+        records = list_sources(tmp_path)
+    assert [r.source_id for r in records] == ["old/shard-00001.parquet#000000", "old/shard-00002.parquet#000000"]
+    assert "10 files a synthesis run wrote beside its shards skipped" in caplog.text
+    assert all(d.ok for d in decode_sources(records, SETTINGS))
+    # the same names in a folder that holds no run's manifest are the user's own files, read as ever
+    mine = tmp_path / "mine"
+    (mine / "_errors").mkdir(parents=True)
+    cv2.imwrite(str(mine / "label_histograms.png"), np.zeros((64, 64, 3), np.uint8))
+    pq.write_table(pa.table({"image": [{"bytes": png_bytes(np.zeros((64, 64, 3), np.uint8)), "path": None}]}), mine / "_errors" / "x.parquet")
+    ids = [r.source_id for r in list_sources(tmp_path)]
+    assert ids == ["mine/_errors/x.parquet#000000", "mine/label_histograms.png", *(r.source_id for r in records)]
+
+
+def test_an_unreadable_image_is_named_without_a_memory_address(tmp_path):
+    """Pillow's own message names its in-memory buffer by address, which changes every run."""
+    (tmp_path / "text.png").write_text("hello, not a png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    records = list_sources(tmp_path)
+    first, again = decode_sources(records, SETTINGS), decode_sources(records, SETTINGS)
+    assert [d.reason for d in first] == [d.reason for d in again]
+    for record, decoded in zip(records, first):
+        assert not decoded.ok and " at 0x" not in decoded.reason
+        assert decoded.reason == f"{record.path}: not a readable image header (no image format recognised; {os.path.getsize(record.path)} bytes)"
+
+
+def test_photo_sources_under_view_turns_are_warned_about_once(tmp_path):
+    """Photos (image files, Parquet rows without head_pose) have an estimated head pose; h5 rows and labelled
+    Parquet rows carry theirs. The warning is the run's, one line whatever the number of photos."""
+    photos, store = tmp_path / "photos", tmp_path / "store"
+    photos.mkdir(), store.mkdir()
+    for name in ("a.png", "b.jpg"):
+        cv2.imwrite(str(photos / name), np.zeros((64, 64, 3), np.uint8))
+    crop = {"bytes": png_bytes(np.zeros((64, 64, 3), np.uint8)), "path": None}
+    pq.write_table(pa.table({"image": [crop] * 3, "head_pose": [[0.1, 0.0], None, [0.0, 0.2]]}), photos / "rows.parquet")
+    pq.write_table(pa.table({"image": [crop] * 2}), photos / "plain.parquet")
+    write_store(store / "s.h5", [[0.1, 0.2], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]])
+    pq.write_table(pa.table({"image": [crop], "head_pose": [[0.0, 0.1]]}), store / "labelled.parquet")
+    records = list_sources(tmp_path)
+    assert [r.source_id for r in photo_sources(records)] == ["photos/a.png", "photos/b.jpg", "photos/plain.parquet#000000",
+                                                             "photos/plain.parquet#000001", "photos/rows.parquet#000001"]  # fmt: skip
+    turned = load_synth_config(None, grid="pitch,view", view_yaw="-20:20:3").grid_spec
+    warning = photo_views_warning(records, turned)
+    assert warning.startswith("5 of 10 sources are photos (e.g. photos/a.png) and the grid turns the view")
+    assert "doubled (ghosted) face" in warning and "gaze-only grid (--grid pitch,yaw)" in warning and "\n" not in warning
+    store_only = list_sources(store)
+    assert photo_sources(store_only) == [] and photo_views_warning(store_only, turned) == ""
+    assert photo_views_warning(records, load_synth_config(None, grid="pitch,yaw").grid_spec) == ""  # gaze only
+    assert photo_views_warning(records, load_synth_config(None, view_pitch="0:0:1", view_yaw="0:0:1").grid_spec) == ""  # offset 0

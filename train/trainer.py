@@ -39,6 +39,7 @@ from gazegen.allocator import keep_freed_memory
 from gazegen.checkpoint import load_checkpoint, load_state, load_train_state, read_header, save_pretrained
 from gazegen.config import ModelConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
+from gazegen.device import torch_device
 from gazegen.live3d import load_live3d
 from gazegen.models.livegaze import LiveGaze
 from gazegen.weights import SHIPPED_DIR, MissingWeightsError, find_weight
@@ -81,9 +82,11 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """The config's ``device``: "auto" is CUDA when this torch sees a GPU, else the CPU; any other
+    name must exist here (gazegen/device.py: one line naming the key, not torch's traceback)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch_device(name, given_as="device =")
 
 
 def load_grown(model: LiveGaze, state: dict[str, torch.Tensor], path: Path) -> list[str]:
@@ -189,6 +192,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
                  *, context: DistContext = DistContext()) -> TrainResult:
     """`gazegen train`: train on the store ``data`` into the run folder ``out``; ``max_steps`` stops early."""
     data, out = Path(data), Path(out)
+    device = pick_device(context.device or cfg.device)  # a device this machine lacks fails before any data is read
     split = split_subjects(data, cfg.data)
     model_cfg = cfg.model_config()  # on resume, fit checks it against the checkpoint's architecture
     frames = cfg.data.frames_per_subject
@@ -197,7 +201,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
     use_depth = cfg.loss.depth_weight > 0
     if use_depth and cfg.depth_prior.kind == "teacher":
         if context.is_main:
-            prepare_teacher_prior(cfg.depth_prior, train + val, out, pick_device(context.device or cfg.device))
+            prepare_teacher_prior(cfg.depth_prior, train + val, out, device)
         if _distributed(context):
             dist.barrier()
     depth = depth_source(cfg.depth_prior, out, enabled=use_depth)

@@ -8,7 +8,8 @@ that names the file and the dotted key.
 Where each concept lives (everything is re-exported here: ``from gazegen.config import X``):
 
 - ``loader``: ConfigError, load_config (TOML + ``--set a.b=v`` overrides), to_dict, bounded,
-  CONFIG_DIR (the repository's ``configs/``) and resolve_preset.
+  CONFIG_DIR (the repository's ``configs/``), resolve_preset (a preset named in a config) and
+  find_config (a config named on the command line).
 - ``camera``: the normalised camera (NormalisationConfig, PUBLISHED_NORMALISATIONS), procedural
   heads (RigConfig, GazeRangeConfig, SynthHeadsConfig), face cropping (CropConfig), face detection
   (DetectorConfig) and the assumed camera of a photo (PhotoCameraConfig).
@@ -29,7 +30,7 @@ from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, Detecto
                                    PhotoCameraConfig, RigConfig, SynthHeadsConfig)
 from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig, EyePatchConfig
 from gazegen.config.export import EXPORT_FORMATS, ExportConfig
-from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, load_config, resolve_preset, to_dict
+from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, find_config, load_config, resolve_preset, to_dict
 from gazegen.config.grid import AxisRange, GridAxes, GridSpec, PitchRange, YawRange
 from gazegen.config.model import ModelConfig, RenderConfig
 from gazegen.config.synth import SynthConfig, load_synth_config
@@ -41,6 +42,7 @@ __all__ = [
     "CONFIG_DIR",
     "ConfigError",
     "bounded",
+    "find_config",
     "load_config",
     "resolve_preset",
     "to_dict",

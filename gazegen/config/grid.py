@@ -6,7 +6,10 @@ Axes (`grid = "pitch,yaw,view"`, `--grid pitch,yaw,view`):
     view         the camera orbits the head: (pitch, yaw) offsets added to the source's head
                  pose; not named: the source camera only
 Ranges are `start:stop:count` in degrees, both ends included (`-30:30:5` -> -30, -15, 0, 15, 30),
-parsed and checked when the config is loaded (a bad one is a ConfigError naming its key).
+parsed and checked when the config is loaded (a bad one is a ConfigError naming its key). Refused
+too, since each would quietly repeat or drop rows: an axis named twice (`view,view`), a range whose
+values repeat (`0:0:2`), and (``load_synth_config``) a range typed on the command line for an axis
+the grid does not sweep.
 Everything downstream is radians: ``AxisRange`` is the one place degrees become radians.
 
 Bounds: a pitch (gaze pitch, view pitch, and a source's head pitch plus its view offsets) must
@@ -37,7 +40,8 @@ def _number(value: float) -> str:
 
 @dataclass(frozen=True)
 class AxisRange:
-    """`start:stop:count` degrees, start <= stop, both ends included; ``count`` 1 only when start == stop.
+    """`start:stop:count` degrees, start <= stop, both ends included; ``count`` 1 exactly when start == stop
+    (values that repeat would make rows that repeat).
 
     Subclasses bound the ends (``LIMIT_DEG``, ``INCLUSIVE``); the loader builds them from the
     text with ``from_text`` and turns a ValueError into a ConfigError naming the key.
@@ -59,6 +63,8 @@ class AxisRange:
         if not math.isfinite(worst) or worst > self.LIMIT_DEG or (worst == self.LIMIT_DEG and not self.INCLUSIVE):
             bound = f"[-{self.LIMIT_DEG:g}, {self.LIMIT_DEG:g}]" if self.INCLUSIVE else f"(-{self.LIMIT_DEG:g}, {self.LIMIT_DEG:g})"
             raise ValueError(f"{self}: degrees must lie in {bound}")
+        if self.count > 1 and np.unique(np.linspace(self.start_deg, self.stop_deg, self.count)).size < self.count:
+            raise ValueError(f"{self}: its {self.count} values repeat, which would render the same rows again (one value: start:start:1)")
 
     @classmethod
     def from_text(cls, text: str) -> AxisRange:
@@ -112,13 +118,16 @@ class YawRange(AxisRange):
 
 @dataclass(frozen=True)
 class GridAxes:
-    """The swept axes, a non-empty subset of ``AXES`` (``"pitch,yaw,view"`` in a config)."""
+    """The swept axes, a non-empty subset of ``AXES``, each named once (``"pitch,yaw,view"`` in a config)."""
 
     names: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if not self.names or any(a not in AXES for a in self.names):
             raise ValueError(f"{','.join(self.names)!r}: axes must be a comma list of {', '.join(AXES)}")
+        repeated = sorted({a for a in self.names if self.names.count(a) > 1})
+        if repeated:
+            raise ValueError(f"{','.join(self.names)!r}: {', '.join(repeated)} named more than once (each axis at most once)")
 
     @classmethod
     def from_text(cls, text: str) -> GridAxes:

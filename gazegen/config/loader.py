@@ -4,13 +4,15 @@ A config is a frozen dataclass; nested tables are nested dataclasses (one with a
 classmethod may instead be written as a string: a grid range ``"-30:30:5"``). Each field says what it
 means in a comment; bounded fields carry their range in ``bounded(...)`` metadata, checked at
 load time. Loading rejects unknown keys, wrong types and values out of range with a message
-that names the file and the dotted key.
+that names the dotted key and where its value came from: the file, or "command line" for an
+override (a value the user typed is never blamed on a file or on "defaults").
 
 The config classes themselves live in the sibling modules (see ``gazegen/config/__init__.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -30,10 +32,34 @@ T = TypeVar("T")
 class ConfigError(GazegenError, ValueError):
     """A config file or override is wrong; the message names the source and the key."""
 
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key  # the dotted key whose value is wrong ("" for a check across keys): load_config names its origin
+
+
+COMMAND_LINE = "command line"  # the origin load_config names for a value set by an override (--set, a typed option)
+
+
+def _key_error(key: str, why: str) -> ConfigError:
+    return ConfigError(f"{key}: {why}", key)
+
 
 def bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
     """A dataclass field whose value must lie in [lo, hi] (either bound may be None)."""
     return field(default=default, metadata={"range": (lo, hi)})
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file named on the command line (or a command's default): as given when it exists there,
+    so a file of the user's own wins; else a relative path is looked up in the repository's configs/,
+    with or without its leading ``configs/`` (``configs/train/demo.toml`` and ``train/demo.toml`` both),
+    so the defaults and the documented presets work from any folder. Otherwise as given (load_config
+    then reports it not found; so does every relative path of an install without configs/)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    inside = Path(*path.parts[1:]) if path.parts[:1] == (CONFIG_DIR.name,) else path
+    return CONFIG_DIR / inside if inside.parts and (CONFIG_DIR / inside).is_file() else path
 
 
 def resolve_preset(path: str | Path) -> Path:
@@ -59,10 +85,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         try:  # a config type written as text in TOML, e.g. a grid range "start:stop:count"
             return tp.from_text(value)
         except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            raise _key_error(where, str(e)) from None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
+            raise _key_error(where, f"expected a table, got {value!r}")
         return _build(tp, value, where)
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(tp)
@@ -75,23 +101,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: {value!r} is not a {tp}")
+        raise _key_error(where, f"{value!r} is not a {tp}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise _key_error(where, f"expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            raise _key_error(where, f"expected {len(args)} values, got {len(value)}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool):
         if type(value) is not tp:
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            raise _key_error(where, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         return value
-    raise ConfigError(f"{where}: unsupported field type {tp}")
+    raise _key_error(where, f"unsupported field type {tp}")
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -99,14 +125,15 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        first = f"{where}.{unknown[0]}" if where else unknown[0]  # the key load_config traces to its origin
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}", first)
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         v = _coerce(value, hints[name], key)
         lo, hi = fields[name].metadata.get("range", (None, None))
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{key}: {v!r} is out of range [{lo}, {hi}]")
+            raise _key_error(key, f"{v!r} is out of range [{lo}, {hi}]")
         kwargs[name] = v
     return cls(**kwargs)
 
@@ -131,12 +158,38 @@ def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
     base[path[-1]] = value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    """Build ``cls`` from a TOML file (or its defaults) and ``key.sub=value`` overrides."""
+def _set_by(key: str, given: typing.Iterable[str]) -> str | None:
+    """The override key of ``given`` that set ``key`` (itself, or a table holding it), None when none did."""
+    return next((k for k in given if key == k or key.startswith((f"{k}.", f"{k}["))), None)
+
+
+def _origin(error: ConfigError, source: str, given: typing.Sequence[str], names: typing.Mapping[str, str],
+            file_passes: typing.Callable[[], bool]) -> str:
+    """``error``'s message prefixed by where its value came from: the command line for a key an override set
+    (by the option's name in ``names`` when it has one: "command line: --grid: ..."), else ``source``
+    (the file, or "defaults"). A check across keys (no key) blames the command line when the file alone passes."""
+    message = str(error)
+    if error.key:
+        by = _set_by(error.key, given)
+        if by is None:
+            return f"{source}: {message}"
+        name = names.get(by)
+        return f"{COMMAND_LINE}: {name}: {message.removeprefix(f'{error.key}: ')}" if name else f"{COMMAND_LINE}: {message}"
+    return f"{COMMAND_LINE}: {message}" if given and file_passes() else f"{source}: {message}"
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                names: typing.Mapping[str, str] | None = None) -> T:
+    """Build ``cls`` from a TOML file (or its defaults) and ``key.sub=value`` overrides.
+
+    A wrong value is reported with where it came from, the file, "defaults" or the command line (an
+    override), so that a value typed on the command line is never blamed on a file. ``names`` maps an
+    override's dotted key to the option it was typed as (``{"grid": "--grid"}``), named in the message.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = find_config(path)  # a relative path missing here may name a preset of the repository's configs/
         source = str(path)
         try:
             data = tomllib.loads(path.read_text())
@@ -144,13 +197,24 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    from_file = copy.deepcopy(data)
+    given = []
     for item in overrides:
         keys, value = _parse_override(item)
         _merge(data, keys, value)
+        given.append(".".join(keys))
+
+    def file_passes() -> bool:
+        try:
+            _build(cls, from_file, "")
+        except ConfigError:
+            return False
+        return True
+
     try:
         return _build(cls, data, "")
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(_origin(e, source, given, names or {}, file_passes), e.key) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

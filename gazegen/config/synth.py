@@ -10,7 +10,7 @@ from typing import Any
 
 from gazegen.config.camera import NormalisationConfig
 from gazegen.config.grid import GridAxes, GridSpec, PitchRange, YawRange
-from gazegen.config.loader import ConfigError, bounded, load_config
+from gazegen.config.loader import COMMAND_LINE, ConfigError, bounded, load_config
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -81,8 +81,34 @@ class SynthConfig:
         return GridSpec(self.grid, self.pitch, self.yaw, self.view_pitch, self.view_yaw, self.sample, self.seed)
 
 
+RANGE_AXES = {"pitch": "pitch", "yaw": "yaw", "view_pitch": "view", "view_yaw": "view"}  # range key -> the axis it sweeps
+
+
+def option_name(key: str) -> str:
+    """The `gazegen synthesize` option of a config key: ``view_yaw`` -> ``--view-yaw``."""
+    return "--" + key.replace("_", "-")
+
+
+def _check_swept(cfg: SynthConfig, options: dict[str, Any], overrides: Sequence[str]) -> None:
+    """A range typed on the command line for an axis the grid does not sweep would be ignored without a
+    word: ConfigError naming the options and the grid. (A preset's ranges may cover axes its user drops.)"""
+    typed = {k: f"{option_name(k)} {v}" for k, v in options.items() if k in RANGE_AXES}
+    typed |= {k: f"--set {item}" for item in overrides if (k := item.partition("=")[0].strip()) in RANGE_AXES and k not in typed}
+    unswept = {k: text for k, text in typed.items() if RANGE_AXES[k] not in cfg.grid}
+    if unswept:
+        grid = f"--grid {cfg.grid}" if "grid" in options else f"the grid {str(cfg.grid)!r}"
+        axes = " or ".join(dict.fromkeys(RANGE_AXES[k] for k in unswept))
+        this, axis, option = ("these options", "the axes", "the options") if len(unswept) > 1 else ("this option", "the axis", "the option")
+        raise ConfigError(f"{COMMAND_LINE}: {', '.join(unswept.values())}: {grid} does not sweep {axes}, so {this} would be "
+                          f"ignored: add {axis} to --grid or leave {option} out")  # fmt: skip
+
+
 def load_synth_config(config: str | Path | None = None, overrides: Sequence[str] = (), **options: Any) -> SynthConfig:
     """The TOML preset (or the defaults) with ``--set`` overrides, then the options that are not None
-    (the CLI's typed flags, checked like the file's keys: types and ranges)."""
-    given = [f"{k}={json.dumps(v)}" for k, v in options.items() if v is not None]  # JSON scalars are TOML
-    return load_config(SynthConfig, config, [*overrides, *given])
+    (the CLI's typed flags, checked like the file's keys: types and ranges; an error names the flag, and
+    a range flag for an axis the grid does not sweep is refused)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    sets = [f"{k}={json.dumps(v)}" for k, v in given.items()]  # JSON scalars are TOML
+    cfg = load_config(SynthConfig, config, [*overrides, *sets], names={k: option_name(k) for k in given})
+    _check_swept(cfg, given, overrides)
+    return cfg

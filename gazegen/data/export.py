@@ -82,7 +82,7 @@ class SourceRun:
     fs: Any  # pyarrow FileSystem
     paths: tuple[str, ...]
     normalisation: NormalisationConfig  # at the shards' resolution
-    checkpoint_hash: str
+    checkpoint_hash: str  # the run's checkpoint: sha256 over its config.json and model.safetensors (gazegen/checkpoint.py)
     shards_sha256: str  # identity of the shard contents (from the manifest's checksums)
 
 
@@ -90,7 +90,9 @@ def open_run(out: str) -> SourceRun:
     """The shards of a complete synthesis run; ExportError naming what is missing or unfinished."""
     try:
         fs, paths = resolve_shards(out)
-    except (FileNotFoundError, ValueError, OSError) as e:
+    except FileNotFoundError as e:  # resolve_shards names the path: OUT, or the folder of its glob
+        raise ExportError(f"{e}; a finished synthesis output folder is needed to export") from None
+    except (ValueError, OSError) as e:
         raise ExportError(f"{out}: {e}") from None
     folder = posixpath.dirname(paths[0])
     manifest_path = posixpath.join(folder, MANIFEST_FILE)

@@ -44,6 +44,7 @@ from gazegen.data.head_model import (
 )
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter, subject_filename, write_split
+from gazegen.data.store_folder import new_store_folder
 
 log = logging.getLogger(__name__)
 
@@ -253,15 +254,25 @@ def write_subject(cfg: SynthHeadsConfig, index: int, path: Path, progress: tqdm 
     return path
 
 
-def synthesize_store(out: Path, cfg: SynthHeadsConfig, workers: int | None = None) -> Path:
+def held_out_subjects(cfg: SynthHeadsConfig) -> int:
+    """How many subjects (the last ones) go to test/: ``cfg.test_subjects``, less as many as keep one
+    in train/ when there are two or more. A single subject with ``test_subjects`` >= 1 is a test
+    subject and train/ stays empty: a store to evaluate or fine-tune on (both read the test split),
+    not to train on."""
+    return min(cfg.test_subjects, cfg.subjects - 1) if cfg.subjects > 1 else min(cfg.test_subjects, cfg.subjects)
+
+
+def synthesize_store(out: Path, cfg: SynthHeadsConfig, workers: int | None = None, *, overwrite: bool = False) -> Path:
     """Write a training store of procedural heads to ``out`` (train/, test/, train_test_split.json).
 
-    The last ``cfg.test_subjects`` subjects go to test/ (at least one stays in train/ when there
-    are two or more). Subjects are rendered by ``workers`` processes (default: one per available
-    core), each with one torch thread; the files do not depend on the number of workers.
+    ``out`` must be a new or empty folder; with ``overwrite``, the store it holds is deleted first
+    and its other files kept (gazegen/data/store_folder.py); DataError otherwise. The last
+    ``held_out_subjects(cfg)`` subjects go to test/. Subjects are rendered by ``workers`` processes
+    (default: one per available core), each with one torch thread; the files do not depend on the
+    number of workers.
     """
-    out = Path(out)
-    n_test = min(cfg.test_subjects, cfg.subjects - 1) if cfg.subjects > 1 else cfg.test_subjects
+    out = new_store_folder(out, overwrite=overwrite)
+    n_test = held_out_subjects(cfg)
     parts = ["test" if i >= cfg.subjects - n_test else "train" for i in range(cfg.subjects)]
     paths = [out / part / subject_filename(i) for i, part in enumerate(parts)]
     workers = max(1, min(workers or available_cores(), cfg.subjects))

@@ -39,7 +39,8 @@ def resolve_shards(source: str | Sequence[str], filesystem: pafs.FileSystem | No
     """Shard files of a folder (``shard-*.parquet`` in it), a glob, a file, or a list of files.
 
     ``source`` may be a local path or a pyarrow filesystem URI (``file://``, ``s3://``, ...);
-    with ``filesystem`` given, paths are taken within it. Returns the filesystem and sorted paths.
+    with ``filesystem`` given, paths are taken within it. Returns the filesystem and sorted paths;
+    FileNotFoundError naming the item when a path (or a glob's folder) does not exist, or nothing matches.
     """
     items = [source] if isinstance(source, str) else list(source)
     if not items:
@@ -51,11 +52,15 @@ def resolve_shards(source: str | Sequence[str], filesystem: pafs.FileSystem | No
             filesystem = fs
         if any(ch in posixpath.basename(path) for ch in "*?["):
             parent, pattern = posixpath.split(path)
+            if fs.get_file_info(parent).type != pafs.FileType.Directory:
+                raise FileNotFoundError(f"{item}: no such folder {parent}")
             found = [f.path for f in fs.get_file_info(pafs.FileSelector(parent)) if f.type == pafs.FileType.File]
             paths += [p for p in found if fnmatch.fnmatch(posixpath.basename(p), pattern)]
-        elif fs.get_file_info(path).type == pafs.FileType.Directory:
+        elif (kind := fs.get_file_info(path).type) == pafs.FileType.Directory:
             found = fs.get_file_info(pafs.FileSelector(path))
             paths += [f.path for f in found if fnmatch.fnmatch(f.base_name, SHARD_GLOB)]
+        elif kind == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{item}: no such file or folder")
         else:
             paths.append(path)
     if not paths:
@@ -187,6 +192,18 @@ class GazeParquetDataset(IterableDataset):
         yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
 
 
+def _float_array(values: Any) -> np.ndarray:
+    """``values`` as a float64 array. A list column as pandas reads it (``to_pandas``: an object array
+    holding one array per row) is stacked into (N, width); its rows must be of one length."""
+    array = np.asarray(values)
+    if array.dtype != object:
+        return array.astype(np.float64)
+    try:
+        return np.stack([_float_array(v) for v in array.reshape(-1)]).reshape(*array.shape, -1)
+    except ValueError as e:  # rows of different lengths, or no rows at all
+        raise ValueError(f"gaze_in_photo: a column of {array.shape} objects is not rows of equal-length numbers ({e})") from None
+
+
 def gaze_in_photo(row: Mapping[str, Any] | np.ndarray, face_mat_norm: np.ndarray | None = None) -> np.ndarray:
     """(pitch, yaw) radians of a row's gaze in the source photo's camera (float64).
 
@@ -199,20 +216,21 @@ def gaze_in_photo(row: Mapping[str, Any] | np.ndarray, face_mat_norm: np.ndarray
     (gazegen/data/normalise.py ``gaze_to_photo``). Or ``row`` is (..., 2) gazes already in the
     source's normalised camera (rows whose ``view_offset`` is (0, 0)) and ``face_mat_norm`` their
     (3, 3) or (9,) rotation. A step whose rotation is exactly the identity (no view turn, an
-    already normalised source) is skipped, so such gazes come back unchanged to the bit.
+    already normalised source) is skipped, so such gazes come back unchanged to the bit. A pandas
+    list column (an object array of per-row arrays, as ``Table.to_pandas`` gives) is stacked first.
     """
     if isinstance(row, Mapping):
         if face_mat_norm is not None:
             raise ValueError("gaze_in_photo: a row mapping carries its own face_mat_norm; pass it alone")
-        gaze, head, source = (np.asarray(row[k], np.float64) for k in ("gaze", "head_pose", "source_head_pose"))
+        gaze, head, source = (_float_array(row[k]) for k in ("gaze", "head_pose", "source_head_pose"))
         turned = geometry.gaze_head_to_camera(geometry.gaze_camera_to_head(gaze, geometry.head_pose_to_rotation(head)),
                                               geometry.head_pose_to_rotation(source))  # fmt: skip
         gaze = np.where((head == source).all(-1, keepdims=True), gaze, turned)
         face_mat_norm = row["face_mat_norm"]
     elif face_mat_norm is None:
         raise ValueError("gaze_in_photo: a gaze array needs its face_mat_norm")
-    gaze = np.asarray(gaze if isinstance(row, Mapping) else row, np.float64)
-    rotation = np.asarray(face_mat_norm, np.float64)
+    gaze = _float_array(gaze if isinstance(row, Mapping) else row)
+    rotation = _float_array(face_mat_norm)
     rotation = rotation.reshape(*rotation.shape[:-1], 3, 3) if rotation.shape[-1] == 9 else rotation
     if rotation.shape[-2:] != (3, 3):
         raise ValueError(f"gaze_in_photo: face_mat_norm must be (..., 3, 3) or (..., 9), got {np.shape(face_mat_norm)}")

@@ -15,6 +15,14 @@ time, resized to the configured resolution and written to ``OUT/<split>/<subject
 in progress; a rerun skips every complete subject file. ``train_test_split.json`` is written
 last.
 
+What a rerun may skip is settled before anything is written: ``OUT/prepare.json`` (``PrepareRecord``)
+records the source (its resolved path, its kind, and for each subject file written the source file
+it comes from and its row count) and the settings (resolution, the normalisation override). A run
+into an OUT whose record differs (another source, the same one changed, another resolution), or
+into an OUT that holds a store with no record (made by `synth-heads`, by hand, or by a gazegen
+before the record), stops with a DataError naming the difference; ``overwrite`` deletes that store
+first (gazegen/data/store_folder.py). Subjects added to the same source are converted by a rerun.
+
 Labels are unchanged by resizing (angles do not depend on the image size); the normalised camera
 keeps its field of view (``NormalisationConfig.at_resolution``), so the 25-number cameras, whose
 intrinsics are divided by the image size, are unchanged too; landmarks scale by out/in (the
@@ -28,22 +36,26 @@ the store and is not written.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-from gazegen.config import NormalisationConfig
+from gazegen.config import NormalisationConfig, to_dict
 from gazegen.data.columbia import ColumbiaGazeReader, subject_folders
 from gazegen.data.mpiifacegaze import MpiiFaceGazeReader, person_folders
 from gazegen.data.sample import Sample
 from gazegen.data.images import resize_image, resize_nearest
 from gazegen.data.splits import present_files, store_splits
-from gazegen.data.store import STORE_FORMAT, SubjectWriter, write_split
+from gazegen.data.store import PREPARE_FILE, STORE_FORMAT, SubjectWriter, write_split
+from gazegen.data.store_folder import check_folder, clear_store, store_files
 from gazegen.data.xgaze import DataError, SubjectReader, file_component, open_subject
 from gazegen.data.xgaze_raw import XGazeRawReader, annotation_files
 
@@ -102,6 +114,87 @@ def find_subject_files(src: str | Path) -> SubjectFiles:
     return SubjectFiles(tuple(listed), problems, splits.unlisted)
 
 
+RECORD_FORMAT = "gazegen-prepare"
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrepareRecord:
+    """What a store was prepared from and how (``OUT/prepare.json``): a rerun resumes only the same conversion."""
+
+    source: str  # SRC, resolved
+    kind: str  # "h5", "xgaze-raw", "mpiifacegaze" or "columbiagaze": how SRC was read
+    resolution: int
+    source_normalisation: dict[str, Any] | None  # the override given, or None: the files' published one
+    subjects: dict[str, dict[str, Any]]  # "train/subject0000.h5" -> {"source": file under SRC, "rows": N}
+
+    @classmethod
+    def read(cls, out: Path) -> PrepareRecord | None:
+        """The record in ``out`` (None when it has none); DataError when it is not one."""
+        path = out / PREPARE_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.pop("format") != RECORD_FORMAT or data.pop("version") != RECORD_VERSION:
+                raise ValueError("another format or version")
+            return cls(**data)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise DataError(f"{path}: not a record of `gazegen data prepare` ({e}); choose another OUT, or pass "
+                            "--overwrite to replace the store in it") from None
+
+    def write(self, out: Path) -> Path:
+        """Write the record into ``out`` atomically."""
+        path = out / PREPARE_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"format": RECORD_FORMAT, "version": RECORD_VERSION, **dataclasses.asdict(self)}, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    def differences(self, new: PrepareRecord) -> list[str]:
+        """How ``new`` (this run) differs from this record, as "recorded, now" phrases; [] when it may resume.
+        Subjects ``new`` adds are no difference: a rerun converts them."""
+        found = [f"{what} {mine}, this run's is {theirs}" for what, mine, theirs in (
+            ("from the source", self.source, new.source), ("read as", self.kind, new.kind),
+            ("at resolution", self.resolution, new.resolution),
+            ("with source normalisation", self.source_normalisation, new.source_normalisation)) if mine != theirs]
+        for name, was in self.subjects.items():
+            now = new.subjects.get(name)
+            if now != was:
+                found.append(f"with {name} from {was['source']} ({was['rows']} rows), this run's source "
+                             + (f"gives it from {now['source']} ({now['rows']} rows)" if now else "has no such subject"))
+        return found[:3] + ([f"and {len(found) - 3} more"] if len(found) > 3 else [])
+
+
+def _check_resume(out: Path, record: PrepareRecord) -> None:
+    """DataError unless ``out`` is new, holds no store, or holds one prepared the way ``record`` says."""
+    recorded = PrepareRecord.read(out)
+    if recorded is None and store_files(out):
+        raise DataError(f"{out}: holds a store with no {PREPARE_FILE} (not made by `gazegen data prepare` from "
+                        f"{record.source}); choose another OUT, or pass --overwrite to replace the store in it")
+    differences = recorded.differences(record) if recorded is not None else []
+    if differences:
+        raise DataError(f"{out}: was prepared {'; '.join(differences)}; a rerun resumes only the same conversion: "
+                        "choose another OUT, or pass --overwrite to replace the store in it")
+
+
+def _check_not_inside(out: Path, src: Path) -> None:
+    """DataError when the store would be written over its own source (OUT is SRC or holds it)."""
+    out, src = out.resolve(), src.resolve()
+    if out == src or out in src.parents:
+        raise DataError(f"{out}: holds the source {src}; choose another OUT")
+
+
+def _relative(path: Path, src: Path) -> str:
+    """A source file as the record names it: relative to SRC (SRC's own name when SRC is the file)."""
+    if path == src:
+        return src.name
+    try:
+        return path.relative_to(src).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def resize_sample(sample: Sample, normalisation: NormalisationConfig) -> Sample:
     """``sample`` at ``normalisation.resolution`` px: labels and camera kept, landmarks scaled."""
     size = normalisation.resolution
@@ -155,27 +248,33 @@ def _convert(reader: SubjectReader, path: Path, resolution: int, chunk: int, bar
 
 def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
                   source_normalisation: NormalisationConfig | None = None, chunk: int = 32,
-                  progress: bool = True) -> PrepareReport:
+                  progress: bool = True, overwrite: bool = False) -> PrepareReport:
     """Convert the subject files under ``src`` into a training store at ``out``.
 
     ``source_normalisation`` overrides the published one looked up from the files (needed for
     files at a resolution no published set has). Raises DataError naming the file, key and
-    problem for a bad source file; subject files finished before it stay complete.
+    problem for a bad source file; subject files finished before it stay complete. ``out`` must be
+    new, hold no store, or hold this conversion's (see the module docstring); ``overwrite`` deletes
+    a store it holds once the source has been read.
     """
     start = time.perf_counter()
-    src, out = Path(src), Path(out)
+    src, out = Path(src), check_folder(out)
     store_camera = (source_normalisation or NormalisationConfig()).at_resolution(resolution)
     raw, persons, columbia = annotation_files(src), person_folders(src), subject_folders(src)
     if raw:  # ETH-XGaze's raw release: every subject trains, normalised to the store's camera
+        kind = "xgaze-raw"
         found = SubjectFiles(tuple(("train", p) for p in raw))
         open_source = lambda path: XGazeRawReader(path, store_camera, chunk)  # noqa: E731
     elif persons:  # an MPIIFaceGaze release: every person is a test subject, normalised to the store's camera
+        kind = "mpiifacegaze"
         found = SubjectFiles(tuple(("test", p) for p in persons))
         open_source = lambda path: MpiiFaceGazeReader(path, store_camera, chunk)  # noqa: E731
     elif columbia:  # ColumbiaGaze's raw photos: likewise, normalised from detected landmarks
+        kind = "columbiagaze"
         found = SubjectFiles(tuple(("test", p) for p in columbia))
         open_source = lambda path: ColumbiaGazeReader(path, store_camera, chunk)  # noqa: E731
     else:
+        kind = "h5"
         found = find_subject_files(src)
         open_source = lambda path: open_subject(path, source_normalisation)  # noqa: E731
     if found.problems:
@@ -195,6 +294,15 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
             raise DataError(f"{source}: subject {name} also comes from {names[name]}")
         names[name] = source
         plan.append((split, source, out / split / name, rows))
+    _check_not_inside(out, src)
+    record = PrepareRecord(str(src.resolve()), kind, resolution, None if source_normalisation is None else to_dict(source_normalisation),
+                           {f"{split}/{target.name}": {"source": _relative(source, src), "rows": rows}
+                            for split, source, target, rows in plan})  # fmt: skip
+    if overwrite:
+        clear_store(out)
+    _check_resume(out, record)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write(out)
 
     done = [_complete(target, resolution) for _, _, target, _ in plan]
     todo = [item for item, d in zip(plan, done) if not d]

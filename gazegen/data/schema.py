@@ -26,7 +26,10 @@ Row layout (one row per rendered image)
     Parquet crops, h5 stores that carry none). gazegen/data/parquet.py ``gaze_in_photo`` maps a
     row's gaze back into the photo's camera with it.
 All labels are float32 fixed-size lists. Provenance: ``source_id``, ``source_path``,
-``gaze_index``, ``view_index``, ``checkpoint_hash``, ``seed``, ``row_id``.
+``gaze_index``, ``view_index``, ``checkpoint_hash``, ``seed``, ``row_id``. ``checkpoint_hash`` is
+gazegen/checkpoint.py ``checkpoint_hash``: one sha256 over the checkpoint's config.json and
+model.safetensors together, the checkpoint's identity (config and weights), not the sha256 of
+model.safetensors that a model card gives.
 
 Hugging Face compatibility: ``image``, ``depth`` and ``alpha`` are ``struct<bytes: binary,
 path: string>`` in that field order (``datasets.Image``'s storage type; ``large_binary`` or

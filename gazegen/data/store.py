@@ -17,6 +17,8 @@ and ours beside them:
     depth             (N, H, W) float32 millimetres of the normalised camera, 0 = background
 File attributes: the normalisation (`focal`, `distance_mm`, `resolution`, `radius`), `subject`,
 `format` ("gazegen-store"), `version`.
+A store made by `gazegen data prepare` also holds `STORE/prepare.json`: its source and settings, so
+that a rerun resumes only the same conversion (gazegen/data/prepare.py).
 
 A subject file is written under a temporary name and renamed when complete, so a killed run
 never leaves a truncated file that looks whole.
@@ -40,6 +42,7 @@ STORE_FORMAT = "gazegen-store"
 STORE_VERSION = 1
 CAM_INDEX_BASE = 0
 SPLIT_FILE = "train_test_split.json"
+PREPARE_FILE = "prepare.json"  # `gazegen data prepare`'s record of its source and settings (gazegen/data/prepare.py)
 
 
 def _mask_255(mask: np.ndarray) -> np.ndarray:
