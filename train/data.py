@@ -43,6 +43,7 @@ from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError, SubjectReader, open_subject
 from gazegen.train.depth_prior import DepthSource, depth_to_world
 from gazegen.train.subjects import SubjectRows
+from gazegen.train.world_turn import random_turn, turn_world
 
 
 # --------------------------------------------------------------------------- batches
@@ -104,9 +105,10 @@ class TripletDataset(Dataset):
     """Triplets over subjects; item ``(epoch, i)``: target row i (flat over subjects) with its source drawn for epoch."""
 
     def __init__(self, subjects: Sequence[SubjectRows], sizes: TripletSizes, depth: DepthSource, seed: int = 0,
-                 same_frame: bool = False, same_camera: float = 0.0):
+                 same_frame: bool = False, same_camera: float = 0.0, world_turn_deg: float = 0.0):
         self.subjects = list(subjects)
         self.sizes, self.depth, self.seed, self.same_frame, self.same_camera = sizes, depth, seed, same_frame, same_camera
+        self.world_turn_deg = world_turn_deg  # each item's world turned by up to this many degrees (train/world_turn.py)
         counts = [len(s.targets) for s in self.subjects]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for s in self.subjects:
@@ -215,7 +217,10 @@ class TripletDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> Triplets:
         epoch, index = item
         k, source, target, frontal = self.draw(epoch, index)
-        return self.load(k, source, target, frontal)
+        triplet = self.load(k, source, target, frontal)
+        if self.world_turn_deg > 0:  # drawn per item like the source, so a resumed run turns the same worlds
+            triplet = turn_world(triplet, random_turn(np.random.default_rng([self.seed, epoch, index, 2]), self.world_turn_deg))
+        return triplet
 
 
 # --------------------------------------------------------------------------- sampling and loading
