@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from gazegen.geometry import FLIP, pitchyaw_to_vector, vector_to_pitchyaw
 
-if TYPE_CHECKING:
-    from gazegen.train.data import Triplets
+T = TypeVar("T")  # train/data.py Triplets (not imported: train/data.py imports this module)
 
 
 def random_turn(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -58,8 +57,8 @@ def turn_gaze_head(gaze_head: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
     return vector_to_pitchyaw(vectors).to(gaze_head.dtype)
 
 
-def turn_world(triplets: Triplets, turn: np.ndarray) -> Triplets:
-    """``triplets`` with its world turned by ``turn`` (3, 3): cameras and gaze conditions."""
+def turn_world(triplets: T, turn: np.ndarray) -> T:
+    """``triplets`` (a Triplets) with its world turned by ``turn`` (3, 3): cameras and gaze conditions."""
     q = torch.from_numpy(np.asarray(turn, np.float64))
     return replace(
         triplets,
