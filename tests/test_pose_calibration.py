@@ -1,10 +1,9 @@
 """benchmarks/pose_calibration.py: what the calibration sees, how it is fitted and applied."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import import_benchmark
 
 from gazegen.data.normalise import FACE_MODEL_MM
 from gazegen.data.photo_heads import rotation_from_pose
@@ -12,12 +11,7 @@ from gazegen.data.photo_heads import rotation_from_pose
 
 @pytest.fixture(scope="module")
 def calibration():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import pose_calibration
-    finally:
-        sys.path.pop(0)
-    return pose_calibration
+    return import_benchmark("pose_calibration")
 
 
 def _photo(rotation: np.ndarray, position: np.ndarray, focal: float) -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,11 @@ camera it names in the true frame."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmark_modules import import_benchmark
 
 from gazegen import geometry
 from gazegen.config import NormalisationConfig
@@ -19,12 +18,7 @@ NORM = NormalisationConfig(focal=400.0, distance_mm=950.0, resolution=128)
 
 @pytest.fixture(scope="module")
 def pose_error():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import pose_error
-    finally:
-        sys.path.pop(0)
-    return pose_error
+    return import_benchmark("pose_error")
 
 
 @pytest.mark.parametrize("truth, told", [((0, 0), (2, 0)), ((0, 20), (-5, 25)), ((10, -15), (20, -15)), ((5, 5), (5, 5))])
