@@ -96,3 +96,13 @@ def test_a_dataset_with_turns_turns_only_the_frames(subjects):
         assert torch.equal(turned[item].camera, b.camera)
         turns.append(q)
     assert not torch.allclose(turns[0], turns[1])
+
+
+def test_a_share_of_the_items_is_turned(subjects):
+    """With world_turn_share 0.5, about half the items carry turned cameras and the rest the exact ones."""
+    sizes = TripletSizes(input=64, output=32, depth=16)
+    plain = TripletDataset(subjects, sizes, DatasetDepth(), seed=3)
+    half = TripletDataset(subjects, sizes, DatasetDepth(), seed=3, world_turn_deg=10.0, world_turn_share=0.5)
+    items = [(epoch, i) for epoch in range(4) for i in range(len(plain))]
+    turned = [not torch.equal(plain[item].camera, half[item].camera) for item in items]
+    assert 0.3 < np.mean(turned) < 0.7, np.mean(turned)

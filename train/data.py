@@ -105,10 +105,11 @@ class TripletDataset(Dataset):
     """Triplets over subjects; item ``(epoch, i)``: target row i (flat over subjects) with its source drawn for epoch."""
 
     def __init__(self, subjects: Sequence[SubjectRows], sizes: TripletSizes, depth: DepthSource, seed: int = 0,
-                 same_frame: bool = False, same_camera: float = 0.0, world_turn_deg: float = 0.0):
+                 same_frame: bool = False, same_camera: float = 0.0, world_turn_deg: float = 0.0, world_turn_share: float = 1.0):
         self.subjects = list(subjects)
         self.sizes, self.depth, self.seed, self.same_frame, self.same_camera = sizes, depth, seed, same_frame, same_camera
-        self.world_turn_deg = world_turn_deg  # each item's world turned by up to this many degrees (train/world_turn.py)
+        self.world_turn_deg = world_turn_deg  # items' worlds turned by up to this many degrees (train/world_turn.py) ...
+        self.world_turn_share = world_turn_share  # ... this share of them, drawn per item
         counts = [len(s.targets) for s in self.subjects]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for s in self.subjects:
@@ -218,8 +219,9 @@ class TripletDataset(Dataset):
         epoch, index = item
         k, source, target, frontal = self.draw(epoch, index)
         triplet = self.load(k, source, target, frontal)
-        if self.world_turn_deg > 0:  # drawn per item like the source, so a resumed run turns the same worlds
-            triplet = turn_world(triplet, random_turn(np.random.default_rng([self.seed, epoch, index, 2]), self.world_turn_deg))
+        rng = np.random.default_rng([self.seed, epoch, index, 2])  # drawn per item like the source: a resumed run turns the same worlds
+        if self.world_turn_deg > 0 and (self.world_turn_share >= 1 or rng.random() < self.world_turn_share):  # share 1: no draw
+            triplet = turn_world(triplet, random_turn(rng, self.world_turn_deg))
         return triplet
 
 

@@ -209,7 +209,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
     same_frame = cfg.stage == "reconstruction"
     dataset = functools.partial(TripletDataset, sizes=sizes, depth=depth, seed=cfg.seed, same_frame=same_frame,
                                 same_camera=cfg.data.same_camera)
-    train_set = dataset(train, world_turn_deg=cfg.data.world_turn_deg)  # validation keeps the exact cameras
+    train_set = dataset(train, world_turn_deg=cfg.data.world_turn_deg, world_turn_share=cfg.data.world_turn_share)  # validation: exact
     val_set = dataset(val) if val else None
     return fit(cfg, model_cfg, train_set, val_set, out, max_steps=max_steps, resume=resume, init=cfg.init,
                context=context, metadata={"data": str(data), "normalisation": to_dict(common_normalisation(train + val))})

@@ -71,7 +71,8 @@ class TrainDataConfig:
     prefetch: int = bounded(2, 1, 64)  # batches loaded ahead by each worker
     val_samples: int = bounded(16, 1)  # fixed validation triplets scored at every validation
     same_camera: float = bounded(0.0, 0.0, 1.0)  # stage "gaze": share of triplets whose I_s is I_gt's own camera (another frame)
-    world_turn_deg: float = bounded(0.0, 0.0, 45.0)  # each training triplet's world turned by up to this (train/world_turn.py): a head frame off as a photo's estimate is; 0: exact
+    world_turn_deg: float = bounded(0.0, 0.0, 45.0)  # training triplets' worlds turned by up to this (train/world_turn.py): a head frame off as a photo's estimate is; 0: exact
+    world_turn_share: float = bounded(1.0, 0.0, 1.0)  # the share of training triplets turned (drawn per item); the rest keep exact cameras
 
 
 @dataclass(frozen=True)
