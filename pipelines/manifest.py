@@ -126,6 +126,11 @@ def read_shard_errors(out: str | OutputDir, plan: Sequence[ShardSpec]) -> pa.Tab
     return pa.concat_tables(tables) if tables else ERRORS_SCHEMA.empty_table()
 
 
+def read_run_errors(out: str | OutputDir) -> pa.Table:
+    """A finalized run's errors: ``_errors.parquet``, every shard's merged by ``finalize``."""
+    return _read_parquet(OutputDir.from_uri(out), ERRORS_NAME).cast(ERRORS_SCHEMA)
+
+
 def _check_row_ids(out: OutputDir, plan: Sequence[ShardSpec]) -> None:
     """Raises ``IncompleteRunError`` when a row id occurs in more than one row of the run."""
     ids = [_read_parquet(out, spec.parquet_name, ["row_id"]).column("row_id") for spec in plan]
@@ -188,6 +193,7 @@ __all__ = [
     "dataset_card",
     "finalize",
     "read_manifest",
+    "read_run_errors",
     "read_shard_errors",
     "remove_outputs",
 ]

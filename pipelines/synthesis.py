@@ -88,7 +88,7 @@ from pathlib import Path
 from gazegen.config import SynthConfig
 from gazegen.errors import GazegenError
 from gazegen.pipelines.graph import render_pending
-from gazegen.pipelines.manifest import ERRORS_NAME, check_or_create, finalize, read_shard_errors
+from gazegen.pipelines.manifest import ERRORS_NAME, check_or_create, finalize, read_run_errors
 from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.plan import RunPlan, plan_run
 from gazegen.pipelines.render_actor import RenderActor
@@ -183,7 +183,7 @@ def run_synthesis(
     final = finalize(target, run.shards)
     seconds = time.monotonic() - start
     written = sum(s.rows for s in router.closed) if router else 0
-    failed = read_shard_errors(target, run.shards).sort_by("source_id").slice(0, SHOWN_FAILURES).to_pylist()  # as listed, not as they came
+    failed = read_run_errors(target).sort_by("source_id").slice(0, SHOWN_FAILURES).to_pylist()  # as listed, not as they came
     return SynthesisResult(str(target), len(run.records), final.rows, final.errors, len(final.shards),
                            len(router.closed) if router else 0, written, seconds, written / seconds if seconds else 0.0,
                            posixpath.join(str(target), ERRORS_NAME), tuple(failure_line(row) for row in failed))  # fmt: skip
