@@ -219,9 +219,10 @@ class TripletDataset(Dataset):
         epoch, index = item
         k, source, target, frontal = self.draw(epoch, index)
         triplet = self.load(k, source, target, frontal)
-        rng = np.random.default_rng([self.seed, epoch, index, 2])  # drawn per item like the source: a resumed run turns the same worlds
-        if self.world_turn_deg > 0 and (self.world_turn_share >= 1 or rng.random() < self.world_turn_share):  # share 1: no draw
-            triplet = turn_world(triplet, random_turn(rng, self.world_turn_deg))
+        if self.world_turn_deg > 0:  # drawn per item like the source: a resumed run turns the same worlds
+            rng = np.random.default_rng([self.seed, epoch, index, 2])
+            if self.world_turn_share >= 1 or rng.random() < self.world_turn_share:  # share 1: no draw
+                triplet = turn_world(triplet, random_turn(rng, self.world_turn_deg))
         return triplet
 
 
