@@ -64,6 +64,8 @@ def store_files(data: str | Path, split: str | None) -> list[Path]:
     if splits.split_file is not None and split is not None:
         if split not in splits.files:
             raise DataError(f"{splits.split_file}: no split {split!r}")
+        if not splits.split(split):
+            raise DataError(f"{splits.split_file}: split {split!r} lists no subjects")
         return splits.split(split)
     files = sorted(p for p in data.rglob("*") if p.suffix in H5_SUFFIXES)
     if not files:

@@ -18,6 +18,7 @@ from gazegen.config import (
 )
 from gazegen.data.heads import synthesize_store
 from gazegen.data.sample import Sample
+from gazegen.data.xgaze import DataError
 from gazegen.data.store import SubjectWriter, write_split
 from gazegen.metrics.estimator import GazeEstimate, GazeEstimator
 from gazegen.models.livegaze import LiveGaze
@@ -261,3 +262,16 @@ def test_errors_use_labels_not_the_estimate_on_the_target(tmp_path):
     assert expected > 3 and scores.gaze_error == pytest.approx(expected, rel=1e-6)  # the floor: the estimator's own error
     assert scores.gaze_error_vs_estimate == pytest.approx(0.0, abs=1e-3)  # GazeNeRF's variant cannot see it
     assert scores.head_error == pytest.approx(0.0, abs=1e-3)
+
+
+def test_a_store_without_test_subjects_is_named_before_any_work(tmp_path, tiny_model):
+    """A training-only store (its split file lists no test subject) is an error naming the split file."""
+    write_store(tmp_path / "store", {"subject0000": [10, 20, 30]})
+    (tmp_path / "store" / "train").mkdir()
+    (tmp_path / "store" / "test" / "subject0000.h5").rename(tmp_path / "store" / "train" / "subject0000.h5")
+    write_split(tmp_path / "store", ["subject0000.h5"], [])
+    save_pretrained(tmp_path / "model", tiny_model)
+    with pytest.raises(DataError, match=r"train_test_split\.json: split 'test' lists no subjects"):
+        evaluate(tmp_path / "model", tmp_path / "store", tmp_path / "report", EvaluateConfig(lpips=False, fid=False),
+                 estimator=None)
+    assert not (tmp_path / "report").exists()

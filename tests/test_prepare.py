@@ -186,6 +186,51 @@ def test_bad_source_raises_and_keeps_finished_subjects(tmp_path):
         prepare_store(tmp_path / "src", tmp_path / "out", **kw)
 
 
+def damage_a_chunk(path, key: str, chunk: int) -> None:
+    """Overwrite the bytes of one compressed chunk of ``key`` in the h5 file at ``path``."""
+    with h5py.File(path, "r") as f:
+        info = f[key].id.get_chunk_info(chunk)
+    with open(path, "r+b") as raw:
+        raw.seek(info.byte_offset + 4)
+        raw.write(b"\xff" * (info.size - 8))
+
+
+def test_a_damaged_image_chunk_names_the_file_and_keeps_finished_subjects(tmp_path):
+    official_tree(tmp_path / "src", subjects=(0,), test=())
+    kw = dict(resolution=32, source_normalisation=NORM32, progress=False)
+    prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    bad = tmp_path / "src" / "train" / "subject0001.h5"
+    truth = make_official(bad, n=8)
+    with h5py.File(bad, "a") as f:  # the images gzip-compressed one row per chunk, as published files may be
+        del f["face_patch"]
+        f.create_dataset("face_patch", data=truth["face_patch"], chunks=(1, 32, 32, 3), compression="gzip")
+    damage_a_chunk(bad, "face_patch", 5)
+    split = json.loads((tmp_path / "src" / "train_test_split.json").read_text())
+    split["train"].append("subject0001.h5")
+    (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
+    with pytest.raises(DataError, match=r"subject0001\.h5: rows \d+-\d+ cannot be read \(.*\): the file is damaged"):
+        prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+    with StoreReader(tmp_path / "out" / "train" / "subject0000.h5") as reader:
+        assert len(reader) == 4
+
+
+def test_test_files_without_gaze_labels_are_skipped_as_etx_xgaze_withholds_them(tmp_path):
+    """ETH-XGaze's release root: its test split's files carry every key but `face_gaze`."""
+    official_tree(tmp_path / "src", subjects=(0,), test=(2,))
+    make_official(tmp_path / "src" / "test" / "subject0002.h5", n=4, face_gaze=None)
+    report = prepare_store(tmp_path / "src", tmp_path / "out", resolution=32, source_normalisation=NORM32, progress=False)
+    assert report.written == ("train/subject0000.h5",)
+    assert report.withheld == (tmp_path / "src" / "test" / "subject0002.h5",)
+    assert "without gaze labels" in report.summary() and "subject0002.h5" in report.summary()
+    assert json.loads((tmp_path / "out" / "train_test_split.json").read_text())["test"] == []
+    assert not (tmp_path / "out" / "test" / "subject0002.h5").exists()
+    make_official(tmp_path / "src" / "train" / "subject0000.h5", n=4, face_gaze=None)  # a train file without labels stays an error
+    with pytest.raises(DataError, match=r"subject0000\.h5: an ETH-XGaze file without gaze labels \(no key 'face_gaze'\)"):
+        prepare_store(tmp_path / "src", tmp_path / "out2", resolution=32, source_normalisation=NORM32, progress=False)
+    with pytest.raises(DataError, match=r"subject0002\.h5: an ETH-XGaze file without gaze labels"):  # the test folder alone: train by default
+        prepare_store(tmp_path / "src" / "test", tmp_path / "out3", resolution=32, source_normalisation=NORM32, progress=False)
+
+
 def test_a_subject_attribute_never_becomes_a_path(tmp_path):
     official_tree(tmp_path / "src", subjects=(0,), test=())
     prepare_store(tmp_path / "src", tmp_path / "a", resolution=16, source_normalisation=NORM32, progress=False)

@@ -224,8 +224,11 @@ def test_errors_name_file_key_and_problem(tmp_path):
     with pytest.raises(DataError, match=r"broken\.h5.*cannot be read as HDF5"):
         open_subject(garbage)
     make_official(tmp_path / "nogaze.h5", face_gaze=None, face_head_pose=np.zeros((6, 2)), face_patch=bgr_patches(6, 32))
-    with pytest.raises(DataError, match=r"unknown layout"):
+    with pytest.raises(DataError, match=r"nogaze\.h5: an ETH-XGaze file without gaze labels \(no key 'face_gaze'\)"):
         detect_format(tmp_path / "nogaze.h5")
+    make_official(tmp_path / "nothing.h5", face_gaze=None, frame_index=None)
+    with pytest.raises(DataError, match=r"nothing\.h5: unknown layout: .*keys present: \['cam_index', 'face_head_pose'"):
+        detect_format(tmp_path / "nothing.h5")
     make_official(tmp_path / "nohead.h5", face_head_pose=None)
     with pytest.raises(DataError, match=r"nohead\.h5: key 'face_head_pose' is missing"):
         open_subject(tmp_path / "nohead.h5", NORM32)

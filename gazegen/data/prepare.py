@@ -56,10 +56,13 @@ from gazegen.data.images import resize_image, resize_nearest
 from gazegen.data.splits import present_files, store_splits
 from gazegen.data.store import PREPARE_FILE, STORE_FORMAT, SubjectWriter, write_split
 from gazegen.data.store_folder import check_folder, clear_store, store_files
-from gazegen.data.xgaze import DataError, SubjectReader, file_component, open_subject
+from gazegen.data.xgaze import DataError, SubjectReader, file_component, gaze_withheld, open_subject
 from gazegen.data.xgaze_raw import XGazeRawReader, annotation_files
 
 log = logging.getLogger(__name__)
+
+
+WITHHELD = "a test subject without gaze labels (ETH-XGaze withholds its test split's)"
 
 
 @dataclass(frozen=True)
@@ -73,12 +76,14 @@ class PrepareReport:
     images: int  # images written in this run
     seconds: float
     unlisted: tuple[Path, ...] = ()  # source h5 files the split file does not list (not converted)
+    withheld: tuple[Path, ...] = ()  # test-split files without gaze labels (ETH-XGaze's test split; not converted)
 
     def summary(self) -> str:
         lines = [f"{self.out}: {len(self.written)} subject file(s) written ({self.images} images at "
                  f"{self.resolution} px) in {self.seconds:.1f} s, {len(self.skipped)} already complete"]
         lines += [f"  wrote {name}" for name in self.written]
         lines += [f"  not in the split file, not converted: {p}" for p in self.unlisted]
+        lines += [f"  {WITHHELD}, not converted: {p}" for p in self.withheld]
         return "\n".join(lines)
 
 
@@ -279,6 +284,12 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
         open_source = lambda path: open_subject(path, source_normalisation)  # noqa: E731
     if found.problems:
         raise DataError("\n".join(found.problems))
+    withheld = tuple(p for split, p in found.files if kind == "h5" and split == "test" and gaze_withheld(p))
+    for p in withheld:
+        log.warning("%s: %s; not converted", p, WITHHELD)
+    found = dataclasses.replace(found, files=tuple(item for item in found.files if item[1] not in withheld))
+    if not found.files and withheld:
+        raise DataError(f"{src}: every subject file is {WITHHELD}: nothing to convert")
     if not found.files:
         raise DataError(f"{src}: no .h5 subject files (nor an ETH-XGaze raw release, MPIIFaceGaze pXX/pXX.txt or ColumbiaGaze subject folders) found")
     for p in found.unlisted:
@@ -316,4 +327,4 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
             written.append(f"{split}/{target.name}")
     write_split(out, [t.name for s, _, t, _ in plan if s == "train"], [t.name for s, _, t, _ in plan if s != "train"])
     return PrepareReport(out, resolution, tuple(written), tuple(skipped), images,
-                         time.perf_counter() - start, found.unlisted)
+                         time.perf_counter() - start, found.unlisted, withheld)

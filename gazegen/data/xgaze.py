@@ -94,6 +94,10 @@ class DataError(GazegenError, ValueError):
     """A data file is unreadable or wrong; the message names the file, the key and the problem."""
 
 
+class GazeWithheldError(DataError):
+    """An ETH-XGaze file with every published key but its gaze labels (the benchmark's test split)."""
+
+
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -110,6 +114,9 @@ def _format_of(f: h5py.File, path: Path) -> str:
         return XGAZE
     if "pitchyaw_head" in f:
         return GAZENERF
+    if all(k in f for k in REQUIRED[XGAZE] if k != "face_gaze"):
+        raise GazeWithheldError(f"{path}: an ETH-XGaze file without gaze labels (no key 'face_gaze'), as the benchmark's test "
+                        "split is: nothing to train or evaluate on; its release root converts the train split and skips these")
     raise DataError(f"{path}: unknown layout: no `format` attribute and neither key 'face_gaze' (ETH-XGaze) nor "
                     f"'pitchyaw_head' (GazeNeRF); keys present: {sorted(f.keys())}")
 
@@ -119,6 +126,17 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     with _open(path) as f:
         return _format_of(f, path)
+
+
+def gaze_withheld(path: str | Path) -> bool:
+    """An ETH-XGaze file with every published key but the gaze: the benchmark's test split, whose
+    labels are withheld (scored on its leaderboard)."""
+    path = Path(path)
+    try:
+        detect_format(path)
+    except GazeWithheldError:
+        return True
+    return False
 
 
 def file_component(name: str, limit: int = 120) -> str:
@@ -292,12 +310,15 @@ class SubjectReader:
         """Samples of rows [start, stop), read from the file in one slice per key."""
         start = max(0, start)
         f, lab, rows = self._file, self.labels, slice(start, max(start, min(stop, len(self))))
-        images = np.ascontiguousarray(f["face_patch"][rows][..., ::-1])  # BGR -> RGB
-        masks = {MASKS[k]: (f[k][rows] > 127).astype(np.uint8) for k in self.masks if k in f}
-        landmarks = np.asarray(f["facial_landmarks"][rows], dtype=np.float32) if "facial_landmarks" in f else None
-        mats = np.asarray(f["face_mat_norm"][rows], dtype=np.float32) if "face_mat_norm" in f else None
-        depth = np.asarray(f["depth"][rows], dtype=np.float32) if self.format == STORE and "depth" in f else None
-        extras = {k: f[k][rows] for k in self.extras if k in f}
+        try:  # a damaged chunk fails here, in h5py's filters: name the file and the rows
+            images = np.ascontiguousarray(f["face_patch"][rows][..., ::-1])  # BGR -> RGB
+            masks = {MASKS[k]: (f[k][rows] > 127).astype(np.uint8) for k in self.masks if k in f}
+            landmarks = np.asarray(f["facial_landmarks"][rows], dtype=np.float32) if "facial_landmarks" in f else None
+            mats = np.asarray(f["face_mat_norm"][rows], dtype=np.float32) if "face_mat_norm" in f else None
+            depth = np.asarray(f["depth"][rows], dtype=np.float32) if self.format == STORE and "depth" in f else None
+            extras = {k: f[k][rows] for k in self.extras if k in f}
+        except OSError as e:
+            raise DataError(f"{self.path}: rows {rows.start}-{rows.stop - 1} cannot be read ({e}): the file is damaged") from None
         out = []
         for j, i in enumerate(range(rows.start, rows.stop)):
             out.append(Sample(
