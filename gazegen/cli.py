@@ -185,6 +185,10 @@ def bench(
     from gazegen.benchmark import bench_model
 
     with _reported():
+        if out is not None:  # before the measurement, which takes minutes
+            if out.is_dir():
+                raise FileNotFoundError(f"{out}: is a folder; --out names the JSON file to write")
+            out.parent.mkdir(parents=True, exist_ok=True)
         result = bench_model(preset, device, batch, compile=compile, dtype=dtype, repeats=repeats, warmup=3 if compile else 1,
                              overrides=overrides or ())
     text = json.dumps(result, indent=2)
