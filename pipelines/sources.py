@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from gazegen.data.faces import IMAGE_SUFFIXES
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.guards import InputError, decode_image, max_file_bytes, read_regular_file, resolve_inside
@@ -50,7 +51,6 @@ from gazegen.pipelines.shards import MANIFEST_NAME, OutputDir, run_files
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 H5_SUFFIXES = (".h5", ".hdf5")
 PARQUET_SUFFIXES = (".parquet",)
 INDEX_FORMAT = "{path}#{index:06d}"

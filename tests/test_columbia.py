@@ -72,10 +72,13 @@ def test_faceless_photo_is_skipped_with_its_reason(folder, tmp_path, caplog):
     src.mkdir(parents=True)
     _save(src / "0002_2m_0P_0V_0H.jpg", np.full((200, 300, 3), 128, np.uint8))
     (src / "0002_2m_0P_0V_5H.jpg").write_bytes((folder / "0001" / "0001_2m_0P_0V_0H.jpg").read_bytes())
+    (src / "IMG_1234.JPG").write_bytes((folder / "0001" / "0001_2m_0P_0V_0H.jpg").read_bytes())  # misnamed: no labels
     with caplog.at_level(logging.WARNING):
         report = prepare_store(tmp_path / "src", tmp_path / "out", resolution=64, progress=False)
-    assert report.images == 1
+    assert report.images == 1 and report.unusable == 1
     assert "0002_2m_0P_0V_0H.jpg: no face found; skipped" in caplog.text
+    assert "1 photo(s) without a usable face, not converted" in report.summary()
+    assert "0002: 1 image(s) not named as ColumbiaGaze photos (SSSS_Dm_PP_VV_HH.jpg), not read: IMG_1234.JPG" in caplog.text
 
 
 def test_corrupt_photo_names_the_file(tmp_path):

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from gazegen.config import DetectorConfig, NormalisationConfig, PhotoCameraConfig
-from gazegen.data.faces import ImageReadError, read_image
+from gazegen.data.faces import IMAGE_SUFFIXES, ImageReadError, read_image
 from gazegen.data.mtcnn import MtcnnDetector
 from gazegen.data.normalise import NormalisationError, normalise_face, photo_camera_matrix
 from gazegen.data.photo_reader import PhotoSubjectReader
@@ -82,7 +82,12 @@ class ColumbiaGazeReader(PhotoSubjectReader):
         self.folder = Path(folder)
         self.normalisation, self.chunk = normalisation, chunk
         self.subject = f"columbia_{self.folder.name}"
-        self.photos = sorted(p for p in self.folder.iterdir() if NAME.fullmatch(p.name))
+        files = sorted(p for p in self.folder.iterdir() if p.is_file())
+        self.photos = [p for p in files if NAME.fullmatch(p.name)]
+        others = [p.name for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p not in self.photos]
+        if others:
+            log.warning("%s: %d image(s) not named as ColumbiaGaze photos (SSSS_Dm_PP_VV_HH.jpg), not read: %s",
+                        self.folder, len(others), ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""))
         self._detectors: dict[int, MtcnnDetector] = {}
 
     def __len__(self) -> int:

@@ -48,6 +48,9 @@ class ImageReadError(GazegenError, ValueError):
     """A file could not be read as an image; the message names the file and the problem."""
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what inputs read_image is given for
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB.
 

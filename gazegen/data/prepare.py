@@ -47,6 +47,7 @@ from typing import Any
 import h5py
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gazegen.config import NormalisationConfig, to_dict
 from gazegen.data.columbia import ColumbiaGazeReader, subject_folders
@@ -77,6 +78,7 @@ class PrepareReport:
     seconds: float
     unlisted: tuple[Path, ...] = ()  # source h5 files the split file does not list (not converted)
     withheld: tuple[Path, ...] = ()  # test-split files without gaze labels (ETH-XGaze's test split; not converted)
+    unusable: int = 0  # photos of this run left out: no face, or landmarks no pose fits (each named in a warning)
 
     def summary(self) -> str:
         lines = [f"{self.out}: {len(self.written)} subject file(s) written ({self.images} images at "
@@ -84,6 +86,7 @@ class PrepareReport:
         lines += [f"  wrote {name}" for name in self.written]
         lines += [f"  not in the split file, not converted: {p}" for p in self.unlisted]
         lines += [f"  {WITHHELD}, not converted: {p}" for p in self.withheld]
+        lines += [f"  {self.unusable} photo(s) without a usable face, not converted (named in the warnings)"] if self.unusable else []
         return "\n".join(lines)
 
 
@@ -241,6 +244,7 @@ def _complete(path: Path, resolution: int) -> bool:
 
 
 def _convert(reader: SubjectReader, path: Path, resolution: int, chunk: int, bar: tqdm) -> int:
+    """Images written; a photo reader's batches leave out the photos it skips (warned), counted on the bar."""
     norm = reader.normalisation.at_resolution(resolution)
     count = 0
     with SubjectWriter(path, norm, reader.subject, chunk=chunk) as writer:
@@ -248,6 +252,7 @@ def _convert(reader: SubjectReader, path: Path, resolution: int, chunk: int, bar
             writer.write([resize_sample(s, norm) for s in batch])
             count += len(batch)
             bar.update(len(batch))
+    bar.update(len(reader) - count)
     return count
 
 
@@ -319,7 +324,8 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     todo = [item for item, d in zip(plan, done) if not d]
     skipped = [f"{split}/{target.name}" for (split, _, target, _), d in zip(plan, done) if d]
     written, images = [], 0
-    with tqdm(total=sum(n for *_, n in todo), unit="img", desc="prepare", disable=not progress) as bar:
+    rows = sum(n for *_, n in todo)
+    with tqdm(total=rows, unit="img", desc="prepare", disable=not progress) as bar, logging_redirect_tqdm():
         for split, source, target, _ in todo:
             bar.set_postfix_str(target.name)
             with open_source(source) as reader:
@@ -327,4 +333,4 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
             written.append(f"{split}/{target.name}")
     write_split(out, [t.name for s, _, t, _ in plan if s == "train"], [t.name for s, _, t, _ in plan if s != "train"])
     return PrepareReport(out, resolution, tuple(written), tuple(skipped), images,
-                         time.perf_counter() - start, found.unlisted, withheld)
+                         time.perf_counter() - start, found.unlisted, withheld, rows - images)
