@@ -17,9 +17,10 @@ A network class declares how it is rebuilt: ``config_class`` (a frozen config wi
 EstimatorNetConfig). This module imports the networks, never the other way round.
 
 It is written into a temporary sibling directory and renamed into place, so a reader sees a
-whole checkpoint or none. ``load_pretrained`` rebuilds the network from the checkpoint's own
-config.json and loads the weights strictly; anything missing, unreadable or inconsistent raises
-``CheckpointError`` naming the file and the problem.
+whole checkpoint or none; the directory and its files get the modes of an ordinary write under the
+process umask (0755 and 0644 under umask 022), not a temporary file's private ones. ``load_pretrained``
+rebuilds the network from the checkpoint's own config.json and loads the weights strictly; anything
+missing, unreadable or inconsistent raises ``CheckpointError`` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ def save_pretrained(
     ``metadata.normalisation``."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    tmp = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()  # an ordinary mkdir: the umask's mode (tempfile.mkdtemp's is 0700)
     try:
         header = {
             "format_version": type(model).format_version,
@@ -101,7 +103,9 @@ def save_pretrained(
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        mode = stat.S_IMODE((tmp / CONFIG_FILE).stat().st_mode)  # written by open(): the umask's mode (safetensors writes 0600)
         for path in tmp.iterdir():
+            path.chmod(mode)
             _fsync(path)
         _replace_directory(tmp, directory)
     except BaseException:

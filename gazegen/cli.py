@@ -319,13 +319,19 @@ def evaluate(
     typer.echo(f"report: {out / 'report.md'}  sheet: {out / 'sheet.png'}")
 
 
+TRAIN_CONFIG = Path("configs/train/demo.toml")  # `gazegen train`'s config when none is given and the run is new
+
+
 @app.command("train")
 def train(
-    config: Path = typer.Option(Path("configs/train/demo.toml"), help=f"Training preset (configs/train/*.toml; {FROM_CONFIGS})."),
-    data: Path = typer.Option(..., help="Training store (train_test_split.json + train/*.h5)."),
+    config: Optional[Path] = typer.Option(None, help=f"Training preset (configs/train/*.toml; {FROM_CONFIGS}); default "
+                                                     f"{TRAIN_CONFIG}, or with --resume the run's own (OUT/train_config.json)."),
+    data: Optional[Path] = typer.Option(None, help="Training store folder (train_test_split.json + train/*.h5); with --resume "
+                                                   "the run's own by default."),
     out: Path = typer.Option(..., help="Run folder: checkpoints, logs, loss curve, validation grids."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop after this many steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT exactly where it stopped, with its own settings "
+                                "(a config, --set or --data given must agree, run-time keys aside)."),
     workers: int = typer.Option(1, min=1, help="Ray Train workers (DDP); 1: this process."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="GPUs per Ray Train worker."),
     address: Optional[str] = typer.Option(None, help="Ray cluster for --workers > 1 (default: local)."),
@@ -333,10 +339,16 @@ def train(
 ) -> None:
     """Train LiveGaze (paper section 3.4) on a training store."""
     from gazegen.config import TrainConfig, load_config
+    from gazegen.train.resume import resume_settings
     from gazegen.train.trainer import run_training
 
+    if data is None and not resume:
+        _fail("--data: the training store folder is required (with --resume the run's own store is used)")
     with _reported():
-        cfg = load_config(TrainConfig, config, overrides or [])
+        if resume:
+            cfg, data = resume_settings(out, config, overrides or [], data)
+        else:
+            cfg = load_config(TrainConfig, config or TRAIN_CONFIG, overrides or [])
         if workers > 1:
             from gazegen.train.distributed import run_distributed
 
@@ -346,6 +358,11 @@ def train(
     typer.echo(f"{result.status} at step {result.step}: {result.checkpoint}")
     if result.metrics:
         typer.echo("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items())))
+    if result.status == "interrupted":  # Ctrl-C, checkpointed: exit 130 (SIGINT's), so `train && synthesize` stops here
+        parallel = f" --workers {workers} --gpus-per-worker {gpus_per_worker:g}" if workers > 1 else ""
+        typer.secho(f"interrupted: the checkpoint keeps the run; continue it with `gazegen train --out {out} --resume{parallel}`",
+                    err=True)
+        raise typer.Exit(code=130)
 
 
 @app.command("finetune")

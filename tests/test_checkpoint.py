@@ -1,7 +1,9 @@
 """Checkpoints (save -> load identity, clear errors), on the tiny preset; the Live3D importer: test_live3d.py."""
 
 import json
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -151,6 +153,19 @@ def test_save_load_reproduces_outputs_exactly(cfg, tmp_path):
     state = load_train_state(path)
     assert state["step"] == 7 and torch.equal(state["torch_rng"], train_state["torch_rng"])
     assert json.loads((path / CONFIG_FILE).read_text())["metadata"] == {"epoch": 3}
+
+
+@pytest.mark.parametrize("umask, folder, file", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_a_checkpoint_has_the_modes_of_an_ordinary_write(cfg, tmp_path, umask, folder, file):
+    """Not the private 0700 / 0600 of a temporary folder and of safetensors' file: others may read what the umask lets them."""
+    old = os.umask(umask)
+    try:
+        path = save_pretrained(tmp_path / "ckpt", build(cfg), train_state={"step": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == folder
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == dict.fromkeys(
+        [CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE], file)
 
 
 def test_save_replaces_an_existing_checkpoint(cfg, tmp_path):

@@ -72,9 +72,12 @@ def depth_to_world(depth_mm: np.ndarray | None, norm: NormalisationConfig, size:
 
 
 class DepthSource(Protocol):
-    """Where D_gt comes from: ``read`` gives I_gt's prior in millimetres (0 = invalid), or None for none."""
+    """Where D_gt comes from: ``read`` gives I_gt's prior in millimetres (0 = invalid), or None for none;
+    ``check`` raises DepthPriorError at setup for subjects ``read`` would fail on (in a loader worker, mid-run)."""
 
     kind: str
+
+    def check(self, subjects: Sequence[SubjectRows]) -> None: ...
 
     def read(self, subject: SubjectRows, row: int, sample: Sample) -> np.ndarray | None: ...
 
@@ -83,6 +86,9 @@ class NoDepth:
     """No prior (the depth loss is off): every pixel invalid."""
 
     kind = "none"
+
+    def check(self, subjects: Sequence[SubjectRows]) -> None:
+        return None
 
     def read(self, subject: SubjectRows, row: int, sample: Sample) -> np.ndarray | None:
         return None
@@ -93,10 +99,27 @@ class DatasetDepth:
 
     kind = "dataset"
 
+    @staticmethod
+    def _has_depth(subject: SubjectRows) -> bool:
+        if subject.samples is not None:
+            return all(sample.depth is not None for sample in subject.samples)
+        return "depth" in subject.keys
+
+    @staticmethod
+    def _no_depth(path: Path, others: int = 0) -> DepthPriorError:
+        also = f" (nor have {others} other subject file(s))" if others else ""
+        return DepthPriorError(f"{path}: no 'depth' key{also}, so depth_prior.kind = 'dataset' has nothing to read (real "
+                               "ETH-XGaze stores have no depth): use depth_prior.kind = 'teacher' or 'files', or "
+                               "loss.depth_weight = 0")
+
+    def check(self, subjects: Sequence[SubjectRows]) -> None:
+        lacking = [s.path for s in subjects if not self._has_depth(s)]
+        if lacking:
+            raise self._no_depth(lacking[0], len(lacking) - 1)
+
     def read(self, subject: SubjectRows, row: int, sample: Sample) -> np.ndarray | None:
         if sample.depth is None:
-            raise DepthPriorError(f"{subject.path}: no 'depth' key, so depth_prior.kind = 'dataset' has nothing to read "
-                                  "(real ETH-XGaze stores have no depth): use 'teacher' or 'files', or loss.depth_weight = 0")
+            raise self._no_depth(subject.path)
         return sample.depth
 
 
@@ -111,17 +134,25 @@ class FileDepth:
             raise DepthPriorError(f"{self.folder}: depth prior folder not found (depth_prior.files)")
         self._maps: dict[str, np.ndarray] = {}
 
+    def _load(self, subject: SubjectRows) -> np.ndarray:
+        """``subject``'s maps, memory-mapped; DepthPriorError when the file is missing or of another shape."""
+        path = self.folder / f"{file_component(subject.subject)}.npy"
+        if not path.is_file():
+            raise DepthPriorError(f"{path}: missing: the depth prior needs one <subject>.npy per subject file")
+        depth = np.load(path, mmap_mode="r")
+        rows = len(subject.labels.gaze)
+        if depth.ndim != 3 or depth.shape[0] != rows or depth.shape[1] != depth.shape[2]:
+            raise DepthPriorError(f"{path}: shape {depth.shape}, expected ({rows}, H, H): one map per row of {subject.path}")
+        return depth
+
     def _map(self, subject: SubjectRows) -> np.ndarray:
         if subject.subject not in self._maps:
-            path = self.folder / f"{file_component(subject.subject)}.npy"
-            if not path.is_file():
-                raise DepthPriorError(f"{path}: missing: the depth prior needs one <subject>.npy per subject file")
-            depth = np.load(path, mmap_mode="r")
-            rows = len(subject.labels.gaze)
-            if depth.ndim != 3 or depth.shape[0] != rows or depth.shape[1] != depth.shape[2]:
-                raise DepthPriorError(f"{path}: shape {depth.shape}, expected ({rows}, H, H): one map per row of {subject.path}")
-            self._maps[subject.subject] = depth
+            self._maps[subject.subject] = self._load(subject)
         return self._maps[subject.subject]
+
+    def check(self, subjects: Sequence[SubjectRows]) -> None:
+        for subject in subjects:
+            self._load(subject)
 
     def read(self, subject: SubjectRows, row: int, sample: Sample) -> np.ndarray | None:
         return np.array(self._map(subject)[row], dtype=np.float32)

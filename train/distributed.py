@@ -7,7 +7,8 @@ Every worker runs ``run_training`` with a ``DistContext`` (its rank, Ray's devic
 The global batch (``TrainConfig.batch_size``) is split over the workers, so a run sees the same
 batches whatever the worker count. Rank 0 validates, logs and writes the checkpoints, in gazegen's
 format, straight into RUN: on a multi-node cluster RUN must be on storage every node sees.
-``--resume`` works as in a single process (every rank's RNG is in the checkpoint).
+``--resume`` works as in a single process (the run's own settings; every rank's RNG is in the checkpoint),
+and the store and a resume's settings are checked here, before Ray starts, as a single process checks them.
 
 This is the only module of train/ that imports Ray.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from gazegen.config import TrainConfig
 from gazegen.train.errors import TrainingError
+from gazegen.train.preflight import checked_store
 from gazegen.train.trainer import TrainResult
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ def run_distributed(cfg: TrainConfig, data: Path, out: Path, max_steps: int | No
         raise TrainingError(f"--workers {workers}: at least 1")
     if cfg.batch_size % workers:
         raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by the {workers} workers (the batch is global)")
+    checked_store(cfg, Path(data), Path(out), resume)  # a bad store or resume: one line here, not a Ray failure
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).unlink(missing_ok=True)

@@ -2,8 +2,9 @@
 
 ``SubjectRows`` is one subject file (or one subject held in memory) with the rows that serve as
 targets and as sources; its labels are the whole file's. ``split_subjects`` holds whole subjects of
-a store's train split out for validation, by a seeded draw. Both the triplet dataset
-(train/data.py) and the depth priors (train/depth_prior.py) read subjects through this module.
+a store's train split out for validation, by a seeded draw; ``mask_warning`` says what a store without
+face or eye masks leaves off. Both the triplet dataset (train/data.py) and the depth priors
+(train/depth_prior.py) read subjects through this module.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SubjectRows:
     targets: np.ndarray  # (n,) int64 rows that serve as I_gt (and I_f)
     sources: np.ndarray  # (m,) int64 rows I_s is drawn from
     samples: tuple[Sample, ...] | None = None  # the rows themselves, when the subject is held in memory (no file)
+    keys: frozenset[str] = frozenset()  # the keys of its file (checked at setup: depth, masks); none when held in memory
 
     @property
     def mm_per_unit(self) -> float:
@@ -48,7 +50,7 @@ def read_subject(path: Path, targets: np.ndarray | None = None, sources: np.ndar
                  frames_per_subject: int = 0) -> SubjectRows:
     """Labels of one subject file; rows default to every row of the first ``frames_per_subject`` frames, evenly spaced."""
     with open_subject(path) as reader:
-        labels, norm, name = reader.labels, reader.normalisation, reader.subject
+        labels, norm, name, keys = reader.labels, reader.normalisation, reader.subject, frozenset(reader.keys)
     rows = np.arange(len(labels.gaze), dtype=np.int64)
     if frames_per_subject:
         frames = np.unique(labels.frame_index)
@@ -56,7 +58,7 @@ def read_subject(path: Path, targets: np.ndarray | None = None, sources: np.ndar
         rows = rows[np.isin(labels.frame_index, keep)]
     targets = rows if targets is None else np.asarray(targets, dtype=np.int64)
     sources = targets if sources is None else np.asarray(sources, dtype=np.int64)
-    return SubjectRows(Path(path), name, labels, norm, targets, sources)
+    return SubjectRows(Path(path), name, labels, norm, targets, sources, keys=keys)
 
 
 def subject_from_samples(samples: Sequence[Sample], targets: np.ndarray | None = None,
@@ -83,6 +85,27 @@ def common_normalisation(subjects: Sequence[SubjectRows]) -> NormalisationConfig
         raise DataError(f"{len(found)} normalisations among {len(subjects)} subjects ({', '.join(sorted(map(str, found)))}): "
                         "one model is fitted to one normalised camera")
     return found.pop()
+
+
+EYE_MASKS = ("left_eye_mask", "right_eye_mask")  # h5 keys of the masks (GazeNeRF's names: gazegen/data/xgaze.py MASKS)
+FACE_MASK = "head_mask"
+
+
+def mask_warning(store: Path, subjects: Sequence[SubjectRows]) -> str | None:
+    """What trains and scores without masks when subject files lack them (the official ETH-XGaze h5 files
+    have none), naming the store; None when every file has them (subjects held in memory are not looked at)."""
+    files = [s for s in subjects if s.samples is None]
+    no_eyes = [s.path for s in files if not set(EYE_MASKS) <= s.keys]
+    no_face = [s.path for s in files if FACE_MASK not in s.keys]
+    off = []
+    if no_eyes:
+        off.append(f"{len(no_eyes)} of {len(files)} subject file(s) (e.g. {no_eyes[0].name}) have no eye masks "
+                   f"({', '.join(EYE_MASKS)}): their eye term loss/eyes is 0 (loss.eye_weight does nothing) and "
+                   "validation's psnr_eyes is nan")
+    if no_face:
+        off.append(f"{len(no_face)} of {len(files)} subject file(s) (e.g. {no_face[0].name}) have no face mask "
+                   f"({FACE_MASK}): their face terms (loss/face, loss.raw_weight's) and psnr_face cover the whole image")
+    return f"{store}: {'; '.join(off)}" if off else None
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,15 @@
     RUN/log.jsonl, tensorboard/, loss_curve.png, val/step_NNNNNNN.png   (train/logging.py)
     RUN/depth_prior/                      the teacher's cached depths (depth_prior.kind = "teacher")
 
-Steps: (1) data split, depth prior, datasets; (2) model (random, Live3D or checkpoint init), AdamW
-with one group per part, schedule; (3) on resume: weights, optimiser, scheduler, every rank's RNG
-and the data position (= the step: batches are a function of the step, train/data.py) from the
-newest checkpoint, whose architecture wins over the config; (4) per step: forward under bf16
-autocast on CUDA, the paper's losses, backward, gradient clipping, AdamW; a non-finite loss or
-gradient stops the run before the update, the last good checkpoint untouched; (5) logs, validation
-and checkpoints every N steps; a checkpoint at the end and on Ctrl-C.
+Steps: (1) data split, depth prior, datasets, checked before any model or run folder (a resume must
+keep the run's own settings, train/resume.py; a store without the depth the prior reads is refused);
+(2) model (random, Live3D or checkpoint init), AdamW with one group per part, schedule; (3) on
+resume: weights, optimiser, scheduler, every rank's RNG and the data position (= the step: batches
+are a function of the step, train/data.py) from the newest checkpoint, whose architecture must be the
+run's recorded model; (4) per step: forward under bf16 autocast on CUDA, the paper's losses,
+backward, gradient clipping, AdamW; a non-finite loss or gradient stops the run before the update,
+the last good checkpoint untouched; (5) logs, validation and checkpoints every N steps; a checkpoint
+at the end and on Ctrl-C (`gazegen train` then exits 130).
 
 Data parallel (train/distributed.py) runs this same loop on every rank with a ``DistContext``:
 each rank loads its share of the global batch; rank 0 validates, logs and writes checkpoints.
@@ -50,8 +52,10 @@ from gazegen.train.interrupt import Interrupt
 from gazegen.train.logging import RunLog
 from gazegen.train.losses import LiveGazeLoss, LossOutput, empty_margin_loss
 from gazegen.train.optim import FROZEN, build_optimizer, build_scheduler
+from gazegen.train.preflight import checked_store
+from gazegen.train.resume import RECORD, differences, read_record
 from gazegen.train.rng import rng_state, set_rng_state
-from gazegen.train.subjects import common_normalisation, read_subject, split_subjects
+from gazegen.train.subjects import common_normalisation
 from gazegen.train.validate import prediction_grid, validate
 
 CHECKPOINTS = "checkpoints"
@@ -190,14 +194,14 @@ def forward_backward(net: nn.Module, batch: Triplets, loss_fn: LiveGazeLoss, gra
 
 def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None = None, resume: bool = False,
                  *, context: DistContext = DistContext()) -> TrainResult:
-    """`gazegen train`: train on the store ``data`` into the run folder ``out``; ``max_steps`` stops early."""
+    """`gazegen train`: train on the store ``data`` into the run folder ``out``; ``max_steps`` stops early;
+    ``resume``: continue ``out``, whose recorded settings ``cfg`` and ``data`` must keep (train/resume.py)."""
     data, out = Path(data), Path(out)
     device = pick_device(context.device or cfg.device)  # a device this machine lacks fails before any data is read
-    split = split_subjects(data, cfg.data)
-    model_cfg = cfg.model_config()  # on resume, fit checks it against the checkpoint's architecture
-    frames = cfg.data.frames_per_subject
-    train = [read_subject(p, frames_per_subject=frames) for p in split.train]
-    val = [read_subject(p, frames_per_subject=frames) for p in split.val]
+    # a data-parallel run's driver has checked the store and warned already (train/distributed.py)
+    train, val = checked_store(cfg, data, out, resume, warn=context.world_size == 1)
+    # a resumed run's model is the one it recorded (its preset may have changed since); fit checks it against the checkpoint
+    model_cfg = read_record(out).model if resume else cfg.model_config()
     use_depth = cfg.loss.depth_weight > 0
     if use_depth and cfg.depth_prior.kind == "teacher":
         if context.is_main:
@@ -212,7 +216,7 @@ def run_training(cfg: TrainConfig, data: Path, out: Path, max_steps: int | None 
     train_set = dataset(train, world_turn_deg=cfg.data.world_turn_deg, world_turn_share=cfg.data.world_turn_share)  # validation: exact
     val_set = dataset(val) if val else None
     return fit(cfg, model_cfg, train_set, val_set, out, max_steps=max_steps, resume=resume, init=cfg.init,
-               context=context, metadata={"data": str(data), "normalisation": to_dict(common_normalisation(train + val))})
+               context=context, metadata={"data": str(data.resolve()), "normalisation": to_dict(common_normalisation(train + val))})
 
 
 @dataclass
@@ -244,13 +248,15 @@ def _check_run(run: Path, resume: bool) -> Path | None:
 
 
 def _resumed_model(newest: Path, model_cfg: ModelConfig) -> LiveGaze:
-    """The checkpoint's model; its architecture must be the config's (chunking and skipping: the config's)."""
+    """The checkpoint's model; its architecture must be ``model_cfg``, the run's recorded model (chunking and skipping:
+    ``model_cfg``'s)."""
     model = load_checkpoint(newest)
     model.cfg = with_runtime_render(model.cfg, model_cfg)
     if model.cfg != model_cfg:
-        diff = sorted(k for k, v in to_dict(model.cfg).items() if to_dict(model_cfg).get(k) != v)
-        raise TrainingError(f"{newest}: its architecture differs from the config's model in {', '.join(diff)}; "
-                            "a resumed run keeps the checkpoint's architecture: remove the conflicting model settings")
+        diff = differences(to_dict(model.cfg), to_dict(model_cfg))
+        raise TrainingError(f"{newest}: its architecture differs from the run's model (checkpoint -> run): {'; '.join(diff)}. "
+                            f"A resumed run keeps the checkpoint's architecture: the \"model\" recorded in "
+                            f"{newest.parent.parent / RECORD} must be the checkpoint's")
     return model
 
 
@@ -383,7 +389,7 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_set: TripletDataset, val
     loader = make_loader(train_set, sampler, cfg.data.workers, cfg.data.prefetch, pin_memory=st.device.type == "cuda")
     log = RunLog(run, enabled=main, tensorboard=cfg.tensorboard, resume_step=st.step if resume else None)
     if main:
-        (run / "train_config.json").write_text(json.dumps(
+        (run / RECORD).write_text(json.dumps(
             {"train": to_dict(cfg), "model": to_dict(model_cfg), **(metadata or {})}, indent=2, sort_keys=True))
     log.event(st.step, f"{st.how}; {len(train_set)} training images, {st.steps_per_epoch} steps per epoch, schedule "
                        f"{st.total} steps, stopping at {st.stop}; device {st.device}, {context.world_size} worker(s)")

@@ -7,7 +7,8 @@ that names the file and the dotted key.
 
 Where each concept lives (everything is re-exported here: ``from gazegen.config import X``):
 
-- ``loader``: ConfigError, load_config (TOML + ``--set a.b=v`` overrides), to_dict, bounded,
+- ``loader``: ConfigError, load_config (TOML + ``--set a.b=v`` overrides), with_overrides (the same
+  overrides on a config already built), to_dict, bounded,
   CONFIG_DIR (the repository's ``configs/``), resolve_preset (a preset named in a config) and
   find_config (a config named on the command line).
 - ``camera``: the normalised camera (NormalisationConfig, PUBLISHED_NORMALISATIONS), procedural
@@ -30,7 +31,8 @@ from gazegen.config.camera import (PUBLISHED_NORMALISATIONS, CropConfig, Detecto
                                    PhotoCameraConfig, RigConfig, SynthHeadsConfig)
 from gazegen.config.evaluation import EstimatorConfig, EstimatorNetConfig, EvaluateConfig, EyePatchConfig
 from gazegen.config.export import EXPORT_FORMATS, ExportConfig
-from gazegen.config.loader import CONFIG_DIR, ConfigError, bounded, find_config, load_config, resolve_preset, to_dict
+from gazegen.config.loader import (CONFIG_DIR, ConfigError, bounded, find_config, load_config, resolve_preset, to_dict,
+                                   with_overrides)
 from gazegen.config.grid import AxisRange, GridAxes, GridSpec, PitchRange, YawRange
 from gazegen.config.model import ModelConfig, RenderConfig
 from gazegen.config.synth import SynthConfig, load_synth_config
@@ -46,6 +48,7 @@ __all__ = [
     "load_config",
     "resolve_preset",
     "to_dict",
+    "with_overrides",
     # camera
     "PUBLISHED_NORMALISATIONS",
     "CropConfig",

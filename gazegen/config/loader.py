@@ -197,6 +197,18 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return _overridden(cls, data, source, overrides, names or {})
+
+
+def with_overrides(config: T, overrides: typing.Sequence[str], source: str) -> T:
+    """``config`` with ``key.sub=value`` overrides applied and checked as ``load_config`` checks them;
+    ``source`` names where ``config`` came from (e.g. a run's recorded config) in the messages."""
+    return _overridden(type(config), to_dict(config), source, overrides, {})
+
+
+def _overridden(cls: type[T], data: dict[str, Any], source: str, overrides: typing.Sequence[str],
+                names: typing.Mapping[str, str]) -> T:
+    """``cls`` built from ``data`` (read from ``source``) with ``overrides`` merged in; errors name their origin."""
     from_file = copy.deepcopy(data)
     given = []
     for item in overrides:
@@ -214,7 +226,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     try:
         return _build(cls, data, "")
     except ConfigError as e:
-        raise ConfigError(_origin(e, source, given, names or {}, file_passes), e.key) from None
+        raise ConfigError(_origin(e, source, given, names, file_passes), e.key) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
