@@ -10,7 +10,7 @@ store (the subjects the model was not trained on), these rows on the same pairs:
 * a perfect render at the model's neural resolution: the target shrunk to it and scaled back, the
   ceiling that resolution allows;
 * the ground-truth target: its gaze error is the reference estimator's own error, the floor;
-* the constant prediction: the mean label read for every pair, what a model carrying no gaze scores.
+* the constant prediction: each pair read as the mean label of the others, what a model carrying no gaze scores.
 
 Each row has the estimator-read gaze and head errors and the correlation of read vs requested
 pitch and yaw; then the gaze sweep and the swap test (evaluation/probes.py; sweep.png), and a last line

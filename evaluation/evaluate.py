@@ -34,7 +34,7 @@ output); *ground-truth target* (the target image itself: its gaze error is the e
 error, the floor no redirection can beat as judged by this estimator); *perfect render at R px*
 (the target shrunk to the model's neural rendering side R and scaled back: the ceiling a render at
 that resolution allows); and *constant prediction* (no image: every pair "read" as the mean label
-of all pairs, what a model that carries no gaze scores at best). For every row the read gaze is
+of all the other pairs, what a model that carries no gaze scores at best; it needs two pairs). For every row the read gaze is
 also correlated with the requested one (Pearson's r of pitch and of yaw over all pairs).
 """
 
@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
 from gazegen.config import EvaluateConfig, FinetuneConfig
@@ -260,7 +262,7 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     results = {m.name: MethodResult(m.name, getattr(m, "three_d", False)) for m in methods}
     sheet: list[SheetRow] = []
     labels: dict[str, list[np.ndarray]] = {"gaze": [], "head": [], "subject": []}  # every pair's requested labels
-    for path in files:
+    for path in tqdm(files, desc="evaluate", unit="subject", dynamic_ncols=True):
         pairs = subject_pairs(path, cfg)
         if not pairs.sources:
             log.warning("%s: fewer than 2 images, no pairs; skipped", path)
@@ -317,30 +319,39 @@ def run_evaluation(data: str | Path, methods: Sequence, cfg: EvaluateConfig, *, 
     requested = np.concatenate(labels["gaze"]) if labels["gaze"] else np.zeros((0, 2))
     for r in results.values():
         r.finish(fid, lpips, estimator_note if estimator is None else "", requested)
-    if estimator is not None and len(requested):
+    if estimator is not None and len(requested) > 1:
         results[CONSTANT] = constant_prediction(requested, np.concatenate(labels["head"]), np.concatenate(labels["subject"]))
+    notes = list(notes)
+    if estimator is not None and len(requested) == 1:
+        notes.append("no constant-prediction row: it reads each pair as the mean of the others, and there is one pair")
     return EvaluationReport(methods=list(results.values()), config=cfg, data=str(data), device=str(device),
-                            sheet=sheet[: cfg.sheet_pairs], notes=list(notes))
+                            sheet=sheet[: cfg.sheet_pairs], notes=notes)
 
 
 def constant_prediction(gaze: np.ndarray, head: np.ndarray, subjects: np.ndarray) -> MethodResult:
-    """The row of a "model" that reads the same gaze and head pose, the mean labels, for every pair.
+    """The row of a "model" that reads one gaze and head pose, the mean labels, whatever the image.
 
-    Labels (N, 2) pitch/yaw of every pair, in pair order; ``subjects`` (N,) names them. The mean
-    is taken as a mean direction (of the unit vectors), the best constant under angular error.
+    Labels (N >= 2, 2) pitch/yaw of every pair, in pair order; ``subjects`` (N,) names them. Each pair
+    is read as the mean of the *other* pairs' labels (leave one out, so no pair is scored against its
+    own label; one pair alone would score 0). The mean is a mean direction (of the unit vectors),
+    the best constant under angular error.
     """
-    mean = lambda a: vector_to_pitchyaw(pitchyaw_to_vector(a).mean(0, keepdims=True))  # noqa: E731
-    gaze_mean, head_mean = mean(gaze), mean(head)
     result = MethodResult(CONSTANT, False)
+    gaze_read, head_read = _leave_one_out_mean(gaze), _leave_one_out_mean(head)
     for name in dict.fromkeys(subjects.tolist()):
         rows = subjects == name
-        values = {"gaze_error": angular_error(np.repeat(gaze_mean, rows.sum(), 0), gaze[rows]).tolist(),
-                  "head_error": angular_error(np.repeat(head_mean, rows.sum(), 0), head[rows]).tolist()}
+        values = {"gaze_error": angular_error(gaze_read[rows], gaze[rows]).tolist(),
+                  "head_error": angular_error(head_read[rows], head[rows]).tolist()}
         result.subjects.append(SubjectScores.of(name, values, FIDMetric(None, "no image"), 0, pairs=int(rows.sum())))
-    result.read = [np.repeat(gaze_mean, len(gaze), 0)]
-    result.finish(FIDMetric(None, "no image"), LPIPSMetric(None, "no image"), "", gaze)
-    result.notes = {"images": "no image: the mean gaze and head labels of all pairs stand in for every read"}
+    result.finish(FIDMetric(None, "no image"), LPIPSMetric(None, "no image"), "")  # a constant has no correlation
+    result.notes = {"images": "no image: each pair is read as the mean gaze and head labels of all other pairs"}
     return result
+
+
+def _leave_one_out_mean(labels: np.ndarray) -> np.ndarray:
+    """(N, 2) pitch/yaw -> (N, 2): row i is the mean direction of every row but i (N >= 2)."""
+    vectors = pitchyaw_to_vector(labels)  # (N, 3) unit
+    return vector_to_pitchyaw(vectors.sum(0, keepdims=True) - vectors)
 
 
 # --------------------------------------------------------------------------- the command
@@ -378,13 +389,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     if estimator is not None:  # what the judge was trained on, and how good it is there: read the errors against it
         meta = read_header(estimator, GazeEstimator).metadata
         held = meta.get("test_eval") or {}
-        notes.append(f"the estimator was trained on {meta.get('data', 'unrecorded data')}"
+        notes.append(f"the estimator was trained on {meta.get('data', 'unrecorded data')} (as recorded where it was made)"
                      + (f"; its own error on {held.get('data')}: gaze {held['gaze_error']:.2f} deg, head "
                         f"{held['head_error']:.2f} deg" if held else "")
                      + ". Gaze and head errors below are relative to this estimator (the ground-truth target row "
                        "is its floor on these images).")
-    report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
-                            estimator_note="no estimator checkpoint given (--estimator)")
+    with logging_redirect_tqdm():  # warnings print above the progress bar
+        report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
+                                estimator_note="no estimator checkpoint given (--estimator)")
     if judge is not None and cfg.probes:
 
         files = store_files(data, cfg.split)

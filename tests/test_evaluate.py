@@ -134,12 +134,18 @@ def test_constant_and_perfect_render_rows_and_read_gaze_correlation(tmp_path):
     targets = {name: [j for _, j in pair_rows(8, cfg)] for name in subjects}
     gaze = np.concatenate([table[n]["gaze"][targets[n]] for n in subjects])  # (8, 2) requested, pair order
     head = np.concatenate([table[n]["head"][targets[n]] for n in subjects])
-    mean_dir = lambda a: geometry.vector_to_pitchyaw(geometry.pitchyaw_to_vector(a).mean(0, keepdims=True))  # noqa: E731
+    def others_mean(a, i):  # pair i read as the mean direction of the other pairs' labels
+        vectors = [geometry.pitchyaw_to_vector(a[j]) for j in range(len(a)) if j != i]
+        return geometry.vector_to_pitchyaw(np.mean(vectors, axis=0))
+
+    def error(a, i):
+        return float(geometry.angular_error(others_mean(a, i)[None], a[i][None])[0])
+
     constant = report.method(CONSTANT)
     for k, s in enumerate(constant.subjects):
-        rows = slice(4 * k, 4 * k + 4)
-        assert s.gaze_error == pytest.approx(float(geometry.angular_error(mean_dir(gaze), gaze[rows]).mean()), rel=1e-6)
-        assert s.head_error == pytest.approx(float(geometry.angular_error(mean_dir(head), head[rows]).mean()), rel=1e-6)
+        rows = range(4 * k, 4 * k + 4)
+        assert s.gaze_error == pytest.approx(np.mean([error(gaze, i) for i in rows]), rel=1e-6)
+        assert s.head_error == pytest.approx(np.mean([error(head, i) for i in rows]), rel=1e-6)
     assert constant.mean["pitch_corr"] is None and constant.mean["yaw_corr"] is None  # a constant has no correlation
     truth = report.method(GroundTruthTarget.name)
     assert truth.mean["pitch_corr"] == pytest.approx(1.0) and truth.mean["yaw_corr"] == pytest.approx(1.0)
@@ -148,6 +154,14 @@ def test_constant_and_perfect_render_rows_and_read_gaze_correlation(tmp_path):
     assert copy.mean["pitch_corr"] == pytest.approx(float(np.corrcoef(sources[:, 0], gaze[:, 0])[0, 1]), rel=1e-5)
     perfect = report.method(PerfectRender(16).name)  # uniform images survive the round trip through 16 px exactly
     assert perfect.mean["psnr"] == cfg.psnr_cap_db and perfect.mean["gaze_error"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_one_pair_has_no_constant_row(tmp_path):
+    """The constant reads a pair as the others' mean: with one pair there is none, and the report says so."""
+    table = write_store(tmp_path, {"subject0000": [30, 60]})
+    report = run_evaluation(tmp_path, [CopySource()], EvaluateConfig(group_size=1), estimator=LabelLookup(table))
+    assert [m.name for m in report.methods] == [CopySource.name] and report.method(CopySource.name).mean["pairs"] == 1
+    assert any("no constant-prediction row" in n for n in report.notes)
 
 
 def test_verdict_says_when_a_model_carries_no_gaze(tmp_path, tiny_model):

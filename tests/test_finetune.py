@@ -4,7 +4,9 @@ carry from training and fine-tuning into synthesis (a store at GazeNeRF's 680 mm
 from __future__ import annotations
 
 import json
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from gazegen.data.xgaze import DataError, open_subject
 from gazegen.pipelines.inputs import decode_sources
 from gazegen.pipelines.graph import local_records
 from gazegen.pipelines.plan import plan_run, stage_settings
+from gazegen.train.depth_prior import DepthPriorError
 from gazegen.train.finetune import finetune_config, finetune_model, groups, run_finetune
 from gazegen.train.trainer import run_training
 
@@ -43,6 +46,18 @@ def test_groups_follow_file_order():
     assert inputs.tolist() == list(range(6)) and targets.tolist() == list(range(6, 12))  # fewer: half each
     with pytest.raises(DataError):
         groups(1, 100)
+
+
+def test_a_subject_without_depth_is_named_before_any_is_fine_tuned(trained, tmp_path):
+    """The run's dataset depth prior reads each subject's 'depth': one without it stops the run before the first."""
+    store, checkpoint = trained
+    bare = shutil.copytree(store, tmp_path / "heads")
+    lacking = bare / "train" / "subject0001.h5"
+    with h5py.File(lacking, "a") as f:
+        del f["depth"]
+    with pytest.raises(DepthPriorError, match=rf"{lacking}: no 'depth' key"):
+        run_finetune(checkpoint, bare, tmp_path / "ft", ["subject0002", "subject0001"], FinetuneConfig(epochs=1, group_size=6))
+    assert not (tmp_path / "ft").exists()
 
 
 def test_finetune_writes_one_checkpoint_per_subject_from_the_input_group(trained, tmp_path):

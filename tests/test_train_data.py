@@ -236,6 +236,14 @@ def test_teacher_prior_is_the_teachers_depth_of_the_frontal_image_at_the_target_
     assert prepare_teacher_prior(cfg, [subject], tmp_path / "run") == cache
 
 
+def test_a_missing_teacher_is_named_before_its_cache_folder_is_made(store, tmp_path):
+    subject = read_subject(store_splits(store).split("test")[0])
+    cfg = DepthPriorConfig(kind="teacher", teacher=str(tmp_path / "no-teacher"))
+    with pytest.raises(DepthPriorError, match="no-teacher: teacher not found"):
+        prepare_teacher_prior(cfg, [subject], tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_subject_in_memory_gives_the_triplets_of_its_file(dataset):
     s = dataset.subjects[0]
     with open_subject(s.path) as reader:

@@ -246,9 +246,9 @@ def prepare_teacher_prior(cfg: DepthPriorConfig, subjects: Sequence[SubjectRows]
     """
     from gazegen.data.xgaze import open_subject
 
+    path = teacher_path(cfg)  # a missing teacher is named before anything is made
     cache = Path(run_dir) / TEACHER_CACHE
     cache.mkdir(parents=True, exist_ok=True)
-    path = teacher_path(cfg)
     manifest = _manifest(cfg, path)
     manifest_file = cache / MANIFEST
     if manifest_file.is_file() and json.loads(manifest_file.read_text()) != manifest:

@@ -130,9 +130,11 @@ def run_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[str
     train_cfg = finetune_config(checkpoint, cfg, train_cfg)
     base = load_checkpoint(checkpoint)
     paths = [subject_file(data, s) for s in subjects] if subjects else store_splits(data).split("test")
+    rows = [read_subject(path) for path in paths]
+    if train_cfg.loss.depth_weight > 0 and train_cfg.depth_prior.kind != "teacher":
+        depth_source(train_cfg.depth_prior).check(rows)  # every subject's depth, before the first is fine-tuned
     results = []
-    for path in paths:
-        subject = read_subject(path)
+    for subject in rows:
         model = copy.deepcopy(base).train()
         results.append(finetune_subject(model, subject, out / file_component(subject.subject), cfg, train_cfg))
     return results
