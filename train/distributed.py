@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def _worker(config: dict) -> None:
     from gazegen.train.trainer import DistContext, run_training
 
     ctx = ray.train.get_context()
+    if ctx.get_world_rank() != 0:  # rank 0 logs the run; the others only what goes wrong
+        logging.getLogger("gazegen").setLevel(logging.WARNING)
+    # DDP compares a gradient's strides with its bucket's in every dimension, also those of size 1, where they
+    # mean nothing: a depthwise conv's (C, 1, k, k) weight warns every step with the same memory layout.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
