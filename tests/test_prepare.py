@@ -173,17 +173,22 @@ def test_bad_source_raises_and_keeps_finished_subjects(tmp_path):
     gaze = eth_xgaze_labels(np.random.default_rng(1), 4)["face_gaze"]
     gaze[2] = np.nan
     make_official(tmp_path / "src" / "train" / "subject0001.h5", n=4, face_gaze=gaze)
-    split = json.loads((tmp_path / "src" / "train_test_split.json").read_text())
-    split["train"].append("subject0001.h5")
-    (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
+    list_in_train_split(tmp_path / "src", "subject0001.h5")
     with pytest.raises(DataError, match=r"subject0001\.h5: key 'face_gaze' has NaN/inf labels in 1 of 4 rows \(rows \[2\]\)"):
         prepare_store(tmp_path / "src", tmp_path / "out", **kw)
     with StoreReader(tmp_path / "out" / "train" / "subject0000.h5") as reader:
         assert len(reader) == 4
-    split["train"].append("subject0009.h5")
-    (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
+    list_in_train_split(tmp_path / "src", "subject0009.h5")
     with pytest.raises(DataError, match=r"lists 'subject0009\.h5' under 'train' but no such file exists"):
         prepare_store(tmp_path / "src", tmp_path / "out", **kw)
+
+
+def list_in_train_split(root, name: str) -> None:
+    """Add ``name`` to the train list of ``root``'s train_test_split.json."""
+    path = root / "train_test_split.json"
+    split = json.loads(path.read_text())
+    split["train"].append(name)
+    path.write_text(json.dumps(split))
 
 
 def damage_a_chunk(path, key: str, chunk: int) -> None:
@@ -205,16 +210,14 @@ def test_a_damaged_image_chunk_names_the_file_and_keeps_finished_subjects(tmp_pa
         del f["face_patch"]
         f.create_dataset("face_patch", data=truth["face_patch"], chunks=(1, 32, 32, 3), compression="gzip")
     damage_a_chunk(bad, "face_patch", 5)
-    split = json.loads((tmp_path / "src" / "train_test_split.json").read_text())
-    split["train"].append("subject0001.h5")
-    (tmp_path / "src" / "train_test_split.json").write_text(json.dumps(split))
+    list_in_train_split(tmp_path / "src", "subject0001.h5")
     with pytest.raises(DataError, match=r"subject0001\.h5: rows \d+-\d+ cannot be read \(.*\): the file is damaged"):
         prepare_store(tmp_path / "src", tmp_path / "out", **kw)
     with StoreReader(tmp_path / "out" / "train" / "subject0000.h5") as reader:
         assert len(reader) == 4
 
 
-def test_test_files_without_gaze_labels_are_skipped_as_etx_xgaze_withholds_them(tmp_path):
+def test_test_files_without_gaze_labels_are_skipped_as_eth_xgaze_withholds_them(tmp_path):
     """ETH-XGaze's release root: its test split's files carry every key but `face_gaze`."""
     official_tree(tmp_path / "src", subjects=(0,), test=(2,))
     make_official(tmp_path / "src" / "test" / "subject0002.h5", n=4, face_gaze=None)
