@@ -196,7 +196,7 @@ def table1(report: EvaluationReport) -> list[str]:
     return lines
 
 
-CONSTANT = "constant prediction (mean label, no image)"  # the method name of evaluate's baseline
+CONSTANT = "constant prediction (the other pairs' mean label, no image)"  # the method name of evaluate's baseline
 FOLLOWS_R = 0.5  # below this correlation of read vs requested pitch or yaw, the gaze is said not to follow
 
 
