@@ -146,7 +146,10 @@ tags:
 
 Faces re-rendered by LiveGaze under a grid of gaze directions and camera views, one row per
 rendered image, with exact labels. {manifest.rows} rows in {len(manifest.shards)} shards from
-{len(manifest.inputs)} inputs; failed inputs: {manifest.errors} (reasons in `_errors.parquet`).
+{len(manifest.inputs)} inputs; failed inputs: {manifest.errors} (reasons in `_errors.parquet`, and per shard
+in `_errors/`). Read the shards by their glob, `{SHARD_GLOB}`: this folder also holds this card, the
+run's `_manifest.json`, each shard's `_stats.json` and the error tables, which a reader given the
+whole folder would take for data.
 
 ```python
 import polars as pl

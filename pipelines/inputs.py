@@ -75,6 +75,7 @@ class DecodeSettings:
     timeout_s: float = 60.0  # a source (or a file's group of sources) still reading after this is an error
     root: str = ""  # Parquet path cells must lie inside it ("": the Parquet file's folder)
     view_pitch: tuple[float, float] = (0.0, 0.0)  # the grid's view pitch offsets, radians (GridSpec.view_pitch_bounds)
+    min_face_px: int = 40  # photos: narrower faces are error rows (SynthConfig.min_face_px)
 
 
 def renormalise(image: np.ndarray, source: NormalisationConfig, target: NormalisationConfig) -> np.ndarray:
@@ -105,7 +106,7 @@ def _failed(stage: str, reason: str) -> DecodedSource:
 
 
 def _crop_config(settings: DecodeSettings) -> CropConfig:
-    return CropConfig(resolution=settings.resolution, normalisation=settings.normalisation)
+    return CropConfig(resolution=settings.resolution, normalisation=settings.normalisation, min_face_px=settings.min_face_px)
 
 
 def _cropped(result: CropResult) -> DecodedSource:

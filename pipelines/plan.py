@@ -114,7 +114,7 @@ def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0, png_thre
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
                             run.checkpoint_hash, device, threads, cfg.png_compression, png_threads, cfg.precision)  # fmt: skip
     decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
-                            cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds())  # fmt: skip
+                            cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds(), cfg.min_face_px)  # fmt: skip
     return decode, render
 
 

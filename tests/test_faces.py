@@ -254,11 +254,13 @@ def test_auto_crops_photos_and_keeps_normalised_crops(detector, astronaut):
     again = crop_faces(photo.image, detector, cfg, "auto")  # its crop already is normalised
     assert again.status == "passthrough" and again.image is photo.image and again.detection is not None
     assert crop_faces(photo.image, detector, cfg, "always").status == "cropped"
-    # Square at the output size and no face: taken as a crop of a turned head (documented rule).
+    # Square at the output size and no face: not taken as a frontal crop unasked; the reason says how to ask
     faceless = cv2.resize(skdata.immunohistochemistry(), (256, 256), interpolation=cv2.INTER_AREA)
     result = crop_faces(faceless, detector, cfg, "auto")
-    assert result.status == "passthrough" and "no face found" in result.reason
-    assert crop_faces(faceless[:200, :200], detector, cfg, "auto").status == "no_face"  # another size
+    assert result.status == "no_face" and result.reason.endswith("give it with --crop never")
+    assert crop_faces(faceless, detector, cfg, "never").status == "passthrough"
+    other = crop_faces(faceless[:200, :200], detector, cfg, "auto")  # another size: no hint
+    assert other.status == "no_face" and other.reason == "no face found in the 200x200 image"
     assert crop_faces(skdata.chelsea(), detector, cfg, "auto").status == "no_face"  # not square
 
 

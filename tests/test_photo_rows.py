@@ -20,6 +20,7 @@ from skimage import data
 
 from gazegen import geometry
 from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, load_config
+from gazegen.config.loader import ConfigError
 from gazegen.config.synth import load_synth_config
 from gazegen.data.heads import sample_identity
 from gazegen.data.normalise import normalise_face, rotation_angle_deg
@@ -250,3 +251,18 @@ def test_all_faces_of_a_parquet_photo_row_are_sources_largest_first(tmp_path):
     np.testing.assert_array_equal(largest.image, first.image)
     (gone,) = decode_sources([replace(records[1], source_id="photos.parquet#000001#face02", face=2)], settings)
     assert not gone.ok and gone.stage == "crop" and "face 2 not found" in gone.reason
+
+
+def test_faces_down_to_the_detectors_smallest_are_taken_when_min_face_px_allows(tmp_path):
+    """The detector searches from 32 px; faces narrower than ``min_face_px`` (40 by default) are error rows, and a
+    run may take them down to what the detector finds (``--set min_face_px=32``), not below it."""
+    small = cv2.resize(data.astronaut(), (205, 205), interpolation=cv2.INTER_AREA)  # her face: ~35 px wide
+    cv2.imwrite(str(tmp_path / "small.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    records = list_sources(tmp_path)
+    (default,) = decode_sources(records, DecodeSettings(64, NORM, "auto"))
+    assert not default.ok and default.stage == "crop" and "below min_face_px=40" in default.reason
+    (taken,) = decode_sources(records, DecodeSettings(64, NORM, "auto", min_face_px=32))
+    assert taken.ok and taken.image.shape == (64, 64, 3)
+    assert load_synth_config(None, overrides=["min_face_px=32"]).min_face_px == 32
+    with pytest.raises(ConfigError, match="min_face_px"):
+        load_synth_config(None, overrides=["min_face_px=31"])

@@ -28,7 +28,7 @@ from gazegen.pipelines.synthesis import SHOWN_FAILURES, SynthesisResult
 runner = CliRunner()
 # 2 rows per source, one source per shard; depth everywhere (a random model is half transparent)
 GRID = ["--grid", "pitch,yaw", "--pitch", "-10:10:2", "--yaw", "0:0:1", "--rows-per-shard", "2",
-        "--set", "cpu_threads=1", "--set", "depth_min_alpha=0.0"]  # fmt: skip
+        "--set", "cpu_threads=1", "--set", "depth_min_alpha=0.0", "--crop", "never"]  # fmt: skip (noise as normalised crops)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def synthesize(checkpoint: Path, inputs: Path, out: Path, *args: str):
 
 
 def crops(folder: Path, names: list[str]) -> None:
-    """Square 64 px noise images: no face, so taken as normalised crops (crop auto)."""
+    """Square 64 px noise images, taken as normalised crops (GRID's --crop never)."""
     folder.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(names):
         cv2.imwrite(str(folder / name), np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8))
@@ -56,10 +56,10 @@ def bad_inputs(folder: Path) -> dict[str, str]:
     (folder / "text.png").write_text("hello, not a png")
     (folder / "empty.png").write_bytes(b"")
     cv2.imwrite(str(folder / "tiny.png"), np.zeros((20, 20, 3), np.uint8))
-    cv2.imwrite(str(folder / "noface.png"), np.full((60, 90, 3), 128, np.uint8))
+    cv2.imwrite(str(folder / "wide.png"), np.full((60, 90, 3), 128, np.uint8))
     return {"corrupt.png": "not a readable image header (no image format recognised; 208 bytes)",
             "text.png": "not a readable image header (no image format recognised; 16 bytes)", "empty.png": "empty file",
-            "tiny.png": "20 x 20 pixels: smaller than 32 px, too small to hold a face", "noface.png": "no face found"}  # fmt: skip
+            "tiny.png": "20 x 20 pixels: smaller than 32 px, too small to hold a face", "wide.png": "not square"}  # fmt: skip
 
 
 @pytest.mark.ray
@@ -73,7 +73,7 @@ def test_failed_inputs_are_named_and_a_run_without_rows_exits_1(ray_session, che
     lines = result.output.splitlines()
     assert f"5 sources failed (all, with the reasons, in {out / '_errors.parquet'}):" in lines
     named = sorted(line for line in lines if line.startswith(f"  {folder}"))  # sorted by source id, whatever came first
-    reasons["noface.png"] = "no face found in the 90x60 image"
+    reasons["wide.png"] = "--crop never needs square normalised crops, got 90x60 pixels"
     assert named == sorted(f"  {folder / name}: {why}" for name, why in reasons.items())
     stored = pq.read_table(out / "_errors.parquet").to_pylist()  # the stored reason names the file, with no address
     assert next(e["reason"] for e in stored if e["source_id"] == "text.png") == f"{folder / 'text.png'}: {reasons['text.png']}"

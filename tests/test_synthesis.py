@@ -51,7 +51,8 @@ from synth_faults import GATE_LIMIT_S, always_crash_actor, broken_actor, crash_o
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
 GRID = {"grid": "pitch,yaw,view", "pitch": PITCH, "yaw": YAW, "view_pitch": "0:0:1", "view_yaw": VIEW_YAW}
-SETTINGS = ["depth_min_alpha=0.0", "cpu_threads=1"]  # depth everywhere (a random model is half transparent)
+SETTINGS = ["depth_min_alpha=0.0", "cpu_threads=1",  # depth everywhere (a random model is half transparent)
+            "crop=never"]  # noise images stand for normalised crops
 NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)  # the default, at tiny's output size
 
 
@@ -68,7 +69,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """A square 64 px crop (no face: taken as a normalised crop), a corrupt file, a photo with no face."""
+    """A square 64 px crop (noise, passed through: --crop never), a corrupt file, an image that is not square."""
     folder = tmp_path_factory.mktemp("photos")
     noise_png(folder / "crop.png", 1)
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
@@ -125,7 +126,7 @@ def test_inputs_listing_ids_and_reading(tmp_path):
     globbed = [r.source_id for r in list_sources(str(folder / "store" / "*.h5"))]  # root: the glob's folder
     assert globbed == [i.removeprefix("store/") for i in ids[1:4]]
 
-    decoded = decode_sources(records, DecodeSettings(64, NORM, "auto"))
+    decoded = decode_sources(records, DecodeSettings(64, NORM, "never"))  # a.png: noise as a normalised crop
     assert [d.ok for d in decoded] == [True, False, True, True, True, False]
     assert decoded[1].stage == "list" and decoded[1].reason
     assert decoded[5].stage == "decode"
@@ -214,7 +215,7 @@ def test_rows_labels_errors_and_readers(first_run, photos):
     assert (result.sources, result.rows, result.errors, result.shards) == (3, 8, 2, 3)
     errors = pq.read_table(out / ERRORS_NAME).to_pylist()
     assert {(e["source_id"], e["stage"]) for e in errors} == {("corrupt.jpg", "decode"), ("landscape.png", "crop")}
-    assert all(e["reason"] for e in errors) and "no face" in next(e["reason"] for e in errors if e["stage"] == "crop")
+    assert all(e["reason"] for e in errors) and "90x60" in next(e["reason"] for e in errors if e["stage"] == "crop")
 
     table = read_all(out)
     assert table.num_rows == 8 and set(table.column("source_id").to_pylist()) == {"crop.png"}

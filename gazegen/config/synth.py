@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gazegen.config.camera import NormalisationConfig
+from gazegen.config.camera import DetectorConfig, NormalisationConfig
 from gazegen.config.grid import GridAxes, GridSpec, PitchRange, YawRange
 from gazegen.config.loader import COMMAND_LINE, ConfigError, bounded, load_config
 
@@ -44,6 +44,8 @@ class SynthConfig:
     crop: str = "auto"  # photos without labels: auto | always | never (gazegen/data/faces.py crop_faces)
     faces: str = "largest"  # photos (files, Parquet rows): largest | all (each face of a photo with several its own source, id photo.jpg#face00 ...,
     # largest first; detected while listing on the driver: pipelines/sources.py)
+    min_face_px: int = bounded(40, DetectorConfig().min_face_px)  # photos: narrower faces are error rows ("face too
+    # small"); down to the smallest face the detector searches for (DetectorConfig.min_face_px)
     image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
     normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's (refused if it has none)
     max_pixels: int = bounded(36_000_000, 1, 178_956_970)  # images declaring more pixels are error rows (checked from the header)

@@ -198,9 +198,10 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
     always  the largest detected face is aligned and cropped; no face (or too small) fails.
     auto    a square input passes through (resized) when it already looks normalised: its
             largest face has its eyes within `cfg.auto_tolerance` of the target positions and
-            its eye line within `cfg.auto_max_roll_deg` of level, or no face is found at all and
-            its side is `cfg.resolution` or `cfg.normalisation.resolution` (normalised crops of
-            strongly turned heads defeat a frontal detector). Otherwise as ``always``.
+            its eye line within `cfg.auto_max_roll_deg` of level. Otherwise as ``always``: an image
+            without a face found fails, also a square one at the normalised side (a normalised crop
+            of a strongly turned head may defeat the detector, but its head pose is not (0, 0), so it
+            is not taken as frontal unasked: the reason points to ``never``).
     """
     check_rgb(image)
     h, w = image.shape[:2]
@@ -212,14 +213,12 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
         return CropResult("passthrough", "--crop never: passed through", resize_image(image, cfg.resolution))
     faces = sorted(detector.detect(image), key=lambda d: -d.area)
     face = faces[0] if faces else None
-    if mode == "auto" and h == w:
-        if face is not None and _looks_normalised(face, w, cfg):
-            return CropResult("passthrough", "already a normalised face crop", resize_image(image, cfg.resolution), face)
-        if face is None and w in (cfg.resolution, cfg.normalisation.resolution):
-            reason = f"no face found; a square {w} px input is taken as a normalised crop"
-            return CropResult("passthrough", reason, resize_image(image, cfg.resolution))
+    if mode == "auto" and h == w and face is not None and _looks_normalised(face, w, cfg):
+        return CropResult("passthrough", "already a normalised face crop", resize_image(image, cfg.resolution), face)
     if face is None:
-        return CropResult("no_face", f"no face found in the {w}x{h} image")
+        crop = h == w and w in (cfg.resolution, cfg.normalisation.resolution)
+        hint = "; if it is a normalised face crop of a frontal head, give it with --crop never" if crop else ""
+        return CropResult("no_face", f"no face found in the {w}x{h} image{hint}")
     if face.box[2] < cfg.min_face_px:
         reason = f"largest face is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
         return CropResult("face_too_small", reason, detection=face)
