@@ -68,9 +68,10 @@ def synth_heads(
     from gazegen.data.heads import held_out_subjects, synthesize_store
 
     flags = {"subjects": subjects, "resolution": resolution, "rig.views": views, "gazes": gazes, "seed": seed}
-    sets = [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    typed = {k: v for k, v in flags.items() if v is not None}
+    names = {k: f"--{k.rpartition('.')[2]}" for k in typed}  # a wrong value is named by its option: --views, not rig.views
     with _reported():
-        cfg = load_config(SynthHeadsConfig, config, sets)
+        cfg = load_config(SynthHeadsConfig, config, [*(overrides or []), *(f"{k}={v}" for k, v in typed.items())], names)
         synthesize_store(out, cfg, overwrite=overwrite)
     typer.echo(f"wrote {out}")
     if held_out_subjects(cfg) == cfg.subjects:
@@ -380,7 +381,7 @@ def finetune(
 
     sets = [*(overrides or []), *([f"epochs={epochs}"] if epochs is not None else [])]
     with _reported():
-        cfg = load_config(FinetuneConfig, None, sets)
+        cfg = load_config(FinetuneConfig, None, sets, {"epochs": "--epochs"} if epochs is not None else {})
         results = run_finetune(checkpoint, data, out, subject or None, cfg)
     for r in results:
         typer.echo(f"{r.subject}: {r.checkpoint}  before {r.before}  after {r.after}")

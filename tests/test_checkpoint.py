@@ -223,8 +223,8 @@ def test_config_and_shapes_disagree(saved):
     [
         (lambda h: h.update(format_version=99), r"config\.json: format_version 99 is not supported"),
         (lambda h: h.update({"class": "Other"}), r"config\.json: class 'Other' is not 'LiveGaze'"),
-        (lambda h: h["config"].update(gaze_tokens=0), r"config\.json: config: .*gaze_tokens: 0 is out of range"),
-        (lambda h: h["config"].update(colour="red"), r"config\.json: config: .*unknown key\(s\) colour"),
+        (lambda h: h["config"].update(gaze_tokens=0), r"config\.json: config: .*gaze_tokens: must be in \[1, 256\], got 0"),
+        (lambda h: h["config"].update(colour="red"), r"config\.json: config: .*unknown key 'colour'"),
     ],
 )
 def test_bad_config_json(saved, edit, needle):

@@ -52,7 +52,7 @@ def test_synth_heads_then_inspect_writes_a_sheet(tmp_path):
 def test_bad_config_override_fails_with_the_key(tmp_path):
     result = runner.invoke(app, ["data", "synth-heads", str(tmp_path / "x"), "--set", "rig.viewz=3"])
     assert result.exit_code == 2
-    assert "rig: unknown key(s) viewz" in result.output
+    assert "error: command line: --set rig.viewz=3: unknown key 'rig.viewz'; known in rig: views" in result.output
     assert not (tmp_path / "x").exists()
 
 
@@ -109,8 +109,11 @@ def test_synthesize_faces_option_is_checked_before_any_work(tmp_path):
     (["--pitch", "-10:10:1"], "command line: --pitch: -10:10:1: count must be >= 1"),
     (["--crop", "sometimes"], "command line: crop 'sometimes': expected 'auto', 'always' or 'never'"),
     (["--faces", "some"], "command line: faces 'some': expected 'largest' or 'all'"),
-    (["--set", "sampel=3"], "command line: top level: unknown key(s) sampel"),
-    (["--set", "pitch=10:0:2"], "command line: pitch: 10:0:2: start must not exceed stop"),  # --set names the key
+    (["--set", "sampel=3"], "command line: --set sampel=3: unknown key 'sampel'; known: grid, "),
+    (["--set", "nosuch.key=1"], "command line: --set nosuch.key=1: unknown key 'nosuch'; known: grid, "),
+    (["--set", "pitch=10:0:2"], "command line: --set pitch=10:0:2: start must not exceed stop"),  # --set as typed
+    (["--sample", "-1"], "command line: --sample: must be >= 0, got -1"),
+    (["--batch-size", "0"], "command line: --batch-size: must be in [1, 4096], got 0"),
     (["--grid", "view,view"], "command line: --grid: 'view,view': view named more than once"),
     (["--pitch", "0:0:2"], "command line: --pitch: 0:0:2: its 2 values repeat"),
     (["--grid", "yaw", "--pitch", "-10:10:3", "--yaw", "-10:10:2", "--view-yaw", "-20:20:3"],

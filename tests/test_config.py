@@ -25,13 +25,15 @@ def test_camera_keeps_field_of_view_at_resolution():
 @pytest.mark.parametrize(
     "overrides,needle",
     [
-        (["subjectz=3"], "unknown key(s) subjectz"),
-        (["rig.view=3"], "rig: unknown key(s) view"),
-        (["subjects=0"], "subjects: 0 is out of range"),
-        (["subjects=2.5"], "subjects: expected int, got float"),
-        (["gaze.converge=1"], "gaze.converge: expected bool"),
-        (["gaze.target_mm=[1, 2, 3]"], "gaze.target_mm: expected 2 values"),
-        (["rig=3"], "rig: expected a table"),
+        (["subjectz=3"], "command line: --set subjectz=3: unknown key 'subjectz'; known: subjects,"),
+        (["rig.view=3"], "command line: --set rig.view=3: unknown key 'rig.view'; known in rig: views,"),
+        (["rig.nosuch.key=3"], "command line: --set rig.nosuch.key=3: unknown key 'rig.nosuch'"),  # the override, not "defaults"
+        (["subjects=0"], "command line: --set subjects=0: must be in [1, 100000], got 0"),
+        (["subjects=2.5"], "command line: --set subjects=2.5: expected int, got float"),
+        (["gaze.converge=1"], "command line: --set gaze.converge=1: expected bool"),
+        (["gaze.target_mm=[1, 2, 3]"], "command line: --set gaze.target_mm=[1, 2, 3]: expected 2 values"),
+        (["rig=3"], "command line: --set rig=3: expected a table"),
+        (["gaze={target_mm=[1, 2, 3]}"], "command line: --set gaze={target_mm=[1, 2, 3]}: gaze.target_mm: expected 2 values"),
         (["subjects"], "expected key=value"),
     ],
 )
@@ -52,6 +54,25 @@ def test_file_errors_name_the_file(tmp_path):
     wrong.write_text("samples_coarse = 'many'")
     with pytest.raises(ConfigError, match=r"wrong.toml: samples_coarse: expected int, got str"):
         load_config(RenderConfig, wrong)
+
+
+def test_file_errors_name_the_file_and_overrides_name_the_option(tmp_path):
+    """A wrong value is blamed on where it was written: the file and its key, or the override as typed
+    (the option's name when it was typed as one); never "defaults" or "top level"."""
+    preset = tmp_path / "heads.toml"
+    preset.write_text("subjects = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthHeadsConfig, preset)
+    assert str(err.value) == f"{preset}: subjects: must be in [1, 100000], got 0"
+    preset.write_text("nosuch = 1\n")
+    with pytest.raises(ConfigError, match=rf"^{preset}: unknown key 'nosuch'; known: subjects,"):
+        load_config(SynthHeadsConfig, preset)
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthHeadsConfig, None, ["nosuch.key=1"])
+    assert str(err.value).startswith("command line: --set nosuch.key=1: unknown key 'nosuch'; known: ")
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthHeadsConfig, None, ["seed=-1"], names={"seed": "--seed"})
+    assert str(err.value) == "command line: --seed: must be >= 0, got -1"
 
 
 def test_string_override_and_to_dict():

@@ -35,8 +35,9 @@ def test_a_bad_range_is_a_config_error_naming_its_key_at_load(key, text, why):
     option = "--" + key.replace("_", "-")  # the typed flag is named as the user typed it
     with pytest.raises(ConfigError, match=f"^command line: {option}: .*{why}"):
         load_synth_config(None, **{key: text})
-    with pytest.raises(ConfigError, match=f"^command line: {key}: .*{why}"):  # --set and TOML keys are checked the same way
-        load_synth_config(None, [f"{key}={text!r}".replace("'", '"')])
+    typed = f"{key}={text!r}".replace("'", '"')
+    with pytest.raises(ConfigError, match=f"^command line: --set {typed}: .*{why}"):  # --set and TOML keys are checked the same way
+        load_synth_config(None, [typed])
 
 
 def test_degrees_become_radians_in_closed_form():
@@ -129,7 +130,7 @@ def test_an_axis_named_twice_and_a_range_whose_values_repeat_are_refused():
         GridAxes.from_text("pitch,view,yaw,view,pitch")
     with pytest.raises(ConfigError, match=r"^command line: --pitch: 0:0:2: its 2 values repeat"):
         load_synth_config(None, pitch="0:0:2")
-    with pytest.raises(ConfigError, match=r"^command line: view_yaw: 5:5:3: its 3 values repeat"):
+    with pytest.raises(ConfigError, match=r"^command line: --set view_yaw='5:5:3': its 3 values repeat"):
         load_synth_config(None, ["view_yaw='5:5:3'"])
     for good in ("0:0:1", "-1e-3:1e-3:3", "-30:30:61"):  # one value; distinct values however close
         values = np.degrees(PitchRange.from_text(good).values())

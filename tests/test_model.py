@@ -246,7 +246,7 @@ def test_base_preset_is_the_default_config():
         ("render.plane_resolution=16", "render.plane_resolution 16 must be image_resolution / 2"),
         ("output_resolution=66", "not divisible by 2^2"),
         ("fusion_heads=3", "multiple of fusion_heads"),
-        ("gaze_tokens=0", "gaze_tokens: 0 is out of range"),
+        ("gaze_tokens=0", r"--set gaze_tokens=0: must be in \[1, 256\], got 0"),
     ],
 )
 def test_config_errors_name_the_problem(override, needle):

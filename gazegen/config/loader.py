@@ -4,8 +4,9 @@ A config is a frozen dataclass; nested tables are nested dataclasses (one with a
 classmethod may instead be written as a string: a grid range ``"-30:30:5"``). Each field says what it
 means in a comment; bounded fields carry their range in ``bounded(...)`` metadata, checked at
 load time. Loading rejects unknown keys, wrong types and values out of range with a message
-that names the dotted key and where its value came from: the file, or "command line" for an
-override (a value the user typed is never blamed on a file or on "defaults").
+that names the dotted key and where its value came from: the file, or "command line" and the
+override as typed (``--set key=value``, or the option's name) for a value the user typed, which is
+never blamed on a file or on "defaults".
 
 The config classes themselves live in the sibling modules (see ``gazegen/config/__init__.py``).
 """
@@ -120,20 +121,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise _key_error(where, f"unsupported field type {tp}")
 
 
+def _range_text(lo: float | None, hi: float | None) -> str:
+    """``bounded``'s range in words: ">= 0", "<= 9", "in [0, 9]"."""
+    return f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
+
+
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        first = f"{where}.{unknown[0]}" if where else unknown[0]  # the key load_config traces to its origin
-        raise ConfigError(f"{where or 'top level'}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}", first)
+        keys = [f"{where}.{name}" if where else name for name in unknown]  # the first is traced to its origin by load_config
+        known = f"known in {where}" if where else "known"
+        raise ConfigError(f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(map(repr, keys))}; {known}: {', '.join(fields)}",
+                          keys[0])
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         v = _coerce(value, hints[name], key)
         lo, hi = fields[name].metadata.get("range", (None, None))
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise _key_error(key, f"{v!r} is out of range [{lo}, {hi}]")
+            raise _key_error(key, f"must be {_range_text(lo, hi)}, got {v!r}")
         kwargs[name] = v
     return cls(**kwargs)
 
@@ -159,22 +167,27 @@ def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def _set_by(key: str, given: typing.Iterable[str]) -> str | None:
-    """The override key of ``given`` that set ``key`` (itself, or a table holding it), None when none did."""
-    return next((k for k in given if key == k or key.startswith((f"{k}.", f"{k}["))), None)
+    """The override key of ``given`` that set ``key``: itself, a table holding it, or a key under it (an
+    override ``nosuch.key`` makes the unknown table ``nosuch``); None when none did."""
+    return next((k for k in given if key == k or key.startswith((f"{k}.", f"{k}[")) or k.startswith(f"{key}.")), None)
 
 
-def _origin(error: ConfigError, source: str, given: typing.Sequence[str], names: typing.Mapping[str, str],
+def _origin(error: ConfigError, source: str, given: typing.Mapping[str, str], names: typing.Mapping[str, str],
             file_passes: typing.Callable[[], bool]) -> str:
-    """``error``'s message prefixed by where its value came from: the command line for a key an override set
-    (by the option's name in ``names`` when it has one: "command line: --grid: ..."), else ``source``
-    (the file, or "defaults"). A check across keys (no key) blames the command line when the file alone passes."""
+    """``error``'s message prefixed by where its value came from: for a key an override set, the command line
+    and the override as typed ("command line: --set sample=-1: ...", or by the option's name in ``names`` when
+    it has one: "command line: --grid: ..."); else ``source`` (the file, or "defaults"). ``given`` maps each
+    override's key to its text. A check across keys (no key) blames the command line when the file alone passes."""
     message = str(error)
     if error.key:
         by = _set_by(error.key, given)
         if by is None:
             return f"{source}: {message}"
-        name = names.get(by)
-        return f"{COMMAND_LINE}: {name}: {message.removeprefix(f'{error.key}: ')}" if name else f"{COMMAND_LINE}: {message}"
+        why = message.removeprefix(f"{error.key}: ") if error.key == by else message  # a key inside a table set whole: named
+        if by in names:
+            return f"{COMMAND_LINE}: {names[by]}: {why}"
+        value = given[by].partition("=")[2].strip().strip("'\"")  # a range's message repeats its value: said once, in the override
+        return f"{COMMAND_LINE}: --set {given[by]}: {why.removeprefix(f'{value}: ') if value else why}"
     return f"{COMMAND_LINE}: {message}" if given and file_passes() else f"{source}: {message}"
 
 
@@ -210,11 +223,11 @@ def _overridden(cls: type[T], data: dict[str, Any], source: str, overrides: typi
                 names: typing.Mapping[str, str]) -> T:
     """``cls`` built from ``data`` (read from ``source``) with ``overrides`` merged in; errors name their origin."""
     from_file = copy.deepcopy(data)
-    given = []
+    given: dict[str, str] = {}  # override key -> its text; a key given twice: the last (the value used)
     for item in overrides:
         keys, value = _parse_override(item)
         _merge(data, keys, value)
-        given.append(".".join(keys))
+        given[".".join(keys)] = item.strip()
 
     def file_passes() -> bool:
         try:
