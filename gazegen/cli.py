@@ -141,21 +141,18 @@ def export(
     dest: Path = typer.Argument(..., help="Local folder to write (new, empty, or an earlier export of the same run to resume)."),
     format: str = typer.Option("xgaze", "--format", help="xgaze: ETH-XGaze h5 per identity; gazehub: image folders + .label."),
     resolution: Optional[int] = typer.Option(None, help="Resize the images to this side (labels are unchanged)."),
-    image_format: Optional[str] = typer.Option(None, "--image-format", help="gazehub images: jpg (default) or png."),
+    image_format: Optional[str] = typer.Option(None, "--image-format", help="--format gazehub's images: jpg (default) or png."),
     test: Optional[list[str]] = typer.Option(None, "--test", help="Identity put in the test split (repeatable)."),
     identity: Optional[str] = typer.Option(None, help="One identity per source 'file' (default) or per 'folder'."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an export of other shards or settings in DEST."),
 ) -> None:
     """Write synthesised shards where gaze trainers read them: ETH-XGaze h5 files or a GazeHub folder."""
-    import json
-
-    from gazegen.config import ExportConfig, load_config
+    from gazegen.config.export import load_export_config
     from gazegen.data.export import export_run
 
-    flags = {"format": format, "resolution": resolution, "image_format": image_format, "identity": identity}
-    sets = [f"{k}={v}" for k, v in flags.items() if v is not None] + ([f"test={json.dumps(list(test))}"] if test else [])
     with _reported():
-        cfg = load_config(ExportConfig, None, sets)
+        cfg = load_export_config(format=format, resolution=resolution, image_format=image_format, identity=identity,
+                                 test=test or None)
         result = export_run(out, dest, cfg, overwrite=overwrite)
     typer.echo(result.summary())
 

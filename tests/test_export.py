@@ -341,3 +341,56 @@ def test_command_line_names_a_missing_run_folder(tmp_path):
     assert [line for line in result.output.splitlines() if line.strip()] == [
         f"error: {tmp_path / 'nope'}: no such file or folder; a finished synthesis output folder is needed to export"]
     assert not (tmp_path / "xg").exists()
+
+
+def test_command_line_refuses_a_file_as_dest_in_one_line(run, tmp_path):
+    """Once a rich traceback ending in FileExistsError; now one line, the file untouched."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    out, _ = run
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    result = CliRunner().invoke(app, ["export", str(out), str(afile)])
+    assert result.exit_code == 2 and result.output == f"error: {afile}: not a folder\n"
+    assert afile.read_text() == "mine"
+    result = CliRunner().invoke(app, ["export", str(out), str(afile / "dest")])
+    assert result.exit_code == 2 and result.output == f"error: {afile / 'dest'}: cannot be made: {afile} is not a folder\n"
+
+
+def test_an_unknown_test_identity_creates_and_clears_nothing(run, tmp_path):
+    """--test is checked before DEST is made (once an empty DEST was left), and before --overwrite clears one."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    out, _ = run
+    result = CliRunner().invoke(app, ["export", str(out), str(tmp_path / "new"), "--test", "nosuchid"])
+    assert result.exit_code == 2 and result.output.startswith("error: --test ['nosuchid']: no such identity")
+    assert not (tmp_path / "new").exists()
+    export_run(str(out), tmp_path / "done", progress=False)
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "done").rglob("*"))
+    result = CliRunner().invoke(app, ["export", str(out), str(tmp_path / "done"), "--test", "nosuchid", "--overwrite"])
+    assert result.exit_code == 2 and sorted(p.relative_to(tmp_path) for p in (tmp_path / "done").rglob("*")) == before
+
+
+def test_options_that_would_be_ignored_or_are_wrong_are_named(run, tmp_path):
+    """--image-format only changes a gazehub export: with xgaze it is refused, as synthesize refuses ignored options;
+    a bad typed value is named by its option, not by its config key."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    out, _ = run
+    dest = tmp_path / "x"
+    result = CliRunner().invoke(app, ["export", str(out), str(dest), "--image-format", "png"])
+    assert result.exit_code == 2 and result.output == (
+        "error: --image-format png: applies to --format gazehub only (--format xgaze writes its images inside h5 files), "
+        "so it would be ignored: leave it out\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["export", str(out), str(dest), "--resolution", "-5"])
+    assert result.exit_code == 2 and result.output == "error: command line: --resolution: must be in [0, 4096], got -5\n"
+    assert not dest.exists()
+    result = CliRunner().invoke(app, ["export", str(out), str(dest), "--format", "gazehub", "--image-format", "png"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((dest / "_export.json").read_text())["settings"]["image_format"] == "png"

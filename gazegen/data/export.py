@@ -44,6 +44,7 @@ from gazegen.data.parquet import resolve_shards
 from gazegen.data.schema import decode_depth_png, decode_png, depth_scale_of
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError
+from gazegen.paths import OutputPathError, check_out_folder
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +196,16 @@ def _fingerprint(run: SourceRun, cfg: ExportConfig) -> str:
     return hashlib.sha256(json.dumps({"shards": run.shards_sha256, "settings": settings}, sort_keys=True).encode()).hexdigest()
 
 
-def prepare_dest(dest: Path, fingerprint: str, overwrite: bool) -> None:
-    """Empty, or the same export (resume); anything else raises ExportError unless ``overwrite``."""
+def check_dest(dest: Path, fingerprint: str, overwrite: bool) -> None:
+    """A folder, new, empty or the same export (resume); anything else raises ExportError (``overwrite``: any
+    folder). Reads only: a refused export leaves DEST as it was (``prepare_dest`` then clears and makes it)."""
+    try:
+        check_out_folder(dest)
+    except OutputPathError as e:
+        raise ExportError(str(e)) from None
     state = dest / STATE_FILE
     if overwrite:
-        for name in OUTPUTS:
-            remove(dest / name)
+        return
     if state.is_file():
         try:
             recorded = json.loads(state.read_text()).get("fingerprint")
@@ -211,6 +216,14 @@ def prepare_dest(dest: Path, fingerprint: str, overwrite: bool) -> None:
                               "choose another DEST or pass --overwrite to replace it")
     elif dest.is_dir() and any(dest.iterdir()):
         raise ExportError(f"{dest}: not empty and holds no {STATE_FILE}: choose an empty or new folder")
+
+
+def prepare_dest(dest: Path, overwrite: bool) -> None:
+    """DEST made (``overwrite``: first cleared of every file an export writes); after ``check_dest``."""
+    if overwrite:
+        for name in OUTPUTS:
+            remove(dest / name)
+    dest.mkdir(parents=True, exist_ok=True)
 
 
 def _write_state(dest: Path, run_path: str, run: SourceRun, cfg: ExportConfig, fingerprint: str,
@@ -266,10 +279,10 @@ def export_run(out: str, dest: str | Path, cfg: ExportConfig = ExportConfig(), *
     dest = Path(dest)
     run = open_run(out)
     fingerprint = _fingerprint(run, cfg)
-    prepare_dest(dest, fingerprint, overwrite)
-    dest.mkdir(parents=True, exist_ok=True)
+    check_dest(dest, fingerprint, overwrite)
     index = build_index(run, cfg.identity)
-    identities = name_identities(index, cfg.test)
+    identities = name_identities(index, cfg.test)  # an unknown --test is refused before DEST is made or cleared
+    prepare_dest(dest, overwrite)
     _write_state(dest, out, run, cfg, fingerprint, identities, "running")
     for stale in dest.glob(f"**/*{TMP_SUFFIX}"):
         remove(stale)
