@@ -104,8 +104,11 @@ def inspect(
 ) -> None:
     """Print subjects, frames, label ranges and problems; optionally write a contact sheet."""
     from gazegen.data.inspect import inspect_store, write_contact_sheet
+    from gazegen.paths import check_image_file
 
     with _reported():
+        if sheet is not None:
+            check_image_file(sheet)
         report = inspect_store(path)
     typer.echo(report.summary())
     if sheet is not None:
@@ -126,9 +129,11 @@ def sheet(
     """Contact sheet of synthesised Parquet rows (gaze labels drawn as arrows) and the label histograms."""
     from gazegen.data.inspect import write_shard_sheet
     from gazegen.data.label_plots import write_label_histograms
+    from gazegen.paths import check_image_file
 
-    histograms = histograms or out.with_name(f"{out.stem}_labels.png")
     with _reported():
+        check_image_file(out)  # before the shards are read: a folder or a name OpenCV cannot write is refused first
+        histograms = check_image_file(histograms or out.with_name(f"{out.stem}_labels.png"), png_only=True)
         write_shard_sheet(shards, out, rows=rows, columns=columns)
         write_label_histograms(shards, histograms)
     typer.echo(f"contact sheet: {out}")

@@ -162,3 +162,39 @@ def test_cli_sheet_of_a_missing_path_names_it_in_one_line(tmp_path):
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert [line for line in result.output.splitlines() if line.strip()] == [f"error: {shards}: {why}"]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_sheet_refuses_a_path_it_cannot_write_before_reading_the_shards(tmp_path):
+    """Once an OpenCV imwrite error after the work; now the PNG path is checked first (the shards here do not
+    even exist, and are not named), in one line, and nothing is written."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    (tmp_path / "photos").mkdir()
+    for png, extra, why in ((tmp_path / "photos", [], "a folder; give a .png path"),
+                            (tmp_path / "sheet", [], "not an image file name (no suffix); give a .png path"),
+                            (tmp_path / "sheet.txt", [], "not an image file name (.txt); give a .png path"),
+                            (tmp_path / "s.png", ["--histograms", str(tmp_path / "h.jpg")], "not a PNG file name (.jpg); give a .png path")):
+        result = CliRunner().invoke(app, ["data", "sheet", str(tmp_path / "no-shards"), str(png), *extra])
+        named = tmp_path / "h.jpg" if extra else png
+        assert result.exit_code == 2 and result.output == f"error: {named}: {why}\n", result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"] and not any((tmp_path / "photos").iterdir())
+
+
+def test_shard_sheet_captions_tell_the_sources_apart():
+    """Once the last 14 characters of the row id: two JPEG sources both read "jpg-0000-0000". Now the source id,
+    its middle elided when too wide for the tile (the start of the name and its end kept), then gaze and view."""
+    from gazegen.data.inspect import CAPTION_FONT, CAPTION_SCALE, fit_caption
+
+    def width(text: str) -> int:
+        return cv2.getTextSize(text, CAPTION_FONT, CAPTION_SCALE, 1)[0][0]
+
+    ids = ["photos/astronaut.jpg", "photos/astro_alpha.png", "photos/astro_gray.png", "photos/corrupt.jpg",
+           "subject0002.h5#000012", "subject0002.h5#000013"]
+    assert [fit_caption(s, 124) for s in ids] == ids  # they fit a 128 px tile whole
+    long = ["holiday/2024/summer/IMG_20240101_123456.jpg", "holiday/2024/summer/IMG_20240101_123457.jpg"]
+    captions = [fit_caption(s, 124) for s in long]
+    assert len(set(captions)) == 2 and all(width(c) <= 124 for c in captions)
+    assert all(c.startswith("holiday/") and ".." in c and s.endswith(c.split("..")[1]) for c, s in zip(captions, long))
+    assert width(fit_caption("x" * 200, 28)) <= 28  # a 32 px tile

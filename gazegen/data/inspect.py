@@ -208,11 +208,29 @@ def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int =
     return sheet_png
 
 
+CAPTION_FONT, CAPTION_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.3  # a shard sheet tile's caption
+
+
+def fit_caption(text: str, width: int) -> str:
+    """``text``, or when it is wider than ``width`` pixels its start and end around "..": a tile's source id
+    keeps the start of its file name and its end (suffix, ``#row``), which tell sources apart."""
+    def fits(candidate: str) -> bool:
+        return cv2.getTextSize(candidate, CAPTION_FONT, CAPTION_SCALE, 1)[0][0] <= width
+
+    for keep in range(len(text), 0, -1):
+        head, tail = text[:(keep + 1) // 2], text[len(text) - keep // 2:]
+        candidate = text if keep == len(text) else f"{head}..{tail}"
+        if fits(candidate):
+            return candidate
+    return ""
+
+
 def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 27, columns: int = 9, thumb: int = 128) -> Path:
     """A contact sheet of the first ``rows`` rows of synthesis Parquet shards, read back with pyarrow.
 
     Each tile is a decoded `image` PNG with its `gaze` label (camera frame) drawn as an arrow from
-    the image centre, and its `row_id` written in the corner: what a gaze trainer will read.
+    the image centre, captioned with its source (``fit_caption``) and its gaze and view indices: what a
+    gaze trainer will read.
     """
     import pyarrow.parquet as pq
 
@@ -223,11 +241,13 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
     tiles: list[np.ndarray] = []
     for path in paths:
         with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle, columns=["image", "gaze", "row_id"])
-        for image, gaze, row_id in zip(table["image"].to_pylist(), table["gaze"].to_pylist(), table["row_id"].to_pylist()):
-            tile = resize_area(cv2.cvtColor(decode_png(image["bytes"]), cv2.COLOR_RGB2BGR), thumb)
-            draw_gaze(tile, np.asarray(gaze), (thumb / 2, thumb / 2), thumb * 0.4)
-            cv2.putText(tile, row_id[-14:], (2, thumb - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1, cv2.LINE_AA)
+            table = pq.read_table(handle, columns=["image", "gaze", "source_id", "gaze_index", "view_index"])
+        for row in table.to_pylist():
+            tile = resize_area(cv2.cvtColor(decode_png(row["image"]["bytes"]), cv2.COLOR_RGB2BGR), thumb)
+            draw_gaze(tile, np.asarray(row["gaze"]), (thumb / 2, thumb / 2), thumb * 0.4)
+            lines = (fit_caption(row["source_id"], thumb - 4), f"gaze {row['gaze_index']} view {row['view_index']}")
+            for k, line in enumerate(lines):
+                cv2.putText(tile, line, (2, thumb - 4 - 10 * (len(lines) - 1 - k)), CAPTION_FONT, CAPTION_SCALE, TEXT_BGR, 1, cv2.LINE_AA)
             tiles.append(tile)
             if len(tiles) == rows:
                 break
