@@ -22,7 +22,8 @@ a glob; the parent of a single file), posix separators, plus ``#000012`` (the ro
 to six digits) for rows of h5 and Parquet files. They are unique and do not depend on the
 machine, so shards cut from the sorted ids are the same on every restart. A file that cannot be
 opened while listing (or is no regular file: a FIFO, a device) becomes one source carrying its
-error, reported when it is read.
+error, reported when it is read. A Parquet file without the image column (``image_column``) is
+refused while listing (``ImageColumnError``, naming its columns): the setting is wrong, not a row.
 
 Never sources: the run's own output folder (OUT may lie inside INPUTS; nothing under it is listed,
 so a rerun meets the inputs of the first run), and, in any folder holding a synthesis run's
@@ -55,6 +56,10 @@ H5_SUFFIXES = (".h5", ".hdf5")
 PARQUET_SUFFIXES = (".parquet",)
 INDEX_FORMAT = "{path}#{index:06d}"
 FACE_FORMAT = "{path}#face{index:02d}"  # faces = "all": crop_each_face's face ids
+
+
+class ImageColumnError(InputError):
+    """A Parquet input without the run's image column: the setting is wrong, not a source, so the run is refused."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,8 @@ def _rows(path: Path, kind: str, image_column: str) -> int:
             return len(reader)
     with pq.ParquetFile(path) as file:
         if image_column not in file.schema_arrow.names:
-            raise ValueError(f"no column {image_column!r} (columns: {', '.join(file.schema_arrow.names)})")
+            raise ImageColumnError(f"{path}: no column {image_column!r} (columns: {', '.join(file.schema_arrow.names)}); "
+                                   "name its image column with --set image_column=NAME")
         return file.metadata.num_rows
 
 
@@ -235,6 +241,8 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", fa
             if kind == "parquet":
                 records += _parquet_records(path, rel, n, faces, image_column, root, max_pixels)
                 continue
+        except ImageColumnError:  # every row would fail alike: refused before anything is written
+            raise
         except Exception as error:  # an unreadable file is one error row, not a failed run
             records.append(SourceRecord(rel, str(path), kind, error=f"{type(error).__name__}: {error}"))
             continue

@@ -72,7 +72,9 @@ Where the parts live: the driver-side plan in pipelines/plan.py, the Ray pool in
 the driver loop in pipelines/graph.py, the shard router in pipelines/router.py; this module runs them.
 
 Cluster runs (``address``): CKPT and INPUTS must be readable at the same path on every node;
-OUT is written by the driver only (a local path or any pyarrow filesystem URI).
+OUT is written by the driver only (a local path or any pyarrow filesystem URI). A local OUT is
+checked first (``check_local_out``: an existing file, or a folder that cannot be made, is refused
+before the inputs are listed or Ray starts).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ from pathlib import Path
 
 from gazegen.config import SynthConfig
 from gazegen.errors import GazegenError
+from gazegen.paths import check_out_folder
 from gazegen.pipelines.graph import render_pending
 from gazegen.pipelines.manifest import ERRORS_NAME, check_or_create, finalize, read_run_errors
 from gazegen.pipelines.run_manifest import RunManifest
@@ -140,11 +143,20 @@ def failure_line(row: dict[str, str]) -> str:
     return f"{path}{within}: {row['reason'].removeprefix(f'{path}: ')}"
 
 
+def check_local_out(target: OutputDir) -> None:
+    """OUT on this machine: a folder, or one that can be made (gazegen/paths.py ``check_out_folder``), checked
+    before the inputs are listed or Ray starts; named as given. Other filesystems (s3://, gs://) are not checked."""
+    folder = target.local_folder()
+    if folder is not None:
+        check_out_folder(target.uri if target.uri and "://" not in target.uri else folder)
+
+
 def open_run(checkpoint: str | Path, inputs: str | Path, out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
              command: Sequence[str] = ()) -> tuple[RunPlan, OutputDir, list[ShardSpec]]:
     """Plans the run and opens OUT for it (its manifest checked, or created); returns the plan, OUT and the
     shards still to write. ``run_synthesis`` renders them on Ray; the benchmark's bare loop, in process."""
     target = OutputDir.from_uri(os.fspath(out))
+    check_local_out(target)
     run = plan_run(checkpoint, inputs, cfg, target.local_folder())  # OUT may lie inside INPUTS: never listed
     manifest = RunManifest.create([r.source_id for r in run.records], run.checkpoint_hash, run.settings(),
                                   run.sources_per_shard, command)  # fmt: skip
@@ -189,4 +201,4 @@ def run_synthesis(
                            posixpath.join(str(target), ERRORS_NAME), tuple(failure_line(row) for row in failed))  # fmt: skip
 
 
-__all__ = ["SHOWN_FAILURES", "IncompleteShardsError", "SynthesisResult", "failure_line", "open_run", "run_synthesis"]
+__all__ = ["SHOWN_FAILURES", "IncompleteShardsError", "SynthesisResult", "check_local_out", "failure_line", "open_run", "run_synthesis"]

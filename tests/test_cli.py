@@ -18,8 +18,10 @@ from gazegen.data.faces import ImageReadError
 from gazegen.data.normalise import NormalisationError
 from gazegen.data.xgaze import DataError
 from gazegen.errors import GazegenError
+from gazegen.paths import OutputPathError
 from gazegen.pipelines.guards import InputError
 from gazegen.pipelines.manifest import IncompleteRunError, RunMismatchError
+from gazegen.pipelines.sources import ImageColumnError
 from gazegen.pipelines.synthesis import IncompleteShardsError
 from gazegen.train.depth_prior import DepthPriorError
 from gazegen.train.errors import TrainingError
@@ -68,6 +70,7 @@ USER_ERRORS = {
     ImageReadError: ValueError, NormalisationError: ValueError, InputError: ValueError, DepthPriorError: ValueError,
     WeightsChecksumError: ValueError, MissingWeightsError: FileNotFoundError, TrainingError: RuntimeError,
     RunMismatchError: RuntimeError, IncompleteRunError: RuntimeError, IncompleteShardsError: RuntimeError,
+    OutputPathError: ValueError, ImageColumnError: ValueError,
 }
 
 

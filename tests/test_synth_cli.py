@@ -159,3 +159,35 @@ def test_photos_under_view_turns_get_one_warning(checkpoint, tmp_path, caplog):
         plan_run(checkpoint, store, turned)
         plan_run(checkpoint, tmp_path / "photos", gaze_only)
         assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_an_out_that_cannot_be_a_folder_is_refused_before_the_inputs_are_listed(checkpoint, tmp_path):
+    """An OUT that is a file, or under one, or where no folder can be made: one line naming OUT, before the inputs
+    are listed (missing inputs here would be named otherwise) or Ray starts; nothing made. URIs are not checked."""
+    from gazegen.pipelines.shards import OutputDir
+    from gazegen.pipelines.synthesis import check_local_out
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out, why in ((afile, "not a folder"), (afile / "out", f"cannot be made: {afile} is not a folder")):
+        result = synthesize(checkpoint, tmp_path / "no-inputs", out)
+        assert result.exit_code == 2 and result.output == f"error: {out}: {why}\n"
+    assert afile.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    if Path("/proc/self").is_dir():  # a pseudo filesystem: no folder can be made in it, whoever runs the test
+        result = synthesize(checkpoint, tmp_path / "no-inputs", Path("/proc/nosuch/out"))
+        assert result.exit_code == 2 and result.output.startswith("error: /proc/nosuch/out: cannot be made: cannot create a folder in /proc (")
+    check_local_out(OutputDir.from_uri("mock:///afile/out"))  # another filesystem: left to pyarrow when the run writes
+
+
+def test_a_parquet_input_without_the_image_column_is_refused_before_any_work(checkpoint, tmp_path):
+    """Once: Ray started, every row an error, exit 1 and OUT marked complete (a rerun with the right column refused).
+    Now the column is read from the schema while listing: one line naming the file, its columns and the fix."""
+    png = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+    inputs = tmp_path / "wrongcol.parquet"
+    pq.write_table(pa.table({"img": pa.array([png], pa.binary())}), inputs)
+    result = synthesize(checkpoint, inputs, tmp_path / "out")
+    assert result.exit_code == 2 and result.output == (
+        f"error: {inputs}: no column 'image' (columns: img); name its image column with --set image_column=NAME\n")
+    assert not (tmp_path / "out").exists()
+    run = plan_run(checkpoint, inputs, load_synth_config(None, ["image_column=img"], grid="pitch,yaw"))
+    assert [r.source_id for r in run.records] == ["wrongcol.parquet#000000"] and not run.records[0].error
