@@ -200,19 +200,32 @@ def bench(
         out.write_text(text + "\n")
 
 
+def _synth_default(key: str) -> str:
+    """SynthConfig's default of ``key`` as `synthesize --help` shows it (the options default to None: "not given")."""
+    from gazegen.config.synth import SynthConfig
+
+    return str(getattr(SynthConfig(), key))
+
+
 @app.command("synthesize")
 def synthesize(
     checkpoint: Path = typer.Argument(..., help="A gazegen checkpoint folder (config.json + model.safetensors)."),
     inputs: str = typer.Argument(..., help="Image folder or glob, a training-store h5 (or store), or Parquet with an image column."),
     out: str = typer.Argument(..., help="Output folder or pyarrow filesystem URI (s3://, gs://, file://)."),
-    grid: Optional[str] = typer.Option(None, help="Swept axes: a comma list of pitch, yaw, view."),
-    pitch: Optional[str] = typer.Option(None, help="Gaze pitch in the head frame, start:stop:count degrees."),
-    yaw: Optional[str] = typer.Option(None, help="Gaze yaw in the head frame, start:stop:count degrees."),
-    view_pitch: Optional[str] = typer.Option(None, "--view-pitch", help="Camera pitch offset, start:stop:count degrees."),
-    view_yaw: Optional[str] = typer.Option(None, "--view-yaw", help="Camera yaw offset, start:stop:count degrees."),
-    sample: Optional[int] = typer.Option(None, help="N random (gaze, view) pairs per source instead of the full grid."),
-    seed: Optional[int] = typer.Option(None, help="Seed of --sample (written in every row)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Gazes per redirect and views per render call."),
+    grid: Optional[str] = typer.Option(None, help="Swept axes: a comma list of pitch, yaw, view.", show_default=_synth_default("grid")),
+    pitch: Optional[str] = typer.Option(None, help="Gaze pitch in the head frame, start:stop:count degrees.",
+                                        show_default=_synth_default("pitch")),
+    yaw: Optional[str] = typer.Option(None, help="Gaze yaw in the head frame, start:stop:count degrees.", show_default=_synth_default("yaw")),
+    view_pitch: Optional[str] = typer.Option(None, "--view-pitch", help="Camera pitch offset, start:stop:count degrees.",
+                                             show_default=_synth_default("view_pitch")),
+    view_yaw: Optional[str] = typer.Option(None, "--view-yaw", help="Camera yaw offset, start:stop:count degrees.",
+                                           show_default=_synth_default("view_yaw")),
+    sample: Optional[int] = typer.Option(None, help="N random (gaze, view) pairs per source instead of the full grid (0: the "
+                                         "full grid): each value drawn uniformly within its swept axis's start:stop range "
+                                         "(the count is ignored).", show_default=_synth_default("sample")),
+    seed: Optional[int] = typer.Option(None, help="Seed of --sample (written in every row).", show_default=_synth_default("seed")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Gazes per redirect and views per render call.",
+                                             show_default=_synth_default("batch_size")),
     num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPU actors (-1: all GPUs; 0: CPU actors)."),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (default: a private local Ray)."),
     rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per Parquet shard (whole sources)."),

@@ -155,3 +155,17 @@ def test_synthesize_interrupted_says_how_to_resume(tmp_path, monkeypatch):
     result = runner.invoke(app, ["synthesize", str(tmp_path / "ckpt"), str(tmp_path / "in"), str(tmp_path / "out")])
     assert result.exit_code == 130
     assert f"interrupted: the complete shards in {tmp_path / 'out'} are kept; the same command renders the rest" in result.output
+
+
+def test_synthesize_help_shows_the_config_defaults_and_how_sample_draws():
+    """The grid options default to None (not given: the preset's or SynthConfig's value); --help shows SynthConfig's."""
+    from gazegen.config import SynthConfig
+
+    result = runner.invoke(app, ["synthesize", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.strip().startswith("│ --")}
+    defaults = SynthConfig()
+    for option, key in (("--grid", "grid"), ("--pitch", "pitch"), ("--yaw", "yaw"), ("--view-pitch", "view_pitch"),
+                        ("--view-yaw", "view_yaw"), ("--sample", "sample"), ("--seed", "seed"), ("--batch-size", "batch_size")):
+        assert f"[default: ({getattr(defaults, key)})]" in lines[option], lines[option]
+    assert "drawn uniformly within its swept axis's start:stop range (the count is ignored)" in lines["--sample"]
