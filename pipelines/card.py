@@ -187,8 +187,10 @@ landmarks (median error about 9-10° on procedural heads turned in 3-D and on re
 a generic face and turned: gazegen's `benchmarks/faces.py`; real heads may differ). For photo
 sources `head_pose` therefore carries that error, and `gaze_head` is relative to the estimated
 head frame. The model reads a source through the camera its head pose gives, so under view turns
-(a non-zero `view_offset`) a photo source may come out as a doubled (ghosted) face: gazegen's demo
-model superimposes two heads at view offsets of ±20°, and renders one at view offset 0. Check the
+(a non-zero `view_offset`) a photo source may come out as a doubled (ghosted) face: a model trained
+on exact head poses only superimposes two heads at view offsets of ±20° (gazegen's demo model did
+before it was trained with turned worlds; now it draws one head there, less exact than for a source
+whose head pose is known). Check the
 photo sources' rows with a view turn before training on them; a gaze-only grid (`--grid pitch,yaw`)
 avoids the turn.
 

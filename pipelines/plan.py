@@ -75,9 +75,10 @@ def photo_views_warning(records: Sequence[SourceRecord], spec: GridSpec) -> str:
     """The warning of a run that turns the view of photo sources, "" for any other run.
 
     A photo's head pose is estimated (median error about 9-10 degrees: README, "Faces in photos"),
-    and the model reads the source through the camera that pose gives; the demo model renders such
-    a source under view offsets of +-20 degrees as two heads superimposed, and at view offset 0 as
-    one. Stores' sources carry their head pose and are not concerned.
+    and the model reads the source through the camera that pose gives; a model trained on exact
+    poses only renders such a source under view offsets of +-20 degrees as two heads superimposed
+    (the demo model before its stage 11, trained with turned worlds, which draws one). Stores'
+    sources carry their head pose and are not concerned.
     """
     if not turns_views(spec):
         return ""
@@ -86,9 +87,9 @@ def photo_views_warning(records: Sequence[SourceRecord], spec: GridSpec) -> str:
         return ""
     return (f"{len(photos)} of {len(records)} sources are photos (e.g. {photos[0].source_id}) and the grid turns the view: "
             "a photo's head pose is estimated (median error about 9-10 degrees), the model reads the source through the "
-            "camera that pose gives, and under view offsets of +-20 degrees the demo model renders such a source as a "
-            "doubled (ghosted) face; at view offset 0 its images are usable. For photos, a gaze-only grid "
-            "(--grid pitch,yaw) is the one to use.")  # fmt: skip
+            "camera that pose gives, so its turned views are less exact than a store source's, and a model trained "
+            "without turned worlds (data.world_turn_deg) renders them as a doubled (ghosted) face. For photos, a "
+            "gaze-only grid (--grid pitch,yaw) is the safe one.")  # fmt: skip
 
 
 def plan_run(checkpoint: str | Path, inputs: str | Path, cfg: SynthConfig, out: str | os.PathLike[str] | None = None) -> RunPlan:
