@@ -218,7 +218,29 @@ def store_contents(out: Path) -> dict[str, bytes]:
 
 def test_split_counts():
     count = lambda subjects, test: held_out_subjects(dataclasses.replace(SMALL, subjects=subjects, test_subjects=test))  # noqa: E731
-    assert [count(1, 0), count(1, 1), count(1, 3), count(2, 1), count(2, 2), count(5, 2), count(5, 0)] == [0, 1, 1, 1, 1, 2, 0]
+    assert [count(1, 0), count(1, 1), count(2, 1), count(5, 2), count(5, 4), count(5, 0)] == [0, 1, 1, 2, 4, 0]
+
+
+def test_test_subjects_that_leave_no_training_subject_are_refused_in_one_line(tmp_path):
+    """--subjects 3 --set test_subjects=5 once made 2 test subjects, silently."""
+    for subjects, test, most in (("3", "5", 2), ("3", "3", 2), ("1", "2", 1)):
+        result = synth_heads_cli(tmp_path / "out", "--subjects", subjects, "--set", f"test_subjects={test}")
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert [l for l in result.output.splitlines() if l.strip()] == [
+            f"error: command line: --set test_subjects={test}: {test} with subjects = {subjects} leaves no training subject; "
+            f"at most {most}"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["[-5,-1]", "[1,1]", "[1200,400]", "[50,900]", "[400,inf]"])
+def test_a_gaze_target_nearer_than_the_eyes_converge_or_reversed_is_refused_in_one_line(tmp_path, target):
+    """[-5,-1] and [1,1] once rolled the eyes back with the default range's labels; [1200,400] crashed in numpy."""
+    result = synth_heads_cli(tmp_path / "out", "--subjects", "1", "--set", f"gaze.target_mm={target}")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = [l for l in result.output.splitlines() if l.strip()]
+    assert line.startswith(f"error: command line: --set gaze.target_mm={target}: expected [low, high] with 100 <= low <= high")
+    assert not (tmp_path / "out").exists()
+    assert SynthHeadsConfig(gaze=GazeRangeConfig(target_mm=(100.0, 100.0))).gaze.target_mm == (100.0, 100.0)  # fixed, at the minimum
 
 
 def test_an_existing_store_is_refused_and_replaced_only_with_overwrite(tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from gazegen.config.loader import _build, bounded
+from gazegen.config.loader import ConfigError, _build, bounded
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -62,7 +62,14 @@ class GazeRangeConfig:
     max_yaw_deg: float = bounded(50.0, 0.0, 80.0)
     max_pitch_deg: float = bounded(40.0, 0.0, 70.0)
     converge: bool = True  # both eyes look at one target point; False: parallel eye axes
-    target_mm: tuple[float, float] = (400.0, 1200.0)  # distance range of the gaze target
+    target_mm: tuple[float, float] = (400.0, 1200.0)  # distance range of the gaze target, >= MIN_TARGET_MM
+
+
+# The nearest gaze target synth-heads draws, mm from the face centre. Well beyond the eyeball (radius
+# ~12 mm) and the nose tip (~40 mm in front of the eyes), and no nearer than adult eyes converge (the
+# near point of convergence is ~60-100 mm): a nearer target rolls the eyes back or inward past any real
+# gaze, and a distance <= 0 puts it behind the eyes, with labels that describe neither.
+MIN_TARGET_MM = 100.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,29 @@ class SynthHeadsConfig:
     rig: RigConfig = RigConfig()
     gaze: GazeRangeConfig = GazeRangeConfig()
 
+    def __post_init__(self) -> None:
+        _check_target_mm(self.gaze.target_mm)
+        _check_test_subjects(self.subjects, self.test_subjects)
+
     @property
     def camera(self) -> NormalisationConfig:
         """The normalised camera of the written images: `normalisation` at `resolution`."""
         return self.normalisation.at_resolution(self.resolution)
+
+
+def _check_target_mm(target_mm: tuple[float, float]) -> None:
+    low, high = target_mm
+    if not (MIN_TARGET_MM <= low <= high < float("inf")):
+        raise ConfigError(f"gaze.target_mm: expected [low, high] with {MIN_TARGET_MM:g} <= low <= high, mm from the face "
+                          f"centre (no eyes converge nearer), got [{low:g}, {high:g}]", "gaze.target_mm")
+
+
+def _check_test_subjects(subjects: int, test_subjects: int) -> None:
+    """At least one training subject, except in a one-subject store (a test-only store, for evaluate or finetune)."""
+    most = max(subjects - 1, 1)
+    if test_subjects > most:
+        raise ConfigError(f"test_subjects: {test_subjects} with subjects = {subjects} leaves no training subject; at most {most}",
+                          "test_subjects")
 
 
 # --------------------------------------------------------------------------- face cropping
