@@ -58,7 +58,10 @@ def test_clean_store_reports_counts_and_ranges_in_degrees(tmp_path):
     text = report.summary()
     assert "2 subject file(s), 12 images" in text and "0 problem(s)" in text and "(deg)" in text
     single = inspect_store(tmp_path / "train" / "subject0001.h5")  # one file: no split file to check
-    assert single.problems == () and single.images == 6
+    assert single.problems == () and single.images == 6 and single.subjects[0].split == "train"  # its folder's name
+    lone = tmp_path / "lone.h5"
+    lone.write_bytes((tmp_path / "train" / "subject0001.h5").read_bytes())
+    assert inspect_store(lone).subjects[0].line().startswith("  lone.h5/subject0001 ")  # no split claimed
 
 
 def test_planted_problems_are_all_found(tmp_path):
@@ -84,6 +87,7 @@ def test_planted_problems_are_all_found(tmp_path):
     assert "subject0001.h5: key 'head_mask' has values other than 0/255 in 1 of 6 masks" in problems
     assert "subject0002.h5: key 'camera' has shape (6, 24), expected (6, 25)" in problems
     assert "subject0003.h5: keys 'face_gaze' vs 'pitchyaw_head' disagree" in problems
+    assert "; gaze = R_head(head_pose) @ gaze_head expected)" in problems
     assert "subject0004.h5: keys 'frame_index'/'cam_index' repeat a (frame, camera) pair in 1 rows" in problems
     assert "lists 'subject0009.h5' under 'train' but no such file exists" in problems
     assert "subject0005.h5: h5 file present but not listed in the split file" in problems
@@ -91,6 +95,15 @@ def test_planted_problems_are_all_found(tmp_path):
     assert [s.subject for s in report.subjects] == ["subject0000", "subject0001", "subject0003", "subject0004"]
     assert np.isfinite(report.subjects[0].gaze_deg).all()  # ranges skip the NaN row
     assert "7 problem(s):" in report.summary()
+
+
+def test_a_camera_that_disagrees_with_the_head_pose_says_which_relation_failed(tmp_path):
+    make_store(tmp_path, subjects=1)
+    with h5py.File(tmp_path / "train" / "subject0000.h5", "r+") as f:
+        f["face_head_pose"][:, 1] *= -1  # the yaw's sign flipped: gaze and camera now disagree with it
+    problems = inspect_store(tmp_path).problems
+    camera = next(p for p in problems if "'camera' vs 'face_head_pose'" in p)
+    assert camera.endswith("; the camera looks at the head from its head pose expected)") and "R_head" not in camera
 
 
 def test_nothing_to_inspect_is_an_error(tmp_path):

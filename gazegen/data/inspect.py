@@ -112,19 +112,27 @@ def _consistency_problems(reader: SubjectReader) -> list[str]:
     ok = np.isfinite(lab.gaze).all(1) & np.isfinite(lab.gaze_head).all(1) & np.isfinite(lab.head_pose).all(1)
     ok &= np.isfinite(lab.camera).all(1)
     head = lab.head_pose[ok].astype(np.float64)
-    checks = {
-        "'camera' vs 'face_head_pose'": geometry.angular_error(
+    checks = {  # (keys, the relation expected between them) -> angular error per row
+        ("'camera' vs 'face_head_pose'", "the camera looks at the head from its head pose"): geometry.angular_error(
             geometry.camera_to_head_pose(lab.camera[ok].astype(np.float64)), head),
-        "'face_gaze' vs 'pitchyaw_head'": geometry.angular_error(
+        ("'face_gaze' vs 'pitchyaw_head'", "gaze = R_head(head_pose) @ gaze_head"): geometry.angular_error(
             geometry.gaze_head_to_camera(lab.gaze_head[ok].astype(np.float64), geometry.head_pose_to_rotation(head)),
             lab.gaze[ok].astype(np.float64)),
     }
-    for what, err in checks.items():
+    for (what, relation), err in checks.items():
         if len(err) and err.max() > TOLERANCE_DEG:
             rows = np.flatnonzero(ok)[err > TOLERANCE_DEG]
             problems.append(f"{path}: keys {what} disagree by up to {err.max():.2f} deg in {len(rows)} rows "
-                            f"(rows {rows[:8].tolist()}; gaze = R_head(head_pose) @ gaze_head expected)")
+                            f"(rows {rows[:8].tolist()}; {relation} expected)")
     return problems
+
+
+def shown_split(path: Path, split: str, file: Path) -> str:
+    """The split a subject file is shown under: its store's; for one file given alone (whose store is unknown) the
+    folder it lies in when that names a split (``test/subject0002.h5``), else the file's own name."""
+    if not path.is_file():
+        return split
+    return file.parent.name if file.parent.name in ("train", "test") else file.name
 
 
 def inspect_store(path: str | Path) -> InspectReport:
@@ -148,7 +156,7 @@ def inspect_store(path: str | Path) -> InspectReport:
             problems += reader.problems + _mask_problems(reader) + _consistency_problems(reader)
             lab = reader.labels
             subjects.append(SubjectSummary(
-                subject=reader.subject, path=file, split=split, format=reader.format, images=len(reader),
+                subject=reader.subject, path=file, split=shown_split(path, split, file), format=reader.format, images=len(reader),
                 frames=len(np.unique(lab.frame_index)), cameras=len(np.unique(lab.cam_index)),
                 resolution=reader.resolution, masks=tuple(k for k in MASKS if k in reader.keys),
                 gaze_deg=_range_deg(lab.gaze), head_pose_deg=_range_deg(lab.head_pose),
@@ -197,9 +205,9 @@ def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int =
                 rows = np.unique(np.linspace(0, len(reader) - 1, views).round().astype(int))
                 for c, row in enumerate(rows):
                     band[:, c * thumb:(c + 1) * thumb] = _tile(reader, int(row), thumb)
-                title = f"{split}/{reader.subject}"
+                title = f"{shown_split(Path(path), split, file)}/{reader.subject}"
         except (DataError, OSError, KeyError) as e:
-            title = f"{file.name}: {first_line(e)[-60:]}"
+            title = f"{file.name}: {first_line(e)}"[:120]  # the start says what is wrong
         cv2.putText(band, title, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, TITLE_BGR, 1, cv2.LINE_AA)
     sheet_png = Path(sheet_png)
     sheet_png.parent.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,8 @@ class StoreSplits:
 def _listing(split_file: Path) -> dict[str, list[str]]:
     try:
         listing = json.loads(split_file.read_text())
-    except ValueError:
-        listing = None
+    except ValueError as e:
+        raise DataError(f"{split_file}: not valid JSON ({e})") from None
     if not (isinstance(listing, dict) and all(isinstance(v, list) and all(isinstance(n, str) for n in v)
                                               for v in listing.values())):
         raise DataError(f"{split_file}: not a JSON object of lists of file names")
