@@ -119,7 +119,7 @@ def test_splits_report_what_is_wrong(tmp_path):
     with pytest.raises(DataError, match="not a JSON object of lists of file names"):
         store_splits(tmp_path)
     (tmp_path / SPLIT_FILE).write_text('{"train": [')  # truncated
-    with pytest.raises(DataError, match=r"train_test_split\.json: not valid JSON \(Expecting value: line 1 column 11"):
+    with pytest.raises(DataError, match=r"train_test_split\.json: not valid JSON \(Expecting value: line 1 column 12"):
         store_splits(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
