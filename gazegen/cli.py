@@ -72,12 +72,26 @@ def synth_heads(
     names = {k: f"--{k.rpartition('.')[2]}" for k in typed}  # a wrong value is named by its option: --views, not rig.views
     with _reported():
         cfg = load_config(SynthHeadsConfig, config, [*(overrides or []), *(f"{k}={v}" for k, v in typed.items())], names)
-        synthesize_store(out, cfg, overwrite=overwrite)
+        try:
+            synthesize_store(out, cfg, overwrite=overwrite)
+        except KeyboardInterrupt:
+            _synth_heads_interrupted(out)
     typer.echo(f"wrote {out}")
     if held_out_subjects(cfg) == cfg.subjects:
         typer.secho(f"warning: all {cfg.subjects} subject(s) are in the test split and train/ is empty: a store for "
                     "`evaluate` or `finetune`, not for `train` or `estimator train` (--set test_subjects=0 keeps them in train)",
                     fg=typer.colors.YELLOW, err=True)
+
+
+def _synth_heads_interrupted(out: Path) -> None:
+    """Say what a Ctrl-C'd synth-heads left in ``out`` (no split file: not a store) and exit 130 (SIGINT's)."""
+    from gazegen.data.store_folder import store_files
+
+    left = store_files(out)
+    kept = (f"{out} holds {len(left)} unfinished store file(s) and no split file; rerun with --overwrite to start again"
+            if left else f"no subject file was kept; the same command starts again in {out}")
+    typer.secho(f"interrupted: {kept}", err=True)
+    raise typer.Exit(code=130)
 
 
 @data_app.command("prepare")
@@ -270,20 +284,31 @@ app.add_typer(estimator_app, name="estimator")
 
 @estimator_app.command("train")
 def estimator_train(
-    data: str = typer.Argument(..., help="A training store, h5 file(s), or Parquet shards (folder, glob or URI)."),
-    out: Path = typer.Option(..., help="Checkpoint folder to write."),
-    eval_data: Optional[str] = typer.Option(None, "--eval", help="Evaluate on this data after training (default: the store's test split)."),
+    data: str = typer.Argument(..., help="A training store, h5 file(s) (a file, folder or glob such as 'store/train/*.h5'), "
+                                         "or Parquet shards (folder, glob or URI)."),
+    out: Path = typer.Option(..., help="Checkpoint folder to write: new, empty, or an earlier estimator checkpoint (with --overwrite)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval", help="Evaluate on this data after training (default: the store's "
+                                            "eval_split, 'test', when its split file lists subjects)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
-    config: Optional[Path] = typer.Option(None, help=f"TOML preset (configs/estimator/*.toml; {FROM_CONFIGS})."),
+    config: Optional[Path] = typer.Option(None, help=f"TOML preset (configs/estimator/*.toml; {FROM_CONFIGS}); default: "
+                                                     "EstimatorConfig's defaults, written out in configs/estimator/default.toml "
+                                                     "(3000 steps of 32 at 96 px, for a GPU); configs/estimator/demo.toml is the "
+                                                     "CPU-minutes preset; --set steps=N caps the steps."),
     overrides: Optional[list[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds an earlier estimator checkpoint: replace it (a folder "
+                                   "holding anything else is refused)."),
 ) -> None:
-    """Train the compact gaze + head-pose CNN."""
+    """Train the compact gaze + head-pose CNN; writes OUT/config.json, model.safetensors and estimator_report.json."""
     from gazegen.config import EstimatorConfig, load_config
-    from gazegen.evaluation.estimator import train_estimator
+    from gazegen.evaluation.estimator import TrainingInterrupted, train_estimator
 
-    with _reported():
-        cfg = load_config(EstimatorConfig, config, overrides or [])
-        result = train_estimator(data, out, cfg, eval_data=eval_data, device=device)
+    try:
+        with _reported():
+            cfg = load_config(EstimatorConfig, config, overrides or [])
+            result = train_estimator(data, out, cfg, eval_data=eval_data, device=device, overwrite=overwrite)
+    except KeyboardInterrupt as e:  # Ctrl-C: training runs in this process, its weights only in memory
+        typer.secho(str(e) if isinstance(e, TrainingInterrupted) else "interrupted: nothing saved", err=True)
+        raise typer.Exit(code=130)
     typer.echo(f"estimator: {result.checkpoint} ({result.steps} steps, {result.seconds:.0f} s)")
     typer.echo("train: " + result.train_eval.summary())
     if result.test_eval is not None:

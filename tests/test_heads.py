@@ -273,6 +273,48 @@ def test_an_existing_store_is_refused_and_replaced_only_with_overwrite(tmp_path)
     assert inspect_store(out).problems == ()
 
 
+def interrupt_subject(monkeypatch, n: int) -> None:
+    """Ctrl-C while subject ``n`` is rendered (one worker): its split folder exists, its file does not."""
+    from gazegen.data import heads
+
+    write = heads.write_subject
+
+    def interrupted(cfg, index, path, progress=None):
+        if index == n:
+            path.parent.mkdir(parents=True, exist_ok=True)  # as the subject's writer makes it
+            raise KeyboardInterrupt
+        return write(cfg, index, path, progress)
+
+    monkeypatch.setattr(heads, "available_cores", lambda: 1)
+    monkeypatch.setattr(heads, "write_subject", interrupted)
+
+
+def test_ctrl_c_before_any_subject_file_says_so_exits_130_and_the_same_command_starts_again(tmp_path, monkeypatch):
+    """An interrupted run once exited 130 silently, and its empty train/ and test/ made the rerun refuse the folder."""
+    out = tmp_path / "store"
+    interrupt_subject(monkeypatch, 0)
+    result = synth_heads_cli(out, "--subjects", "2")
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert [l for l in result.output.splitlines() if l.strip()] == [
+        f"interrupted: no subject file was kept; the same command starts again in {out}"]
+    assert sorted(p.name for p in out.iterdir()) == ["train"]
+    monkeypatch.undo()
+    assert synth_heads_cli(out, "--subjects", "2").exit_code == 0
+    assert sorted(store_contents(out)) == ["test/subject0001.h5", "train/subject0000.h5", "train_test_split.json"]
+
+
+def test_ctrl_c_after_a_subject_file_says_it_is_not_a_store_and_to_overwrite(tmp_path, monkeypatch):
+    out = tmp_path / "store"
+    interrupt_subject(monkeypatch, 1)
+    result = synth_heads_cli(out, "--subjects", "2")
+    assert result.exit_code == 130
+    assert [l for l in result.output.splitlines() if l.strip()] == [
+        f"interrupted: {out} holds 1 unfinished store file(s) and no split file; rerun with --overwrite to start again"]
+    monkeypatch.undo()
+    assert synth_heads_cli(out, "--subjects", "2").exit_code == 2
+    assert synth_heads_cli(out, "--subjects", "2", "--overwrite").exit_code == 0
+
+
 def test_an_empty_folder_is_used_and_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     assert synth_heads_cli(tmp_path / "empty", "--subjects", "1").exit_code == 0

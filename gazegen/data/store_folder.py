@@ -39,9 +39,11 @@ def store_files(out: str | Path) -> list[Path]:
 
 
 def is_empty(out: str | Path) -> bool:
-    """True when ``out`` does not exist or is a folder with nothing in it."""
+    """True when ``out`` does not exist or is a folder with nothing in it but empty ``train/`` and ``test/``
+    (what a store command stopped before its first subject file leaves)."""
     out = Path(out)
-    return not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    empty_split = lambda p: p.name in SPLITS and p.is_dir() and not any(p.iterdir())  # noqa: E731
+    return not out.exists() or (out.is_dir() and all(empty_split(p) for p in out.iterdir()))
 
 
 def clear_store(out: str | Path) -> list[Path]:
