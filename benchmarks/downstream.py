@@ -238,7 +238,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for key in CONDITIONS:
         log.info("training %s on %s (%d steps)", NAMES[key], stores[key], cfg.steps)
-        trained = train_estimator(stores[key], args.out / f"estimator_{key}", cfg, device=args.device)
+        trained = train_estimator(stores[key], args.out / f"estimator_{key}", cfg, device=args.device, overwrite=True)  # its own, of a rerun
         model = load_pretrained(trained.checkpoint, GazeEstimator, device=args.device)
         results[key] = summarise(errors(model, stores[key], "test", args.device))
         results[key]["train_images"] = len(open_gaze_data(stores[key], split="train"))

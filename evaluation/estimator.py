@@ -20,6 +20,7 @@ a model that has learnt nothing sits at that baseline, so the gap is what it has
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gazegen.checkpoint import load_pretrained, save_pretrained
+from gazegen.checkpoint import CONFIG_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
 from gazegen.config import EstimatorConfig, EstimatorNetConfig, to_dict
 from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
 from gazegen.data.images import resize_area, to_model_range
@@ -41,20 +42,25 @@ from gazegen.data.splits import store_splits
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.device import torch_device
+from gazegen.errors import first_line
 from gazegen.geometry import angular_error
 from gazegen.metrics.estimator import GazeEstimator
+from gazegen.paths import OutputPathError, check_out_folder
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "estimator_report.json"
 H5_SUFFIXES = (".h5", ".hdf5")
+CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE, REPORT_FILE})  # what `estimator train` writes
 
 
 # --------------------------------------------------------------------------- data
 
 
 def store_files(data: str | Path, split: str | None) -> list[Path]:
-    """The h5 files of ``data``: a store's ``split`` (from train_test_split.json), a folder, or one file."""
+    """The h5 files of ``data``: a store's ``split`` (from train_test_split.json), a folder, one file, or a glob."""
+    if "*" in str(data):
+        return _glob_files(str(data))
     data = Path(data)
     if data.is_file():
         return [data]
@@ -73,10 +79,19 @@ def store_files(data: str | Path, split: str | None) -> list[Path]:
     return files
 
 
+def _glob_files(pattern: str) -> list[Path]:
+    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    if not files:
+        raise DataError(f"{pattern}: no files match")
+    return files
+
+
 def is_parquet(data: str | Path) -> bool:
-    """True for shard folders, .parquet files, globs of them and pyarrow URIs."""
+    """True for shard folders, .parquet files, globs of them (any glob not ending in .h5 / .hdf5) and pyarrow URIs."""
     text = str(data)
-    if "://" in text or text.endswith(".parquet") or "*" in text:
+    if "*" in text and "://" not in text:
+        return not text.endswith(H5_SUFFIXES)
+    if "://" in text or text.endswith(".parquet"):
         return True
     path = Path(text)
     return path.is_dir() and any(path.glob(SHARD_GLOB))
@@ -157,18 +172,42 @@ def open_gaze_data(data: str | Path, *, split: str | None = None, net: Estimator
     read, and their camera is checked (``check_store_camera``).
     """
     if is_parquet(data):
-        return GazeParquetDataset(str(data), shuffle_buffer=shuffle_buffer, seed=seed)
+        return open_shards(str(data), shuffle_buffer=shuffle_buffer, seed=seed)
     if net is not None:
         check_store_camera(data, split, net)
     return StoreGazeDataset(store_files(data, split), resolution=net.resolution if net is not None else None,
                             shuffle_buffer=shuffle_buffer, seed=seed)
 
 
-def _has_split(data: str | Path, split: str) -> bool:
-    if is_parquet(data):
-        return False
+def open_shards(source: str, *, shuffle_buffer: int = 0, seed: int = 0) -> GazeParquetDataset:
+    """``GazeParquetDataset`` of ``source`` whose first file is read as Parquet; DataError naming ``source`` or that
+    file when it cannot be listed (no such folder, an unreachable URI) or is not Parquet (an h5 file, say)."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        dataset = GazeParquetDataset(source, shuffle_buffer=shuffle_buffer, seed=seed)
+    except (OSError, pyarrow.ArrowException) as e:
+        raise DataError(f"{source}: cannot read: {first_line(e)}") from None
+    first = dataset.paths[0]
+    try:
+        pq.read_schema(first, filesystem=dataset.filesystem)
+    except (OSError, pyarrow.ArrowException) as e:
+        raise DataError(f"{first}: not a Parquet file ({first_line(e)})") from None
+    return dataset
+
+
+def _eval_source(data: str | Path, eval_data: str | Path | None, split: str) -> str | Path | None:
+    """What to evaluate on after training: ``eval_data``, else ``data`` when it is a store whose split file lists
+    ``split`` with subjects (DataError when it lists no such split), else None."""
+    if eval_data is not None:
+        return eval_data
+    if is_parquet(data) or "*" in str(data) or store_splits(data).split_file is None:
+        return None
     splits = store_splits(data)
-    return splits.split_file is not None and bool(splits.files.get(split) or splits.missing.get(split))
+    if split not in splits.files:
+        store_files(data, split)  # raises "no split": as a wrong `split` does
+    return data if splits.files[split] or splits.missing[split] else None
 
 
 def _batches(dataset: IterableDataset, batch_size: int, workers: int, *, drop_last: bool = False) -> DataLoader:
@@ -289,48 +328,93 @@ def _endless(dataset: IterableDataset, cfg: EstimatorConfig) -> Iterator[dict[st
         epoch += 1
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `estimator train`: ``step`` (1-based) is the step it stopped in; nothing was saved."""
+
+    def __init__(self, step: int, steps: int) -> None:
+        super().__init__(f"interrupted at step {step} of {steps}: nothing saved")
+        self.step, self.steps = step, steps
+
+
+def _is_estimator_checkpoint(folder: Path) -> bool:
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text()).get("class") == GazeEstimator.__name__
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_estimator_out(out: str | Path, *, overwrite: bool = False) -> Path:
+    """``out`` resolved, when `estimator train` may write its checkpoint there: a new folder, an empty one, or (with
+    ``overwrite``) an earlier estimator checkpoint holding nothing but its own files, and not the working folder (nor
+    one above it); OutputPathError naming it otherwise. Whatever else a folder holds is never replaced."""
+    path = check_out_folder(out)
+    if path.exists() and Path.cwd().is_relative_to(path.resolve()):  # replacing it would leave the shell in a deleted folder
+        raise OutputPathError(f"{out}: the working folder, or one holding it; give a folder in it, e.g. --out estimator")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if entries:
+        foreign = [name for name in entries if name not in CHECKPOINT_FILES]
+        if foreign or not _is_estimator_checkpoint(path):
+            held = f"holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}" if foreign else "no GazeEstimator config.json"
+            raise OutputPathError(f"{out}: not empty and not an estimator checkpoint ({held}); give a new or empty folder")
+        if not overwrite:
+            raise OutputPathError(f"{out}: holds an earlier estimator checkpoint; --overwrite replaces it")
+    return path.resolve()
+
+
+def _train_steps(model: GazeEstimator, dataset: IterableDataset, cfg: EstimatorConfig, device: torch.device) -> float:
+    """Run ``cfg.steps`` optimiser steps; the final running loss. TrainingInterrupted on Ctrl-C."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, cfg))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start, running, stream, step = time.monotonic(), float("nan"), _endless(dataset, cfg), 0
+    try:
+        for step in range(cfg.steps):
+            batch = next(stream)
+            image, gaze, head = batch["image"], batch["gaze"], batch["head_pose"]
+            if cfg.flip:
+                image, gaze, head = flip_batch(image, gaze, head, torch.rand(len(image), generator=generator) < 0.5)
+            est = model(image.to(device))
+            loss_gaze = (est.gaze - gaze.to(device)).abs().mean()
+            loss = loss_gaze + cfg.head_weight * (est.head_pose - head.to(device)).abs().mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                log.info("estimator step %d/%d: loss %.4f (gaze L1 %.4f rad), lr %.2e, %.1f s", step + 1, cfg.steps,
+                         running, loss_gaze.item(), schedule.get_last_lr()[0], time.monotonic() - start)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(step + 1, cfg.steps) from None
+    return running
+
+
 def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, eval_data: str | Path | None = None,
-                    device: str = "cpu", model: GazeEstimator | None = None) -> EstimatorTrainResult:
+                    device: str = "cpu", model: GazeEstimator | None = None, overwrite: bool = False) -> EstimatorTrainResult:
     """`gazegen estimator train DATA --out DIR`: train on a store's ``cfg.split`` or on Parquet shards.
 
-    After training, evaluates on the training data and on ``eval_data`` (any source) or else the
-    store's ``cfg.eval_split`` when it has one; writes the checkpoint to ``out`` and
-    ``out/estimator_report.json``. ``model`` continues training a given network.
+    Before training, checks ``out`` (``check_estimator_out``: an earlier estimator there is replaced only with
+    ``overwrite``) and opens the training and evaluation data. After training, evaluates on the training data and
+    on ``eval_data`` (any source) or else the store's ``cfg.eval_split`` when it lists subjects; writes the
+    checkpoint to ``out`` and ``out/estimator_report.json``. ``model`` continues training a given network.
     """
+    out = check_estimator_out(out, overwrite=overwrite)
     device = torch_device(device)
     torch.manual_seed(cfg.seed)
     model = (model or GazeEstimator(cfg.net)).to(device).train()
     dataset = open_gaze_data(data, split=cfg.split, net=cfg.net, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, cfg))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    start, running, stream = time.monotonic(), float("nan"), _endless(dataset, cfg)
-    for step in range(cfg.steps):
-        batch = next(stream)
-        image, gaze, head = batch["image"], batch["gaze"], batch["head_pose"]
-        if cfg.flip:
-            image, gaze, head = flip_batch(image, gaze, head, torch.rand(len(image), generator=generator) < 0.5)
-        est = model(image.to(device))
-        loss_gaze = (est.gaze - gaze.to(device)).abs().mean()
-        loss = loss_gaze + cfg.head_weight * (est.head_pose - head.to(device)).abs().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log.info("estimator step %d/%d: loss %.4f (gaze L1 %.4f rad), lr %.2e, %.1f s", step + 1, cfg.steps,
-                     running, loss_gaze.item(), schedule.get_last_lr()[0], time.monotonic() - start)
+    source = _eval_source(data, eval_data, cfg.eval_split)
+    test_set = open_gaze_data(source, split=cfg.eval_split, net=cfg.net) if source is not None else None
+    start = time.monotonic()
+    running = _train_steps(model, dataset, cfg, device)
     seconds = time.monotonic() - start
     model.eval()
     train_set = open_gaze_data(data, split=cfg.split, net=cfg.net)
     train_eval = error_report(predict(model, _batches(train_set, 64, 0), device, cfg.eval_images), f"{data} ({cfg.split})")
     test_eval = None
-    if eval_data is not None or _has_split(data, cfg.eval_split):
-        source, split = (eval_data, cfg.eval_split) if eval_data is not None else (data, cfg.eval_split)
-        test_set = open_gaze_data(source, split=split, net=cfg.net)
+    if test_set is not None:
         test_eval = error_report(predict(model, _batches(test_set, 64, 0), device, cfg.eval_images),
-                                 f"{source} ({split})" if not is_parquet(source) else str(source))
+                                 f"{source} ({cfg.eval_split})" if not is_parquet(source) else str(source))
     metadata = {"data": str(data), "train": to_dict(cfg), "steps": cfg.steps, "seconds": round(seconds, 2),
                 "final_loss": running, "train_eval": asdict(train_eval),
                 "test_eval": asdict(test_eval) if test_eval else None}

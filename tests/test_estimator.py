@@ -168,3 +168,142 @@ def test_default_preset_loads():
     assert demo.steps < cfg.steps and demo.net.eyes.width > 0 and cfg.net.eyes.width == 0
     # the demo judge's eye patches are placed for the camera of the procedural heads it judges
     assert demo.net.eyes.normalisation == SynthHeadsConfig().normalisation
+
+
+# --------------------------------------------------------------------------- `gazegen estimator train`: refusals before training
+
+TINY = ["--set", "steps=2", "--set", "batch_size=4", "--set", "shuffle_buffer=0", "--set", "net.resolution=32",
+        "--set", "net.width=8", "--set", "eval_images=8"]
+
+
+def estimator_train(*args: str):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    return CliRunner().invoke(app, ["estimator", "train", *map(str, args)], env={"COLUMNS": "400"})
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """A refusal must come before the first step: training fails the test."""
+    import gazegen.evaluation.estimator as estimator
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr(estimator, "_train_steps", train)
+
+
+def refused(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [f"error: {message}"], result.output
+
+
+def foreign_folder(path: Path, kind: str) -> Path:
+    path.mkdir()
+    if kind == "notes":
+        (path / "notes.txt").write_text("mine\n")
+    else:  # a copied LiveGaze checkpoint
+        (path / "config.json").write_text(json.dumps({"class": "LiveGaze", "format_version": 1}))
+        (path / "model.safetensors").write_bytes(b"weights")
+    return path
+
+
+@pytest.mark.parametrize("kind,held", [("notes", "holds notes.txt"), ("livegaze", "no GazeEstimator config.json")])
+def test_train_refuses_a_folder_that_is_not_an_estimator_checkpoint(store, tmp_path, no_training, kind, held):
+    out = foreign_folder(tmp_path / "out", kind)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for extra in ([], ["--overwrite"]):  # --overwrite replaces an earlier estimator only
+        result = estimator_train(store, "--out", out, *TINY, *extra)
+        refused(result, f"{out}: not empty and not an estimator checkpoint ({held}); give a new or empty folder")
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing set aside
+
+
+def test_train_refuses_its_own_store_as_out(store, no_training):
+    files = sorted(store.rglob("*"))
+    result = estimator_train(store, "--out", store, *TINY, "--overwrite")
+    refused(result, f"{store}: not empty and not an estimator checkpoint (holds test, train, train_test_split.json); "
+                    "give a new or empty folder")
+    assert sorted(store.rglob("*")) == files
+
+
+def test_train_replaces_an_earlier_estimator_only_with_overwrite(store, tmp_path):
+    out = tmp_path / "est"
+    assert estimator_train(store, "--out", out, *TINY).exit_code == 0
+    first = (out / "model.safetensors").read_bytes()
+    refused(estimator_train(store, "--out", out, *TINY), f"{out}: holds an earlier estimator checkpoint; --overwrite replaces it")
+    assert (out / "model.safetensors").read_bytes() == first
+    result = estimator_train(store, "--out", out, *TINY, "--set", "seed=1", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (out / "model.safetensors").read_bytes() != first
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "estimator_report.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est"]
+
+
+def test_train_refuses_a_file_as_out(store, tmp_path, no_training):
+    afile = tmp_path / "afile"
+    afile.write_text("hi\n")
+    refused(estimator_train(store, "--out", afile, *TINY), f"{afile}: not a folder")
+    assert afile.read_text() == "hi\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_train_refuses_the_working_folder_as_out(store, tmp_path, monkeypatch, no_training):
+    monkeypatch.chdir(tmp_path)
+    refused(estimator_train(store, "--out", ".", *TINY), ".: the working folder, or one holding it; give a folder in it, "
+                                                         "e.g. --out estimator")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--eval", "nosuch"], "nosuch: no such file or folder"),
+    (["--set", "eval_split=nosuch"], "{store}/train_test_split.json: no split 'nosuch'"),
+    (["--set", "split=nosuch"], "{store}/train_test_split.json: no split 'nosuch'"),
+])  # fmt: skip
+def test_train_checks_the_evaluation_data_before_training(store, tmp_path, no_training, args, message):
+    refused(estimator_train(store, "--out", tmp_path / "est", *TINY, *args), message.format(store=store))
+    assert not (tmp_path / "est").exists()
+
+
+def test_train_reads_a_glob_of_h5_files(store, tmp_path):
+    result = estimator_train(f"{store}/train/*.h5", "--out", tmp_path / "est", *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"train: 8 images of {store}/train/*.h5" in result.output
+
+
+def test_train_names_unreadable_shards_in_one_line(store, tmp_path, no_training):
+    first = sorted((store / "train").glob("*.h5"))[0]
+    result = estimator_train(f"{store}/train/*", "--out", tmp_path / "est", *TINY)  # not .h5: read as Parquet
+    assert result.exit_code == 2 and result.output.startswith(f"error: {first}: not a Parquet file (") and \
+        len(result.output.strip().splitlines()) == 1, result.output
+    result = estimator_train(f"file://{tmp_path}/nosuch", "--out", tmp_path / "est", *TINY)
+    assert result.exit_code == 2 and result.output.startswith(f"error: file://{tmp_path}/nosuch: cannot read: ") and \
+        len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "est").exists()
+
+
+def test_train_interrupted_says_nothing_was_saved(store, tmp_path, monkeypatch):
+    import gazegen.evaluation.estimator as estimator
+
+    def ctrl_c_in_step_2(step, cfg):  # the schedule's factor for the step after the one just taken
+        if step == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    monkeypatch.setattr(estimator, "_lr_factor", ctrl_c_in_step_2)
+    result = estimator_train(store, "--out", tmp_path / "est", *TINY, "--set", "steps=5")
+    assert result.exit_code == 130, result.output
+    assert "interrupted at step 2 of 5: nothing saved" in result.output
+    assert not (tmp_path / "est").exists()
+
+
+def test_train_help_names_the_default_preset_and_how_to_cap_steps():
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    result = CliRunner().invoke(app, ["estimator", "train", "--help"], env={"COLUMNS": "400"})
+    text = " ".join(result.output.split())
+    assert f"configs/estimator/default.toml ({EstimatorConfig().steps} steps" in text
+    assert "configs/estimator/demo.toml" in text and "--set steps=N" in text and "--overwrite" in text
