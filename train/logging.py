@@ -126,7 +126,8 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
         if points:
             ax_loss.plot(*zip(*points), "o--", label=label)
     ax_loss.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
-    ax_loss.legend(fontsize=8)
+    if ax_loss.get_legend_handles_labels()[0]:  # none before the first logged step (a run stopped early): no empty legend
+        ax_loss.legend(fontsize=8)
     ax_depth = ax_val.twinx()
     for key, axis, style in (("psnr_eyes", ax_val, "o-"), ("psnr_face", ax_val, "s-"), ("depth_l1_mm", ax_depth, "^:")):
         points = [(r["step"], r[key]) for r in val if isinstance(r.get(key), (int, float))]
