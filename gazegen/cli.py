@@ -409,19 +409,40 @@ def train(
 @app.command("finetune")
 def finetune(
     checkpoint: Path = typer.Argument(..., help="A trained LiveGaze checkpoint folder."),
-    data: Path = typer.Argument(..., help="Training store holding the subjects."),
-    out: Path = typer.Option(Path("finetuned"), help="One checkpoint per subject under OUT/<subject>/."),
+    data: Path = typer.Argument(..., help="Training store holding the subjects, or one subject's h5 file."),
+    out: Path = typer.Option(Path("finetuned"), help="One checkpoint per subject under OUT/<subject>/; scores before and "
+                             "after in OUT/finetune.json."),
     subject: Optional[list[str]] = typer.Option(None, help="Subject name(s); default: the store's test split."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Epochs on the input group (paper: 10)."),
     overrides: Optional[list[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo a subject whose OUT/<subject>/ holds a fine-tuning "
+                                   "(that folder is deleted first)."),
 ) -> None:
     """Personalised fine-tuning on each subject's input group (GazeNeRF protocol)."""
     from gazegen.config import FinetuneConfig, load_config
-    from gazegen.train.finetune import run_finetune
+    from gazegen.paths import check_out_folder
+    from gazegen.train.finetune import REPORT, iter_finetune
 
     sets = [*(overrides or []), *([f"epochs={epochs}"] if epochs is not None else [])]
-    with _reported():
-        cfg = load_config(FinetuneConfig, None, sets, {"epochs": "--epochs"} if epochs is not None else {})
-        results = run_finetune(checkpoint, data, out, subject or None, cfg)
-    for r in results:
-        typer.echo(f"{r.subject}: {r.checkpoint}  before {r.before}  after {r.after}")
+    done = []
+    try:
+        with _reported():
+            check_out_folder(out)
+            cfg = load_config(FinetuneConfig, None, sets, {"epochs": "--epochs"} if epochs is not None else {})
+            for result in iter_finetune(checkpoint, data, out, subject or None, cfg, overwrite=overwrite):
+                typer.echo(result.summary())
+                done.append(result)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a subject's training loop
+        _finetune_interrupted(out / REPORT, [r.subject for r in done], "")
+    if done and done[-1].interrupted:  # Ctrl-C: the subject stopped with a checkpoint, no later subject started
+        stopped = done.pop()
+        _finetune_interrupted(out / REPORT, [r.subject for r in done],
+                              f"{stopped.subject} stopped at step {stopped.train.step}: {stopped.checkpoint} is part-way")
+    typer.echo(f"scores: {out / REPORT}")
+
+
+def _finetune_interrupted(report: Path, finished: list[str], partial: str) -> None:
+    """Say what an interrupted `finetune` kept (``partial``: the subject it stopped in, if checkpointed), and exit 130 (SIGINT's)."""
+    kept = f"finished: {', '.join(finished)} (scores in {report})" if finished else "no subject finished"
+    typer.secho(f"interrupted: {'; '.join(filter(None, [kept, partial]))}; redo a subject with --subject NAME --overwrite", err=True)
+    raise typer.Exit(code=130)

@@ -4,6 +4,7 @@ carry from training and fine-tuning into synthesis (a store at GazeNeRF's 680 mm
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import h5py
@@ -118,3 +119,113 @@ def test_the_trained_normalisation_frames_the_inputs_and_scales_the_depth_of_syn
         plan_run(bare, subject, cfg)
     again = plan_run(bare, subject, load_synth_config(None, ["normalisation.distance_mm=680.0", "normalisation.resolution=512"]))
     assert again.normalisation == norm  # or set on the command line
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def finetune_cli(checkpoint, data, out, *args):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    return CliRunner().invoke(app, ["finetune", str(checkpoint), str(data), "--out", str(out), "--set", "group_size=6", *args])
+
+
+def lines(text: str) -> list[str]:
+    """The lines of a command's stdout or stderr, less tqdm's progress bars (stderr)."""
+    return [l for l in (line.rpartition("\r")[2] for line in text.split("\n")) if l.strip() and not l.startswith("train:")]
+
+
+def interrupt_at_call(monkeypatch, n: int, *, again: bool = False) -> None:
+    """Ctrl-C during the ``n``-th training step of the command, counted across subjects (``again``: a second Ctrl-C,
+    which raises KeyboardInterrupt at once)."""
+    import signal
+
+    from gazegen.train import trainer
+
+    step, calls = trainer._Loop.step, []
+
+    def interrupted(self, batch):
+        terms = step(self, batch)
+        calls.append(1)
+        if len(calls) == n:
+            if again:
+                raise KeyboardInterrupt
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the handler the trainer installed
+        return terms
+
+    monkeypatch.setattr(trainer._Loop, "step", interrupted)
+
+
+def test_ctrl_c_stops_the_whole_command_says_what_was_kept_and_exits_130(trained, tmp_path, monkeypatch, recwarn):
+    """Ctrl-C once printed a NaN PSNR line, then fine-tuned the next subject in full and exited 0."""
+    store, checkpoint = trained
+    out = tmp_path / "ft"
+    interrupt_at_call(monkeypatch, 5)  # 1 step per epoch, 3 epochs: step 2 of the second subject
+    subjects = ["--subject", "subject0002", "--subject", "subject0001", "--subject", "subject0000"]
+    result = finetune_cli(checkpoint, store, out, "--epochs", "3", *subjects)
+    assert result.exit_code == 130, result.output
+    assert lines(result.stdout)[0].startswith("subject0002: PSNR eyes ")
+    assert lines(result.stderr)[-1] == (f"interrupted: finished: subject0002 (scores in {out / 'finetune.json'}); subject0001 stopped at "
+                                 f"step 2: {out / 'subject0001' / 'checkpoints' / 'step_0000002'} is part-way; redo a subject "
+                                 "with --subject NAME --overwrite")
+    assert "nan" not in result.output.lower() and "{" not in result.output
+    assert not (out / "subject0000").exists()  # no later subject started
+    report = json.loads((out / "finetune.json").read_text())["subjects"]
+    assert (report["subject0002"]["status"], report["subject0001"]["status"]) == ("finished", "interrupted")
+    assert not [w for w in recwarn if "No artists" in str(w.message)]  # no empty legend for a run stopped early
+    monkeypatch.undo()
+    result = finetune_cli(checkpoint, store, out, "--epochs", "3", "--subject", "subject0001", "--overwrite")  # the advice given
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "finetune.json").read_text())["subjects"]["subject0001"]["step"] == 3
+
+
+def test_a_second_ctrl_c_exits_130_naming_the_finished_subjects(trained, tmp_path, monkeypatch):
+    store, checkpoint = trained
+    interrupt_at_call(monkeypatch, 2, again=True)  # inside the second subject
+    result = finetune_cli(checkpoint, store, tmp_path / "ft", "--epochs", "1", "--subject", "subject0002", "--subject", "subject0001")
+    assert result.exit_code == 130, result.output
+    assert lines(result.stderr)[-1] == (f"interrupted: finished: subject0002 (scores in {tmp_path / 'ft' / 'finetune.json'}); redo a "
+                                 "subject with --subject NAME --overwrite")
+
+
+def test_a_rerun_into_the_same_out_is_refused_naming_overwrite_which_redoes_it(trained, tmp_path):
+    """The refusal once said `pass --resume`, an option finetune does not have."""
+    store, checkpoint = trained
+    out = tmp_path / "ft"
+    assert finetune_cli(checkpoint, store, out, "--epochs", "1").exit_code == 0
+    (out / "subject0002" / "stale.txt").write_text("from the first run")
+    result = finetune_cli(checkpoint, store, out, "--epochs", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert lines(result.output) == [f"error: {out / 'subject0002'}: already holds a fine-tuning ({out / 'subject0002' / 'checkpoints' / 'step_0000001'}); "
+                             "pass --overwrite to redo it, or choose another --out"]
+    result = finetune_cli(checkpoint, store, out, "--epochs", "2", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (out / "subject0002" / "checkpoints").iterdir()] == ["step_0000002"]
+    assert not (out / "subject0002" / "stale.txt").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_in_one_line_before_any_work(trained, tmp_path):
+    store, checkpoint = trained
+    (tmp_path / "afile").write_text("hi")
+    result = finetune_cli(checkpoint, store, tmp_path / "afile", "--epochs", "1")
+    assert result.exit_code == 2 and lines(result.output) == [f"error: {tmp_path / 'afile'}: not a folder"]
+    assert (tmp_path / "afile").read_text() == "hi"
+
+
+def test_one_h5_file_is_fine_tuned_with_a_readable_line_and_a_json_report(trained, tmp_path):
+    """A lone h5 file was once called `not a training store`; the scores were raw dicts with 16-digit floats."""
+    store, checkpoint = trained
+    out = tmp_path / "ft"
+    result = finetune_cli(checkpoint, store / "test" / "subject0002.h5", out, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    [line, scores] = lines(result.stdout)
+    pattern = r"subject0002: PSNR eyes \d+\.\d\d -> \d+\.\d\d dB, face \d+\.\d\d -> \d+\.\d\d dB, depth L1 \d+\.\d\d -> \d+\.\d\d mm: "
+    assert re.fullmatch(pattern + re.escape(str(out / "subject0002" / "checkpoints" / "step_0000001")), line), line
+    assert scores == f"scores: {out / 'finetune.json'}"
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["checkpoint"] == str(checkpoint)
+    entry = report["subjects"]["subject0002"]
+    assert entry["status"] == "finished" and entry["checkpoint"] == str(out / "subject0002" / "checkpoints" / "step_0000001")
+    assert f"{entry['before']['psnr_eyes']:.2f}" in line and f"{entry['after']['depth_l1_mm']:.2f}" in line

@@ -6,7 +6,11 @@ the next ``group_size`` (half each when the subject has fewer than 2 x group_siz
 group only (I_s, I_gt and I_f all from it) for ``epochs`` epochs with the training run's optimiser,
 losses and depth prior, and scored on input -> target pairs (I_s from the input group, I_gt from
 the target group) before and after. Each subject starts from the same trained weights and gets
-its own run folder and checkpoint: ``OUT/<subject>/checkpoints/step_NNNNNNN``.
+its own run folder and checkpoint: ``OUT/<subject>/checkpoints/step_NNNNNNN``; ``OUT/finetune.json`` records
+each subject's scores before and after, updated as each subject ends. A subject's folder that holds a
+checkpoint is refused before any work unless ``overwrite`` (then it is deleted just before that subject
+is fine-tuned again). Ctrl-C stops the subject at the end of its step (checkpointed, unscored) and no
+further subject is started.
 
 ``finetune_model`` is the same on samples held in memory (evaluation/evaluate.py's hook).
 """
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +38,12 @@ from gazegen.models.livegaze import LiveGaze
 from gazegen.train.data import TripletDataset, Triplets, TripletSizes, fixed_batches
 from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
 from gazegen.train.subjects import SubjectRows, read_subject, subject_from_samples
-from gazegen.train.trainer import TrainResult, build_loss, fit, pick_device
+from gazegen.train.trainer import TrainResult, build_loss, fit, latest_checkpoint, pick_device
 from gazegen.train.validate import validate
 
 log = logging.getLogger(__name__)
+
+REPORT = "finetune.json"  # OUT/finetune.json: each subject's scores before and after
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,28 @@ class FinetuneResult:
     before: dict[str, float]  # input -> target metrics of the trained model (train/validate.py)
     after: dict[str, float]  # the same after fine-tuning
     train: TrainResult
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C stopped it: the checkpoint is part-way and ``after`` is empty."""
+        return self.train.status == "interrupted"
+
+    def summary(self) -> str:
+        """One line: input -> target eye and face PSNR and depth error, before -> after, and the checkpoint."""
+        if self.interrupted:
+            return f"{self.subject}: interrupted at step {self.train.step}, not scored: {self.checkpoint}"
+        change = lambda key: f"{self.before.get(key, float('nan')):.2f} -> {self.after.get(key, float('nan')):.2f}"  # noqa: E731
+        return (f"{self.subject}: PSNR eyes {change('psnr_eyes')} dB, face {change('psnr_face')} dB, "
+                f"depth L1 {change('depth_l1_mm')} mm: {self.checkpoint}")
+
+    def record(self) -> dict:
+        """Its entry in OUT/finetune.json."""
+        return {"status": self.train.status, "step": self.train.step, "checkpoint": str(self.checkpoint),
+                "before": _rounded(self.before), "after": _rounded(self.after)}
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in scores.items()}
 
 
 def groups(n: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +131,9 @@ def finetune_subject(model: LiveGaze, subject: SubjectRows, run: Path, cfg: Fine
     result = fit(train_cfg, model.cfg, train_set, score_set, run, model=model,
                  metadata={"subject": subject.subject, "data": str(subject.path), "finetune": dataclasses.asdict(cfg),
                            "normalisation": dataclasses.asdict(subject.normalisation)})
-    log.info("%s: input -> target eye PSNR %.2f -> %.2f dB, face %.2f -> %.2f dB", subject.subject,
-             before["psnr_eyes"], result.metrics.get("psnr_eyes", float("nan")), before["psnr_face"],
-             result.metrics.get("psnr_face", float("nan")))
-    return FinetuneResult(subject.subject, result.checkpoint, before, result.metrics, result)
+    done = FinetuneResult(subject.subject, result.checkpoint, before, result.metrics, result)
+    log.debug("%s", done.summary())  # `gazegen finetune` prints it
+    return done
 
 
 def subject_file(data: Path, subject: str) -> Path:
@@ -120,24 +149,69 @@ def subject_file(data: Path, subject: str) -> Path:
     return found[0]
 
 
-def run_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[str] | None = None,
-                 cfg: FinetuneConfig = FinetuneConfig(), train_cfg: TrainConfig | None = None) -> list[FinetuneResult]:
-    """`gazegen finetune CKPT DATA --subject S`: one fine-tuned checkpoint per subject under ``out/<subject>/``.
+def subject_paths(data: Path, subjects: Sequence[str] | None) -> list[Path]:
+    """The h5 files to fine-tune on: ``data`` itself when it is a file, else ``subjects`` of the store (default: its test split)."""
+    data = Path(data)
+    if data.is_file():
+        return [data]
+    return [subject_file(data, s) for s in subjects] if subjects else store_splits(data).split("test")
 
-    ``subjects`` None: every subject of the store's test split. ``train_cfg`` None: the checkpoint's run's.
+
+def check_runs(out: Path, names: Sequence[str], overwrite: bool) -> None:
+    """DataError naming the first subject folder of ``out`` that holds a checkpoint, unless ``overwrite``."""
+    for name in names:
+        newest = latest_checkpoint(out / file_component(name))
+        if newest is not None and not overwrite:
+            raise DataError(f"{out / file_component(name)}: already holds a fine-tuning ({newest}); pass --overwrite to redo "
+                            "it, or choose another --out")
+
+
+def clear_run(run: Path) -> None:
+    """Delete a subject's earlier fine-tuning (a folder holding checkpoints/): it is about to be redone."""
+    if latest_checkpoint(run) is not None:
+        shutil.rmtree(run)
+
+
+def write_report(out: Path, checkpoint: Path, result: FinetuneResult) -> Path:
+    """Add ``result`` to OUT/finetune.json (subjects of earlier runs into ``out`` are kept)."""
+    path = out / REPORT
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    report["checkpoint"] = str(checkpoint)
+    report.setdefault("subjects", {})[result.subject] = result.record()
+    path.write_text(json.dumps(report, indent=2, sort_keys=True))
+    return path
+
+
+def iter_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[str] | None = None,
+                  cfg: FinetuneConfig = FinetuneConfig(), train_cfg: TrainConfig | None = None, *,
+                  overwrite: bool = False) -> Iterator[FinetuneResult]:
+    """`gazegen finetune CKPT DATA --subject S`: fine-tune each subject in turn under ``out/<subject>/``, yielding
+    each result as it ends (and recording it in OUT/finetune.json); an interrupted one is the last.
+
+    ``data``: a store (``subjects`` None: its test split) or one subject's h5 file. ``train_cfg`` None: the checkpoint's run's.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     train_cfg = finetune_config(checkpoint, cfg, train_cfg)
     base = load_checkpoint(checkpoint)
-    paths = [subject_file(data, s) for s in subjects] if subjects else store_splits(data).split("test")
-    rows = [read_subject(path) for path in paths]
+    rows = [read_subject(path) for path in subject_paths(data, subjects)]
+    check_runs(out, [subject.subject for subject in rows], overwrite)
     if train_cfg.loss.depth_weight > 0 and train_cfg.depth_prior.kind != "teacher":
         depth_source(train_cfg.depth_prior).check(rows)  # every subject's depth, before the first is fine-tuned
-    results = []
     for subject in rows:
-        model = copy.deepcopy(base).train()
-        results.append(finetune_subject(model, subject, out / file_component(subject.subject), cfg, train_cfg))
-    return results
+        run = out / file_component(subject.subject)
+        clear_run(run)
+        result = finetune_subject(copy.deepcopy(base).train(), subject, run, cfg, train_cfg)
+        write_report(out, checkpoint, result)
+        yield result
+        if result.interrupted:
+            return
+
+
+def run_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[str] | None = None,
+                 cfg: FinetuneConfig = FinetuneConfig(), train_cfg: TrainConfig | None = None, *,
+                 overwrite: bool = False) -> list[FinetuneResult]:
+    """``iter_finetune``'s results as a list: one fine-tuned checkpoint per subject under ``out/<subject>/``."""
+    return list(iter_finetune(checkpoint, data, out, subjects, cfg, train_cfg, overwrite=overwrite))
 
 
 def finetune_model(model: LiveGaze, samples: Sequence[Sample], epochs: int = 10, *, train_cfg: TrainConfig | None = None,
