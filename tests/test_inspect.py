@@ -106,6 +106,19 @@ def test_a_camera_that_disagrees_with_the_head_pose_says_which_relation_failed(t
     assert camera.endswith("; the camera looks at the head from its head pose expected)") and "R_head" not in camera
 
 
+def test_synthesis_shards_are_pointed_to_data_sheet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"row_id": ["a"]}), tmp_path / "shard-00000.parquet")
+    for path in (tmp_path, tmp_path / "shard-00000.parquet"):
+        with pytest.raises(DataError, match=r"Parquet shards, not an h5 store: `gazegen data sheet .* sheet\.png`"):
+            inspect_store(path)
+        with pytest.raises(DataError, match="Parquet shards"):
+            write_contact_sheet(path, tmp_path / "sheet.png")
+    assert not (tmp_path / "sheet.png").exists()
+
+
 def test_nothing_to_inspect_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no .h5 subject files"):
         inspect_store(tmp_path)

@@ -135,9 +135,18 @@ def shown_split(path: Path, split: str, file: Path) -> str:
     return file.parent.name if file.parent.name in ("train", "test") else file.name
 
 
+def refuse_shards(path: Path) -> None:
+    """DataError for synthesis Parquet shards (one, or a folder holding them and no h5), which `data sheet` reads."""
+    shards = path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet")) and not any(path.glob("**/*.h5")))
+    if shards:
+        raise DataError(f"{path}: Parquet shards, not an h5 store: `gazegen data sheet {path} sheet.png` draws "
+                        "synthesis output")
+
+
 def inspect_store(path: str | Path) -> InspectReport:
     """Summaries and problems of a store folder or one h5 file (DataError only if there is nothing to read)."""
     path = Path(path)
+    refuse_shards(path)
     found = find_subject_files(path)
     problems = list(found.problems)
     problems += [f"{p}: h5 file present but not listed in the split file" for p in found.unlisted]
@@ -193,6 +202,7 @@ def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int =
 
     Files that cannot be opened get a row with the error's first words instead of images.
     """
+    refuse_shards(Path(path))
     found = find_subject_files(path)
     files = found.files[:max_subjects] if max_subjects else found.files
     if not files:
