@@ -49,14 +49,24 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
+def _heads_default(key: str) -> str:
+    """SynthHeadsConfig's default of a dotted ``key`` as `data synth-heads --help` shows it (the options default to None)."""
+    from gazegen.config import SynthHeadsConfig
+
+    value = SynthHeadsConfig()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return str(value)
+
+
 @data_app.command("synth-heads")
 def synth_heads(
     out: Path = typer.Argument(..., help="Store folder to create, new or empty (train/, test/, train_test_split.json)."),
-    subjects: Optional[int] = typer.Option(None, help="Number of identities (one h5 each)."),
-    resolution: Optional[int] = typer.Option(None, help="Image side in pixels."),
-    views: Optional[int] = typer.Option(None, help="Cameras in the rig (ETH-XGaze: 18)."),
-    gazes: Optional[int] = typer.Option(None, help="Gaze targets (frames) per subject."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    subjects: Optional[int] = typer.Option(None, help="Number of identities (one h5 each).", show_default=_heads_default("subjects")),
+    resolution: Optional[int] = typer.Option(None, help="Image side in pixels.", show_default=_heads_default("resolution")),
+    views: Optional[int] = typer.Option(None, help="Cameras in the rig (ETH-XGaze: 18).", show_default=_heads_default("rig.views")),
+    gazes: Optional[int] = typer.Option(None, help="Gaze targets (frames) per subject.", show_default=_heads_default("gazes")),
+    seed: Optional[int] = typer.Option(None, help="Random seed.", show_default=_heads_default("seed")),
     config: Optional[Path] = typer.Option(None, help="TOML file of SynthHeadsConfig keys (gazegen/config/camera.py; none ship, "
                                                      "the defaults and --set cover them)."),
     overrides: Optional[list[str]] = SetOption,

@@ -157,6 +157,18 @@ def test_synthesize_interrupted_says_how_to_resume(tmp_path, monkeypatch):
     assert f"interrupted: the complete shards in {tmp_path / 'out'} are kept; the same command renders the rest" in result.output
 
 
+def test_synth_heads_help_shows_the_config_defaults():
+    from gazegen.config import SynthHeadsConfig
+
+    result = runner.invoke(app, ["data", "synth-heads", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.strip().startswith("│ --")}
+    cfg = SynthHeadsConfig()
+    for option, value in (("--subjects", cfg.subjects), ("--resolution", cfg.resolution), ("--views", cfg.rig.views),
+                          ("--gazes", cfg.gazes), ("--seed", cfg.seed)):
+        assert f"[default: ({value})]" in lines[option], lines[option]
+
+
 def test_synthesize_help_shows_the_config_defaults_and_how_sample_draws():
     """The grid options default to None (not given: the preset's or SynthConfig's value); --help shows SynthConfig's."""
     from gazegen.config import SynthConfig
