@@ -72,6 +72,8 @@ def synth_heads(
     overrides: Optional[list[str]] = SetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds a store: delete it first (its split file, prepare.json "
                                    "and train/ test/ *.h5); other files in OUT are kept."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Processes rendering subjects, one torch thread each (the files "
+                                          "do not depend on it).", show_default="one per available core"),
 ) -> None:
     """Procedural multi-view gaze heads with exact labels, in the ETH-XGaze h5 layout."""
     from gazegen.config import SynthHeadsConfig, load_config
@@ -83,7 +85,7 @@ def synth_heads(
     with _reported():
         cfg = load_config(SynthHeadsConfig, config, [*(overrides or []), *(f"{k}={v}" for k, v in typed.items())], names)
         try:
-            synthesize_store(out, cfg, overwrite=overwrite)
+            synthesize_store(out, cfg, workers, overwrite=overwrite)
         except KeyboardInterrupt:
             _synth_heads_interrupted(out)
     typer.echo(f"wrote {out}")

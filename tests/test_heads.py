@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import h5py
@@ -210,6 +211,17 @@ def synth_heads_cli(out: Path, *args: str):
     from gazegen.cli import app
 
     return CliRunner().invoke(app, ["data", "synth-heads", str(out), "--resolution", "32", "--views", "2", "--gazes", "1", *args])
+
+
+def test_cli_workers_sets_the_processes_and_not_the_files(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="gazegen.data.heads"):
+        one = synth_heads_cli(tmp_path / "one", "--subjects", "2", "--workers", "1")
+    assert one.exit_code == 0, one.output
+    assert "2 subjects (1 test) x 1 gazes x 2 views at 32 px, 1 worker(s)" in caplog.text
+    two = synth_heads_cli(tmp_path / "two", "--subjects", "2", "--workers", "2")
+    assert two.exit_code == 0, two.output
+    assert store_contents(tmp_path / "one").keys() == store_contents(tmp_path / "two").keys()
+    assert synth_heads_cli(tmp_path / "none", "--workers", "0").exit_code == 2 and not (tmp_path / "none").exists()
 
 
 def store_contents(out: Path) -> dict[str, bytes]:
