@@ -418,6 +418,6 @@ def train_estimator(data: str | Path, out: str | Path, cfg: EstimatorConfig, *, 
     metadata = {"data": str(data), "train": to_dict(cfg), "steps": cfg.steps, "seconds": round(seconds, 2),
                 "final_loss": running, "train_eval": asdict(train_eval),
                 "test_eval": asdict(test_eval) if test_eval else None}
-    out = save_pretrained(out, model, metadata=metadata)
+    out = save_pretrained(out, model, metadata=metadata, beside=(REPORT_FILE,))
     (out / REPORT_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return EstimatorTrainResult(out, cfg.steps, seconds, running, train_eval, test_eval)

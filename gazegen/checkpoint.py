@@ -31,7 +31,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +76,20 @@ def _replace_directory(src: Path, dst: Path) -> None:
     shutil.rmtree(old)
 
 
+def _check_replaceable(directory: Path, beside: Collection[str]) -> None:
+    """CheckpointError when ``directory`` exists and holds anything but a checkpoint's files and the caller's ``beside``
+    files: a checkpoint replaces only an earlier checkpoint, never a folder of other things."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a folder; a checkpoint is written as one")
+    known = {CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE, *beside}
+    foreign = sorted(p.name for p in directory.iterdir() if not (p.is_file() and p.name in known))
+    if foreign:
+        raise CheckpointError(f"{directory}: holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which "
+                              "is no checkpoint's: not replaced")
+
+
 def save_pretrained(
     directory: str | Path,
     model: nn.Module,
@@ -83,11 +97,15 @@ def save_pretrained(
     metadata: dict[str, Any] | None = None,
     normalisation: NormalisationConfig | None = None,
     train_state: dict[str, Any] | None = None,
+    beside: Collection[str] = (),
 ) -> Path:
     """Write ``model`` (and optionally JSON-able ``metadata`` and a ``train_state``) as a checkpoint
     directory, atomically; ``normalisation`` (the camera of the images the weights fit) goes into
-    ``metadata.normalisation``."""
+    ``metadata.normalisation``. An existing ``directory`` is replaced only when it holds nothing but
+    an earlier checkpoint's files and the files named in ``beside`` (which the caller writes next to
+    its checkpoints); CheckpointError otherwise, before anything is written."""
     directory = Path(directory)
+    _check_replaceable(directory, beside)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir()  # an ordinary mkdir: the umask's mode (tempfile.mkdtemp's is 0700)

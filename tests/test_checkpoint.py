@@ -176,6 +176,28 @@ def test_save_replaces_an_existing_checkpoint(cfg, tmp_path):
     assert load_train_state(path) is None
 
 
+def test_save_replaces_only_a_checkpoint_never_a_folder_of_other_files(cfg, tmp_path):
+    """A folder holding anything but a checkpoint's files (and the caller's ``beside``) is refused before anything is
+    written, and nothing in it is lost."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "photos").mkdir()
+    with pytest.raises(CheckpointError, match=r"mine: holds notes\.txt, photos, which is no checkpoint's: not replaced"):
+        save_pretrained(folder, build(cfg))
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "photos"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no temporary folder left
+    path = save_pretrained(tmp_path / "ckpt", build(cfg, seed=0))
+    (path / "report.json").write_text("{}")  # a file its caller writes beside the checkpoint
+    with pytest.raises(CheckpointError, match="holds report.json"):
+        save_pretrained(path, build(cfg, seed=1))
+    save_pretrained(path, build(cfg, seed=1), beside=("report.json",))
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="afile: not a folder"):
+        save_pretrained(tmp_path / "afile", build(cfg))
+
+
 def test_truncated_weights(saved):
     _, path = saved
     data = (path / WEIGHTS_FILE).read_bytes()
