@@ -4,8 +4,8 @@
 
 On procedural heads (`gazegen data synth-heads`, exact labels, photographed by a rig within --max-yaw and
 --max-pitch: by default the demo model's training stores' 30 and 20 degrees, since sources turned further
-are outside what it learned; session 23 measured the label fidelity below at 11 degrees for sources within
-30 degrees and 30-33 beyond), the reference estimator
+are outside what it learned: in session 23 the shipped reference estimator read the synthesised gaze of
+sources within 30 degrees 11 degrees off its labels, and of sources beyond 30-33), the reference estimator
 (evaluation/estimator.py, configs/estimator/demo.toml) is trained three times, for the same number of
 steps, and each model is evaluated on held-out identities none of them (nor the LiveGaze model's
 synthesis) saw:
