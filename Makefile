@@ -32,7 +32,7 @@ demo: setup
 	@echo "      validation grid (source, target, prediction, depth) $(DEMO)/run/val/step_$(shell printf %07d $(DEMO_STEPS)).png;"
 	@echo "      synthesised Parquet shards $(DEMO)/synth (README.md is the dataset card, with its label histograms"
 	@echo "      $(DEMO)/synth/label_histograms.png), read back: $(DEMO)/synth_sheet.png and $(DEMO)/synth_sheet_labels.png"
-	@echo "demo: does the synthesised data help a gaze estimator on unseen people? (not run here; about 10-15 min on 2 cores):"
+	@echo "demo: does the synthesised data help a gaze estimator on unseen people? (not run here; about 5 min on 2 cores):"
 	@echo "      $(BIN)/python benchmarks/downstream.py --checkpoint $(DEMO)/run --out $(DEMO)/downstream"
 	@echo "      export the shards for ETH-XGaze / GazeHub trainers: $(BIN)/gazegen export $(DEMO)/synth DEST --format xgaze|gazehub"
 	@echo "demo: redirection benchmark of the held-out subject (benchmarks/redirection.py), judged by the reference"

@@ -27,7 +27,7 @@ report.json and error_vs_angle.png to --out.
 Everything is procedural: these are not ETH-XGaze figures. The store and the synthesis are made
 once under --out and reused while the checkpoint and settings stay the same (another checkpoint
 redoes the synthesis); the export (seconds) and the three estimators are redone every run.
-Default sizes run in about 10-15 minutes on 2 CPU cores.
+Default sizes run in about 5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
