@@ -2,7 +2,7 @@
 
 A ``GazegenError`` is a problem with the user's input, data, config or files (a wrong key, a
 missing or malformed checkpoint, an unreadable store), never a bug: the CLI prints its message as
-one line and exits with code 2 (gazegen/cli.py). Each subclass keeps the builtin base that says
+one line and exits with code 2 (gazegen/cli/common.py). Each subclass keeps the builtin base that says
 what kind of problem it is (``ValueError``, ``FileNotFoundError``, ``RuntimeError``), so code that
 catches those still catches it. Anything else that escapes a command is a bug and keeps its
 traceback.
