@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from gazegen.checkpoint import CONFIG_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE, load_pretrained, save_pretrained
+from gazegen.checkpoint import CONFIG_FILE, foreign_entries, load_pretrained, save_pretrained
 from gazegen.config import EstimatorConfig, EstimatorNetConfig, to_dict
 from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
 from gazegen.data.images import resize_area, to_model_range
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "estimator_report.json"
 H5_SUFFIXES = (".h5", ".hdf5")
-CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE, REPORT_FILE})  # what `estimator train` writes
 
 
 # --------------------------------------------------------------------------- data
@@ -202,9 +201,11 @@ def _eval_source(data: str | Path, eval_data: str | Path | None, split: str) -> 
     ``split`` with subjects (DataError when it lists no such split), else None."""
     if eval_data is not None:
         return eval_data
-    if is_parquet(data) or "*" in str(data) or store_splits(data).split_file is None:
+    if is_parquet(data) or "*" in str(data):
         return None
     splits = store_splits(data)
+    if splits.split_file is None:
+        return None
     if split not in splits.files:
         store_files(data, split)  # raises "no split": as a wrong `split` does
     return data if splits.files[split] or splits.missing[split] else None
@@ -350,9 +351,8 @@ def check_estimator_out(out: str | Path, *, overwrite: bool = False) -> Path:
     path = check_out_folder(out)
     if path.exists() and Path.cwd().is_relative_to(path.resolve()):  # replacing it would leave the shell in a deleted folder
         raise OutputPathError(f"{out}: the working folder, or one holding it; give a folder in it, e.g. --out estimator")
-    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    if entries:
-        foreign = [name for name in entries if name not in CHECKPOINT_FILES]
+    if path.is_dir() and any(path.iterdir()):
+        foreign = foreign_entries(path, (REPORT_FILE,))  # a checkpoint's files and this command's report are its own
         if foreign or not _is_estimator_checkpoint(path):
             held = f"holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}" if foreign else "no GazeEstimator config.json"
             raise OutputPathError(f"{out}: not empty and not an estimator checkpoint ({held}); give a new or empty folder")

@@ -76,6 +76,13 @@ def _replace_directory(src: Path, dst: Path) -> None:
     shutil.rmtree(old)
 
 
+def foreign_entries(directory: Path, beside: Collection[str] = ()) -> list[str]:
+    """The names in the folder ``directory`` that are neither a checkpoint's files nor the caller's ``beside`` files
+    (a folder named like one counts), sorted."""
+    known = {CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE, *beside}
+    return sorted(p.name for p in directory.iterdir() if not (p.is_file() and p.name in known))
+
+
 def _check_replaceable(directory: Path, beside: Collection[str]) -> None:
     """CheckpointError when ``directory`` exists and holds anything but a checkpoint's files and the caller's ``beside``
     files: a checkpoint replaces only an earlier checkpoint, never a folder of other things."""
@@ -83,8 +90,7 @@ def _check_replaceable(directory: Path, beside: Collection[str]) -> None:
         return
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a folder; a checkpoint is written as one")
-    known = {CONFIG_FILE, WEIGHTS_FILE, TRAIN_STATE_FILE, *beside}
-    foreign = sorted(p.name for p in directory.iterdir() if not (p.is_file() and p.name in known))
+    foreign = foreign_entries(directory, beside)
     if foreign:
         raise CheckpointError(f"{directory}: holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which "
                               "is no checkpoint's: not replaced")
