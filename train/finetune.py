@@ -137,10 +137,7 @@ def finetune_subject(model: LiveGaze, subject: SubjectRows, run: Path, cfg: Fine
 
 
 def subject_file(data: Path, subject: str) -> Path:
-    """``data`` itself when it is an h5 file, else ``subject``'s file in the store (test split first, then train)."""
-    data = Path(data)
-    if data.is_file():
-        return data
+    """``subject``'s file in the store ``data`` (test split first, then train)."""
     name = subject if subject.endswith(".h5") else f"{subject}.h5"
     splits = store_splits(data)
     found = [p for part in ("test", "train") for p in splits.split(part) if p.name in (name, f"xgaze_{name}")]
@@ -159,9 +156,11 @@ def subject_paths(data: Path, subjects: Sequence[str] | None) -> list[Path]:
 
 def check_runs(out: Path, names: Sequence[str], overwrite: bool) -> None:
     """DataError naming the first subject folder of ``out`` that holds a checkpoint, unless ``overwrite``."""
+    if overwrite:
+        return
     for name in names:
         newest = latest_checkpoint(out / file_component(name))
-        if newest is not None and not overwrite:
+        if newest is not None:
             raise DataError(f"{out / file_component(name)}: already holds a fine-tuning ({newest}); pass --overwrite to redo "
                             "it, or choose another --out")
 
