@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from gazegen.config.loader import ConfigError, bounded, load_config
-from gazegen.config.synth import option_name  # --image-format, as synthesize names its options
+from gazegen.config.loader import ConfigError, bounded, load_with_options
 
 EXPORT_FORMATS = ("xgaze", "gazehub")
 IMAGE_FORMATS = ("jpg", "png")
@@ -41,8 +39,7 @@ def load_export_config(**options: Any) -> ExportConfig:
     """The defaults with the options that are not None (the CLI's typed flags, checked like ``--set`` keys: an
     error names the flag). ``--image-format`` with a format other than gazehub, which would ignore it, is refused."""
     given = {k: v for k, v in options.items() if v is not None}
-    sets = [f"{k}={json.dumps(v)}" for k, v in given.items()]  # JSON values are TOML
-    cfg = load_config(ExportConfig, None, sets, names={k: option_name(k) for k in given})
+    cfg = load_with_options(ExportConfig, None, (), given)
     if "image_format" in given and cfg.format != "gazehub":
         raise ConfigError(f"--image-format {given['image_format']}: applies to --format gazehub only (--format {cfg.format} "
                           "writes its images inside h5 files), so it would be ignored: leave it out")

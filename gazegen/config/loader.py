@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -189,6 +190,20 @@ def _origin(error: ConfigError, source: str, given: typing.Mapping[str, str], na
         value = given[by].partition("=")[2].strip().strip("'\"")  # a range's message repeats its value: said once, in the override
         return f"{COMMAND_LINE}: --set {given[by]}: {why.removeprefix(f'{value}: ') if value else why}"
     return f"{COMMAND_LINE}: {message}" if given and file_passes() else f"{source}: {message}"
+
+
+def option_name(key: str) -> str:
+    """The command-line option of a config key: ``view_yaw`` -> ``--view-yaw``."""
+    return "--" + key.replace("_", "-")
+
+
+def load_with_options(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str],
+                      options: typing.Mapping[str, typing.Any]) -> T:
+    """``load_config`` with a command's typed options that are not None applied last, each checked like a ``--set``
+    key (types and ranges) and named in an error by its option (``option_name``)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    sets = [f"{k}={json.dumps(v)}" for k, v in given.items()]  # JSON scalars and lists are TOML
+    return load_config(cls, path, [*overrides, *sets], names={k: option_name(k) for k in given})
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = (),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from gazegen.config.camera import DetectorConfig, NormalisationConfig
 from gazegen.config.grid import GridAxes, GridSpec, PitchRange, YawRange
-from gazegen.config.loader import COMMAND_LINE, ConfigError, bounded, load_config
+from gazegen.config.loader import COMMAND_LINE, ConfigError, bounded, load_with_options, option_name
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -86,11 +85,6 @@ class SynthConfig:
 RANGE_AXES = {"pitch": "pitch", "yaw": "yaw", "view_pitch": "view", "view_yaw": "view"}  # range key -> the axis it sweeps
 
 
-def option_name(key: str) -> str:
-    """The `gazegen synthesize` option of a config key: ``view_yaw`` -> ``--view-yaw``."""
-    return "--" + key.replace("_", "-")
-
-
 def _check_swept(cfg: SynthConfig, options: dict[str, Any], overrides: Sequence[str]) -> None:
     """A range typed on the command line for an axis the grid does not sweep would be ignored without a
     word: ConfigError naming the options and the grid. (A preset's ranges may cover axes its user drops.)"""
@@ -110,7 +104,6 @@ def load_synth_config(config: str | Path | None = None, overrides: Sequence[str]
     (the CLI's typed flags, checked like the file's keys: types and ranges; an error names the flag, and
     a range flag for an axis the grid does not sweep is refused)."""
     given = {k: v for k, v in options.items() if v is not None}
-    sets = [f"{k}={json.dumps(v)}" for k, v in given.items()]  # JSON scalars are TOML
-    cfg = load_config(SynthConfig, config, [*overrides, *sets], names={k: option_name(k) for k in given})
+    cfg = load_with_options(SynthConfig, config, overrides, given)
     _check_swept(cfg, given, overrides)
     return cfg
