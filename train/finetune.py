@@ -37,6 +37,7 @@ from gazegen.data.xgaze import DataError, file_component
 from gazegen.models.livegaze import LiveGaze
 from gazegen.train.data import TripletDataset, Triplets, TripletSizes, fixed_batches
 from gazegen.train.depth_prior import depth_source, prepare_teacher_prior
+from gazegen.train.preflight import check_depth
 from gazegen.train.subjects import SubjectRows, read_subject, subject_from_samples
 from gazegen.train.trainer import TrainResult, build_loss, fit, latest_checkpoint, pick_device
 from gazegen.train.validate import validate
@@ -194,8 +195,7 @@ def iter_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[st
     base = load_checkpoint(checkpoint)
     rows = [read_subject(path) for path in subject_paths(data, subjects)]
     check_runs(out, [subject.subject for subject in rows], overwrite)
-    if train_cfg.loss.depth_weight > 0 and train_cfg.depth_prior.kind != "teacher":
-        depth_source(train_cfg.depth_prior).check(rows)  # every subject's depth, before the first is fine-tuned
+    check_depth(train_cfg, rows)  # every subject's, before the first is fine-tuned
     for subject in rows:
         run = out / file_component(subject.subject)
         clear_run(run)

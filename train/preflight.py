@@ -27,6 +27,13 @@ def store_folder(data: Path) -> Path:
     return data
 
 
+def check_depth(cfg: TrainConfig, subjects: list[SubjectRows]) -> None:
+    """DepthPriorError for a subject whose depth the run's dataset or files prior cannot read: here, at setup, not in
+    a loader worker mid-run (a teacher's depth is made later, into the run)."""
+    if cfg.loss.depth_weight > 0 and cfg.depth_prior.kind != "teacher":
+        depth_source(cfg.depth_prior).check(subjects)
+
+
 def checked_store(cfg: TrainConfig, data: Path, out: Path, resume: bool, *,
                   warn: bool = True) -> tuple[list[SubjectRows], list[SubjectRows]]:
     """The training and validation subjects of the store ``data``, after every check that needs no model and no run
@@ -38,8 +45,7 @@ def checked_store(cfg: TrainConfig, data: Path, out: Path, resume: bool, *,
     frames = cfg.data.frames_per_subject
     train = [read_subject(p, frames_per_subject=frames) for p in split.train]
     val = [read_subject(p, frames_per_subject=frames) for p in split.val]
-    if cfg.loss.depth_weight > 0 and cfg.depth_prior.kind != "teacher":
-        depth_source(cfg.depth_prior).check(train + val)  # here, not in a loader worker mid-run
+    check_depth(cfg, train + val)
     warning = mask_warning(data, train + val)
     if warn and warning:
         log.warning(warning)
