@@ -11,7 +11,10 @@
   convolutions, matmuls and attention; grid sampling and elementwise work are not counted);
 * the grid ratio: one source x G gazes x V views through encode once / redirect per gaze /
   render per row (gazegen/models/staged_grid.py, synthesis's own calls), against G*V full
-  forwards, both ``batch`` images per call (wall clock), and the staged grid's images per second.
+  forwards, both ``batch`` images per call (wall clock), and the staged grid's images per second;
+  beside it the ratio the measured stage times allow (``bound``, ``staged_grid.grid_bound``) and
+  what they would allow were the volume render free (``bound_free_volume``: the render's
+  super-resolution alone, ``ms_per_image.superres``, timed on a random feature image).
 
 The issue-19 figures for a GPU are four runs of ``gazegen bench --preset configs/model/base.toml
 --device cuda``: plain, ``--dtype bf16``, ``--compile`` and both (``ms_per_image.render`` at
@@ -41,7 +44,7 @@ from gazegen.config import ConfigError, ModelConfig, NormalisationConfig, load_c
 from gazegen.device import torch_device
 from gazegen.geometry import head_pose_to_camera
 from gazegen.models.livegaze import LiveGaze
-from gazegen.models.staged_grid import staged_grid
+from gazegen.models.staged_grid import grid_bound, staged_grid
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 STAGE_MODULES = {
@@ -59,6 +62,13 @@ def _inputs(cfg: ModelConfig, n: int, device: torch.device, seed: int) -> tuple[
     gaze = (torch.rand(n, 2, generator=g) - 0.5) * 1.2
     cameras = head_pose_to_camera((torch.rand(n, 2, generator=g) - 0.5) * 0.6, NormalisationConfig()).float()
     return image.to(device), gaze.to(device), cameras.to(device)
+
+
+def _feature_image(cfg: ModelConfig, n: int, device: torch.device, seed: int) -> torch.Tensor:
+    """A random neural rendering (n, F, R, R) in [-1, 1], channels-last as the renderer hands it to the super-resolution."""
+    r = cfg.render.neural_resolution
+    image = torch.rand(n, cfg.render.feature_channels, r, r, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return image.to(device).contiguous(memory_format=torch.channels_last)
 
 
 def _sync(device: torch.device) -> None:
@@ -165,6 +175,7 @@ def _stage_seconds(
         "encode": _median_seconds(lambda: stages["encode"](image), device, repeats, warmup),
         "redirect": _median_seconds(lambda: stages["redirect"](features, gaze), device, repeats, warmup),
         "render": _median_seconds(lambda: stages["render"](triplane, cameras, source=features), device, repeats, warmup),
+        "superres": _median_seconds(stages["superres"], device, repeats, warmup),  # part of render
         "total": _median_seconds(lambda: stages["forward"](image, gaze, cameras), device, repeats, warmup),
     }
 
@@ -217,6 +228,8 @@ def bench_model(
     frontal = head_pose_to_camera(torch.zeros(1, 2), NormalisationConfig()).float().to(dev)  # every source's camera
     encode, forward = wrap(model.encode), wrap(model)
     stages = {name: wrap(getattr(model, name)) for name in ("redirect", "render")}
+    superres, low = wrap(model.superres), _feature_image(cfg, batch, dev, seed)
+    stages["superres"] = lambda: superres(low)  # the render's last step alone
     stages["encode"] = lambda image: encode(image, frontal.expand(len(image), -1))
     stages["forward"] = lambda image, gaze, cameras: forward(image, gaze, cameras, frontal.expand(len(image), -1))
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if DTYPES[dtype] else contextlib.nullcontext()
@@ -230,6 +243,9 @@ def bench_model(
         peak_mb, peak_kind = _peak_memory_of(lambda: stages["forward"](image, gaze, cameras), dev)
         macs = _stage_macs(model, image[:1], gaze[:1], cameras[:1])
         grid_result = _grid_ratio(stages, cfg, dev, batch, grid, grid_repeats, warmup, seed=seed + 10)
+    encode_s, redirect_s = seconds["encode"], seconds["redirect"]
+    grid_result["bound"] = grid_bound(encode_s, redirect_s, seconds["render"], *grid)  # what the stage times allow
+    grid_result["bound_free_volume"] = grid_bound(encode_s, redirect_s, seconds["superres"], *grid)  # were the volume free
     return {
         "preset": str(preset_path),
         "overrides": list(overrides),

@@ -3,13 +3,14 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from gazegen.benchmark import bench_model
 from gazegen.config import CONFIG_DIR, ModelConfig, NormalisationConfig, load_config
 from gazegen.geometry import head_pose_to_camera
 from gazegen.models.livegaze import LiveGaze
-from gazegen.models.staged_grid import staged_grid
+from gazegen.models.staged_grid import grid_bound, staged_grid
 
 TINY = CONFIG_DIR / "model" / "tiny.toml"
 SOURCE_READING = ("pixel_channels=4", "pixel_hidden=4", "detail_hidden=4", "mean_planes=true", "render.source_background=true")
@@ -47,9 +48,11 @@ def test_bench_runs_a_preset_whose_render_reads_the_source():
     """`gazegen bench` on a model with pixel features and source detail (it once rendered without the source)."""
     result = bench_model(TINY, batch=2, repeats=1, warmup=0, grid=(2, 3), grid_repeats=1, overrides=SOURCE_READING)
     assert result["overrides"] == list(SOURCE_READING)
-    assert set(result["ms_per_image"]) == {"encode", "redirect", "render", "total"}
+    assert set(result["ms_per_image"]) == {"encode", "redirect", "render", "superres", "total"}
     assert all(v > 0 for v in result["ms_per_image"].values())
-    assert result["grid"]["gazes"] == 2 and result["grid"]["views"] == 3 and result["grid"]["ratio"] > 0
+    grid = result["grid"]
+    assert grid["gazes"] == 2 and grid["views"] == 3 and grid["ratio"] > 0
+    assert 1.0 < grid["bound"] < grid["bound_free_volume"]  # a grid never loses by the cost model; a free volume gains
 
 
 def test_bench_runs_that_preset_under_bf16_autocast():
@@ -57,3 +60,13 @@ def test_bench_runs_that_preset_under_bf16_autocast():
     (camera math now ignores autocast, gazegen/geometry.py)."""
     result = bench_model(TINY, batch=2, repeats=1, warmup=0, dtype="bf16", grid=(2, 3), grid_repeats=1, overrides=SOURCE_READING)
     assert result["dtype"] == "bf16" and all(v > 0 for v in result["ms_per_image"].values())
+
+
+def test_grid_bound_is_the_cost_model_of_a_staged_grid():
+    """Closed forms: a row of a G x V grid costs e/(GV) + r/V + v against e + r + v; at 5 x 5 x 3 the redirect cancels
+    from the 3x condition, which holds exactly when v = 0.48 e."""
+    assert grid_bound(1.0, 1.0, 1.0, 5, 5) == pytest.approx(3.0 / (1 / 25 + 1 / 5 + 1))
+    assert grid_bound(2.0, 0.0, 0.0, 4, 1) == pytest.approx(4.0)  # encode only: G V rows share one encode
+    for redirect in (0.0, 0.7, 5.0):
+        assert grid_bound(1.0, redirect, 0.48, 25, 3) == pytest.approx(3.0)
+        assert grid_bound(1.0, redirect, 0.5, 25, 3) < 3.0 < grid_bound(1.0, redirect, 0.46, 25, 3)

@@ -7,17 +7,24 @@ call but the last of each gaze block is full whatever the number of views. The s
 (pipelines/render_actor.py) and the grid figure of ``gazegen bench`` (gazegen/benchmark.py) both
 run it, so the benchmark times what synthesis does.
 
-What it can gain: with per-image costs e (encode), r (redirect) and v (render), a G gazes x V
-views grid costs e / (G V) + r / V + v a row, against e + r + v for a full forward per row, so the
-render's share bounds the gain. Measured on 2 CPU cores at batch 25 (session 15;
-``python benchmarks/model_speed.py --preset configs/model/tiny.toml --gazes 25 --views 3 --batch 25``):
-tiny e 0.30, r 0.41, v 0.53 ms, so 1.85x at most for 5 x 5 x 3 (measured 1.76x), and 2.3x even
-with a free redirect; 3x would need v <= 0.15 ms. The demo preset (e 16.8, r 11.2, v 20.1 ms):
-2.0x measured. Only a faster render (both paths share it) moves the bound. Counted in MACs
-(``gazegen bench``'s ``gmacs_per_image``) tiny's render is 13% of a forward (0.008 of 0.064
-GMAC), a bound of 3.3x; it takes 43% of the time because its plane gathers and per-sample passes
-run at ~16 GMAC/s where the encoders' convolutions run at ~80. The base preset's MACs (encode 145,
-redirect 344, render 105 GMAC) bound its 5 x 5 x 3 grid at 2.7x whatever the hardware.
+What it can gain (``grid_bound``): with per-image costs e (encode), r (redirect) and v (render), a
+G gazes x V views grid costs e / (G V) + r / V + v a row, against e + r + v for a full forward per
+row, so the render's share bounds the gain. For 3x at 5 x 5 x 3, e + r + v >= 3 (e / 75 + r / 3 + v)
+reduces to v <= 0.48 e: the redirect cancels, and the render must cost under half the encoder.
+``gazegen bench`` prints the bound from the stage times it measured, and the bound with a free
+volume render (v = the super-resolution alone). Measured on 2 CPU cores, one thread, batch 25
+(session 24; ``OMP_NUM_THREADS=1 python benchmarks/model_speed.py --preset configs/model/tiny.toml
+--gazes 25 --views 3 --batch 25``): tiny e 0.44, r 0.69, v 1.02 ms, of which the
+super-resolution is 0.22; ratio measured 1.71x against a bound of 1.71x, and 2.96x were the
+volume render free: the super-resolution alone is 0.5 e, so no renderer reaches 3x on this
+preset here. ``--compile`` gives 1.72x (render 0.94 ms). The demo preset (e 16.8, r 11.2, v
+20.1 ms, session 15): 2.0x measured. Counted in MACs (``gazegen bench``'s ``gmacs_per_image``)
+tiny's render is 13% of a forward (0.008 of 0.064 GMAC), a bound of 3.3x; it takes half the time
+because it runs at ~8 GMAC/s (plane gathers, per-sample passes, thin convolutions) where the
+encoders run at ~55. Across the gazes of one view only the coarse samples' positions (so their
+texel indices and weights) are shared: the field read there is the gaze's own, and the fine
+samples follow its coarse weights. The base preset's MACs (encode 145, redirect 344, render 105
+GMAC) bound its 5 x 5 x 3 grid at 2.7x on hardware whose time follows the MACs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ from gazegen.models.livegaze import LiveGazeOutput, SourceFeatures
 
 Redirect = Callable[[SourceFeatures, torch.Tensor], torch.Tensor]  # LiveGaze.redirect, or a compiled copy
 Render = Callable[..., LiveGazeOutput]  # LiveGaze.render (triplanes, cameras, source=features), or a compiled copy
+
+
+def grid_bound(encode: float, redirect: float, render: float, gazes: int, views: int) -> float:
+    """What a gazes x views grid gains at most over one full forward per row, from the per-image costs of the stages:
+    (e + r + v) / (e / (G V) + r / V + v)."""
+    return (encode + redirect + render) / (encode / (gazes * views) + redirect / views + render)
 
 
 def staged_grid(
