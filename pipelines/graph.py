@@ -65,6 +65,23 @@ def local_records(run: RunPlan, todo: Sequence[ShardSpec], device: str = "cpu", 
             yield encode_records(records, render.png_compression)
 
 
+AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def quiet_auth_setup() -> Iterator[None]:
+    """Ray's authentication set-up logs its errors only while a new local cluster starts. With ``RAY_AUTH_MODE`` unset,
+    Ray warns on every start that it chose token authentication (a token made once in ~/.ray), a line that asks the
+    user to decide what is already decided. Ray's choice stands, and so does a ``RAY_AUTH_MODE`` the user set."""
+    setup = logging.getLogger(AUTH_SETUP_LOGGER)
+    level = setup.level
+    setup.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        setup.setLevel(level)
+
+
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
     """Ray for the run: the session already started in this process, else a new local one
@@ -75,7 +92,8 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+    with quiet_auth_setup() if address is None else contextlib.nullcontext():
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
@@ -124,4 +142,4 @@ def render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], addr
     return router, problems
 
 
-__all__ = ["default_cpu_threads", "local_records", "png_threads", "ray_cluster", "render_pending"]
+__all__ = ["default_cpu_threads", "local_records", "png_threads", "quiet_auth_setup", "ray_cluster", "render_pending"]

@@ -3,6 +3,7 @@ records equal to the arrays encoded afterwards, and the bf16 precision against f
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import cv2
@@ -14,7 +15,7 @@ from gazegen.checkpoint import save_pretrained
 from gazegen.config import CONFIG_DIR, PUBLISHED_NORMALISATIONS, ConfigError, ModelConfig, load_config, load_synth_config
 from gazegen.data.schema import DEPTH_SCALE, decode_alpha_png, decode_depth_png, decode_png
 from gazegen.models.livegaze import LiveGaze
-from gazegen.pipelines.graph import png_threads
+from gazegen.pipelines.graph import AUTH_SETUP_LOGGER, png_threads, quiet_auth_setup
 from gazegen.pipelines.manifest import RunMismatchError
 from gazegen.pipelines.render_actor import RenderActor, RenderSettings, SourceRenderer, encode_records
 from gazegen.pipelines.synthesis import open_run
@@ -24,6 +25,25 @@ NORM = PUBLISHED_NORMALISATIONS["livegaze512"].at_resolution(64)
 
 def test_png_threads_one_beside_a_cpu_actor_the_spare_cores_beside_gpus():
     assert [png_threads(0, 2), png_threads(0, 64), png_threads(1, 16), png_threads(4, 16), png_threads(8, 8)] == [1, 1, 15, 3, 1]
+
+
+def test_quiet_auth_setup_drops_ray_auth_warnings_keeps_its_errors_and_restores_the_level():
+    """While a local Ray starts, its authentication set-up's "token authentication is enabled" warning is not shown;
+    an error still is, and afterwards the logger warns again."""
+    setup, seen = logging.getLogger(AUTH_SETUP_LOGGER), []
+    handler = logging.Handler()
+    handler.emit = seen.append  # on the logger itself: a started Ray stops its loggers propagating to the root
+    setup.addHandler(handler)
+    try:
+        setup.setLevel(logging.NOTSET)
+        with quiet_auth_setup():
+            setup.warning("Token authentication is enabled for this Ray cluster.")
+            setup.error("no token found")
+        setup.warning("after")
+    finally:
+        setup.removeHandler(handler)
+    assert [r.getMessage() for r in seen] == ["no token found", "after"]
+    assert setup.level == logging.NOTSET
 
 
 def test_the_actor_emits_each_source_encoded_as_its_arrays_encode(tmp_path):
