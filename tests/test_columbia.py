@@ -4,8 +4,10 @@ from the camera, saved as JPEGs named like the release with an EXIF focal length
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -87,3 +89,22 @@ def test_corrupt_photo_names_the_file(tmp_path):
     (src / "0003_2m_0P_0V_0H.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     with pytest.raises(DataError, match=r"0003_2m_0P_0V_0H.jpg: not a decodable image"):
         prepare_store(tmp_path / "src", tmp_path / "out", resolution=64, progress=False)
+
+
+def test_a_subject_without_a_usable_face_gets_no_file_and_a_rerun_converts_it(folder, tmp_path, caplog):
+    """0002's only photo is faceless: no (empty) store file, no place in the split file, a warning naming it; once the
+    photo is replaced, the rerun keeps 0001 and converts 0002."""
+    src = tmp_path / "src"
+    shutil.copytree(folder / "0001", src / "0001")
+    (src / "0002").mkdir()
+    photo = src / "0002" / "0002_2m_0P_0V_0H.jpg"
+    _save(photo, np.full((200, 300, 3), 128, np.uint8))
+    with caplog.at_level(logging.WARNING):
+        report = prepare_store(src, tmp_path / "out", resolution=64, progress=False)
+    assert report.written == ("test/columbia_0001.h5",) and report.unusable == 1
+    assert not (tmp_path / "out" / "test" / "columbia_0002.h5").exists() and not list((tmp_path / "out").rglob("*.tmp"))
+    assert json.loads((tmp_path / "out" / "train_test_split.json").read_text()) == {"train": [], "test": ["columbia_0001.h5"]}
+    assert "0002: none of its 1 images is usable (each named above); not converted" in caplog.text
+    photo.write_bytes((folder / "0001" / "0001_2m_0P_0V_0H.jpg").read_bytes())
+    report = prepare_store(src, tmp_path / "out", resolution=64, progress=False)
+    assert report.skipped == ("test/columbia_0001.h5",) and report.written == ("test/columbia_0002.h5",)

@@ -4,6 +4,10 @@ centre and gaze targets."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -103,3 +107,69 @@ def test_missing_calibration_is_a_clear_error(release, tmp_path):
     (person / "p03.txt").write_text((root / "p00" / "p00.txt").read_text())
     with pytest.raises(DataError, match=r"Camera.mat: cannot read the camera calibration"):
         prepare_store(tmp_path / "src", tmp_path / "out", resolution=64, progress=False)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"not a mat file at all\n", r"Camera.mat: cannot read the camera calibration \(\w+"),  # scipy: IndexError
+    (b"", r"Camera.mat: cannot read the camera calibration"),  # scipy: MatReadError
+    (b"MATLAB 7.3 MAT-file, HDF5 schema 1.00 .".ljust(116) + b"\x00" * 8 + b"\x00\x02IM" + b"\x00" * 384,
+     r"Camera.mat: a MATLAB v7.3 \(HDF5\) file"),  # MATLAB's header: 116 text bytes, 8 offset, version 2, endian
+])
+def test_an_unreadable_calibration_is_one_clear_error(release, tmp_path, content, expected):
+    root, _ = release
+    person = tmp_path / "src" / "p03"
+    (person / "Calibration").mkdir(parents=True)
+    (person / "p03.txt").write_text((root / "p00" / "p00.txt").read_text())
+    (person / "Calibration" / "Camera.mat").write_bytes(content)
+    with pytest.raises(DataError, match=expected):
+        prepare_store(tmp_path / "src", tmp_path / "out", resolution=64, progress=False)
+
+
+def _copy_release(root, dst, people=("p00", "p01")):
+    """The fixture's person copied under each name (its txt renamed)."""
+    for name in people:
+        shutil.copytree(root / "p00", dst / name)
+        (dst / name / "p00.txt").rename(dst / name / f"{name}.txt")
+    return dst
+
+
+def test_a_rerun_after_removing_a_bad_photo_converts_that_person(release, tmp_path):
+    """p01's second photo is corrupt: the run stops there with p00 written. The user deletes the photo and its line;
+    the rerun keeps p00 and converts p01 from its two remaining lines (the record's row count for p01, a person never
+    written, is no reason to refuse)."""
+    root, _ = release
+    src = _copy_release(root, tmp_path / "src")
+    (src / "p01" / "day01" / "0002.jpg").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"0002.jpg"):
+        prepare_store(src, tmp_path / "out", resolution=64, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out" / "test").glob("*.h5")) == ["mpii_p00.h5"]
+    txt = src / "p01" / "p01.txt"
+    txt.write_text("\n".join(line for line in txt.read_text().splitlines() if "0002.jpg" not in line) + "\n")
+    (src / "p01" / "day01" / "0002.jpg").unlink()
+    report = prepare_store(src, tmp_path / "out", resolution=64, progress=False)
+    assert report.skipped == ("test/mpii_p00.h5",) and report.written == ("test/mpii_p01.h5",) and report.images == 2
+
+
+def test_people_left_out_are_named_and_an_empty_one_gets_no_file(release, tmp_path, caplog):
+    """p01 has no p01.txt, P02 is named in capitals, p03 lists no image: each is warned about by name, none gets a
+    store file or a place in the split file, and p00 converts."""
+    root, _ = release
+    src = _copy_release(root, tmp_path / "src", ("p00", "p01", "P02", "p03"))
+    (src / "p01" / "p01.txt").unlink()
+    (src / "p03" / "p03.txt").write_text("\n")
+    with caplog.at_level(logging.WARNING):
+        report = prepare_store(src, tmp_path / "out", resolution=64, progress=False)
+    assert report.written == ("test/mpii_p00.h5",)
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("p01: not converted: no p01.txt in it" in m for m in warned)
+    assert any("P02: not converted: MPIIFaceGaze names its people p00 .. p14" in m for m in warned)
+    assert any("p03: no images listed; not converted" in m for m in warned)
+    assert json.loads((tmp_path / "out" / "train_test_split.json").read_text()) == {"train": [], "test": ["mpii_p00.h5"]}
+
+
+def test_a_resolution_below_the_minimum_is_refused_before_anything_is_written(release, tmp_path):
+    root, _ = release
+    for resolution in (0, -8):
+        with pytest.raises(DataError, match=rf"--resolution {resolution}: a store's images must be at least 16 px"):
+            prepare_store(root, tmp_path / "out", resolution=resolution, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -301,3 +301,13 @@ def test_cli_prepare_uses_the_published_normalisation_and_reports_errors(tmp_pat
     result = CliRunner().invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["subject0007.h5"]
+
+
+def test_an_unknown_cam_index_base_is_warned_about_once_per_file(tmp_path, caplog):
+    """prepare opens each file twice (to plan, then to convert): the warning still comes once."""
+    official_tree(tmp_path / "src", subjects=(0,), test=())
+    with h5py.File(tmp_path / "src" / "train" / "subject0000.h5", "r+") as f:
+        f["cam_index"][...] = np.arange(1, len(f["cam_index"]) + 1).reshape(f["cam_index"].shape)  # neither 0 nor 18
+    with caplog.at_level("WARNING"):
+        prepare_store(tmp_path / "src", tmp_path / "out", resolution=32, source_normalisation=NORM32, progress=False)
+    assert sum("cam_index base cannot be told" in r.getMessage() for r in caplog.records) == 1

@@ -6,6 +6,7 @@ the true head pose, gaze target and landmarks."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import cv2
@@ -180,3 +181,52 @@ def test_corrupt_image_loses_nothing_written(release, tmp_path):
     shutil.copy(release[0] / "data" / "train" / "subject0001" / "frame0001" / "cam03.JPG", bad)
     report = prepare_store(src, tmp_path / "out", resolution=RES, progress=False)
     assert report.skipped == ("train/subject0000.h5",) and report.written == ("train/subject0001.h5",)
+
+
+@pytest.mark.parametrize("content", ["<<garbage>>\n", ""])
+def test_an_unreadable_calibration_is_one_clear_error(release, tmp_path, content):
+    src = _copy(release[0], tmp_path)
+    (src / "calibration" / "cam_calibration" / "cam07.xml").write_text(content)
+    with pytest.raises(DataError, match=r"cam07.xml: cannot read the camera calibration"):
+        prepare_store(src, tmp_path / "out", resolution=RES, progress=False)
+
+
+def _edit_row(src, line: int, edit) -> None:
+    csv = src / "data" / "annotation_train" / "subject0001.csv"
+    lines = csv.read_text().splitlines()
+    lines[line - 1] = ",".join(edit(lines[line - 1].split(",")))
+    csv.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: [*f[:2], "7", *f[2:]],  # a field inserted: every label after it would shift by one
+    lambda f: [*f, "1.0", "2.0"],  # two fields appended
+])
+def test_a_row_with_more_fields_is_refused(release, tmp_path, edit):
+    src = _copy(release[0], tmp_path)
+    _edit_row(src, 2, edit)
+    with pytest.raises(DataError, match=r"subject0001.csv: line 2 has 15[01] fields, ETH-XGaze rows have 149"):
+        prepare_store(src, tmp_path / "out", resolution=RES, progress=False)
+
+
+def test_a_trailing_comma_is_no_field(release, tmp_path):
+    src = _copy(release[0], tmp_path)
+    _edit_row(src, 2, lambda f: [*f, ""])
+    assert prepare_store(src, tmp_path / "out", resolution=RES, progress=False).images == 2 * 2 * 3
+
+
+def test_a_release_without_its_calibration_folder_says_so(release, tmp_path):
+    src = _copy(release[0], tmp_path)
+    shutil.rmtree(src / "calibration")
+    with pytest.raises(DataError, match=r"calibration/cam_calibration: missing; an ETH-XGaze raw release keeps"):
+        prepare_store(src, tmp_path / "out", resolution=RES, progress=False)
+
+
+def test_an_annotation_file_not_named_subjectNNNN_is_named_in_a_warning(release, tmp_path, caplog):
+    src = _copy(release[0], tmp_path)
+    folder = src / "data" / "annotation_train"
+    (folder / "subject0001.csv").rename(folder / "subject01.csv")
+    with caplog.at_level(logging.WARNING):
+        report = prepare_store(src, tmp_path / "out", resolution=RES, progress=False)
+    assert report.written == ("train/subject0000.h5",)
+    assert any("subject01.csv: not converted: not named subjectNNNN.csv" in r.getMessage() for r in caplog.records)

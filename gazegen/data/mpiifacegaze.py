@@ -59,6 +59,16 @@ def person_folders(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and PERSON.fullmatch(p.name) and (p / f"{p.name}.txt").is_file())
 
 
+def unread_folders(root: str | Path) -> list[Path]:
+    """Folders under `root` named like a person (``pXX``, any case) that ``person_folders`` leaves out: a name
+    not lower-case, or no ``pXX.txt`` in it."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    used = set(person_folders(root))
+    return sorted(p for p in root.iterdir() if p.is_dir() and PERSON.fullmatch(p.name.lower()) and p not in used)
+
+
 def read_annotations(path: Path) -> list[Annotation]:
     """Parse a ``pXX.txt``; raises DataError naming the file, the line and the problem."""
     out = []
@@ -87,11 +97,17 @@ def read_camera(person: Path) -> np.ndarray:
     """(3, 3) ``cameraMatrix`` of ``person/Calibration/Camera.mat``."""
     path = person / "Calibration" / "Camera.mat"
     try:
-        matrix = np.asarray(scipy.io.loadmat(str(path))["cameraMatrix"], np.float64)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the camera calibration ({e})") from None
+        variables = scipy.io.loadmat(str(path))
+    except NotImplementedError:  # scipy reads MATLAB files up to v7; v7.3 is HDF5
+        raise DataError(f"{path}: a MATLAB v7.3 (HDF5) file, which scipy cannot read; save it as v7 or older") from None
+    except Exception as e:  # scipy's parser fails in many ways on a file that is no MAT file (IndexError, MatReadError)
+        raise DataError(f"{path}: cannot read the camera calibration ({type(e).__name__}: {e})") from None
+    try:
+        matrix = np.asarray(variables["cameraMatrix"], np.float64)
     except KeyError:
         raise DataError(f"{path}: no variable 'cameraMatrix'") from None
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: 'cameraMatrix' is not a numeric matrix") from None
     if matrix.shape != (3, 3):
         raise DataError(f"{path}: 'cameraMatrix' is {matrix.shape}, expected (3, 3)")
     return matrix

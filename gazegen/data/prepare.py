@@ -21,7 +21,10 @@ it comes from and its row count) and the settings (resolution, the normalisation
 into an OUT whose record differs (another source, the same one changed, another resolution), or
 into an OUT that holds a store with no record (made by `synth-heads`, by hand, or by a gazegen
 before the record), stops with a DataError naming the difference; ``overwrite`` deletes that store
-first (gazegen/data/store_folder.py). Subjects added to the same source are converted by a rerun.
+first (gazegen/data/store_folder.py). Only subjects already written must match: subjects added to
+the same source, and one that stopped a run and was fixed (fewer rows), are converted by a rerun. A
+subject with no usable row (none listed, or every photo without a face) gets no file: a store file
+holds at least one image.
 
 Labels are unchanged by resizing (angles do not depend on the image size); the normalised camera
 keeps its field of view (``NormalisationConfig.at_resolution``), so the 25-number cameras, whose
@@ -51,18 +54,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gazegen.config import NormalisationConfig, to_dict
 from gazegen.data.columbia import ColumbiaGazeReader, subject_folders
-from gazegen.data.mpiifacegaze import MpiiFaceGazeReader, person_folders
+from gazegen.data.mpiifacegaze import MpiiFaceGazeReader, person_folders, unread_folders
 from gazegen.data.sample import Sample
 from gazegen.data.images import resize_image, resize_nearest
 from gazegen.data.splits import present_files, store_splits
 from gazegen.data.store import PREPARE_FILE, STORE_FORMAT, SubjectWriter, write_split
 from gazegen.data.store_folder import check_folder, clear_store, store_files
 from gazegen.data.xgaze import DataError, SubjectReader, file_component, gaze_withheld, open_subject
-from gazegen.data.xgaze_raw import XGazeRawReader, annotation_files
+from gazegen.data.xgaze_raw import XGazeRawReader, annotation_files, unread_files
 
 log = logging.getLogger(__name__)
 
 
+MIN_RESOLUTION = 16  # px: the smallest model input (configs/model/*.toml) is 64
 WITHHELD = "a test subject without gaze labels (ETH-XGaze withholds its test split's)"
 
 
@@ -159,16 +163,18 @@ class PrepareRecord:
         os.replace(tmp, path)
         return path
 
-    def differences(self, new: PrepareRecord) -> list[str]:
+    def differences(self, new: PrepareRecord, written: set[str]) -> list[str]:
         """How ``new`` (this run) differs from this record, as "recorded, now" phrases; [] when it may resume.
-        Subjects ``new`` adds are no difference: a rerun converts them."""
+        Only the subjects ``written`` (their files are in OUT) must match: a subject the record plans but no run
+        finished (its source fixed, say, after an error) and one ``new`` adds are no difference: a rerun converts
+        them."""
         found = [f"{what} {mine}, this run's is {theirs}" for what, mine, theirs in (
             ("from the source", self.source, new.source), ("read as", self.kind, new.kind),
             ("at resolution", self.resolution, new.resolution),
             ("with source normalisation", self.source_normalisation, new.source_normalisation)) if mine != theirs]
         for name, was in self.subjects.items():
             now = new.subjects.get(name)
-            if now != was:
+            if name in written and now != was:
                 found.append(f"with {name} from {was['source']} ({was['rows']} rows), this run's source "
                              + (f"gives it from {now['source']} ({now['rows']} rows)" if now else "has no such subject"))
         return found[:3] + ([f"and {len(found) - 3} more"] if len(found) > 3 else [])
@@ -180,7 +186,8 @@ def _check_resume(out: Path, record: PrepareRecord) -> None:
     if recorded is None and store_files(out):
         raise DataError(f"{out}: holds a store with no {PREPARE_FILE} (not made by `gazegen data prepare` from "
                         f"{record.source}); choose another OUT, or pass --overwrite to replace the store in it")
-    differences = recorded.differences(record) if recorded is not None else []
+    written = {name for name in recorded.subjects if (out / name).is_file()} if recorded is not None else set()
+    differences = recorded.differences(record, written) if recorded is not None else []
     if differences:
         raise DataError(f"{out}: was prepared {'; '.join(differences)}; a rerun resumes only the same conversion: "
                         "choose another OUT, or pass --overwrite to replace the store in it")
@@ -244,14 +251,16 @@ def _complete(path: Path, resolution: int) -> bool:
 
 
 def _convert(reader: SubjectReader, path: Path, resolution: int, chunk: int, bar: tqdm) -> int:
-    """Images written; a photo reader's batches leave out the photos it skips (warned), counted on the bar."""
+    """Images written; a photo reader's batches leave out the photos it skips (warned), counted on the bar.
+    A subject none of whose photos is usable gets no file (a store file holds at least one image)."""
     norm = reader.normalisation.at_resolution(resolution)
-    count = 0
     with SubjectWriter(path, norm, reader.subject, chunk=chunk) as writer:
         for batch in reader.batches(chunk):
             writer.write([resize_sample(s, norm) for s in batch])
-            count += len(batch)
             bar.update(len(batch))
+        count = writer.rows
+        if count == 0:
+            writer.abort()
     bar.update(len(reader) - count)
     return count
 
@@ -268,6 +277,8 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     a store it holds once the source has been read.
     """
     start = time.perf_counter()
+    if resolution < MIN_RESOLUTION:
+        raise DataError(f"--resolution {resolution}: a store's images must be at least {MIN_RESOLUTION} px")
     src, out = Path(src), check_folder(out)
     store_camera = (source_normalisation or NormalisationConfig()).at_resolution(resolution)
     raw, persons, columbia = annotation_files(src), person_folders(src), subject_folders(src)
@@ -299,6 +310,9 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
         raise DataError(f"{src}: no .h5 subject files (nor an ETH-XGaze raw release, MPIIFaceGaze pXX/pXX.txt or ColumbiaGaze subject folders) found")
     for p in found.unlisted:
         log.warning("%s: not listed in the split file; not converted", p)
+    for p in unread_files(src) if kind == "xgaze-raw" else unread_folders(src) if kind == "mpiifacegaze" else []:
+        log.warning("%s: not converted: %s", p, "not named subjectNNNN.csv" if kind == "xgaze-raw"
+                    else f"no {p.name}.txt in it" if p.name.islower() else "MPIIFaceGaze names its people p00 .. p14")
 
     plan: list[tuple[str, Path, Path, int]] = []  # split, source, target, rows
     names: dict[str, Path] = {}
@@ -306,10 +320,15 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
         with open_source(source) as reader:
             name = f"{file_component(reader.subject)}.h5"  # the attribute is data: never a path
             rows = len(reader)
+        if rows == 0:
+            log.warning("%s: no images listed; not converted", source)
+            continue
         if name in names:
             raise DataError(f"{source}: subject {name} also comes from {names[name]}")
         names[name] = source
         plan.append((split, source, out / split / name, rows))
+    if not plan:
+        raise DataError(f"{src}: no subject lists any image; nothing to convert")
     _check_not_inside(out, src)
     record = PrepareRecord(str(src.resolve()), kind, resolution, None if source_normalisation is None else to_dict(source_normalisation),
                            {f"{split}/{target.name}": {"source": _relative(source, src), "rows": rows}
@@ -326,11 +345,16 @@ def prepare_store(src: str | Path, out: str | Path, *, resolution: int = 512,
     written, images = [], 0
     rows = sum(n for *_, n in todo)
     with tqdm(total=rows, unit="img", desc="prepare", disable=not progress) as bar, logging_redirect_tqdm():
-        for split, source, target, _ in todo:
+        for split, source, target, n in todo:
             bar.set_postfix_str(target.name)
             with open_source(source) as reader:
-                images += _convert(reader, target, resolution, chunk, bar)
+                count = _convert(reader, target, resolution, chunk, bar)
+            if count == 0:
+                log.warning("%s: none of its %d images is usable (each named above); not converted", source, n)
+                continue
+            images += count
             written.append(f"{split}/{target.name}")
-    write_split(out, [t.name for s, _, t, _ in plan if s == "train"], [t.name for s, _, t, _ in plan if s != "train"])
+    stored = [(split, target.name) for split, _, target, _ in plan if target.is_file()]
+    write_split(out, [name for split, name in stored if split == "train"], [name for split, name in stored if split != "train"])
     return PrepareReport(out, resolution, tuple(written), tuple(skipped), images,
                          time.perf_counter() - start, found.unlisted, withheld, rows - images)

@@ -120,12 +120,18 @@ class SubjectWriter:
             self._append(key, value)
         self._count += len(samples)
 
+    @property
+    def rows(self) -> int:
+        """Samples written so far."""
+        return self._count
+
     def close(self) -> Path:
         self._file.close()
         os.replace(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
+        """Close without keeping anything: the temporary file is removed, ``path`` is not written."""
         self._file.close()
         self._tmp.unlink(missing_ok=True)
 
@@ -133,6 +139,8 @@ class SubjectWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._file:  # aborted inside the block
+            return
         if exc_type is None:
             self.close()
         else:

@@ -51,6 +51,7 @@ AlessandroRuzzi/GazeNeRF ``dataset_pre_processing.py``, ``utils/gaze_estimation_
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -194,8 +195,14 @@ def _cam_index_base(path: Path, cams: np.ndarray) -> int:
     if has0 and has18:
         raise DataError(f"{path}: key 'cam_index' holds both 0 and {XGAZE_CAMERAS}: more than {XGAZE_CAMERAS} cameras")
     if not (has0 or has18):
-        log.warning("%s: cam_index base cannot be told (neither 0 nor %d occurs); assuming 0-based", path, XGAZE_CAMERAS)
+        _warn_unknown_base(path)
     return 1 if has18 else 0
+
+
+@functools.cache
+def _warn_unknown_base(path: Path) -> None:
+    """Once per file and process (``prepare`` opens every file twice: to plan, then to convert)."""
+    log.warning("%s: cam_index base cannot be told (neither 0 nor %d occurs); assuming 0-based", path, XGAZE_CAMERAS)
 
 
 def _unwrap_uint8(index: np.ndarray, dtype: np.dtype) -> np.ndarray:

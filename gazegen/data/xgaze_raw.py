@@ -89,15 +89,28 @@ class Calibration:
 
 
 def annotation_files(root: str | Path) -> list[Path]:
-    """The ``subjectNNNN.csv`` files of an ETH-XGaze raw release at `root` (empty when it is not one)."""
+    """The ``subjectNNNN.csv`` files of an ETH-XGaze raw release at `root` (empty when it is not one); DataError
+    when it has them but no calibration folder."""
     folder = Path(root) / ANNOTATIONS
-    if not folder.is_dir() or not (Path(root) / CALIBRATION).is_dir():
+    if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and SUBJECT.fullmatch(p.name))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and SUBJECT.fullmatch(p.name))
+    if files and not (Path(root) / CALIBRATION).is_dir():
+        raise DataError(f"{Path(root) / CALIBRATION}: missing; an ETH-XGaze raw release keeps its cameras' "
+                        f"calibration there (camNN.xml), beside {folder}")
+    return files
+
+
+def unread_files(root: str | Path) -> list[Path]:
+    """What ``annotation_files`` leaves out of ``ROOT/data/annotation_train``: files not named ``subjectNNNN.csv``."""
+    folder = Path(root) / ANNOTATIONS
+    return sorted(p for p in folder.iterdir() if not SUBJECT.fullmatch(p.name)) if folder.is_dir() else []
 
 
 def _row(path: Path, number: int, fields: list[str]) -> RawAnnotation:
-    if len(fields) < FIELDS:
+    while len(fields) > FIELDS and not fields[-1].strip():  # a trailing comma
+        fields = fields[:-1]
+    if len(fields) != FIELDS:  # a field more or less shifts every label after it
         raise DataError(f"{path}: line {number} has {len(fields)} fields, ETH-XGaze rows have {FIELDS}")
     frame, camera = FRAME.fullmatch(fields[0].strip()), CAMERA.fullmatch(fields[1].strip())
     if frame is None or camera is None:
@@ -140,6 +153,8 @@ def read_calibration(path: Path) -> Calibration:
         fs.release()
     except cv2.error as e:
         raise DataError(f"{path}: cannot read the camera calibration ({e.err})") from None
+    except SystemError:  # OpenCV's parser on a file that is not XML/YAML (an empty one too)
+        raise DataError(f"{path}: cannot read the camera calibration (not an OpenCV FileStorage XML file)") from None
     if matrix is None or np.shape(matrix) != (3, 3):
         raise DataError(f"{path}: no 3x3 'Camera_Matrix'")
     distortion = np.zeros(5) if distortion is None else np.asarray(distortion, np.float64).ravel()
