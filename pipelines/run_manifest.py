@@ -57,6 +57,7 @@ class RunManifest:
     created: str = ""
     finished: str = ""
     shards: tuple[Mapping[str, Any], ...] = ()  # per shard: name, rows, errors, bytes, sha256
+    files: Mapping[str, Sequence[int]] = field(default_factory=dict)  # input file -> [size, mtime ns] (sources.py)
 
     @classmethod
     def create(
@@ -66,11 +67,13 @@ class RunManifest:
         settings: Mapping[str, Any],
         sources_per_shard: int,
         command: Sequence[str] = (),
+        files: Mapping[str, Sequence[int]] | None = None,
     ) -> RunManifest:
         """A new run's manifest: inputs sorted, settings normalised, versions and time recorded."""
         return cls(
             inputs=tuple(sorted(inputs)), checkpoint_hash=checkpoint_hash, settings=_jsonable(dict(settings)),
             sources_per_shard=sources_per_shard, command=tuple(command), versions=library_versions(), created=utc_now(),
+            files=_jsonable(dict(files or {})),
         )  # fmt: skip
 
     @property
@@ -88,9 +91,10 @@ class RunManifest:
     def to_json(self) -> str:
         data = asdict(self) | {"settings": dict(self.settings), "versions": dict(self.versions)}
         data["shards"] = [dict(s) for s in self.shards]
-        inputs = {"count": len(self.inputs), "sha256": self.inputs_hash, "names": list(self.inputs)}
+        inputs = {"count": len(self.inputs), "sha256": self.inputs_hash, "names": list(self.inputs), "files": dict(self.files)}
         head = {"format": MANIFEST_FORMAT, "version": 1, "inputs": inputs, "rows": self.rows, "errors": self.errors}
-        return json.dumps(head | {k: v for k, v in data.items() if k != "inputs"} | {"schema": GAZEGEN_METADATA}, indent=1)
+        rest = {k: v for k, v in data.items() if k not in ("inputs", "files")}
+        return json.dumps(head | rest | {"schema": GAZEGEN_METADATA}, indent=1)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RunManifest:
@@ -99,10 +103,10 @@ class RunManifest:
             raise ValueError(f"not a gazegen manifest (format {data.get('format')!r})")
         if sha256_text(data["inputs"]["names"]) != data["inputs"]["sha256"]:
             raise ValueError("manifest inputs do not match their recorded checksum")
-        names = {f.name for f in cls.__dataclass_fields__.values()} - {"inputs"}
+        names = {f.name for f in cls.__dataclass_fields__.values()} - {"inputs", "files"}
         kept = {k: v for k, v in data.items() if k in names}
         kept |= {"command": tuple(kept.get("command", ())), "shards": tuple(kept.get("shards", ()))}
-        return cls(inputs=tuple(data["inputs"]["names"]), **kept)
+        return cls(inputs=tuple(data["inputs"]["names"]), files=data["inputs"].get("files", {}), **kept)  # {}: older runs
 
     def differences(self, other: RunManifest) -> list[str]:
         """What makes ``other`` (a new run) a different run from this recorded one; [] if none."""
@@ -111,6 +115,10 @@ class RunManifest:
             old, new = set(self.inputs), set(other.inputs)
             added, removed = sorted(new - old), sorted(old - new)
             found.append(f"inputs differ: {len(added)} added {added[:3]}, {len(removed)} removed {removed[:3]}")
+        changed_files = sorted(k for k in self.files.keys() & other.files.keys() if list(self.files[k]) != list(other.files[k]))
+        if changed_files:
+            found.append(f"inputs changed since the run started (size or modification time): {len(changed_files)} "
+                         f"file(s) {changed_files[:3]}")
         if self.checkpoint_hash != other.checkpoint_hash:
             found.append(f"checkpoint differs: recorded {self.checkpoint_hash!r}, now {other.checkpoint_hash!r}")
         old_settings = _flatten(dict(self.settings)) | {"sources_per_shard": self.sources_per_shard}

@@ -38,6 +38,7 @@ import glob
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -204,6 +205,22 @@ def _faces_in_cell(cell: object, path: Path, root: Path, max_pixels: int) -> int
     except InputError:
         return 0
     return len(detector().detect(image))
+
+
+def file_fingerprints(records: Sequence[SourceRecord], root: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """Each input file's [size, modification time in ns], by its path relative to the inputs' ``root`` ([-1, -1]
+    when it cannot be read): a file edited or replaced changes them, so a run is never resumed from another version
+    of an input (the manifest compares them, pipelines/run_manifest.py). Contents are not hashed: that would read
+    every input twice."""
+    out: dict[str, list[int]] = {}
+    for path in sorted({r.path for r in records}):
+        try:
+            stat = os.stat(path)
+            fingerprint = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            fingerprint = [-1, -1]
+        out[os.path.relpath(path, root)] = fingerprint
+    return out
 
 
 def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", faces: str = "largest",

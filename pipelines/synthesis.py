@@ -96,6 +96,7 @@ from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.plan import RunPlan, plan_run
 from gazegen.pipelines.render_actor import RenderActor
 from gazegen.pipelines.shards import OutputDir, ShardSpec, completed_shards
+from gazegen.pipelines.sources import file_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def open_run(checkpoint: str | Path, inputs: str | Path, out: str | Path, cfg: S
     check_local_out(target)
     run = plan_run(checkpoint, inputs, cfg, target.local_folder())  # OUT may lie inside INPUTS: never listed
     manifest = RunManifest.create([r.source_id for r in run.records], run.checkpoint_hash, run.settings(),
-                                  run.sources_per_shard, command)  # fmt: skip
+                                  run.sources_per_shard, command, file_fingerprints(run.records, run.root))  # fmt: skip
     check_or_create(target, manifest, overwrite=overwrite)
     return run, target, completed_shards(target, run.shards).todo(run.shards)
 

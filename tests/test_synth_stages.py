@@ -4,6 +4,7 @@ records equal to the arrays encoded afterwards, and the bf16 precision against f
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 
 import cv2
@@ -122,6 +123,25 @@ def test_precision_is_part_of_the_run(tmp_path):
     assert "precision" not in run.settings()
     with pytest.raises(RunMismatchError, match="precision"):
         open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, crop="never", precision="bf16"))
+
+
+def test_an_input_edited_since_the_run_started_is_refused_on_resume(tmp_path):
+    """The same names with other contents would mix two versions of an input in one run: a file replaced (another
+    size) or rewritten in place (same size, another modification time) is refused by name; an untouched one resumes."""
+    torch.manual_seed(0)
+    checkpoint = save_pretrained(tmp_path / "tiny", LiveGaze(load_config(ModelConfig, CONFIG_DIR / "model" / "tiny.toml")), normalisation=NORM)
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(tmp_path / "in" / name), np.zeros((64, 64, 3), np.uint8))
+    cfg = load_synth_config(None, crop="never")
+    open_run(checkpoint, tmp_path / "in", tmp_path / "out", cfg)
+    open_run(checkpoint, tmp_path / "in", tmp_path / "out", cfg)  # nothing changed: resumes
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((64, 64, 3), 200, np.uint8))  # compresses otherwise: new size
+    b = tmp_path / "in" / "b.png"
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 10**9))  # rewritten in place, same bytes count
+    with pytest.raises(RunMismatchError, match=r"inputs changed since the run started \(size or modification time\): "
+                                               r"2 file\(s\) \['a.png', 'b.png'\]"):
+        open_run(checkpoint, tmp_path / "in", tmp_path / "out", cfg)
 
 
 def _out_of_memory_above(render, most: int, spare_first: bool):
