@@ -151,8 +151,12 @@ class CheckpointHeader:
 
 
 def _require(path: Path) -> Path:
-    if not path.parent.is_dir():
-        raise CheckpointError(f"{path.parent}: checkpoint directory not found")
+    folder = path.parent
+    if folder.is_file():  # a checkpoint's own file given (tab completion stops at model.safetensors): name its folder
+        known = f", e.g. {folder.parent}" if folder.name in (CONFIG_FILE, WEIGHTS_FILE) else ""
+        raise CheckpointError(f"{folder}: a file; give the checkpoint folder ({CONFIG_FILE} + {WEIGHTS_FILE}){known}")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint directory not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     return path

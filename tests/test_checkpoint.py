@@ -322,3 +322,29 @@ def test_checkpoint_hash_covers_the_config_and_the_weights_as_the_cards_say(save
     given = {name: found.group(1) for name, found in cards.items() if found}
     assert {"demo-prior", "demo-livegaze"} <= set(given)
     assert given == {name: checkpoint_hash(SHIPPED_DIR / name) for name in given}
+
+
+def test_a_checkpoint_file_given_for_its_folder_names_the_folder(saved, tmp_path):
+    """Once "<ckpt>/model.safetensors: checkpoint directory not found", though the file is there: now the
+    path is said to be a file, and the folder holding it (the checkpoint) is the one to give."""
+    _, path = saved
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(path / name)
+        assert str(caught.value) == f"{path / name}: a file; give the checkpoint folder (config.json + model.safetensors), e.g. {path}"
+    (tmp_path / "weights.pt").write_bytes(b"x")  # some other file: its folder is no checkpoint, so none is suggested
+    with pytest.raises(CheckpointError, match=r"weights\.pt: a file; give the checkpoint folder \(config\.json \+ model\.safetensors\)$"):
+        read_header(tmp_path / "weights.pt", LiveGaze)
+
+
+def test_synthesize_given_the_weights_file_says_so_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    weights = SHIPPED_DIR / "demo-livegaze" / WEIGHTS_FILE
+    (tmp_path / "in").mkdir()
+    result = CliRunner().invoke(app, ["synthesize", str(weights), str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output == (f"error: {weights}: a file; give the checkpoint folder (config.json + model.safetensors), "
+                             f"e.g. {weights.parent}\n")

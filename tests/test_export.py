@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -394,3 +395,110 @@ def test_options_that_would_be_ignored_or_are_wrong_are_named(run, tmp_path):
     result = CliRunner().invoke(app, ["export", str(out), str(dest), "--format", "gazehub", "--image-format", "png"])
     assert result.exit_code == 0, result.output
     assert json.loads((dest / "_export.json").read_text())["settings"]["image_format"] == "png"
+
+
+def make_failed_run(out: Path) -> None:
+    """A finished run of SOURCES in which every input failed: its shards hold no rows, only error records."""
+    plan = plan_shards(SOURCES, 2)
+    check_or_create(str(out), RunManifest.create(SOURCES, "ab" * 32, {"normalisation": NORM.__dict__}, 2))
+    for spec in plan:
+        with ShardWriter(str(out), spec, row_group_size=3) as writer:
+            for source in spec.inputs:
+                writer.add_error(f"/in/{source.split('#')[0]}", "no face found", source_id=source, stage="decode")
+    finalize(str(out), plan)
+
+
+@pytest.mark.parametrize("format", ["xgaze", "gazehub"])
+def test_a_run_without_rows_is_refused_and_nothing_is_written(run, tmp_path, format):
+    """Once exit 0 and an empty export (xgaze: a split file of empty lists; gazehub: _export.json alone),
+    which a trainer reads as a finished data set of no subjects. Refused as `gazegen data sheet` refuses
+    it, before DEST is made, or cleared by --overwrite."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    failed = tmp_path / "failed"
+    make_failed_run(failed)
+    assert json.loads((failed / "_manifest.json").read_text())["status"] == "complete"
+    message = (f"error: {failed}: the shards hold no rows (every input of the run failed, _errors.parquet says why); "
+               "nothing to export\n")
+    result = CliRunner().invoke(app, ["export", str(failed), str(tmp_path / "new"), "--format", format])
+    assert (result.exit_code, result.output) == (2, message)
+    assert not (tmp_path / "new").exists()
+    out, _ = run
+    export_run(str(out), tmp_path / "done", progress=False)  # an earlier export, kept
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")}
+    result = CliRunner().invoke(app, ["export", str(failed), str(tmp_path / "done"), "--format", format, "--overwrite"])
+    assert (result.exit_code, result.output) == (2, message)
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in (tmp_path / "done").rglob("*")} == before
+
+
+def test_command_line_ctrl_c_says_what_is_kept_and_the_same_command_resumes(run, tmp_path, monkeypatch):
+    """Once exit 130 and nothing said. Ctrl-C at the first rows of s3 (shard 1 interleaves them with s2's):
+    s1's file is finished and kept, s2's temporary file goes, and the same command exports the rest."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    out, expected = run
+    dest = tmp_path / "x"
+    real = export_module.decode_rows
+
+    def ctrl_c_at_s3(table, path, *args):
+        if any(s.startswith("s3.h5") for s in table["source_id"].to_pylist()):
+            raise KeyboardInterrupt
+        return real(table, path, *args)
+
+    monkeypatch.setattr(export_module, "decode_rows", ctrl_c_at_s3)
+    command = ["export", str(out), str(dest)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == (  # after the progress bar
+        f"interrupted: the finished identities in {dest} are kept; the same command exports the rest")
+    assert sorted(p.name for p in (dest / "train").glob("*.h5")) == ["subject0000.h5"]
+    assert not list(dest.glob("**/*.tmp")) and json.loads((dest / "_export.json").read_text())["status"] == "running"
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0 and f"{len(expected)} images, 3 identities (3 train, 0 test); 1 were already done" in result.output
+    check_xgaze(dest, expected)
+
+
+@pytest.mark.parametrize("first, again, named", [
+    ([], ["--resolution", "32"], "settings differ (1): resolution: 0 -> 32"),
+    (["--format", "gazehub"], ["--format", "gazehub", "--image-format", "png", "--test", "s2"],
+     "settings differ (2): image_format: 'jpg' -> 'png', test: [] -> ['s2']"),
+])  # fmt: skip
+def test_another_export_in_dest_is_refused_naming_what_differs(run, tmp_path, first, again, named):
+    """Once only "holds an export of other shards or settings": now each setting with its recorded and new
+    values (as `gazegen synthesize` names what differs from its manifest), and DEST is left as it was."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+
+    out, _ = run
+    dest = tmp_path / "x"
+    assert CliRunner().invoke(app, ["export", str(out), str(dest), *first]).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
+    result = CliRunner().invoke(app, ["export", str(out), str(dest), *again])
+    assert result.exit_code == 2 and result.output == (
+        f"error: {dest / '_export.json'}: {dest} holds an export of other shards or settings ({named}); "
+        "choose another DEST or pass --overwrite to replace it\n")  # fmt: skip
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == before
+
+
+def test_another_run_exported_in_dest_is_named(run, tmp_path):
+    """The shards differ, the settings being the same: DEST holds an export of another run, or of this
+    folder before its shards were rewritten."""
+    out, _ = run
+    other = tmp_path / "other"
+    make_run(other, corrupt="s1.h5#000000-0000-0000")  # other shard bytes, so other checksums
+    export_run(str(out), tmp_path / "x", progress=False)
+    with pytest.raises(ExportError, match=rf"\(shards differ: {out} was exported, not {other}\);"):
+        export_run(str(other), tmp_path / "x", progress=False)
+    redone = tmp_path / "redone"
+    shutil.copytree(out, redone)
+    export_run(str(redone), tmp_path / "y", progress=False)
+    for name in [p.name for p in other.glob("shard-*.parquet")] + ["_manifest.json"]:  # the run made again, differently
+        shutil.copyfile(other / name, redone / name)
+    with pytest.raises(ExportError, match=rf"\(shards differ: {redone} was exported, and its shards have changed since\);"):
+        export_run(str(redone), tmp_path / "y", progress=False)

@@ -164,6 +164,34 @@ def test_pandas_columns_as_to_pandas_reads_them(tmp_path):
         gaze_in_photo(ragged, np.eye(3))
 
 
+def test_a_pandas_row_and_whole_frames_are_rows():
+    """Once ``gaze_in_photo(df.iloc[0])`` said "a gaze array needs its face_mat_norm". Two rows without a
+    view turn, each photo camera turned 30 degrees (about y, then about x): the gaze in the photo is the
+    normalised gaze taken back by face_mat_norm transposed, for a pandas row, a pandas DataFrame and a
+    polars DataFrame read from the same Arrow table."""
+    pd = pytest.importorskip("pandas")
+    pl = pytest.importorskip("polars")
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    mats = np.array([[[c, 0, s], [0, 1, 0], [-s, 0, c]],   # about y
+                     [[1, 0, 0], [0, c, -s], [0, s, c]]])  # about x  # fmt: skip
+    gaze = np.array([[0.0, 0.0], [0.2, -0.3]])
+    head = np.array([[0.1, -0.2], [-0.05, 0.15]])
+    columns = {"gaze": gaze, "head_pose": head, "source_head_pose": head, "face_mat_norm": mats.reshape(2, 9)}
+    table = pa.table({k: pa.array(list(v), pa.list_(pa.float64(), v.shape[1])) for k, v in columns.items()})
+    expected = geometry.vector_to_pitchyaw(np.einsum("nji,nj->ni", mats, geometry.pitchyaw_to_vector(gaze)))
+    np.testing.assert_allclose(np.degrees(expected[0]), [0.0, -30.0], atol=1e-9)  # straight ahead: 30 degrees aside
+    pdf, pldf = table.to_pandas(), pl.from_arrow(table)
+    assert isinstance(pdf, pd.DataFrame) and isinstance(pldf, pl.DataFrame)
+    for i in range(2):
+        np.testing.assert_allclose(gaze_in_photo(pdf.iloc[i]), expected[i], atol=1e-12)
+    np.testing.assert_allclose(gaze_in_photo(pdf), expected, atol=1e-12)
+    np.testing.assert_allclose(gaze_in_photo(pldf), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="the row has no face_mat_norm"):
+        gaze_in_photo(pdf.iloc[0].drop("face_mat_norm"))
+    with pytest.raises(ValueError, match="carries its own"):
+        gaze_in_photo(pldf, mats[0])
+
+
 def _store(path, mats: list) -> None:
     norm = NormalisationConfig(focal=960.0, distance_mm=600.0, resolution=32)
     with SubjectWriter(path, norm, "subject0000") as writer:

@@ -42,10 +42,14 @@ def export(
     from gazegen.config.export import load_export_config
     from gazegen.data.export import export_run
 
-    with _reported():
-        cfg = load_export_config(format=format, resolution=resolution, image_format=image_format, identity=identity,
-                                 test=test or None)
-        result = export_run(out, dest, cfg, overwrite=overwrite)
+    try:
+        with _reported():
+            cfg = load_export_config(format=format, resolution=resolution, image_format=image_format, identity=identity,
+                                     test=test or None)
+            result = export_run(out, dest, cfg, overwrite=overwrite)
+    except KeyboardInterrupt:  # Ctrl-C: finished identities are in place, the open ones' temporary files went (data/export.py)
+        typer.secho(f"interrupted: the finished identities in {dest} are kept; the same command exports the rest", err=True)
+        raise typer.Exit(code=130)
     typer.echo(result.summary())
 
 

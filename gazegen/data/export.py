@@ -14,9 +14,10 @@ Memory: the label index plus one row group.
 Resuming. ``DEST/_export.json`` records what is exported (the shards' checksums and the export
 settings: the fingerprint) and the identities. Run again, the export skips every identity whose
 output is in place and redoes the others; a DEST holding another export (other shards or
-settings) is refused, and ``overwrite`` clears it first. A failure (an undecodable image, a
-shard that cannot be read) raises ``ExportError`` naming the file and row; finished identities
-stay, the unfinished one's temporary output is removed.
+settings) is refused, naming what differs, and ``overwrite`` clears it first. A failure (an
+undecodable image, a shard that cannot be read) raises ``ExportError`` naming the file and row;
+after it, or Ctrl-C, finished identities stay and the unfinished one's temporary output is
+removed. A run whose shards hold no rows (every input failed) is refused before DEST is touched.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "_export.json"
 MANIFEST_FILE = "_manifest.json"  # written by pipelines/manifest.py
+ERRORS_FILE = "_errors.parquet"  # the run's failed inputs, with the reasons (pipelines/shards.py)
 OUTPUTS = ("train", "test", "Image", "Label", SPLIT_FILE, STATE_FILE)  # what an export writes in DEST
 INDEX_COLUMNS = ["source_id", "gaze_index", "view_index"]
 DATA_COLUMNS = ["image", "gaze", "head_pose", "gaze_head", "camera", "source_head_pose", "face_mat_norm", "row_id", *INDEX_COLUMNS]
@@ -191,12 +193,33 @@ def name_identities(index: RowIndex, test: tuple[str, ...]) -> list[Identity]:
 # --------------------------------------------------------------------------- state
 
 
-def _fingerprint(run: SourceRun, cfg: ExportConfig) -> str:
-    settings = asdict(cfg) | {"batch_rows": None, "test": sorted(cfg.test)}  # batch_rows does not change the output
-    return hashlib.sha256(json.dumps({"shards": run.shards_sha256, "settings": settings}, sort_keys=True).encode()).hexdigest()
+def _output_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The export settings (``asdict`` of an ExportConfig, or as its state file records them) that shape the output."""
+    return settings | {"batch_rows": None, "test": sorted(settings.get("test", ()))}  # batch_rows does not change the output
 
 
-def check_dest(dest: Path, fingerprint: str, overwrite: bool) -> None:
+def _fingerprint(shards_sha256: str, settings: dict[str, Any]) -> str:
+    payload = {"shards": shards_sha256, "settings": _output_settings(settings)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(recorded: dict[str, Any], out: str, run: SourceRun, cfg: ExportConfig) -> list[str]:
+    """What makes this export (of ``out``, read as ``run``, with ``cfg``) another than the one ``recorded`` in
+    DEST's state file: each setting with its recorded and new value, and whether the shards differ; [] if none."""
+    old, new = _output_settings(recorded.get("settings") or {}), _output_settings(asdict(cfg))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    found = [f"settings differ ({len(changed)}): "
+             + ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in changed)] if changed else []
+    # The state records no shard checksums, but the fingerprint covers them: the recorded settings with this run's shards
+    # give the recorded fingerprint only when the shards are the same.
+    if _fingerprint(run.shards_sha256, old) != recorded.get("fingerprint"):
+        source = recorded.get("source")
+        since = ", and its shards have changed since" if source == out else f", not {out}"
+        found.append(f"shards differ: {source} was exported{since}")
+    return found
+
+
+def check_dest(dest: Path, out: str, run: SourceRun, cfg: ExportConfig, overwrite: bool) -> None:
     """A folder, new, empty or the same export (resume); anything else raises ExportError (``overwrite``: any
     folder). Reads only: a refused export leaves DEST as it was (``prepare_dest`` then clears and makes it)."""
     try:
@@ -208,11 +231,14 @@ def check_dest(dest: Path, fingerprint: str, overwrite: bool) -> None:
         return
     if state.is_file():
         try:
-            recorded = json.loads(state.read_text()).get("fingerprint")
+            recorded = json.loads(state.read_text())
         except json.JSONDecodeError as e:
             raise ExportError(f"{state}: unreadable ({e}); pass --overwrite to start afresh") from None
-        if recorded != fingerprint:
-            raise ExportError(f"{state}: {dest} holds an export of other shards or settings; "
+        if not isinstance(recorded, dict):
+            raise ExportError(f"{state}: not an export's state (a JSON {type(recorded).__name__}); pass --overwrite to start afresh")
+        if recorded.get("fingerprint") != _fingerprint(run.shards_sha256, asdict(cfg)):
+            differences = "; ".join(_differences(recorded, out, run, cfg))
+            raise ExportError(f"{state}: {dest} holds an export of other shards or settings ({differences}); "
                               "choose another DEST or pass --overwrite to replace it")
     elif dest.is_dir() and any(dest.iterdir()):
         raise ExportError(f"{dest}: not empty and holds no {STATE_FILE}: choose an empty or new folder")
@@ -278,9 +304,12 @@ def export_run(out: str, dest: str | Path, cfg: ExportConfig = ExportConfig(), *
     """Exports the finished synthesis run in ``out`` to ``dest`` (module docstring)."""
     dest = Path(dest)
     run = open_run(out)
-    fingerprint = _fingerprint(run, cfg)
-    check_dest(dest, fingerprint, overwrite)
+    fingerprint = _fingerprint(run.shards_sha256, asdict(cfg))
+    check_dest(dest, out, run, cfg, overwrite)
     index = build_index(run, cfg.identity)
+    if not index.keys:  # every input failed: an empty export would read as a finished one with no subjects
+        raise ExportError(f"{out}: the shards hold no rows (every input of the run failed, {ERRORS_FILE} says why); "
+                          "nothing to export")
     identities = name_identities(index, cfg.test)  # an unknown --test is refused before DEST is made or cleared
     prepare_dest(dest, overwrite)
     _write_state(dest, out, run, cfg, fingerprint, identities, "running")

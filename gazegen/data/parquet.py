@@ -204,12 +204,25 @@ def _float_array(values: Any) -> np.ndarray:
         raise ValueError(f"gaze_in_photo: a column of {array.shape} objects is not rows of equal-length numbers ({e})") from None
 
 
-def gaze_in_photo(row: Mapping[str, Any] | np.ndarray, face_mat_norm: np.ndarray | None = None) -> np.ndarray:
+ROW_LABELS = ("gaze", "head_pose", "source_head_pose", "face_mat_norm")  # what gaze_in_photo reads of a row
+
+
+def _is_labelled(row: Any) -> bool:
+    """Whether ``row`` is labelled rows rather than gazes: a mapping, a pandas or polars DataFrame, or a pandas
+    row (``df.iloc[i]``: a Series whose index holds the column names; a column ``df["gaze"]`` is gazes).
+    Duck-typed, so that neither library is imported here."""
+    if isinstance(row, Mapping) or hasattr(row, "columns"):
+        return True
+    return hasattr(row, "keys") and "gaze" in row.keys()
+
+
+def gaze_in_photo(row: Any, face_mat_norm: np.ndarray | None = None) -> np.ndarray:
     """(pitch, yaw) radians of a row's gaze in the source photo's camera (float64).
 
-    ``row``: a row or a batch of rows as a mapping holding ``gaze``, ``head_pose``,
-    ``source_head_pose`` and ``face_mat_norm`` (a ``GazeParquetDataset`` item or batch, a dict of
-    polars / pandas / ``datasets`` columns; (2,) or (N, 2), and (9,), (3, 3), (N, 9) or (N, 3, 3)).
+    ``row``: a row or a batch of rows holding ``gaze``, ``head_pose``, ``source_head_pose`` and
+    ``face_mat_norm`` (a ``GazeParquetDataset`` item or batch, a pandas row ``df.iloc[i]``, a pandas or
+    polars DataFrame, a dict of polars / pandas / ``datasets`` columns; (2,) or (N, 2), and (9,),
+    (3, 3), (N, 9) or (N, 3, 3)).
     The gaze is turned from the rendered camera back to the source's normalised camera (undoing
     ``view_offset``: into the head frame with R_head(``head_pose``), out with
     R_head(``source_head_pose``)), then into the photo's camera with ``face_mat_norm`` transposed
@@ -219,17 +232,21 @@ def gaze_in_photo(row: Mapping[str, Any] | np.ndarray, face_mat_norm: np.ndarray
     already normalised source) is skipped, so such gazes come back unchanged to the bit. A pandas
     list column (an object array of per-row arrays, as ``Table.to_pandas`` gives) is stacked first.
     """
-    if isinstance(row, Mapping):
+    labelled = _is_labelled(row)
+    if labelled:
         if face_mat_norm is not None:
-            raise ValueError("gaze_in_photo: a row mapping carries its own face_mat_norm; pass it alone")
-        gaze, head, source = (_float_array(row[k]) for k in ("gaze", "head_pose", "source_head_pose"))
+            raise ValueError("gaze_in_photo: a row (mapping, Series or DataFrame) carries its own face_mat_norm; pass it alone")
+        missing = [k for k in ROW_LABELS if k not in row]
+        if missing:
+            raise ValueError(f"gaze_in_photo: the row has no {', '.join(missing)} (it needs {', '.join(ROW_LABELS)})")
+        gaze, head, source = (_float_array(row[k]) for k in ROW_LABELS[:3])
         turned = geometry.gaze_head_to_camera(geometry.gaze_camera_to_head(gaze, geometry.head_pose_to_rotation(head)),
                                               geometry.head_pose_to_rotation(source))  # fmt: skip
         gaze = np.where((head == source).all(-1, keepdims=True), gaze, turned)
         face_mat_norm = row["face_mat_norm"]
     elif face_mat_norm is None:
         raise ValueError("gaze_in_photo: a gaze array needs its face_mat_norm")
-    gaze = _float_array(gaze if isinstance(row, Mapping) else row)
+    gaze = _float_array(gaze if labelled else row)
     rotation = _float_array(face_mat_norm)
     rotation = rotation.reshape(*rotation.shape[:-1], 3, 3) if rotation.shape[-1] == 9 else rotation
     if rotation.shape[-2:] != (3, 3):
