@@ -66,7 +66,8 @@ def resolve_normalisation(cfg: SynthConfig, checkpoint: str | Path, model: Model
         raise CheckpointError(
             f"{Path(checkpoint) / CONFIG_FILE}: records no normalisation (metadata.normalisation); set the training store's "
             "with --set normalisation.focal=F --set normalisation.distance_mm=D --set normalisation.resolution=S "
-            "(e.g. LiveGaze's 512 px store: 1600, 950, 512), or the [normalisation] table of a --config preset"
+            "(e.g. LiveGaze's 512 px store: 1600, 950, 512; for a model trained on gazegen's procedural heads also "
+            "--set normalisation.eye_above_centre_mm=0), or the [normalisation] table of a --config preset"
         )  # fmt: skip
     return norm.at_resolution(model.output_resolution)
 

@@ -295,7 +295,7 @@ def test_procedural_heads_pass_through_auto_as_normalised_crops(detector):
     from gazegen.data.heads import render_subject, subject_plan
 
     heads = load_config(SynthHeadsConfig, None, ["resolution=256", "rig.views=1", "gazes=1"])
-    cfg = CropConfig(resolution=256, normalisation=heads.camera, eye_above_centre_mm=0.0)  # the heads' framing
+    cfg = CropConfig(resolution=256, normalisation=heads.camera)  # the heads' framing (their eye midpoint)
     for index in range(2):
         (sample,) = next(iter(render_subject(subject_plan(heads, index), heads)))
         result = crop_faces(sample.image, detector, cfg, "auto")

@@ -3,6 +3,7 @@ carry from training and fine-tuning into synthesis (a store at GazeNeRF's 680 mm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -69,7 +70,8 @@ def test_finetune_writes_one_checkpoint_per_subject_from_the_input_group(trained
     assert load_train_state(result.checkpoint)["step"] == 2
     header = json.loads((result.checkpoint / "config.json").read_text())
     assert header["metadata"]["subject"] == "subject0002" and header["metadata"]["train_config"]["epochs"] == 2
-    assert checkpoint_normalisation(result.checkpoint) == NORM_680.at_resolution(64)  # the subject's camera
+    heads_camera = dataclasses.replace(NORM_680.at_resolution(64), eye_above_centre_mm=0.0)  # looking at the eye midpoint
+    assert checkpoint_normalisation(result.checkpoint) == heads_camera  # the subject's camera
     base, tuned = load_checkpoint(checkpoint).state_dict(), load_checkpoint(result.checkpoint).state_dict()
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
     for scores in (result.before, result.after):
@@ -94,7 +96,7 @@ def test_finetune_model_on_samples_in_memory(trained):
 
 def test_the_trained_normalisation_frames_the_inputs_and_scales_the_depth_of_synthesis(trained, tmp_path):
     store, checkpoint = trained
-    norm = NORM_680.at_resolution(64)
+    norm = dataclasses.replace(NORM_680.at_resolution(64), eye_above_centre_mm=0.0)  # the heads' framing: eye midpoint
     assert checkpoint_normalisation(checkpoint) == norm  # written by the trainer, from the store's files
     subject = store / "test" / "subject0002.h5"
     cfg = load_synth_config(None, ["depth_min_alpha=0.0", "cpu_threads=1"], grid="view", view_yaw="-10:10:2", crop="never")
@@ -117,7 +119,8 @@ def test_the_trained_normalisation_frames_the_inputs_and_scales_the_depth_of_syn
     bare = save_pretrained(tmp_path / "bare", model)  # no normalisation recorded
     with pytest.raises(CheckpointError, match="records no normalisation.*--set normalisation.distance_mm"):
         plan_run(bare, subject, cfg)
-    again = plan_run(bare, subject, load_synth_config(None, ["normalisation.distance_mm=680.0", "normalisation.resolution=512"]))
+    given = ["normalisation.distance_mm=680.0", "normalisation.resolution=512", "normalisation.eye_above_centre_mm=0"]
+    again = plan_run(bare, subject, load_synth_config(None, given))
     assert again.normalisation == norm  # or set on the command line
 
 

@@ -136,6 +136,37 @@ def test_store_layout_dtypes_and_masks(small):
             assert 0.15 < (data["head_mask"] == 255).mean() < 0.7
 
 
+def test_the_store_records_the_heads_framing_where_their_eyes_are(small):
+    """The heads' camera looks at their eye midpoint: the store says so (eye_above_centre_mm = 0, whatever the config's
+    normalisation), and in the frontal views the eyes lie where a crop framed by that value puts them, on the middle
+    row (ETH-XGaze's framing, 23.7 mm, would put them 5 px higher at this size)."""
+    from gazegen.config import CropConfig
+    from gazegen.data.xgaze import open_subject
+
+    assert SMALL.normalisation.eye_above_centre_mm == 23.7  # the config's default is ETH-XGaze's, and is not used
+    with open_subject(small / "train" / "subject0000.h5") as reader:
+        norm = reader.normalisation
+    assert norm.eye_above_centre_mm == 0.0
+    data = read(small / "train" / "subject0000.h5")
+    frontal = data["cam_index"][:, 0] == 0
+    eyes = (data["left_eye_mask"][frontal] == 255) | (data["right_eye_mask"][frontal] == 255)  # (n, H, W)
+    row = np.nonzero(eyes)[1].mean() + 0.5  # pixel centres
+    for framing, expected in ((norm, True), (dataclasses.replace(norm, eye_above_centre_mm=23.7), False)):
+        line = CropConfig(resolution=SMALL.resolution, normalisation=framing).eye_line_fraction * SMALL.resolution
+        assert (abs(row - line) < 1.5) == expected, (row, line)
+
+
+def test_a_store_from_before_the_framing_attribute_reads_as_eth_xgaze_framed(small, tmp_path):
+    from gazegen.data.xgaze import open_subject
+
+    old = tmp_path / "subject0000.h5"
+    old.write_bytes((small / "train" / "subject0000.h5").read_bytes())
+    with h5py.File(old, "r+") as f:
+        del f.attrs["eye_above_centre_mm"]
+    with open_subject(old) as reader:
+        assert reader.normalisation.eye_above_centre_mm == 23.7
+
+
 def test_labels_consistent_with_geometry(small):
     data = read(small / "train" / "subject0001.h5")
     gaze_head, pose = data["pitchyaw_head"].astype(np.float64), data["face_head_pose"].astype(np.float64)

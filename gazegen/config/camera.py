@@ -11,15 +11,27 @@ from gazegen.config.loader import ConfigError, _build, bounded
 
 # --------------------------------------------------------------------------- normalisation
 
+ETH_XGAZE_EYE_ABOVE_CENTRE_MM = 23.7  # the eye line above ETH-XGaze's face centre, on its generic face (mm)
+HEADS_EYE_ABOVE_CENTRE_MM = 0.0  # gazegen's procedural heads: the camera looks at their eye midpoint
+
 
 @dataclass(frozen=True)
 class NormalisationConfig:
-    """ETH-XGaze-style normalised camera (Zhang et al.) plus the renderer's world scale."""
+    """ETH-XGaze-style normalised camera (Zhang et al.) plus the renderer's world scale.
+
+    The camera looks at the face centre, `eye_above_centre_mm` below the midpoint of the eye centres:
+    ETH-XGaze's face centre (the midpoint of the eye-corner centre and the nose-base centre) lies
+    23.7 mm below the eyes of its generic 3D face (face_model.txt); gazegen's procedural heads are
+    framed about their eye midpoint (0). Stores record it, training copies it into the checkpoint,
+    and synthesis frames photos by it (gazegen/data/faces.py), so a photo's face sits in the crop
+    where the model's training faces sat.
+    """
 
     focal: float = bounded(1600.0, 1.0)  # focal length in pixels at `resolution`
     distance_mm: float = bounded(950.0, 1.0)  # camera to face-centre distance, millimetres
     resolution: int = bounded(512, 8, 4096)  # image side in pixels
     radius: float = bounded(2.7, 0.1)  # the same distance in renderer world units (EG3D: 2.7)
+    eye_above_centre_mm: float = bounded(ETH_XGAZE_EYE_ABOVE_CENTRE_MM, 0.0, 60.0)  # the eye line above the face centre
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NormalisationConfig:
@@ -81,7 +93,7 @@ class SynthHeadsConfig:
     gazes: int = bounded(20, 1, 100000)  # frames per subject, one gaze target each
     test_subjects: int = bounded(1, 0, 100000)  # the last subjects go to the test split
     seed: int = bounded(0, 0)  # subject i uses seed (seed, i): files do not depend on `subjects`
-    normalisation: NormalisationConfig = NormalisationConfig()  # defaults: LiveGaze's 512 px store
+    normalisation: NormalisationConfig = NormalisationConfig()  # defaults: LiveGaze's 512 px store (but see `camera`)
     rig: RigConfig = RigConfig()
     gaze: GazeRangeConfig = GazeRangeConfig()
 
@@ -91,8 +103,9 @@ class SynthHeadsConfig:
 
     @property
     def camera(self) -> NormalisationConfig:
-        """The normalised camera of the written images: `normalisation` at `resolution`."""
-        return self.normalisation.at_resolution(self.resolution)
+        """The normalised camera of the written images: `normalisation` at `resolution`, looking at the heads' eye
+        midpoint (their labels' origin, gazegen/data/heads.py) whatever `normalisation.eye_above_centre_mm` says."""
+        return dataclasses.replace(self.normalisation.at_resolution(self.resolution), eye_above_centre_mm=HEADS_EYE_ABOVE_CENTRE_MM)
 
 
 def _check_target_mm(target_mm: tuple[float, float]) -> None:
@@ -128,19 +141,16 @@ class CropConfig:
     """Detect, align and crop faces in photographs like the training data (gazegen/data/faces.py).
 
     The target framing is not a literal: it is where a frontal face at `normalisation` lands.
-    The eyes are `ipd_mm` apart and `eye_above_centre_mm` above the ETH-XGaze face centre (the
-    midpoint of the eye centre and the nose-base centre, which the normalised camera looks at);
-    both defaults are measured on ETH-XGaze's generic 3D face model (face_model.txt: eye-corner
-    centres 63.5 mm apart, 23.7 mm above that face centre; 63 mm is also the adult mean IPD).
-    A landmark normalisation looks at the point `eye_above_centre_mm` below the eyes, so both
-    paths frame faces alike. gazegen's procedural heads are framed about their eye midpoint:
-    crops meant to match them take ``eye_above_centre_mm = 0``.
+    The eyes are `ipd_mm` apart and `normalisation.eye_above_centre_mm` above the face centre the
+    normalised camera looks at (ETH-XGaze's: 23.7 mm on its generic 3D face model, face_model.txt,
+    whose eye-corner centres are 63.5 mm apart; 63 mm is also the adult mean IPD; gazegen's
+    procedural heads: 0, their eye midpoint). A landmark normalisation looks at the point that far
+    below the eyes, so both paths frame faces as the model's training data were.
     """
 
     resolution: int = bounded(512, 16, 4096)  # side of the output crop, pixels
     normalisation: NormalisationConfig = NormalisationConfig()  # framing to match (LiveGaze 512 px store)
     ipd_mm: float = bounded(63.0, 40.0, 80.0)  # distance between the eye centres, millimetres
-    eye_above_centre_mm: float = bounded(23.7, 0.0, 60.0)  # eye line above the face centre, mm
     min_face_px: int = bounded(40, 8)  # faces narrower than this (input pixels) are rejected
     # --crop auto: an input counts as a normalised crop when its eye distance and eye midpoint are
     # within this fraction of the target eye distance of the targets
@@ -158,7 +168,7 @@ class CropConfig:
     def eye_line_fraction(self) -> float:
         """Target height of the eye line as a fraction of the side from the top (LiveGaze: ~0.42)."""
         n = self.normalisation
-        return 0.5 - n.focal / n.resolution * self.eye_above_centre_mm / n.distance_mm
+        return 0.5 - n.focal / n.resolution * n.eye_above_centre_mm / n.distance_mm
 
 
 # --------------------------------------------------------------------------- faces in photos

@@ -60,7 +60,7 @@ import numpy as np
 
 from gazegen import geometry
 from gazegen.config import ExportConfig, NormalisationConfig
-from gazegen.data.store import CAM_INDEX_BASE, SPLIT_FILE, STORE_FORMAT, STORE_VERSION
+from gazegen.data.store import CAM_INDEX_BASE, NORMALISATION_ATTRS, SPLIT_FILE, STORE_FORMAT, STORE_VERSION
 
 EXPORT_FORMAT = "gazegen-export"
 GAZEHUB_HEADER = "face gaze head origin cam_index frame_index normmat"
@@ -136,7 +136,7 @@ class XGazeWriter:
         self._file.attrs.update({"format": STORE_FORMAT, "version": STORE_VERSION, "subject": identity.name,
                                  "cam_index_base": CAM_INDEX_BASE, "source_identity": identity.key,
                                  "export_format": EXPORT_FORMAT, **attrs})
-        self._file.attrs.update({k: getattr(norm, k) for k in ("focal", "distance_mm", "resolution", "radius")})
+        self._file.attrs.update({k: getattr(norm, k) for k in NORMALISATION_ATTRS})
 
     @staticmethod
     def final_path(dest: Path, identity: Identity) -> Path:

@@ -228,7 +228,7 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
 def crop_face(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropResult:
     """Crop one detected face: ETH-XGaze normalisation from its landmarks when it has them (head
     pose from solvePnP, camera from `cfg.camera`, the normalised camera looking at the point
-    `cfg.eye_above_centre_mm` below the eyes), else the similarity alignment of its eyes."""
+    `cfg.normalisation.eye_above_centre_mm` below the eyes), else the similarity alignment of its eyes."""
     where = f"face at {tuple(round(v) for v in face.box)}"
     if face.landmarks is None:
         aligned = align_face(image, face, cfg)
@@ -236,7 +236,7 @@ def crop_face(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropRe
     camera = photo_camera_matrix(image.shape[1], image.shape[0], cfg.camera)
     try:
         normalised = normalise_face(image, np.asarray(face.landmarks), camera, cfg.normalisation.at_resolution(cfg.resolution),
-                                    face_model(cfg.eye_above_centre_mm))
+                                    face_model(cfg.normalisation.eye_above_centre_mm))
     except NormalisationError as e:
         return CropResult("no_landmarks", f"{where}: landmarks not usable ({e})", detection=face)
     return CropResult("cropped", f"{where} normalised from its landmarks", normalised.image, face, normalised=normalised)

@@ -41,6 +41,8 @@ from gazegen.data.sample import Sample
 STORE_FORMAT = "gazegen-store"
 STORE_VERSION = 1
 CAM_INDEX_BASE = 0
+# the normalised camera, as file attributes; eye_above_centre_mm since it was added (older stores: ETH-XGaze's)
+NORMALISATION_ATTRS = ("focal", "distance_mm", "resolution", "radius", "eye_above_centre_mm")
 SPLIT_FILE = "train_test_split.json"
 PREPARE_FILE = "prepare.json"  # `gazegen data prepare`'s record of its source and settings (gazegen/data/prepare.py)
 
@@ -65,7 +67,7 @@ class SubjectWriter:
         self._count = 0
         attrs = self._file.attrs
         attrs.update({"format": STORE_FORMAT, "version": STORE_VERSION, "subject": subject, "cam_index_base": CAM_INDEX_BASE})
-        attrs.update({k: getattr(normalisation, k) for k in ("focal", "distance_mm", "resolution", "radius")})
+        attrs.update({k: getattr(normalisation, k) for k in NORMALISATION_ATTRS})
 
     def _append(self, key: str, value: np.ndarray) -> None:
         if key not in self._file:

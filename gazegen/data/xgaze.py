@@ -414,8 +414,9 @@ class StoreReader(SubjectReader):
         missing = [k for k in ("focal", "distance_mm", "resolution", "radius") if k not in attrs]
         if missing:
             raise DataError(f"{self.path}: store attributes {missing} are missing")
+        framing = {"eye_above_centre_mm": float(attrs["eye_above_centre_mm"])} if "eye_above_centre_mm" in attrs else {}
         norm = NormalisationConfig(focal=float(attrs["focal"]), distance_mm=float(attrs["distance_mm"]),
-                                   resolution=int(attrs["resolution"]), radius=float(attrs["radius"]))
+                                   resolution=int(attrs["resolution"]), radius=float(attrs["radius"]), **framing)
         if given is not None and given != norm:
             raise DataError(f"{self.path}: the file's normalisation {norm} differs from the one given, {given}")
         return norm
