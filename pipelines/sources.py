@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from gazegen.data.faces import IMAGE_SUFFIXES
 from gazegen.data.mtcnn import MtcnnDetector
-from gazegen.data.xgaze import open_subject
+from gazegen.data.xgaze import DataError, open_subject
 from gazegen.pipelines.guards import InputError, decode_image, max_file_bytes, read_regular_file, resolve_inside
 from gazegen.pipelines.shards import MANIFEST_NAME, OutputDir, run_files
 
@@ -198,6 +198,14 @@ def _parquet_records(path: Path, rel: str, rows: int, faces: str, image_column: 
     return records
 
 
+def _reason(error: Exception) -> str:
+    """An error row's one-line reason: a problem the reader names itself (DataError, InputError: the file and what is
+    wrong with it) as it is, another with its type; of several problems, one per line, the first and how many more."""
+    text = str(error) if isinstance(error, (DataError, InputError)) else f"{type(error).__name__}: {error}"
+    lines = text.splitlines() or [type(error).__name__]
+    return lines[0] + (f" (and {len(lines) - 1} more problem{'s' if len(lines) > 2 else ''})" if len(lines) > 1 else "")
+
+
 def _faces_in_cell(cell: object, path: Path, root: Path, max_pixels: int) -> int:
     """How many faces the photo in a Parquet image cell shows; 0 when it cannot be read."""
     try:
@@ -261,7 +269,7 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", fa
         except ImageColumnError:  # every row would fail alike: refused before anything is written
             raise
         except Exception as error:  # an unreadable file is one error row, not a failed run
-            records.append(SourceRecord(rel, str(path), kind, error=f"{type(error).__name__}: {error}"))
+            records.append(SourceRecord(rel, str(path), kind, error=_reason(error)))
             continue
         records += [SourceRecord(INDEX_FORMAT.format(path=rel, index=i), str(path), kind, i) for i in range(n)]
     if skipped:

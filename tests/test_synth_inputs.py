@@ -4,12 +4,14 @@ error record naming its problem, the good ones around it decode, and nothing han
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 import zlib
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -302,3 +304,19 @@ def test_photo_sources_under_view_turns_are_warned_about_once(tmp_path):
     assert photo_sources(store_only) == [] and photo_views_warning(store_only, turned) == ""
     assert photo_views_warning(records, load_synth_config(None, grid="pitch,yaw").grid_spec) == ""  # gaze only
     assert photo_views_warning(records, load_synth_config(None, view_pitch="0:0:1", view_yaw="0:0:1").grid_spec) == ""  # offset 0
+
+
+def test_an_h5_missing_several_keys_is_one_line_naming_the_file_once(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with h5py.File(folder / "nopatch.h5", "w") as f:
+        f["face_gaze"] = np.zeros((2, 2), np.float32)
+    with h5py.File(folder / "odd.h5", "w") as f:  # several problems of several kinds: the first, and how many more
+        f["face_patch"] = np.zeros((2, 8, 8, 3), np.float32)
+        f["face_gaze"] = np.zeros((3, 2), np.float32)
+    reasons = {r.source_id: r.error for r in list_sources(folder)}
+    path = folder / "nopatch.h5"
+    assert reasons["nopatch.h5"] == (f"{path}: keys 'face_patch', 'face_head_pose', 'frame_index', 'cam_index' are missing "
+                                     "(required in eth-xgaze files; keys present: ['face_gaze'])")
+    assert "\n" not in reasons["odd.h5"] and re.search(r"odd\.h5: .*\(and \d+ more problems?\)$", reasons["odd.h5"])
+    assert not reasons["odd.h5"].startswith("DataError")

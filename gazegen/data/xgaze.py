@@ -155,8 +155,10 @@ def subject_name(path: Path) -> str:
 
 def layout_problems(f: h5py.File, path: Path, fmt: str) -> list[str]:
     """Missing keys, wrong shapes or dtypes, row counts that disagree: one message per problem."""
-    problems = [f"{path}: key '{k}' is missing (required in {fmt} files; keys present: {sorted(f.keys())})"
-                for k in REQUIRED[fmt] if k not in f]
+    missing = [k for k in REQUIRED[fmt] if k not in f]
+    keys = ", ".join(f"'{k}'" for k in missing)
+    problems = [f"{path}: key{'s' if len(missing) > 1 else ''} {keys} {'are' if len(missing) > 1 else 'is'} missing "
+                f"(required in {fmt} files; keys present: {sorted(f.keys())})"] if missing else []
     if "face_patch" not in f:
         return problems
     shape = f["face_patch"].shape
