@@ -29,7 +29,8 @@ def test_range_values_in_radians_both_ends_included():
     ("key", "text", "why"),
     [("pitch", "10:-10:3", "start must not exceed stop"), ("yaw", "-20:20:0", "count must be >= 1"),
      ("view_pitch", "a:10:2", "expected start:stop:count"), ("view_yaw", "-10:ten:2", "expected start:stop:count"),
-     ("pitch", "-10:10:2.5", "expected start:stop:count")],
+     ("pitch", "-10:10:2.5", "expected start:stop:count"),
+     ("pitch", "1e400:0:2", r"degrees must lie in \(-90, 90\)")],  # inf: out of range, not merely past the stop
 )  # fmt: skip
 def test_a_bad_range_is_a_config_error_naming_its_key_at_load(key, text, why):
     option = "--" + key.replace("_", "-")  # the typed flag is named as the user typed it

@@ -57,12 +57,12 @@ class AxisRange:
     def __post_init__(self) -> None:
         if self.count < 1 or (self.count == 1 and self.start_deg != self.stop_deg):
             raise ValueError(f"{self}: count must be >= 1 (1 only when start == stop)")
-        if self.start_deg > self.stop_deg:
-            raise ValueError(f"{self}: start must not exceed stop")
-        worst = max(abs(self.start_deg), abs(self.stop_deg))
+        worst = max(abs(self.start_deg), abs(self.stop_deg))  # the range first: 1e400 reads as inf, past any order
         if not math.isfinite(worst) or worst > self.LIMIT_DEG or (worst == self.LIMIT_DEG and not self.INCLUSIVE):
             bound = f"[-{self.LIMIT_DEG:g}, {self.LIMIT_DEG:g}]" if self.INCLUSIVE else f"(-{self.LIMIT_DEG:g}, {self.LIMIT_DEG:g})"
             raise ValueError(f"{self}: degrees must lie in {bound}")
+        if self.start_deg > self.stop_deg:
+            raise ValueError(f"{self}: start must not exceed stop")
         if self.count > 1 and np.unique(np.linspace(self.start_deg, self.stop_deg, self.count)).size < self.count:
             raise ValueError(f"{self}: its {self.count} values repeat, which would render the same rows again (one value: start:start:1)")
 
