@@ -29,7 +29,7 @@ import numpy as np
 
 from gazegen.config import CropConfig
 from gazegen.data.images import resize_image
-from gazegen.data.normalise import NormalisationError, NormalisedFace, face_model, normalise_face, photo_camera_matrix
+from gazegen.data.normalise import NormalisationError, NormalisedFace, normalise_face, photo_camera_matrix
 from gazegen.errors import GazegenError
 
 Point = tuple[float, float]  # (x, y) pixels
@@ -235,8 +235,7 @@ def crop_face(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropRe
         return CropResult("cropped", f"{where} aligned by its eyes", aligned.image, face, aligned)
     camera = photo_camera_matrix(image.shape[1], image.shape[0], cfg.camera)
     try:
-        normalised = normalise_face(image, np.asarray(face.landmarks), camera, cfg.normalisation.at_resolution(cfg.resolution),
-                                    face_model(cfg.normalisation.eye_above_centre_mm))
+        normalised = normalise_face(image, np.asarray(face.landmarks), camera, cfg.normalisation.at_resolution(cfg.resolution))
     except NormalisationError as e:
         return CropResult("no_landmarks", f"{where}: landmarks not usable ({e})", detection=face)
     return CropResult("cropped", f"{where} normalised from its landmarks", normalised.image, face, normalised=normalised)

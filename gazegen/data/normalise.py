@@ -201,12 +201,14 @@ def normalising_rotation(face_centre: np.ndarray, head_rotation: np.ndarray) -> 
 
 
 def normalise_face(image: np.ndarray, landmarks: np.ndarray, camera_matrix: np.ndarray, norm: NormalisationConfig,
-                   model: np.ndarray = FACE_MODEL_MM) -> NormalisedFace:
+                   model: np.ndarray | None = None) -> NormalisedFace:
     """Warp the face with these (5, 2) landmarks to the normalised camera `norm` (module docstring).
 
     `model`: the (5, 3) mm landmarks of the generic face about its face centre (the point the
-    normalised camera looks at).
+    normalised camera looks at); by default the generic face about `norm`'s face centre,
+    `norm.eye_above_centre_mm` below its eyes.
     """
+    model = face_model(norm.eye_above_centre_mm) if model is None else model
     pose = estimate_head_pose(landmarks, camera_matrix, model)
     return normalise_with_pose(image, pose, camera_matrix, norm, landmarks)
 
