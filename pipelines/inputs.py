@@ -10,7 +10,10 @@ images   Photos are detected, aligned and cropped like the training data (``--cr
          largest first, as when listed.
 h5       A row with its head pose and head-frame gaze. A patch taken with another normalised
          camera than the model's is re-zoomed to the model's framing (``renormalise``); its labels
-         do not change.
+         do not change. One whose camera looks at another face centre (``eye_above_centre_mm``:
+         an ETH-XGaze store given to a model of procedural heads, or the reverse) is normalised
+         again, looking at the model's (``reframe``): the face moves ~9 px in a 128 px crop, the
+         head pose turns by ~1.4 degrees, and ``face_mat_norm`` records the turn.
 parquet  Rows with ``head_pose`` (and optionally ``gaze_head``) are normalised crops in the
          model's framing (e.g. gazegen's own output); rows without are read as photos.
 
@@ -34,9 +37,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gazegen import geometry
 from gazegen.config import CropConfig, NormalisationConfig
 from gazegen.data.faces import CropResult, crop_each_face, crop_faces
 from gazegen.data.images import resize_image
+from gazegen.data.normalise import HeadPose, NormalisedFace, normalise_with_pose
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.grid import pose_problem
 from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, check_rotation, decode_image, max_file_bytes, read_regular_file
@@ -99,6 +104,20 @@ def renormalise(image: np.ndarray, source: NormalisationConfig, target: Normalis
     return cv2.warpAffine(image, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+
+
+def reframe(image: np.ndarray, head_pose: np.ndarray, source: NormalisationConfig, target: NormalisationConfig) -> NormalisedFace:
+    """A normalised crop (its side any) and its head pose as ``target``'s camera takes them when it looks at another face
+    centre: ``target.eye_above_centre_mm`` below the eyes instead of ``source``'s. The crop is read as a photo from its
+    own normalised camera, the face's new centre placed by the head's rotation, and normalised again (ETH-XGaze's R, S
+    and K, gazegen/data/normalise.py): returns the crop at ``target.resolution``, the head pose in the new camera and
+    ``face_mat_norm``, the source camera -> the target's."""
+    camera = source.at_resolution(image.shape[1])
+    k = np.array([[camera.focal, 0.0, camera.resolution / 2], [0.0, camera.focal, camera.resolution / 2], [0.0, 0.0, 1.0]])
+    head = geometry.head_pose_to_rotation(np.asarray(head_pose, np.float64))
+    below = target.eye_above_centre_mm - source.eye_above_centre_mm  # mm down the face (the head's +y) to the new centre
+    centre = np.array([0.0, 0.0, camera.distance_mm]) + head @ np.array([0.0, below, 0.0])
+    return normalise_with_pose(image, HeadPose(head, centre, 0.0), k, target, np.zeros((1, 2)))
 
 
 def _failed(stage: str, reason: str) -> DecodedSource:
@@ -169,6 +188,9 @@ def _read_h5(records: Sequence[SourceRecord], settings: DecodeSettings) -> list[
             sample = reader[record.index]
             decoded = _labelled(sample.image, sample.head_pose, sample.gaze_head)  # labels checked before the zoom
             rotation = IDENTITY if sample.face_mat_norm is None else check_rotation(sample.face_mat_norm)
+            if sample.normalisation.eye_above_centre_mm != target.eye_above_centre_mm:
+                face = reframe(sample.image, decoded.head_pose, sample.normalisation, target)
+                return DecodedSource(face.image, face.head_pose, decoded.gaze_head, face.face_mat_norm @ rotation)
             return DecodedSource(renormalise(sample.image, sample.normalisation, target), decoded.head_pose, decoded.gaze_head, rotation)
 
         return _each(records, read)

@@ -3,6 +3,8 @@ error record naming its problem, the good ones around it decode, and nothing han
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 import struct
@@ -18,10 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig, load_synth_config
+from gazegen import geometry
+from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig, RigConfig, load_synth_config
 from gazegen.data import schema
 from gazegen.data.sample import Sample
 from gazegen.data.store import SubjectWriter
+from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.guards import InputError, call_with_timeout, decode_image, pitch_yaw, read_regular_file, resolve_inside
 from gazegen.pipelines.inputs import READERS, DecodeSettings, decode_batch, decode_sources, photo_sources
 from gazegen.pipelines.manifest import check_or_create, finalize
@@ -320,3 +324,37 @@ def test_an_h5_missing_several_keys_is_one_line_naming_the_file_once(tmp_path):
                                      "(required in eth-xgaze files; keys present: ['face_gaze'])")
     assert "\n" not in reasons["odd.h5"] and re.search(r"odd\.h5: .*\(and \d+ more problems?\)$", reasons["odd.h5"])
     assert not reasons["odd.h5"].startswith("DataError")
+
+
+def test_a_store_framed_about_another_face_centre_is_normalised_again(tmp_path):
+    """Procedural heads (the camera at their eye midpoint) read for a model framed ETH-XGaze's way (23.7 mm below the
+    eyes): frontal rows come out with the eyes f * 23.7 / d pixels above the middle row, and the camera turned down
+    by atan(23.7 / d) about its x axis (face_mat_norm), so the head, still facing the old axis, reads as pitched down
+    by that angle; normalised back, a row is where it was."""
+    from gazegen.config import SynthHeadsConfig
+    from gazegen.data.heads import synthesize_store
+    from gazegen.pipelines.inputs import reframe
+
+    heads = SynthHeadsConfig(subjects=1, test_subjects=0, resolution=64, gazes=1, rig=RigConfig(views=3))
+    store = synthesize_store(tmp_path / "heads", heads, workers=1)
+    files = list((store / "train").glob("*.h5"))
+    eth = dataclasses.replace(heads.camera, eye_above_centre_mm=23.7)
+    decoded = decode_sources([r for r in list_sources(files[0]) if r.index == 0], DecodeSettings(64, eth, "never"))[0]
+    tilt = math.atan2(23.7, eth.distance_mm)
+    np.testing.assert_allclose(decoded.head_pose, [-tilt, 0.0], atol=1e-9)  # row 0: camera 0, frontal
+    np.testing.assert_allclose(decoded.face_mat_norm, geometry.rotation_x(np.array(tilt)), atol=1e-9)
+    with open_subject(files[0]) as reader:
+        sample = reader[0]
+    eyes = np.repeat((np.maximum(sample.left_eye_mask, sample.right_eye_mask) * 255)[..., None], 3, -1).astype(np.uint8)
+    rows = [np.nonzero(img[..., 0] > 127)[0].mean() + 0.5 for img in (eyes, reframe(eyes, sample.head_pose, heads.camera, eth).image)]
+    assert abs(rows[0] - 32) < 1.0 and abs(rows[0] - rows[1] - eth.focal * 23.7 / eth.distance_mm) < 1.0, rows
+    for i in range(heads.rig.views):  # every view: the round trip
+        with open_subject(files[0]) as reader:
+            sample = reader[i]
+        there = reframe(sample.image, sample.head_pose, heads.camera, eth)
+        back = reframe(there.image, there.head_pose, eth, heads.camera)
+        # to 1e-4 rad, not exactly: ETH-XGaze's distance scaling S is not a rigid camera move (a second-order difference)
+        np.testing.assert_allclose(back.head_pose, sample.head_pose, atol=1e-4)
+        np.testing.assert_allclose(back.face_mat_norm @ there.face_mat_norm, np.eye(3), atol=1e-4)
+        inner = np.s_[16:48, 16:48]
+        assert np.abs(back.image[inner].astype(float) - sample.image[inner]).mean() < 6.0
