@@ -148,7 +148,8 @@ class StoreGazeDataset(IterableDataset):
 def check_store_camera(data: str | Path, split: str | None, net: EstimatorNetConfig) -> None:
     """DataError naming the first h5 file of ``data``'s ``split`` whose normalised camera is not the one
     ``net``'s eye patches are placed for: the same field of view (focal / resolution) and distance
-    (any image size: images are resized). Nothing to check without an eye branch, or on Parquet
+    (any image size: images are resized), looking at a face centre as far below the eyes as the
+    patches' ``above_centre_mm`` (within half a millimetre). Nothing to check without an eye branch, or on Parquet
     shards (they record no normalisation)."""
     if not net.eyes.width or is_parquet(data):
         return
@@ -161,6 +162,10 @@ def check_store_camera(data: str | Path, split: str | None, net: EstimatorNetCon
             raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, "
                             f"{got.distance_mm:g} mm; the estimator's eye patches are placed for focal {want.focal:g} "
                             f"px at {want.resolution} px, {want.distance_mm:g} mm (EstimatorNetConfig.eyes.normalisation)")
+        if not math.isclose(got.eye_above_centre_mm, net.eyes.above_centre_mm, abs_tol=0.5):
+            raise DataError(f"{path}: its camera looks at a face centre {got.eye_above_centre_mm:g} mm below the eyes; the "
+                            f"estimator's eye patches are placed {net.eyes.above_centre_mm:g} mm above its face centre "
+                            "(EstimatorNetConfig.eyes.above_centre_mm)")
 
 
 def open_gaze_data(data: str | Path, *, split: str | None = None, net: EstimatorNetConfig | None = None,

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,12 +54,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gazegen.checkpoint import load_checkpoint, load_pretrained, read_header
-from gazegen.config import EvaluateConfig, FinetuneConfig
+from gazegen.checkpoint import checkpoint_normalisation, load_checkpoint, load_pretrained, read_header
+from gazegen.config import EvaluateConfig, FinetuneConfig, NormalisationConfig
 from gazegen.data.images import to_model_range
 from gazegen.imaging import resize_tensor
 from gazegen.data.sample import Sample
-from gazegen.data.xgaze import open_subject
+from gazegen.data.xgaze import DataError, open_subject
 from gazegen.device import torch_device
 from gazegen.evaluation.estimator import check_store_camera, store_files
 from gazegen.evaluation.probes import run_probes
@@ -365,6 +366,28 @@ def default_finetune(checkpoint: str | Path | None, epochs: int) -> Finetune:
     return lambda model, samples, n: finetune_model(model, samples, n, train_cfg=train_cfg)
 
 
+def check_model_camera(data: str | Path, split: str | None, norm: NormalisationConfig | None, checkpoint: str | Path) -> None:
+    """DataError naming the first h5 file of ``data``'s ``split`` whose normalised camera is not the checkpoint's
+    (``norm``, its ``metadata.normalisation``; nothing to check when it records none): the same field of view
+    (focal / resolution) and distance, looking at the same face centre (``eye_above_centre_mm``). The model reads a
+    source through the camera its head pose gives in its own normalisation: another zoom or framing puts the face
+    elsewhere than it learned faces to be. (Synthesis converts such inputs, pipelines/inputs.py; evaluation scores
+    the store's own targets, so it takes the store as it is.)"""
+    if norm is None:
+        return
+    for path in store_files(data, split):
+        with open_subject(path) as reader:
+            got = reader.normalisation
+        same = (math.isclose(got.focal / got.resolution, norm.focal / norm.resolution, rel_tol=1e-4)
+                and math.isclose(got.distance_mm, norm.distance_mm, rel_tol=1e-4)
+                and math.isclose(got.eye_above_centre_mm, norm.eye_above_centre_mm, abs_tol=0.5))
+        if not same:
+            raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, {got.distance_mm:g} mm, "
+                            f"looking {got.eye_above_centre_mm:g} mm below the eyes; {checkpoint} was trained on focal "
+                            f"{norm.focal:g} px at {norm.resolution} px, {norm.distance_mm:g} mm, {norm.eye_above_centre_mm:g} mm "
+                            "below the eyes (its metadata.normalisation): prepare the store at that camera")
+
+
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
              estimator: str | Path | None = None, device: str | torch.device = "cpu", finetune_fn: Finetune | None = None,
              model: LiveGaze | None = None) -> EvaluationReport:
@@ -376,6 +399,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
     device = torch_device(device)
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
+    if model is None:  # the store must be seen as the model was trained to see faces
+        check_model_camera(data, cfg.split, checkpoint_normalisation(checkpoint), checkpoint)
     model = model.to(device).eval() if model is not None else load_checkpoint(checkpoint, device=device)
     methods: list = [LiveGazeMethod(model, finetune=finetune_fn if cfg.finetune else None, epochs=cfg.finetune_epochs,
                                     warmup=cfg.warmup)]

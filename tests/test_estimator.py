@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -307,3 +309,16 @@ def test_train_help_names_the_default_preset_and_how_to_cap_steps():
     text = " ".join(result.output.split())
     assert f"configs/estimator/default.toml ({EstimatorConfig().steps} steps" in text
     assert "configs/estimator/demo.toml" in text and "--set steps=N" in text and "--overwrite" in text
+
+
+def test_eye_branch_refuses_a_store_framed_about_another_face_centre(store, tmp_path):
+    """Eye patches are placed above_centre_mm above the face centre: a store whose camera looks 23.7 mm below the eyes
+    (ETH-XGaze's framing) is an error naming its file for patches placed for the heads' eye midpoint (0)."""
+    other = shutil.copytree(store, tmp_path / "eth")
+    for path in (other / "train").glob("*.h5"):
+        with h5py.File(path, "r+") as f:
+            f.attrs["eye_above_centre_mm"] = 23.7
+    assert NET_EYES.eyes.above_centre_mm == 0.0
+    with pytest.raises(DataError, match=r"\.h5: its camera looks at a face centre 23\.7 mm below the eyes; the estimator's "
+                                        r"eye patches are placed 0 mm above its face centre"):
+        train_estimator(other, tmp_path / "est", dataclasses.replace(TRAIN, net=NET_EYES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -23,7 +24,8 @@ from gazegen.data.store import SubjectWriter, write_split
 from gazegen.metrics.estimator import GazeEstimate, GazeEstimator
 from gazegen.models.livegaze import LiveGaze
 from gazegen.evaluation.evaluate import (
-    CONSTANT, CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, evaluate, pair_rows, run_evaluation,
+    CONSTANT, CopySource, GroundTruthTarget, LiveGazeMethod, PerfectRender, check_model_camera, evaluate, pair_rows,
+    run_evaluation,
 )
 from gazegen.evaluation.report import PAPER_TABLE1, table1, verdict, write_report
 
@@ -289,3 +291,16 @@ def test_a_store_without_test_subjects_is_named_before_any_work(tmp_path, tiny_m
         evaluate(tmp_path / "model", tmp_path / "store", tmp_path / "report", EvaluateConfig(lpips=False, fid=False),
                  estimator=None)
     assert not (tmp_path / "report").exists()
+
+
+def test_a_store_seen_through_another_camera_than_the_checkpoints_is_refused_naming_it(tmp_path, tiny_model):
+    """The model learned faces where its training camera put them: a store framed about another face centre (or
+    zoomed otherwise) is an error naming its file and both cameras, before any work; the same camera passes."""
+    write_store(tmp_path / "store", {"subject0000": [10, 20, 30]})  # NORM: ETH-XGaze's framing, 23.7 mm
+    heads = dataclasses.replace(NORM, eye_above_centre_mm=0.0)
+    save_pretrained(tmp_path / "model", tiny_model, normalisation=heads)
+    with pytest.raises(DataError, match=r"subject0000\.h5: normalised camera of .* looking 23\.7 mm below the eyes; "
+                                        r".*model was trained on .* 0 mm below the eyes"):
+        evaluate(tmp_path / "model", tmp_path / "store", tmp_path / "report", EvaluateConfig(lpips=False, fid=False))
+    assert not (tmp_path / "report").exists()
+    check_model_camera(tmp_path / "store", "test", NORM.at_resolution(512), tmp_path / "model")  # same camera, any size
