@@ -147,3 +147,17 @@ def test_shard_sheet_shows_the_rows_with_their_gaze(tmp_path):
     assert (sheet[32:, 64:] == 0).all() and sheet[:32, :32].any()  # the padding tile is empty, the first is not
     with pytest.raises(FileNotFoundError, match="empty"):
         write_shard_sheet(tmp_path / "empty", tmp_path / "x.png")
+
+
+def test_shard_sheet_spreads_its_rows_over_the_whole_run(tmp_path):
+    """3 tiles of a 12-row run (4 sources x 3 views over 2 shards, row groups of 4): rows 0, 6 (np.round(5.5) is 6)
+    and 11, read from the first and the last source: each tile's corner is that row's image."""
+    from gazegen.data.inspect import write_shard_sheet
+
+    write_shards(tmp_path / "out", sources=4, per_shard=2, views=3)
+    png = write_shard_sheet(tmp_path / "out", tmp_path / "sheet.png", rows=3, columns=3, thumb=SIZE)
+    sheet = cv2.imread(str(png))
+    assert sheet.shape == (SIZE, 3 * SIZE, 3)
+    for tile, k in enumerate((0, 6, 11)):
+        expected = cv2.cvtColor(image_of(k), cv2.COLOR_RGB2BGR)
+        np.testing.assert_array_equal(sheet[0, tile * SIZE], expected[0, 0])  # the top-left pixel: no arrow, no caption

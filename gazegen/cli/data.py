@@ -106,7 +106,7 @@ def inspect(
 def sheet(
     shards: str = typer.Argument(..., help="Synthesis output folder, shard glob or URI."),
     out: Path = typer.Argument(..., help="PNG to write."),
-    rows: int = typer.Option(27, min=1, help="Rows shown."),
+    rows: int = typer.Option(27, min=1, help="Rows shown, spread evenly over the run (its first and last rows included)."),
     columns: int = typer.Option(9, min=1, help="Tiles per line."),
     histograms: Optional[Path] = typer.Option(None, help="Label histograms PNG (default: OUT's name + _labels.png)."),
 ) -> None:

@@ -16,8 +16,10 @@ centre (the image centre, by normalisation), ``dx = -sin(yaw) cos(pitch)``, ``dy
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -243,12 +245,28 @@ def fit_caption(text: str, width: int) -> str:
     return ""
 
 
+SHEET_COLUMNS = ["image", "gaze", "source_id", "gaze_index", "view_index"]  # what a contact-sheet tile shows
+
+
+def _rows_of(file: Any, rows: np.ndarray, columns: list[str]) -> list[dict]:
+    """Rows ``rows`` (sorted, within the file) of a ``pyarrow.parquet.ParquetFile``, as dicts: only the row groups
+    holding them are read."""
+    starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+    out = []
+    for group in np.unique(np.searchsorted(starts, rows, side="right") - 1):
+        table = file.read_row_group(int(group), columns=columns)
+        inside = rows[(rows >= starts[group]) & (rows < starts[group + 1])] - starts[group]
+        out += table.take(inside).to_pylist()
+    return out
+
+
 def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 27, columns: int = 9, thumb: int = 128) -> Path:
-    """A contact sheet of the first ``rows`` rows of synthesis Parquet shards, read back with pyarrow.
+    """A contact sheet of ``rows`` rows of synthesis Parquet shards, read back with pyarrow, spread evenly over the
+    whole run in shard order (rows 0, ..., the last: many sources, not the first one's grid alone).
 
     Each tile is a decoded `image` PNG with its `gaze` label (camera frame) drawn as an arrow from
     the image centre, captioned with its source (``fit_caption``) and its gaze and view indices: what a
-    gaze trainer will read.
+    gaze trainer will read. Only the row groups holding a chosen row are read.
     """
     import pyarrow.parquet as pq
 
@@ -256,21 +274,22 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
     from gazegen.data.schema import decode_png
 
     fs, paths = resolve_shards(str(source))
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(pq.ParquetFile(fs.open_input_file(path))) for path in paths]
+        counts = [f.metadata.num_rows for f in files]
+        total = sum(counts)
+        chosen = np.unique(np.linspace(0, total - 1, min(rows, total)).round().astype(int)) if total else np.zeros(0, int)
+        starts = np.cumsum([0, *counts])
+        picked = [row for k, file in enumerate(files)
+                  for row in _rows_of(file, chosen[(chosen >= starts[k]) & (chosen < starts[k + 1])] - starts[k], SHEET_COLUMNS)]
     tiles: list[np.ndarray] = []
-    for path in paths:
-        with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle, columns=["image", "gaze", "source_id", "gaze_index", "view_index"])
-        for row in table.to_pylist():
-            tile = resize_area(cv2.cvtColor(decode_png(row["image"]["bytes"]), cv2.COLOR_RGB2BGR), thumb)
-            draw_gaze(tile, np.asarray(row["gaze"]), (thumb / 2, thumb / 2), thumb * 0.4)
-            lines = (fit_caption(row["source_id"], thumb - 4), f"gaze {row['gaze_index']} view {row['view_index']}")
-            for k, line in enumerate(lines):
-                cv2.putText(tile, line, (2, thumb - 4 - 10 * (len(lines) - 1 - k)), CAPTION_FONT, CAPTION_SCALE, TEXT_BGR, 1, cv2.LINE_AA)
-            tiles.append(tile)
-            if len(tiles) == rows:
-                break
-        if len(tiles) == rows:
-            break
+    for row in picked:
+        tile = resize_area(cv2.cvtColor(decode_png(row["image"]["bytes"]), cv2.COLOR_RGB2BGR), thumb)
+        draw_gaze(tile, np.asarray(row["gaze"]), (thumb / 2, thumb / 2), thumb * 0.4)
+        lines = (fit_caption(row["source_id"], thumb - 4), f"gaze {row['gaze_index']} view {row['view_index']}")
+        for k, line in enumerate(lines):
+            cv2.putText(tile, line, (2, thumb - 4 - 10 * (len(lines) - 1 - k)), CAPTION_FONT, CAPTION_SCALE, TEXT_BGR, 1, cv2.LINE_AA)
+        tiles.append(tile)
     if not tiles:
         raise DataError(f"{source}: the shards hold no rows")
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
