@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gazegen.config.synth import RANGE_AXES
 from gazegen.data.schema import GAZEGEN_METADATA
 from gazegen.pipelines.shards import sha256_text, utc_now
 
@@ -41,6 +42,12 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _unswept_ranges(settings: Mapping[str, Any]) -> set[str]:
+    """The range keys of the axes a run's ``grid`` does not sweep (recorded, as typed, but shaping no row)."""
+    swept = str(settings.get("grid", "")).split(",")
+    return {key for key, axis in RANGE_AXES.items() if axis not in swept}
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,9 @@ class RunManifest:
             found.append(f"checkpoint differs: recorded {self.checkpoint_hash!r}, now {other.checkpoint_hash!r}")
         old_settings = _flatten(dict(self.settings)) | {"sources_per_shard": self.sources_per_shard}
         new_settings = _flatten(_jsonable(dict(other.settings))) | {"sources_per_shard": other.sources_per_shard}
-        changed = [k for k in sorted(old_settings.keys() | new_settings.keys()) if old_settings.get(k) != new_settings.get(k)]
+        unswept = _unswept_ranges(new_settings)  # no row of the new run depends on them; a grid that swept them differs
+        changed = [k for k in sorted(old_settings.keys() | new_settings.keys())
+                   if k not in unswept and old_settings.get(k) != new_settings.get(k)]
         if changed:
             shown = ", ".join(f"{k}: {old_settings.get(k, '<unset>')!r} -> {new_settings.get(k, '<unset>')!r}" for k in changed[:5])
             found.append(f"settings differ ({len(changed)}): {shown}")

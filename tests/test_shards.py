@@ -315,3 +315,16 @@ def test_finalize_verify_finds_row_ids_repeated_across_shards(tmp_path):
     assert finalize(str(tmp_path), plan).rows == 2 * GAZES * VIEWS  # without verify: not checked
     with pytest.raises(IncompleteRunError, match="6 duplicate row ids"):
         finalize(str(tmp_path), plan, verify=True)
+
+
+def test_ranges_of_axes_the_grid_does_not_sweep_are_no_difference():
+    """They shape no row: two runs of the same gaze-only grid whose view ranges differ (a preset's, say) are one run, and
+    a run refused for another grid does not also list the view ranges the new grid ignores."""
+    gaze_only = {"grid": "pitch,yaw", "pitch": "-30:30:5", "yaw": "-40:40:5", "view_pitch": "0:0:1", "view_yaw": "-30:30:5"}
+    recorded = RunManifest.create(INPUTS, "ab" * 32, gaze_only, 3)
+    assert recorded.differences(RunManifest.create(INPUTS, "ab" * 32, gaze_only | {"view_yaw": "-10:10:3"}, 3)) == []
+    swept = RunManifest.create(INPUTS, "ab" * 32, gaze_only | {"grid": "pitch,yaw,view", "view_yaw": "-30:30:2"}, 3)
+    [difference] = swept.differences(recorded)
+    assert difference == "settings differ (1): grid: 'pitch,yaw,view' -> 'pitch,yaw'"
+    assert recorded.differences(RunManifest.create(INPUTS, "ab" * 32, gaze_only | {"pitch": "-20:20:5"}, 3)) == [
+        "settings differ (1): pitch: '-30:30:5' -> '-20:20:5'"]
