@@ -5,6 +5,7 @@ the true head pose, gaze target and landmarks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -230,3 +231,26 @@ def test_an_annotation_file_not_named_subjectNNNN_is_named_in_a_warning(release,
         report = prepare_store(src, tmp_path / "out", resolution=RES, progress=False)
     assert report.written == ("train/subject0000.h5",)
     assert any("subject01.csv: not converted: not named subjectNNNN.csv" in r.getMessage() for r in caplog.records)
+
+
+def test_a_prepared_row_read_for_a_model_of_another_framing_keeps_its_head_in_the_photo(release, tmp_path):
+    """A store prepared from the raw release (ETH-XGaze's framing) read by synthesis for a model framed about the eye
+    midpoint is normalised again: its head pose and face_mat_norm still map back to the annotated head in the photo's
+    own camera (the forward direction, exactly), and its head pose is not the store's."""
+    from gazegen.pipelines.inputs import DecodeSettings, decode_sources
+    from gazegen.pipelines.sources import list_sources
+
+    root, truth = release
+    store = tmp_path / "store"
+    prepare_store(root, store, resolution=RES, progress=False)
+    path = store / "train" / "subject0001.h5"
+    with open_subject(path) as reader:
+        camera, labels = reader.normalisation, [(s.frame_index, s.cam_index, s.head_pose) for s in reader]
+    assert camera.eye_above_centre_mm == 23.7
+    heads = dataclasses.replace(camera, eye_above_centre_mm=0.0)
+    decoded = decode_sources(list_sources(path), DecodeSettings(RES, heads, "never"))
+    for source, (frame, cam, stored_pose) in zip(decoded, labels):
+        photo_head = truth[(1, frame, cam)][1]  # the head rotation in the photo's camera
+        back = source.face_mat_norm.T @ geometry.head_pose_to_rotation(source.head_pose)
+        assert geometry.angular_error(geometry.vector_to_pitchyaw(-back[:, 2]), geometry.vector_to_pitchyaw(-photo_head[:, 2])) < 1e-4
+        assert geometry.angular_error(source.head_pose, stored_pose) > 0.5  # degrees: turned by ~1.4
