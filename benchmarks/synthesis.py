@@ -59,7 +59,7 @@ from gazegen.config import PUBLISHED_NORMALISATIONS, ModelConfig, load_config, l
 from gazegen.data.images import to_model_range
 from gazegen.models.livegaze import LiveGaze
 from gazegen.models.staged_grid import staged_grid
-from gazegen.pipelines.graph import default_cpu_threads, local_records
+from gazegen.pipelines.graph import default_cpu_threads, local_records, quiet_auth_setup
 from gazegen.pipelines.grid import plan_source
 from gazegen.pipelines.manifest import finalize
 from gazegen.pipelines.plan import plan_run
@@ -70,7 +70,7 @@ from gazegen.pipelines.synthesis import open_run, run_synthesis
 
 def make_inputs(folder: Path, count: int, side: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):  # square crops of the model's size: passed through by --crop auto
+    for i in range(count):  # square noise crops of the model's size, read with --crop never (auto finds no face)
         cv2.imwrite(str(folder / f"src{i:05d}.png"), np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8))
     return folder
 
@@ -204,7 +204,8 @@ def measure(args: argparse.Namespace, work: Path, threads: int) -> dict:
     side = load_checkpoint(checkpoint).cfg.image_resolution
     inputs = args.inputs or make_inputs(work / "inputs", args.sources, side)
     options = {"grid": "pitch,yaw,view", "pitch": args.pitch, "yaw": args.yaw, "view_pitch": args.view_pitch,
-               "view_yaw": args.view_yaw, "batch_size": args.batch_size}  # fmt: skip
+               "view_yaw": args.view_yaw, "batch_size": args.batch_size,
+               "crop": "auto" if args.inputs else "never"}  # fmt: skip
     overrides = [f"cpu_threads={threads}"]  # the CPU actor gets the bare loop's threads
 
     if args.grid_only:
@@ -237,7 +238,8 @@ def ray_run(checkpoint: Path, inputs: Path, out: Path, cfg) -> dict:
 
     log = out.with_name(out.name + "_model.jsonl")
     start = time.perf_counter()
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    with quiet_auth_setup():  # as `gazegen synthesize` starts its own (pipelines/graph.py)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - start
     pipeline_start = time.time()
     try:
