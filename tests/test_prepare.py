@@ -311,3 +311,34 @@ def test_an_unknown_cam_index_base_is_warned_about_once_per_file(tmp_path, caplo
     with caplog.at_level("WARNING"):
         prepare_store(tmp_path / "src", tmp_path / "out", resolution=32, source_normalisation=NORM32, progress=False)
     assert sum("cam_index base cannot be told" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_cli_ctrl_c_keeps_the_finished_subjects_says_so_and_the_same_command_converts_the_rest(tmp_path, monkeypatch):
+    """Ctrl-C while the second subject converts: exit 130 with one line, the first subject's file kept and no temporary
+    file; the same command then skips it and converts the second."""
+    from typer.testing import CliRunner
+
+    from gazegen.cli import app
+    from gazegen.data import prepare
+
+    for i in (0, 1):
+        make_official(tmp_path / "src" / f"subject000{i}.h5", n=2, res=224)  # a published size: its normalisation is known
+    convert, calls = prepare._convert, []
+
+    def interrupted(reader, path, *args):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return convert(reader, path, *args)
+
+    monkeypatch.setattr(prepare, "_convert", interrupted)
+    args = ["data", "prepare", str(tmp_path / "src"), str(tmp_path / "out"), "--resolution", "32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    said = [line for line in result.output.splitlines() if line.strip() and not line.startswith("prepare:")]  # the bar aside
+    assert said == [f"interrupted: the finished subject files in {tmp_path / 'out'} are kept; the same command converts the "
+                    "rest (the split file is written once all are done)"]
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["subject0000.h5"]
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "1 subject file(s) written" in result.output and "1 already complete" in result.output

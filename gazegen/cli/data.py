@@ -76,8 +76,13 @@ def prepare(
     """Convert published ETH-XGaze or GazeNeRF h5 files (or ETH-XGaze raw, MPIIFaceGaze, ColumbiaGaze, normalised) into a training store."""
     from gazegen.data.prepare import prepare_store
 
-    with _reported():
-        report = prepare_store(src, out, resolution=resolution, overwrite=overwrite)
+    try:
+        with _reported():
+            report = prepare_store(src, out, resolution=resolution, overwrite=overwrite)
+    except KeyboardInterrupt:  # the subject in progress was a temporary file; finished ones are in place (data/prepare.py)
+        typer.secho(f"interrupted: the finished subject files in {out} are kept; the same command converts the rest "
+                    "(the split file is written once all are done)", err=True)
+        raise typer.Exit(code=130)
     typer.echo(report.summary())
 
 
