@@ -12,7 +12,7 @@ h5       A row with its head pose and head-frame gaze. A patch taken with anothe
          camera than the model's is re-zoomed to the model's framing (``renormalise``); its labels
          do not change. One whose camera looks at another face centre (``eye_above_centre_mm``:
          an ETH-XGaze store given to a model of procedural heads, or the reverse) is normalised
-         again, looking at the model's (``reframe``): the face moves ~9 px in a 128 px crop, the
+         again, looking at the model's (``reframe``): the face moves 10 px in the demo's 128 px crop, the
          head pose turns by ~1.4 degrees, and ``face_mat_norm`` records the turn.
 parquet  Rows with ``head_pose`` (and optionally ``gaze_head``) are normalised crops in the
          model's framing (e.g. gazegen's own output); rows without are read as photos.
