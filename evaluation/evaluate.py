@@ -382,10 +382,14 @@ def check_model_camera(data: str | Path, split: str | None, norm: NormalisationC
                 and math.isclose(got.distance_mm, norm.distance_mm, rel_tol=1e-4)
                 and math.isclose(got.eye_above_centre_mm, norm.eye_above_centre_mm, abs_tol=0.5))
         if not same:
+            framing = not math.isclose(got.eye_above_centre_mm, norm.eye_above_centre_mm, abs_tol=0.5)
+            hint = ("a store framed otherwise holds other faces (`gazegen data prepare` frames real faces ETH-XGaze's way, "
+                    "synth-heads its heads about the eye midpoint): evaluate the model on data framed like its own"
+                    if framing else "prepare the store at that camera (`gazegen data prepare --resolution`)")
             raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, {got.distance_mm:g} mm, "
                             f"looking {got.eye_above_centre_mm:g} mm below the eyes; {checkpoint} was trained on focal "
                             f"{norm.focal:g} px at {norm.resolution} px, {norm.distance_mm:g} mm, {norm.eye_above_centre_mm:g} mm "
-                            "below the eyes (its metadata.normalisation): prepare the store at that camera")
+                            f"below the eyes (its metadata.normalisation): {hint}")
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
