@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gazegen.checkpoint import CONFIG_FILE, foreign_entries, load_pretrained, save_pretrained
-from gazegen.config import EstimatorConfig, EstimatorNetConfig, to_dict
+from gazegen.config import EstimatorConfig, EstimatorNetConfig, NormalisationConfig, to_dict
 from gazegen.data.parquet import SHARD_GLOB, GazeParquetDataset, shuffle_buffered
 from gazegen.data.images import resize_area, to_model_range
 from gazegen.data.splits import store_splits
@@ -145,6 +145,13 @@ class StoreGazeDataset(IterableDataset):
         yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, worker, 1]))
 
 
+def store_cameras(data: str | Path, split: str | None) -> Iterator[tuple[Path, NormalisationConfig]]:
+    """Each h5 file of ``data``'s ``split`` with its normalised camera."""
+    for path in store_files(data, split):
+        with open_subject(path) as reader:
+            yield path, reader.normalisation
+
+
 def check_store_camera(data: str | Path, split: str | None, net: EstimatorNetConfig) -> None:
     """DataError naming the first h5 file of ``data``'s ``split`` whose normalised camera is not the one
     ``net``'s eye patches are placed for: the same field of view (focal / resolution) and distance
@@ -154,15 +161,12 @@ def check_store_camera(data: str | Path, split: str | None, net: EstimatorNetCon
     if not net.eyes.width or is_parquet(data):
         return
     want = net.eyes.normalisation
-    for path in store_files(data, split):
-        with open_subject(path) as reader:
-            got = reader.normalisation
-        if not (math.isclose(got.focal / got.resolution, want.focal / want.resolution, rel_tol=1e-4)
-                and math.isclose(got.distance_mm, want.distance_mm, rel_tol=1e-4)):
+    for path, got in store_cameras(data, split):
+        if not got.same_view(want):
             raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, "
                             f"{got.distance_mm:g} mm; the estimator's eye patches are placed for focal {want.focal:g} "
                             f"px at {want.resolution} px, {want.distance_mm:g} mm (EstimatorNetConfig.eyes.normalisation)")
-        if not math.isclose(got.eye_above_centre_mm, net.eyes.above_centre_mm, abs_tol=0.5):
+        if not got.same_framing(net.eyes.above_centre_mm):
             raise DataError(f"{path}: its camera looks at a face centre {got.eye_above_centre_mm:g} mm below the eyes; the "
                             f"estimator's eye patches are placed {net.eyes.above_centre_mm:g} mm above its face centre "
                             "(EstimatorNetConfig.eyes.above_centre_mm)")

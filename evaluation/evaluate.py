@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ from gazegen.imaging import resize_tensor
 from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.device import torch_device
-from gazegen.evaluation.estimator import check_store_camera, store_files
+from gazegen.evaluation.estimator import check_store_camera, store_cameras, store_files
 from gazegen.evaluation.probes import run_probes
 from gazegen.evaluation.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
 from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
@@ -375,17 +374,12 @@ def check_model_camera(data: str | Path, split: str | None, norm: NormalisationC
     the store's own targets, so it takes the store as it is.)"""
     if norm is None:
         return
-    for path in store_files(data, split):
-        with open_subject(path) as reader:
-            got = reader.normalisation
-        same = (math.isclose(got.focal / got.resolution, norm.focal / norm.resolution, rel_tol=1e-4)
-                and math.isclose(got.distance_mm, norm.distance_mm, rel_tol=1e-4)
-                and math.isclose(got.eye_above_centre_mm, norm.eye_above_centre_mm, abs_tol=0.5))
-        if not same:
-            framing = not math.isclose(got.eye_above_centre_mm, norm.eye_above_centre_mm, abs_tol=0.5)
+    for path, got in store_cameras(data, split):
+        framed = got.same_framing(norm.eye_above_centre_mm)
+        if not (framed and got.same_view(norm)):
             hint = ("a store framed otherwise holds other faces (`gazegen data prepare` frames real faces ETH-XGaze's way, "
                     "synth-heads its heads about the eye midpoint): evaluate the model on data framed like its own"
-                    if framing else "prepare the store at that camera (`gazegen data prepare --resolution`)")
+                    if not framed else "prepare the store at that camera (`gazegen data prepare --resolution`)")
             raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, {got.distance_mm:g} mm, "
                             f"looking {got.eye_above_centre_mm:g} mm below the eyes; {checkpoint} was trained on focal "
                             f"{norm.focal:g} px at {norm.resolution} px, {norm.distance_mm:g} mm, {norm.eye_above_centre_mm:g} mm "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,15 @@ class NormalisationConfig:
     def at_resolution(self, resolution: int) -> NormalisationConfig:
         """The same camera (same field of view) for images resized to ``resolution`` pixels."""
         return dataclasses.replace(self, focal=self.focal * resolution / self.resolution, resolution=resolution)
+
+    def same_view(self, other: NormalisationConfig) -> bool:
+        """The same field of view (focal / resolution) and distance: the same images at any size."""
+        return (math.isclose(self.focal / self.resolution, other.focal / other.resolution, rel_tol=1e-4)
+                and math.isclose(self.distance_mm, other.distance_mm, rel_tol=1e-4))
+
+    def same_framing(self, eye_above_centre_mm: float) -> bool:
+        """Whether this camera looks at a face centre ``eye_above_centre_mm`` below the eyes (within half a millimetre)."""
+        return math.isclose(self.eye_above_centre_mm, eye_above_centre_mm, abs_tol=0.5)
 
 
 # The normalisations of published stores. ETH-XGaze (Zhang et al. 2020, official patches):
