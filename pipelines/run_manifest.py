@@ -13,6 +13,7 @@ from typing import Any
 from gazegen.config.synth import RANGE_AXES
 from gazegen.data.schema import GAZEGEN_METADATA
 from gazegen.pipelines.shards import sha256_text, utc_now
+from gazegen.settings_diff import settings_differ
 
 MANIFEST_FORMAT = "gazegen-synthesis-manifest"
 VERSIONED = ("gazegen", "torch", "pyarrow", "numpy", "opencv-python-headless", "ray", "datasets")
@@ -131,9 +132,4 @@ class RunManifest:
         old_settings = _flatten(dict(self.settings)) | {"sources_per_shard": self.sources_per_shard}
         new_settings = _flatten(_jsonable(dict(other.settings))) | {"sources_per_shard": other.sources_per_shard}
         unswept = _unswept_ranges(new_settings)  # no row of the new run depends on them; a grid that swept them differs
-        changed = [k for k in sorted(old_settings.keys() | new_settings.keys())
-                   if k not in unswept and old_settings.get(k) != new_settings.get(k)]
-        if changed:
-            shown = ", ".join(f"{k}: {old_settings.get(k, '<unset>')!r} -> {new_settings.get(k, '<unset>')!r}" for k in changed[:5])
-            found.append(f"settings differ ({len(changed)}): {shown}")
-        return found
+        return found + settings_differ(old_settings, new_settings, ignored=unswept, shown=5)

@@ -22,7 +22,7 @@ PACKAGES = ("gazegen", "gazegen.train", "gazegen.pipelines", "gazegen.evaluation
 # The layout's direction (docs/design.md): config <- geometry <- rendering <- models <- (train, pipelines)
 # <- evaluation <- cli. A module may import its own part and parts of a lower rank, never an equal or higher
 # one (so train/ and pipelines/ never import each other).
-LAYERS = {"errors": 0, "allocator": 0, "config": 1, "weights": 1, "device": 1, "paths": 1, "geometry": 2, "imaging": 2, "rendering": 3, "data": 4, "models": 4, "metrics": 4,
+LAYERS = {"errors": 0, "allocator": 0, "settings_diff": 0, "config": 1, "weights": 1, "device": 1, "paths": 1, "geometry": 2, "imaging": 2, "rendering": 3, "data": 4, "models": 4, "metrics": 4,
           "checkpoint": 5, "live3d": 6, "benchmark": 7, "train": 7, "pipelines": 7, "evaluation": 8, "cli": 9}
 
 

@@ -46,6 +46,7 @@ from gazegen.data.schema import decode_depth_png, decode_png, depth_scale_of
 from gazegen.data.store import SPLIT_FILE
 from gazegen.data.xgaze import DataError
 from gazegen.paths import OutputPathError, check_out_folder
+from gazegen.settings_diff import settings_differ
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +208,7 @@ def _differences(recorded: dict[str, Any], out: str, run: SourceRun, cfg: Export
     """What makes this export (of ``out``, read as ``run``, with ``cfg``) another than the one ``recorded`` in
     DEST's state file: each setting with its recorded and new value, and whether the shards differ; [] if none."""
     old, new = _output_settings(recorded.get("settings") or {}), _output_settings(asdict(cfg))
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
-    found = [f"settings differ ({len(changed)}): "
-             + ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in changed)] if changed else []
+    found = settings_differ(old, new)
     # The state records no shard checksums, but the fingerprint covers them: the recorded settings with this run's shards
     # give the recorded fingerprint only when the shards are the same.
     if _fingerprint(run.shards_sha256, old) != recorded.get("fingerprint"):
