@@ -16,6 +16,9 @@ Three layouts, told apart by `detect_format`:
     point, not a gaze, and ``pitchyaw_3d`` is the raw 3D gaze target: both are ignored.
 ``gazegen-store``  our own store (gazegen/data/store.py), told by its ``format`` attribute.
 
+What each layout must hold (keys, shapes, dtypes, finite radian labels) is checked before reading
+(gazegen/data/h5_layout.py); the readers here turn the rows into Samples.
+
 What the public code establishes (sources: xucong-zhang/ETH-XGaze ``normalization_example.py``;
 X-Shi/Data-Normalization-Gaze-Estimation ``ETH-XGaze_data_normalization/nor_eye_face.py``;
 AlessandroRuzzi/GazeNeRF ``dataset_pre_processing.py``, ``utils/gaze_estimation_utils.py``,
@@ -63,32 +66,15 @@ import numpy as np
 
 from gazegen import geometry
 from gazegen.config import PUBLISHED_NORMALISATIONS, NormalisationConfig
+from gazegen.data.h5_layout import GAZENERF, MASKS, REQUIRED, STORE, XGAZE, label_problems, layout_problems
 from gazegen.data.sample import Sample
-from gazegen.data.store import STORE_FORMAT
 from gazegen.errors import GazegenError
 
 log = logging.getLogger(__name__)
 
-XGAZE, GAZENERF, STORE = "eth-xgaze", "gazenerf", STORE_FORMAT
 GAZENERF_PITCH_SIGN = -1.0  # GazeNeRF pitch = asin(+v_y); ours (ETH-XGaze) = asin(-v_y)
 XGAZE_CAMERAS = 18
 GAZENERF_EXTRAS = ("latent_codes", "w2c_Rmat", "w2c_Tvec", "c2w_Rmat", "c2w_Tvec", "inmat", "inv_inmat")
-MASKS = {"head_mask": "face_mask", "left_eye_mask": "left_eye_mask", "right_eye_mask": "right_eye_mask"}
-# Shapes by key: "N" rows, "H" the image side, "*" any, ints exact.
-SHAPES: dict[str, tuple] = {
-    "face_patch": ("N", "H", "H", 3), "face_gaze": ("N", 2), "face_head_pose": ("N", 2),
-    "pitchyaw_head": ("N", 2), "camera": ("N", 25), "frame_index": ("N", 1), "cam_index": ("N", 1),
-    "facial_landmarks": ("N", 68, 2), "depth": ("N", "H", "H"), "face_mat_norm": ("N", 3, 3),
-    **{k: ("N", "H", "H") for k in MASKS}, "latent_codes": ("N", "*"), "w2c_Rmat": ("N", 3, 3),
-    "w2c_Tvec": ("N", 3), "c2w_Rmat": ("N", 3, 3), "c2w_Tvec": ("N", 3), "inmat": ("N", 3, 3),
-    "inv_inmat": ("N", 3, 3),
-}
-REQUIRED = {
-    XGAZE: ("face_patch", "face_gaze", "face_head_pose", "frame_index", "cam_index"),
-    GAZENERF: ("face_patch", "pitchyaw_head", "face_head_pose", "frame_index", "cam_index"),
-    STORE: ("face_patch", "face_gaze", "face_head_pose", "pitchyaw_head", "camera", "frame_index", "cam_index"),
-}
-ANGLE_KEYS = ("face_gaze", "face_head_pose", "pitchyaw_head")
 
 
 class DataError(GazegenError, ValueError):
@@ -151,42 +137,6 @@ def file_component(name: str, limit: int = 120) -> str:
 def subject_name(path: Path) -> str:
     """``xgaze_subject0003.h5`` (GazeNeRF) and ``subject0003.h5`` both name ``subject0003``."""
     return path.stem.removeprefix("xgaze_")
-
-
-def layout_problems(f: h5py.File, path: Path, fmt: str) -> list[str]:
-    """Missing keys, wrong shapes or dtypes, row counts that disagree: one message per problem."""
-    missing = [k for k in REQUIRED[fmt] if k not in f]
-    keys = ", ".join(f"'{k}'" for k in missing)
-    problems = [f"{path}: key{'s' if len(missing) > 1 else ''} {keys} {'are' if len(missing) > 1 else 'is'} missing "
-                f"(required in {fmt} files; keys present: {sorted(f.keys())})"] if missing else []
-    if "face_patch" not in f:
-        return problems
-    shape = f["face_patch"].shape
-    n, h = shape[0], shape[1] if len(shape) > 1 else 0
-    for key in sorted(set(f.keys()) & set(SHAPES)):
-        want = tuple({"N": n, "H": h}.get(d, d) if isinstance(d, str) else d for d in SHAPES[key])
-        got = f[key].shape
-        ok = len(got) == len(want) and all(w == "*" or g == w for g, w in zip(got, want))
-        if key in ("frame_index", "cam_index") and got == (n,):
-            ok = True
-        if not ok:
-            problems.append(f"{path}: key '{key}' has shape {got}, expected {want} (N={n} images of {h} px)")
-    for key in ("face_patch", *MASKS):
-        if key in f and f[key].dtype != np.uint8:
-            problems.append(f"{path}: key '{key}' has dtype {f[key].dtype}, expected uint8")
-    return problems
-
-
-def label_problems(path: Path, key: str, values: np.ndarray) -> list[str]:
-    """NaN/inf rows, and angles outside the radian range (labels written in degrees)."""
-    flat = values.reshape(len(values), -1)
-    bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
-    if len(bad):
-        return [f"{path}: key '{key}' has NaN/inf labels in {len(bad)} of {len(values)} rows (rows {bad[:8].tolist()})"]
-    limit = np.array([np.pi / 2, np.pi]) + 1e-3  # |pitch|, |yaw|
-    if key in ANGLE_KEYS and len(values) and (np.abs(values) > limit).any():
-        return [f"{path}: key '{key}' has values up to {np.abs(values).max():.3g}, outside the radian range (degrees?)"]
-    return []
 
 
 def _cam_index_base(path: Path, cams: np.ndarray) -> int:
