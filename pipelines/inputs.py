@@ -34,14 +34,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gazegen import geometry
 from gazegen.config import CropConfig, NormalisationConfig
 from gazegen.data.faces import CropResult, crop_each_face, crop_faces
 from gazegen.data.images import resize_image
-from gazegen.data.normalise import HeadPose, NormalisedFace, normalise_with_pose
+from gazegen.data.normalise import HeadPose, NormalisedFace, normalise_with_pose, normalised_camera_matrix
+from gazegen.data.parquet import read_rows
 from gazegen.data.xgaze import open_subject
 from gazegen.pipelines.grid import pose_problem
 from gazegen.pipelines.guards import InputError, call_with_timeout, check_labels, check_rotation, decode_image, max_file_bytes, read_regular_file
@@ -113,11 +113,10 @@ def reframe(image: np.ndarray, head_pose: np.ndarray, source: NormalisationConfi
     and K, gazegen/data/normalise.py): returns the crop at ``target.resolution``, the head pose in the new camera and
     ``face_mat_norm``, the source camera -> the target's."""
     camera = source.at_resolution(image.shape[1])
-    k = np.array([[camera.focal, 0.0, camera.resolution / 2], [0.0, camera.focal, camera.resolution / 2], [0.0, 0.0, 1.0]])
     head = geometry.head_pose_to_rotation(np.asarray(head_pose, np.float64))
     below = target.eye_above_centre_mm - source.eye_above_centre_mm  # mm down the face (the head's +y) to the new centre
     centre = np.array([0.0, 0.0, camera.distance_mm]) + head @ np.array([0.0, below, 0.0])
-    return normalise_with_pose(image, HeadPose(head, centre, 0.0), k, target, np.zeros((1, 2)))
+    return normalise_with_pose(image, HeadPose(head, centre, 0.0), normalised_camera_matrix(camera), target, np.zeros((1, 2)))
 
 
 def _failed(stage: str, reason: str) -> DecodedSource:
@@ -200,16 +199,14 @@ def _read_parquet(records: Sequence[SourceRecord], settings: DecodeSettings) -> 
     with pq.ParquetFile(records[0].path) as file:
         names = file.schema_arrow.names
         columns = [settings.image_column] + [c for c in ("head_pose", "gaze_head") if c in names]
-        starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
-        groups = sorted({int(np.searchsorted(starts, r.index, side="right") - 1) for r in records})
-        table = pa.concat_tables([file.read_row_group(g, columns=columns, use_threads=False) for g in groups])
-        offsets = {g: int(sum(file.metadata.row_group(h).num_rows for h in groups[:k])) for k, g in enumerate(groups)}
+        indices = sorted({r.index for r in records})
+        table = read_rows(file, indices, columns, use_threads=False)
+    position = {index: k for k, index in enumerate(indices)}  # a record's row in table
     target = settings.normalisation.at_resolution(settings.resolution)
     row_faces: dict[int, list[CropResult]] = {}  # a row's faces, detected once for all its records
 
     def read(record: SourceRecord) -> DecodedSource:
-        g = int(np.searchsorted(starts, record.index, side="right") - 1)
-        row = {c: table.column(c)[offsets[g] + record.index - int(starts[g])].as_py() for c in columns}
+        row = {c: table.column(c)[position[record.index]].as_py() for c in columns}
         try:
             data = image_bytes(row[settings.image_column], Path(record.path).parent, settings.root, settings.max_pixels)
             image = decode_image(data, settings.max_pixels)

@@ -47,7 +47,8 @@ import pyarrow.parquet as pq
 
 from gazegen.data.faces import IMAGE_SUFFIXES
 from gazegen.data.mtcnn import MtcnnDetector
-from gazegen.data.xgaze import DataError, open_subject
+from gazegen.data.xgaze import open_subject
+from gazegen.errors import GazegenError
 from gazegen.pipelines.guards import InputError, decode_image, max_file_bytes, read_regular_file, resolve_inside
 from gazegen.pipelines.shards import MANIFEST_NAME, OutputDir, run_files
 
@@ -168,7 +169,7 @@ def _image_records(path: Path, rel: str, faces: str, max_pixels: int) -> list[So
     try:
         found = len(detector().detect(decode_image(read_regular_file(path, max_file_bytes(max_pixels)), max_pixels, str(path))))
     except Exception as error:  # an unreadable image is one error row, as when it is decoded
-        return [SourceRecord(rel, str(path), "image", error=str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}")]
+        return [SourceRecord(rel, str(path), "image", error=_reason(error))]
     if found < 2:
         return [SourceRecord(rel, str(path), "image")]
     return [SourceRecord(FACE_FORMAT.format(path=rel, index=k), str(path), "image", face=k) for k in range(found)]
@@ -199,9 +200,9 @@ def _parquet_records(path: Path, rel: str, rows: int, faces: str, image_column: 
 
 
 def _reason(error: Exception) -> str:
-    """An error row's one-line reason: a problem the reader names itself (DataError, InputError: the file and what is
-    wrong with it) as it is, another with its type; of several problems, one per line, the first and how many more."""
-    text = str(error) if isinstance(error, (DataError, InputError)) else f"{type(error).__name__}: {error}"
+    """An error row's one-line reason: a problem the reader names itself (a GazegenError: the file and what is wrong
+    with it) as it is, another with its type; of several problems, one per line, the first and how many more."""
+    text = str(error) if isinstance(error, GazegenError) else f"{type(error).__name__}: {error}"
     lines = text.splitlines() or [type(error).__name__]
     return lines[0] + (f" (and {len(lines) - 1} more problem{'s' if len(lines) > 2 else ''})" if len(lines) > 1 else "")
 

@@ -161,3 +161,17 @@ def test_shard_sheet_spreads_its_rows_over_the_whole_run(tmp_path):
     for tile, k in enumerate((0, 6, 11)):
         expected = cv2.cvtColor(image_of(k), cv2.COLOR_RGB2BGR)
         np.testing.assert_array_equal(sheet[0, tile * SIZE], expected[0, 0])  # the top-left pixel: no arrow, no caption
+
+
+def test_read_rows_reads_the_rows_asked_for_across_row_groups(tmp_path):
+    """Rows 0, 3, 4 and 11 of a file in row groups of 4 (groups 0, 1 and 2): returned in that order, group 2's
+    row read without its neighbours'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gazegen.data.parquet import read_rows
+
+    pq.write_table(pa.table({"k": list(range(12)), "x": [10 * i for i in range(12)]}), tmp_path / "t.parquet", row_group_size=4)
+    with pq.ParquetFile(tmp_path / "t.parquet") as file:
+        assert read_rows(file, [0, 3, 4, 11], ["x"]).to_pydict() == {"x": [0, 30, 40, 110]}
+        assert read_rows(file, [], ["x"]).num_rows == 0

@@ -19,15 +19,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from gazegen import geometry
+from gazegen.data.h5_layout import MASKS, STORE
 from gazegen.data.images import resize_area
 from gazegen.data.prepare import find_subject_files
-from gazegen.data.xgaze import MASKS, STORE, DataError, SubjectReader, open_subject
+from gazegen.data.xgaze import DataError, SubjectReader, open_subject
 from gazegen.errors import first_line
 
 TOLERANCE_DEG = 1.0  # largest accepted disagreement between redundant labels of a store
@@ -248,18 +248,6 @@ def fit_caption(text: str, width: int) -> str:
 SHEET_COLUMNS = ["image", "gaze", "source_id", "gaze_index", "view_index"]  # what a contact-sheet tile shows
 
 
-def _rows_of(file: Any, rows: np.ndarray, columns: list[str]) -> list[dict]:
-    """Rows ``rows`` (sorted, within the file) of a ``pyarrow.parquet.ParquetFile``, as dicts: only the row groups
-    holding them are read."""
-    starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
-    out = []
-    for group in np.unique(np.searchsorted(starts, rows, side="right") - 1):
-        table = file.read_row_group(int(group), columns=columns)
-        inside = rows[(rows >= starts[group]) & (rows < starts[group + 1])] - starts[group]
-        out += table.take(inside).to_pylist()
-    return out
-
-
 def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 27, columns: int = 9, thumb: int = 128) -> Path:
     """A contact sheet of ``rows`` rows of synthesis Parquet shards, read back with pyarrow, spread evenly over the
     whole run in shard order (rows 0, ..., the last: many sources, not the first one's grid alone).
@@ -270,7 +258,7 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
     """
     import pyarrow.parquet as pq
 
-    from gazegen.data.parquet import resolve_shards
+    from gazegen.data.parquet import read_rows, resolve_shards
     from gazegen.data.schema import decode_png
 
     fs, paths = resolve_shards(str(source))
@@ -281,7 +269,8 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
         chosen = np.unique(np.linspace(0, total - 1, min(rows, total)).round().astype(int)) if total else np.zeros(0, int)
         starts = np.cumsum([0, *counts])
         picked = [row for k, file in enumerate(files)
-                  for row in _rows_of(file, chosen[(chosen >= starts[k]) & (chosen < starts[k + 1])] - starts[k], SHEET_COLUMNS)]
+                  for row in read_rows(file, chosen[(chosen >= starts[k]) & (chosen < starts[k + 1])] - starts[k],
+                                       SHEET_COLUMNS).to_pylist()]
     tiles: list[np.ndarray] = []
     for row in picked:
         tile = resize_area(cv2.cvtColor(decode_png(row["image"]["bytes"]), cv2.COLOR_RGB2BGR), thumb)

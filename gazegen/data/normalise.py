@@ -106,6 +106,11 @@ class NormalisedFace:
     source: HeadPose  # the head in the photo's camera
 
 
+def normalised_camera_matrix(norm: NormalisationConfig) -> np.ndarray:
+    """(3, 3) K of the normalised camera: focal ``norm.focal``, principal point at the image centre."""
+    return np.array([[norm.focal, 0.0, norm.resolution / 2], [0.0, norm.focal, norm.resolution / 2], [0.0, 0.0, 1.0]])
+
+
 def photo_camera_matrix(width: int, height: int, cfg: PhotoCameraConfig = PhotoCameraConfig()) -> np.ndarray:
     """(3, 3) assumed intrinsics of a `width` x `height` photo: principal point at the centre."""
     f = cfg.focal_fraction * max(width, height)
@@ -224,8 +229,7 @@ def normalise_with_pose(image: np.ndarray, pose: HeadPose, camera_matrix: np.nda
     rot = normalising_rotation(pose.translation, pose.rotation)
     distance = float(np.linalg.norm(pose.translation))
     scale = np.diag([1.0, 1.0, norm.distance_mm / distance])
-    k_norm = np.array([[norm.focal, 0.0, norm.resolution / 2], [0.0, norm.focal, norm.resolution / 2], [0.0, 0.0, 1.0]])
-    warp = k_norm @ scale @ rot @ np.linalg.inv(camera_matrix)
+    warp = normalised_camera_matrix(norm) @ scale @ rot @ np.linalg.inv(camera_matrix)
     # photo pixels per normalised pixel at the face: shrink a much larger photo with area
     # averaging first (a perspective warp alone would alias)
     magnification = norm.focal * distance / (camera_matrix[0, 0] * norm.distance_mm)

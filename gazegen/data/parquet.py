@@ -255,6 +255,19 @@ def gaze_in_photo(row: Any, face_mat_norm: np.ndarray | None = None) -> np.ndarr
     return np.where(identity, gaze, gaze_to_photo(gaze, rotation))
 
 
+def read_rows(file: pq.ParquetFile, rows: Sequence[int], columns: Sequence[str], use_threads: bool = True) -> pa.Table:
+    """Rows ``rows`` (indices within the file, sorted, each once) of ``columns``, in that order: only the row groups
+    holding them are read."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+    groups = np.unique(np.searchsorted(starts, rows, side="right") - 1)
+    tables = [file.read_row_group(int(g), columns=list(columns), use_threads=use_threads) for g in groups]
+    table = pa.concat_tables(tables) if tables else file.schema_arrow.empty_table().select(list(columns))
+    first = {int(g): int(sum(t.num_rows for t in tables[:k])) for k, g in enumerate(groups)}  # group -> its first row in table
+    at = [first[int(g)] + int(r - starts[g]) for r, g in zip(rows, np.searchsorted(starts, rows, side="right") - 1)]
+    return table.take(pa.array(at, pa.int64()))
+
+
 def shuffle_buffered(rows: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
     """Stream ``rows`` through a buffer of ``size``: each new row replaces a random buffered one, which is yielded."""
     buffer: list[T] = []
@@ -277,4 +290,4 @@ def _label_matrix(column: pa.Array, width: int) -> np.ndarray:
     return values.reshape(len(column), width)
 
 
-__all__ = ["SHARD_GLOB", "GazeParquetDataset", "gaze_in_photo", "resolve_shards", "shuffle_buffered"]
+__all__ = ["SHARD_GLOB", "GazeParquetDataset", "gaze_in_photo", "read_rows", "resolve_shards", "shuffle_buffered"]
