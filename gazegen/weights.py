@@ -243,8 +243,9 @@ class WeightStatus:
     url: str
 
     def line(self) -> str:
+        """The row, then what needs the file on a second, indented line."""
         where = str(self.path) if self.path else f"get it from {self.url}"
-        return f"{self.name:<14} {self.status:<11} {self.filename:<38} {where}"
+        return f"{self.name:<14} {self.status:<11} {self.filename:<38} {where}\n{'':<14} needed by: {self.used_by}"
 
 
 def weights_report(*, verify: bool = True) -> list[WeightStatus]:
@@ -281,7 +282,7 @@ def shipped_report(root: Path = SHIPPED_DIR) -> list[WeightStatus]:
         else:
             status = "ok" if sha256_file(folder / "model.safetensors") == found.group(1) else "bad sha256"
         rows.append(WeightStatus(folder.name, "model.safetensors", status, folder / "model.safetensors",
-                                 f"gazegen checkpoint, card: {card}", "made by this repository"))
+                                 f"gazegen's own checkpoint, model card {card}", "made by this repository"))
     return rows
 
 
@@ -290,9 +291,9 @@ def format_weights_report(rows: list[WeightStatus] | None = None) -> list[str]:
     rows = weights_report() if rows is None else rows
     lines = [f"searched in order ({_env_state()}): " + ", ".join(str(d) for d in search_dirs())]
     lines.append(f"{'name':<14} {'status':<11} {'file':<38} location")
-    lines.extend(r.line() for r in rows)
+    lines.extend(line for r in rows for line in r.line().splitlines())
     shipped = shipped_report()
     if shipped:
         lines.append(f"shipped with the repository ({SHIPPED_DIR}), made by gazegen's own commands:")
-        lines.extend(r.line() for r in shipped)
+        lines.extend(line for r in shipped for line in r.line().splitlines())
     return lines

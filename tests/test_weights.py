@@ -135,8 +135,10 @@ def test_report_rows(dirs, monkeypatch):
     assert rows["live3d"].status == "unverified"
     lines = W.format_weights_report(list(rows.values()))
     shipped = W.shipped_report()  # the repository's own checkpoints follow, under a heading, when there are any
-    assert str(env) in lines[0] and len(lines) == 2 + len(rows) + (1 + len(shipped) if shipped else 0)
-    assert any("missing" in line and W.WEIGHTS["fid_inception"].url in line for line in lines)
+    assert str(env) in lines[0] and len(lines) == 2 + 2 * len(rows) + (1 + 2 * len(shipped) if shipped else 0)
+    fid = lines.index(next(line for line in lines if line.startswith("fid_inception")))
+    assert "missing" in lines[fid] and W.WEIGHTS["fid_inception"].url in lines[fid]
+    assert lines[fid + 1].split() == ["needed", "by:", *W.WEIGHTS["fid_inception"].used_by.split()]
 
 
 def test_loads_pth_and_safetensors(dirs, monkeypatch):

@@ -14,7 +14,7 @@ a function of (subject, target row).
 ``files``    ``<subject>.npy`` (N, H, W) float32 in millimetres of the subject's normalised camera,
              one map per row of the subject's h5 file (any H = W), 0 where there is no depth.
 
-Units: the store and the files hold millimetres (DESIGN.md); the renderer's depth is in world
+Units: the store and the files hold millimetres (docs/design.md); the renderer's depth is in world
 units: ``world = mm / geometry.mm_per_world_unit(normalisation)``. Non-positive or non-finite
 depth is invalid; ``depth_to_world`` brings a map to the neural rendering side, averaging valid
 pixels only.

@@ -98,7 +98,8 @@ def _synth_default(key: str) -> str:
 @app.command("synthesize")
 def synthesize(
     checkpoint: Path = typer.Argument(..., help="A gazegen checkpoint folder (config.json + model.safetensors)."),
-    inputs: str = typer.Argument(..., help="Image folder or glob, a training-store h5 (or store), or Parquet with an image column."),
+    inputs: str = typer.Argument(..., help="An image file, folder or glob, a training-store h5 (or store), or Parquet with an "
+                                 "image column."),
     out: str = typer.Argument(..., help="Output folder or pyarrow filesystem URI (s3://, gs://, file://)."),
     grid: Optional[str] = typer.Option(None, help="Swept axes: a comma list of pitch, yaw, view.", show_default=_synth_default("grid")),
     pitch: Optional[str] = typer.Option(None, help="Gaze pitch in the head frame, start:stop:count degrees.",
@@ -114,14 +115,21 @@ def synthesize(
     seed: Optional[int] = typer.Option(None, help="Seed of --sample (written in every row).", show_default=_synth_default("seed")),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Gazes per redirect and views per render call.",
                                              show_default=_synth_default("batch_size")),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPU actors (-1: all GPUs; 0: CPU actors)."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", help="GPU actors (-1: all GPUs; 0: CPU actors).",
+                                           show_default=_synth_default("num_gpus")),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster (default: a private local Ray)."),
-    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per Parquet shard (whole sources)."),
-    crop: Optional[str] = typer.Option(None, help="Photos: auto | always | never face detection and alignment."),
-    faces: Optional[str] = typer.Option(None, help="Photos with several faces: largest | all (each its own source, photo.jpg#face00 ...)."),
+    rows_per_shard: Optional[int] = typer.Option(None, "--rows-per-shard", help="Rows per Parquet shard (whole sources).",
+                                                 show_default=_synth_default("rows_per_shard")),
+    crop: Optional[str] = typer.Option(None, help="Face detection and alignment of photos: auto (a square image whose face "
+                                       "already sits where the model's camera puts one passes through; others are cropped), "
+                                       "always, or never (every input is taken as a normalised crop of a frontal head).",
+                                       show_default=_synth_default("crop")),
+    faces: Optional[str] = typer.Option(None, help="Photos with several faces: largest | all (each its own source, photo.jpg#face00 ...).",
+                                        show_default=_synth_default("faces")),
     config: Optional[Path] = typer.Option(None, help="TOML preset (configs/synth/*.toml)."),
     overrides: Optional[list[str]] = SetOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete a different earlier run in OUT and start afresh."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh: delete an earlier run of other inputs or settings "
+                                   "in OUT, or write into an OUT that holds other files (they are kept)."),
 ) -> None:
     """Render every input face under a grid of gazes and views into Parquet shards (Ray)."""
     import sys
@@ -194,9 +202,9 @@ def estimator_eval(
     checkpoint: Path = typer.Argument(..., help="An estimator checkpoint folder."),
     data: str = typer.Argument(..., help="A training store, h5 file(s), or Parquet shards."),
     split: str = typer.Option("test", help="Store split (ignored for other sources)."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward."),
     max_images: int = typer.Option(0, "--max-images", min=0, help="0: all."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     out: Optional[Path] = typer.Option(None, help="Also write the figures as JSON here."),
 ) -> None:
     """Angular errors of a trained estimator, next to the constant-prediction baseline."""
@@ -218,7 +226,7 @@ def evaluate(
     data: str = typer.Argument(..., help="A training store (its test split is evaluated)."),
     out: Path = typer.Option(..., help="Folder for report.json, report.md and sheet.png."),
     estimator: Optional[Path] = typer.Option(None, help="Reference estimator checkpoint (gaze and head errors)."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     config: Optional[Path] = typer.Option(None, help="TOML with EvaluateConfig keys."),
     overrides: Optional[list[str]] = SetOption,
 ) -> None:

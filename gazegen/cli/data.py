@@ -73,7 +73,8 @@ def prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds another store (other source or settings): delete it "
                                    "first (its split file, prepare.json and train/ test/ *.h5); other files in OUT are kept."),
 ) -> None:
-    """Convert published ETH-XGaze or GazeNeRF h5 files (or ETH-XGaze raw, MPIIFaceGaze, ColumbiaGaze, normalised) into a training store."""
+    """Convert published ETH-XGaze or GazeNeRF h5 files, ETH-XGaze's raw release, MPIIFaceGaze or ColumbiaGaze (the last three
+    normalised the ETH-XGaze way) into a training store."""
     from gazegen.data.prepare import prepare_store
 
     try:

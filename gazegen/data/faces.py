@@ -1,6 +1,6 @@
 """Detect, align and crop faces in photographs so that they look like the training data.
 
-Conventions (DESIGN.md): images are uint8 HWC **RGB**; `read_image` is the one place where
+Conventions (docs/design.md): images are uint8 HWC **RGB**; `read_image` is the one place where
 OpenCV's BGR is converted. Pixel coordinates are (x, y) floats, x right, y down, in OpenCV's
 convention (integer coordinates are pixel centres; the normalised camera's principal point is
 (W/2, H/2), as in ETH-XGaze). `left_eye` and `right_eye` are the **subject's** eyes (as in

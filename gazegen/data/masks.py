@@ -9,7 +9,7 @@ is fitted to five points and places them only to within its reprojection error).
 therefore a generic face's, not this face's own outline: coarse at the jaw and hair line, and
 the eye masks cover the whole opening (lids included) rather than the visible eyeball.
 
-Names and values follow DESIGN.md: ``face_mask``, ``left_eye_mask``, ``right_eye_mask`` (the
+Names and values follow docs/design.md: ``face_mask``, ``left_eye_mask``, ``right_eye_mask`` (the
 subject's eyes), {0, 1} uint8 of the crop's size; the store writer turns them into GazeNeRF's
 ``head_mask``/``left_eye_mask``/``right_eye_mask`` at 0/255.
 """

@@ -1,6 +1,6 @@
 """`Sample`: one normalised face image with its labels, the common type of every reader.
 
-Conventions (DESIGN.md): the image is uint8 HWC **RGB** (readers convert ETH-XGaze's BGR);
+Conventions (docs/design.md): the image is uint8 HWC **RGB** (readers convert ETH-XGaze's BGR);
 masks are uint8 {0, 1}; angles are radians, (pitch, yaw) in the normalised camera frame for
 `gaze` and `head_pose`, in the head frame for `gaze_head` (see gazegen/geometry.py); `camera`
 is EG3D's 25 numbers in renderer world units; `depth` is z-depth in millimetres of the

@@ -16,7 +16,7 @@ Three stages, so that a synthesis grid pays for each only as often as it must:
   composited onto (the source's background, its head filled; gazegen/models/background.py),
   made once by ``encode``.
 
-``forward(image, gaze_head, cameras, source_camera)`` chains the three. Conventions (DESIGN.md): images are
+``forward(image, gaze_head, cameras, source_camera)`` chains the three. Conventions (docs/design.md): images are
 float NCHW RGB in [-1, 1]; ``gaze_head`` is (B, 2) pitch/yaw radians in the head frame;
 cameras are EG3D's (B, 25); depth is z-depth in world units. The renderer (EG3D's, in
 gazegen/rendering/) is stateless apart from the decoder MLP held here.
