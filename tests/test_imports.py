@@ -135,3 +135,14 @@ def test_the_import_graph_has_no_cycle_and_follows_the_layers():
     cycle = find_cycle({m: targets - {"gazegen"} for m, targets in graph.items()})
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
     assert against_layers(graph) == []
+
+
+def test_the_design_map_names_every_module():
+    """docs/design.md is the repository's map: a module it does not name (by file or module name) is one a reader
+    of the map cannot find."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    unnamed = sorted(name for name in all_modules() if not name.endswith("__init__") and name.count(".") >= 1
+                     and not re.search(rf"\b{re.escape(name.rsplit('.', 1)[1])}\b", text))
+    assert unnamed == [], "modules docs/design.md does not name: " + ", ".join(unnamed)
