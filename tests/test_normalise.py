@@ -168,6 +168,24 @@ def test_generic_human_model_is_symmetric_and_centred():
     assert FACE_MODEL_MM[2, 2] < FACE_MODEL_MM[0, 2]  # the nose tip is nearer the camera than the eyes
 
 
+@pytest.mark.parametrize("eyes_px", [20.0, 12.0])
+def test_a_small_face_in_a_large_photo_gets_its_exact_pose(eyes_px):
+    """A 6000 x 4000 photo (focal 6000 px) of a face whose eyes are 12-20 px apart: OpenCV's SQPnP declines landmarks
+    that close together for the focal (its point-variance check), and the fit starts from a frontal face at the distance
+    the eye spacing gives instead. Exact landmarks of the generic face at a known pose: the pose comes back exactly."""
+    k = np.array([[6000.0, 0.0, 3000.0], [0.0, 6000.0, 2000.0], [0.0, 0.0, 1.0]])
+    distance = 6000.0 * 62.8 / eyes_px
+    for pitch_yaw_roll in ((0.2, -0.4, 0.1), (-0.3, 0.5, -0.2)):
+        rotation, centre = rotation_from_pose(*pitch_yaw_roll), np.array([0.05, -0.03, 1.0]) * distance
+        cam = FACE_MODEL_MM @ rotation.T + centre
+        marks = cam[:, :2] / cam[:, 2:] * 6000.0 + [3000.0, 2000.0]
+        with pytest.raises(cv2.error):  # the case: SQPnP gives no start
+            cv2.solvePnP(FACE_MODEL_MM[:, None], marks[:, None], k, None, flags=cv2.SOLVEPNP_SQPNP)
+        pose = estimate_head_pose(marks, k)
+        assert rotation_angle_deg(pose.rotation, rotation) < 0.01
+        np.testing.assert_allclose(pose.translation, centre, rtol=1e-5)
+
+
 def test_degenerate_landmarks_raise():
     k = photo_camera_matrix(640, 480)
     assert k[0, 0] == 640 and tuple(k[:2, 2]) == (320, 240)

@@ -138,11 +138,14 @@ def estimate_head_pose(landmarks: np.ndarray, camera_matrix: np.ndarray, model: 
     level_points, turn = level_eye_line(image_points, k)
     try:
         ok, rvec, tvec = cv2.solvePnP(object_points[:, None], level_points[:, None], k, None, flags=cv2.SOLVEPNP_SQPNP)
-    except cv2.error as e:  # e.g. all landmarks on one point
-        raise NormalisationError(f"solvePnP failed on these landmarks ({e.err})") from None
-    if not ok or tvec[2, 0] <= 0:
+        start = (cv2.Rodrigues(rvec)[0], tvec[:, 0]) if ok and tvec[2, 0] > 0 else None
+    except cv2.error as e:  # SQPnP declines landmarks close together for the focal (a small face in a large photo)
+        start = _frontal_start(level_points, object_points, k)
+        if start is None:  # e.g. all landmarks on one point
+            raise NormalisationError(f"solvePnP failed on these landmarks ({e.err})") from None
+    if start is None:
         raise NormalisationError("solvePnP found no head pose in front of the camera for these landmarks")
-    rotation, translation = _weighted_fit(level_points, object_points, k, cv2.Rodrigues(rvec)[0], tvec[:, 0])
+    rotation, translation = _weighted_fit(level_points, object_points, k, *start)
     if translation[2] <= 0:
         raise NormalisationError("no head pose in front of the camera fits these landmarks")
     rotation, translation = turn @ rotation, turn @ translation  # back to the photo's camera
@@ -161,6 +164,17 @@ def level_eye_line(image_points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray,
     turn = rotation_z(np.array(angle))
     level = rays @ turn[:2, :2]  # each ray turned by -angle: turn^T @ ray (z is unchanged)
     return level * np.diag(k)[:2] + k[:2, 2], turn
+
+
+def _frontal_start(image_points: np.ndarray, object_points: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A start for the fit where SQPnP gives none: the face frontal, along the ray of its landmarks' mean, at the distance
+    its eye spacing gives (model mm x focal / pixels); None when the eyes coincide."""
+    eyes_px = float(np.linalg.norm((image_points[1] - image_points[0]) / np.diag(k)[:2]))  # normalised image units
+    if eyes_px < 1e-9:
+        return None
+    distance = float(np.linalg.norm(object_points[1] - object_points[0])) / eyes_px
+    ray = np.append((image_points.mean(0) - k[:2, 2]) / np.diag(k)[:2], 1.0)
+    return head_pose_to_rotation(np.zeros(2)), ray * distance
 
 
 def _project(points: np.ndarray, rotation: np.ndarray, translation: np.ndarray, k: np.ndarray) -> np.ndarray:
