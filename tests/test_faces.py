@@ -264,6 +264,39 @@ def test_auto_crops_photos_and_keeps_normalised_crops(detector, astronaut):
     assert crop_faces(skdata.chelsea(), detector, cfg, "auto").status == "no_face"  # not square
 
 
+class _Landmarks:
+    """A detector that finds one face with the given five landmarks (the oracle's exact ones)."""
+
+    def __init__(self, marks: np.ndarray):
+        self.marks = marks
+
+    def detect(self, image: np.ndarray) -> list[FaceDetection]:
+        (x0, y0), (x1, y1) = self.marks.min(0) - 20, self.marks.max(0) + 20
+        pts = tuple(map(tuple, self.marks))
+        return [FaceDetection((x0, y0, x1 - x0, y1 - y0), pts[1], pts[0], 1.0, landmarks=pts)]
+
+
+@pytest.mark.parametrize("pitch_yaw_deg", [(0.0, 0.0), (-12.0, 18.0), (10.0, -22.0)])
+def test_auto_reads_the_head_pose_of_a_normalised_crop(pitch_yaw_deg):
+    """A normalised crop passed through by `auto` keeps its image but not a frontal label: the generic face placed at the
+    normalised camera's face centre with a known head pose, its five landmarks projected exactly into a 512 px crop
+    (given at 256): the head pose comes back to 0.01 degrees, with face_mat_norm the identity."""
+    from gazegen.data.normalise import face_model, normalised_camera_matrix
+    from gazegen.geometry import head_pose_to_rotation
+
+    cfg = CropConfig(resolution=256)
+    norm = cfg.normalisation.at_resolution(512)
+    pose = np.radians(pitch_yaw_deg)
+    cam = face_model(norm.eye_above_centre_mm) @ head_pose_to_rotation(pose).T + [0.0, 0.0, norm.distance_mm]
+    marks = cam[:, :2] / cam[:, 2:] * norm.focal + normalised_camera_matrix(norm)[:2, 2]
+    image = np.full((512, 512, 3), 128, np.uint8)
+    result = crop_faces(image, _Landmarks(marks), cfg, "auto")
+    assert result.status == "passthrough", result.reason
+    assert result.image.shape == (256, 256, 3) and result.normalised is not None
+    np.testing.assert_allclose(np.degrees(result.head_pose), pitch_yaw_deg, atol=0.01)
+    np.testing.assert_array_equal(result.normalised.face_mat_norm, np.eye(3))
+
+
 def test_small_faces_are_rejected(detector, astronaut):
     result = crop_faces(astronaut, detector, CropConfig(min_face_px=150), "always")
     assert result.status == "face_too_small" and "min_face_px=150" in result.reason

@@ -29,7 +29,7 @@ import numpy as np
 
 from gazegen.config import CropConfig
 from gazegen.data.images import resize_image
-from gazegen.data.normalise import NormalisationError, NormalisedFace, normalise_face, photo_camera_matrix
+from gazegen.data.normalise import NormalisationError, NormalisedFace, normalise_face, photo_camera_matrix, read_normalised_crop
 from gazegen.errors import GazegenError
 
 Point = tuple[float, float]  # (x, y) pixels
@@ -198,7 +198,8 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
     always  the largest detected face is aligned and cropped; no face (or too small) fails.
     auto    a square input passes through (resized) when it already looks normalised: its
             largest face has its eyes within `cfg.auto_tolerance` of the target positions and
-            its eye line within `cfg.auto_max_roll_deg` of level. Otherwise as ``always``: an image
+            its eye line within `cfg.auto_max_roll_deg` of level; its head pose is read from the
+            landmarks in the normalised camera. Otherwise as ``always``: an image
             without a face found fails, also a square one at the normalised side (a normalised crop
             of a strongly turned head may defeat the detector, but its head pose is not (0, 0), so it
             is not taken as frontal unasked: the reason points to ``never``).
@@ -214,7 +215,7 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
     faces = sorted(detector.detect(image), key=lambda d: -d.area)
     face = faces[0] if faces else None
     if mode == "auto" and h == w and face is not None and _looks_normalised(face, w, cfg):
-        return CropResult("passthrough", "already a normalised face crop", resize_image(image, cfg.resolution), face)
+        return _passed_through(image, face, cfg)
     if face is None:
         crop = h == w and w in (cfg.resolution, cfg.normalisation.resolution)
         hint = "; if it is a normalised face crop of a frontal head, give it with --crop never" if crop else ""
@@ -223,6 +224,21 @@ def crop_faces(image: np.ndarray, detector: FaceDetector, cfg: CropConfig, mode:
         reason = f"largest face is {face.box[2]:.0f} px wide, below min_face_px={cfg.min_face_px}"
         return CropResult("face_too_small", reason, detection=face)
     return crop_face(image, face, cfg)
+
+
+def _passed_through(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropResult:
+    """A square image that already looks like a normalised crop, resized to `cfg.resolution`; with landmarks, its head
+    pose is read from them in the normalised camera (a normalised crop's head need not face the camera)."""
+    resized = resize_image(image, cfg.resolution)
+    if face.landmarks is None:
+        return CropResult("passthrough", "already a normalised face crop (no landmarks: a frontal head assumed)", resized, face)
+    scale = cfg.resolution / image.shape[1]
+    marks = np.asarray(face.landmarks, np.float64) * scale  # in the units of normalised_camera_matrix (centre at side / 2)
+    try:
+        normalised = read_normalised_crop(resized, marks, cfg.normalisation.at_resolution(cfg.resolution))
+    except NormalisationError as e:
+        return CropResult("no_landmarks", f"a normalised face crop whose landmarks are not usable ({e})", detection=face)
+    return CropResult("passthrough", "already a normalised face crop", resized, face, normalised=normalised)
 
 
 def crop_face(image: np.ndarray, face: FaceDetection, cfg: CropConfig) -> CropResult:

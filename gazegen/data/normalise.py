@@ -253,6 +253,17 @@ def normalise_with_pose(image: np.ndarray, pose: HeadPose, camera_matrix: np.nda
     return NormalisedFace(crop, rot, warp, rotation_to_head_pose(head_rotation), head_rotation, marks, pose)
 
 
+def read_normalised_crop(image: np.ndarray, landmarks: np.ndarray, norm: NormalisationConfig) -> NormalisedFace:
+    """A face that already is a crop of the normalised camera `norm` (a square image of side `norm.resolution`, with its
+    (5, 2) landmarks): kept as it is (``face_mat_norm`` and ``warp`` the identity), its head pose read from the
+    landmarks in that camera. A normalised crop's head need not face the camera: ETH-XGaze's patches hold head poses
+    up to 80 degrees off."""
+    k = normalised_camera_matrix(norm)
+    pose = estimate_head_pose(landmarks, k, face_model(norm.eye_above_centre_mm))
+    return NormalisedFace(image, np.eye(3), np.eye(3), rotation_to_head_pose(pose.rotation), pose.rotation,
+                          np.asarray(landmarks, np.float64).reshape(-1, 2), pose)
+
+
 def _warp(image: np.ndarray, warp: np.ndarray, side: int, magnification: float, camera_matrix: np.ndarray,
           distortion: np.ndarray | None) -> np.ndarray:
     source, pre = image, np.eye(3)
