@@ -360,6 +360,17 @@ def test_command_line_refuses_a_file_as_dest_in_one_line(run, tmp_path):
     assert result.exit_code == 2 and result.output == f"error: {afile / 'dest'}: cannot be made: {afile} is not a folder\n"
 
 
+def test_identities_are_people_not_files():
+    """An h5 store's file is one subject; a photo's faces and a Parquet input's rows are each their own person; a '#'
+    in a file name is part of it (ids as pipelines/sources.py makes them)."""
+    cases = {"train/subject0003.h5#000012": ("train/subject0003.h5", "train"), "s.HDF5#000001": ("s.HDF5", "."),
+             "photo.jpg": ("photo.jpg", "."), "a/photo.jpg#face01": ("a/photo.jpg#face01", "a"),
+             "party#1.jpg": ("party#1.jpg", "."), "d/x.parquet#000012": ("d/x.parquet#000012", "d"),
+             "d/x.parquet#000012#face01": ("d/x.parquet#000012#face01", "d"), "p#q/x.png": ("p#q/x.png", "p#q")}
+    for source, (by_file, by_folder) in cases.items():
+        assert (export_module.identity_of(source, "file"), export_module.identity_of(source, "folder")) == (by_file, by_folder)
+
+
 def test_an_unknown_test_identity_creates_and_clears_nothing(run, tmp_path):
     """--test is checked before DEST is made (once an empty DEST was left), and before --overwrite clears one."""
     from typer.testing import CliRunner

@@ -16,8 +16,9 @@ IDENTITY_KEYS = ("file", "folder")
 class ExportConfig:
     """`gazegen export OUT DEST` (gazegen/data/export.py): one output file (or folder) per source identity.
 
-    An identity is the input file a source came from (`identity = "file"`: one h5 subject of a
-    store, or one photo), or the folder holding it (`"folder"`: a folder of photos of one person).
+    An identity is the person a source shows (`identity = "file"`: one h5 subject file of a store, one
+    face of a photo, one row of a Parquet input), or the folder holding its file (`"folder"`: a folder
+    of photos of one person).
     """
 
     format: str = "xgaze"  # xgaze: ETH-XGaze h5 per identity; gazehub: GazeHub image folders + .label files

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import posixpath
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -141,10 +142,17 @@ class RowIndex:
     last_unit: dict[str, int]  # identity key -> index of the last unit holding its rows
 
 
+H5_ROW = re.compile(r"(?<=\.h5)#\d{6}$|(?<=\.hdf5)#\d{6}$", re.IGNORECASE)  # an h5 store's row: its file is one subject
+
+
 def identity_of(source_id: str, by: str) -> str:
-    """The source file (``subject0003.h5#000012`` -> ``subject0003.h5``), or its folder (``"."`` at the root)."""
-    file = source_id.split("#", 1)[0]
-    return file if by == "file" else (posixpath.dirname(file) or ".")
+    """The person a source shows (pipelines/sources.py's ids): an h5 row's subject file (``subject0003.h5#000012`` ->
+    ``subject0003.h5``), a photo, each of its faces apart (``photo.jpg#face01``), a Parquet row, its file holding any
+    number of people (``data.parquet#000012``, ``data.parquet#000012#face01``); with ``by = "folder"``, the folder of
+    its file (``"."`` at the root). A '#' in a file name stays in it (``party#1.jpg``)."""
+    if by == "folder":
+        return posixpath.dirname(source_id) or "."  # a folder of photos of one person; the ids' suffixes have no '/'
+    return H5_ROW.sub("", source_id)
 
 
 def _open_parquet(run: SourceRun, path: str) -> pq.ParquetFile:
