@@ -26,10 +26,11 @@ error, reported when it is read. A Parquet file without the image column (``imag
 refused while listing (``ImageColumnError``, naming its columns): the setting is wrong, not a row.
 
 Never sources: the run's own output folder (OUT may lie inside INPUTS; nothing under it is listed,
-so a rerun meets the inputs of the first run), and, in any folder holding a synthesis run's
-manifest (a previous run's output, given as or under INPUTS), the files that run wrote beside its
-shards (pipelines/shards.py ``run_files``: card, histograms, errors, stats). Its shards stay
-Parquet sources: rows with their labels.
+so a rerun meets the inputs of the first run); earlier runs' folders below a folder given as INPUTS
+(a run written inside a photo folder: skipped with a warning); and, in a folder holding a synthesis
+run's manifest (a previous run's output given as INPUTS, or its shards by a glob), the files that run
+wrote beside its shards (pipelines/shards.py ``run_files``: card, histograms, errors, stats). Its
+shards stay Parquet sources: rows with their labels.
 """
 
 from __future__ import annotations
@@ -130,6 +131,18 @@ def _run_outputs(files: list[Path]) -> set[Path]:
     runs = [d for d in folders if (d / MANIFEST_NAME).is_file()]
     owned = {d / name for d in runs for name in run_files(OutputDir.from_uri(str(d)), shards=False)}
     return {f for f in files if f in owned or any(p in owned for p in f.parents)}
+
+
+def _outside_nested_runs(root: Path, files: list[Path], inputs: str) -> list[Path]:
+    """``files`` less those of earlier synthesis runs in folders below INPUTS (a run's folder given as INPUTS itself,
+    or its shards by a glob, are read): a run written inside a photo folder is not a new source of the next run."""
+    runs = {d for d in {f.parent for f in files} if d != root and (d / MANIFEST_NAME).is_file()}
+    if not runs:
+        return files
+    kept = [f for f in files if not any(f.is_relative_to(d) for d in runs)]
+    log.warning("%s: %d files of %d earlier synthesis runs inside it skipped (%s); to render a run's rows, give its "
+                "folder as INPUTS", inputs, len(files) - len(kept), len(runs), ", ".join(sorted(str(d) for d in runs)[:3]))
+    return kept
 
 
 def _kind(path: Path) -> str | None:
@@ -247,6 +260,8 @@ def list_sources(inputs: str | os.PathLike[str], image_column: str = "image", fa
             raise InputError(f"{inputs}: the inputs lie in the output folder {out}, whose files are never read as inputs; "
                              "write the run to another folder (a new subfolder of INPUTS is fine)")  # fmt: skip
         files = [f for f in files if not _inside(f, out)]
+    if Path(inputs).is_dir() and not glob.has_magic(str(inputs)):
+        files = _outside_nested_runs(root, files, str(inputs))
     outputs = _run_outputs(files)
     if outputs:
         log.info("%s: %d files a synthesis run wrote beside its shards skipped (e.g. %s)", inputs, len(outputs), min(outputs))

@@ -253,24 +253,33 @@ def test_the_run_output_folder_is_never_an_input(tmp_path):
 
 
 def test_an_earlier_runs_folder_gives_its_shards_not_its_errors_card_or_histograms(tmp_path, caplog):
-    """A run's shards are Parquet sources (labelled crops); what it wrote beside them (pipelines/shards.py run_files)
-    is not: no error rows for _errors.parquet, _errors/shard-*.parquet or label_histograms.png."""
+    """A run's folder given as INPUTS (or its shards by a glob): its shards are Parquet sources (labelled crops); what it
+    wrote beside them (pipelines/shards.py run_files) is not: no error rows for _errors.parquet, _errors/shard-*.parquet
+    or label_histograms.png. A run folder below a folder given as INPUTS (a run written inside a photo folder) is not
+    read at all: its rows would come back as new sources in every later run there."""
     run = tmp_path / "old"
     write_run(run, ["a.png", "b.png", "c.png"])
     beside = run_files(str(run), shards=False)
     assert set(beside) >= {"_errors", "_errors.parquet", "README.md", "label_histograms.png", "_manifest.json", "shard-00001_stats.json"}
     with caplog.at_level("INFO", logger="gazegen.pipelines.sources"):
-        records = list_sources(tmp_path)
-    assert [r.source_id for r in records] == ["old/shard-00001.parquet#000000", "old/shard-00002.parquet#000000"]
+        records = list_sources(run)
+    assert [r.source_id for r in records] == ["shard-00001.parquet#000000", "shard-00002.parquet#000000"]
     assert "10 files a synthesis run wrote beside its shards skipped" in caplog.text
     assert all(d.ok for d in decode_sources(records, SETTINGS))
-    # the same names in a folder that holds no run's manifest are the user's own files, read as ever
+    by_glob = [r.source_id for r in list_sources(str(tmp_path / "*" / "shard-*.parquet"))]
+    assert by_glob == ["old/shard-00001.parquet#000000", "old/shard-00002.parquet#000000"]
+    # the same names in a folder that holds no run's manifest are the user's own files, read as ever; the run beside
+    # them, below the INPUTS folder, is skipped with a warning naming it
     mine = tmp_path / "mine"
     (mine / "_errors").mkdir(parents=True)
     cv2.imwrite(str(mine / "label_histograms.png"), np.zeros((64, 64, 3), np.uint8))
     pq.write_table(pa.table({"image": [{"bytes": png_bytes(np.zeros((64, 64, 3), np.uint8)), "path": None}]}), mine / "_errors" / "x.parquet")
-    ids = [r.source_id for r in list_sources(tmp_path)]
-    assert ids == ["mine/_errors/x.parquet#000000", "mine/label_histograms.png", *(r.source_id for r in records)]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="gazegen.pipelines.sources"):
+        ids = [r.source_id for r in list_sources(tmp_path)]
+    assert ids == ["mine/_errors/x.parquet#000000", "mine/label_histograms.png"]
+    files = sum(1 for p in run.rglob("*") if p.is_file())  # its shards, manifest, card, errors, ...
+    assert f"{files} files of 1 earlier synthesis runs inside it skipped ({run})" in caplog.text
 
 
 def test_an_unreadable_image_is_named_without_a_memory_address(tmp_path):
