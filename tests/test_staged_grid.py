@@ -70,3 +70,5 @@ def test_grid_bound_is_the_cost_model_of_a_staged_grid():
     for redirect in (0.0, 0.7, 5.0):
         assert grid_bound(1.0, redirect, 0.48, 25, 3) == pytest.approx(3.0)
         assert grid_bound(1.0, redirect, 0.5, 25, 3) < 3.0 < grid_bound(1.0, redirect, 0.46, 25, 3)
+    # against a forward measured whole (here 4, its stages 3 apart): the numerator is that forward
+    assert grid_bound(1.0, 1.0, 1.0, 5, 5, forward=4.0) == pytest.approx(4.0 / (1 / 25 + 1 / 5 + 1))
