@@ -116,7 +116,8 @@ def _decoded(data: bytes, max_pixels: int) -> np.ndarray:
         raise InputError(f"more than {PILLOW_MAX_PIXELS} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded)")
     width, height = size
     if width * height > max_pixels:
-        raise InputError(f"{width} x {height} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded)")
+        raise InputError(f"{width} x {height} pixels, more than max_pixels = {max_pixels} (checked from the header, not decoded; "
+                         f"--set max_pixels={width * height} takes it)")
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InputError(f"{width} x {height} pixels: smaller than {MIN_IMAGE_SIDE} px, too small to hold a face")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
