@@ -211,10 +211,10 @@ def test_cli_sheet_refuses_a_path_it_cannot_write_before_reading_the_shards(tmp_
 def test_shard_sheet_captions_tell_the_sources_apart():
     """Once the last 14 characters of the row id: two JPEG sources both read "jpg-0000-0000". Now the source id,
     its middle elided when too wide for the tile (the start of the name and its end kept), then gaze and view."""
-    from gazegen.data.inspect import CAPTION_FONT, CAPTION_SCALE, fit_caption
+    from gazegen.data.inspect import caption_font, fit_caption
 
-    def width(text: str) -> int:
-        return cv2.getTextSize(text, CAPTION_FONT, CAPTION_SCALE, 1)[0][0]
+    def width(text: str) -> float:
+        return caption_font().getlength(text)
 
     ids = ["photos/astronaut.jpg", "photos/astro_alpha.png", "photos/astro_gray.png", "photos/corrupt.jpg",
            "subject0002.h5#000012", "subject0002.h5#000013"]
@@ -224,3 +224,16 @@ def test_shard_sheet_captions_tell_the_sources_apart():
     assert len(set(captions)) == 2 and all(width(c) <= 124 for c in captions)
     assert all(c.startswith("holiday/") and ".." in c and s.endswith(c.split("..")[1]) for c, s in zip(captions, long))
     assert width(fit_caption("x" * 200, 28)) <= 28  # a 32 px tile
+
+
+def test_captions_draw_file_names_beyond_ascii():
+    """OpenCV's Hershey fonts drew 'my phötö ü.jpg' as 'my ph??t?? ??.jpg' (and Pillow's default font as boxes): each
+    accented letter draws differently from '?', from its bare letter and from a letter the font lacks (a CJK one)."""
+    from gazegen.data.inspect import draw_captions
+
+    def drawn(text: str) -> np.ndarray:
+        return draw_captions(np.zeros((32, 64, 3), np.uint8), (text,), (255, 255, 255))
+
+    assert drawn("o").any()
+    for accented, bare in (("ö", "o"), ("ü", "u"), ("é", "e"), ("Ж", "K")):
+        assert not any(np.array_equal(drawn(accented), drawn(other)) for other in ("?", bare, "\u5199"))

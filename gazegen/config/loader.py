@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -127,6 +128,13 @@ def _range_text(lo: float | None, hi: float | None) -> str:
     return f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
 
 
+def _in_range(value: Any, lo: float | None, hi: float | None) -> bool:
+    """Whether ``value`` lies in [lo, hi] (either bound None: open); NaN, which no comparison refuses, never does."""
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return (lo is None or value >= lo) and (hi is None or value <= hi)
+
+
 def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -141,7 +149,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         key = f"{where}.{name}" if where else name
         v = _coerce(value, hints[name], key)
         lo, hi = fields[name].metadata.get("range", (None, None))
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
+        if not _in_range(v, lo, hi):
             raise _key_error(key, f"must be {_range_text(lo, hi)}, got {v!r}")
         kwargs[name] = v
     return cls(**kwargs)
@@ -223,6 +231,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: a folder, not a config file (give a .toml file)") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file, so not a TOML config (give a .toml file)") from None
+        except OSError as e:  # no permission, a file on the way (NotADirectoryError), ...
+            raise ConfigError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
     return _overridden(cls, data, source, overrides, names or {})

@@ -17,11 +17,13 @@ centre (the image centre, by normalisation), ``dx = -sin(yaw) cos(pitch)``, ``dy
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from gazegen import geometry
 from gazegen.data.h5_layout import MASKS, STORE
@@ -228,14 +230,32 @@ def write_contact_sheet(path: str | Path, sheet_png: str | Path, *, views: int =
     return sheet_png
 
 
-CAPTION_FONT, CAPTION_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.3  # a shard sheet tile's caption
+CAPTION_PX = 9  # a shard sheet tile's caption size
+
+
+@functools.cache
+def caption_font() -> ImageFont.FreeTypeFont:
+    """DejaVu Sans, which matplotlib ships: file names in Latin, Greek or Cyrillic letters draw as they are (OpenCV's
+    Hershey fonts and Pillow's default font draw only ASCII)."""
+    import matplotlib
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), CAPTION_PX)
+
+
+def draw_captions(tile: np.ndarray, lines: tuple[str, ...], colour_bgr: tuple[int, int, int]) -> np.ndarray:
+    """``tile`` (H, W, 3) uint8 BGR with ``lines`` written at its foot, the last line lowest."""
+    picture = Image.fromarray(np.ascontiguousarray(tile[..., ::-1]))
+    pen = ImageDraw.Draw(picture)
+    for k, line in enumerate(lines):
+        pen.text((2, tile.shape[0] - 3 - 10 * (len(lines) - k)), line, font=caption_font(), fill=colour_bgr[::-1])
+    return np.asarray(picture)[..., ::-1].copy()
 
 
 def fit_caption(text: str, width: int) -> str:
     """``text``, or when it is wider than ``width`` pixels its start and end around "..": a tile's source id
     keeps the start of its file name and its end (suffix, ``#row``), which tell sources apart."""
     def fits(candidate: str) -> bool:
-        return cv2.getTextSize(candidate, CAPTION_FONT, CAPTION_SCALE, 1)[0][0] <= width
+        return caption_font().getlength(candidate) <= width
 
     for keep in range(len(text), 0, -1):
         head, tail = text[:(keep + 1) // 2], text[len(text) - keep // 2:]
@@ -276,9 +296,7 @@ def write_shard_sheet(source: str | Path, sheet_png: str | Path, *, rows: int = 
         tile = resize_area(cv2.cvtColor(decode_png(row["image"]["bytes"]), cv2.COLOR_RGB2BGR), thumb)
         draw_gaze(tile, np.asarray(row["gaze"]), (thumb / 2, thumb / 2), thumb * 0.4)
         lines = (fit_caption(row["source_id"], thumb - 4), f"gaze {row['gaze_index']} view {row['view_index']}")
-        for k, line in enumerate(lines):
-            cv2.putText(tile, line, (2, thumb - 4 - 10 * (len(lines) - 1 - k)), CAPTION_FONT, CAPTION_SCALE, TEXT_BGR, 1, cv2.LINE_AA)
-        tiles.append(tile)
+        tiles.append(draw_captions(tile, lines, TEXT_BGR))
     if not tiles:
         raise DataError(f"{source}: the shards hold no rows")
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
