@@ -61,6 +61,7 @@ from gazegen.data.sample import Sample
 from gazegen.data.xgaze import DataError, open_subject
 from gazegen.device import torch_device
 from gazegen.evaluation.estimator import check_store_camera, store_cameras, store_files
+from gazegen.evaluation.preflight import check_checkpoint_folder, check_report_folder, clear_report_folder, same_camera_hint
 from gazegen.evaluation.probes import run_probes
 from gazegen.evaluation.report import CONSTANT, EvaluationReport, MethodResult, SheetRow, SubjectScores, write_report
 from gazegen.geometry import angular_error, pitchyaw_to_vector, vector_to_pitchyaw
@@ -379,7 +380,7 @@ def check_model_camera(data: str | Path, split: str | None, norm: NormalisationC
         if not (framed and got.same_view(norm)):
             hint = ("a store framed otherwise holds other faces (`gazegen data prepare` frames real faces ETH-XGaze's way, "
                     "synth-heads its heads about the eye midpoint): evaluate the model on data framed like its own"
-                    if not framed else "prepare the store at that camera (`gazegen data prepare --resolution`)")
+                    if not framed else same_camera_hint(path, norm))
             raise DataError(f"{path}: normalised camera of focal {got.focal:g} px at {got.resolution} px, {got.distance_mm:g} mm, "
                             f"looking {got.eye_above_centre_mm:g} mm below the eyes; {checkpoint} was trained on focal "
                             f"{norm.focal:g} px at {norm.resolution} px, {norm.distance_mm:g} mm, {norm.eye_above_centre_mm:g} mm "
@@ -388,13 +389,18 @@ def check_model_camera(data: str | Path, split: str | None, norm: NormalisationC
 
 def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
              estimator: str | Path | None = None, device: str | torch.device = "cpu", finetune_fn: Finetune | None = None,
-             model: LiveGaze | None = None) -> EvaluationReport:
-    """`gazegen evaluate CKPT DATA --out DIR`: writes report.json, report.md and sheet.png to ``out``.
+             model: LiveGaze | None = None, overwrite: bool = False) -> EvaluationReport:
+    """`gazegen evaluate CKPT DATA --out DIR`: writes report.json, report.md, sheet.png and (with probes) sweep.png to
+    ``out`` (evaluation/report.py ``write_report``).
 
     ``estimator``: a reference-estimator checkpoint (evaluation/estimator.py); without one the gaze and
-    head errors are n/a. ``model`` replaces loading ``checkpoint`` (the path is still reported).
+    head errors are n/a. ``model`` replaces loading ``checkpoint`` (the path is still reported). An ``out`` holding
+    an earlier evaluation is refused before any work, unless ``overwrite``: its files are deleted before the run.
     """
     device = torch_device(device)
+    if model is None:
+        check_checkpoint_folder(checkpoint)
+    out = check_report_folder(out, overwrite=overwrite)
     if cfg.finetune and finetune_fn is None:  # the training settings come from the checkpoint's metadata
         finetune_fn = default_finetune(checkpoint if model is None else None, cfg.finetune_epochs)
     if model is None:  # the store must be seen as the model was trained to see faces
@@ -417,6 +423,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, out: str | Path, cfg: Eva
                         f"{held['head_error']:.2f} deg" if held else "")
                      + ". Gaze and head errors below are relative to this estimator (the ground-truth target row "
                        "is its floor on these images).")
+    clear_report_folder(out)  # an earlier evaluation's files (only with overwrite: checked above)
     with logging_redirect_tqdm():  # warnings print above the progress bar
         report = run_evaluation(data, methods, cfg, estimator=judge, device=device, notes=notes,
                                 estimator_note="no estimator checkpoint given (--estimator)")

@@ -1,10 +1,14 @@
-"""Results of `gazegen evaluate` and how they are written: report.json, report.md, sheet.png.
+"""Results of `gazegen evaluate` and how they are written: report.json, report.md, sheet.png and sweep.png.
 
 report.md holds a table in the shape of the paper's Table 1, with the paper's published rows
 beside ours. Those rows are quoted exactly from the paper (section 4.2, Table 1): they were
 measured on ETH-XGaze's personalised test set, times on one NVIDIA 3090; ours are measured on
 the data and device the report names, so the two sets of rows compare like for like only when
 the data is ETH-XGaze and the device a comparable GPU. The paper reports no gaze or head error.
+
+A value that is not a number (NaN, from a model whose weights are) is null in report.json and "nan"
+in report.md. The files are written whole or not at all (``write_report``): an interrupted run leaves
+no report.md, and so no report that looks complete.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ IMAGE_KEYS = ("ssim", "psnr", "lpips")
 GAZE_KEYS = ("gaze_error", "head_error", "gaze_error_vs_estimate", "head_error_vs_estimate")
 TIME_KEYS = ("encode_ms", "render_ms", "total_ms")
 QUOTED = "quoted from the paper, ETH-XGaze"
+# The files `gazegen evaluate` writes in its --out, in the order they are put in place: report.md, which names the others, last.
+REPORT_FILES = ("sheet.png", "sweep.png", "report.json", "report.md")
 
 # The paper's Table 1, verbatim: method, 3D-based, SSIM, PSNR, LPIPS, FID, Enc Time, Rend Time, Total Time.
 PAPER_TABLE1: tuple[tuple[str, bool, str, str, str, str, str, str, str], ...] = (
@@ -166,11 +172,29 @@ class EvaluationReport:
 
 
 def _num(v: float | None, digits: int = 3, unit: str = "") -> str:
+    """``v`` with ``digits`` decimals; "n/a" for None (not measured), "nan" and "inf" as they are."""
     if v is None:
         return "n/a"
-    if math.isinf(v):
-        return "inf"
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else "inf"
     return f"{v:.{digits}f}{unit}"
+
+
+def _sig(v: float | None, digits: int = 3) -> str:
+    """``v`` with ``digits`` significant digits (0.0000123 -> 1.23e-05, 0.0412 -> 0.0412); as ``_num`` otherwise."""
+    return f"{v:.{digits}g}" if v is not None and math.isfinite(v) else _num(v)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (JSON-able dicts, lists, numbers) with every float that is not finite (NaN, inf) as None: JSON has no
+    such numbers, and a model with NaN weights measures NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _seconds(ms: float | None) -> str:
@@ -209,6 +233,8 @@ def verdict(report: EvaluationReport) -> str | None:
     g, c = model.mean["gaze_error"], constant.mean["gaze_error"]
     r = [model.mean.get("pitch_corr"), model.mean.get("yaw_corr")]
     follows = ", ".join(f"r {axis} {_num(v, 2)}" for axis, v in zip(("pitch", "yaw"), r))
+    if math.isnan(g):
+        return f"NO GAZE: {model.name} has a gaze error of nan: its outputs are not numbers (NaN), so they carry no gaze."
     if g >= c:
         return (f"NO GAZE: {model.name} has a gaze error of {g:.1f}°, no better than the constant prediction's {c:.1f}°: "
                 f"its outputs carry no usable gaze ({follows}).")
@@ -277,25 +303,27 @@ def probes_markdown(p: ProbeReport) -> list[str]:
         "## Gaze sweep and swap test (evaluation/probes.py)", "",
         f"Gaze sweep: {sw.subjects} subject(s) x {sw.gazes} requested gazes, one source each, its own camera "
         "(sweep.png shows the first). The read gaze against the requested one: "
-        f"r pitch {_num(f.pitch_corr, 2)}, r yaw {_num(f.yaw_corr, 2)}, mean error {f.error_deg:.2f}°. "
-        f"Output change across the sweep (mean |I - mean I|, [0, 1] images): eyes {sw.change_eyes:.4f}, "
-        f"rest of the face {sw.change_rest:.4f}: rest / eyes = {ratio} (a gaze-only change is near 0).", "",
+        f"r pitch {_num(f.pitch_corr, 2)}, r yaw {_num(f.yaw_corr, 2)}, mean error {_num(f.error_deg, 2, '°')}. "
+        f"Output change across the sweep (mean |I - mean I|, [0, 1] images): eyes {_sig(sw.change_eyes)}, "
+        f"rest of the face {_sig(sw.change_rest)}: rest / eyes = {ratio} (a gaze-only change is near 0).", "",
         *pupils_markdown(sw.pupils), "",
         f"Swap test ({sp.pairs} pairs): output change when the source image is swapped for another (another subject's when two or more are held out): eyes "
-        f"{sp.source_eyes:.4f}, rest {sp.source_rest:.4f}; when the gaze is swapped: eyes {sp.gaze_eyes:.4f}, rest "
-        f"{sp.gaze_rest:.4f}. The two source images differ by {sp.data_rest:.4f} outside the eyes. A model that reads "
+        f"{_sig(sp.source_eyes)}, rest {_sig(sp.source_rest)}; when the gaze is swapped: eyes {_sig(sp.gaze_eyes)}, rest "
+        f"{_sig(sp.gaze_rest)}. The two source images differ by {_sig(sp.data_rest)} outside the eyes. A model that reads "
         "its source changes the rest when the source changes; one that obeys its gaze changes the eyes when the gaze does.",
         "",
     ]
 
 
 def pupils_markdown(p: PupilFollowing) -> list[str]:
-    direction = {None: "unknown", True: "the data's", False: "OPPOSITE to the data's"}[p.same_direction]
+    direction = {None: "The direction in which the model moves the pupils in yaw could not be read (an r above is n/a).",
+                 True: "The model moves the pupils in the data's direction in yaw.",
+                 False: "The model moves the pupils OPPOSITE to the data's direction in yaw."}[p.same_direction]
     return [
         "Pupils, read without the estimator (evaluation/pupils.py: the darkness centroid of each eye region): "
         f"r(pupil x, requested yaw) {_num(p.model_yaw, 2)} and r(pupil y, requested pitch) {_num(p.model_pitch, 2)}; "
         f"on the subjects' own images from that camera {_num(p.data_yaw, 2)} and {_num(p.data_pitch, 2)}. "
-        f"The model moves the pupils in {direction} direction in yaw."
+        direction
     ]
 
 
@@ -348,15 +376,37 @@ def write_sheet(rows: list[SheetRow], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def write_report(report: EvaluationReport, out: str | Path) -> Path:
-    """report.json, report.md and sheet.png in ``out``."""
+def staged_name(name: str) -> str:
+    """The temporary name a report file is written under before it is put in place: sheet.png -> sheet.tmp.png."""
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}.tmp.{suffix}"
+
+
+def report_files(report: EvaluationReport) -> list[str]:
+    """The names of the files ``write_report`` writes for ``report``, in REPORT_FILES' order (sweep.png: with probes)."""
+    return [name for name in REPORT_FILES if name != "sweep.png" or report.probes is not None]
+
+
+def write_report(report: EvaluationReport, out: str | Path) -> list[Path]:
+    """``report_files`` in ``out``, returned: each written under its ``staged_name``, then all renamed, report.md last.
+    Interrupted or failed, the staged files are removed: ``out`` gets no report.md unless every file is in place."""
     out = Path(out)
+    texts = {"report.json": json.dumps(json_safe(report.to_json()), indent=2, allow_nan=False) + "\n",
+             "report.md": to_markdown(report) + "\n"}
+    names = report_files(report)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
-    (out / "report.md").write_text(to_markdown(report) + "\n")
-    write_sheet(report.sheet, out / "report_sheet.tmp.png")
-    (out / "report_sheet.tmp.png").replace(out / "sheet.png")
-    if report.probes is not None:
-        write_sweep_sheet(report.probes, out / "sweep.tmp.png")
-        (out / "sweep.tmp.png").replace(out / "sweep.png")
-    return out
+    try:
+        for name in names:
+            staged = out / staged_name(name)
+            if name in texts:
+                staged.write_text(texts[name])
+            elif name == "sheet.png":
+                write_sheet(report.sheet, staged)
+            else:
+                write_sweep_sheet(report.probes, staged)
+        for name in names:
+            (out / staged_name(name)).replace(out / name)
+    finally:
+        for name in names:
+            (out / staged_name(name)).unlink(missing_ok=True)
+    return [out / name for name in names]

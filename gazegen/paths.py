@@ -5,8 +5,9 @@ output path has read nothing, started nothing and created nothing.
 file is refused, and so is a path whose nearest existing folder cannot hold a new one (a file on
 the way, ``/proc``, a read-only mount, no permission). Whether a folder can be made is learnt by
 making one there and removing it at once: ``os.access`` says yes to root, and on read-only mounts
-and pseudo filesystems such as ``/proc``. ``check_image_file``: an image to write (`data sheet`):
-not a folder, a suffix OpenCV writes, and a parent that can be made.
+and pseudo filesystems such as ``/proc``. ``check_out_file``: a file to write (`bench --out`): not a
+folder, and a parent that is or can be made. ``check_image_file``: an image to write (`data sheet`):
+that, and a suffix OpenCV writes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def check_out_folder(path: str | Path) -> Path:
     return path
 
 
+def check_out_file(path: str | Path, wants: str = "a file name") -> Path:
+    """``path`` as a Path when a file can be written there: not a folder, a parent folder that is or can be made;
+    OutputPathError naming it otherwise (``wants``: what to give instead of a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: a folder; give {wants}")
+    try:
+        check_out_folder(path.parent)
+    except OutputPathError as e:
+        raise OutputPathError(f"{path}: cannot be written: {e}") from None
+    return path
+
+
 def check_image_file(path: str | Path, png_only: bool = False) -> Path:
     """``path`` as a Path when an image can be written there: not a folder, a suffix OpenCV writes (``png_only``:
     .png, for PNG bytes written as they are), a parent folder that is or can be made; OutputPathError otherwise."""
@@ -60,8 +74,4 @@ def check_image_file(path: str | Path, png_only: bool = False) -> Path:
     if not writable:
         raise OutputPathError(f"{path}: not {'a PNG' if png_only else 'an image'} file name ({path.suffix or 'no suffix'}); "
                               "give a .png path")
-    try:
-        check_out_folder(path.parent)
-    except OutputPathError as e:
-        raise OutputPathError(f"{path}: cannot be written: {e}") from None
-    return path
+    return check_out_file(path, "a .png path")

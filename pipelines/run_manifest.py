@@ -129,7 +129,10 @@ class RunManifest:
                          f"file(s) {changed_files[:3]}")
         if self.checkpoint_hash != other.checkpoint_hash:
             found.append(f"checkpoint differs: recorded {self.checkpoint_hash!r}, now {other.checkpoint_hash!r}")
-        old_settings = _flatten(dict(self.settings)) | {"sources_per_shard": self.sources_per_shard}
-        new_settings = _flatten(_jsonable(dict(other.settings))) | {"sources_per_shard": other.sources_per_shard}
+        # sources_per_shard follows from the number of sources when there are fewer than a shard holds: with other
+        # inputs, its change is theirs, not a setting the user changed
+        same_inputs = self.inputs_hash == other.inputs_hash
+        old_settings = _flatten(dict(self.settings)) | ({"sources_per_shard": self.sources_per_shard} if same_inputs else {})
+        new_settings = _flatten(_jsonable(dict(other.settings))) | ({"sources_per_shard": other.sources_per_shard} if same_inputs else {})
         unswept = _unswept_ranges(new_settings)  # no row of the new run depends on them; a grid that swept them differs
         return found + settings_differ(old_settings, new_settings, ignored=unswept, shown=5)

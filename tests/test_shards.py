@@ -227,12 +227,13 @@ def test_checksum_verification(tmp_path):
 def test_restart_with_other_run_refuses(tmp_path):
     out = str(tmp_path)
     run(out)
-    other = RunManifest.create(INPUTS[:-1] + ["faces/new.png"], "cd" * 32, {"grid": {"gazes": 5, "views": VIEWS}}, 3)
+    other = RunManifest.create(INPUTS[:-1] + ["faces/new.png"], "cd" * 32, {"grid": {"gazes": 5, "views": VIEWS}}, 4)
     with pytest.raises(RunMismatchError) as refusal:
         check_or_create(out, other)
     message = str(refusal.value)
     assert "inputs differ: 1 added ['faces/new.png'], 1 removed ['faces/img06.png']" in message
     assert "checkpoint differs" in message and "grid.gazes: 2 -> 5" in message and "--overwrite" in message
+    assert "sources_per_shard" not in message  # 3 -> 4 here: it follows from the inputs, which the message names
     with pytest.raises(RunMismatchError, match="sources_per_shard: 3 -> 4"):
         run(out, n=4)
     final = run(out, n=4, settings={"grid": {"gazes": GAZES, "views": VIEWS}}, overwrite=True)

@@ -37,10 +37,13 @@ def check_depth(cfg: TrainConfig, subjects: list[SubjectRows]) -> None:
 def checked_store(cfg: TrainConfig, data: Path, out: Path, resume: bool, *,
                   warn: bool = True) -> tuple[list[SubjectRows], list[SubjectRows]]:
     """The training and validation subjects of the store ``data``, after every check that needs no model and no run
-    folder: a resume's settings (train/resume.py), a store folder, and the depth a dataset or files prior reads (the
-    teacher's is made later, into the run); ``warn``: log what the store's missing masks leave off."""
+    folder: a resume's settings (train/resume.py) or a new run's model preset, a store folder, and the depth a dataset
+    or files prior reads (the teacher's is made later, into the run); ``warn``: log what the store's missing masks leave
+    off and what a resume on a moved store takes."""
     if resume:
-        check_resume(out, cfg, data)
+        check_resume(out, cfg, data, warn=warn)
+    else:
+        cfg.model_config()  # a model preset that cannot be read, or a wrong model_overrides: here, before the store is read
     split = split_subjects(store_folder(data), cfg.data)
     frames = cfg.data.frames_per_subject
     train = [read_subject(p, frames_per_subject=frames) for p in split.train]

@@ -7,11 +7,14 @@ it recorded (train/trainer.py writes the record; the model is the recorded one, 
 again, which may have changed since). Settings given with --resume (a config, --set, --data) must
 agree with the record in everything that changes the result; only the ``RUN_TIME`` keys may differ,
 and then the given values are used. `--max-steps` (an early stop, not the schedule) is always free.
+A store that was moved is the exception: when the recorded store no longer exists, `--data` names
+where it is now (with a warning); without it the resume is refused with that advice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from gazegen.config import ModelConfig, TrainConfig, load_config, to_dict, with_
 from gazegen.train.errors import TrainingError
 
 RECORD = "train_config.json"
+
+log = logging.getLogger("gazegen.train")
 
 # Keys that change where and how a run executes, what it reports and what it keeps, never its weights nor its
 # validation scores beyond rounding: the device and threads (the same computation; a GPU rounds its own way, in bf16
@@ -64,6 +69,9 @@ def resume_settings(run: Path, config: Path | None, overrides: Sequence[str], da
         cfg = load_config(TrainConfig, config, overrides)
     else:
         cfg = with_overrides(record.train, overrides, str(record.path))
+    if data is None and not record.data.exists():
+        raise TrainingError(f"{run}: the run's store {record.data} is gone (moved or deleted); pass --data with its new "
+                            f"path: `gazegen train --out {run} --resume --data STORE`")
     return cfg, record.data if data is None else Path(data)
 
 
@@ -85,18 +93,23 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             if fa.get(k) != fb.get(k)]
 
 
-def check_resume(run: Path, cfg: TrainConfig, data: Path) -> None:
+def check_resume(run: Path, cfg: TrainConfig, data: Path, *, warn: bool = True) -> None:
     """TrainingError, naming each key with the run's value and the given one, when ``cfg`` or ``data`` differ
-    from ``run``'s record in what changes the result (anything but ``RUN_TIME``)."""
+    from ``run``'s record in what changes the result (anything but ``RUN_TIME``). Another ``data`` is taken when
+    the recorded store no longer exists (it was moved): ``warn``, a warning says so."""
     record = read_record(run)
     given = {k: v for k, v in flat(to_dict(cfg)).items() if k not in RUN_TIME}
     recorded = {k: v for k, v in flat(to_dict(record.train)).items() if k not in RUN_TIME}
     found = differences(recorded, given)
-    if Path(data).resolve() != record.data.resolve():
+    moved = Path(data).resolve() != record.data.resolve()
+    if moved and record.data.exists():
         found.append(f"data: {json.dumps(str(record.data))} -> {json.dumps(str(data))}")
     if found:
         raise TrainingError(f"{run}: --resume continues the run with its own settings ({record.path}), and the ones given "
                             f"differ in what changes its result: {'; '.join(found)}. Resume with `gazegen train --out {run} "
                             f"--resume` (no --config, --set or --data; only run-time keys may be set: "
                             f"{', '.join(sorted(RUN_TIME))})")
+    if moved and warn:
+        log.warning(f"--data {data}: the run's store {record.data} no longer exists; resuming on {data} as the run's "
+                    "store (its other settings stay its own)")
 

@@ -77,11 +77,13 @@ def bench(
     import json
 
     from gazegen.benchmark import bench_model
+    from gazegen.paths import check_out_file
 
     with _reported():
         if out is not None:  # before the measurement, which takes minutes
             if out.is_dir():
                 raise FileNotFoundError(f"{out}: is a folder; --out names the JSON file to write")
+            check_out_file(out)  # a file on the way, no permission: refused here, not after the figures
             out.parent.mkdir(parents=True, exist_ok=True)
         result = bench_model(preset, device, batch, compile=compile, dtype=dtype, repeats=repeats, warmup=3 if compile else 1,
                              overrides=overrides or ())
@@ -262,30 +264,49 @@ def train(
 ) -> None:
     """Train LiveGaze (paper section 3.4) on a training store."""
     from gazegen.config import TrainConfig, load_config
+    from gazegen.paths import check_out_folder
     from gazegen.train.resume import resume_settings
     from gazegen.train.trainer import run_training
 
     if data is None and not resume:
         _fail("--data: the training store folder is required (with --resume the run's own store is used)")
-    with _reported():
-        if resume:
-            cfg, data = resume_settings(out, config, overrides or [], data)
-        else:
-            cfg = load_config(TrainConfig, config or TRAIN_CONFIG, overrides or [])
-        if workers > 1:
-            from gazegen.train.distributed import run_distributed
+    parallel = f" --workers {workers} --gpus-per-worker {gpus_per_worker:g}" if workers > 1 else ""
+    try:
+        with _reported():
+            check_out_folder(out)  # a file, or a file on the way: one line before the config and the store are read
+            if resume:
+                cfg, data = resume_settings(out, config, overrides or [], data)
+            else:
+                cfg = load_config(TrainConfig, config or TRAIN_CONFIG, overrides or [])
+            if workers > 1:
+                from gazegen.train.distributed import run_distributed
 
-            result = run_distributed(cfg, data, out, max_steps, resume, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
-        else:
-            result = run_training(cfg, data, out, max_steps, resume)
+                result = run_distributed(cfg, data, out, max_steps, resume, workers=workers, gpus_per_worker=gpus_per_worker, address=address)
+            else:
+                result = run_training(cfg, data, out, max_steps, resume)
+    except KeyboardInterrupt:  # a second Ctrl-C (the step in progress is not saved), or one before the loop began
+        _train_aborted(out, parallel)
     typer.echo(f"{result.status} at step {result.step}: {result.checkpoint}")
     if result.metrics:
         typer.echo("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(result.metrics.items())))
     if result.status == "interrupted":  # Ctrl-C, checkpointed: exit 130 (SIGINT's), so `train && synthesize` stops here
-        parallel = f" --workers {workers} --gpus-per-worker {gpus_per_worker:g}" if workers > 1 else ""
         typer.secho(f"interrupted: the checkpoint keeps the run; continue it with `gazegen train --out {out} --resume{parallel}`",
                     err=True)
         raise typer.Exit(code=130)
+
+
+def _train_aborted(out: Path, parallel: str) -> None:
+    """Say what a `train` aborted without a checkpoint of its own kept (the run's newest checkpoint, if any) and how to
+    go on (``parallel``: the data-parallel options to repeat), and exit 130 (SIGINT's)."""
+    from gazegen.train.trainer import latest_checkpoint
+
+    newest = latest_checkpoint(out)
+    if newest is None:
+        typer.secho(f"aborted: no checkpoint was kept ({out} has none); the same command starts the run again", err=True)
+    else:
+        typer.secho(f"aborted: the newest checkpoint kept is {newest}; continue from it with `gazegen train --out {out} "
+                    f"--resume{parallel}`", err=True)
+    raise typer.Exit(code=130)
 
 
 @app.command("finetune")

@@ -164,6 +164,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage {self.stage!r}: expected one of {', '.join(STAGES)}")
+        if not self.model.strip():
+            raise ConfigError("model: empty; name a model preset (configs/model/*.toml, e.g. model/demo.toml)", "model")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
