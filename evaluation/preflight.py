@@ -5,7 +5,7 @@
   names its newest checkpoint, RUN/checkpoints/step_NNNNNNN.
 * A store seen through another camera than the checkpoint's (evaluation/evaluate.py ``check_model_camera``):
   ``same_camera_hint`` says how to get one of the checkpoint's camera, which depends on who made the store.
-* evaluate's --out (``check_report_folder``): a folder, new or not, holding none of the files evaluate writes
+* evaluate's --out (``check_report_folder``, and after Ctrl-C ``interrupted_note``): a folder, new or not, holding none of the files evaluate writes
   (evaluation/report.py ``REPORT_FILES`` and their staged names). One that holds an earlier evaluation's is refused,
   unless ``overwrite``: then ``clear_report_folder`` deletes exactly those files, and nothing else, before the run,
   so that no stale file (another checkpoint's sweep.png) stays beside the new report.
@@ -80,3 +80,12 @@ def clear_report_folder(out: str | Path) -> list[Path]:
     for path in removed:
         path.unlink()
     return removed
+
+
+def interrupted_note(out: str | Path) -> str:
+    """What an evaluation interrupted before its end left in ``out``, and how to redo it: its scores were only in memory."""
+    held = held_report_files(out) if Path(out).is_dir() else []
+    if not held:
+        return f"no report written to {out}; rerun the command to evaluate again"
+    kept = "an earlier report" if "report.md" in held else f"{', '.join(held)} but no report.md"
+    return f"{out} holds {kept}; rerun the command with --overwrite to evaluate again"

@@ -322,8 +322,7 @@ def pupils_markdown(p: PupilFollowing) -> list[str]:
     return [
         "Pupils, read without the estimator (evaluation/pupils.py: the darkness centroid of each eye region): "
         f"r(pupil x, requested yaw) {_num(p.model_yaw, 2)} and r(pupil y, requested pitch) {_num(p.model_pitch, 2)}; "
-        f"on the subjects' own images from that camera {_num(p.data_yaw, 2)} and {_num(p.data_pitch, 2)}. "
-        direction
+        f"on the subjects' own images from that camera {_num(p.data_yaw, 2)} and {_num(p.data_pitch, 2)}. " + direction
     ]
 
 

@@ -250,6 +250,23 @@ def test_rows_labels_errors_and_readers(first_run, photos):
 
 
 @pytest.mark.ray
+def test_the_readmes_loading_block_runs_as_written(first_run):
+    """README.md's Python block that loads a run (pyarrow, polars, datasets, the DataLoader, gaze_in_photo), verbatim but
+    for the run's folder in place of OUT: each reader gets the run's 8 rows."""
+    pytest.importorskip("datasets")
+    out, _ = first_run
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in readme.split("```python\n")[1:] if "GazeParquetDataset" in b.split("```")[0]]
+    code = block.split("```")[0].replace('"OUT', f'"{out}')
+    assert code.count(str(out)) >= 5  # every reader is pointed at the run
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["table"].num_rows == scope["df"].height == len(scope["ds"]) == 8
+    batch = next(iter(scope["loader"]))
+    assert len(batch["gaze"]) == 8 and tuple(batch["image"].shape[1:]) == (3, 64, 64)
+
+
+@pytest.mark.ray
 def test_rows_equal_a_direct_forward(first_run, checkpoint, photos):
     """The staged, batched actor renders what one full LiveGaze.forward per image renders."""
     out, _ = first_run

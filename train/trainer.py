@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import shutil
 import time
@@ -57,6 +58,8 @@ from gazegen.train.resume import RECORD, differences, read_record
 from gazegen.train.rng import rng_state, set_rng_state
 from gazegen.train.subjects import common_normalisation
 from gazegen.train.validate import prediction_grid, validate
+
+log = logging.getLogger("gazegen.train")
 
 CHECKPOINTS = "checkpoints"
 GROWN = ("pixels.", "detail.", "surface.", "mean.")  # branches a model may have beyond its init checkpoint: they start as no-ops (models/pixel_features.py, source_detail.py, source_surface.py, mean_planes.py)
@@ -93,16 +96,33 @@ def pick_device(name: str) -> torch.device:
     return torch_device(name, given_as="device =")
 
 
-def load_grown(model: LiveGaze, state: dict[str, torch.Tensor], path: Path) -> list[str]:
+def own_model_hint(metadata: dict) -> str:
+    """What to do when a checkpoint's weights do not fit the model: train with its own model (its run's preset and
+    ``model_overrides``, from its ``metadata.train_config`` when it has one) or choose another init."""
+    recorded = metadata.get("train_config") or {}
+    preset = recorded.get("model") if isinstance(recorded, dict) else None
+    if not isinstance(preset, str) or not preset:
+        return "train with the model it was saved with (its config.json's \"config\") or choose another init"
+    overrides = recorded.get("model_overrides") or []
+    own = f"model = {json.dumps(preset)}" + (f", model_overrides = {json.dumps(list(overrides))}" if overrides else "")
+    return f"train with its own model ({own}, as its run did) or choose another init"
+
+
+def load_grown(model: LiveGaze, state: dict[str, torch.Tensor], path: Path, hint: str = "") -> list[str]:
     """Load ``state`` into ``model``, which may have branches the checkpoint lacks (``GROWN``); returns those branches.
 
     A grown branch starts as a no-op (its output layer is zero), so the model renders what the
-    checkpoint rendered: a prior trained without pixel features continues with them.
+    checkpoint rendered: a prior trained without pixel features continues with them. Weights of another
+    architecture: TrainingError in one line (how many tensors differ, one of them, and ``hint``: what to do).
     """
-    try:
-        found = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # a tensor of another shape: another architecture
-        raise TrainingError(f"{path}: its weights do not fit this model ({error})") from error
+    own = model.state_dict()
+    differ = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if differ:
+        key = differ[0]
+        raise TrainingError(f"{path}: its weights do not fit this model: {len(differ)} of its {len(state)} tensors differ "
+                            f"in shape, e.g. {key} {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} in "
+                            f"the model; {hint or 'train with the model it was saved with or choose another init'}")
+    found = model.load_state_dict(state, strict=False)
     foreign = [k for k in found.missing_keys if not k.startswith(GROWN)] + list(found.unexpected_keys)
     if foreign:
         raise TrainingError(f"{path}: its weights do not fit this model: {', '.join(foreign[:5])} "
@@ -118,8 +138,8 @@ def initialise(model: LiveGaze, init: str) -> str:
     if not path.exists() and not path.is_absolute() and (SHIPPED_DIR.parent / path).exists():
         path = SHIPPED_DIR.parent / path  # a shipped checkpoint named from the repository root (weights/...)
     if path.is_dir():
-        read_header(path, LiveGaze)  # a LiveGaze checkpoint of a format this version reads
-        added = load_grown(model, load_state(path), path)
+        header = read_header(path, LiveGaze)  # a LiveGaze checkpoint of a format this version reads
+        added = load_grown(model, load_state(path), path, own_model_hint(header.metadata))
         return f"initialised from checkpoint {path}" + (f" (new, starting as no-ops: {', '.join(added)})" if added else "")
     if not path.is_file():
         raise TrainingError(f"{path}: init not found (init: '', 'live3d', a Live3D .pt or a gazegen checkpoint folder)")
@@ -301,8 +321,24 @@ def _setup(cfg: TrainConfig, model_cfg: ModelConfig, items: int, run: Path, *, m
     else:
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, context.rank]).generate_state(1)[0]))
     net = context.wrap_model(model) if context.wrap_model else model
-    stop = total if max_steps is None else min(total, max_steps)
+    schedule = f"max_steps = {cfg.max_steps}" if cfg.max_steps else f"epochs = {cfg.epochs}: {total} steps"
+    stop = stop_step(total, step, max_steps, schedule, warn=context.is_main)
     return _State(model, net, optimizer, scheduler, loss_fn, device, step, steps_per_epoch, total, stop, newest, how)
+
+
+def stop_step(total: int, step: int, max_steps: int | None, schedule: str, *, warn: bool = True) -> int:
+    """The step a run that is at ``step`` stops at: ``max_steps`` (an early stop), never past the schedule's ``total``
+    steps nor before ``step``; ``warn``: a warning in one line when ``max_steps`` is past the schedule (``schedule``:
+    how it is set, for the message) or at or below the step the run is at, saying where it stops instead."""
+    if max_steps is None:
+        return total
+    stop = max(min(total, max_steps), step)
+    if warn and max_steps > total:
+        log.warning(f"--max-steps {max_steps} is past the run's schedule ({schedule}): it stops at {stop}")
+    elif warn and max_steps <= step:
+        log.warning(f"--max-steps {max_steps} is at or below the step the run is at ({step}): it trains no step and "
+                    f"stops at {stop}")
+    return stop
 
 
 class _Loop:

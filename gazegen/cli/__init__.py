@@ -226,22 +226,30 @@ def estimator_eval(
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A LiveGaze checkpoint folder."),
     data: str = typer.Argument(..., help="A training store (its test split is evaluated)."),
-    out: Path = typer.Option(..., help="Folder for report.json, report.md and sheet.png."),
+    out: Path = typer.Option(..., help="Folder for report.json, report.md, sheet.png and (with --estimator, the gaze sweep) "
+                             "sweep.png; one holding an earlier evaluation is refused (see --overwrite)."),
     estimator: Optional[Path] = typer.Option(None, help="Reference estimator checkpoint (gaze and head errors)."),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     config: Optional[Path] = typer.Option(None, help="TOML with EvaluateConfig keys."),
     overrides: Optional[list[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds an earlier evaluation: delete its files (report.json, "
+                                   "report.md, sheet.png, sweep.png; nothing else) before starting."),
 ) -> None:
     """The paper's Table 1 protocol: per test subject, redirect the input group to the target group."""
     from gazegen.config import EvaluateConfig, load_config
     from gazegen.evaluation.evaluate import evaluate as run_evaluation
-    from gazegen.evaluation.report import table1
+    from gazegen.evaluation.preflight import interrupted_note
+    from gazegen.evaluation.report import report_files, table1
 
-    with _reported():
-        cfg = load_config(EvaluateConfig, config, overrides or [])
-        report = run_evaluation(checkpoint, data, out, cfg, estimator=estimator, device=device)
+    try:
+        with _reported():
+            cfg = load_config(EvaluateConfig, config, overrides or [])
+            report = run_evaluation(checkpoint, data, out, cfg, estimator=estimator, device=device, overwrite=overwrite)
+    except KeyboardInterrupt:  # the scores are only in memory: nothing to resume, a rerun starts afresh
+        typer.secho(f"interrupted: {interrupted_note(out)}", err=True)
+        raise typer.Exit(code=130)
     typer.echo("\n".join(table1(report)))
-    typer.echo(f"report: {out / 'report.md'}  sheet: {out / 'sheet.png'}")
+    typer.echo("wrote " + ", ".join(str(out / name) for name in reversed(report_files(report))))
 
 
 TRAIN_CONFIG = Path("configs/train/demo.toml")  # `gazegen train`'s config when none is given and the run is new
@@ -323,6 +331,7 @@ def finetune(
 ) -> None:
     """Personalised fine-tuning on each subject's input group (GazeNeRF protocol)."""
     from gazegen.config import FinetuneConfig, load_config
+    from gazegen.evaluation.preflight import check_checkpoint_folder
     from gazegen.paths import check_out_folder
     from gazegen.train.finetune import REPORT, iter_finetune
 
@@ -331,6 +340,7 @@ def finetune(
     try:
         with _reported():
             check_out_folder(out)
+            check_checkpoint_folder(checkpoint)  # a run folder given: name its newest checkpoint
             cfg = load_config(FinetuneConfig, None, sets, {"epochs": "--epochs"} if epochs is not None else {})
             for result in iter_finetune(checkpoint, data, out, subject or None, cfg, overwrite=overwrite):
                 typer.echo(result.summary())
