@@ -36,7 +36,7 @@ _MEANINGS = {
     "source_head_pose": "head pose of the source face in its own normalised camera, before the view turn",
     "face_mat_norm": "rotation from the source photo's camera into the source's normalised camera (ETH-XGaze's name)",
     "row_id": f"stable id {ROW_ID_FORMAT}",
-    "source_id": "id of the source face: its input file (+ `#row` for h5 / Parquet inputs)",
+    "source_id": "id of the source face: its input file (+ `#row` for h5 / Parquet inputs, + `#faceNN` for each face of a photo with several)",
     "source_path": "the input the source came from",
     "gaze_index": "index into the gaze grid (with --sample: the draw)",
     "view_index": "index into the view grid (with --sample: the draw)",

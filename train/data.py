@@ -113,7 +113,7 @@ class TripletDataset(Dataset):
         counts = [len(s.targets) for s in self.subjects]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         for s in self.subjects:
-            lonely = self._targets_without_frame(s) if same_frame else self._targets_without_source(s)
+            lonely = self._targets_without_frame(s) if same_frame else self.targets_without_source(s)
             if lonely.size:
                 row = int(lonely[0])
                 need = ("no source image of their own frame" if same_frame else
@@ -127,7 +127,7 @@ class TripletDataset(Dataset):
         return int(self._offsets[-1])
 
     @staticmethod
-    def _targets_without_source(s: SubjectRows) -> np.ndarray:
+    def targets_without_source(s: SubjectRows) -> np.ndarray:
         """Target rows for which every source shares the frame or the camera (counted, not searched)."""
         lab = s.labels
         f_src, c_src = lab.frame_index[s.sources], lab.cam_index[s.sources]

@@ -86,6 +86,22 @@ def groups(n: int, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(size, dtype=np.int64), np.arange(size, 2 * size, dtype=np.int64)
 
 
+def check_input_group(subject: SubjectRows, inputs: np.ndarray) -> None:
+    """DataError naming ``subject``'s input group (rows ``inputs``) when its triplets cannot be drawn: fine-tuning draws
+    I_s, I_gt and I_f from the input group alone, and each of its images needs a source of another frame and another
+    camera in it (train/data.py)."""
+    group = dataclasses.replace(subject, targets=inputs, sources=inputs)
+    lonely = TripletDataset.targets_without_source(group)
+    if not lonely.size:
+        return
+    n, labels = len(subject.labels.gaze), subject.labels
+    frames, cams = np.unique(labels.frame_index[inputs]), np.unique(labels.cam_index[inputs])
+    which = f"all {n} of its images" if len(inputs) == n else f"the first {len(inputs)} of its {n} images, in file order"
+    raise DataError(f"{subject.path}: its input group ({which}) holds {len(frames)} frame(s) ({', '.join(map(str, frames))}) "
+                    f"and {len(cams)} camera(s): {lonely.size} of its images have no source of another frame and another "
+                    "camera in it, which fine-tuning's triplets need (the input group is at most half the subject's images)")
+
+
 def finetune_config(checkpoint: Path | None, cfg: FinetuneConfig, train_cfg: TrainConfig | None) -> TrainConfig:
     """The TrainConfig of a fine-tuning: the given one, else the checkpoint's run's, else defaults; then
     ``epochs`` from ``cfg``, no step limit, validation and a checkpoint at the end only."""
@@ -125,6 +141,7 @@ def finetune_subject(model: LiveGaze, subject: SubjectRows, run: Path, cfg: Fine
     inputs, targets = groups(len(subject.labels.gaze), cfg.group_size)
     if score_on_inputs:
         inputs = targets = np.arange(len(subject.labels.gaze), dtype=np.int64)
+    check_input_group(subject, inputs)
     train_cfg = dataclasses.replace(train_cfg, batch_size=min(train_cfg.batch_size, len(inputs)))
     train_set, score_set = _subject_datasets(subject, train_cfg, TripletSizes.for_model(model.cfg), inputs, targets, run)
     model.to(pick_device(train_cfg.device))
@@ -196,6 +213,8 @@ def iter_finetune(checkpoint: Path, data: Path, out: Path, subjects: Sequence[st
     rows = [read_subject(path) for path in subject_paths(data, subjects)]
     check_runs(out, [subject.subject for subject in rows], overwrite)
     check_depth(train_cfg, rows)  # every subject's, before the first is fine-tuned
+    for subject in rows:  # and every subject's input group
+        check_input_group(subject, groups(len(subject.labels.gaze), cfg.group_size)[0])
     for subject in rows:
         run = out / file_component(subject.subject)
         clear_run(run)
