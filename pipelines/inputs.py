@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from gazegen import geometry
-from gazegen.config import CropConfig, NormalisationConfig
+from gazegen.config import CropConfig, NormalisationConfig, PhotoCameraConfig
 from gazegen.data.faces import CropResult, crop_each_face, crop_faces
 from gazegen.data.images import resize_image
 from gazegen.data.normalise import HeadPose, NormalisedFace, normalise_with_pose, normalised_camera_matrix
@@ -81,6 +81,7 @@ class DecodeSettings:
     root: str = ""  # Parquet path cells must lie inside it ("": the Parquet file's folder)
     view_pitch: tuple[float, float] = (0.0, 0.0)  # the grid's view pitch offsets, radians (GridSpec.view_pitch_bounds)
     min_face_px: int = 40  # photos: narrower faces are error rows (SynthConfig.min_face_px)
+    photo_focal_fraction: float = 1.0  # photos: the focal length assumed, times the longer side (SynthConfig)
 
 
 def renormalise(image: np.ndarray, source: NormalisationConfig, target: NormalisationConfig) -> np.ndarray:
@@ -124,7 +125,8 @@ def _failed(stage: str, reason: str) -> DecodedSource:
 
 
 def _crop_config(settings: DecodeSettings) -> CropConfig:
-    return CropConfig(resolution=settings.resolution, normalisation=settings.normalisation, min_face_px=settings.min_face_px)
+    return CropConfig(resolution=settings.resolution, normalisation=settings.normalisation, min_face_px=settings.min_face_px,
+                      camera=PhotoCameraConfig(settings.photo_focal_fraction))
 
 
 def _cropped(result: CropResult) -> DecodedSource:

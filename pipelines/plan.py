@@ -51,8 +51,10 @@ class RunPlan:
         """Everything that changes the rows, compared key by key on restart."""
         grid = ("grid", "pitch", "yaw", "view_pitch", "view_yaw")  # recorded as written: "pitch,yaw,view", "-30:30:5"
         keep = ("sample", "seed", "crop", "faces", "image_column", "depth_min_alpha", "depth_full_resolution", "png_compression", "max_pixels")
-        precision = {} if self.cfg.precision == "fp32" else {"precision": self.cfg.precision}  # absent: fp32, as before it existed
-        return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | precision | {
+        # recorded only when not their default, as before they existed: fp32, and photos' focal the longer side
+        later = {k: getattr(self.cfg, k) for k, default in (("precision", "fp32"), ("photo_focal_fraction", 1.0))
+                 if getattr(self.cfg, k) != default}
+        return {k: str(getattr(self.cfg, k)) for k in grid} | {k: getattr(self.cfg, k) for k in keep} | later | {
             "normalisation": asdict(self.normalisation), "format_version": FORMAT_VERSION,
             "image_resolution": self.model.image_resolution, "output_resolution": self.model.output_resolution,
         }  # fmt: skip
@@ -116,7 +118,8 @@ def stage_settings(run: RunPlan, device: str = "cpu", threads: int = 0, png_thre
     render = RenderSettings(run.spec, run.normalisation, cfg.batch_size, cfg.depth_min_alpha, cfg.depth_full_resolution,
                             run.checkpoint_hash, device, threads, cfg.png_compression, png_threads, cfg.precision)  # fmt: skip
     decode = DecodeSettings(run.model.image_resolution, run.normalisation, cfg.crop, cfg.image_column, cfg.max_pixels,
-                            cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds(), cfg.min_face_px)  # fmt: skip
+                            cfg.decode_timeout_s, run.root, run.spec.view_pitch_bounds(), cfg.min_face_px,
+                            cfg.photo_focal_fraction)  # fmt: skip
     return decode, render
 
 

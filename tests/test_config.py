@@ -95,3 +95,47 @@ def test_a_resumed_checkpoint_takes_the_configs_ray_batching_but_keeps_its_archi
     assert (r.chunk_rays, r.empty_opacity, r.block_points, r.source_background) == (1024, 0.01, 512, True)
     assert merged.render.plane_channels == 8 and merged.image_resolution == saved.image_resolution
     assert set(RENDER_RUNTIME) == {"chunk_rays", "empty_opacity", "block_points", "source_background"}
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optim.lr_encoder=nan", "command line: --set optim.lr_encoder=nan: must be in [0.0, 1.0], got nan"),
+    ("loss.depth_weight=nan", "command line: --set loss.depth_weight=nan: must be >= 0.0, got nan"),  # no upper bound
+    ("loss.depth_weight=-nan", "command line: --set loss.depth_weight=-nan: must be >= 0.0, got nan"),
+    ("optim.lr_encoder=inf", "command line: --set optim.lr_encoder=inf: must be in [0.0, 1.0], got inf"),
+])
+def test_nan_is_out_of_every_range(override, needle):
+    """NaN compares false with every bound, so it is refused as a value out of range is, naming the override."""
+    from gazegen.config import TrainConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, [override])
+    assert str(err.value) == needle
+
+
+def test_nan_in_a_file_names_the_file_and_the_key(tmp_path):
+    preset = tmp_path / "heads.toml"
+    preset.write_text("[rig]\nmax_yaw_deg = nan\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthHeadsConfig, preset)
+    assert str(err.value) == f"{preset}: rig.max_yaw_deg: must be in [0.0, 85.0], got nan"
+
+
+def test_a_config_that_is_no_toml_file_is_named_in_one_line(tmp_path):
+    binary = tmp_path / "subject0000.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe\x00\x81")  # not UTF-8
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthHeadsConfig, binary)
+    assert str(err.value) == f"{binary}: not a text file, so not a TOML config (give a .toml file)"
+    with pytest.raises(ConfigError) as err:
+        load_config(SynthHeadsConfig, tmp_path)
+    assert str(err.value) == f"{tmp_path}: a folder, not a config file (give a .toml file)"
+    with pytest.raises(ConfigError, match=r"x\.toml: cannot be read \(Not a directory\)"):
+        load_config(SynthHeadsConfig, binary / "x.toml")  # a file on the way
+
+
+def test_an_empty_model_preset_is_refused_naming_the_override():
+    from gazegen.config import TrainConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(TrainConfig, None, ["model="])
+    assert str(err.value) == "command line: --set model=: empty; name a model preset (configs/model/*.toml, e.g. model/demo.toml)"

@@ -8,6 +8,7 @@ centre, its eyes on a known target, so its gaze in the photo's camera is known i
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import cv2
@@ -97,6 +98,20 @@ def test_photo_decoded_from_a_file_carries_its_rotation(renderer, tmp_path):
     rows = renderer.render("head.png", decoded.image, decoded.head_pose, gaze_head, rot)
     errors = geometry.angular_error(gaze_in_photo(rows.labels), np.tile(truth, (6, 1)))
     assert errors.max() <= pose_error + 0.01, (errors, pose_error)
+
+
+def test_the_photo_focal_set_is_the_one_the_rotation_assumes(tmp_path):
+    """A photo's camera is unknown: its focal is assumed, `photo_focal_fraction` times the longer side. Told the true one
+    (700 px on a 320 px photo), the normalised camera looks along the true face centre's direction (within 0.5 degrees,
+    the generic face's own offset); the default (320 px) and a wider guess (160 px) miss it by more."""
+    _, photo, _, _, _ = _head(5, (5, -15, 10), (30, -10, 600))
+    cv2.imwrite(str(tmp_path / "head.png"), cv2.cvtColor(photo.image, cv2.COLOR_RGB2BGR))
+    centre = np.array([30.0, -10.0, 600.0]) / np.linalg.norm([30.0, -10.0, 600.0])
+    misses = {}
+    for fraction in (700 / 320, 1.0, 0.5):
+        (decoded,) = decode_sources(list_sources(tmp_path), DecodeSettings(64, NORM, "always", photo_focal_fraction=fraction))
+        misses[fraction] = math.degrees(math.acos(min(1.0, float(decoded.face_mat_norm[2] @ centre))))
+    assert misses[700 / 320] < 0.5 < 2.0 < misses[1.0] < misses[0.5], misses
 
 
 def test_a_photo_turned_a_quarter_decodes_to_the_same_normalised_head_pose(tmp_path):

@@ -120,9 +120,11 @@ def test_precision_is_part_of_the_run(tmp_path):
     (tmp_path / "in").mkdir()
     cv2.imwrite(str(tmp_path / "in" / "a.png"), np.zeros((64, 64, 3), np.uint8))
     run, _, _ = open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, crop="never"))
-    assert "precision" not in run.settings()
+    assert "precision" not in run.settings() and "photo_focal_fraction" not in run.settings()
     with pytest.raises(RunMismatchError, match="precision"):
         open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, crop="never", precision="bf16"))
+    with pytest.raises(RunMismatchError, match="photo_focal_fraction: '<unset>' -> 2.0"):  # photo rows' labels would differ
+        open_run(checkpoint, tmp_path / "in", tmp_path / "out", load_synth_config(None, ["photo_focal_fraction=2.0"], crop="never"))
 
 
 def test_an_input_edited_since_the_run_started_is_refused_on_resume(tmp_path):

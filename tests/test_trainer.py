@@ -231,3 +231,58 @@ def test_a_small_set_is_autoencoded_and_the_output_follows_its_source(tmp_path):
     assert psnr.mean() >= 20.5, psnr  # measured 22.2 dB (the issue's 25 dB bar is for the demo prior, not this test)
     assert inside > 5 * outside  # a silhouette: measured 0.98 inside the head, 0.002 outside
     assert change >= 0.6 * data_change  # the output follows its source: measured 0.180 against the faces differing by 0.194
+
+
+def test_weights_of_other_shapes_are_refused_in_one_line_with_the_way_out(tmp_path):
+    """One line: the checkpoint, how many tensors differ (here the two made to), one with both shapes, and the hint."""
+    from gazegen.checkpoint import save_pretrained
+    from gazegen.config import to_dict
+    from gazegen.train.trainer import initialise, load_grown, own_model_hint
+
+    torch.manual_seed(0)
+    model_cfg = config().model_config()
+    model = LiveGaze(model_cfg)
+    state = model.state_dict()
+    hidden = model_cfg.render.decoder_hidden
+    state["decoder.net.0.bias"] = torch.zeros(hidden + 3)
+    state["decoder.net.0.weight"] = torch.zeros(hidden + 3, *state["decoder.net.0.weight"].shape[1:])
+    with pytest.raises(TrainingError) as err:
+        load_grown(LiveGaze(model_cfg), state, tmp_path / "prior", "HINT")
+    assert str(err.value) == (f"{tmp_path / 'prior'}: its weights do not fit this model: 2 of its {len(state)} tensors differ "
+                              f"in shape, e.g. decoder.net.0.bias ({hidden + 3},) in the checkpoint, ({hidden},) in the model; "
+                              "HINT")
+    assert own_model_hint({"train_config": {"model": "model/demo.toml", "model_overrides": ["mean_planes=true"]}}) == (
+        'train with its own model (model = "model/demo.toml", model_overrides = ["mean_planes=true"], as its run did) '
+        "or choose another init")
+    assert own_model_hint({"train_config": {"model": "model/tiny.toml", "model_overrides": []}}) == (
+        'train with its own model (model = "model/tiny.toml", as its run did) or choose another init')
+    assert own_model_hint({}) == 'train with the model it was saved with (its config.json\'s "config") or choose another init'
+    # a checkpoint named as init: its run's model is named from its metadata
+    wider = config(f'model_overrides=["render.decoder_hidden={hidden * 2}"]')
+    saved = save_pretrained(tmp_path / "ckpt", LiveGaze(wider.model_config()), metadata={"train_config": to_dict(wider)})
+    with pytest.raises(TrainingError) as err:
+        initialise(LiveGaze(model_cfg), str(saved))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{saved}: its weights do not fit this model: ")
+    assert message.endswith(f'(model = "model/tiny.toml", model_overrides = ["render.decoder_hidden={hidden * 2}"], as its '
+                            "run did) or choose another init")
+
+
+@pytest.mark.parametrize("total,step,max_steps,stop,warning", [
+    (20, 0, None, 20, None),
+    (20, 0, 5, 5, None),  # an early stop
+    (20, 0, 20, 20, None),
+    (20, 0, 25, 20, "--max-steps 25 is past the run's schedule (max_steps = 20): it stops at 20"),
+    (20, 10, 15, 15, None),
+    (20, 10, 10, 10, "--max-steps 10 is at or below the step the run is at (10): it trains no step and stops at 10"),
+    (20, 10, 4, 10, "--max-steps 4 is at or below the step the run is at (10): it trains no step and stops at 10"),
+])
+def test_max_steps_past_the_schedule_or_behind_the_run_is_said(total, step, max_steps, stop, warning, caplog):
+    from gazegen.train.trainer import stop_step
+
+    with caplog.at_level("WARNING", logger="gazegen.train"):
+        assert stop_step(total, step, max_steps, f"max_steps = {total}") == stop
+    assert [r.getMessage() for r in caplog.records] == ([warning] if warning else [])
+    caplog.clear()
+    assert stop_step(total, step, max_steps, f"max_steps = {total}", warn=False) == stop  # other ranks: silent
+    assert caplog.records == []

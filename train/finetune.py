@@ -97,7 +97,8 @@ def check_input_group(subject: SubjectRows, inputs: np.ndarray) -> None:
     n, labels = len(subject.labels.gaze), subject.labels
     frames, cams = np.unique(labels.frame_index[inputs]), np.unique(labels.cam_index[inputs])
     which = f"all {n} of its images" if len(inputs) == n else f"the first {len(inputs)} of its {n} images, in file order"
-    raise DataError(f"{subject.path}: its input group ({which}) holds {len(frames)} frame(s) ({', '.join(map(str, frames))}) "
+    named = f" ({', '.join(map(str, frames))})" if len(frames) <= 5 else ""
+    raise DataError(f"{subject.path}: its input group ({which}) holds {len(frames)} frame(s){named} "
                     f"and {len(cams)} camera(s): {lonely.size} of its images have no source of another frame and another "
                     "camera in it, which fine-tuning's triplets need (the input group is at most half the subject's images)")
 

@@ -118,7 +118,7 @@ def load_grown(model: LiveGaze, state: dict[str, torch.Tensor], path: Path, hint
     own = model.state_dict()
     differ = [k for k in state if k in own and state[k].shape != own[k].shape]
     if differ:
-        key = differ[0]
+        key = min(differ)  # the first by name, as the weights file lists them
         raise TrainingError(f"{path}: its weights do not fit this model: {len(differ)} of its {len(state)} tensors differ "
                             f"in shape, e.g. {key} {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} in "
                             f"the model; {hint or 'train with the model it was saved with or choose another init'}")

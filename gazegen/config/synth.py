@@ -45,6 +45,9 @@ class SynthConfig:
     # largest first; detected while listing on the driver: pipelines/sources.py)
     min_face_px: int = bounded(40, DetectorConfig().min_face_px)  # photos: narrower faces are error rows ("face too
     # small"); down to the smallest face the detector searches for (DetectorConfig.min_face_px)
+    photo_focal_fraction: float = bounded(1.0, 0.1, 20.0)  # photos: the focal length assumed, times the longer side of the
+    # upright image (its EXIF orientation applied); principal point at the centre (PhotoCameraConfig). Sets the head pose,
+    # face_mat_norm and gaze_in_photo of photo rows
     image_column: str = "image"  # Parquet inputs: image bytes or a {bytes, path} struct (Hugging Face Image)
     normalisation: NormalisationConfig | None = None  # see above; None: the checkpoint's (refused if it has none)
     max_pixels: int = bounded(36_000_000, 1, 178_956_970)  # images declaring more pixels are error rows (checked from the header)
