@@ -135,6 +135,8 @@ def render_stream(items: Sequence[Item], shape: PoolShape, cfg: SynthConfig, che
                 outcome = error
             yield item, outcome
     finally:
+        for ref in calls:
+            ray.cancel(ref)  # not retried when its actor is killed: Ray would log each as failed, "will be retried"
         for handle in actors:
             ray.kill(handle)  # its call in flight fails now; no call waits behind it
         if left := [*calls, *(ref for _, ref in decoded)]:
