@@ -247,7 +247,8 @@ def bench_model(
     encode_s, redirect_s, forward_s = seconds["encode"], seconds["redirect"], seconds["total"]
     # what the stage times allow against the forward as measured (the ratio's own numerator), and were the volume free
     grid_result["bound"] = grid_bound(encode_s, redirect_s, seconds["render"], *grid, forward=forward_s)
-    grid_result["bound_free_volume"] = grid_bound(encode_s, redirect_s, seconds["superres"], *grid, forward=forward_s)
+    free = forward_s - seconds["render"] + seconds["superres"]  # the forward, were its volume render free too
+    grid_result["bound_free_volume"] = grid_bound(encode_s, redirect_s, seconds["superres"], *grid, forward=free)
     return {
         "preset": str(preset_path),
         "overrides": list(overrides),
