@@ -289,7 +289,8 @@ def shipped_report(root: Path = SHIPPED_DIR) -> list[WeightStatus]:
 def format_weights_report(rows: list[WeightStatus] | None = None) -> list[str]:
     """Printable lines for `gazegen weights`: the searched folders, then one line per file, then the shipped checkpoints."""
     rows = weights_report() if rows is None else rows
-    lines = [f"searched in order ({_env_state()}): " + ", ".join(str(d) for d in search_dirs())]
+    folders = (f"{d}" if d.is_dir() else f"{d} (no such folder)" for d in search_dirs())
+    lines = [f"searched in order ({_env_state()}): " + ", ".join(folders)]
     lines.append(f"{'name':<14} {'status':<11} {'file':<38} location")
     lines.extend(line for r in rows for line in r.line().splitlines())
     shipped = shipped_report()

@@ -136,6 +136,9 @@ def test_report_rows(dirs, monkeypatch):
     lines = W.format_weights_report(list(rows.values()))
     shipped = W.shipped_report()  # the repository's own checkpoints follow, under a heading, when there are any
     assert str(env) in lines[0] and len(lines) == 2 + 2 * len(rows) + (1 + 2 * len(shipped) if shipped else 0)
+    assert f"{env} (no such folder)" not in lines[0]
+    monkeypatch.setenv(W.ENV_VAR, str(env / "nowhere"))
+    assert f"{env / 'nowhere'} (no such folder)" in W.format_weights_report([])[0]  # a mistyped $GAZEGEN_WEIGHTS shows
     fid = lines.index(next(line for line in lines if line.startswith("fid_inception")))
     assert "missing" in lines[fid] and W.WEIGHTS["fid_inception"].url in lines[fid]
     assert lines[fid + 1].split() == ["needed", "by:", *W.WEIGHTS["fid_inception"].used_by.split()]
