@@ -203,3 +203,75 @@ def test_a_new_run_needs_its_store(tmp_path):
     assert result.exit_code == 2
     assert "error: --data: the training store folder is required (with --resume the run's own store is used)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def ctrl_c_twice_at(monkeypatch, at: int) -> None:
+    """Ctrl-C twice during step ``at`` (after its update): Python calls the handler the trainer installed, twice."""
+    step = trainer._Loop.step
+
+    def interrupted(self, batch):
+        terms = step(self, batch)
+        if self.st.step == at:
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the first: a checkpoint after this step
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the second: abort at once, without one
+        return terms
+
+    monkeypatch.setattr(trainer._Loop, "step", interrupted)
+
+
+def aborted_line(output: str) -> str:
+    found = [line for line in output.splitlines() if line.startswith("aborted: ")]
+    assert len(found) == 1, output
+    return found[0]
+
+
+def test_a_second_ctrl_c_names_the_checkpoint_kept_and_how_to_resume(stopped_run, tmp_path, monkeypatch):
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    ctrl_c_twice_at(monkeypatch, 3)
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    assert result.exit_code == 130, result.output
+    assert aborted_line(result.output) == (f"aborted: the newest checkpoint kept is {run / 'checkpoints' / 'step_0000002'}; "
+                                           f"continue from it with `gazegen train --out {run} --resume`")
+    assert [p.name for p in checkpoint_dirs(run)] == ["step_0000002"]  # step 3 was not saved
+    monkeypatch.undo()
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])  # the command it gave
+    assert result.exit_code == 0 and "finished at step 4" in result.output, result.output
+
+
+def test_a_second_ctrl_c_before_any_checkpoint_says_none_was_kept(store, tiny, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    command = ["train", "--config", str(tiny), "--data", str(store), "--out", str(run)]
+    ctrl_c_twice_at(monkeypatch, 1)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 130, result.output
+    assert aborted_line(result.output) == f"aborted: no checkpoint was kept ({run} has none); the same command starts the run again"
+    assert checkpoint_dirs(run) == []
+    monkeypatch.undo()
+    result = runner.invoke(app, command)  # as it says
+    assert result.exit_code == 0 and "finished at step 4" in result.output, result.output
+
+
+def test_a_run_whose_store_moved_resumes_on_its_new_path(stopped_run, store, tmp_path, caplog):
+    """The recorded store gone: --resume alone says to give --data; --resume --data NEW continues the run with a warning
+    (its other settings still its own), and records the new path."""
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    moved, gone = shutil.copytree(store, tmp_path / "moved"), tmp_path / "gone"
+    record = json.loads((run / "train_config.json").read_text())
+    record["data"] = str(gone)  # where the store was when the run started
+    (run / "train_config.json").write_text(json.dumps(record))
+    before = snapshot(run)
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: {run}: the run's store {gone} is gone (moved or deleted); pass --data with its "
+                                     f"new path: `gazegen train --out {run} --resume --data STORE`")
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--data", str(moved), "--set", "max_steps=6"])
+    assert result.exit_code == 2, result.output
+    assert "max_steps: 4 -> 6" in result.output and "data: " not in result.output  # the store may move, the settings not
+    assert snapshot(run) == before
+    with caplog.at_level(logging.WARNING, logger="gazegen.train"):
+        result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--data", str(moved)])
+    assert result.exit_code == 0 and "finished at step 4" in result.output, result.output
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"--data {moved}: the run's store {gone} no longer exists; resuming on {moved} as the run's store (its other "
+        "settings stay its own)"]
+    assert json.loads((run / "train_config.json").read_text())["data"] == str(moved.resolve())

@@ -287,3 +287,22 @@ def test_a_same_camera_share_takes_that_share_of_sources_in_place(dataset):
     plain = [dataset.draw(e, i) for e in range(3) for i in range(len(dataset))]
     none = TripletDataset(dataset.subjects, SIZES, DatasetDepth(), seed=3, same_camera=0.0)
     assert [none.draw(e, i) for e in range(3) for i in range(len(dataset))] == plain
+
+
+def test_a_finetune_input_group_of_one_frame_is_named(store):
+    """Fine-tuning draws triplets within the input group (the first rows, train/finetune.py): its frames and cameras
+    decide, not the file's. The procedural files hold their rows frame by frame, 4 cameras each, so the first 4 rows are
+    one frame, and of the first 5 only row 0 (frame 0, camera 0) lacks a source of another frame and another camera."""
+    from gazegen.train.finetune import check_input_group, groups
+
+    subject = read_subject(store_splits(store).split("test")[0])
+    assert subject.labels.frame_index.ravel()[:5].tolist() == [0, 0, 0, 0, 1]  # the file order the oracle rests on
+    assert subject.labels.cam_index.ravel()[:5].tolist() == [0, 1, 2, 3, 0]
+    with pytest.raises(DataError) as err:
+        check_input_group(subject, groups(12, 4)[0])
+    assert str(err.value) == (f"{subject.path}: its input group (the first 4 of its 12 images, in file order) holds 1 frame(s) "
+                              "(0) and 4 camera(s): 4 of its images have no source of another frame and another camera in "
+                              "it, which fine-tuning's triplets need (the input group is at most half the subject's images)")
+    with pytest.raises(DataError, match=r"holds 2 frame\(s\) \(0, 1\) and 4 camera\(s\): 1 of its images have no source"):
+        check_input_group(subject, groups(12, 5)[0])
+    check_input_group(subject, groups(12, 6)[0])  # frames 0 and 1, cameras 0-3 and 0-1: every image has a source
