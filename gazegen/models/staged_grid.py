@@ -11,13 +11,17 @@ What it can gain (``grid_bound``): with per-image costs e (encode), r (redirect)
 G gazes x V views grid costs e / (G V) + r / V + v a row, against e + r + v for a full forward per
 row, so the render's share bounds the gain. For 3x at 5 x 5 x 3, e + r + v >= 3 (e / 75 + r / 3 + v)
 reduces to v <= 0.48 e: the redirect cancels, and the render must cost under half the encoder.
-``gazegen bench`` prints the bound from the stage times it measured, and the bound with a free
-volume render (v = the super-resolution alone). Measured on 2 CPU cores, one thread, batch 25
-(session 24; ``OMP_NUM_THREADS=1 python benchmarks/model_speed.py --preset configs/model/tiny.toml
---gazes 25 --views 3 --batch 25``): tiny e 0.44, r 0.69, v 1.02 ms, of which the
-super-resolution is 0.22; ratio measured 1.71x against a bound of 1.71x, and 2.96x were the
-volume render free: the super-resolution alone is 0.5 e, so no renderer reaches 3x on this
-preset here. ``--compile`` gives 1.72x (render 0.94 ms). The demo preset (e 16.8, r 11.2, v
+``gazegen bench`` prints the bound from the stage times it measured (against the forward as measured,
+f = e + r + v + o, o the forward's own overhead: then 3x needs v <= (0.96 e + o) / 2), and
+the bound with a free volume render (v = the super-resolution alone). Measured on 2 CPU cores, one
+thread, batch 25 (session 25; ``OMP_NUM_THREADS=1 python benchmarks/model_speed.py --preset
+configs/model/tiny.toml --gazes 25 --views 3 --batch 25``): tiny e 0.45, r 0.70, v 0.96, f 2.19 ms,
+the super-resolution 0.24 of v; ratio measured 1.69x against a bound of 1.83x, and 3.09x were the
+volume render free. 3x needs v <= 0.26 ms, so a volume render of 0.02 ms per image (36x faster than
+today's, itself 4x EG3D's): its decoder alone is 1.1 MMAC per image (16^2 rays x 16 samples x 272),
+0.02 ms only at the encoders' dense-convolution rate with free plane reads, so no renderer reaches
+3x on this preset here (session 24, before the forward was measured whole: 1.71x of 1.71x, 2.96x
+free). ``--compile`` gives 1.72x (render 0.94 ms). The demo preset (e 16.8, r 11.2, v
 20.1 ms, session 15): 2.0x measured. Counted in MACs (``gazegen bench``'s ``gmacs_per_image``)
 tiny's render is 13% of a forward (0.008 of 0.064 GMAC), a bound of 3.3x; it takes half the time
 because it runs at ~8 GMAC/s (plane gathers, per-sample passes, thin convolutions) where the
