@@ -66,10 +66,12 @@ def weights() -> None:
 def bench(
     preset: Path = typer.Option(Path("configs/model/tiny.toml"), help=f"Model preset (configs/model/*.toml; {FROM_CONFIGS})."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
-    batch: int = typer.Option(1, min=1, help="Batch size of the throughput and grid runs."),
+    batch: int = typer.Option(1, min=1, help="Images per call of every figure (ms per image, memory, throughput, grid); "
+                              "the latency is at batch 1."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile each stage (warm-up grows to 3 runs)."),
     dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
-    repeats: int = typer.Option(5, min=1, help="Timed runs per figure (the median is reported)."),
+    repeats: int = typer.Option(5, min=1, help="Timed runs per stage figure (the median is reported; the grid ratio "
+                                "takes 3)."),
     out: Optional[Path] = typer.Option(None, help="Also write the JSON here."),
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
