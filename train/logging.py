@@ -137,7 +137,8 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> Path:
     ax_depth.set_ylabel("depth L1 (mm)")
     handles = ax_val.get_legend_handles_labels()[0] + ax_depth.get_legend_handles_labels()[0]
     if handles:
-        ax_val.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+        ax_val.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center", ncol=3,
+                      bbox_to_anchor=(0.5, -0.15))  # below the axes: over the twin axes it hid the last points
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return path
