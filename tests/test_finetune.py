@@ -179,6 +179,10 @@ def test_ctrl_c_stops_the_whole_command_says_what_was_kept_and_exits_130(trained
     assert (report["subject0002"]["status"], report["subject0001"]["status"]) == ("finished", "interrupted")
     assert not [w for w in recwarn if "No artists" in str(w.message)]  # no empty legend for a run stopped early
     monkeypatch.undo()
+    refused = finetune_cli(checkpoint, store, out, "--epochs", "3", "--subject", "subject0001")
+    assert lines(refused.output) == [f"error: {out / 'subject0001'}: already holds a fine-tuning stopped part-way ("
+                                     f"{out / 'subject0001' / 'checkpoints' / 'step_0000002'}); pass --overwrite to redo it, "
+                                     "or choose another --out"]
     result = finetune_cli(checkpoint, store, out, "--epochs", "3", "--subject", "subject0001", "--overwrite")  # the advice given
     assert result.exit_code == 0, result.output
     assert json.loads((out / "finetune.json").read_text())["subjects"]["subject0001"]["step"] == 3

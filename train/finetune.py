@@ -174,13 +174,17 @@ def subject_paths(data: Path, subjects: Sequence[str] | None) -> list[Path]:
 
 
 def check_runs(out: Path, names: Sequence[str], overwrite: bool) -> None:
-    """DataError naming the first subject folder of ``out`` that holds a checkpoint, unless ``overwrite``."""
+    """DataError naming the first subject folder of ``out`` that holds a checkpoint, unless ``overwrite``; the message
+    says whether that fine-tuning ended or was stopped part-way (its OUT/finetune.json entry)."""
     if overwrite:
         return
+    report = json.loads((out / REPORT).read_text()).get("subjects", {}) if (out / REPORT).is_file() else {}
     for name in names:
         newest = latest_checkpoint(out / file_component(name))
         if newest is not None:
-            raise DataError(f"{out / file_component(name)}: already holds a fine-tuning ({newest}); pass --overwrite to redo "
+            ended = report.get(name, {}).get("status") not in (None, "interrupted")
+            what = "a fine-tuning" if ended else "a fine-tuning stopped part-way"
+            raise DataError(f"{out / file_component(name)}: already holds {what} ({newest}); pass --overwrite to redo "
                             "it, or choose another --out")
 
 
