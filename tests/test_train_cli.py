@@ -275,3 +275,23 @@ def test_a_run_whose_store_moved_resumes_on_its_new_path(stopped_run, store, tmp
         f"--data {moved}: the run's store {gone} no longer exists; resuming on {moved} as the run's store (its other "
         "settings stay its own)"]
     assert json.loads((run / "train_config.json").read_text())["data"] == str(moved.resolve())
+
+
+def test_a_resume_names_the_step_folders_it_passes_over_and_the_way_past_a_damaged_checkpoint(stopped_run, tmp_path, caplog):
+    """A step folder without train_state.pt (a checkpoint written part-way) is passed over with a warning naming it; a
+    newest checkpoint whose weights file is damaged is refused naming the file and the checkpoint before it."""
+    run = shutil.copytree(stopped_run, tmp_path / "run")
+    assert runner.invoke(app, ["train", "--out", str(run), "--resume", "--max-steps", "3"]).exit_code == 0  # steps 2, 3
+    before, newest = checkpoint_dirs(run)[-2:]
+    (run / "checkpoints" / "step_0000004").mkdir()  # a checkpoint cut short before its train_state.pt
+    (newest / "model.safetensors").write_bytes((newest / "model.safetensors").read_bytes()[:100])  # truncated
+    with caplog.at_level("WARNING", logger="gazegen.train"):
+        result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    assert f"step_0000004: no train_state.pt (written part-way): resuming from {newest}" in caplog.text
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert str(newest / "model.safetensors") in result.output
+    assert result.output.rstrip().endswith(f"; delete {newest} to resume from {before}")
+    shutil.rmtree(newest)  # the advice given
+    shutil.rmtree(run / "checkpoints" / "step_0000004")
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume"])
+    assert result.exit_code == 0 and "finished at step 4" in result.output, result.output

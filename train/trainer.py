@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gazegen.allocator import keep_freed_memory
-from gazegen.checkpoint import load_checkpoint, load_state, load_train_state, read_header, save_pretrained
+from gazegen.checkpoint import CheckpointError, load_checkpoint, load_state, load_train_state, read_header, save_pretrained
 from gazegen.config import ModelConfig, TrainConfig, to_dict
 from gazegen.config.model import with_runtime_render
 from gazegen.device import torch_device
@@ -156,10 +156,16 @@ def build_loss(cfg: TrainConfig) -> LiveGazeLoss:
                             "(--set loss.perceptual=false).") from None
 
 
+def _step_of(path: Path) -> int:
+    """The step of a checkpoint folder ``step_NNNNNNN`` (-1 for another name)."""
+    number = path.name.removeprefix("step_")
+    return int(number) if number.isdigit() else -1
+
+
 def checkpoint_dirs(run: Path) -> list[Path]:
     """Complete step checkpoints of a run (with train_state.pt), oldest first."""
     dirs = [p for p in (Path(run) / CHECKPOINTS).glob("step_*") if (p / "train_state.pt").is_file()]
-    return sorted(dirs, key=lambda p: int(p.name.removeprefix("step_")))
+    return sorted(dirs, key=_step_of)
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -258,19 +264,29 @@ class _State:
 
 
 def _check_run(run: Path, resume: bool) -> Path | None:
-    """The newest checkpoint of ``run``; TrainingError when resuming nothing or starting over a run."""
+    """The newest checkpoint of ``run``; TrainingError when resuming nothing or starting over a run. A resume says which
+    later step folders it passes over (no train_state.pt: written part-way)."""
     newest = latest_checkpoint(run)
     if resume and newest is None:
         raise TrainingError(f"{run}: nothing to resume (no checkpoint with a train_state.pt under {run / CHECKPOINTS})")
     if not resume and newest is not None:
         raise TrainingError(f"{run} already holds a run (newest checkpoint {newest}); pass --resume or choose another folder")
+    if resume:
+        later = sorted((p for p in (run / CHECKPOINTS).glob("step_*") if _step_of(p) > _step_of(newest)), key=_step_of)
+        if later:
+            log.warning(f"{', '.join(p.name for p in later)}: no train_state.pt (written part-way): resuming from {newest}")
     return newest
 
 
 def _resumed_model(newest: Path, model_cfg: ModelConfig) -> LiveGaze:
     """The checkpoint's model; its architecture must be ``model_cfg``, the run's recorded model (chunking and skipping:
-    ``model_cfg``'s)."""
-    model = load_checkpoint(newest)
+    ``model_cfg``'s). A damaged one is named with the way back to the checkpoint before it."""
+    try:
+        model = load_checkpoint(newest)
+    except CheckpointError as error:
+        before = checkpoint_dirs(newest.parent.parent)[-2:-1]
+        back = f"; delete {newest} to resume from {before[0]}" if before else ""
+        raise CheckpointError(f"{error}{back}") from error
     model.cfg = with_runtime_render(model.cfg, model_cfg)
     if model.cfg != model_cfg:
         diff = differences(to_dict(model.cfg), to_dict(model_cfg))
