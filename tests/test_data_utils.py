@@ -125,3 +125,5 @@ def test_splits_report_what_is_wrong(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="not a training store"):
         store_splits(empty).split("train")
+    with pytest.raises(DataError, match=f"^{tmp_path / 'nowhere'}: no such file or folder$"):
+        store_splits(tmp_path / "nowhere").split("train")

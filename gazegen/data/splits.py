@@ -37,6 +37,8 @@ class StoreSplits:
         """The files of split ``name`` ([] when it lists none); DataError when a listed file does not exist
         or when the store has neither a split file nor a train subject file."""
         if self.split_file is None and not self.files["train"]:
+            if not self.store.exists():
+                raise DataError(f"{self.store}: no such file or folder")
             raise DataError(f"{self.store}: no {SPLIT_FILE} and no .h5 files: not a training store")
         if self.missing.get(name):
             raise DataError(self.missing[name][0])
