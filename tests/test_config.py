@@ -98,13 +98,15 @@ def test_a_resumed_checkpoint_takes_the_configs_ray_batching_but_keeps_its_archi
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("optim.lr_encoder=nan", "command line: --set optim.lr_encoder=nan: must be in [0.0, 1.0], got nan"),
-    ("loss.depth_weight=nan", "command line: --set loss.depth_weight=nan: must be >= 0.0, got nan"),  # no upper bound
-    ("loss.depth_weight=-nan", "command line: --set loss.depth_weight=-nan: must be >= 0.0, got nan"),
-    ("optim.lr_encoder=inf", "command line: --set optim.lr_encoder=inf: must be in [0.0, 1.0], got inf"),
+    ("optim.lr_encoder=nan", "command line: --set optim.lr_encoder=nan: must be a finite number in [0.0, 1.0], got nan"),
+    ("loss.depth_weight=nan", "command line: --set loss.depth_weight=nan: must be a finite number >= 0.0, got nan"),  # no upper bound
+    ("loss.depth_weight=-nan", "command line: --set loss.depth_weight=-nan: must be a finite number >= 0.0, got nan"),
+    ("optim.lr_encoder=inf", "command line: --set optim.lr_encoder=inf: must be a finite number in [0.0, 1.0], got inf"),
+    ("loss.depth_weight=inf", "command line: --set loss.depth_weight=inf: must be a finite number >= 0.0, got inf"),  # past the open end
 ])
 def test_nan_is_out_of_every_range(override, needle):
-    """NaN compares false with every bound, so it is refused as a value out of range is, naming the override."""
+    """NaN compares false with every bound, and an infinity passes an open one: both are refused as a value out of
+    range is, naming the override."""
     from gazegen.config import TrainConfig
 
     with pytest.raises(ConfigError) as err:
@@ -117,7 +119,7 @@ def test_nan_in_a_file_names_the_file_and_the_key(tmp_path):
     preset.write_text("[rig]\nmax_yaw_deg = nan\n")
     with pytest.raises(ConfigError) as err:
         load_config(SynthHeadsConfig, preset)
-    assert str(err.value) == f"{preset}: rig.max_yaw_deg: must be in [0.0, 85.0], got nan"
+    assert str(err.value) == f"{preset}: rig.max_yaw_deg: must be a finite number in [0.0, 85.0], got nan"
 
 
 def test_a_config_that_is_no_toml_file_is_named_in_one_line(tmp_path):

@@ -129,8 +129,11 @@ def _range_text(lo: float | None, hi: float | None) -> str:
 
 
 def _in_range(value: Any, lo: float | None, hi: float | None) -> bool:
-    """Whether ``value`` lies in [lo, hi] (either bound None: open); NaN, which no comparison refuses, never does."""
-    if isinstance(value, float) and math.isnan(value):
+    """Whether ``value`` lies in [lo, hi] (either bound None: open); a bounded setting is a finite number (NaN, which no
+    comparison refuses, and an infinity past an open end never are)."""
+    if lo is None and hi is None:
+        return True
+    if isinstance(value, float) and not math.isfinite(value):
         return False
     return (lo is None or value >= lo) and (hi is None or value <= hi)
 
@@ -150,7 +153,8 @@ def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
         v = _coerce(value, hints[name], key)
         lo, hi = fields[name].metadata.get("range", (None, None))
         if not _in_range(v, lo, hi):
-            raise _key_error(key, f"must be {_range_text(lo, hi)}, got {v!r}")
+            finite = "a finite number " if isinstance(v, float) and not math.isfinite(v) else ""
+            raise _key_error(key, f"must be {finite}{_range_text(lo, hi)}, got {v!r}")
         kwargs[name] = v
     return cls(**kwargs)
 
