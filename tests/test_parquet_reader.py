@@ -96,9 +96,53 @@ def test_two_workers_yield_every_row_once(tmp_path, sources, per_shard):
 
 
 def test_ranks_partition_the_rows(tmp_path):
+    """25 rows over 3 processes: 8 each, none twice; the 25 % 3 = 1 left out is the last of the epoch's order."""
     ids = write_shards(tmp_path, sources=5, per_shard=1)
-    seen = [item["row_id"] for rank in range(3) for item in GazeParquetDataset(str(tmp_path), rank=rank, world_size=3)]
-    assert Counter(seen) == Counter(ids)
+    per_rank = [[item["row_id"] for item in GazeParquetDataset(str(tmp_path), rank=rank, world_size=3)] for rank in range(3)]
+    assert [len(rows) for rows in per_rank] == [8, 8, 8]
+    seen = [row for rows in per_rank for row in rows]
+    assert len(set(seen)) == 24 and set(ids) - set(seen) == {sorted(ids)[-1]}
+
+
+@pytest.mark.parametrize("world_size,workers", [(2, 2), (4, 2), (8, 0), (3, 1)])
+def test_every_ddp_process_runs_the_same_batches(tmp_path, world_size, workers):
+    """DDP hangs when one process runs out of batches before the others: six shards of 10 rows (row groups of 4), dealt
+    by file to rank * workers + worker, once gave 2 ranks 40 and 20 rows, 4 ranks 20, 20, 20 and 0. Now every process
+    yields num_rows // world_size rows in as many batches, whatever its DataLoader workers, and no row twice."""
+    write_shards(tmp_path, sources=12, per_shard=2)  # 6 shards, 60 rows
+    counts, seen = [], []
+    for rank in range(world_size):
+        dataset = GazeParquetDataset(str(tmp_path), rank=rank, world_size=world_size, shuffle_buffer=5, seed=3)
+        batches = [batch["row_id"] for batch in DataLoader(dataset, batch_size=3, num_workers=workers)]
+        counts.append((len(batches), sum(len(b) for b in batches)))
+        seen += [row for b in batches for row in b]
+        assert dataset.rows_per_epoch == 60 // world_size
+    assert counts == [counts[0]] * world_size and counts[0][1] == 60 // world_size
+    assert len(seen) == len(set(seen))
+
+
+def test_a_damaged_or_foreign_shard_is_named(tmp_path):
+    """A truncated shard and a Parquet file without gazegen's columns are named when the dataset is made (they once
+    failed mid-epoch inside a worker with pyarrow's bare error); an image that does not decode is named with its row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gazegen.data.parquet import ShardError
+
+    write_shards(tmp_path, sources=2, per_shard=1)
+    first, second = tmp_path / "shard-00000.parquet", tmp_path / "shard-00001.parquet"
+    whole = first.read_bytes()
+    first.write_bytes(whole[:200])
+    with pytest.raises(ShardError, match=f"^{re.escape(str(first))}: cannot be read as Parquet"):
+        GazeParquetDataset(str(tmp_path))
+    pq.write_table(pa.table({"x": [1, 2]}), first)
+    with pytest.raises(ShardError, match=f"^{re.escape(str(first))}: not a gazegen shard: no image, gaze, "):
+        GazeParquetDataset(str(tmp_path))
+    table = pq.read_table(second)
+    broken = pa.array([{"bytes": b"not a png", "path": None}] * table.num_rows, table.schema.field("image").type)
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", broken), first)
+    with pytest.raises(ShardError, match=f"^{re.escape(str(first))}: row src001-0000-0000: "):
+        list(GazeParquetDataset(str(tmp_path)))
 
 
 def test_shuffle_is_seeded(tmp_path):
@@ -114,7 +158,7 @@ def test_shuffle_is_seeded(tmp_path):
     assert order(1) == first and order(2) != first and order(1, epoch=1) != first
 
 
-def test_resolve_shards_sources(tmp_path):
+def test_resolve_shards_sources(tmp_path, monkeypatch):
     write_shards(tmp_path, sources=3, per_shard=1)
     (tmp_path / "_errors").mkdir(exist_ok=True)
     expected = [str(tmp_path / f"shard-{i:05d}.parquet") for i in range(3)]
@@ -122,6 +166,10 @@ def test_resolve_shards_sources(tmp_path):
     assert resolve_shards(str(tmp_path / "shard-*.parquet"))[1] == expected
     assert resolve_shards(list(reversed(expected)))[1] == expected
     assert resolve_shards(tmp_path.as_uri())[1] == expected
+    assert resolve_shards([Path(p).as_uri() for p in expected])[1] == expected  # every URI of a list (the second failed)
+    assert resolve_shards(tmp_path)[1] == expected and resolve_shards([Path(p) for p in expected])[1] == expected  # PathLike
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    assert resolve_shards(f"~/{tmp_path.name}")[1] == expected
     with pytest.raises(FileNotFoundError, match="no shards found"):
         resolve_shards(str(tmp_path / "nothing-*.parquet"))
     missing = str(tmp_path / "gone")  # named as given, whatever the item

@@ -174,6 +174,10 @@ def test_pandas_columns_as_to_pandas_reads_them(tmp_path):
     np.testing.assert_array_equal(gaze_in_photo({c: pdf[c].iloc[3] for c in pdf.columns}), expected[3])
     np.testing.assert_array_equal(gaze_in_photo(pdf["gaze"], pdf["face_mat_norm"]), gaze_in_photo(numeric["gaze"], numeric["face_mat_norm"]))
     np.testing.assert_allclose(geometry.pitchyaw_to_vector(expected[0]), quarter.T @ geometry.pitchyaw_to_vector(np.zeros(2)), atol=1e-6)
+    np.testing.assert_array_equal(gaze_in_photo(pq.read_table(tmp_path / "shard-00000.parquet")), expected)  # a pyarrow Table
+    np.testing.assert_array_equal(gaze_in_photo(table.to_batches()[0]), expected)  # a RecordBatch
+    datasets = pytest.importorskip("datasets")
+    np.testing.assert_array_equal(gaze_in_photo(datasets.Dataset(table)), expected)  # once "a gaze array needs its face_mat_norm"
     ragged = pd.Series([np.zeros(2), np.zeros(3)], dtype=object)
     with pytest.raises(ValueError, match="not rows of equal-length numbers"):
         gaze_in_photo(ragged, np.eye(3))

@@ -26,6 +26,7 @@ from gazegen import geometry
 from gazegen.data.images import to_model_range
 from gazegen.data.normalise import gaze_to_photo
 from gazegen.data.schema import IMAGE_COLUMNS, LABEL_WIDTHS, decode_alpha_png, decode_depth_png, decode_png, depth_scale_of
+from gazegen.errors import GazegenError
 
 T = TypeVar("T")
 
@@ -35,21 +36,26 @@ SHARD_GLOB = "shard-*.parquet"  # data files; nothing else in an output folder m
 # --------------------------------------------------------------------------- shard discovery
 
 
-def resolve_shards(source: str | Sequence[str], filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, list[str]]:
+def resolve_shards(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                   filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, list[str]]:
     """Shard files of a folder (``shard-*.parquet`` in it), a glob, a file, or a list of files.
 
-    ``source`` may be a local path or a pyarrow filesystem URI (``file://``, ``s3://``, ...);
-    with ``filesystem`` given, paths are taken within it. Returns the filesystem and sorted paths;
-    FileNotFoundError naming the item when a path (or a glob's folder) does not exist, or nothing matches.
+    ``source`` may be a local path (``~`` expanded) or a pyarrow filesystem URI (``file://``, ``s3://``, ...), each item
+    of a list too, all on one filesystem; with ``filesystem`` given, paths are taken within it. Returns the filesystem
+    and sorted paths; FileNotFoundError naming the item when a path (or a glob's folder) does not exist, or nothing
+    matches.
     """
-    items = [source] if isinstance(source, str) else list(source)
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not items:
         raise ValueError("no shard paths given")
     paths: list[str] = []
-    for item in items:
-        fs, path = _filesystem_and_path(item, filesystem)
+    given = filesystem
+    for item in map(os.fspath, items):
+        fs, path = _filesystem_and_path(item, given)
         if filesystem is None:
             filesystem = fs
+        elif fs.type_name != filesystem.type_name:
+            raise ValueError(f"{item}: on another filesystem ({fs.type_name}) than the shards before it ({filesystem.type_name})")
         if any(ch in posixpath.basename(path) for ch in "*?["):
             parent, pattern = posixpath.split(path)
             if fs.get_file_info(parent).type != pafs.FileType.Directory:
@@ -70,22 +76,54 @@ def resolve_shards(source: str | Sequence[str], filesystem: pafs.FileSystem | No
 
 
 def _filesystem_and_path(item: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
+    """``item``'s filesystem and path: within ``filesystem`` when one is given, else from its URI, else local."""
     if filesystem is not None:
         return filesystem, item
     if "://" in item:
         return pafs.FileSystem.from_uri(item)
-    return pafs.LocalFileSystem(), os.path.abspath(item)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(item))
 
 
 # --------------------------------------------------------------------------- dataset
 
 
+class ShardError(GazegenError, ValueError):
+    """A shard that cannot be read as gazegen's rows; the message names the file (and the row, for an image)."""
+
+
 @dataclass(frozen=True)
-class _Unit:
-    """A piece of work: some row groups of one file (``None`` = all of them)."""
+class _Group:
+    """One row group of one shard and its row count."""
 
     path: str
-    row_groups: tuple[int, ...] | None
+    index: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Rows [start, stop) of one row group: a consumer's piece of work."""
+
+    group: _Group
+    start: int
+    stop: int
+
+
+def _slices(groups: Sequence[_Group], lo: int, hi: int) -> list[_Slice]:
+    """The pieces of ``groups``, taken in order as one sequence of rows, that cover its rows [lo, hi)."""
+    out, offset = [], 0
+    for group in groups:
+        a, b = max(lo, offset), min(hi, offset + group.rows)
+        if a < b:
+            out.append(_Slice(group, a - offset, b - offset))
+        offset += group.rows
+    return out
+
+
+def _share(total: int, part: int, parts: int) -> tuple[int, int]:
+    """Rows [lo, hi) of part ``part`` of ``parts`` contiguous parts of ``total`` rows, their sizes differing by at most
+    one and a function of ``total`` and ``parts`` alone."""
+    return part * total // parts, (part + 1) * total // parts
 
 
 class GazeParquetDataset(IterableDataset):
@@ -101,17 +139,24 @@ class GazeParquetDataset(IterableDataset):
         ``depth``      (1, H, W) float32 millimetres, 0 = no surface (with ``depth=True``)
         ``alpha``      (1, H, W) float32 in [0, 1] (with ``alpha=True``)
 
-    Work is split deterministically across DataLoader workers (and across ``world_size``
-    processes with ``rank``): with at least as many files as consumers, file ``i`` goes to
-    consumer ``i % consumers``; otherwise row groups are dealt out round-robin. Every row is
-    yielded exactly once per epoch across all consumers. ``shuffle_buffer > 0`` shuffles the
-    order of the work units (the same permutation in every worker) and rows through a buffer
-    of that size, seeded by ``(seed, epoch, consumer)``; call ``set_epoch`` between epochs.
+    An epoch's rows are the shards' row groups in file order (with ``shuffle_buffer > 0``, in an order drawn from
+    ``(seed, epoch)``, the same in every process), cut in equal contiguous shares: each of ``world_size`` processes
+    (``rank``) takes ``num_rows // world_size`` of them, and each of its DataLoader workers an equal part of that
+    share (sizes that depend only on the share and the number of workers). So every process of a DDP run yields the
+    same number of rows in the same number of batches, as DDP's collectives need (the ``num_rows % world_size``
+    rows at the end of the epoch's order are left out; with ``world_size = 1``, none), and every other row is yielded
+    exactly once per epoch. ``shuffle_buffer > 0`` also shuffles rows through a buffer of that size, seeded by
+    ``(seed, epoch, rank, worker)``. Call ``set_epoch`` before each epoch; a DataLoader with
+    ``persistent_workers=True`` keeps its workers' copies of the dataset, which ``set_epoch`` does not reach (every
+    epoch would repeat the first one's order): leave it False (the default) when shuffling.
+
+    The shards' footers are read when the dataset is made: a file that is not a Parquet file, or holds no gazegen rows,
+    is named then (``ShardError``); a row whose image does not decode is named with its row id.
     """
 
     def __init__(
         self,
-        source: str | Sequence[str],
+        source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         filesystem: pafs.FileSystem | None = None,
         uint8: bool = False,
@@ -131,15 +176,22 @@ class GazeParquetDataset(IterableDataset):
         self.shuffle_buffer, self.seed, self.batch_rows = shuffle_buffer, seed, batch_rows
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._groups = tuple(group for path in self.paths for group in self._groups_of(path))
 
     def set_epoch(self, epoch: int) -> None:
-        """Changes the shuffle of the next iteration (call before creating the iterator)."""
+        """Changes the shuffle of the next iteration (call before creating the iterator; see the class docstring on
+        persistent workers)."""
         self.epoch = epoch
 
     @property
     def num_rows(self) -> int:
         """Rows in all shards together (read from the Parquet footers)."""
-        return sum(self._open(p).metadata.num_rows for p in self.paths)
+        return sum(group.rows for group in self._groups)
+
+    @property
+    def rows_per_epoch(self) -> int:
+        """Rows this process (``rank``) yields per epoch, over all its DataLoader workers."""
+        return self.num_rows // self.world_size
 
     @property
     def columns(self) -> list[str]:
@@ -147,35 +199,58 @@ class GazeParquetDataset(IterableDataset):
         return names + ["depth"] * self.depth + ["alpha"] * self.alpha
 
     def _open(self, path: str) -> pq.ParquetFile:
-        return pq.ParquetFile(self.filesystem.open_input_file(path))
+        try:
+            return pq.ParquetFile(self.filesystem.open_input_file(path))
+        except (OSError, pa.ArrowException) as e:
+            raise ShardError(f"{path}: cannot be read as Parquet ({e})") from None
 
-    def _units(self, consumer: int, consumers: int) -> list[_Unit]:
-        if len(self.paths) >= consumers:
-            units = [_Unit(p, None) for p in self.paths]
-        else:
-            units = [_Unit(p, (g,)) for p in self.paths for g in range(self._open(p).metadata.num_row_groups)]
-        if self.shuffle_buffer > 0:  # the same permutation in every consumer
-            units = [units[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(units))]
-        return units[consumer::consumers]
+    def _groups_of(self, path: str) -> list[_Group]:
+        file = self._open(path)
+        missing = [name for name in self.columns if name not in file.schema_arrow.names]
+        if missing:
+            raise ShardError(f"{path}: not a gazegen shard: no {', '.join(missing)} column")
+        return [_Group(path, g, file.metadata.row_group(g).num_rows) for g in range(file.metadata.num_row_groups)]
 
-    def _rows(self, unit: _Unit) -> Iterator[dict[str, Any]]:
-        file = self._open(unit.path)
-        scale = depth_scale_of(file.schema_arrow)
-        for batch in file.iter_batches(batch_size=self.batch_rows, row_groups=unit.row_groups, columns=self.columns):
-            labels = {name: _label_matrix(batch.column(name), LABEL_WIDTHS[name]) for name in LABEL_WIDTHS}
-            pngs = {name: batch.column(name).field("bytes").to_pylist() for name in IMAGE_COLUMNS if name in batch.schema.names}
-            row_ids = batch.column("row_id").to_pylist()
-            source_ids = batch.column("source_id").to_pylist()
-            for i in range(batch.num_rows):
-                item: dict[str, Any] = {name: torch.from_numpy(labels[name][i].copy()) for name in labels}
-                item["face_mat_norm"] = item["face_mat_norm"].reshape(3, 3)
+    def _pieces(self, worker: int, workers: int) -> list[_Slice]:
+        """This process's ``worker``'s rows: its part of the rank's share of the epoch's row groups (class docstring)."""
+        groups = list(self._groups)
+        if self.shuffle_buffer > 0:  # the same permutation in every process and worker
+            groups = [groups[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(groups))]
+        share = self.rows_per_epoch
+        a, b = _share(share, worker, workers)
+        return _slices(groups, self.rank * share + a, self.rank * share + b)
+
+    def _rows(self, piece: _Slice) -> Iterator[dict[str, Any]]:
+        path, offset = piece.group.path, 0
+        try:
+            file = self._open(path)
+            scale = depth_scale_of(file.schema_arrow)
+            for batch in file.iter_batches(batch_size=self.batch_rows, row_groups=[piece.group.index], columns=self.columns):
+                a, b = max(piece.start - offset, 0), min(piece.stop - offset, batch.num_rows)
+                offset += batch.num_rows
+                if a < b:
+                    yield from self._items(batch.slice(a, b - a), scale, path)
+        except (OSError, pa.ArrowException) as e:
+            raise ShardError(f"{path}: row group {piece.group.index} cannot be read ({e})") from None
+
+    def _items(self, batch: pa.RecordBatch, scale: float, path: str) -> Iterator[dict[str, Any]]:
+        labels = {name: _label_matrix(batch.column(name), LABEL_WIDTHS[name]) for name in LABEL_WIDTHS}
+        pngs = {name: batch.column(name).field("bytes").to_pylist() for name in IMAGE_COLUMNS if name in batch.schema.names}
+        row_ids = batch.column("row_id").to_pylist()
+        source_ids = batch.column("source_id").to_pylist()
+        for i in range(batch.num_rows):
+            item: dict[str, Any] = {name: torch.from_numpy(labels[name][i].copy()) for name in labels}
+            item["face_mat_norm"] = item["face_mat_norm"].reshape(3, 3)
+            item["row_id"], item["source_id"] = row_ids[i], source_ids[i]
+            try:
                 item["image"] = self._image(pngs["image"][i])
-                item["row_id"], item["source_id"] = row_ids[i], source_ids[i]
                 if self.depth:
                     item["depth"] = torch.from_numpy(decode_depth_png(pngs["depth"][i], scale))[None]
                 if self.alpha:
                     item["alpha"] = torch.from_numpy(decode_alpha_png(pngs["alpha"][i]))[None]
-                yield item
+            except ValueError as e:
+                raise ShardError(f"{path}: row {row_ids[i]}: {e}") from None
+            yield item
 
     def _image(self, data: bytes) -> torch.Tensor:
         chw = torch.from_numpy(decode_png(data)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
@@ -184,11 +259,11 @@ class GazeParquetDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        consumer, consumers = self.rank * workers + worker, self.world_size * workers
-        rows = (row for unit in self._units(consumer, consumers) for row in self._rows(unit))
+        rows = (row for piece in self._pieces(worker, workers) for row in self._rows(piece))
         if self.shuffle_buffer <= 0:
             yield from rows
             return
+        consumer = self.rank * workers + worker
         yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
 
 
@@ -207,6 +282,14 @@ def _float_array(values: Any) -> np.ndarray:
 ROW_LABELS = ("gaze", "head_pose", "source_head_pose", "face_mat_norm")  # what gaze_in_photo reads of a row
 
 
+def _label_columns(table: Any) -> dict[str, Any]:
+    """A pyarrow Table or RecordBatch, or a Hugging Face ``datasets.Dataset`` (both have ``column_names``), as a dict of
+    its ``ROW_LABELS`` columns, each a list of rows."""
+    if isinstance(table, (pa.Table, pa.RecordBatch)):
+        return {name: table.column(name).to_pylist() for name in ROW_LABELS if name in table.column_names}
+    return {name: list(table[name]) for name in ROW_LABELS if name in table.column_names}
+
+
 def _is_labelled(row: Any) -> bool:
     """Whether ``row`` is labelled rows rather than gazes: a mapping, a pandas or polars DataFrame, or a pandas
     row (``df.iloc[i]``: a Series whose index holds the column names; a column ``df["gaze"]`` is gazes).
@@ -221,8 +304,8 @@ def gaze_in_photo(row: Any, face_mat_norm: np.ndarray | None = None) -> np.ndarr
 
     ``row``: a row or a batch of rows holding ``gaze``, ``head_pose``, ``source_head_pose`` and
     ``face_mat_norm`` (a ``GazeParquetDataset`` item or batch, a pandas row ``df.iloc[i]``, a pandas or
-    polars DataFrame, a dict of polars / pandas / ``datasets`` columns; (2,) or (N, 2), and (9,),
-    (3, 3), (N, 9) or (N, 3, 3)).
+    polars DataFrame, a pyarrow Table or RecordBatch, a Hugging Face ``Dataset``, a dict of polars / pandas /
+    ``datasets`` columns; (2,) or (N, 2), and (9,), (3, 3), (N, 9) or (N, 3, 3)).
     The gaze is turned from the rendered camera back to the source's normalised camera (undoing
     ``view_offset``: into the head frame with R_head(``head_pose``), out with
     R_head(``source_head_pose``)), then into the photo's camera with ``face_mat_norm`` transposed
@@ -232,6 +315,8 @@ def gaze_in_photo(row: Any, face_mat_norm: np.ndarray | None = None) -> np.ndarr
     already normalised source) is skipped, so such gazes come back unchanged to the bit. A pandas
     list column (an object array of per-row arrays, as ``Table.to_pandas`` gives) is stacked first.
     """
+    if hasattr(row, "column_names"):  # a pyarrow Table or RecordBatch, a Hugging Face Dataset
+        row = _label_columns(row)
     labelled = _is_labelled(row)
     if labelled:
         if face_mat_norm is not None:
@@ -290,4 +375,4 @@ def _label_matrix(column: pa.Array, width: int) -> np.ndarray:
     return values.reshape(len(column), width)
 
 
-__all__ = ["SHARD_GLOB", "GazeParquetDataset", "gaze_in_photo", "read_rows", "resolve_shards", "shuffle_buffered"]
+__all__ = ["SHARD_GLOB", "GazeParquetDataset", "ShardError", "gaze_in_photo", "read_rows", "resolve_shards", "shuffle_buffered"]
