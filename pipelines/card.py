@@ -19,7 +19,7 @@ from gazegen import geometry
 from gazegen.data.label_plots import ShardLabels
 from gazegen.data.parquet import SHARD_GLOB
 from gazegen.data.schema import DEPTH_SCALE, FEATURES, ROW_ID_FORMAT
-from gazegen.pipelines.run_manifest import RunManifest
+from gazegen.pipelines.run_manifest import RunManifest, unswept_ranges
 from gazegen.pipelines.shards import CARD_NAME, HISTOGRAMS_NAME
 
 _SIGN = "(0, 0) looks straight into the camera; pitch > 0 up, yaw > 0 towards the image's left (the subject's right)"
@@ -131,6 +131,8 @@ def dataset_card(manifest: RunManifest, labels: ShardLabels | None = None) -> st
     conventions = "\n".join(f"| `{name}` | {frame} | {units} | {order} | {sign} |" for name, (frame, units, order, sign) in _LABELS.items())
     command = " ".join(manifest.command) or "(not recorded)"
     settings = json.dumps(dict(manifest.settings), indent=1, sort_keys=True)
+    unswept = sorted(unswept_ranges(manifest.settings))
+    unused = f" (the grid sweeps {manifest.settings.get('grid')}: {', '.join(unswept)} shape no row)" if unswept else ""
     return f"""---
 configs:
 - config_name: default
@@ -146,7 +148,8 @@ tags:
 
 Faces re-rendered by LiveGaze under a grid of gaze directions and camera views, one row per
 rendered image, with exact labels. {manifest.rows} rows in {len(manifest.shards)} shards from
-{len(manifest.inputs)} inputs; failed inputs: {manifest.errors} (reasons in `_errors.parquet`, and per shard
+{len(manifest.inputs)} sources (faces: a photo, an h5 row, a Parquet row, a face of a photo with several); failed
+sources: {manifest.errors} (reasons in `_errors.parquet`, and per shard
 in `_errors/`). Read the shards by their glob, `{SHARD_GLOB}`: this folder also holds this card, the
 run's `_manifest.json`, each shard's `_stats.json` and the error tables, which a reader given the
 whole folder would take for data.
@@ -210,7 +213,7 @@ of the sorted inputs; `shard-XXXXX_stats.json` marks it complete; `_manifest.jso
 - created {manifest.created}, finished {manifest.finished}
 - versions: {", ".join(f"{k} {v}" for k, v in manifest.versions.items())}
 
-Settings:
+Settings{unused}:
 
 ```json
 {settings}

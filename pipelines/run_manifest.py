@@ -45,7 +45,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _unswept_ranges(settings: Mapping[str, Any]) -> set[str]:
+def unswept_ranges(settings: Mapping[str, Any]) -> set[str]:
     """The range keys of the axes a run's ``grid`` does not sweep (recorded, as typed, but shaping no row)."""
     swept = str(settings.get("grid", "")).split(",")
     return {key for key, axis in RANGE_AXES.items() if axis not in swept}
@@ -134,5 +134,5 @@ class RunManifest:
         same_inputs = self.inputs_hash == other.inputs_hash
         old_settings = _flatten(dict(self.settings)) | ({"sources_per_shard": self.sources_per_shard} if same_inputs else {})
         new_settings = _flatten(_jsonable(dict(other.settings))) | ({"sources_per_shard": other.sources_per_shard} if same_inputs else {})
-        unswept = _unswept_ranges(new_settings)  # no row of the new run depends on them; a grid that swept them differs
+        unswept = unswept_ranges(new_settings)  # no row of the new run depends on them; a grid that swept them differs
         return found + settings_differ(old_settings, new_settings, ignored=unswept, shown=5)

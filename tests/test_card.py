@@ -103,3 +103,16 @@ def test_data_sheet_writes_the_same_histograms(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert cv2.imread(str(tmp_path / "sheet_labels.png")).shape == (560, 960, 3)
     assert f"label histograms (gaze, head pose, views): {tmp_path / 'sheet_labels.png'}" in result.output
+
+
+def test_card_counts_sources_and_says_which_ranges_shape_no_row():
+    """The card once said "from 24 inputs" of a run of 4 files (it counts sources), and listed view_yaw "-30:30:5" for a
+    gaze-only grid whose rows all have view_offset 0."""
+    from gazegen.pipelines.card import dataset_card
+
+    gaze_only = RunManifest.create(["a.png", "b.png#face01"], "ab" * 32, {"grid": "pitch,yaw", "view_yaw": "-30:30:5"}, 2)
+    text = " ".join(dataset_card(gaze_only).split())
+    assert "from 2 sources (faces:" in text and "failed sources: 0" in text
+    assert "Settings (the grid sweeps pitch,yaw: view_pitch, view_yaw shape no row):" in text
+    every_axis = RunManifest.create(["a.png"], "ab" * 32, {"grid": "pitch,yaw,view"}, 1)
+    assert "Settings:" in dataset_card(every_axis) and "shape no row" not in dataset_card(every_axis)
