@@ -277,7 +277,7 @@ def test_train_reads_a_glob_of_h5_files(store, tmp_path):
 def test_train_names_unreadable_shards_in_one_line(store, tmp_path, no_training):
     first = sorted((store / "train").glob("*.h5"))[0]
     result = estimator_train(f"{store}/train/*", "--out", tmp_path / "est", *TINY)  # not .h5: read as Parquet
-    assert result.exit_code == 2 and result.output.startswith(f"error: {first}: not a Parquet file (") and \
+    assert result.exit_code == 2 and result.output.startswith(f"error: {first}: cannot be read as Parquet (") and \
         len(result.output.strip().splitlines()) == 1, result.output
     result = estimator_train(f"file://{tmp_path}/nosuch", "--out", tmp_path / "est", *TINY)
     assert result.exit_code == 2 and result.output.startswith(f"error: file://{tmp_path}/nosuch: cannot read: ") and \
