@@ -107,6 +107,8 @@ class RunManifest:
     @classmethod
     def from_json(cls, text: str | bytes) -> RunManifest:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object but {type(data).__name__}")
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"not a gazegen manifest (format {data.get('format')!r})")
         if sha256_text(data["inputs"]["names"]) != data["inputs"]["sha256"]:

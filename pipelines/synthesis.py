@@ -162,7 +162,11 @@ def open_run(checkpoint: str | Path, inputs: str | Path, out: str | Path, cfg: S
     manifest = RunManifest.create([r.source_id for r in run.records], run.checkpoint_hash, run.settings(),
                                   run.sources_per_shard, command, file_fingerprints(run.records, run.root))  # fmt: skip
     check_or_create(target, manifest, overwrite=overwrite)
-    return run, target, completed_shards(target, run.shards).todo(run.shards)
+    scan = completed_shards(target, run.shards, verify=True)  # a shard changed in place (same size) is written again
+    if scan.invalid:
+        log.warning("%s: %d shards to write again: %s", out, len(scan.invalid),
+                    "; ".join(f"{name}: {why}" for name, why in list(scan.invalid.items())[:5]))
+    return run, target, scan.todo(run.shards)
 
 
 def run_synthesis(

@@ -249,6 +249,15 @@ def test_shards_without_manifest_refuse(tmp_path):
     assert run(str(tmp_path), overwrite=True).rows == ROWS
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "null"])
+def test_an_unreadable_manifest_is_named_with_the_way_out(tmp_path, text):
+    """Valid JSON that is no object once failed as "AttributeError: 'list' object has no attribute 'get'"."""
+    (tmp_path / "_manifest.json").write_text(text)
+    with pytest.raises(RunMismatchError, match=r"unreadable _manifest.json \(.+\); pass --overwrite to start afresh"):
+        run(str(tmp_path))
+    assert run(str(tmp_path), overwrite=True).rows == ROWS
+
+
 def test_writer_aborts_on_exception_and_rejects_duplicates(tmp_path):
     spec = plan_shards(INPUTS, 3)[0]
     with pytest.raises(ValueError, match="written twice"):

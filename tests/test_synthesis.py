@@ -424,6 +424,22 @@ def test_a_device_error_restarts_the_actor_and_its_source_is_made_again(ray_sess
 
 
 @pytest.mark.ray
+def test_a_shard_changed_in_place_is_written_again(first_run, checkpoint, photos, tmp_path, caplog):
+    """A shard whose bytes changed but not its size (64 zeroed in its middle) once passed the restart's check, and the
+    run ended complete with a damaged image; its recorded sha256 now sends it back to be written, as it was."""
+    out = shutil.copytree(first_run[0], tmp_path / "out")
+    before = read_all(out)
+    shard = sorted(out.glob("shard-*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    shard.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="gazegen.pipelines.synthesis"):
+        again = run_synthesis(checkpoint, photos, str(out), load_synth_config(None, SETTINGS, rows_per_shard=8, **GRID), progress=False)
+    assert again.shards_written == 1 and f"{shard.stem}_stats.json: {shard.name} checksum differs" in caplog.text
+    assert read_all(out).equals(before)
+
+
+@pytest.mark.ray
 def test_an_actor_that_cannot_start_stops_the_run_and_loses_nothing(ray_session, checkpoint, faces, tmp_path):
     """The render actor's __init__ fails: the run stops with the cause, no source is written as an
     error row (they once all were, "lost", and the run ended complete and empty); the same command
