@@ -91,11 +91,11 @@ from gazegen.config import SynthConfig
 from gazegen.errors import GazegenError
 from gazegen.paths import check_out_folder
 from gazegen.pipelines.graph import render_pending
-from gazegen.pipelines.manifest import ERRORS_NAME, check_or_create, finalize, read_run_errors
+from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, check_or_create, finalize, read_run_errors, remove_outputs
 from gazegen.pipelines.run_manifest import RunManifest
 from gazegen.pipelines.plan import RunPlan, plan_run
 from gazegen.pipelines.render_actor import RenderActor
-from gazegen.pipelines.shards import OutputDir, ShardSpec, completed_shards
+from gazegen.pipelines.shards import MANIFEST_NAME, STATS_GLOB, OutputDir, ShardSpec, completed_shards
 from gazegen.pipelines.sources import file_fingerprints
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,15 @@ def check_local_out(target: OutputDir) -> None:
         check_out_folder(target.uri if target.uri and "://" not in target.uri else folder)
 
 
+def check_inputs_unchanged(out: str | Path, before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
+    """RunMismatchError when an input file changed (size or modification time) while the run read it: its rows may
+    mix two versions of it, so the run is not marked complete; the message says how to start afresh."""
+    changed = sorted(name for name in before if after.get(name) != before[name])
+    if changed:
+        raise RunMismatchError(f"{out}: {len(changed)} input file(s) changed while the run read them {changed[:3]}: its rows may "
+                               "mix two versions of them, so it is not marked complete; run again with --overwrite")
+
+
 def open_run(checkpoint: str | Path, inputs: str | Path, out: str | Path, cfg: SynthConfig, *, overwrite: bool = False,
              command: Sequence[str] = ()) -> tuple[RunPlan, OutputDir, list[ShardSpec]]:
     """Plans the run and opens OUT for it (its manifest checked, or created); returns the plan, OUT and the
@@ -192,11 +201,19 @@ def run_synthesis(
     subclass that crashes or waits).
     """
     start = time.monotonic()
+    fresh = overwrite or not OutputDir.from_uri(os.fspath(out)).exists(MANIFEST_NAME)
     run, target, todo = open_run(checkpoint, inputs, out, cfg, overwrite=overwrite, command=command)
     log.info("%s: %d sources, %d rows each, %d shards (%d to write)", out, len(run.records), run.rows_per_source, len(run.shards), len(todo))
-    router, problems = render_pending(run, target, todo, address, progress, actor) if todo else (None, [])
+    before = file_fingerprints(run.records, run.root)
+    try:
+        router, problems = render_pending(run, target, todo, address, progress, actor) if todo else (None, [])
+    except BaseException:
+        if fresh and not target.list(STATS_GLOB):  # failed before its first shard (no cluster, no GPU, no actor): OUT unclaimed
+            remove_outputs(target)
+        raise
     if problems:
         raise IncompleteShardsError(f"{out}: run the same command again to finish; " + "; ".join(problems))
+    check_inputs_unchanged(out, before, file_fingerprints(run.records, run.root))
     final = finalize(target, run.shards)
     seconds = time.monotonic() - start
     written = sum(s.rows for s in router.closed) if router else 0

@@ -72,6 +72,19 @@ def pid_actor(folder: str) -> type[RenderActor]:
     return PidActor
 
 
+def editing_actor(path: str) -> type[RenderActor]:
+    """Renders as usual, and rewrites the input file ``path`` (another modification time) as it renders its first
+    source: an input edited while the run reads it."""
+
+    class EditingActor(RenderActor):
+        def __call__(self, batch):
+            stat = os.stat(path)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+            yield from super().__call__(batch)
+
+    return EditingActor
+
+
 def device_failure_actor(source_id: str, marker: str) -> type[RenderActor]:
     """Its device fails (``torch.AcceleratorError``, as CUDA raises an illegal memory access) inside
     the render of ``source_id``, after creating ``marker``; while ``marker`` exists it renders."""

@@ -46,7 +46,7 @@ from gazegen.pipelines.graph import default_cpu_threads, local_records
 from gazegen.pipelines.plan import plan_run
 from gazegen.pipelines.router import ShardRouter
 from gazegen.pipelines.synthesis import IncompleteShardsError, run_synthesis
-from synth_faults import GATE_LIMIT_S, always_crash_actor, broken_actor, crash_once_actor, device_failure_actor, pid_actor
+from synth_faults import GATE_LIMIT_S, always_crash_actor, broken_actor, crash_once_actor, device_failure_actor, editing_actor, pid_actor
 
 ROOT = Path(__file__).resolve().parents[1]
 PITCH, YAW, VIEW_YAW = "-10:10:2", "-20:20:2", "-15:15:2"  # the 2 x 2 x 2 grid
@@ -440,6 +440,18 @@ def test_a_shard_changed_in_place_is_written_again(first_run, checkpoint, photos
 
 
 @pytest.mark.ray
+def test_an_input_edited_while_the_run_reads_it_leaves_the_run_unfinished(ray_session, checkpoint, faces, tmp_path):
+    """An input rewritten during the run (here by the render stage itself, as its first source renders) once went into
+    a run that ended complete, its rows from two versions of it; the run now stops, naming the file, not complete."""
+    inputs = shutil.copytree(faces, tmp_path / "in")
+    out = tmp_path / "out"
+    cfg = load_synth_config(None, SETTINGS, rows_per_shard=FACES_PER_SHARD * 8, **GRID)
+    with pytest.raises(RunMismatchError, match=r"1 input file\(s\) changed while the run read them \['f00.png'\]: .*--overwrite"):
+        run_synthesis(checkpoint, inputs, str(out), cfg, progress=False, actor=editing_actor(str(inputs / "f00.png")))
+    assert read_manifest(str(out)).status != "complete"
+
+
+@pytest.mark.ray
 def test_an_actor_that_cannot_start_stops_the_run_and_loses_nothing(ray_session, checkpoint, faces, tmp_path):
     """The render actor's __init__ fails: the run stops with the cause, no source is written as an
     error row (they once all were, "lost", and the run ended complete and empty); the same command
@@ -450,6 +462,7 @@ def test_an_actor_that_cannot_start_stops_the_run_and_loses_nothing(ray_session,
         run_synthesis(checkpoint, faces, str(out), cfg, progress=False,
                       actor=broken_actor("CUDA error: no CUDA-capable device is detected"))  # fmt: skip
     assert not list(out.glob("shard-*")) and not (out / ERRORS_NAME).exists()
+    assert sorted(p.name for p in out.iterdir()) == []  # nor a manifest claiming OUT: another command may start there
     result = run_synthesis(checkpoint, faces, str(out), cfg, progress=False)
     errors = pq.read_table(out / ERRORS_NAME).to_pylist() if (out / ERRORS_NAME).exists() else []
     assert (result.rows, result.errors, result.shards_written) == (80, 0, 4), errors
