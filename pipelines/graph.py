@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gazegen.errors import first_line
-from gazegen.pipelines.dispatch import as_batch, pool_shape, render_stream
+from gazegen.pipelines.dispatch import RenderPoolError, as_batch, pool_shape, render_stream
 from gazegen.pipelines.inputs import decode_batch
 from gazegen.pipelines.plan import RunPlan, stage_settings
 from gazegen.pipelines.render_actor import RenderActor, encode_records
@@ -82,13 +83,31 @@ def quiet_auth_setup() -> Iterator[None]:
         setup.setLevel(level)
 
 
+CONNECT_TIMEOUT_S = 10.0  # how long a cluster's head may take to accept a connection before --address is refused
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """RenderPoolError when nothing accepts a connection at a ``HOST:PORT`` address: Ray itself retries such an
+    address without end. Other forms (``auto``, ``ray://...``) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()  # [::1]:6379 too
+    except OSError as error:
+        raise RenderPoolError(f"--address {address}: no Ray cluster answers there ({error.strerror or error}); start one with "
+                              "`ray start --head` on its head node and give that node's HOST:PORT") from None
+
+
 @contextlib.contextmanager
 def ray_cluster(address: str | None) -> Iterator[Any]:
     """Ray for the run: the session already started in this process, else a new local one
     (``address="local"``: a plain ``ray.init()`` would join any cluster running on the machine),
-    or the cluster at ``address``. A session started here is shut down at the end."""
+    or the cluster at ``address`` (``check_reachable`` first). A session started here is shut down at the end."""
     import ray
 
+    if address is not None:
+        check_reachable(address)
     if ray.is_initialized():
         yield ray
         return

@@ -468,6 +468,20 @@ def test_an_actor_that_cannot_start_stops_the_run_and_loses_nothing(ray_session,
     assert (result.rows, result.errors, result.shards_written) == (80, 0, 4), errors
 
 
+def test_an_address_where_no_cluster_answers_is_refused_leaving_out_unclaimed(checkpoint, faces, tmp_path):
+    """`--address HOST:PORT` with nothing listening there: Ray retried it without end (still at it after 300 s); now one
+    error naming the address, and OUT holds no manifest that would refuse the next command."""
+    import socket
+
+    with socket.socket() as probe:  # a port just freed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = load_synth_config(None, SETTINGS, rows_per_shard=FACES_PER_SHARD * 8, **GRID)
+    with pytest.raises(RenderPoolError, match=rf"^--address 127.0.0.1:{port}: no Ray cluster answers there \(Connection refused\)"):
+        run_synthesis(checkpoint, faces, str(tmp_path / "out"), cfg, address=f"127.0.0.1:{port}", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_a_damaged_checkpoint_is_refused_before_anything_is_written(checkpoint, faces, tmp_path):
     """A truncated weights file is named by the driver's plan (its header alone is read), before Ray
     starts and before OUT exists, so the fixed checkpoint runs with the same command; before, every
