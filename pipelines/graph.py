@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -114,9 +116,28 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
     with quiet_auth_setup() if address is None else contextlib.nullcontext():
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
     try:
-        yield ray
+        with terminate_as_interrupt():
+            yield ray
     finally:
         ray.shutdown()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `timeout`, `kill`) handled as Ctrl-C is: the calls in flight cancelled, the complete
+    shards kept, one line. Ray's own handler (set by ``ray.init``) exits at once, past all of that."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def render_pending(run: RunPlan, out: OutputDir, todo: Sequence[ShardSpec], address: str | None, progress: bool,

@@ -482,6 +482,20 @@ def test_an_address_where_no_cluster_answers_is_refused_leaving_out_unclaimed(ch
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_sigterm_stops_a_run_as_ctrl_c_does():
+    """A scheduler's or `timeout`'s SIGTERM once met Ray's own handler (exit at once, a C++ stack trace); while Ray runs
+    the render pool it raises KeyboardInterrupt, the path of Ctrl-C (calls cancelled, shards kept, one line), and the
+    previous handler is back afterwards."""
+    import signal
+
+    from gazegen.pipelines.graph import terminate_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt():
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_damaged_checkpoint_is_refused_before_anything_is_written(checkpoint, faces, tmp_path):
     """A truncated weights file is named by the driver's plan (its header alone is read), before Ray
     starts and before OUT exists, so the fixed checkpoint runs with the same command; before, every
