@@ -145,6 +145,18 @@ def test_a_damaged_or_foreign_shard_is_named(tmp_path):
         list(GazeParquetDataset(str(tmp_path)))
 
 
+def test_the_shuffle_buffer_holds_png_bytes_and_rows_decode_as_they_leave_it(tmp_path, monkeypatch):
+    """A buffer of decoded float images cost ~400 MB per worker at 128 px and the README's 2048 rows; it holds the PNG
+    bytes now: the first item of a 10-row buffer has decoded one image, not eleven."""
+    from gazegen.data import parquet
+
+    write_shards(tmp_path, sources=6, per_shard=2)
+    decoded = []
+    monkeypatch.setattr(parquet, "decode_png", lambda data: decoded.append(data) or schema.decode_png(data))
+    first = next(iter(GazeParquetDataset(str(tmp_path), shuffle_buffer=10, seed=0)))
+    assert len(decoded) == 1 and torch.equal(first["image"], GazeParquetDataset(str(tmp_path))._image(decoded[0]))
+
+
 def test_shuffle_is_seeded(tmp_path):
     ids = write_shards(tmp_path, sources=6, per_shard=2)
 

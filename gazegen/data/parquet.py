@@ -101,6 +101,16 @@ class _Group:
 
 
 @dataclass(frozen=True)
+class _Encoded:
+    """A row read but not decoded: its labels and ids (``item``), its PNG bytes by column, the file's depth scale."""
+
+    item: dict[str, Any]
+    pngs: dict[str, bytes]
+    scale: float
+    path: str
+
+
+@dataclass(frozen=True)
 class _Slice:
     """Rows [start, stop) of one row group: a consumer's piece of work."""
 
@@ -145,8 +155,8 @@ class GazeParquetDataset(IterableDataset):
     share (sizes that depend only on the share and the number of workers). So every process of a DDP run yields the
     same number of rows in the same number of batches, as DDP's collectives need (the ``num_rows % world_size``
     rows at the end of the epoch's order are left out; with ``world_size = 1``, none), and every other row is yielded
-    exactly once per epoch. ``shuffle_buffer > 0`` also shuffles rows through a buffer of that size, seeded by
-    ``(seed, epoch, rank, worker)``. Call ``set_epoch`` before each epoch; a DataLoader with
+    exactly once per epoch. ``shuffle_buffer > 0`` also shuffles rows through a buffer of that size (of PNG bytes:
+    rows are decoded as they leave it), seeded by ``(seed, epoch, rank, worker)``. Call ``set_epoch`` before each epoch; a DataLoader with
     ``persistent_workers=True`` keeps its workers' copies of the dataset, which ``set_epoch`` does not reach (every
     epoch would repeat the first one's order): leave it False (the default) when shuffling.
 
@@ -220,7 +230,7 @@ class GazeParquetDataset(IterableDataset):
         a, b = _share(share, worker, workers)
         return _slices(groups, self.rank * share + a, self.rank * share + b)
 
-    def _rows(self, piece: _Slice) -> Iterator[dict[str, Any]]:
+    def _rows(self, piece: _Slice) -> Iterator[_Encoded]:
         path, offset = piece.group.path, 0
         try:
             file = self._open(path)
@@ -233,7 +243,7 @@ class GazeParquetDataset(IterableDataset):
         except (OSError, pa.ArrowException) as e:
             raise ShardError(f"{path}: row group {piece.group.index} cannot be read ({e})") from None
 
-    def _items(self, batch: pa.RecordBatch, scale: float, path: str) -> Iterator[dict[str, Any]]:
+    def _items(self, batch: pa.RecordBatch, scale: float, path: str) -> Iterator[_Encoded]:
         labels = {name: _label_matrix(batch.column(name), LABEL_WIDTHS[name]) for name in LABEL_WIDTHS}
         pngs = {name: batch.column(name).field("bytes").to_pylist() for name in IMAGE_COLUMNS if name in batch.schema.names}
         row_ids = batch.column("row_id").to_pylist()
@@ -242,15 +252,21 @@ class GazeParquetDataset(IterableDataset):
             item: dict[str, Any] = {name: torch.from_numpy(labels[name][i].copy()) for name in labels}
             item["face_mat_norm"] = item["face_mat_norm"].reshape(3, 3)
             item["row_id"], item["source_id"] = row_ids[i], source_ids[i]
-            try:
-                item["image"] = self._image(pngs["image"][i])
-                if self.depth:
-                    item["depth"] = torch.from_numpy(decode_depth_png(pngs["depth"][i], scale))[None]
-                if self.alpha:
-                    item["alpha"] = torch.from_numpy(decode_alpha_png(pngs["alpha"][i]))[None]
-            except ValueError as e:
-                raise ShardError(f"{path}: row {row_ids[i]}: {e}") from None
-            yield item
+            yield _Encoded(item, {name: pngs[name][i] for name in pngs}, scale, path)
+
+    def _decoded(self, row: _Encoded) -> dict[str, Any]:
+        """The item of ``row`` with its PNGs decoded (after the shuffle buffer, which so holds PNG bytes, ~10x fewer
+        than the decoded float images); ShardError naming the file and the row when one does not decode."""
+        item = row.item
+        try:
+            item["image"] = self._image(row.pngs["image"])
+            if self.depth:
+                item["depth"] = torch.from_numpy(decode_depth_png(row.pngs["depth"], row.scale))[None]
+            if self.alpha:
+                item["alpha"] = torch.from_numpy(decode_alpha_png(row.pngs["alpha"]))[None]
+        except ValueError as e:
+            raise ShardError(f"{row.path}: row {item['row_id']}: {e}") from None
+        return item
 
     def _image(self, data: bytes) -> torch.Tensor:
         chw = torch.from_numpy(decode_png(data)).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
@@ -259,12 +275,12 @@ class GazeParquetDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        rows = (row for piece in self._pieces(worker, workers) for row in self._rows(piece))
-        if self.shuffle_buffer <= 0:
-            yield from rows
-            return
-        consumer = self.rank * workers + worker
-        yield from shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
+        rows: Iterable[_Encoded] = (row for piece in self._pieces(worker, workers) for row in self._rows(piece))
+        if self.shuffle_buffer > 0:
+            consumer = self.rank * workers + worker
+            rows = shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
+        for row in rows:
+            yield self._decoded(row)
 
 
 def _float_array(values: Any) -> np.ndarray:
