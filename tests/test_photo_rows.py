@@ -178,6 +178,8 @@ def test_pandas_columns_as_to_pandas_reads_them(tmp_path):
     np.testing.assert_array_equal(gaze_in_photo(table.to_batches()[0]), expected)  # a RecordBatch
     datasets = pytest.importorskip("datasets")
     np.testing.assert_array_equal(gaze_in_photo(datasets.Dataset(table)), expected)  # once "a gaze array needs its face_mat_norm"
+    grads = {k: torch.tensor(v, requires_grad=True) for k, v in numeric.items()}  # a trainer's batch on its graph
+    np.testing.assert_allclose(gaze_in_photo(grads), expected, atol=1e-6)
     ragged = pd.Series([np.zeros(2), np.zeros(3)], dtype=object)
     with pytest.raises(ValueError, match="not rows of equal-length numbers"):
         gaze_in_photo(ragged, np.eye(3))

@@ -285,7 +285,10 @@ class GazeParquetDataset(IterableDataset):
 
 def _float_array(values: Any) -> np.ndarray:
     """``values`` as a float64 array. A list column as pandas reads it (``to_pandas``: an object array
-    holding one array per row) is stacked into (N, width); its rows must be of one length."""
+    holding one array per row) is stacked into (N, width); its rows must be of one length. A torch tensor is taken
+    off its graph and device first."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
     array = np.asarray(values)
     if array.dtype != object:
         return array.astype(np.float64)
