@@ -47,7 +47,8 @@ from gazegen.train.data import TripletDataset, Triplets, TripletSizes
 from gazegen.train.depth_prior import DatasetDepth
 from gazegen.train.optim import FROZEN, build_optimizer
 from gazegen.train.subjects import read_subject
-from gazegen.train.trainer import build_loss, initialise
+from gazegen.train.init_weights import initialise
+from gazegen.train.trainer import build_loss
 
 STORE = SynthHeadsConfig(subjects=2, resolution=128, gazes=8, test_subjects=1, rig=RigConfig(views=9))
 SETTINGS = {"subnormals kept": (False, False), "subnormals flushed": (True, False), "+ freed memory kept": (True, True)}  # flush, keep

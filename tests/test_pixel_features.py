@@ -15,7 +15,7 @@ from gazegen.models.livegaze import LiveGaze
 from gazegen.models.pixel_features import EyeZone, PixelFeatures, SourcePixels
 from gazegen.rendering.rays import camera_rays
 from gazegen.train.errors import TrainingError
-from gazegen.train.trainer import load_grown
+from gazegen.train.init_weights import load_grown
 
 S = 16  # source image side
 EYE = (0.088, 0.0, 0.0)
@@ -86,7 +86,7 @@ def test_one_source_serves_many_point_sets():
     torch.testing.assert_close(shared, each)
 
 
-# The branches a model may gain beyond its init checkpoint (train/trainer.GROWN), each with its zero-initialised
+# The branches a model may gain beyond its init checkpoint (train/init_weights.GROWN), each with its zero-initialised
 # output layer: pixel-aligned features (this module), source detail (models/source_detail.py), the source's
 # surface bands (models/source_surface.py) and the mean planes (models/mean_planes.py; one tensor, both its "weight"
 # and its "bias").

@@ -237,7 +237,7 @@ def test_weights_of_other_shapes_are_refused_in_one_line_with_the_way_out(tmp_pa
     """One line: the checkpoint, how many tensors differ (here the two made to), one with both shapes, and the hint."""
     from gazegen.checkpoint import save_pretrained
     from gazegen.config import to_dict
-    from gazegen.train.trainer import initialise, load_grown, own_model_hint
+    from gazegen.train.init_weights import initialise, load_grown, own_model_hint
 
     torch.manual_seed(0)
     model_cfg = config().model_config()

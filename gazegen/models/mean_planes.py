@@ -19,7 +19,7 @@ inside the cube, adding M's read is adding M's centre to every source's planes; 
 the source's planes read zeros, the shoulders and the back of the head still get their common
 shape (a twentieth of the demo's pixels with depth lie there). EG3D's generator starts from a
 learned constant for the same reason. M starts at zero, so a model that gains it renders what it
-rendered before (train/trainer.GROWN); it learns at its own rate (``optim.lr_mean_planes``): one
+rendered before (train/init_weights.GROWN); it learns at its own rate (``optim.lr_mean_planes``): one
 texel is one free value, like a fitted triplane's, not a weight shared across an image.
 """
 
