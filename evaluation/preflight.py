@@ -21,17 +21,7 @@ from gazegen.data.store import PREPARE_FILE, STORE_FORMAT
 from gazegen.data.xgaze import detect_format
 from gazegen.evaluation.report import REPORT_FILES, staged_name
 from gazegen.paths import OutputPathError, check_out_folder
-from gazegen.train.trainer import CHECKPOINTS
-
-STEP_PREFIX = "step_"  # a run's checkpoints: RUN/checkpoints/step_NNNNNNN (train/trainer.py)
-
-
-def newest_checkpoint(run: str | Path) -> Path | None:
-    """The checkpoint of training run folder ``run`` with the highest step that holds a config.json, or None."""
-    steps = [p for p in (Path(run) / CHECKPOINTS).glob(f"{STEP_PREFIX}*")
-             if p.name.removeprefix(STEP_PREFIX).isdigit() and (p / CONFIG_FILE).is_file()]
-    return max(steps, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)), default=None)
-
+from gazegen.train.trainer import CHECKPOINTS, checkpoint_dirs
 
 def check_checkpoint_folder(checkpoint: str | Path) -> None:
     """CheckpointError when ``checkpoint`` is a training run folder (no config.json, a checkpoints/ folder), naming
@@ -39,7 +29,8 @@ def check_checkpoint_folder(checkpoint: str | Path) -> None:
     path = Path(checkpoint)
     if (path / CONFIG_FILE).is_file() or not (path / CHECKPOINTS).is_dir():
         return
-    newest = newest_checkpoint(path)
+    models = checkpoint_dirs(path, holding=CONFIG_FILE)  # the newest that holds a model, resumable or not
+    newest = models[-1] if models else None
     give = f"give one of its checkpoints, e.g. the newest, {newest}" if newest else f"{path / CHECKPOINTS} holds no checkpoint yet"
     raise CheckpointError(f"{path / CONFIG_FILE}: missing: {path} is a training run folder, not a checkpoint; {give}")
 

@@ -110,9 +110,10 @@ def _step_of(path: Path) -> int:
     return int(number) if number.isdigit() else -1
 
 
-def checkpoint_dirs(run: Path) -> list[Path]:
-    """Complete step checkpoints of a run (with train_state.pt), oldest first."""
-    dirs = [p for p in (Path(run) / CHECKPOINTS).glob("step_*") if (p / "train_state.pt").is_file()]
+def checkpoint_dirs(run: Path, holding: str = "train_state.pt") -> list[Path]:
+    """A run's step checkpoints holding ``holding`` (train_state.pt: complete, resumable; config.json: a model to load),
+    oldest first."""
+    dirs = [p for p in (Path(run) / CHECKPOINTS).glob("step_*") if _step_of(p) >= 0 and (p / holding).is_file()]
     return sorted(dirs, key=_step_of)
 
 
