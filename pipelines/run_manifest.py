@@ -51,6 +51,12 @@ def unswept_ranges(settings: Mapping[str, Any]) -> set[str]:
     return {key for key, axis in RANGE_AXES.items() if axis not in swept}
 
 
+def changed_inputs(recorded: Mapping[str, Sequence[int]], now: Mapping[str, Sequence[int]]) -> list[str]:
+    """The input files of both fingerprint maps (pipelines/sources.py ``file_fingerprints``) whose size or modification
+    time differ, sorted."""
+    return sorted(k for k in recorded.keys() & now.keys() if list(recorded[k]) != list(now[k]))
+
+
 @dataclass(frozen=True)
 class RunManifest:
     """The content of ``_manifest.json``."""
@@ -125,7 +131,7 @@ class RunManifest:
             old, new = set(self.inputs), set(other.inputs)
             added, removed = sorted(new - old), sorted(old - new)
             found.append(f"inputs differ: {len(added)} added {added[:3]}, {len(removed)} removed {removed[:3]}")
-        changed_files = sorted(k for k in self.files.keys() & other.files.keys() if list(self.files[k]) != list(other.files[k]))
+        changed_files = changed_inputs(self.files, other.files)
         if changed_files:
             found.append(f"inputs changed since the run started (size or modification time): {len(changed_files)} "
                          f"file(s) {changed_files[:3]}")

@@ -91,8 +91,9 @@ from gazegen.config import SynthConfig
 from gazegen.errors import GazegenError
 from gazegen.paths import check_out_folder
 from gazegen.pipelines.graph import render_pending
-from gazegen.pipelines.manifest import ERRORS_NAME, RunMismatchError, check_or_create, finalize, read_run_errors, remove_outputs
-from gazegen.pipelines.run_manifest import RunManifest
+from gazegen.pipelines.manifest import (ERRORS_NAME, RunMismatchError, check_or_create, finalize, read_manifest, read_run_errors,
+                                       remove_outputs)
+from gazegen.pipelines.run_manifest import RunManifest, changed_inputs
 from gazegen.pipelines.plan import RunPlan, plan_run
 from gazegen.pipelines.render_actor import RenderActor
 from gazegen.pipelines.shards import MANIFEST_NAME, STATS_GLOB, OutputDir, ShardSpec, completed_shards
@@ -152,10 +153,11 @@ def check_local_out(target: OutputDir) -> None:
         check_out_folder(target.uri if target.uri and "://" not in target.uri else folder)
 
 
-def check_inputs_unchanged(out: str | Path, before: dict[str, list[int]], after: dict[str, list[int]]) -> None:
-    """RunMismatchError when an input file changed (size or modification time) while the run read it: its rows may
-    mix two versions of it, so the run is not marked complete; the message says how to start afresh."""
-    changed = sorted(name for name in before if after.get(name) != before[name])
+def check_inputs_unchanged(out: OutputDir, run: RunPlan) -> None:
+    """RunMismatchError when an input file changed (size or modification time) since the run started, as the manifest
+    recorded it: its rows may mix two versions of it, so the run is not marked complete; the message says how to
+    start afresh."""
+    changed = changed_inputs(read_manifest(out).files, file_fingerprints(run.records, run.root))
     if changed:
         raise RunMismatchError(f"{out}: {len(changed)} input file(s) changed while the run read them {changed[:3]}: its rows may "
                                "mix two versions of them, so it is not marked complete; run again with --overwrite")
@@ -204,7 +206,6 @@ def run_synthesis(
     fresh = overwrite or not OutputDir.from_uri(os.fspath(out)).exists(MANIFEST_NAME)
     run, target, todo = open_run(checkpoint, inputs, out, cfg, overwrite=overwrite, command=command)
     log.info("%s: %d sources, %d rows each, %d shards (%d to write)", out, len(run.records), run.rows_per_source, len(run.shards), len(todo))
-    before = file_fingerprints(run.records, run.root)
     try:
         router, problems = render_pending(run, target, todo, address, progress, actor) if todo else (None, [])
     except BaseException:
@@ -213,7 +214,7 @@ def run_synthesis(
         raise
     if problems:
         raise IncompleteShardsError(f"{out}: run the same command again to finish; " + "; ".join(problems))
-    check_inputs_unchanged(out, before, file_fingerprints(run.records, run.root))
+    check_inputs_unchanged(target, run)
     final = finalize(target, run.shards)
     seconds = time.monotonic() - start
     written = sum(s.rows for s in router.closed) if router else 0
