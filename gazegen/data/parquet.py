@@ -9,6 +9,7 @@ The depth scale is read from each file's schema metadata (``depth_scale_of``).
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 import posixpath
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -156,9 +157,9 @@ class GazeParquetDataset(IterableDataset):
     same number of rows in the same number of batches, as DDP's collectives need (the ``num_rows % world_size``
     rows at the end of the epoch's order are left out; with ``world_size = 1``, none), and every other row is yielded
     exactly once per epoch. ``shuffle_buffer > 0`` also shuffles rows through a buffer of that size (of PNG bytes:
-    rows are decoded as they leave it), seeded by ``(seed, epoch, rank, worker)``. Call ``set_epoch`` before each epoch; a DataLoader with
-    ``persistent_workers=True`` keeps its workers' copies of the dataset, which ``set_epoch`` does not reach (every
-    epoch would repeat the first one's order): leave it False (the default) when shuffling.
+    rows are decoded as they leave it), seeded by ``(seed, epoch, rank, worker)``. Call ``set_epoch`` before each
+    epoch; a DataLoader with ``persistent_workers=True`` keeps its workers' copies of the dataset, which ``set_epoch``
+    does not reach (every epoch would repeat the first one's order): leave it False (the default) when shuffling.
 
     The shards' footers are read when the dataset is made: a file that is not a Parquet file, or holds no gazegen rows,
     is named then (``ShardError``); a row whose image does not decode is named with its row id.
@@ -230,18 +231,20 @@ class GazeParquetDataset(IterableDataset):
         a, b = _share(share, worker, workers)
         return _slices(groups, self.rank * share + a, self.rank * share + b)
 
-    def _rows(self, piece: _Slice) -> Iterator[_Encoded]:
-        path, offset = piece.group.path, 0
-        try:
-            file = self._open(path)
-            scale = depth_scale_of(file.schema_arrow)
-            for batch in file.iter_batches(batch_size=self.batch_rows, row_groups=[piece.group.index], columns=self.columns):
-                a, b = max(piece.start - offset, 0), min(piece.stop - offset, batch.num_rows)
-                offset += batch.num_rows
-                if a < b:
-                    yield from self._items(batch.slice(a, b - a), scale, path)
-        except (OSError, pa.ArrowException) as e:
-            raise ShardError(f"{path}: row group {piece.group.index} cannot be read ({e})") from None
+    def _rows(self, path: str, pieces: Iterable[_Slice]) -> Iterator[_Encoded]:
+        """The rows of ``pieces``, consecutive pieces of one file, opened once."""
+        file = self._open(path)
+        scale = depth_scale_of(file.schema_arrow)
+        for piece in pieces:
+            offset = 0
+            try:
+                for batch in file.iter_batches(batch_size=self.batch_rows, row_groups=[piece.group.index], columns=self.columns):
+                    a, b = max(piece.start - offset, 0), min(piece.stop - offset, batch.num_rows)
+                    offset += batch.num_rows
+                    if a < b:
+                        yield from self._items(batch.slice(a, b - a), scale, path)
+            except (OSError, pa.ArrowException) as e:
+                raise ShardError(f"{path}: row group {piece.group.index} cannot be read ({e})") from None
 
     def _items(self, batch: pa.RecordBatch, scale: float, path: str) -> Iterator[_Encoded]:
         labels = {name: _label_matrix(batch.column(name), LABEL_WIDTHS[name]) for name in LABEL_WIDTHS}
@@ -275,7 +278,8 @@ class GazeParquetDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        rows: Iterable[_Encoded] = (row for piece in self._pieces(worker, workers) for row in self._rows(piece))
+        by_file = itertools.groupby(self._pieces(worker, workers), key=lambda piece: piece.group.path)
+        rows: Iterable[_Encoded] = (row for path, pieces in by_file for row in self._rows(path, pieces))
         if self.shuffle_buffer > 0:
             consumer = self.rank * workers + worker
             rows = shuffle_buffered(rows, self.shuffle_buffer, np.random.default_rng([self.seed, self.epoch, consumer, 1]))
